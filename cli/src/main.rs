@@ -1,0 +1,45 @@
+//! `concord`: one binary for every role of the cluster, plus the launcher.
+//!
+//! `concord up` starts the whole cluster as child processes of this same binary and
+//! supervises them; `concord <role>` runs one role in the foreground. Every flag also reads a
+//! `CONCORD_*` environment variable. `main` stays thin: parse, set up tracing, dispatch.
+
+mod roles;
+mod status;
+mod supervisor;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+/// Concord: consensus and redundancy over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Launch and supervise the whole cluster (registry, nodes, aggregator, shops, gateway).
+    Up(up::Args),
+    /// Print the registry's view of the cluster.
+    Status(status::Args),
+    /// Run the service registry.
+    Registry(roles::registry::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    concord::telemetry::init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Registry(args) => roles::registry::run(args).await,
+        }
+    })
+}

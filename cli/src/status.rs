@@ -1,0 +1,53 @@
+//! `concord status`: the registry's view of the cluster, as a table.
+
+use concord::pb::registry::v1::{registry_client::RegistryClient, ListRequest};
+
+/// Flags of `concord status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Registry to ask.
+    #[arg(long, env = "CONCORD_REGISTRY", default_value = concord::config::DEFAULT_REGISTRY_ADDR)]
+    pub registry: String,
+}
+
+/// Prints every live instance the registry knows.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let channel = concord::grpc::lazy_channel(&args.registry)?;
+    let mut client = RegistryClient::new(channel);
+    let list = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        client.list(ListRequest {}),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("registry at {} did not answer in 3 s", args.registry))?
+    .map_err(|status| {
+        anyhow::anyhow!(
+            "registry at {} answered {:?}: {}",
+            args.registry,
+            status.code(),
+            status.message()
+        )
+    })?
+    .into_inner();
+    println!("registry {} (revision {})", args.registry, list.revision);
+    println!(
+        "{:<12} {:<22} {:<10} METADATA",
+        "SERVICE", "ADDRESS", "LEASE"
+    );
+    for instance in list.instances {
+        let mut metadata: Vec<String> = instance
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        metadata.sort();
+        println!(
+            "{:<12} {:<22} {:<10} {}",
+            instance.service,
+            instance.address,
+            instance.lease_id.get(..8).unwrap_or(&instance.lease_id),
+            metadata.join(" ")
+        );
+    }
+    Ok(())
+}

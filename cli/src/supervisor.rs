@@ -1,0 +1,321 @@
+//! A small process supervisor in the spirit of PM2: it runs each child, restarts it when it
+//! dies, and stops them all in order.
+//!
+//! Restart policy: after a crash the child is restarted after a backoff that starts at
+//! [`RestartPolicy::initial_backoff`] and doubles up to [`RestartPolicy::max_backoff`]. A
+//! child that ran for at least [`RestartPolicy::stable_after`] is considered healthy again:
+//! its backoff and crash count reset. After [`RestartPolicy::max_fast_crashes`] crashes in a
+//! row that each came before `stable_after`, the child is marked `errored` and left down
+//! (a crash loop is a bug to look at, not something to hammer).
+//!
+//! Each child's stdout and stderr are read line by line and echoed on the supervisor's
+//! stderr, prefixed with the child's name; the line `concord <role> listening on <addr>`
+//! marks the child ready. Children die with the supervisor (PR_SET_PDEATHSIG on Linux), so a
+//! killed launcher leaves no orphans behind.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// When to restart and when to give up.
+#[derive(Clone, Copy, Debug)]
+pub struct RestartPolicy {
+    /// Wait before the first restart after a crash.
+    pub initial_backoff: Duration,
+    /// Longest wait between restarts.
+    pub max_backoff: Duration,
+    /// A child up this long is healthy again: backoff and crash count reset.
+    pub stable_after: Duration,
+    /// Crashes in a row, each before `stable_after`, after which the child is left down.
+    pub max_fast_crashes: u32,
+    /// How long a stopping child gets after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            stable_after: Duration::from_secs(15),
+            max_fast_crashes: 8,
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One child to run: `program args…`.
+#[derive(Clone, Debug)]
+pub struct ChildSpec {
+    /// Unique name, e.g. "node-3".
+    pub name: String,
+    /// Role, for the table (registry, node, aggregator, shop, gateway).
+    pub role: String,
+    /// Program to run (the `concord` binary itself).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// Where a child is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildState {
+    /// Spawned, not yet announced its address.
+    Starting,
+    /// Announced its address.
+    Running,
+    /// Died; waiting to restart.
+    Backoff,
+    /// Crashed too often; left down.
+    Errored,
+    /// Stopped on request.
+    Stopped,
+}
+
+/// A child's state as the supervisor sees it.
+#[derive(Clone, Debug)]
+pub struct ChildStatus {
+    /// Current state.
+    pub state: ChildState,
+    /// Process id while it runs.
+    pub pid: Option<u32>,
+    /// Address it announced.
+    pub address: Option<SocketAddr>,
+    /// Restarts so far.
+    pub restarts: u32,
+}
+
+/// A supervised child.
+pub struct Supervised {
+    /// What runs.
+    pub spec: ChildSpec,
+    status_rx: watch::Receiver<ChildStatus>,
+    stop_tx: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Supervised {
+    /// Starts supervising `spec`.
+    pub fn start(spec: ChildSpec, policy: RestartPolicy) -> Self {
+        let (status_tx, status_rx) = watch::channel(ChildStatus {
+            state: ChildState::Starting,
+            pid: None,
+            address: None,
+            restarts: 0,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_child(spec.clone(), policy, status_tx, stop_rx));
+        Self {
+            spec,
+            status_rx,
+            stop_tx,
+            task,
+        }
+    }
+
+    /// A receiver that sees every status change.
+    pub fn status_receiver(&self) -> watch::Receiver<ChildStatus> {
+        self.status_rx.clone()
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> ChildStatus {
+        self.status_rx.borrow().clone()
+    }
+
+    /// Waits until the child announced its address, or `timeout` passed.
+    pub async fn wait_running(&self, timeout: Duration) -> anyhow::Result<SocketAddr> {
+        let mut status_rx = self.status_rx.clone();
+        let status = tokio::time::timeout(
+            timeout,
+            status_rx
+                .wait_for(|s| s.state == ChildState::Running || s.state == ChildState::Errored),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not start within {timeout:?}", self.spec.name))??
+        .clone();
+        match (status.state, status.address) {
+            (ChildState::Running, Some(addr)) => Ok(addr),
+            _ => anyhow::bail!("{} failed to start (see its log above)", self.spec.name),
+        }
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after the policy's timeout) and waits.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        if let Err(err) = self.task.await {
+            tracing::error!(child = %self.spec.name, %err, "supervisor task failed");
+        }
+    }
+}
+
+async fn run_child(
+    spec: ChildSpec,
+    policy: RestartPolicy,
+    status_tx: watch::Sender<ChildStatus>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut backoff = policy.initial_backoff;
+    let mut fast_crashes = 0u32;
+    let mut restarts = 0u32;
+    loop {
+        let started = Instant::now();
+        let mut child = match spawn(&spec) {
+            Ok(child) => child,
+            Err(err) => {
+                tracing::error!(child = %spec.name, %err, "cannot spawn");
+                status_tx.send_modify(|s| s.state = ChildState::Errored);
+                stopped(&mut stop_rx).await;
+                return;
+            }
+        };
+        let pid = child.id();
+        status_tx.send_modify(|s| {
+            s.state = ChildState::Starting;
+            s.pid = pid;
+            s.restarts = restarts;
+        });
+        let pumps = [
+            child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(pump(spec.name.clone(), out, Some(status_tx.clone())))),
+            child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(pump(spec.name.clone(), err, None))),
+        ];
+
+        let exit = tokio::select! {
+            exit = child.wait() => exit,
+            () = stopped(&mut stop_rx) => {
+                terminate(&spec.name, &mut child, policy.stop_timeout).await;
+                status_tx.send_modify(|s| { s.state = ChildState::Stopped; s.pid = None; });
+                return;
+            }
+        };
+        for pump in pumps.into_iter().flatten() {
+            let _ = pump.await;
+        }
+        let ran = started.elapsed();
+        match exit {
+            Ok(status) => {
+                tracing::warn!(child = %spec.name, pid, %status, ran_ms = ran.as_millis() as u64, "child exited")
+            }
+            Err(err) => tracing::error!(child = %spec.name, %err, "cannot wait for child"),
+        }
+        if ran >= policy.stable_after {
+            backoff = policy.initial_backoff;
+            fast_crashes = 0;
+        } else {
+            fast_crashes += 1;
+        }
+        if fast_crashes >= policy.max_fast_crashes {
+            tracing::error!(child = %spec.name, fast_crashes, "crashing in a loop; giving up (errored)");
+            status_tx.send_modify(|s| {
+                s.state = ChildState::Errored;
+                s.pid = None;
+            });
+            stopped(&mut stop_rx).await;
+            return;
+        }
+        status_tx.send_modify(|s| {
+            s.state = ChildState::Backoff;
+            s.pid = None;
+        });
+        tracing::info!(child = %spec.name, backoff_ms = backoff.as_millis() as u64, "restarting after backoff");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop_rx) => {
+                status_tx.send_modify(|s| s.state = ChildState::Stopped);
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(policy.max_backoff);
+        restarts += 1;
+    }
+}
+
+/// Resolves once a stop was requested (or the supervisor handle is gone).
+async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
+    let _ = stop_rx.wait_for(|stop| *stop).await;
+}
+
+fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    command.spawn()
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
+
+/// Echoes a child's output, prefixed with its name; stdout also carries the ready line.
+async fn pump(
+    name: String,
+    output: impl AsyncRead + Unpin,
+    status_tx: Option<watch::Sender<ChildStatus>>,
+) {
+    let mut lines = BufReader::new(output).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let (Some(status_tx), Some(addr)) = (
+            status_tx.as_ref(),
+            concord::config::parse_listening_line(&line),
+        ) {
+            status_tx.send_modify(|s| {
+                s.state = ChildState::Running;
+                s.address = Some(addr);
+            });
+        }
+        eprintln!("[{name}] {line}");
+    }
+}
+
+/// SIGTERM, then SIGKILL if the child is still there after `timeout`.
+async fn terminate(name: &str, child: &mut Child, timeout: Duration) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        if let Err(err) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            tracing::warn!(child = name, %err, "SIGTERM failed");
+        }
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => tracing::info!(child = name, %status, "stopped"),
+        Ok(Err(err)) => tracing::error!(child = name, %err, "cannot wait for child"),
+        Err(_) => {
+            tracing::warn!(child = name, "did not stop in time; killing");
+            if let Err(err) = child.kill().await {
+                tracing::error!(child = name, %err, "SIGKILL failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared harness for tests that run the real `concord` binary as child processes.
+//!
+//! [`Process::spawn`] starts `concord <args…>`, reads its stdout until the
+//! `concord <role> listening on <addr>` line (bounded in time, no sleeping), and returns the
+//! bound address; dropping the handle kills the process (SIGKILL) and reaps it.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// How long a process may take to announce its address.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `concord` process.
+pub struct Process {
+    child: Child,
+    /// The address it announced.
+    pub addr: SocketAddr,
+    /// Further stdout lines, as they come.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Process {
+    /// Starts `concord args…` and waits for its listening line.
+    pub fn spawn(args: &[&str]) -> Process {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Like [`Process::spawn`], with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut child = command(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn concord");
+        let lines = follow_stdout(&mut child);
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = concord::config::parse_listening_line(&line) {
+                        return Process { child, addr, lines };
+                    }
+                }
+                Err(err) => {
+                    let _ = child.kill();
+                    panic!("concord {args:?} did not announce its address: {err}");
+                }
+            }
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, like a crash; waits until it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit; true when it exited cleanly.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `concord args…` with stderr inherited (shown by cargo test on failure) and RUST_LOG quiet
+/// unless set.
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+    command.args(args).stdin(Stdio::null());
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "warn");
+    }
+    command
+}
+
+/// Streams a child's stdout lines through a channel (a thread reads them).
+pub fn follow_stdout(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines_rx
+}
+
+/// Waits for the next stdout line that satisfies `pick`, up to `timeout`.
+pub fn wait_for_line<T>(
+    lines: &mpsc::Receiver<String>,
+    timeout: Duration,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).ok()?;
+        if let Some(found) = pick(&line) {
+            return Some(found);
+        }
+    }
+}
+
+/// The grpcurl binary: `$GRPCURL`, or `grpcurl` on the PATH (scripts/test.sh installs it).
+pub fn grpcurl() -> String {
+    std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())
+}
+
+/// Runs `grpcurl -plaintext <flags…> <addr> <verb…>`; returns stdout, panicking with
+/// stderr on failure.
+pub fn run_grpcurl(addr: SocketAddr, flags: &[&str], verb: &[&str]) -> String {
+    let output = Command::new(grpcurl())
+        .args(["-plaintext", "-max-time", "10"])
+        .args(flags)
+        .arg(addr.to_string())
+        .args(verb)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("cannot run grpcurl ({err}); run scripts/test.sh, which installs it")
+        });
+    assert!(
+        output.status.success(),
+        "grpcurl {flags:?} {verb:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -1,0 +1,61 @@
+//! The Concord registry: DNS-like service discovery with TTL leases.
+//!
+//! A process registers `(service, address, metadata)` with a TTL and gets a lease; it renews
+//! the lease with `KeepAlive` (optionally replacing its metadata); a lease that is not
+//! renewed in time expires and the instance disappears. `Watch` streams a service's whole
+//! instance set on every change, so clients (the aggregator, the gateway, a shop replica)
+//! react to failures without polling.
+//!
+//! State is in memory only, on purpose: after a restart every live process's next
+//! `KeepAlive` gets `NOT_FOUND` and it registers again (see `concord::discovery`), so the
+//! registry heals within one heartbeat and has nothing to corrupt on `kill -9`.
+//!
+//! Expiry is checked every [`EXPIRY_TICK`], so an instance may outlive its TTL by up to that.
+//!
+//! Modules: `table` is the lease table (pure, time passed in), `service` the gRPC face,
+//! `error` the error categories.
+
+mod error;
+mod service;
+mod table;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use concord::pb::registry::v1::registry_server::RegistryServer;
+use tokio::net::TcpListener;
+
+pub use error::RegistryError;
+pub use table::{LeaseTable, MAX_TTL, MIN_TTL};
+
+/// How often expired leases are swept.
+pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
+
+/// Registry settings.
+#[derive(Clone, Debug, Default)]
+pub struct Config {}
+
+/// Serves the registry on `listener` until `shutdown` resolves.
+pub async fn serve(
+    _config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(service::Shared::new(stop_rx.clone()));
+    let sweeper = tokio::spawn(service::sweep_expired(state.clone(), stop_rx));
+    let (router, health) = concord::grpc::router();
+    health
+        .set_serving::<RegistryServer<service::RegistryService>>()
+        .await;
+    let router = router.add_service(RegistryServer::new(service::RegistryService::new(state)));
+    tracing::info!(addr = ?listener.local_addr().ok(), "registry serving");
+    let result = concord::grpc::serve(router, listener, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    if let Err(err) = sweeper.await {
+        tracing::error!(%err, "expiry sweeper failed");
+    }
+    result
+}

@@ -1,0 +1,281 @@
+//! Registry over loopback: leases, watches, restarts and bad input, against a real server
+//! on 127.0.0.1:0.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use concord::{
+    discovery::{LeaseKeeper, Registration},
+    pb::registry::v1::{
+        registry_client::RegistryClient, DeregisterRequest, KeepAliveRequest, RegisterRequest,
+        ResolveRequest, WatchRequest,
+    },
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{transport::Channel, Code};
+
+/// A registry running in this process; dropping it does not stop it, `stop` does.
+struct TestRegistry {
+    addr: SocketAddr,
+    stop_tx: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl TestRegistry {
+    async fn start_on(addr: SocketAddr) -> Self {
+        concord::telemetry::init_for_tests();
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(concord_registry::serve(
+            concord_registry::Config::default(),
+            listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        Self {
+            addr,
+            stop_tx,
+            task,
+        }
+    }
+
+    async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    fn client(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(concord::grpc::lazy_channel(&self.addr.to_string()).expect("channel"))
+    }
+
+    async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        self.task.await.expect("join").expect("serve");
+    }
+}
+
+fn register_request(service: &str, address: &str, ttl_ms: u64) -> RegisterRequest {
+    RegisterRequest {
+        service: service.into(),
+        address: address.into(),
+        metadata: HashMap::new(),
+        ttl_ms,
+    }
+}
+
+/// A lease that is not renewed expires on time, and a watcher sees it come and go.
+#[tokio::test]
+async fn lease_expiry_reaches_watchers() {
+    let registry = TestRegistry::start().await;
+    let mut client = registry.client();
+    let mut watch = client
+        .watch(WatchRequest {
+            service: "predictor".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("stream").expect("initial set");
+    assert!(first.instances.is_empty());
+
+    let lease = client
+        .register(register_request("predictor", "127.0.0.1:7001", 1000))
+        .await
+        .expect("register")
+        .into_inner();
+    let added = tokio::time::timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("update in time")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(added.instances.len(), 1);
+    assert_eq!(added.instances[0].lease_id, lease.lease_id);
+
+    let started = tokio::time::Instant::now();
+    let removed = tokio::time::timeout(Duration::from_secs(3), watch.message())
+        .await
+        .expect("expiry in time")
+        .expect("stream")
+        .expect("message");
+    assert!(removed.instances.is_empty());
+    assert!(removed.revision > added.revision);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "expired too early: {waited:?}"
+    );
+    let err = client
+        .keep_alive(KeepAliveRequest {
+            lease_id: lease.lease_id,
+            metadata: None,
+        })
+        .await
+        .expect_err("expired lease");
+    assert_eq!(err.code(), Code::NotFound);
+    registry.stop().await;
+}
+
+/// Deregister removes the instance at once and watchers hear it; metadata changes too.
+#[tokio::test]
+async fn deregister_and_metadata_changes_are_streamed() {
+    let registry = TestRegistry::start().await;
+    let mut client = registry.client();
+    let lease = client
+        .register(register_request("shop", "127.0.0.1:7002", 10_000))
+        .await
+        .expect("register")
+        .into_inner();
+    let mut watch = client
+        .watch(WatchRequest {
+            service: "shop".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("stream").expect("set");
+    assert_eq!(first.instances.len(), 1);
+
+    client
+        .keep_alive(KeepAliveRequest {
+            lease_id: lease.lease_id.clone(),
+            metadata: Some(concord::pb::registry::v1::Metadata {
+                entries: HashMap::from([("role".into(), "primary".into())]),
+            }),
+        })
+        .await
+        .expect("keep alive");
+    let changed = watch.message().await.expect("stream").expect("set");
+    assert_eq!(
+        changed.instances[0].metadata.get("role").map(String::as_str),
+        Some("primary")
+    );
+
+    client
+        .deregister(DeregisterRequest {
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("deregister");
+    let gone = watch.message().await.expect("stream").expect("set");
+    assert!(gone.instances.is_empty());
+    let resolved = client
+        .resolve(ResolveRequest {
+            service: "shop".into(),
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert!(resolved.instances.is_empty());
+    registry.stop().await;
+}
+
+/// After a registry restart, a LeaseKeeper's next keep-alive gets NOT_FOUND and it
+/// registers again, so the new registry knows it within about one heartbeat.
+#[tokio::test]
+async fn lease_keeper_heals_after_registry_restart() {
+    let registry = TestRegistry::start().await;
+    let addr = registry.addr;
+    let mut keeper = LeaseKeeper::spawn(
+        &addr.to_string(),
+        Registration {
+            service: "predictor".into(),
+            address: "127.0.0.1:7003".into(),
+            metadata: HashMap::from([("model".into(), "knn".into())]),
+            ttl: Duration::from_secs(1),
+        },
+    )
+    .expect("keeper");
+    assert!(keeper.wait_registered(Duration::from_secs(3)).await);
+    let first_lease = keeper.lease_id().expect("lease");
+    registry.stop().await;
+
+    let restarted = TestRegistry::start_on(addr).await;
+    let mut client = restarted.client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let instance = loop {
+        let found = client
+            .resolve(ResolveRequest {
+                service: "predictor".into(),
+            })
+            .await
+            .expect("resolve")
+            .into_inner()
+            .instances;
+        if let Some(instance) = found.into_iter().next() {
+            break instance;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not re-registered within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(instance.address, "127.0.0.1:7003");
+    assert_eq!(
+        instance.metadata.get("model").map(String::as_str),
+        Some("knn")
+    );
+    assert_ne!(instance.lease_id, first_lease);
+
+    keeper.deregister().await;
+    let after = client
+        .resolve(ResolveRequest {
+            service: "predictor".into(),
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert!(
+        after.instances.is_empty(),
+        "clean shutdown must deregister"
+    );
+    restarted.stop().await;
+}
+
+/// Bad input gets INVALID_ARGUMENT or NOT_FOUND with a message, never a panic.
+#[tokio::test]
+async fn bad_input_gets_clear_statuses() {
+    let registry = TestRegistry::start().await;
+    let mut client = registry.client();
+    let long = "s".repeat(65);
+    let cases = [
+        (register_request("", "127.0.0.1:1", 5000), "empty"),
+        (register_request(&long, "127.0.0.1:1", 5000), "limit is 64"),
+        (register_request("svc", "not an address", 5000), "host:port"),
+        (register_request("svc", "127.0.0.1:1", 10), "outside 1000..=3600000"),
+        (register_request("svc", "127.0.0.1:1", 7_200_000), "outside"),
+    ];
+    for (request, want) in cases {
+        let err = client
+            .register(request.clone())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}");
+        assert!(err.message().contains(want), "{request:?}: {}", err.message());
+    }
+    for lease_id in ["", "no-such-lease"] {
+        let err = client
+            .keep_alive(KeepAliveRequest {
+                lease_id: lease_id.into(),
+                metadata: None,
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound);
+        let err = client
+            .deregister(DeregisterRequest {
+                lease_id: lease_id.into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    let err = client
+        .resolve(ResolveRequest {
+            service: "bad/name".into(),
+        })
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    registry.stop().await;
+}

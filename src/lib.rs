@@ -1,0 +1,21 @@
+//! Concord's shared layer: the generated protocol stubs and the few pieces every server and
+//! client in the workspace needs, so that each service crate only holds its own domain.
+//!
+//! - [`pb`]: the stubs compiled from `proto/` by `build.rs` (plus the descriptor set that
+//!   server reflection serves).
+//! - [`grpc`]: one way to run a gRPC server: limits, request-id spans, health, reflection
+//!   (v1 and v1alpha) and a bounded graceful shutdown; and one way to dial a peer.
+//! - [`error`]: the single mapping from a crate's error categories to `tonic::Status`.
+//! - [`auth`]: bearer tokens and per-node credentials.
+//! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
+//!   registry restart) and one that watches a service's instance set.
+//! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
+
+pub mod auth;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod grpc;
+pub mod pb;
+pub mod shutdown;
+pub mod telemetry;
