@@ -17,6 +17,15 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   export GRPCURL
 fi
 
+# Chromium and chromedriver (Debian) for the browser test of the web UI.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium and chromium-driver (apt)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # buf (npm @bufbuild/buf) for the proto lint, kept under target/ so it is rebuilt per clone.
 BUF=target/tools/node_modules/.bin/buf
 if [ ! -x "$BUF" ]; then

@@ -4,7 +4,9 @@
 //! supervises them; `concord <role>` runs one role in the foreground. Every flag also reads a
 //! `CONCORD_*` environment variable. `main` stays thin: parse, set up tracing, dispatch.
 
+mod bench;
 mod roles;
+mod simulate;
 mod status;
 mod supervisor;
 mod up;
@@ -25,6 +27,18 @@ enum Command {
     Up(up::Args),
     /// Print the registry's view of the cluster.
     Status(status::Args),
+    /// Load a server and print throughput and latency percentiles.
+    Bench(bench::Args),
+    /// Run the consensus aggregator and the stake ledger.
+    Aggregator(roles::aggregator::Args),
+    /// Run the web gateway (HTTP/JSON + browser UI).
+    Gateway(roles::gateway::Args),
+    /// Run one prediction node.
+    Node(roles::node::Args),
+    /// Run a shop (primary or replica).
+    Shop(roles::shop::Args),
+    /// Play the consensus policies against liars on a real loopback cluster.
+    Simulate(simulate::Args),
     /// Run the service registry.
     Registry(roles::registry::Args),
 }
@@ -39,6 +53,12 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Aggregator(args) => roles::aggregator::run(args).await,
+            Command::Gateway(args) => roles::gateway::run(args).await,
+            Command::Node(args) => roles::node::run(args).await,
+            Command::Shop(args) => roles::shop::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
             Command::Registry(args) => roles::registry::run(args).await,
         }
     })

@@ -22,6 +22,19 @@ pub struct Args {
     /// Pick free ports instead of DESIGN.md's defaults (50050…, 8080).
     #[arg(long, env = "CONCORD_AUTO_PORTS")]
     pub auto_ports: bool,
+    /// Prediction nodes to start (each a different default-fleet model, cycling).
+    #[arg(long, env = "CONCORD_NODES", default_value_t = 5)]
+    pub nodes: usize,
+    /// How many of the nodes are faulty (the last ones).
+    #[arg(long, env = "CONCORD_FAULTY", default_value_t = 0)]
+    pub faulty: usize,
+    /// Behaviour of the faulty nodes: inverted (colluding), random or slow:<ms>.
+    #[arg(long, default_value = "inverted")]
+    pub faulty_behaviour: String,
+    /// Shop replication: sync (zero acknowledged-write loss), async (bounded loss) or
+    /// none (no replica process).
+    #[arg(long, env = "CONCORD_REPLICATION", default_value = "sync")]
+    pub replication: String,
     /// How long each child may take to announce its address.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub start_timeout: Duration,
@@ -72,17 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let policy = RestartPolicy::default();
 
-    let registry_addr = ports.addr(concord::config::DEFAULT_REGISTRY_ADDR)?;
-    let tiers: Vec<Vec<ChildSpec>> = vec![vec![ChildSpec {
-        name: "registry".into(),
-        role: "registry".into(),
-        program: program.clone(),
-        args: vec![
-            "registry".into(),
-            "--listen".into(),
-            registry_addr.to_string(),
-        ],
-    }]];
+    let (registry_addr, tiers) = plan(&args, &program, &ports)?;
 
     let mut running: Vec<Supervised> = Vec::new();
     for tier in tiers {
@@ -112,6 +115,137 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     announcer.abort();
     stop_all(running).await;
     Ok(())
+}
+
+/// The children to start, tier by tier (each tier waits for the previous one), and the
+/// registry's address.
+fn plan(
+    args: &Args,
+    program: &std::path::Path,
+    ports: &PortPlan,
+) -> anyhow::Result<(SocketAddr, Vec<Vec<ChildSpec>>)> {
+    anyhow::ensure!(
+        args.faulty <= args.nodes,
+        "--faulty {} is more than --nodes {}",
+        args.faulty,
+        args.nodes
+    );
+    let child = |name: String, role: &str, args: Vec<String>| ChildSpec {
+        name,
+        role: role.into(),
+        program: program.to_path_buf(),
+        args,
+    };
+    let registry_addr = ports.addr(concord::config::DEFAULT_REGISTRY_ADDR)?;
+    let registry = registry_addr.to_string();
+
+    let mut services = Vec::new();
+    let fleet_size = concord_node::default_fleet().len();
+    for n in 1..=args.nodes {
+        let default_port = usize::from(concord::config::DEFAULT_FIRST_NODE_PORT) + n - 1;
+        let addr = ports.addr(&format!("127.0.0.1:{default_port}"))?;
+        let behaviour = if n > args.nodes - args.faulty {
+            args.faulty_behaviour.clone()
+        } else {
+            "honest".to_owned()
+        };
+        let id = format!("node-{n}");
+        services.push(child(
+            id.clone(),
+            "node",
+            strings(&[
+                "node",
+                "--listen",
+                &addr.to_string(),
+                "--id",
+                &id,
+                "--preset",
+                &((n - 1) % fleet_size + 1).to_string(),
+                "--behaviour",
+                &behaviour,
+                "--registry",
+                &registry,
+            ]),
+        ));
+    }
+
+    let aggregator_addr = ports.addr(concord::config::DEFAULT_AGGREGATOR_ADDR)?;
+    services.push(child(
+        "aggregator".into(),
+        "aggregator",
+        strings(&[
+            "aggregator",
+            "--listen",
+            &aggregator_addr.to_string(),
+            "--registry",
+            &registry,
+            "--ledger-path",
+            &args.data_dir.join("ledger").to_string_lossy(),
+        ]),
+    ));
+
+    let shop_addr = ports.addr(concord::config::DEFAULT_SHOP_PRIMARY_ADDR)?;
+    services.push(child(
+        "shop-1".into(),
+        "shop",
+        strings(&[
+            "shop",
+            "--listen",
+            &shop_addr.to_string(),
+            "--registry",
+            &registry,
+            "--replication",
+            &args.replication,
+            "--data-dir",
+            &args.data_dir.join("shop-1").to_string_lossy(),
+        ]),
+    ));
+    if args.replication != "none" {
+        let replica_addr = ports.addr(concord::config::DEFAULT_SHOP_REPLICA_ADDR)?;
+        services.push(child(
+            "shop-2".into(),
+            "shop",
+            strings(&[
+                "shop",
+                "--listen",
+                &replica_addr.to_string(),
+                "--registry",
+                &registry,
+                "--replication",
+                &args.replication,
+                "--replica-of",
+                &shop_addr.to_string(),
+                "--replica-id",
+                "shop-2",
+                "--data-dir",
+                &args.data_dir.join("shop-2").to_string_lossy(),
+            ]),
+        ));
+    }
+
+    let gateway_addr = ports.addr(concord::config::DEFAULT_GATEWAY_ADDR)?;
+    services.push(child(
+        "gateway".into(),
+        "gateway",
+        strings(&[
+            "gateway",
+            "--listen",
+            &gateway_addr.to_string(),
+            "--registry",
+            &registry,
+        ]),
+    ));
+
+    let registry_tier = vec![child(
+        "registry".into(),
+        "registry",
+        strings(&["registry", "--listen", &registry]),
+    )];
+    Ok((registry_addr, vec![registry_tier, services]))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
 }
 
 /// Stops children in reverse start order.

@@ -146,7 +146,10 @@ async fn deregister_and_metadata_changes_are_streamed() {
         .expect("keep alive");
     let changed = watch.message().await.expect("stream").expect("set");
     assert_eq!(
-        changed.instances[0].metadata.get("role").map(String::as_str),
+        changed.instances[0]
+            .metadata
+            .get("role")
+            .map(String::as_str),
         Some("primary")
     );
 
@@ -225,10 +228,7 @@ async fn lease_keeper_heals_after_registry_restart() {
         .await
         .expect("resolve")
         .into_inner();
-    assert!(
-        after.instances.is_empty(),
-        "clean shutdown must deregister"
-    );
+    assert!(after.instances.is_empty(), "clean shutdown must deregister");
     restarted.stop().await;
 }
 
@@ -242,16 +242,20 @@ async fn bad_input_gets_clear_statuses() {
         (register_request("", "127.0.0.1:1", 5000), "empty"),
         (register_request(&long, "127.0.0.1:1", 5000), "limit is 64"),
         (register_request("svc", "not an address", 5000), "host:port"),
-        (register_request("svc", "127.0.0.1:1", 10), "outside 1000..=3600000"),
+        (
+            register_request("svc", "127.0.0.1:1", 10),
+            "outside 1000..=3600000",
+        ),
         (register_request("svc", "127.0.0.1:1", 7_200_000), "outside"),
     ];
     for (request, want) in cases {
-        let err = client
-            .register(request.clone())
-            .await
-            .expect_err("refused");
+        let err = client.register(request.clone()).await.expect_err("refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{request:?}");
-        assert!(err.message().contains(want), "{request:?}: {}", err.message());
+        assert!(
+            err.message().contains(want),
+            "{request:?}: {}",
+            err.message()
+        );
     }
     for lease_id in ["", "no-such-lease"] {
         let err = client

@@ -1,2 +1,302 @@
-//! Not implemented yet: this crate is filled in by issues 4 and 6. It exposes nothing, so
-//! nothing can mistake it for a working service.
+//! Concord's shop: products, carts and orders in sled, every write logged in a WAL under
+//! a log sequence number (LSN), made durable by group commit, and shipped to a replica.
+//!
+//! A request walks through:
+//! 1. `service` (tonic) converts the request (`convert`), checks the admin token for
+//!    product mutations and asks `replication` whether this process takes writes;
+//! 2. `shop` runs the domain operation (`catalog`, `cart`, `order`) on the blocking pool;
+//! 3. the operation validates its input (`validate`, `keys`) *before* touching storage,
+//!    then runs ONE `store` transaction, which records every put/delete into a `wal`
+//!    entry and allocates the next gap-free LSN in the same transaction;
+//! 4. `group_commit` makes it durable: one fsync covers every writer that committed
+//!    meanwhile;
+//! 5. `replication` completes it per mode (sync waits for the replica's ack) and the reply
+//!    carries `WriteInfo { lsn, replicated, degraded, term }`.
+//!
+//! Failure behaviour: a rejected request changes nothing; a crash loses no acknowledged
+//! write and never leaves half an order (sled recovers transactions atomically). See each
+//! module's docs for its invariants. Non-goals: multi-replica quorums, WAL trimming.
+
+mod cart;
+mod catalog;
+mod convert;
+mod error;
+mod group_commit;
+mod keys;
+mod order;
+mod replication;
+mod service;
+mod shop;
+mod store;
+mod validate;
+mod wal;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord::pb::shop::v1::replication_server::ReplicationServer;
+use concord::pb::shop::v1::shop_server::ShopServer;
+use tokio::net::TcpListener;
+
+pub use cart::{CartItem, CartLine, CartView};
+pub use catalog::{NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
+pub use convert::PRIMARY_HINT_HEADER;
+pub use error::{Result, ShopError};
+pub use group_commit::{GroupCommitStats, DEFAULT_LINGER};
+pub use keys::{OrderId, ProductId};
+pub use order::{Order, OrderLine, OrderPage, OrderStatus, Placed};
+pub use replication::{
+    OnReplicaLoss, ReplicationConfig, ReplicationMode, Replicator, Role, DEFAULT_SYNC_TIMEOUT,
+};
+pub use shop::Shop;
+pub use store::{Applied, Committed, Store, StoreConfig, Written};
+pub use validate::{
+    DEFAULT_CURRENCY, DEFAULT_PAGE_SIZE, MAX_CART_LINES, MAX_DESCRIPTION_CHARS, MAX_FILTER_CHARS,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_LINE_QUANTITY, MAX_NAME_CHARS, MAX_PAGE_SIZE, MAX_PRICE_MINOR,
+    MAX_SCAN_PER_PAGE, MAX_STOCK, MAX_USER_ID_BYTES,
+};
+pub use wal::{Lsn, Mutation, TreeName, WalEntry};
+
+/// Name the shop registers under in the registry.
+pub const SERVICE_NAME: &str = "shop";
+
+/// Settings of one shop process (primary or replica).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the sled database.
+    pub data_dir: PathBuf,
+    /// Bearer token for product mutations and Promote.
+    pub admin_token: String,
+    /// Registry to register with (and watch, for failover); `None` = standalone.
+    pub registry_addr: Option<String>,
+    /// Address published in the registry; defaults to the listener's address.
+    pub advertise_addr: Option<String>,
+    /// Registry lease TTL (failover notices a dead primary within it).
+    pub lease_ttl: Duration,
+    /// Group-commit linger (see `group_commit`).
+    pub commit_linger: Duration,
+    /// Role, mode and peer.
+    pub replication: ReplicationConfig,
+}
+
+impl Config {
+    /// Defaults for a standalone primary storing in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            admin_token: concord::config::DEV_ADMIN_TOKEN.to_string(),
+            registry_addr: None,
+            advertise_addr: None,
+            lease_ttl: concord::config::DEFAULT_LEASE_TTL,
+            commit_linger: DEFAULT_LINGER,
+            replication: ReplicationConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings before anything is opened; a bad one is `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        if self.admin_token.trim().is_empty() {
+            return Err(ShopError::invalid("the admin token must not be empty"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ShopError::invalid("the data directory must be set"));
+        }
+        if self.lease_ttl.is_zero() {
+            return Err(ShopError::invalid("the lease TTL must be positive"));
+        }
+        if self.replication.sync_timeout.is_zero() {
+            return Err(ShopError::invalid("the sync timeout must be positive"));
+        }
+        if let Some(primary) = &self.replication.primary_addr {
+            if primary.trim().is_empty() {
+                return Err(ShopError::invalid(
+                    "the primary address of a replica must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store in `config.data_dir` and serves `Shop` + `Replication` (plus health
+/// and reflection) on `listener` until `shutdown` resolves; then stops the replication
+/// tasks, deregisters, and closes the store (final flush).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    config.validate()?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ShopError::Unavailable(format!("listener has no address: {e}")))?;
+    let address = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let store_config = StoreConfig {
+        linger: config.commit_linger,
+        ..StoreConfig::new(config.data_dir.clone())
+    };
+    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&store_config)).await??);
+    if config.admin_token == concord::config::DEV_ADMIN_TOKEN {
+        tracing::warn!("shop runs with the development admin token; set CONCORD_ADMIN_TOKEN");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let replicator = Replicator::new(
+        Arc::clone(&store),
+        config.replication.clone(),
+        address.clone(),
+        stop_rx.clone(),
+    );
+    let mut tasks = vec![tokio::spawn(replication::run_follower(Arc::clone(
+        &replicator,
+    )))];
+
+    let keeper = match &config.registry_addr {
+        Some(registry) => {
+            let registration = concord::discovery::Registration {
+                service: SERVICE_NAME.to_string(),
+                address: address.clone(),
+                metadata: replicator.registry_metadata(),
+                ttl: config.lease_ttl,
+            };
+            let keeper = concord::discovery::LeaseKeeper::spawn(registry, registration)
+                .map_err(|e| ShopError::Unavailable(format!("registry {registry}: {e}")))?;
+            tasks.push(tokio::spawn(replication::run_failover_watch(
+                Arc::clone(&replicator),
+                registry.clone(),
+                SERVICE_NAME.to_string(),
+            )));
+            Some(Arc::new(keeper))
+        }
+        None => None,
+    };
+    if let Some(keeper) = &keeper {
+        // Republish role/term whenever they change.
+        let keeper = Arc::clone(keeper);
+        let rep = Arc::clone(&replicator);
+        let mut role_rx = replicator.subscribe_role();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = role_rx.changed() => {
+                        if changed.is_err() { return }
+                        keeper.set_metadata(rep.registry_metadata());
+                    }
+                    _ = replication::stopped(&mut stop) => return,
+                }
+            }
+        }));
+    }
+
+    let (router, health) = concord::grpc::router();
+    health
+        .set_serving::<ShopServer<service::ShopService>>()
+        .await;
+    health
+        .set_serving::<ReplicationServer<replication::ReplicationService>>()
+        .await;
+    let router = router
+        .add_service(ShopServer::new(service::ShopService::new(
+            Shop::new(Arc::clone(&store))?,
+            Arc::clone(&replicator),
+            config.admin_token.clone(),
+        )))
+        .add_service(ReplicationServer::new(
+            replication::ReplicationService::new(
+                Arc::clone(&replicator),
+                config.admin_token.clone(),
+            ),
+        ));
+    tracing::info!(%address, role = ?replicator.role(), term = store.term(), last_lsn = store.last_lsn()?, "shop serving");
+    let served = concord::grpc::serve(router, listener, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "shop background task failed");
+        }
+    }
+    if let Some(keeper) = keeper {
+        match Arc::try_unwrap(keeper) {
+            Ok(keeper) => keeper.deregister().await,
+            Err(_) => tracing::warn!("lease keeper still shared at shutdown; not deregistered"),
+        }
+    }
+    drop(replicator);
+    close_store(store).await;
+    served.map_err(|e| ShopError::Unavailable(format!("gRPC server: {e}")))
+}
+
+/// Longest time shutdown waits for the last in-flight users of the store (replication
+/// stream tasks winding down after the stop signal).
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops the last handle on the store (final flush, flusher joined, sled file lock
+/// released) once the tasks still holding it have finished, so the directory can be
+/// reopened as soon as `serve` returns.
+async fn close_store(mut store: Arc<Store>) {
+    let deadline = tokio::time::Instant::now() + STORE_CLOSE_WAIT;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => {
+                if let Err(e) = tokio::task::spawn_blocking(move || drop(store)).await {
+                    tracing::error!(error = %e, "closing the store failed");
+                }
+                tracing::info!("shop store closed");
+                return;
+            }
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "store still in use after shutdown; it closes when the last user ends"
+                );
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Startup validation rejects each bad setting and accepts the defaults.
+    #[test]
+    fn config_validation_table() {
+        assert!(Config::new("/tmp/x").validate().is_ok());
+        type Break = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Break)> = vec![
+            ("empty token", Box::new(|c| c.admin_token = " ".into())),
+            ("empty dir", Box::new(|c| c.data_dir = PathBuf::new())),
+            ("zero ttl", Box::new(|c| c.lease_ttl = Duration::ZERO)),
+            (
+                "zero sync timeout",
+                Box::new(|c| c.replication.sync_timeout = Duration::ZERO),
+            ),
+            (
+                "empty primary",
+                Box::new(|c| c.replication.primary_addr = Some(String::new())),
+            ),
+        ];
+        for (label, breaks) in cases {
+            let mut config = Config::new("/tmp/x");
+            breaks(&mut config);
+            assert!(
+                matches!(config.validate(), Err(ShopError::InvalidArgument(_))),
+                "{label}"
+            );
+        }
+    }
+}

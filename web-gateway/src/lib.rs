@@ -1,2 +1,158 @@
-//! Not implemented yet: this crate is filled in by issue 7. It exposes nothing, so
-//! nothing can mistake it for a working service.
+//! The Concord web gateway: HTTP/JSON, server-sent events and a static UI over the
+//! cluster's gRPC services.
+//!
+//! A request walks through:
+//! 1. tower layers: a request id (`x-request-id`, generated when absent, echoed in the
+//!    reply and forwarded to the backend), a tracing span carrying it, a body size limit;
+//! 2. a handler in [`routes`] that turns path/query/JSON into a protobuf request — malformed
+//!    input is a `400` with the parser's reason;
+//! 3. [`backends`], which picks an instance found through the registry's `Watch` (shop
+//!    writes to the highest-term primary), reuses one cached channel per address, and retries
+//!    once on another instance when that is safe;
+//! 4. the reply converted to JSON by [`dto`], or the error mapped to an HTTP status in the
+//!    one place that does it, [`error`].
+//!
+//! Failure behaviour: with no live instance of a backend the answer is `503
+//! {"code":"unavailable"}`; while the registry is down the last known instances keep being
+//! used. `/api/events` streams end on shutdown; after the shutdown future resolves, the
+//! server stops accepting and gives open requests [`SHUTDOWN_GRACE`] to finish.
+//!
+//! Non-goals: authentication of its own (bearer tokens are passed through to the services
+//! that check them), TLS, caching of replies.
+
+pub mod backends;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    extract::DefaultBodyLimit,
+    http::{HeaderName, Request},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnFailure, TraceLayer},
+};
+use tracing::Level;
+
+pub use error::Error;
+
+use crate::{backends::Backends, state::AppState};
+
+/// How long shutdown waits for open requests before returning.
+pub const SHUTDOWN_GRACE: Duration = concord::grpc::SHUTDOWN_GRACE;
+
+/// Gateway settings; every field has a default and can be overridden by the CLI.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Registry address (host:port); backends are discovered through it.
+    pub registry_addr: String,
+    /// Deadline of each backend call attempt; past it the answer is `504`.
+    pub call_timeout: Duration,
+    /// Largest accepted request body, in bytes; larger bodies get `413`.
+    pub body_limit_bytes: usize,
+    /// How often `/api/events` refreshes the cluster view without a registry change (lag).
+    pub cluster_refresh: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            registry_addr: concord::config::DEFAULT_REGISTRY_ADDR.to_owned(),
+            call_timeout: Duration::from_secs(10),
+            body_limit_bytes: 64 * 1024,
+            cluster_refresh: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings; the error names the bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.registry_addr.trim().is_empty() {
+            return Err(Error::InvalidConfig("registry_addr is empty".into()));
+        }
+        if self.call_timeout.is_zero() {
+            return Err(Error::InvalidConfig("call_timeout must be > 0".into()));
+        }
+        if self.body_limit_bytes == 0 {
+            return Err(Error::InvalidConfig("body_limit_bytes must be > 0".into()));
+        }
+        if self.cluster_refresh.is_zero() {
+            return Err(Error::InvalidConfig("cluster_refresh must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let backends = Backends::start(&config.registry_addr)?;
+    let (router, openapi) = routes::router();
+    let openapi_json = openapi
+        .to_json()
+        .map_err(|err| Error::InvalidConfig(format!("OpenAPI document: {err}")))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        backends,
+        call_timeout: config.call_timeout,
+        cluster_refresh: config.cluster_refresh,
+        shutdown_rx: shutdown_rx.clone(),
+        openapi_json: Arc::new(openapi_json),
+    };
+
+    let request_id = HeaderName::from_static(extract::REQUEST_ID);
+    let app = router
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                        let id = request
+                            .headers()
+                            .get(extract::REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    })
+                    // Failed replies are logged once, with their cause, by `Error`.
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id)),
+        );
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, registry = %config.registry_addr, "web gateway serving");
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("web gateway shutting down");
+        shutdown_tx.send_replace(true);
+    });
+    let grace_over = async {
+        AppState::shutting_down(shutdown_rx).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            tracing::info!(?addr, "web gateway stopped");
+            result.map_err(Error::Io)
+        }
+        () = grace_over => {
+            tracing::warn!(?addr, grace = ?SHUTDOWN_GRACE, "grace period over; dropping open connections");
+            Ok(())
+        }
+    }
+}

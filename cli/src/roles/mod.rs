@@ -4,7 +4,11 @@
 //! stdout (the launcher and tests read it, which is what makes `--listen 127.0.0.1:0`
 //! usable), then serves until Ctrl-C or SIGTERM.
 
+pub mod aggregator;
+pub mod gateway;
+pub mod node;
 pub mod registry;
+pub mod shop;
 
 use std::net::SocketAddr;
 

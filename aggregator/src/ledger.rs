@@ -1,0 +1,1411 @@
+//! The stake ledger: accounts plus an append-only, hash-chained event log in `sled`.
+//!
+//! # Layout
+//!
+//! | tree       | key                    | value                                  |
+//! |------------|------------------------|----------------------------------------|
+//! | `accounts` | node id (UTF-8)        | JSON [`Account`]                       |
+//! | `events`   | `seq` as big-endian u64| JSON [`Event`]                         |
+//! | `meta`     | `head`                 | JSON [`Head`] (last seq, hash, totals) |
+//! | `scored`   | request id (UTF-8)     | `seq` (BE u64) of the scoring batch    |
+//!
+//! Every change — the account records, the new events, the head and (for an outcome) the
+//! `scored` marker — is written in **one** sled transaction, and the db is flushed before
+//! the call returns. So an acknowledged update survives a crash (`kill -9`), and a request
+//! is scored at most once even under concurrent `ReportOutcome` calls: sled serialises
+//! the conflicting transactions on the `head`/`scored` keys and the loser sees the marker.
+//!
+//! # Events and the hash chain
+//!
+//! Kinds: `grant` (default stake for a node seen for the first time), `stake`, `unstake`,
+//! `reward`, `slash`, `eject`, `rejoin`. Events are numbered `1, 2, 3, …` without gaps.
+//! `hash = SHA-256(canonical bytes of every other field, including prev_hash)` and
+//! `prev_hash` is the previous event's hash (64 zeros for event 1). See [`event_hash`].
+//!
+//! # Token identity (checked by [`Ledger::verify`])
+//!
+//! All amounts are `u64` tokens; trust is stored as an integer in parts per billion so the
+//! ledger contains no floating-point value and replays are exact.
+//!
+//! ```text
+//! minted    = Σ grant + Σ reward          (tokens created by the ledger)
+//! burned    = Σ slash                      (tokens destroyed by the ledger)
+//! deposited = Σ stake,  withdrawn = Σ unstake   (tokens moved in/out by nodes)
+//!
+//! Σ account.stake  =  minted + deposited − withdrawn − burned
+//! ```
+//!
+//! `verify` also checks, for every event, that the hash recomputes, that it links to its
+//! predecessor, that `stake_after` equals the replayed balance (no step below zero), that
+//! eject/rejoin alternate, and finally that every account record equals its replayed
+//! state and the stored totals equal the replayed totals. It reports the first
+//! inconsistency found, in that order.
+//!
+//! # Eject rule
+//!
+//! After a slash or unstake leaves `stake < min_stake`, an `eject` event follows in the
+//! same transaction. After a `stake` call lifts an ejected node to `≥ min_stake`, a
+//! `rejoin` event follows. Rewards alone never rejoin a node.
+//!
+//! Non-goals: the `scored` tree is never pruned (one small key per scored request);
+//! there is no multi-node replication of the ledger. The chain detects edits, deletions
+//! and reordering, but someone with write access who rewrites an event *and* re-hashes
+//! every later one produces a valid chain with a different head: compare the head hash
+//! `VerifyLedger` reports with one recorded earlier (anchoring) to catch that.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use tokio::sync::broadcast;
+
+use crate::policy::{
+    below_minimum, slash_amount, update_trust, NodeId, ScoringParams, Stake, Trust, INITIAL_TRUST,
+};
+
+/// Trust is persisted as `round(t · TRUST_SCALE)`: exact integers in the ledger.
+pub const TRUST_SCALE: u64 = 1_000_000_000;
+/// `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Live-event fan-out buffer; a watcher that falls further behind is told it lagged and
+/// re-reads from the log.
+pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
+/// Largest page [`Ledger::events_page`] returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+const HEAD_KEY: &[u8] = b"head";
+
+/// Errors of the ledger, by what a caller can do about them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LedgerError {
+    /// Bad input (zero amount, overflow, empty id); fix the request.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The account does not exist.
+    #[error("no account for node {0:?}")]
+    NotFound(NodeId),
+    /// Unstake larger than the balance: stakes never go negative.
+    #[error("insufficient stake: node {node_id:?} has {stake}, asked to withdraw {requested}")]
+    InsufficientStake {
+        /// The node.
+        node_id: NodeId,
+        /// Its balance.
+        stake: Stake,
+        /// The amount asked for.
+        requested: Stake,
+    },
+    /// The request id was already scored; nothing changed.
+    #[error("request {request_id:?} was already scored (event batch {seq})")]
+    AlreadyScored {
+        /// The request.
+        request_id: String,
+        /// Head seq of the batch that scored it.
+        seq: u64,
+    },
+    /// sled failed (I/O); may succeed later.
+    #[error("ledger storage error: {0}")]
+    Storage(String),
+    /// A stored record does not decode; needs an operator.
+    #[error("ledger corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for LedgerError {
+    fn from(e: sled::Error) -> Self {
+        LedgerError::Storage(e.to_string())
+    }
+}
+
+impl From<TransactionError<LedgerError>> for LedgerError {
+    fn from(e: TransactionError<LedgerError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<LedgerError>>;
+
+/// A node's balance sheet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The node.
+    pub node_id: NodeId,
+    /// Current stake in tokens.
+    pub stake: Stake,
+    /// Trust in parts per billion (see [`Account::trust`]).
+    pub trust_ppb: u64,
+    /// Out of the weighted consensus until it stakes back above the minimum.
+    pub ejected: bool,
+    /// Scored answers that were right.
+    pub right: u64,
+    /// Scored answers that were wrong.
+    pub wrong: u64,
+    /// Seq of the last event that touched this account.
+    pub last_seq: u64,
+}
+
+impl Account {
+    /// Trust as a float in `[0, 1]`.
+    pub fn trust(&self) -> Trust {
+        self.trust_ppb as f64 / TRUST_SCALE as f64
+    }
+}
+
+/// Converts a float trust to the stored integer form.
+pub fn trust_to_ppb(t: Trust) -> u64 {
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    // In [0, 1e9]: the cast cannot truncate.
+    (t * TRUST_SCALE as f64).round() as u64
+}
+
+/// The EMA step on the stored integer: [`update_trust`] rounded to ppb, but always at
+/// least one ppb in the direction of the move, so a long run of wrong (right) answers
+/// reaches exactly 0 (1) instead of stalling on a rounding fixpoint.
+pub fn next_trust_ppb(trust_ppb: u64, correct: bool, alpha: f64) -> u64 {
+    let old = trust_ppb.min(TRUST_SCALE);
+    let new = trust_to_ppb(update_trust(
+        old as f64 / TRUST_SCALE as f64,
+        correct,
+        alpha,
+    ));
+    match (correct, new == old) {
+        (true, true) if old < TRUST_SCALE => old + 1,
+        (false, true) if old > 0 => old - 1,
+        _ => new,
+    }
+}
+
+/// What an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Account opened with the default stake (minted).
+    Grant,
+    /// Node deposited tokens.
+    Stake,
+    /// Node withdrew tokens.
+    Unstake,
+    /// Right answer: tokens minted.
+    Reward,
+    /// Wrong answer: tokens burned.
+    Slash,
+    /// Fell below the minimum stake.
+    Eject,
+    /// Staked back to at least the minimum.
+    Rejoin,
+}
+
+impl EventKind {
+    /// Wire/log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Grant => "grant",
+            EventKind::Stake => "stake",
+            EventKind::Unstake => "unstake",
+            EventKind::Reward => "reward",
+            EventKind::Slash => "slash",
+            EventKind::Eject => "eject",
+            EventKind::Rejoin => "rejoin",
+        }
+    }
+}
+
+/// One entry of the append-only log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log, from 1, no gaps.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// Whose account.
+    pub node_id: NodeId,
+    /// Tokens moved (0 for eject/rejoin).
+    pub amount: Stake,
+    /// Balance right after this event.
+    pub stake_after: Stake,
+    /// Trust (ppb) right after this event.
+    pub trust_after_ppb: u64,
+    /// The scored request, for reward/slash (and the eject they cause).
+    pub request_id: Option<String>,
+    /// Wall-clock time of the commit, ms since the Unix epoch (informational).
+    pub at_ms: u64,
+    /// Hash of event `seq − 1`.
+    pub prev_hash: String,
+    /// SHA-256 of this event, see [`event_hash`].
+    pub hash: String,
+}
+
+impl Event {
+    /// Trust after this event as a float in `[0, 1]`.
+    pub fn trust_after(&self) -> Trust {
+        self.trust_after_ppb as f64 / TRUST_SCALE as f64
+    }
+}
+
+/// Running totals, kept in the head so `verify` can check them against a replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Σ grant.
+    pub granted: u64,
+    /// Σ reward.
+    pub rewarded: u64,
+    /// Σ slash.
+    pub burned: u64,
+    /// Σ stake.
+    pub deposited: u64,
+    /// Σ unstake.
+    pub withdrawn: u64,
+}
+
+impl Totals {
+    /// `granted + rewarded`.
+    pub fn minted(&self) -> u128 {
+        u128::from(self.granted) + u128::from(self.rewarded)
+    }
+
+    /// `minted + deposited − withdrawn − burned`: what Σ stakes must equal.
+    pub fn expected_stake_sum(&self) -> i128 {
+        self.minted() as i128 + i128::from(self.deposited)
+            - i128::from(self.withdrawn)
+            - i128::from(self.burned)
+    }
+
+    fn add(&mut self, kind: EventKind, amount: u64) -> Result<(), LedgerError> {
+        let slot = match kind {
+            EventKind::Grant => &mut self.granted,
+            EventKind::Reward => &mut self.rewarded,
+            EventKind::Slash => &mut self.burned,
+            EventKind::Stake => &mut self.deposited,
+            EventKind::Unstake => &mut self.withdrawn,
+            EventKind::Eject | EventKind::Rejoin => return Ok(()),
+        };
+        *slot = slot
+            .checked_add(amount)
+            .ok_or_else(|| LedgerError::InvalidArgument("token total overflow".into()))?;
+        Ok(())
+    }
+}
+
+/// The tip of the chain plus totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Seq of the last event (0 when empty).
+    pub seq: u64,
+    /// Hash of the last event ([`GENESIS_HASH`] when empty).
+    pub hash: String,
+    /// Running totals.
+    pub totals: Totals,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+            totals: Totals::default(),
+        }
+    }
+}
+
+/// Per-node result of scoring one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreChange {
+    /// The node.
+    pub node_id: NodeId,
+    /// Whether its label matched the true label.
+    pub correct: bool,
+    /// Trust before.
+    pub trust_before: Trust,
+    /// Trust after.
+    pub trust_after: Trust,
+    /// Stake before.
+    pub stake_before: Stake,
+    /// Stake after.
+    pub stake_after: Stake,
+    /// Tokens minted (right answer).
+    pub reward: Stake,
+    /// Tokens burned (wrong answer).
+    pub slashed: Stake,
+    /// Ejected after this scoring.
+    pub ejected: bool,
+    /// This scoring caused the ejection.
+    pub newly_ejected: bool,
+}
+
+/// An account after a stake/unstake, with the events written for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountChange {
+    /// The account after the change.
+    pub account: Account,
+    /// `stake` (+ `rejoin`) or `unstake` (+ `eject`), in order.
+    pub events: Vec<Event>,
+}
+
+/// Result of [`Ledger::verify`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyReport {
+    /// Events read.
+    pub events_checked: u64,
+    /// Accounts read.
+    pub accounts_checked: u64,
+    /// The stored head.
+    pub head: Head,
+    /// Totals recomputed from the events.
+    pub replayed: Totals,
+    /// Σ account stakes as stored.
+    pub stake_sum: u128,
+    /// Σ balances replayed from the events.
+    pub replayed_stake_sum: u128,
+    /// The first problem found; `None` means the ledger is consistent.
+    pub first_inconsistency: Option<Inconsistency>,
+}
+
+impl VerifyReport {
+    /// True when no inconsistency was found.
+    pub fn ok(&self) -> bool {
+        self.first_inconsistency.is_none()
+    }
+}
+
+/// Where the ledger stopped adding up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inconsistency {
+    /// The offending event, if the problem is in the log.
+    pub seq: Option<u64>,
+    /// The offending account, if any.
+    pub node_id: Option<NodeId>,
+    /// Human-readable description.
+    pub message: String,
+}
+
+/// Canonical SHA-256 of an event: every field except `hash`, length-prefixed, in order.
+pub fn event_hash(e: &Event) -> String {
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    let mut h = Sha256::new();
+    field(&mut h, b"concord.stake.event.v1");
+    field(&mut h, &e.seq.to_be_bytes());
+    field(&mut h, e.kind.as_str().as_bytes());
+    field(&mut h, e.node_id.as_bytes());
+    field(&mut h, &e.amount.to_be_bytes());
+    field(&mut h, &e.stake_after.to_be_bytes());
+    field(&mut h, &e.trust_after_ppb.to_be_bytes());
+    match &e.request_id {
+        Some(r) => {
+            field(&mut h, b"1");
+            field(&mut h, r.as_bytes());
+        }
+        None => field(&mut h, b"0"),
+    }
+    field(&mut h, &e.at_ms.to_be_bytes());
+    field(&mut h, e.prev_hash.as_bytes());
+    hex::encode(h.finalize())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, LedgerError> {
+    serde_json::from_slice(bytes).map_err(|e| LedgerError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LedgerError> {
+    serde_json::to_vec(value).map_err(|e| LedgerError::Corrupt(format!("encode: {e}")))
+}
+
+/// One open transaction: buffers the head and the events it appends.
+struct Tx<'a> {
+    accounts: &'a TransactionalTree,
+    events: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    params: &'a ScoringParams,
+    head: Head,
+    appended: Vec<Event>,
+    at_ms: u64,
+}
+
+impl<'a> Tx<'a> {
+    fn begin(
+        accounts: &'a TransactionalTree,
+        events: &'a TransactionalTree,
+        meta: &'a TransactionalTree,
+        params: &'a ScoringParams,
+    ) -> TxResult<Self> {
+        let head = match meta.get(HEAD_KEY)? {
+            Some(b) => decode("head", &b).map_err(ConflictableTransactionError::Abort)?,
+            None => Head::default(),
+        };
+        Ok(Self {
+            accounts,
+            events,
+            meta,
+            params,
+            head,
+            appended: Vec::new(),
+            at_ms: now_ms(),
+        })
+    }
+
+    fn get(&self, node_id: &str) -> TxResult<Option<Account>> {
+        match self.accounts.get(node_id.as_bytes())? {
+            Some(b) => Ok(Some(
+                decode("account", &b).map_err(ConflictableTransactionError::Abort)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, account: &Account) -> TxResult<()> {
+        let bytes = encode(account).map_err(ConflictableTransactionError::Abort)?;
+        self.accounts.insert(account.node_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Loads the account, opening it with a `grant` event if the node is new.
+    fn get_or_open(&mut self, node_id: &str) -> TxResult<Account> {
+        if let Some(a) = self.get(node_id)? {
+            return Ok(a);
+        }
+        let mut a = Account {
+            node_id: node_id.to_string(),
+            stake: self.params.default_stake,
+            trust_ppb: trust_to_ppb(INITIAL_TRUST),
+            ejected: false,
+            right: 0,
+            wrong: 0,
+            last_seq: 0,
+        };
+        self.append(EventKind::Grant, &mut a, self.params.default_stake, None)?;
+        if below_minimum(a.stake, self.params.min_stake) {
+            a.ejected = true;
+            self.append(EventKind::Eject, &mut a, 0, None)?;
+        }
+        Ok(a)
+    }
+
+    /// Appends an event describing `account`'s state *after* the change.
+    fn append(
+        &mut self,
+        kind: EventKind,
+        account: &mut Account,
+        amount: Stake,
+        request_id: Option<&str>,
+    ) -> TxResult<()> {
+        self.head
+            .totals
+            .add(kind, amount)
+            .map_err(ConflictableTransactionError::Abort)?;
+        let seq = self.head.seq + 1;
+        account.last_seq = seq;
+        let mut e = Event {
+            seq,
+            kind,
+            node_id: account.node_id.clone(),
+            amount,
+            stake_after: account.stake,
+            trust_after_ppb: account.trust_ppb,
+            request_id: request_id.map(str::to_string),
+            at_ms: self.at_ms,
+            prev_hash: self.head.hash.clone(),
+            hash: String::new(),
+        };
+        e.hash = event_hash(&e);
+        let bytes = encode(&e).map_err(ConflictableTransactionError::Abort)?;
+        self.events.insert(&seq.to_be_bytes(), bytes)?;
+        self.head.seq = seq;
+        self.head.hash = e.hash.clone();
+        self.appended.push(e);
+        Ok(())
+    }
+
+    fn commit(self) -> TxResult<Vec<Event>> {
+        let bytes = encode(&self.head).map_err(ConflictableTransactionError::Abort)?;
+        self.meta.insert(HEAD_KEY, bytes)?;
+        Ok(self.appended)
+    }
+}
+
+fn abort<T>(e: LedgerError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// The sled-backed ledger. Cheap to clone (sled handles are reference counted).
+///
+/// All methods block on disk I/O (flush); async callers use `spawn_blocking`.
+#[derive(Clone)]
+pub struct Ledger {
+    db: sled::Db,
+    accounts: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+    scored: sled::Tree,
+    params: ScoringParams,
+    events_tx: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`.
+    pub fn open(path: impl AsRef<Path>, params: ScoringParams) -> Result<Self, LedgerError> {
+        let db = sled::open(path)?;
+        Self::with_db(db, params)
+    }
+
+    /// A ledger in a temporary sled db, deleted on drop (simulations, unit tests).
+    pub fn temporary(params: ScoringParams) -> Result<Self, LedgerError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::with_db(db, params)
+    }
+
+    fn with_db(db: sled::Db, params: ScoringParams) -> Result<Self, LedgerError> {
+        params.validate().map_err(LedgerError::InvalidArgument)?;
+        let (events_tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        Ok(Self {
+            accounts: db.open_tree("accounts")?,
+            events: db.open_tree("events")?,
+            meta: db.open_tree("meta")?,
+            scored: db.open_tree("scored")?,
+            db,
+            params,
+            events_tx,
+        })
+    }
+
+    /// The scoring knobs in force.
+    pub fn params(&self) -> &ScoringParams {
+        &self.params
+    }
+
+    /// Live feed of committed (and flushed) events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events_tx.subscribe()
+    }
+
+    /// Runs `f` in one transaction over all trees, flushes, publishes the new events.
+    fn transact<T>(
+        &self,
+        f: impl Fn(&mut Tx<'_>, &TransactionalTree) -> TxResult<T>,
+    ) -> Result<(T, Vec<Event>), LedgerError> {
+        let (out, events) = (&self.accounts, &self.events, &self.meta, &self.scored).transaction(
+            |(accounts, events, meta, scored)| {
+                let mut tx = Tx::begin(accounts, events, meta, &self.params)?;
+                let out = f(&mut tx, scored)?;
+                let appended = tx.commit()?;
+                Ok((out, appended))
+            },
+        )?;
+        if !events.is_empty() {
+            self.db.flush()?;
+            for e in &events {
+                // No receiver is fine: nobody is watching.
+                let _ = self.events_tx.send(e.clone());
+            }
+        }
+        Ok((out, events))
+    }
+
+    /// The account, if the node was ever seen.
+    pub fn account(&self, node_id: &str) -> Result<Option<Account>, LedgerError> {
+        self.accounts
+            .get(node_id.as_bytes())?
+            .map(|b| decode("account", &b))
+            .transpose()
+    }
+
+    /// The accounts of `node_ids` in order, opening (granting) any that are new.
+    pub fn ensure_accounts(&self, node_ids: &[NodeId]) -> Result<Vec<Account>, LedgerError> {
+        let mut out = Vec::with_capacity(node_ids.len());
+        for id in node_ids {
+            match self.account(id)? {
+                Some(a) => out.push(a),
+                None => break,
+            }
+        }
+        if out.len() == node_ids.len() {
+            return Ok(out);
+        }
+        for id in node_ids {
+            check_node_id(id)?;
+        }
+        let (accounts, events) = self.transact(|tx, _| {
+            let mut v = Vec::with_capacity(node_ids.len());
+            for id in node_ids {
+                let a = tx.get_or_open(id)?;
+                tx.put(&a)?;
+                v.push(a);
+            }
+            Ok(v)
+        })?;
+        for e in events.iter().filter(|e| e.kind == EventKind::Grant) {
+            tracing::info!(node = %e.node_id, stake = e.amount, "stake account opened");
+        }
+        Ok(accounts)
+    }
+
+    /// Every account, ordered by node id.
+    pub fn list_accounts(&self) -> Result<Vec<Account>, LedgerError> {
+        self.accounts
+            .iter()
+            .map(|r| {
+                let (_, v) = r?;
+                decode("account", &v)
+            })
+            .collect()
+    }
+
+    /// The current head (seq 0 when empty).
+    pub fn head(&self) -> Result<Head, LedgerError> {
+        match self.meta.get(HEAD_KEY)? {
+            Some(b) => decode("head", &b),
+            None => Ok(Head::default()),
+        }
+    }
+
+    /// Up to `limit` events with `seq > after_seq`, optionally only one node's; plus the
+    /// `after_seq` to ask for the next page (`None` at the end of the log).
+    pub fn events_page(
+        &self,
+        after_seq: u64,
+        limit: usize,
+        node_id: Option<&str>,
+    ) -> Result<(Vec<Event>, Option<u64>), LedgerError> {
+        let limit = limit.clamp(1, MAX_PAGE_SIZE);
+        let start = after_seq.saturating_add(1).to_be_bytes();
+        let mut page = Vec::new();
+        let mut last = after_seq;
+        for r in self.events.range(start..) {
+            let (_, v) = r?;
+            let e: Event = decode("event", &v)?;
+            last = e.seq;
+            if node_id.is_some_and(|n| n != e.node_id) {
+                continue;
+            }
+            page.push(e);
+            if page.len() == limit {
+                break;
+            }
+        }
+        let more = self
+            .events
+            .range(last.saturating_add(1).to_be_bytes()..)
+            .next()
+            .is_some();
+        Ok((page, more.then_some(last)))
+    }
+
+    /// Whether `request_id` was scored, and by which batch (head seq).
+    pub fn scored_seq(&self, request_id: &str) -> Result<Option<u64>, LedgerError> {
+        Ok(self
+            .scored
+            .get(request_id.as_bytes())?
+            .map(|b| seq_from(&b)))
+    }
+
+    /// Node adds `amount` tokens to its own stake (opening the account if new). Rejoins
+    /// consensus if it was ejected and is now at or above the minimum.
+    pub fn stake(&self, node_id: &str, amount: Stake) -> Result<AccountChange, LedgerError> {
+        check_node_id(node_id)?;
+        if amount == 0 {
+            return Err(LedgerError::InvalidArgument(
+                "stake amount must be positive".into(),
+            ));
+        }
+        let min = self.params.min_stake;
+        let (account, events) = self.transact(|tx, _| {
+            let mut a = tx.get_or_open(node_id)?;
+            a.stake = match a.stake.checked_add(amount) {
+                Some(s) => s,
+                None => return abort(LedgerError::InvalidArgument("stake overflow".into())),
+            };
+            tx.append(EventKind::Stake, &mut a, amount, None)?;
+            if a.ejected && !below_minimum(a.stake, min) {
+                a.ejected = false;
+                tx.append(EventKind::Rejoin, &mut a, 0, None)?;
+            }
+            tx.put(&a)?;
+            Ok(a)
+        })?;
+        log_events(&events);
+        Ok(AccountChange { account, events })
+    }
+
+    /// Node withdraws `amount` of its own stake; never below zero. Ejects the node if the
+    /// balance falls under the minimum.
+    pub fn unstake(&self, node_id: &str, amount: Stake) -> Result<AccountChange, LedgerError> {
+        check_node_id(node_id)?;
+        if amount == 0 {
+            return Err(LedgerError::InvalidArgument(
+                "unstake amount must be positive".into(),
+            ));
+        }
+        let min = self.params.min_stake;
+        let (account, events) = self.transact(|tx, _| {
+            let Some(mut a) = tx.get(node_id)? else {
+                return abort(LedgerError::NotFound(node_id.to_string()));
+            };
+            a.stake = match a.stake.checked_sub(amount) {
+                Some(s) => s,
+                None => {
+                    return abort(LedgerError::InsufficientStake {
+                        node_id: node_id.to_string(),
+                        stake: a.stake,
+                        requested: amount,
+                    })
+                }
+            };
+            tx.append(EventKind::Unstake, &mut a, amount, None)?;
+            if !a.ejected && below_minimum(a.stake, min) {
+                a.ejected = true;
+                tx.append(EventKind::Eject, &mut a, 0, None)?;
+            }
+            tx.put(&a)?;
+            Ok(a)
+        })?;
+        log_events(&events);
+        Ok(AccountChange { account, events })
+    }
+
+    /// Scores one request: each `(node, correct)` once (duplicates ignored), all in one
+    /// transaction together with the `scored` marker. A second call for the same request
+    /// fails with [`LedgerError::AlreadyScored`] and changes nothing.
+    pub fn score(
+        &self,
+        request_id: &str,
+        outcomes: &[(NodeId, bool)],
+    ) -> Result<Vec<ScoreChange>, LedgerError> {
+        if request_id.is_empty() {
+            return Err(LedgerError::InvalidArgument("empty request id".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let outcomes: Vec<&(NodeId, bool)> = outcomes
+            .iter()
+            .filter(|(n, _)| seen.insert(n.as_str()))
+            .collect();
+        for (n, _) in &outcomes {
+            check_node_id(n)?;
+        }
+        let p = self.params;
+        let (changes, events) = self.transact(|tx, scored| {
+            if let Some(b) = scored.get(request_id.as_bytes())? {
+                return abort(LedgerError::AlreadyScored {
+                    request_id: request_id.to_string(),
+                    seq: seq_from(&b),
+                });
+            }
+            let mut changes = Vec::with_capacity(outcomes.len());
+            for (node_id, correct) in outcomes.iter().map(|o| (&o.0, o.1)) {
+                let mut a = tx.get_or_open(node_id)?;
+                let trust_before = a.trust();
+                let stake_before = a.stake;
+                a.trust_ppb = next_trust_ppb(a.trust_ppb, correct, p.alpha);
+                let (kind, amount) = if correct {
+                    a.right += 1;
+                    let reward = p.reward.min(Stake::MAX - a.stake);
+                    a.stake += reward;
+                    (EventKind::Reward, reward)
+                } else {
+                    a.wrong += 1;
+                    let slash = slash_amount(a.stake, p.slash_bps);
+                    a.stake -= slash;
+                    (EventKind::Slash, slash)
+                };
+                tx.append(kind, &mut a, amount, Some(request_id))?;
+                let newly_ejected = !a.ejected && below_minimum(a.stake, p.min_stake);
+                if newly_ejected {
+                    a.ejected = true;
+                    tx.append(EventKind::Eject, &mut a, 0, Some(request_id))?;
+                }
+                tx.put(&a)?;
+                changes.push(ScoreChange {
+                    node_id: node_id.clone(),
+                    correct,
+                    trust_before,
+                    trust_after: a.trust(),
+                    stake_before,
+                    stake_after: a.stake,
+                    reward: if correct { amount } else { 0 },
+                    slashed: if correct { 0 } else { amount },
+                    ejected: a.ejected,
+                    newly_ejected,
+                });
+            }
+            scored.insert(request_id.as_bytes(), &tx.head.seq.to_be_bytes())?;
+            Ok(changes)
+        })?;
+        if events.is_empty() {
+            // Nobody answered in time: the marker still has to be durable.
+            self.db.flush()?;
+        }
+        log_events(&events);
+        Ok(changes)
+    }
+
+    /// Recomputes the chain, the balances and the totals from the events; see module docs.
+    pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        #[derive(Default)]
+        struct Replayed {
+            stake: Stake,
+            trust_ppb: u64,
+            ejected: bool,
+            last_seq: u64,
+        }
+        let head = self.head()?;
+        let mut report = VerifyReport {
+            events_checked: 0,
+            accounts_checked: 0,
+            head: head.clone(),
+            replayed: Totals::default(),
+            stake_sum: 0,
+            replayed_stake_sum: 0,
+            first_inconsistency: None,
+        };
+        let fail = |seq: Option<u64>, node: Option<&str>, message: String| Inconsistency {
+            seq,
+            node_id: node.map(str::to_string),
+            message,
+        };
+        let mut nodes: BTreeMap<NodeId, Replayed> = BTreeMap::new();
+        let mut prev_hash = GENESIS_HASH.to_string();
+        let mut expected_seq = 1u64;
+        let mut problem: Option<Inconsistency> = None;
+        for r in self.events.iter() {
+            let (k, v) = r?;
+            report.events_checked += 1;
+            let key_seq = seq_from(&k);
+            let e: Event = match decode("event", &v) {
+                Ok(e) => e,
+                Err(err) => {
+                    problem = Some(fail(Some(key_seq), None, err.to_string()));
+                    break;
+                }
+            };
+            let at = Some(e.seq);
+            let node = Some(e.node_id.as_str());
+            if e.seq != key_seq || e.seq != expected_seq {
+                problem = Some(fail(
+                    Some(key_seq),
+                    node,
+                    format!(
+                        "expected event {expected_seq}, found seq {} under key {key_seq}",
+                        e.seq
+                    ),
+                ));
+                break;
+            }
+            if e.prev_hash != prev_hash {
+                problem = Some(fail(
+                    at,
+                    node,
+                    "prev_hash does not link to the previous event".into(),
+                ));
+                break;
+            }
+            if event_hash(&e) != e.hash {
+                problem = Some(fail(
+                    at,
+                    node,
+                    "hash does not match the event's contents".into(),
+                ));
+                break;
+            }
+            if let Err(err) = report.replayed.add(e.kind, e.amount) {
+                problem = Some(fail(at, node, err.to_string()));
+                break;
+            }
+            let fresh = !nodes.contains_key(&e.node_id);
+            if fresh != (e.kind == EventKind::Grant) {
+                problem = Some(fail(
+                    at,
+                    node,
+                    format!(
+                        "{} event {}",
+                        e.kind.as_str(),
+                        if fresh {
+                            "before the account was opened"
+                        } else {
+                            "for an account already opened"
+                        }
+                    ),
+                ));
+                break;
+            }
+            let n = nodes.entry(e.node_id.clone()).or_default();
+            let step = match e.kind {
+                EventKind::Grant | EventKind::Stake | EventKind::Reward => {
+                    n.stake.checked_add(e.amount).ok_or("balance overflow")
+                }
+                EventKind::Unstake | EventKind::Slash => n
+                    .stake
+                    .checked_sub(e.amount)
+                    .ok_or("balance would go negative"),
+                EventKind::Eject if n.ejected => Err("eject of an ejected node"),
+                EventKind::Rejoin if !n.ejected => Err("rejoin of a node that is not ejected"),
+                EventKind::Eject | EventKind::Rejoin => Ok(n.stake),
+            };
+            match step {
+                Ok(s) if s == e.stake_after => n.stake = s,
+                Ok(s) => {
+                    problem = Some(fail(
+                        at,
+                        node,
+                        format!("stake_after {} but replay gives {s}", e.stake_after),
+                    ));
+                    break;
+                }
+                Err(msg) => {
+                    problem = Some(fail(at, node, msg.to_string()));
+                    break;
+                }
+            }
+            match e.kind {
+                EventKind::Eject => n.ejected = true,
+                EventKind::Rejoin => n.ejected = false,
+                _ => {}
+            }
+            if e.trust_after_ppb > TRUST_SCALE {
+                problem = Some(fail(at, node, "trust above 1".into()));
+                break;
+            }
+            n.trust_ppb = e.trust_after_ppb;
+            n.last_seq = e.seq;
+            prev_hash = e.hash;
+            expected_seq += 1;
+        }
+        if problem.is_none() && (head.seq != expected_seq - 1 || head.hash != prev_hash) {
+            problem = Some(fail(
+                Some(head.seq),
+                None,
+                format!(
+                    "head says seq {} but the log ends at {}",
+                    head.seq,
+                    expected_seq - 1
+                ),
+            ));
+        }
+        if problem.is_none() && head.totals != report.replayed {
+            problem = Some(fail(
+                None,
+                None,
+                format!(
+                    "stored totals {:?} differ from replayed {:?}",
+                    head.totals, report.replayed
+                ),
+            ));
+        }
+        report.replayed_stake_sum = nodes.values().map(|n| u128::from(n.stake)).sum();
+        for r in self.accounts.iter() {
+            let (k, v) = r?;
+            report.accounts_checked += 1;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let a: Account = match decode("account", &v) {
+                Ok(a) => a,
+                Err(err) => {
+                    problem.get_or_insert(fail(None, Some(&key), err.to_string()));
+                    continue;
+                }
+            };
+            report.stake_sum += u128::from(a.stake);
+            if problem.is_some() {
+                continue;
+            }
+            let msg = match nodes.remove(&a.node_id) {
+                _ if a.node_id != key => Some(format!("record names {:?}", a.node_id)),
+                None => Some("account has no events".to_string()),
+                Some(n) if n.stake != a.stake => {
+                    Some(format!("stake {} but events give {}", a.stake, n.stake))
+                }
+                Some(n)
+                    if n.trust_ppb != a.trust_ppb
+                        || n.ejected != a.ejected
+                        || n.last_seq != a.last_seq =>
+                {
+                    Some("trust, ejected flag or last_seq differ from the events".into())
+                }
+                Some(_) => None,
+            };
+            if let Some(m) = msg {
+                problem = Some(fail(None, Some(&key), m));
+            }
+        }
+        if problem.is_none() {
+            if let Some(id) = nodes.keys().next() {
+                problem = Some(fail(None, Some(id), "events for a missing account".into()));
+            }
+        }
+        if problem.is_none() && report.stake_sum as i128 != head.totals.expected_stake_sum() {
+            problem = Some(fail(
+                None,
+                None,
+                format!(
+                    "Σ stakes {} ≠ minted {} + deposited {} − withdrawn {} − burned {}",
+                    report.stake_sum,
+                    head.totals.minted(),
+                    head.totals.deposited,
+                    head.totals.withdrawn,
+                    head.totals.burned
+                ),
+            ));
+        }
+        report.first_inconsistency = problem;
+        Ok(report)
+    }
+}
+
+fn seq_from(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+fn check_node_id(node_id: &str) -> Result<(), LedgerError> {
+    if node_id.is_empty() || node_id.len() > 256 {
+        return Err(LedgerError::InvalidArgument(
+            "node id must be 1..=256 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn log_events(events: &[Event]) {
+    for e in events {
+        let trust = e.trust_after_ppb as f64 / TRUST_SCALE as f64;
+        match e.kind {
+            EventKind::Slash => {
+                tracing::info!(node = %e.node_id, seq = e.seq, amount = e.amount, stake = e.stake_after, trust, request = ?e.request_id, "node slashed")
+            }
+            EventKind::Eject => {
+                tracing::info!(node = %e.node_id, seq = e.seq, stake = e.stake_after, "node ejected from consensus")
+            }
+            EventKind::Rejoin => {
+                tracing::info!(node = %e.node_id, seq = e.seq, stake = e.stake_after, "node rejoined consensus")
+            }
+            EventKind::Grant => {
+                tracing::info!(node = %e.node_id, seq = e.seq, stake = e.stake_after, "stake account opened")
+            }
+            _ => {
+                tracing::debug!(node = %e.node_id, seq = e.seq, kind = e.kind.as_str(), amount = e.amount, stake = e.stake_after, "ledger event")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    fn params() -> ScoringParams {
+        ScoringParams::default()
+    }
+
+    fn ids(v: &[&str]) -> Vec<NodeId> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// New nodes get the default stake and trust 0.5, recorded as grant events.
+    #[test]
+    fn new_accounts_are_granted() {
+        let l = Ledger::temporary(params()).expect("open");
+        let a = l.ensure_accounts(&ids(&["n1", "n2"])).expect("ensure");
+        assert_eq!(a.len(), 2);
+        assert!(a
+            .iter()
+            .all(|a| a.stake == 1000 && a.trust() == 0.5 && !a.ejected));
+        // Idempotent: a second call opens nothing.
+        l.ensure_accounts(&ids(&["n1", "n2"])).expect("ensure");
+        assert_eq!(l.head().expect("head").seq, 2);
+        assert!(l.verify().expect("verify").ok());
+    }
+
+    /// Reward and slash follow the formula; trust follows the EMA.
+    #[test]
+    fn scoring_applies_formula() {
+        let l = Ledger::temporary(params()).expect("open");
+        let c = l
+            .score(
+                "r1",
+                &[
+                    ("good".into(), true),
+                    ("bad".into(), false),
+                    ("good".into(), false),
+                ],
+            )
+            .expect("score");
+        assert_eq!(c.len(), 2, "duplicate node scored once");
+        assert_eq!((c[0].stake_after, c[0].reward, c[0].slashed), (1010, 10, 0));
+        assert!((c[0].trust_after - 0.55).abs() < 1e-9);
+        assert_eq!((c[1].stake_after, c[1].reward, c[1].slashed), (900, 0, 100));
+        assert!((c[1].trust_after - 0.45).abs() < 1e-9);
+        let r = l.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        assert_eq!(r.replayed.minted(), 2010);
+        assert_eq!(r.replayed.burned, 100);
+        assert_eq!(r.stake_sum, 1910);
+    }
+
+    /// A second report for the same request changes nothing and says so.
+    #[test]
+    fn second_score_is_rejected() {
+        let l = Ledger::temporary(params()).expect("open");
+        l.score("r1", &[("n".into(), true)]).expect("first");
+        let head = l.head().expect("head");
+        let err = l.score("r1", &[("n".into(), true)]).expect_err("second");
+        assert!(matches!(err, LedgerError::AlreadyScored { .. }), "{err}");
+        assert_eq!(l.head().expect("head"), head);
+        assert_eq!(l.scored_seq("r1").expect("seq"), Some(head.seq));
+    }
+
+    /// Concurrent scoring of one request counts once.
+    #[test]
+    fn concurrent_scores_count_once() {
+        let l = Ledger::temporary(params()).expect("open");
+        let threads = 8;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let l = l.clone();
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    l.score("same", &[("a".into(), true), ("b".into(), false)])
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "{results:?}");
+        assert!(results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(LedgerError::AlreadyScored { .. }))));
+        let a = l.account("a").expect("get").expect("exists");
+        assert_eq!((a.stake, a.right), (1010, 1));
+        let b = l.account("b").expect("get").expect("exists");
+        assert_eq!((b.stake, b.wrong), (900, 1));
+        assert!(l.verify().expect("verify").ok());
+    }
+
+    /// Stakes never go negative: unstake past zero fails, slashing at zero burns nothing.
+    #[test]
+    fn zero_stake_cannot_go_negative() {
+        let l = Ledger::temporary(params()).expect("open");
+        l.ensure_accounts(&ids(&["n"])).expect("ensure");
+        let a = l.unstake("n", 1000).expect("unstake all").account;
+        assert_eq!((a.stake, a.ejected), (0, true));
+        let err = l.unstake("n", 1).expect_err("negative");
+        assert!(matches!(
+            err,
+            LedgerError::InsufficientStake {
+                stake: 0,
+                requested: 1,
+                ..
+            }
+        ));
+        let c = l.score("r", &[("n".into(), false)]).expect("score");
+        assert_eq!(
+            (c[0].stake_after, c[0].slashed, c[0].newly_ejected),
+            (0, 0, false)
+        );
+        assert!(matches!(
+            l.unstake("ghost", 1),
+            Err(LedgerError::NotFound(_))
+        ));
+        assert!(matches!(
+            l.stake("n", 0),
+            Err(LedgerError::InvalidArgument(_))
+        ));
+        l.stake("n", 1).expect("stake");
+        assert!(matches!(
+            l.stake("n", u64::MAX),
+            Err(LedgerError::InvalidArgument(_))
+        ));
+        assert!(l.verify().expect("verify").ok());
+    }
+
+    /// Falling under the minimum ejects; staking back above it rejoins; rewards don't.
+    #[test]
+    fn eject_and_rejoin() {
+        let l = Ledger::temporary(params()).expect("open");
+        l.ensure_accounts(&ids(&["n"])).expect("ensure");
+        l.unstake("n", 850).expect("unstake"); // 150
+        let c = l.score("r1", &[("n".into(), false)]).expect("score"); // 150-15=135
+        assert!(!c[0].ejected);
+        l.unstake("n", 40).expect("unstake"); // 95 → ejected
+        assert!(l.account("n").expect("get").expect("exists").ejected);
+        let c = l.score("r2", &[("n".into(), true)]).expect("score"); // 105, still ejected
+        assert_eq!((c[0].stake_after, c[0].ejected), (105, true));
+        let a = l.stake("n", 1).expect("stake").account;
+        assert!(!a.ejected);
+        let kinds: Vec<_> = l
+            .events_page(0, 100, Some("n"))
+            .expect("page")
+            .0
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        use EventKind::*;
+        assert_eq!(
+            kinds,
+            vec![Grant, Unstake, Slash, Unstake, Eject, Reward, Stake, Rejoin]
+        );
+        assert!(l.verify().expect("verify").ok());
+    }
+
+    /// Paging walks the log in order and says when it ends.
+    #[test]
+    fn paging() {
+        let l = Ledger::temporary(params()).expect("open");
+        l.ensure_accounts(&ids(&["a", "b", "c", "d", "e"]))
+            .expect("ensure");
+        let (p1, next) = l.events_page(0, 2, None).expect("page");
+        assert_eq!(p1.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        let (p2, next) = l.events_page(next.expect("more"), 2, None).expect("page");
+        assert_eq!(p2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+        let (p3, next) = l.events_page(next.expect("more"), 2, None).expect("page");
+        assert_eq!(p3.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(next, None);
+        let (only_c, _) = l.events_page(0, 10, Some("c")).expect("page");
+        assert_eq!(only_c.len(), 1);
+    }
+
+    /// Tampering with an event, an account or the log shape is caught by verify.
+    #[test]
+    fn tampering_is_detected() {
+        type Tamper = fn(&Ledger);
+        let cases: Vec<(&str, Tamper, Option<u64>)> = vec![
+            (
+                "event amount",
+                |l| {
+                    let mut e: Event =
+                        decode("e", &l.events.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+                    e.amount += 1;
+                    e.stake_after += 1;
+                    l.events
+                        .insert(2u64.to_be_bytes(), encode(&e).unwrap())
+                        .unwrap();
+                },
+                Some(2),
+            ),
+            (
+                "event rehashed",
+                |l| {
+                    // Recomputing the hash of the edited event breaks the link of the next one.
+                    let mut e: Event =
+                        decode("e", &l.events.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+                    e.amount = 1;
+                    e.stake_after = 1;
+                    e.hash = event_hash(&e);
+                    l.events
+                        .insert(2u64.to_be_bytes(), encode(&e).unwrap())
+                        .unwrap();
+                },
+                Some(3),
+            ),
+            (
+                "event deleted",
+                |l| {
+                    l.events.remove(2u64.to_be_bytes()).unwrap();
+                },
+                Some(3),
+            ),
+            (
+                "account balance",
+                |l| {
+                    let mut a = l.account("a").unwrap().unwrap();
+                    a.stake += 5;
+                    l.accounts.insert("a", encode(&a).unwrap()).unwrap();
+                },
+                None,
+            ),
+        ];
+        for (name, tamper, seq) in cases {
+            let l = Ledger::temporary(params()).expect("open");
+            l.ensure_accounts(&ids(&["a", "b"])).expect("ensure");
+            l.score("r", &[("a".into(), true), ("b".into(), false)])
+                .expect("score");
+            assert!(l.verify().expect("verify").ok());
+            tamper(&l);
+            let r = l.verify().expect("verify");
+            let bad = r
+                .first_inconsistency
+                .unwrap_or_else(|| panic!("{name}: not detected"));
+            assert_eq!(bad.seq, seq, "{name}: {bad:?}");
+        }
+    }
+
+    /// Balances, trust and the chain survive closing and reopening the db.
+    #[test]
+    fn survives_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger");
+        {
+            let l = Ledger::open(&path, params()).expect("open");
+            l.score("r", &[("a".into(), true), ("b".into(), false)])
+                .expect("score");
+            l.stake("b", 7).expect("stake");
+        }
+        let l = Ledger::open(&path, params()).expect("reopen");
+        let a = l.account("a").expect("get").expect("exists");
+        let b = l.account("b").expect("get").expect("exists");
+        assert_eq!((a.stake, b.stake), (1010, 907));
+        assert!((b.trust() - 0.45).abs() < 1e-9);
+        assert!(matches!(
+            l.score("r", &[]),
+            Err(LedgerError::AlreadyScored { .. })
+        ));
+        let r = l.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        assert_eq!(r.events_checked, 5);
+    }
+
+    /// The stored trust reaches exactly 0 and 1 instead of stalling on rounding.
+    #[test]
+    fn trust_ppb_reaches_bounds() {
+        let (mut lo, mut hi) = (trust_to_ppb(INITIAL_TRUST), trust_to_ppb(INITIAL_TRUST));
+        for _ in 0..1000 {
+            lo = next_trust_ppb(lo, false, 0.1);
+            hi = next_trust_ppb(hi, true, 0.1);
+        }
+        assert_eq!((lo, hi), (0, TRUST_SCALE));
+        assert_eq!(next_trust_ppb(500_000_000, true, 0.1), 550_000_000);
+        assert_eq!(next_trust_ppb(500_000_000, false, 0.1), 450_000_000);
+    }
+
+    /// Watchers see committed events in order.
+    #[test]
+    fn subscribers_see_events() {
+        let l = Ledger::temporary(params()).expect("open");
+        let mut rx = l.subscribe();
+        l.stake("n", 5).expect("stake");
+        let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, vec![EventKind::Grant, EventKind::Stake]);
+    }
+}

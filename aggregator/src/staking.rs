@@ -1,0 +1,667 @@
+//! The `concord.stake.v1.Staking` gRPC service: converts requests, checks credentials,
+//! calls the ledger ([`crate::ledger`]) and the outcome memory ([`crate::outcomes`]) and
+//! converts replies. No ledger logic lives here.
+//!
+//! Authentication (`authorization: Bearer <token>`):
+//! - `Stake`/`Unstake` need the credential of the node named in the request,
+//!   `hex(HMAC-SHA256(cluster_secret, node_id))` ([`concord::auth::node_credential`]).
+//!   No token, or a token that is nobody's credential → `UNAUTHENTICATED`; the credential
+//!   of another known node, or the oracle token → `PERMISSION_DENIED`.
+//! - `ReportOutcome` needs the oracle token (same two codes).
+//! - Reads (`GetAccount`, `ListAccounts`, `ListEvents`, `WatchEvents`, `VerifyLedger`)
+//!   are public.
+//!
+//! Error mapping (the single place, via [`concord::error::Classify`]): invalid input →
+//! `INVALID_ARGUMENT`; unknown account, unknown or expired request → `NOT_FOUND`; unstake
+//! above the balance → `FAILED_PRECONDITION`; storage failure or corrupt record →
+//! `INTERNAL` (logged). A repeated `ReportOutcome` is not an error: it returns
+//! `already_reported = true` and changes nothing.
+//!
+//! `WatchEvents` replays the log after `after_seq`, then follows live events. A task feeds
+//! a bounded channel ([`WATCH_CHANNEL_CAPACITY`]); when the client is slow the task waits
+//! (backpressure), and when it falls more than [`crate::ledger::EVENT_CHANNEL_CAPACITY`]
+//! events behind the live feed it re-reads the missed events from the log, so a watcher
+//! sees every event exactly once, in order. The task ends when the client goes away or
+//! the server shuts down.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use concord::auth::{bearer_token, verify_node_credential, AuthError};
+use concord::error::{to_status, Classify, ErrorKind};
+use concord::pb::stake::v1 as pb;
+use concord::pb::stake::v1::staking_server::{Staking, StakingServer};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::book::{blocking, StakeBook};
+use crate::ledger::{Account, Event, EventKind, LedgerError, Totals, VerifyReport};
+use crate::outcomes::{OutcomeError, ReportResult};
+use crate::policy::{Policy, PolicyError};
+
+/// Events buffered per watcher before the feeding task waits for the client.
+pub const WATCH_CHANNEL_CAPACITY: usize = 64;
+/// Page size of `ListEvents` when the request says 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest `ListEvents` page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Secrets the service checks tokens against.
+#[derive(Clone)]
+pub struct StakingAuth {
+    /// Key of the per-node credentials.
+    pub cluster_secret: String,
+    /// Token `ReportOutcome` requires.
+    pub oracle_token: String,
+}
+
+impl std::fmt::Debug for StakingAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StakingAuth { .. }")
+    }
+}
+
+/// Why a call was refused (before any ledger work).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// No token, or a token that is nobody's.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// A valid identity that may not do this.
+    #[error("permission denied: {0}")]
+    Denied(String),
+}
+
+impl Classify for AccessError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AccessError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            AccessError::Denied(_) => ErrorKind::PermissionDenied,
+        }
+    }
+}
+
+impl Classify for LedgerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LedgerError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            LedgerError::NotFound(_) => ErrorKind::NotFound,
+            LedgerError::InsufficientStake { .. } => ErrorKind::FailedPrecondition,
+            LedgerError::AlreadyScored { .. } => ErrorKind::AlreadyExists,
+            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for OutcomeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OutcomeError::UnknownRequest { .. } | OutcomeError::Expired { .. } => {
+                ErrorKind::NotFound
+            }
+            OutcomeError::InvalidLabel { .. } => ErrorKind::InvalidArgument,
+            OutcomeError::Ledger(e) => e.kind(),
+        }
+    }
+}
+
+impl Classify for PolicyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PolicyError::UnknownPolicy(_) => ErrorKind::InvalidArgument,
+            PolicyError::NoEligibleAnswers { .. } => ErrorKind::Unavailable,
+        }
+    }
+}
+
+fn status<E: Classify>(e: E) -> Status {
+    to_status(&e)
+}
+
+/// The Staking service. Clone-free: tonic wraps it in an `Arc`.
+#[derive(Debug)]
+pub struct StakingService {
+    book: StakeBook,
+    auth: Arc<StakingAuth>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl StakingService {
+    /// Serves `book`; watch streams end when `stop_rx` becomes `true` (or its sender drops).
+    pub fn new(book: StakeBook, auth: StakingAuth, stop_rx: watch::Receiver<bool>) -> Self {
+        Self {
+            book,
+            auth: Arc::new(auth),
+            stop_rx,
+        }
+    }
+
+    /// Wrapped for `Router::add_service`.
+    pub fn into_server(self) -> StakingServer<Self> {
+        StakingServer::new(self)
+    }
+
+    /// `Ok` if the bearer token is `node_id`'s credential.
+    fn authorize_node(&self, metadata: &MetadataMap, node_id: &str) -> Result<(), AccessError> {
+        let token = bearer_token(metadata).ok_or(AuthError::Missing)?;
+        if verify_node_credential(&self.auth.cluster_secret, node_id, token) {
+            return Ok(());
+        }
+        match self.identify(token) {
+            Some(who) => Err(AccessError::Denied(format!(
+                "{who} may not act for node {node_id:?}"
+            ))),
+            None => Err(AuthError::Invalid.into()),
+        }
+    }
+
+    /// `Ok` if the bearer token is the oracle token.
+    fn authorize_oracle(&self, metadata: &MetadataMap) -> Result<(), AccessError> {
+        match concord::auth::require_token(metadata, &self.auth.oracle_token) {
+            Ok(()) => Ok(()),
+            Err(AuthError::Invalid) => {
+                let token = bearer_token(metadata).unwrap_or_default();
+                match self.identify(token) {
+                    Some(who) => Err(AccessError::Denied(format!(
+                        "{who} may not report outcomes; the oracle token is required"
+                    ))),
+                    None => Err(AuthError::Invalid.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Who a valid token belongs to: the oracle or a known node (for PERMISSION_DENIED).
+    fn identify(&self, token: &str) -> Option<String> {
+        if token.is_empty() {
+            return None;
+        }
+        if constant_time_eq(token, &self.auth.oracle_token) {
+            return Some("the oracle".into());
+        }
+        // Few accounts (one per node): a scan on the failure path only.
+        let accounts = match self.book.ledger().list_accounts() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list accounts while checking a token");
+                return None;
+            }
+        };
+        accounts
+            .into_iter()
+            .find(|a| verify_node_credential(&self.auth.cluster_secret, &a.node_id, token))
+            .map(|a| format!("node {:?}", a.node_id))
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Staking for StakingService {
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_id, amount = request.get_ref().amount))]
+    async fn stake(
+        &self,
+        request: Request<pb::StakeRequest>,
+    ) -> Result<Response<pb::StakeResponse>, Status> {
+        self.authorize_node(request.metadata(), &request.get_ref().node_id)
+            .map_err(status)?;
+        let pb::StakeRequest { node_id, amount } = request.into_inner();
+        let ledger = self.book.ledger().clone();
+        let change = blocking(move || ledger.stake(&node_id, amount))
+            .await
+            .map_err(status)?;
+        tracing::info!(node = %change.account.node_id, amount, stake = change.account.stake, "staked");
+        Ok(Response::new(pb::StakeResponse {
+            account: Some(account_to_pb(&change.account)),
+            events: change.events.iter().map(event_to_pb).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_id, amount = request.get_ref().amount))]
+    async fn unstake(
+        &self,
+        request: Request<pb::UnstakeRequest>,
+    ) -> Result<Response<pb::UnstakeResponse>, Status> {
+        self.authorize_node(request.metadata(), &request.get_ref().node_id)
+            .map_err(status)?;
+        let pb::UnstakeRequest { node_id, amount } = request.into_inner();
+        let ledger = self.book.ledger().clone();
+        let change = blocking(move || ledger.unstake(&node_id, amount))
+            .await
+            .map_err(status)?;
+        tracing::info!(node = %change.account.node_id, amount, stake = change.account.stake, "unstaked");
+        Ok(Response::new(pb::UnstakeResponse {
+            account: Some(account_to_pb(&change.account)),
+            events: change.events.iter().map(event_to_pb).collect(),
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        if node_id.is_empty() {
+            return Err(status(LedgerError::InvalidArgument(
+                "node_id is required".into(),
+            )));
+        }
+        let ledger = self.book.ledger().clone();
+        let account = blocking(move || {
+            ledger
+                .account(&node_id)?
+                .ok_or(LedgerError::NotFound(node_id))
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_to_pb(&account)),
+        }))
+    }
+
+    async fn list_accounts(
+        &self,
+        _request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let ledger = self.book.ledger().clone();
+        let (accounts, head) =
+            blocking(move || Ok::<_, LedgerError>((ledger.list_accounts()?, ledger.head()?)))
+                .await
+                .map_err(status)?;
+        let staked = accounts.iter().map(|a| u128::from(a.stake)).sum();
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.iter().map(account_to_pb).collect(),
+            totals: Some(totals_to_pb(&head.totals, staked, head.seq)),
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let pb::ListEventsRequest {
+            after_seq,
+            page_size,
+            node_id,
+        } = request.into_inner();
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(status(LedgerError::InvalidArgument(format!(
+                    "page_size must be 1..={MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+                ))))
+            }
+            n => n,
+        };
+        let ledger = self.book.ledger().clone();
+        let (events, next) = blocking(move || {
+            let filter = (!node_id.is_empty()).then_some(node_id.as_str());
+            ledger.events_page(after_seq, page_size as usize, filter)
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.iter().map(event_to_pb).collect(),
+            next_after_seq: next.unwrap_or(0),
+        }))
+    }
+
+    type WatchEventsStream = WatchStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let after_seq = request.into_inner().after_seq;
+        // Subscribe before reading the log so nothing falls between the two.
+        let live_rx = self.book.ledger().subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
+        tokio::spawn(feed_watcher(
+            self.book.clone(),
+            after_seq,
+            live_rx,
+            tx,
+            self.stop_rx.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id, true_label = request.get_ref().true_label))]
+    async fn report_outcome(
+        &self,
+        request: Request<pb::ReportOutcomeRequest>,
+    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        self.authorize_oracle(request.metadata()).map_err(status)?;
+        let pb::ReportOutcomeRequest {
+            request_id,
+            true_label,
+        } = request.into_inner();
+        if request_id.is_empty() {
+            return Err(status(LedgerError::InvalidArgument(
+                "request_id is required".into(),
+            )));
+        }
+        let report = self
+            .book
+            .report_outcome(request_id, true_label)
+            .await
+            .map_err(status)?;
+        let consensus_correct = report.consensus_correct.unwrap_or(false);
+        let reply = match report.result {
+            ReportResult::AlreadyReported { seq } => {
+                tracing::info!(seq, "outcome already reported; nothing changed");
+                pb::ReportOutcomeResponse {
+                    already_reported: true,
+                    scores: Vec::new(),
+                    consensus_correct,
+                }
+            }
+            ReportResult::Scored(scores) => pb::ReportOutcomeResponse {
+                already_reported: false,
+                scores: scores
+                    .iter()
+                    .map(|s| pb::NodeScore {
+                        node_id: s.change.node_id.clone(),
+                        predicted_label: s.predicted_label,
+                        correct: s.change.correct,
+                        stake_delta: signed_delta(s.change.reward, s.change.slashed),
+                        stake_after: s.change.stake_after,
+                        trust_after: s.change.trust_after,
+                        ejected: s.change.ejected,
+                    })
+                    .collect(),
+                consensus_correct,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn verify_ledger(
+        &self,
+        _request: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let ledger = self.book.ledger().clone();
+        let report = blocking(move || ledger.verify()).await.map_err(status)?;
+        if let Some(bad) = &report.first_inconsistency {
+            tracing::error!(seq = ?bad.seq, node = ?bad.node_id, problem = %bad.message, "ledger verification failed");
+        }
+        Ok(Response::new(verify_to_pb(&report)))
+    }
+}
+
+/// Replays the log after `after_seq`, then forwards live events; see the module docs.
+async fn feed_watcher(
+    book: StakeBook,
+    mut last: u64,
+    mut live_rx: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    const CATCH_UP_PAGE: usize = 256;
+    let send = |e: &Event| {
+        let tx = tx.clone();
+        let msg = pb::WatchEventsResponse {
+            event: Some(event_to_pb(e)),
+        };
+        async move { tx.send(Ok(msg)).await.is_ok() }
+    };
+    'catch_up: loop {
+        // 1. Everything already in the log.
+        loop {
+            let ledger = book.ledger().clone();
+            let page = blocking(move || ledger.events_page(last, CATCH_UP_PAGE, None)).await;
+            let (events, next) = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(status(e))).await;
+                    return;
+                }
+            };
+            for e in &events {
+                if !send(e).await {
+                    return;
+                }
+                last = e.seq;
+            }
+            if next.is_none() {
+                break;
+            }
+        }
+        // 2. Live events; fall back to the log on a gap or lag.
+        loop {
+            tokio::select! {
+                _ = stop_rx.changed() => return,
+                () = tx.closed() => return,
+                received = live_rx.recv() => match received {
+                    Ok(e) if e.seq <= last => {}
+                    Ok(e) if e.seq == last + 1 => {
+                        if !send(&e).await {
+                            return;
+                        }
+                        last = e.seq;
+                    }
+                    // Concurrent commits can publish out of order: read the gap from the log.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+            if *stop_rx.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+/// Wire policy (`concord.predict.v1.Policy` as i32) → domain; unspecified means `stake`.
+pub fn policy_from_pb(value: i32) -> Result<Policy, PolicyError> {
+    use concord::pb::predict::v1::Policy as P;
+    match P::try_from(value) {
+        Ok(P::Unspecified) | Ok(P::Stake) => Ok(Policy::Stake),
+        Ok(P::Mean) => Ok(Policy::Mean),
+        Ok(P::Trust) => Ok(Policy::Trust),
+        Err(_) => Err(PolicyError::UnknownPolicy(value.to_string())),
+    }
+}
+
+/// Domain policy → wire (`concord.predict.v1.Policy` as i32).
+pub fn policy_to_pb(policy: Policy) -> i32 {
+    use concord::pb::predict::v1::Policy as P;
+    match policy {
+        Policy::Mean => P::Mean as i32,
+        Policy::Trust => P::Trust as i32,
+        Policy::Stake => P::Stake as i32,
+    }
+}
+
+fn signed_delta(reward: u64, slashed: u64) -> i64 {
+    let reward = i64::try_from(reward).unwrap_or(i64::MAX);
+    let slashed = i64::try_from(slashed).unwrap_or(i64::MAX);
+    reward - slashed
+}
+
+fn saturate(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// Domain account → wire.
+pub fn account_to_pb(a: &Account) -> pb::Account {
+    pb::Account {
+        node_id: a.node_id.clone(),
+        stake: a.stake,
+        trust: a.trust(),
+        ejected: a.ejected,
+        correct: a.right,
+        wrong: a.wrong,
+        last_event_seq: a.last_seq,
+    }
+}
+
+/// Domain event → wire.
+pub fn event_to_pb(e: &Event) -> pb::Event {
+    let kind = match e.kind {
+        EventKind::Grant => pb::EventKind::Grant,
+        EventKind::Stake => pb::EventKind::Stake,
+        EventKind::Unstake => pb::EventKind::Unstake,
+        EventKind::Reward => pb::EventKind::Reward,
+        EventKind::Slash => pb::EventKind::Slash,
+        EventKind::Eject => pb::EventKind::Eject,
+        EventKind::Rejoin => pb::EventKind::Rejoin,
+    };
+    pb::Event {
+        seq: e.seq,
+        at_unix_ms: i64::try_from(e.at_ms).unwrap_or(i64::MAX),
+        node_id: e.node_id.clone(),
+        kind: kind as i32,
+        amount: e.amount,
+        stake_after: e.stake_after,
+        trust_after: e.trust_after(),
+        request_id: e.request_id.clone().unwrap_or_default(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+fn totals_to_pb(t: &Totals, staked: u128, events: u64) -> pb::Totals {
+    pb::Totals {
+        staked: saturate(staked),
+        minted: saturate(t.minted()),
+        burned: t.burned,
+        deposited: t.deposited,
+        withdrawn: t.withdrawn,
+        events,
+    }
+}
+
+fn verify_to_pb(r: &VerifyReport) -> pb::VerifyLedgerResponse {
+    let (first_bad_seq, problem) = match &r.first_inconsistency {
+        None => (0, String::new()),
+        Some(bad) => {
+            let problem = match &bad.node_id {
+                Some(node) => format!("{} (node {node:?})", bad.message),
+                None => bad.message.clone(),
+            };
+            (bad.seq.unwrap_or(0), problem)
+        }
+    };
+    pb::VerifyLedgerResponse {
+        ok: r.ok(),
+        events_checked: r.events_checked,
+        head_hash: r.head.hash.clone(),
+        first_bad_seq,
+        problem,
+        totals: Some(totals_to_pb(
+            &r.replayed,
+            r.replayed_stake_sum,
+            r.events_checked,
+        )),
+    }
+}
+
+/// Serves only the Staking service (plus health and reflection) on `listener` until
+/// `shutdown` resolves. The aggregator's own `serve` adds [`StakingService`] next to its
+/// Predictor instead; this one is for tests and a stand-alone ledger.
+pub async fn serve_staking(
+    book: StakeBook,
+    auth: StakingAuth,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (router, health) = concord::grpc::router();
+    health.set_serving::<StakingServer<StakingService>>().await;
+    let router = router.add_service(StakingService::new(book, auth, stop_rx).into_server());
+    tracing::info!(addr = ?listener.local_addr().ok(), "staking serving");
+    concord::grpc::serve(router, listener, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    /// Wire policies map to domain ones; unspecified is the default, junk is rejected.
+    #[test]
+    fn policy_conversion() {
+        let cases = [
+            (0, Some(Policy::Stake)),
+            (1, Some(Policy::Mean)),
+            (2, Some(Policy::Trust)),
+            (3, Some(Policy::Stake)),
+            (99, None),
+        ];
+        for (wire, want) in cases {
+            assert_eq!(policy_from_pb(wire).ok(), want, "{wire}");
+        }
+        for p in [Policy::Mean, Policy::Trust, Policy::Stake] {
+            assert_eq!(policy_from_pb(policy_to_pb(p)), Ok(p));
+        }
+    }
+
+    /// Every domain error lands on the documented gRPC code.
+    #[test]
+    fn error_codes() {
+        let cases: Vec<(Status, Code)> = vec![
+            (
+                status(LedgerError::InvalidArgument("x".into())),
+                Code::InvalidArgument,
+            ),
+            (status(LedgerError::NotFound("n".into())), Code::NotFound),
+            (
+                status(LedgerError::InsufficientStake {
+                    node_id: "n".into(),
+                    stake: 0,
+                    requested: 1,
+                }),
+                Code::FailedPrecondition,
+            ),
+            (status(LedgerError::Storage("io".into())), Code::Internal),
+            (
+                status(OutcomeError::UnknownRequest {
+                    request_id: "r".into(),
+                    capacity: 1,
+                }),
+                Code::NotFound,
+            ),
+            (
+                status(OutcomeError::Expired {
+                    request_id: "r".into(),
+                    ttl: std::time::Duration::from_secs(1),
+                }),
+                Code::NotFound,
+            ),
+            (
+                status(PolicyError::NoEligibleAnswers { answers: 0 }),
+                Code::Unavailable,
+            ),
+            (
+                status(AccessError::from(AuthError::Missing)),
+                Code::Unauthenticated,
+            ),
+            (
+                status(AccessError::Denied("x".into())),
+                Code::PermissionDenied,
+            ),
+        ];
+        for (s, code) in cases {
+            assert_eq!(s.code(), code, "{s:?}");
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! The Staking service over loopback: credentials, scoring once, paging, watching,
+//! tampering and restarts, against a real server on 127.0.0.1:0 with a sled db in a tempdir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use concord::auth::{attach_bearer, node_credential};
+use concord::pb::stake::v1::{
+    self as pb, staking_client::StakingClient, GetAccountRequest, ListAccountsRequest,
+    ListEventsRequest, ReportOutcomeRequest, StakeRequest, UnstakeRequest, VerifyLedgerRequest,
+    WatchEventsRequest,
+};
+use concord_aggregator::book::StakeBook;
+use concord_aggregator::outcomes::{RecentRequests, DEFAULT_TTL};
+use concord_aggregator::policy::{NodeAnswer, Policy, ScoringParams};
+use concord_aggregator::staking::{serve_staking, StakingAuth};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{transport::Channel, Code, Request};
+
+const SECRET: &str = "test-cluster-secret";
+const ORACLE: &str = "test-oracle-token";
+
+/// A Staking server in this process; `stop` shuts it down and joins it.
+struct TestStaking {
+    addr: SocketAddr,
+    book: StakeBook,
+    stop_tx: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl TestStaking {
+    async fn start(db: &Path) -> Self {
+        concord::telemetry::init_for_tests();
+        let book =
+            StakeBook::open(db, ScoringParams::default(), 1000, DEFAULT_TTL).expect("open ledger");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let auth = StakingAuth {
+            cluster_secret: SECRET.into(),
+            oracle_token: ORACLE.into(),
+        };
+        let task = tokio::spawn(serve_staking(book.clone(), auth, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        Self {
+            addr,
+            book,
+            stop_tx,
+            task,
+        }
+    }
+
+    fn client(&self) -> StakingClient<Channel> {
+        StakingClient::new(concord::grpc::lazy_channel(&self.addr.to_string()).expect("channel"))
+    }
+
+    /// Simulates a consensus request that `answers` (node, label) took part in.
+    fn record(&self, request_id: &str, answers: &[(&str, usize)]) {
+        let ids: Vec<String> = answers.iter().map(|(n, _)| n.to_string()).collect();
+        let accounts = self.book.ledger().ensure_accounts(&ids).expect("accounts");
+        let answers: Vec<NodeAnswer> = answers
+            .iter()
+            .zip(accounts)
+            .map(|((_, label), a)| {
+                let mut p = vec![0.1; 3];
+                p[*label] = 0.8;
+                NodeAnswer {
+                    node_id: a.node_id.clone(),
+                    probabilities: p,
+                    trust: a.trust(),
+                    stake: a.stake,
+                    ejected: a.ejected,
+                }
+            })
+            .collect();
+        self.book
+            .conclude(request_id, Policy::Stake, &answers)
+            .expect("conclude");
+    }
+
+    /// Shuts the server down; the sled db is closed once every handle is dropped.
+    async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        self.task.await.expect("join").expect("serve");
+        drop(self.book);
+    }
+}
+
+fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("ledger")
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(t) = token {
+        attach_bearer(&mut req, t);
+    }
+    req
+}
+
+fn stake_req(node: &str, amount: u64, token: Option<&str>) -> Request<StakeRequest> {
+    with_token(
+        StakeRequest {
+            node_id: node.into(),
+            amount,
+        },
+        token,
+    )
+}
+
+fn report_req(request_id: &str, label: u32, token: Option<&str>) -> Request<ReportOutcomeRequest> {
+    with_token(
+        ReportOutcomeRequest {
+            request_id: request_id.into(),
+            true_label: label,
+        },
+        token,
+    )
+}
+
+/// Stake/Unstake need the caller's own credential: none or garbage is UNAUTHENTICATED,
+/// another node's credential or the oracle token is PERMISSION_DENIED.
+#[tokio::test]
+async fn stake_requires_own_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let n1 = node_credential(SECRET, "n1");
+    let n2 = node_credential(SECRET, "n2");
+    // n2 exists so its credential is recognisable.
+    client
+        .stake(stake_req("n2", 1, Some(&n2)))
+        .await
+        .expect("n2 stakes");
+    let wrong_secret = node_credential("other-secret", "n1");
+    let cases = [
+        (None, Code::Unauthenticated),
+        (Some("garbage"), Code::Unauthenticated),
+        (Some(wrong_secret.as_str()), Code::Unauthenticated),
+        (Some(n2.as_str()), Code::PermissionDenied),
+        (Some(ORACLE), Code::PermissionDenied),
+    ];
+    for (token, code) in cases {
+        let err = client
+            .stake(stake_req("n1", 5, token))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "stake with {token:?}: {err:?}");
+        let err = client
+            .unstake(with_token(
+                UnstakeRequest {
+                    node_id: "n1".into(),
+                    amount: 5,
+                },
+                token,
+            ))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "unstake with {token:?}: {err:?}");
+    }
+    // Nothing was written for n1 by the refused calls.
+    let err = client
+        .get_account(GetAccountRequest {
+            node_id: "n1".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let reply = client
+        .stake(stake_req("n1", 5, Some(&n1)))
+        .await
+        .expect("own credential")
+        .into_inner();
+    let account = reply.account.expect("account");
+    assert_eq!((account.stake, account.trust), (1005, 0.5));
+    let kinds: Vec<_> = reply.events.iter().map(|e| e.kind()).collect();
+    // The first call for a new node also opens its account (GRANT of the default stake).
+    assert_eq!(kinds, vec![pb::EventKind::Grant, pb::EventKind::Stake]);
+    server.stop().await;
+}
+
+/// A node at zero cannot go negative; the refusal is FAILED_PRECONDITION and bad amounts
+/// are INVALID_ARGUMENT.
+#[tokio::test]
+async fn unstake_never_goes_negative() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let cred = node_credential(SECRET, "n1");
+    client
+        .stake(stake_req("n1", 1, Some(&cred)))
+        .await
+        .expect("open");
+    let unstake = |amount| {
+        with_token(
+            UnstakeRequest {
+                node_id: "n1".into(),
+                amount,
+            },
+            Some(&cred),
+        )
+    };
+    let reply = client
+        .unstake(unstake(1001))
+        .await
+        .expect("to zero")
+        .into_inner();
+    let account = reply.account.expect("account");
+    assert_eq!((account.stake, account.ejected), (0, true));
+    let kinds: Vec<_> = reply.events.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds, vec![pb::EventKind::Unstake, pb::EventKind::Eject]);
+    let err = client.unstake(unstake(1)).await.expect_err("negative");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = client.unstake(unstake(0)).await.expect_err("zero");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .stake(stake_req("n1", 0, Some(&cred)))
+        .await
+        .expect_err("zero");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Staking back above the minimum rejoins.
+    let reply = client
+        .stake(stake_req("n1", 100, Some(&cred)))
+        .await
+        .expect("rejoin")
+        .into_inner();
+    let kinds: Vec<_> = reply.events.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds, vec![pb::EventKind::Stake, pb::EventKind::Rejoin]);
+    assert!(!reply.account.expect("account").ejected);
+    server.stop().await;
+}
+
+/// ReportOutcome: oracle only; concurrent reports of one request count once; a repeat
+/// says already_reported; unknown ids are NOT_FOUND.
+#[tokio::test]
+async fn report_outcome_scores_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    server.record("req-1", &[("good", 2), ("bad", 0), ("good2", 2)]);
+    let mut client = server.client();
+
+    let node = node_credential(SECRET, "good");
+    for (token, code) in [
+        (None, Code::Unauthenticated),
+        (Some("nope"), Code::Unauthenticated),
+        (Some(node.as_str()), Code::PermissionDenied),
+    ] {
+        let err = client
+            .report_outcome(report_req("req-1", 2, token))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "{token:?}");
+    }
+
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = server.client();
+            tokio::spawn(
+                async move { c.report_outcome(report_req("req-1", 2, Some(ORACLE))).await },
+            )
+        })
+        .collect();
+    let mut scored = Vec::new();
+    let mut already = 0;
+    for t in tasks {
+        let reply = t.await.expect("join").expect("report").into_inner();
+        if reply.already_reported {
+            assert!(reply.scores.is_empty());
+            already += 1;
+        } else {
+            scored.push(reply);
+        }
+    }
+    assert_eq!((scored.len(), already), (1, 7));
+    let reply = &scored[0];
+    assert!(reply.consensus_correct);
+    let got: Vec<_> = reply
+        .scores
+        .iter()
+        .map(|s| {
+            (
+                s.node_id.as_str(),
+                s.predicted_label,
+                s.correct,
+                s.stake_delta,
+                s.stake_after,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("good", 2, true, 10, 1010),
+            ("bad", 0, false, -100, 900),
+            ("good2", 2, true, 10, 1010)
+        ]
+    );
+
+    let again = client
+        .report_outcome(report_req("req-1", 0, Some(ORACLE)))
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert!(again.already_reported && again.scores.is_empty());
+    let bad = client
+        .get_account(GetAccountRequest {
+            node_id: "bad".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!((bad.stake, bad.wrong, bad.correct), (900, 1, 0));
+
+    let err = client
+        .report_outcome(report_req("no-such-request", 0, Some(ORACLE)))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    server.record("req-2", &[("good", 1)]);
+    let err = client
+        .report_outcome(report_req("req-2", 7, Some(ORACLE)))
+        .await
+        .expect_err("label");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+/// ListEvents pages in order; WatchEvents replays history and then follows live events.
+#[tokio::test]
+async fn list_and_watch_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    for n in ["a", "b", "c"] {
+        client
+            .stake(stake_req(n, 1, Some(&node_credential(SECRET, n))))
+            .await
+            .expect("stake");
+    }
+    // 6 events: grant+stake for each node.
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .list_events(ListEventsRequest {
+                after_seq: after,
+                page_size: 4,
+                node_id: String::new(),
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        seqs.extend(page.events.iter().map(|e| e.seq));
+        if page.next_after_seq == 0 {
+            break;
+        }
+        after = page.next_after_seq;
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    let only_b = client
+        .list_events(ListEventsRequest {
+            after_seq: 0,
+            page_size: 0,
+            node_id: "b".into(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(
+        only_b.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    let err = client
+        .list_events(ListEventsRequest {
+            after_seq: 0,
+            page_size: 5000,
+            node_id: String::new(),
+        })
+        .await
+        .expect_err("too big");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let mut watch = client
+        .watch_events(WatchEventsRequest { after_seq: 4 })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_event(&mut watch).await.seq, 5);
+    assert_eq!(next_event(&mut watch).await.seq, 6);
+    let mut writer = server.client();
+    writer
+        .stake(stake_req("a", 2, Some(&node_credential(SECRET, "a"))))
+        .await
+        .expect("stake");
+    let live = next_event(&mut watch).await;
+    assert_eq!(
+        (live.seq, live.kind(), live.amount),
+        (7, pb::EventKind::Stake, 2)
+    );
+    drop(watch);
+    server.stop().await;
+}
+
+/// A watcher that falls behind the live feed (1500 events in one burst, more than the
+/// broadcast buffer) still gets every event exactly once, in order.
+#[tokio::test]
+async fn lagging_watcher_sees_every_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let mut watch = client
+        .watch_events(WatchEventsRequest { after_seq: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    // Make sure the watcher is live before the burst.
+    server
+        .book
+        .ledger()
+        .ensure_accounts(&["first".to_string()])
+        .expect("first");
+    assert_eq!(next_event(&mut watch).await.seq, 1);
+    let ids: Vec<String> = (0..1500).map(|i| format!("node-{i:04}")).collect();
+    server.book.ledger().ensure_accounts(&ids).expect("burst");
+    for want in 2..=1501 {
+        assert_eq!(next_event(&mut watch).await.seq, want);
+    }
+    drop(watch);
+    drop(client);
+    server.stop().await;
+}
+
+/// The next watched event, within 5 s.
+async fn next_event(watch: &mut tonic::Streaming<pb::WatchEventsResponse>) -> pb::Event {
+    tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("event in time")
+        .expect("stream ok")
+        .expect("stream open")
+        .event
+        .expect("event")
+}
+
+/// Balances, the chain and the scored marker survive a restart (the sled db reopened).
+#[tokio::test]
+async fn stakes_survive_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    server.record("r", &[("a", 1), ("b", 0)]);
+    let mut client = server.client();
+    client
+        .report_outcome(report_req("r", 1, Some(ORACLE)))
+        .await
+        .expect("report");
+    client
+        .stake(stake_req("b", 50, Some(&node_credential(SECRET, "b"))))
+        .await
+        .expect("stake");
+    let before = client
+        .list_accounts(ListAccountsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    drop(client);
+    server.stop().await;
+
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let after = client
+        .list_accounts(ListAccountsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(after, before);
+    let stakes: Vec<_> = after
+        .accounts
+        .iter()
+        .map(|a| (a.node_id.as_str(), a.stake))
+        .collect();
+    assert_eq!(stakes, vec![("a", 1010), ("b", 950)]);
+    let totals = after.totals.expect("totals");
+    assert_eq!(
+        totals.staked as i128,
+        totals.minted as i128 + totals.deposited as i128
+            - totals.withdrawn as i128
+            - totals.burned as i128
+    );
+    // The request memory is gone, but the durable marker still refuses a second score.
+    let again = client
+        .report_outcome(report_req("r", 1, Some(ORACLE)))
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert!(again.already_reported);
+    let verify = client
+        .verify_ledger(VerifyLedgerRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verify.ok, "{}", verify.problem);
+    assert_eq!(verify.events_checked, 5);
+    drop(client);
+    server.stop().await;
+}
+
+/// An event edited on disk is caught by VerifyLedger, which names the first bad seq.
+#[tokio::test]
+async fn tampered_event_is_detected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    server.record("r", &[("a", 1), ("b", 0)]);
+    let mut client = server.client();
+    client
+        .report_outcome(report_req("r", 1, Some(ORACLE)))
+        .await
+        .expect("report");
+    let verify = client
+        .verify_ledger(VerifyLedgerRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verify.ok && verify.first_bad_seq == 0 && verify.problem.is_empty());
+    assert_eq!(verify.events_checked, 4);
+    drop(client);
+    server.stop().await;
+
+    // Give node b's slash (event 4) back to it by editing the stored JSON.
+    {
+        let db = sled::open(db_path(&dir)).expect("open raw");
+        let events = db.open_tree("events").expect("tree");
+        let key = 4u64.to_be_bytes();
+        let raw = events.get(key).expect("get").expect("event 4");
+        let mut event: serde_json::Value = serde_json::from_slice(&raw).expect("json");
+        assert_eq!(event["kind"], "slash");
+        event["amount"] = serde_json::json!(0);
+        event["stake_after"] = serde_json::json!(1000);
+        events
+            .insert(key, serde_json::to_vec(&event).expect("encode"))
+            .expect("tamper");
+        db.flush().expect("flush");
+    }
+
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let verify = client
+        .verify_ledger(VerifyLedgerRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(!verify.ok);
+    assert_eq!(verify.first_bad_seq, 4, "{}", verify.problem);
+    assert!(verify.problem.contains("hash"), "{}", verify.problem);
+    drop(client);
+    server.stop().await;
+}
+
+/// The request memory is bounded: an evicted request id is NOT_FOUND.
+#[tokio::test]
+async fn evicted_request_is_not_found() {
+    concord::telemetry::init_for_tests();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = concord_aggregator::ledger::Ledger::open(db_path(&dir), ScoringParams::default())
+        .expect("ledger");
+    let book = StakeBook::new(ledger, RecentRequests::new(2, DEFAULT_TTL));
+    let answers = |id: &str| {
+        vec![NodeAnswer {
+            node_id: id.into(),
+            probabilities: vec![1.0, 0.0],
+            trust: 0.5,
+            stake: 1000,
+            ejected: false,
+        }]
+    };
+    for r in ["r1", "r2", "r3"] {
+        book.conclude(r, Policy::Mean, &answers("n"))
+            .expect("conclude");
+    }
+    let err = book
+        .report_outcome("r1".into(), 0)
+        .await
+        .expect_err("evicted");
+    let status = concord::error::to_status(&err);
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(book.report_outcome("r3".into(), 0).await.is_ok());
+}

@@ -1,0 +1,213 @@
+//! Predict → ReportOutcome end to end over loopback: a registry, five real nodes (three
+//! of them `inverted`), and the aggregator serving both Predictor and Staking with a sled
+//! ledger in a tempdir. The liars lose their stake, get ejected, and the consensus is
+//! right again — all through the public gRPC surface.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use concord::auth::attach_bearer;
+use concord::pb::predict::v1::{
+    predictor_client::PredictorClient, Policy as PbPolicy, PredictRequest, PredictResponse,
+    VoteStatus,
+};
+use concord::pb::stake::v1::{
+    staking_client::StakingClient, GetAccountRequest, ReportOutcomeRequest, VerifyLedgerRequest,
+};
+use concord_aggregator::{AggregatorConfig, ConsensusConfig};
+use concord_node::{default_fleet, Behaviour, Iris, NodeConfig};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{transport::Channel, Code, Request};
+
+/// How long the test waits for the fleet to register.
+const WAIT: Duration = Duration::from_secs(10);
+/// Rounds played; a liar is ejected after 22 wrong answers with the default knobs.
+const ROUNDS: usize = 40;
+
+/// A server task; `stop` signals shutdown and joins it.
+struct Running<E> {
+    addr: SocketAddr,
+    stop_tx: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), E>>,
+}
+
+impl<E: std::fmt::Debug> Running<E> {
+    async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        self.task.await.expect("join").expect("serve");
+    }
+}
+
+async fn start<E, F>(serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Running<E>
+where
+    E: Send + 'static,
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+{
+    concord::telemetry::init_for_tests();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, stop_rx));
+    Running {
+        addr,
+        stop_tx,
+        task,
+    }
+}
+
+fn registered(config: NodeConfig, registry: SocketAddr) -> NodeConfig {
+    NodeConfig {
+        registry: Some(registry.to_string()),
+        lease_ttl: Duration::from_secs(1),
+        ..config
+    }
+}
+
+fn oracle<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    attach_bearer(&mut req, concord::config::DEV_ORACLE_TOKEN);
+    req
+}
+
+async fn predict(agg: &mut PredictorClient<Channel>, features: &[f64]) -> PredictResponse {
+    agg.predict(PredictRequest {
+        features: features.to_vec(),
+        policy: PbPolicy::Stake as i32,
+    })
+    .await
+    .expect("predict")
+    .into_inner()
+}
+
+/// Three colluding liars out of five: scored through ReportOutcome they are slashed and
+/// ejected (shown as EJECTED votes, not asked), the honest pair carries the consensus,
+/// and the ledger still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn liars_are_slashed_and_ejected_end_to_end() {
+    let registry = start(|l, stop| {
+        concord_registry::serve(concord_registry::Config::default(), l, async move {
+            let _ = stop.await;
+        })
+    })
+    .await;
+    let mut configs = default_fleet();
+    for c in &mut configs[2..] {
+        c.behaviour = Behaviour::Inverted;
+    }
+    let liars: Vec<String> = configs[2..].iter().map(|c| c.node_id.clone()).collect();
+    let mut nodes = Vec::new();
+    for c in configs {
+        let config = registered(c, registry.addr);
+        nodes.push(
+            start(|l, stop| {
+                concord_node::serve(config, l, async move {
+                    let _ = stop.await;
+                })
+            })
+            .await,
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config =
+        AggregatorConfig::with_ledger(registry.addr.to_string(), dir.path().join("ledger"));
+    // Once the three liars are ejected only two nodes are asked; the quorum must allow it.
+    config.consensus = ConsensusConfig {
+        min_answers: 2,
+        ..config.consensus
+    };
+    let aggregator = start(|l, stop| {
+        concord_aggregator::serve(config, l, async move {
+            let _ = stop.await;
+        })
+    })
+    .await;
+    let channel = concord::grpc::lazy_channel(&aggregator.addr.to_string()).expect("channel");
+    let mut agg = PredictorClient::new(channel.clone());
+    let mut staking = StakingClient::new(channel);
+
+    let iris = Iris::get();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match agg
+            .predict(PredictRequest {
+                features: iris.features().row(0).to_vec(),
+                policy: 0,
+            })
+            .await
+        {
+            Ok(r) if r.get_ref().answered == 5 => break,
+            Ok(_) => {}
+            Err(s) if s.code() == Code::Unavailable => {}
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fleet never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut tail_right = 0;
+    let mut last = None;
+    for round in 0..ROUNDS {
+        let row = rng.gen_range(0..iris.len());
+        let truth = iris.labels()[row] as u32;
+        let reply = predict(&mut agg, &iris.features().row(row).to_vec()).await;
+        let weights: f64 = reply.votes.iter().map(|v| v.weight).sum();
+        assert!((weights - 1.0).abs() < 1e-6, "round {round}: {reply:?}");
+        if round >= ROUNDS - 10 && reply.label == truth {
+            tail_right += 1;
+        }
+        let report = staking
+            .report_outcome(oracle(ReportOutcomeRequest {
+                request_id: reply.request_id.clone(),
+                true_label: truth,
+            }))
+            .await
+            .expect("report")
+            .into_inner();
+        assert!(!report.already_reported);
+        assert_eq!(report.consensus_correct, reply.label == truth);
+        last = Some(reply);
+    }
+    assert!(
+        tail_right >= 9,
+        "only {tail_right}/10 right after the liars were ejected"
+    );
+
+    let last = last.expect("played");
+    for liar in &liars {
+        let account = staking
+            .get_account(GetAccountRequest {
+                node_id: liar.clone(),
+            })
+            .await
+            .expect("account")
+            .into_inner()
+            .account
+            .expect("account");
+        assert!(account.ejected && account.stake < 200, "{account:?}");
+        let vote = last
+            .votes
+            .iter()
+            .find(|v| &v.node_id == liar)
+            .expect("vote");
+        assert_eq!(vote.status(), VoteStatus::Ejected, "{vote:?}");
+        assert_eq!(vote.weight, 0.0);
+    }
+    let verify = staking
+        .verify_ledger(VerifyLedgerRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verify.ok, "{}", verify.problem);
+
+    drop((agg, staking));
+    aggregator.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    registry.stop().await;
+}

@@ -1,0 +1,104 @@
+//! `concord aggregator`: consensus over every live node, plus the Staking service and its
+//! ledger.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use concord_aggregator::{
+    policy::{slash_bps_from_fraction, Policy, ScoringParams},
+    staking::StakingAuth,
+    AggregatorConfig, ConsensusConfig, LedgerConfig,
+};
+
+/// Flags of `concord aggregator`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CONCORD_AGGREGATOR_LISTEN", default_value = concord::config::DEFAULT_AGGREGATOR_ADDR)]
+    pub listen: SocketAddr,
+    /// Registry where nodes are found and the aggregator registers.
+    #[arg(long, env = "CONCORD_REGISTRY", default_value = concord::config::DEFAULT_REGISTRY_ADDR)]
+    pub registry: String,
+    /// Address to publish in the registry (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// How long to wait for the nodes; late answers are ignored.
+    #[arg(long, env = "CONCORD_DEADLINE", default_value = "250ms", value_parser = crate::up::parse_duration)]
+    pub deadline: Duration,
+    /// Fewer in-time answers than this (or than the nodes eligible to answer, if fewer)
+    /// fails the request with UNAVAILABLE.
+    #[arg(long, env = "CONCORD_MIN_ANSWERS", default_value_t = concord_aggregator::consensus::DEFAULT_MIN_ANSWERS)]
+    pub min_answers: usize,
+    /// Policy of requests that name none: mean, trust or stake.
+    #[arg(long, default_value = "stake")]
+    pub policy: Policy,
+    /// Directory of the stake ledger (sled).
+    #[arg(long, env = "CONCORD_LEDGER_PATH", default_value = "./data/ledger")]
+    pub ledger_path: PathBuf,
+    /// Tokens a node the ledger has never seen starts with.
+    #[arg(long, default_value_t = ScoringParams::default().default_stake)]
+    pub default_stake: u64,
+    /// Below this stake a node is ejected from the trust and stake policies.
+    #[arg(long, default_value_t = ScoringParams::default().min_stake)]
+    pub min_stake: u64,
+    /// Tokens minted for a right answer.
+    #[arg(long, default_value_t = ScoringParams::default().reward)]
+    pub reward: u64,
+    /// Share of the current stake slashed for a wrong answer (0..1).
+    #[arg(long, default_value_t = 0.1)]
+    pub slash_fraction: f64,
+    /// Trust EMA rate α (0..1].
+    #[arg(long, default_value_t = ScoringParams::default().alpha)]
+    pub trust_alpha: f64,
+    /// Cluster secret that node credentials derive from.
+    #[arg(long, env = "CONCORD_CLUSTER_SECRET", default_value = concord::config::DEV_CLUSTER_SECRET, hide_default_value = true)]
+    pub cluster_secret: String,
+    /// Token ReportOutcome requires.
+    #[arg(long, env = "CONCORD_ORACLE_TOKEN", default_value = concord::config::DEV_ORACLE_TOKEN, hide_default_value = true)]
+    pub oracle_token: String,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<AggregatorConfig> {
+        if self.cluster_secret == concord::config::DEV_CLUSTER_SECRET
+            || self.oracle_token == concord::config::DEV_ORACLE_TOKEN
+        {
+            tracing::warn!("running with the development cluster secret / oracle token; set CONCORD_CLUSTER_SECRET and CONCORD_ORACLE_TOKEN outside a laptop");
+        }
+        let slash_bps = slash_bps_from_fraction(self.slash_fraction).map_err(anyhow::Error::msg)?;
+        let mut config = AggregatorConfig::with_ledger(self.registry, self.ledger_path);
+        config.consensus = ConsensusConfig {
+            deadline: self.deadline,
+            min_answers: self.min_answers,
+            default_policy: self.policy,
+            ..ConsensusConfig::default()
+        };
+        config.advertise = self.advertise;
+        if let Some(ledger) = config.ledger.as_mut() {
+            *ledger = LedgerConfig {
+                params: ScoringParams {
+                    default_stake: self.default_stake,
+                    min_stake: self.min_stake,
+                    reward: self.reward,
+                    slash_bps,
+                    alpha: self.trust_alpha,
+                },
+                auth: StakingAuth {
+                    cluster_secret: self.cluster_secret,
+                    oracle_token: self.oracle_token,
+                },
+                ..ledger.clone()
+            };
+        }
+        Ok(config)
+    }
+}
+
+/// Serves the consensus and the Staking service until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = concord::shutdown::signal();
+    let listen = args.listen;
+    let config = args.into_config()?;
+    let listener = super::bind_and_announce("aggregator", listen).await?;
+    concord_aggregator::serve(config, listener, shutdown).await?;
+    Ok(())
+}

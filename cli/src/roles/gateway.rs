@@ -1,0 +1,38 @@
+//! `concord gateway`: HTTP/JSON and the browser UI over the gRPC services.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Flags of `concord gateway`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CONCORD_GATEWAY_LISTEN", default_value = concord::config::DEFAULT_GATEWAY_ADDR)]
+    pub listen: SocketAddr,
+    /// Registry where the backends are found.
+    #[arg(long, env = "CONCORD_REGISTRY", default_value = concord::config::DEFAULT_REGISTRY_ADDR)]
+    pub registry: String,
+    /// Deadline of each backend call attempt (past it: 504).
+    #[arg(long, env = "CONCORD_GATEWAY_CALL_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    pub call_timeout: Duration,
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "CONCORD_GATEWAY_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// How often the live cluster view is refreshed without a registry change.
+    #[arg(long, env = "CONCORD_GATEWAY_CLUSTER_REFRESH", default_value = "2s", value_parser = crate::up::parse_duration)]
+    pub cluster_refresh: Duration,
+}
+
+/// Serves the gateway until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = concord::shutdown::signal();
+    let config = concord_web_gateway::Config {
+        registry_addr: args.registry,
+        call_timeout: args.call_timeout,
+        body_limit_bytes: args.body_limit,
+        cluster_refresh: args.cluster_refresh,
+    };
+    config.validate()?;
+    let listener = super::bind_and_announce("gateway", args.listen).await?;
+    concord_web_gateway::serve(config, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `concord shop`: the shop (primary, or a replica of one) on sled.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use concord_shop::{OnReplicaLoss, ReplicationMode};
+
+/// Flags of `concord shop`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CONCORD_SHOP_LISTEN", default_value = concord::config::DEFAULT_SHOP_PRIMARY_ADDR)]
+    pub listen: SocketAddr,
+    /// Directory of this shop's sled database.
+    #[arg(long, env = "CONCORD_SHOP_DATA_DIR", default_value = "./data/shop")]
+    pub data_dir: PathBuf,
+    /// Token product mutations and Promote require.
+    #[arg(long, env = "CONCORD_ADMIN_TOKEN", default_value = concord::config::DEV_ADMIN_TOKEN, hide_default_value = true)]
+    pub admin_token: String,
+    /// Registry to register with (none: run unregistered).
+    #[arg(long, env = "CONCORD_REGISTRY")]
+    pub registry: Option<String>,
+    /// Address to publish in the registry (default: the bound address).
+    #[arg(long, env = "CONCORD_SHOP_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Start as a replica of the primary at this address (default: start as primary).
+    #[arg(long, env = "CONCORD_SHOP_REPLICA_OF")]
+    pub replica_of: Option<String>,
+    /// none, async or sync.
+    #[arg(
+        long = "replication",
+        alias = "replication-mode",
+        env = "CONCORD_SHOP_REPLICATION",
+        default_value = "none"
+    )]
+    pub replication: ReplicationMode,
+    /// In sync mode, when no replica acks in time: fail (UNAVAILABLE) or degrade (ack
+    /// after the local flush, flagged in the reply).
+    #[arg(long, env = "CONCORD_SHOP_ON_REPLICA_LOSS", default_value = "fail")]
+    pub on_replica_loss: OnReplicaLoss,
+    /// How long a sync write waits for the replica's ack.
+    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    pub sync_timeout: Duration,
+    /// Stable id of this process as a replica.
+    #[arg(long)]
+    pub replica_id: Option<String>,
+    /// Lease TTL in the registry (failover happens about one TTL after a primary dies).
+    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+/// Serves the shop until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = concord::shutdown::signal();
+    if args.admin_token == concord::config::DEV_ADMIN_TOKEN {
+        tracing::warn!(
+            "running with the development admin token; set CONCORD_ADMIN_TOKEN outside a laptop"
+        );
+    }
+    let mut config = concord_shop::Config::new(args.data_dir);
+    config.admin_token = args.admin_token;
+    config.registry_addr = args.registry;
+    config.advertise_addr = args.advertise;
+    config.lease_ttl = args.lease_ttl;
+    config.replication.mode = args.replication;
+    config.replication.on_replica_loss = args.on_replica_loss;
+    config.replication.sync_timeout = args.sync_timeout;
+    config.replication.primary_addr = args.replica_of;
+    if let Some(id) = args.replica_id {
+        config.replication.replica_id = id;
+    }
+    let listener = super::bind_and_announce("shop", args.listen).await?;
+    concord_shop::serve(config, listener, shutdown).await?;
+    Ok(())
+}

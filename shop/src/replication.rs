@@ -1,0 +1,909 @@
+//! Primary → replica WAL shipping, write gating by replication mode, roles and terms.
+//!
+//! **Roles.** A process is the primary (accepts writes, ships its WAL) or a replica of a
+//! named primary (applies the stream, serves reads, refuses writes with
+//! FAILED_PRECONDITION + `x-concord-primary`). The term lives in the store's `meta` tree
+//! and only grows. `Promote` (admin) turns a replica into the primary with term + 1; with a
+//! registry configured, a replica also promotes itself when no `role=primary` instance of
+//! `shop` is left (its lease expired), and any process that sees a primary with a higher
+//! term steps down and follows it.
+//!
+//! **Stream.** The replica opens `Replicate` and says `Hello(applied_lsn, applied_term)`.
+//! The primary resumes from `applied_lsn + 1`, or first sends a snapshot when that part of
+//! its WAL is gone, the replica is ahead of it, or the replica's entry at `applied_lsn`
+//! has another term (divergence after a failover). Then it ships `WalBatch`es of at most
+//! [`WAL_BATCH_MAX`] entries as they commit, and a `Heartbeat` every
+//! [`HEARTBEAT_INTERVAL`] when idle. The replica applies each entry through
+//! `Store::apply_wal_entry` (idempotent, in LSN order, refuses gaps), waits for the group
+//! flush, and acks the highest durable LSN (acks are cumulative, one per batch).
+//! The snapshot is fuzzy (taken while writes continue) and followed by the WAL from the
+//! LSN read before the scan; entries are full-value puts/deletes, so redoing them over the
+//! fuzzy copy converges to the primary's state.
+//!
+//! **Modes** (primary): `none` — acknowledged after the local flush; `async` — same, the
+//! replica trails (lag exported by `GetReplicationStatus`); `sync` — acknowledged only
+//! once the replica acked the LSN. If it does not within `sync_timeout`, the call fails
+//! with UNAVAILABLE (the write is committed on the primary but not acknowledged — a
+//! retry of PlaceOrder with the same key is safe), unless `--on-replica-loss degrade`,
+//! where it is acknowledged with `degraded = true` (and without waiting at all while no
+//! replica is connected).
+//!
+//! Bounded queues: each stream's outbound channel holds [`STREAM_CHANNEL_CAPACITY`]
+//! messages; a slow replica stalls only its own shipping task (which then reads the WAL
+//! later, in bigger batches). Every task stops on shutdown; a newer stream from the
+//! replica supersedes older ones.
+//!
+//! Non-goals: more than one replica; WAL trimming (the WAL grows; snapshots exist for
+//! divergence and for a promoted replica's own followers).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord::pb::shop::v1 as pb;
+use concord::pb::shop::v1::replication_client::ReplicationClient;
+use concord::pb::shop::v1::replication_server::Replication;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Result, ShopError};
+use crate::store::Store;
+use crate::wal::{Lsn, Mutation, TreeName, WalEntry};
+
+/// Most WAL entries per `WalBatch` message.
+pub const WAL_BATCH_MAX: usize = 256;
+/// Idle primary → replica heartbeat period.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// Messages queued per stream direction before the producer waits.
+pub const STREAM_CHANNEL_CAPACITY: usize = 16;
+/// Keys per snapshot chunk.
+pub const SNAPSHOT_CHUNK_KEYS: usize = 512;
+/// Default time a sync write waits for the replica's ack.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest wait between a replica's reconnection attempts.
+pub const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(2));
+
+/// How writes reach the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicationMode {
+    /// No replica expected.
+    #[default]
+    None,
+    /// Acknowledge after the local flush.
+    Async,
+    /// Acknowledge after the replica's durable ack.
+    Sync,
+}
+
+impl FromStr for ReplicationMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "async" => Ok(Self::Async),
+            "sync" => Ok(Self::Sync),
+            other => Err(format!(
+                "unknown replication mode {other:?} (none|async|sync)"
+            )),
+        }
+    }
+}
+
+/// What a sync write does when the replica does not ack in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReplicaLoss {
+    /// Fail the write with UNAVAILABLE.
+    #[default]
+    Fail,
+    /// Acknowledge it anyway, flagged `degraded`.
+    Degrade,
+}
+
+impl FromStr for OnReplicaLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fail" => Ok(Self::Fail),
+            "degrade" => Ok(Self::Degrade),
+            other => Err(format!(
+                "unknown replica-loss policy {other:?} (fail|degrade)"
+            )),
+        }
+    }
+}
+
+/// Replication settings of one shop process.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Mode used while primary.
+    pub mode: ReplicationMode,
+    /// Sync-mode policy when the replica is gone.
+    pub on_replica_loss: OnReplicaLoss,
+    /// How long a sync write waits for the replica.
+    pub sync_timeout: Duration,
+    /// `Some(addr)`: start as a replica of this primary.
+    pub primary_addr: Option<String>,
+    /// Stable id sent in `Hello`.
+    pub replica_id: String,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::None,
+            on_replica_loss: OnReplicaLoss::Fail,
+            sync_timeout: DEFAULT_SYNC_TIMEOUT,
+            primary_addr: None,
+            replica_id: "replica".into(),
+        }
+    }
+}
+
+/// This process's part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts writes.
+    Primary,
+    /// Follows the primary at this address ("" while unknown).
+    Replica(String),
+}
+
+/// Shared replication state: role, acks, connection flags.
+pub struct Replicator {
+    store: Arc<Store>,
+    config: ReplicationConfig,
+    address: String,
+    role_tx: watch::Sender<Role>,
+    acked_tx: watch::Sender<Lsn>,
+    peer_connected: AtomicBool,
+    caught_up: AtomicBool,
+    primary_last_lsn: AtomicU64,
+    stream_generation: AtomicU64,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl Replicator {
+    /// Creates the state; `address` is this process's advertised address; `stop_rx`
+    /// turns true on shutdown.
+    pub fn new(
+        store: Arc<Store>,
+        config: ReplicationConfig,
+        address: String,
+        stop_rx: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let role = match &config.primary_addr {
+            Some(primary) => Role::Replica(primary.clone()),
+            None => Role::Primary,
+        };
+        Arc::new(Self {
+            store,
+            config,
+            address,
+            role_tx: watch::channel(role).0,
+            acked_tx: watch::channel(0).0,
+            peer_connected: AtomicBool::new(false),
+            caught_up: AtomicBool::new(false),
+            primary_last_lsn: AtomicU64::new(0),
+            stream_generation: AtomicU64::new(0),
+            stop_rx,
+        })
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role_tx.borrow().clone()
+    }
+
+    /// Watches role changes (the registry keeper republishes metadata on each).
+    pub fn subscribe_role(&self) -> watch::Receiver<Role> {
+        self.role_tx.subscribe()
+    }
+
+    /// Registry metadata for the current role and term.
+    pub fn registry_metadata(&self) -> HashMap<String, String> {
+        let role = match self.role() {
+            Role::Primary => "primary",
+            Role::Replica(_) => "replica",
+        };
+        HashMap::from([
+            ("role".to_string(), role.to_string()),
+            ("term".to_string(), self.store.term().to_string()),
+        ])
+    }
+
+    /// `Ok` on the primary; `NotPrimary(primary address)` on a replica.
+    pub fn check_writable(&self) -> Result<()> {
+        match self.role() {
+            Role::Primary => Ok(()),
+            Role::Replica(primary) => Err(ShopError::NotPrimary(primary)),
+        }
+    }
+
+    fn mode_pb(&self) -> pb::ReplicationMode {
+        match self.config.mode {
+            ReplicationMode::None => pb::ReplicationMode::None,
+            ReplicationMode::Async => pb::ReplicationMode::Async,
+            ReplicationMode::Sync => pb::ReplicationMode::Sync,
+        }
+    }
+
+    /// Completes a locally durable write according to the mode (module docs) and says
+    /// what was achieved. `lsn: None` = the write changed nothing.
+    pub async fn finish_write(&self, lsn: Option<Lsn>) -> Result<pb::WriteInfo> {
+        let mut info = pb::WriteInfo {
+            lsn: lsn.unwrap_or(0),
+            replicated: false,
+            mode: self.mode_pb() as i32,
+            degraded: false,
+            term: self.store.term(),
+        };
+        let Some(lsn) = lsn else {
+            info.replicated = self.config.mode != ReplicationMode::None
+                && *self.acked_tx.borrow() >= self.store.last_lsn()?;
+            return Ok(info);
+        };
+        match self.config.mode {
+            ReplicationMode::None => {}
+            ReplicationMode::Async => info.replicated = *self.acked_tx.borrow() >= lsn,
+            ReplicationMode::Sync => {
+                let degrade = self.config.on_replica_loss == OnReplicaLoss::Degrade;
+                if degrade && !self.peer_connected.load(Ordering::Acquire) {
+                    info.degraded = true;
+                    return Ok(info);
+                }
+                let mut acked_rx = self.acked_tx.subscribe();
+                let waited = tokio::time::timeout(
+                    self.config.sync_timeout,
+                    acked_rx.wait_for(|a| *a >= lsn),
+                )
+                .await;
+                match waited {
+                    Ok(Ok(_)) => info.replicated = true,
+                    _ if degrade => info.degraded = true,
+                    _ => {
+                        tracing::warn!(lsn, timeout = ?self.config.sync_timeout, "replica did not ack a sync write");
+                        return Err(ShopError::Unavailable(format!(
+                            "the replica did not acknowledge LSN {lsn} within {:?}; the write is committed on the primary but not replicated",
+                            self.config.sync_timeout
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// Makes this replica the primary with a higher term. `expected_term` (0 = none)
+    /// guards against racing promotions.
+    pub async fn promote(&self, expected_term: u64) -> Result<u64> {
+        let term = self.store.term();
+        if expected_term != 0 && expected_term != term {
+            return Err(ShopError::precondition(format!(
+                "expected term {expected_term} but the current term is {term}"
+            )));
+        }
+        if self.role() == Role::Primary {
+            return Err(ShopError::precondition(format!(
+                "already the primary (term {term})"
+            )));
+        }
+        // Heartbeats already raised our term to the primary's, so +1 is newer than anything
+        // this replica has seen.
+        let new_term = term + 1;
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.set_term(new_term)).await??;
+        self.role_tx.send_replace(Role::Primary);
+        self.peer_connected.store(false, Ordering::Release);
+        tracing::info!(
+            term = new_term,
+            last_lsn = self.store.last_lsn()?,
+            "promoted to primary"
+        );
+        Ok(new_term)
+    }
+
+    /// Steps down to follow a primary with a higher term.
+    pub async fn follow(&self, primary: String, term: u64) -> Result<()> {
+        if term > self.store.term() {
+            let store = Arc::clone(&self.store);
+            tokio::task::spawn_blocking(move || store.set_term(term)).await??;
+        }
+        if self.role() != Role::Replica(primary.clone()) {
+            tracing::warn!(%primary, term, "a newer primary exists; stepping down to replica");
+            self.role_tx.send_replace(Role::Replica(primary));
+        }
+        Ok(())
+    }
+
+    /// Current status (the GetReplicationStatus reply).
+    pub fn status(&self) -> Result<pb::GetReplicationStatusResponse> {
+        let last_lsn = self.store.last_lsn()?;
+        let (role, acked, primary_address) = match self.role() {
+            Role::Primary => (
+                pb::Role::Primary,
+                *self.acked_tx.borrow(),
+                self.address.clone(),
+            ),
+            Role::Replica(primary) => (pb::Role::Replica, self.store.durable_lsn(), primary),
+        };
+        let lag_entries = match self.role() {
+            Role::Primary => last_lsn.saturating_sub(acked),
+            Role::Replica(_) => self
+                .primary_last_lsn
+                .load(Ordering::Acquire)
+                .saturating_sub(last_lsn),
+        };
+        let lag_ms = if lag_entries == 0 {
+            0
+        } else {
+            let oldest = match self.role() {
+                Role::Primary => acked + 1,
+                Role::Replica(_) => last_lsn,
+            };
+            self.store
+                .wal_since(oldest.saturating_sub(1), 1)?
+                .first()
+                .map_or(0, |e| (now_ms() - e.committed_at_ms).max(0) as u64)
+        };
+        Ok(pb::GetReplicationStatusResponse {
+            role: role as i32,
+            term: self.store.term(),
+            last_lsn,
+            replica_acked_lsn: acked,
+            lag_entries,
+            lag_ms,
+            mode: self.mode_pb() as i32,
+            peer_connected: self.peer_connected.load(Ordering::Acquire),
+            caught_up: self.caught_up.load(Ordering::Acquire),
+            primary_address,
+            address: self.address.clone(),
+        })
+    }
+
+    fn note_ack(&self, lsn: Lsn) {
+        self.acked_tx.send_if_modified(|acked| {
+            let newer = lsn > *acked;
+            if newer {
+                *acked = lsn;
+            }
+            newer
+        });
+    }
+}
+
+/// Resolves once `stop_rx` turns true (or its sender is gone); drops the borrow guard
+/// before returning so callers stay `Send`.
+pub(crate) async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
+    let _ = stop_rx.wait_for(|stop| *stop).await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// WAL entry → proto.
+pub fn entry_to_pb(e: WalEntry) -> pb::WalEntry {
+    pb::WalEntry {
+        lsn: e.lsn,
+        term: e.term,
+        committed_at_unix_ms: e.committed_at_ms,
+        mutations: e.mutations.into_iter().map(mutation_to_pb).collect(),
+    }
+}
+
+fn mutation_to_pb(m: Mutation) -> pb::Mutation {
+    let delete = m.value.is_none();
+    pb::Mutation {
+        tree: m.tree.as_str().to_string(),
+        key: m.key,
+        value: m.value.unwrap_or_default(),
+        delete,
+    }
+}
+
+fn mutation_from_pb(m: pb::Mutation) -> Result<Mutation> {
+    Ok(Mutation {
+        tree: TreeName::from_name(&m.tree)?,
+        key: m.key,
+        value: if m.delete { None } else { Some(m.value) },
+    })
+}
+
+/// Proto → WAL entry; an unknown tree name is `InvalidArgument`.
+pub fn entry_from_pb(e: pb::WalEntry) -> Result<WalEntry> {
+    Ok(WalEntry {
+        lsn: e.lsn,
+        term: e.term,
+        committed_at_ms: e.committed_at_unix_ms,
+        mutations: e
+            .mutations
+            .into_iter()
+            .map(mutation_from_pb)
+            .collect::<Result<_>>()?,
+    })
+}
+
+type Outbound = mpsc::Sender<std::result::Result<pb::ReplicateResponse, Status>>;
+
+fn response(
+    kind: pb::replicate_response::Kind,
+) -> std::result::Result<pb::ReplicateResponse, Status> {
+    Ok(pb::ReplicateResponse { kind: Some(kind) })
+}
+
+/// Whether the primary must send a snapshot before resuming at `hello.applied_lsn + 1`.
+fn needs_snapshot(store: &Store, hello: &pb::Hello) -> Result<bool> {
+    let applied = hello.applied_lsn;
+    if applied == 0 {
+        // An empty replica: a snapshot is needed only if our WAL does not start at 1.
+        return Ok(store.first_wal_lsn()?.is_some_and(|first| first > 1));
+    }
+    if applied > store.last_lsn()? {
+        return Ok(true);
+    }
+    match store.term_at(applied)? {
+        Some(term) => Ok(term != hello.applied_term),
+        None => Ok(true), // that entry is gone (we were snapshotted past it)
+    }
+}
+
+/// Streams a fuzzy snapshot (module docs); returns the LSN to resume after.
+async fn send_snapshot(store: &Arc<Store>, out: &Outbound) -> Result<Lsn> {
+    use pb::replicate_response::Kind;
+    let snap_lsn = store.last_lsn()?;
+    let term = store.term();
+    let closed = || ShopError::Unavailable("replica went away during snapshot".into());
+    out.send(response(Kind::SnapshotBegin(pb::SnapshotBegin {
+        lsn: snap_lsn,
+        term,
+    })))
+    .await
+    .map_err(|_| closed())?;
+    for name in TreeName::ALL {
+        let mut iter = store.tree(name).iter();
+        loop {
+            let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_KEYS);
+            for item in iter.by_ref().take(SNAPSHOT_CHUNK_KEYS) {
+                let (k, v) = item?;
+                chunk.push(mutation_to_pb(Mutation {
+                    tree: name,
+                    key: k.to_vec(),
+                    value: Some(v.to_vec()),
+                }));
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            out.send(response(Kind::SnapshotChunk(pb::SnapshotChunk {
+                mutations: chunk,
+            })))
+            .await
+            .map_err(|_| closed())?;
+        }
+    }
+    let lsn_term = store.term_at(snap_lsn)?.unwrap_or(term);
+    out.send(response(Kind::SnapshotEnd(pb::SnapshotEnd {
+        lsn: snap_lsn,
+        lsn_term,
+    })))
+    .await
+    .map_err(|_| closed())?;
+    tracing::info!(lsn = snap_lsn, "snapshot sent to replica");
+    Ok(snap_lsn)
+}
+
+/// Primary side: ships the WAL from `hello` on until the replica goes, a newer stream
+/// supersedes this one, or shutdown.
+async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation: u64) {
+    use pb::replicate_response::Kind;
+    let mut stop_rx = rep.stop_rx.clone();
+    let store = Arc::clone(&rep.store);
+    let mut committed_rx = store.subscribe();
+    let mut pos = hello.applied_lsn;
+    let snapshot = {
+        let store = Arc::clone(&store);
+        let hello = hello.clone();
+        tokio::task::spawn_blocking(move || needs_snapshot(&store, &hello)).await
+    };
+    match snapshot {
+        // Same history up to applied_lsn: the replica already holds it durably.
+        Ok(Ok(false)) => rep.note_ack(pos),
+        Ok(Ok(true)) => match send_snapshot(&store, &out).await {
+            Ok(lsn) => pos = lsn,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot failed");
+                return;
+            }
+        },
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot decide where the replica resumes");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot decision task failed");
+            return;
+        }
+    }
+    tracing::info!(replica = %hello.replica_id, from_lsn = pos + 1, "replica connected");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if rep.stream_generation.load(Ordering::Acquire) != generation || *stop_rx.borrow() {
+            break;
+        }
+        let batch = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.wal_since(pos, WAL_BATCH_MAX)).await
+        };
+        let entries = match batch {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, pos, "cannot read the WAL");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL reader task failed");
+                break;
+            }
+        };
+        if let Some(last) = entries.last() {
+            pos = last.lsn;
+            let batch = pb::WalBatch {
+                entries: entries.into_iter().map(entry_to_pb).collect(),
+            };
+            if out.send(response(Kind::Entries(batch))).await.is_err() {
+                break; // replica gone
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = committed_rx.changed() => if changed.is_err() { break },
+            _ = heartbeat.tick() => {
+                let hb = pb::Heartbeat {
+                    last_lsn: pos,
+                    term: store.term(),
+                    now_unix_ms: now_ms(),
+                };
+                if out.send(response(Kind::Heartbeat(hb))).await.is_err() {
+                    break;
+                }
+            }
+            _ = stopped(&mut stop_rx) => break,
+        }
+    }
+    if rep.stream_generation.load(Ordering::Acquire) == generation {
+        rep.peer_connected.store(false, Ordering::Release);
+    }
+    tracing::info!(replica = %hello.replica_id, pos, "replica stream ended");
+}
+
+/// Primary side: reads the replica's acks.
+async fn read_acks(
+    rep: Arc<Replicator>,
+    mut inbound: tonic::Streaming<pb::ReplicateRequest>,
+    generation: u64,
+) {
+    let mut stop_rx = rep.stop_rx.clone();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = stopped(&mut stop_rx) => break,
+        };
+        match msg {
+            Ok(Some(pb::ReplicateRequest {
+                kind: Some(pb::replicate_request::Kind::Ack(ack)),
+            })) => rep.note_ack(ack.durable_lsn),
+            Ok(Some(_)) => tracing::debug!("ignoring unexpected replica message"),
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(%status, "replica stream broke");
+                break;
+            }
+        }
+    }
+    if rep.stream_generation.load(Ordering::Acquire) == generation {
+        rep.peer_connected.store(false, Ordering::Release);
+    }
+}
+
+/// The `concord.shop.v1.Replication` service.
+pub struct ReplicationService {
+    rep: Arc<Replicator>,
+    admin_token: String,
+}
+
+impl ReplicationService {
+    /// A service over `rep`; `Promote` needs `admin_token`.
+    pub fn new(rep: Arc<Replicator>, admin_token: String) -> Self {
+        Self { rep, admin_token }
+    }
+}
+
+type ReplicateStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::ReplicateResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type ReplicateStream = ReplicateStream;
+
+    async fn replicate(
+        &self,
+        request: Request<tonic::Streaming<pb::ReplicateRequest>>,
+    ) -> std::result::Result<Response<Self::ReplicateStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::ReplicateRequest {
+                kind: Some(pb::replicate_request::Kind::Hello(hello)),
+            }) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first Replicate message must be Hello",
+                ))
+            }
+        };
+        let term = self.rep.store.term();
+        if hello.term > term {
+            // Someone has seen a newer primary than us: we must not ship anything.
+            self.rep.role_tx.send_replace(Role::Replica(String::new()));
+            return Err(ShopError::precondition(format!(
+                "replica has seen term {} > our term {term}; stepping down",
+                hello.term
+            ))
+            .into());
+        }
+        self.rep.check_writable()?;
+        let generation = self.rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.rep.peer_connected.store(true, Ordering::Release);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+        tokio::spawn(ship(Arc::clone(&self.rep), hello, out_tx, generation));
+        tokio::spawn(read_acks(Arc::clone(&self.rep), inbound, generation));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn get_replication_status(
+        &self,
+        _request: Request<pb::GetReplicationStatusRequest>,
+    ) -> std::result::Result<Response<pb::GetReplicationStatusResponse>, Status> {
+        Ok(Response::new(self.rep.status()?))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> std::result::Result<Response<pb::PromoteResponse>, Status> {
+        concord::auth::require_token(request.metadata(), &self.admin_token)
+            .map_err(Status::from)?;
+        let term = self.rep.promote(request.get_ref().expected_term).await?;
+        Ok(Response::new(pb::PromoteResponse {
+            role: pb::Role::Primary as i32,
+            term,
+            last_lsn: self.rep.store.last_lsn()?,
+        }))
+    }
+}
+
+/// Replica side: while this process is a replica, follow the primary (reconnecting with
+/// backoff); returns on shutdown.
+pub async fn run_follower(rep: Arc<Replicator>) {
+    let mut stop_rx = rep.stop_rx.clone();
+    let mut role_rx = rep.subscribe_role();
+    let mut backoff = RECONNECT_BACKOFF.0;
+    loop {
+        if *stop_rx.borrow() {
+            return;
+        }
+        let role = role_rx.borrow_and_update().clone();
+        let Role::Replica(primary) = role else {
+            tokio::select! {
+                _ = role_rx.changed() => continue,
+                _ = stopped(&mut stop_rx) => return,
+            }
+        };
+        if primary.is_empty() {
+            tokio::select! {
+                _ = role_rx.changed() => continue,
+                _ = stopped(&mut stop_rx) => return,
+            }
+        }
+        match follow_once(&rep, &primary, &mut role_rx).await {
+            Ok(()) => backoff = RECONNECT_BACKOFF.0,
+            Err(e) => {
+                tracing::warn!(%primary, error = %e, "replication stream failed; reconnecting")
+            }
+        }
+        rep.peer_connected.store(false, Ordering::Release);
+        rep.caught_up.store(false, Ordering::Release);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(&mut stop_rx) => return,
+        }
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+    }
+}
+
+/// One replication session with `primary`; returns when the stream ends, the role
+/// changes or on shutdown.
+async fn follow_once(
+    rep: &Arc<Replicator>,
+    primary: &str,
+    role_rx: &mut watch::Receiver<Role>,
+) -> Result<()> {
+    use pb::replicate_response::Kind;
+    let unavailable =
+        |e: &dyn std::fmt::Display| ShopError::Unavailable(format!("primary {primary}: {e}"));
+    let channel = concord::grpc::lazy_channel(primary).map_err(|e| unavailable(&e))?;
+    let mut client = ReplicationClient::new(channel);
+    let store = Arc::clone(&rep.store);
+    let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+    let applied_lsn = store.last_lsn()?;
+    let hello = pb::Hello {
+        replica_id: rep.config.replica_id.clone(),
+        applied_lsn,
+        term: store.term(),
+        applied_term: store.term_at(applied_lsn)?.unwrap_or(0),
+    };
+    let ack = |lsn: Lsn| pb::ReplicateRequest {
+        kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
+            durable_lsn: lsn,
+        })),
+    };
+    out_tx
+        .send(pb::ReplicateRequest {
+            kind: Some(pb::replicate_request::Kind::Hello(hello)),
+        })
+        .await
+        .map_err(|_| ShopError::internal("outbound channel closed"))?;
+    let mut inbound = client
+        .replicate(ReceiverStream::new(out_rx))
+        .await
+        .map_err(|s| unavailable(&s))?
+        .into_inner();
+    rep.peer_connected.store(true, Ordering::Release);
+    tracing::info!(%primary, applied_lsn, "following primary");
+    let mut stop_rx = rep.stop_rx.clone();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m.map_err(|s| unavailable(&s))?,
+            _ = role_rx.changed() => return Ok(()),
+            _ = stopped(&mut stop_rx) => return Ok(()),
+        };
+        let Some(pb::ReplicateResponse { kind: Some(kind) }) = msg else {
+            if msg.is_none() {
+                return Ok(());
+            }
+            continue;
+        };
+        let durable = match kind {
+            Kind::Entries(batch) => {
+                let entries = batch
+                    .entries
+                    .into_iter()
+                    .map(entry_from_pb)
+                    .collect::<Result<Vec<_>>>()?;
+                let store = Arc::clone(&store);
+                let last = tokio::task::spawn_blocking(move || {
+                    let mut last = None;
+                    for e in &entries {
+                        last = Some(store.apply_wal_entry(e)?);
+                    }
+                    Ok::<_, ShopError>(last)
+                })
+                .await??;
+                if let Some(committed) = last {
+                    committed.durable().await?;
+                }
+                let applied = rep.store.last_lsn()?;
+                if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
+                    rep.caught_up.store(true, Ordering::Release);
+                }
+                Some(applied)
+            }
+            Kind::SnapshotBegin(begin) => {
+                tracing::info!(lsn = begin.lsn, term = begin.term, "receiving snapshot");
+                let store = Arc::clone(&store);
+                tokio::task::spawn_blocking(move || store.begin_snapshot()).await??;
+                None
+            }
+            Kind::SnapshotChunk(chunk) => {
+                let mutations = chunk
+                    .mutations
+                    .into_iter()
+                    .map(mutation_from_pb)
+                    .collect::<Result<Vec<_>>>()?;
+                let store = Arc::clone(&store);
+                tokio::task::spawn_blocking(move || store.apply_snapshot_chunk(&mutations))
+                    .await??;
+                None
+            }
+            Kind::SnapshotEnd(end) => {
+                let store = Arc::clone(&store);
+                tokio::task::spawn_blocking(move || store.finish_snapshot(end.lsn, end.lsn_term))
+                    .await??;
+                tracing::info!(lsn = end.lsn, "snapshot installed");
+                Some(end.lsn)
+            }
+            Kind::Heartbeat(hb) => {
+                rep.primary_last_lsn
+                    .fetch_max(hb.last_lsn, Ordering::AcqRel);
+                if hb.term > store.term() {
+                    let s = Arc::clone(&store);
+                    tokio::task::spawn_blocking(move || s.set_term(hb.term)).await??;
+                }
+                let applied = store.last_lsn()?;
+                rep.caught_up
+                    .store(applied >= hb.last_lsn, Ordering::Release);
+                None
+            }
+        };
+        if let Some(lsn) = durable {
+            rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
+            if out_tx.send(ack(lsn)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// With a registry: watches the `shop` instances and (a) promotes this replica when no
+/// primary is registered any more, (b) steps down and follows a primary with a higher
+/// term. Returns on shutdown.
+pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, service: String) {
+    let watch = match concord::discovery::ServiceWatch::spawn(&registry_addr, &service) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the registry; automatic failover disabled");
+            return;
+        }
+    };
+    let mut instances_rx = watch.subscribe();
+    let mut stop_rx = rep.stop_rx.clone();
+    // Only promote after having seen a primary once: a replica that starts before its
+    // primary registered must not usurp it.
+    let mut seen_primary = false;
+    loop {
+        let instances = instances_rx.borrow_and_update().clone();
+        let our_term = rep.store.term();
+        let primaries: Vec<_> = instances
+            .iter()
+            .filter(|i| {
+                i.metadata.get("role").map(String::as_str) == Some("primary")
+                    && i.address != rep.address
+            })
+            .collect();
+        if let Some(newer) = primaries
+            .iter()
+            .filter_map(|i| Some((i.metadata.get("term")?.parse::<u64>().ok()?, *i)))
+            .max_by_key(|(t, _)| *t)
+        {
+            seen_primary = true;
+            let (term, instance) = newer;
+            let follow = match rep.role() {
+                Role::Primary => term > our_term,
+                Role::Replica(current) => term >= our_term && current != instance.address,
+            };
+            if follow {
+                if let Err(e) = rep.follow(instance.address.clone(), term).await {
+                    tracing::error!(error = %e, "cannot step down");
+                }
+            }
+        } else if seen_primary && matches!(rep.role(), Role::Replica(_)) {
+            tracing::warn!("no shop primary registered any more; promoting this replica");
+            if let Err(e) = rep.promote(0).await {
+                tracing::error!(error = %e, "automatic promotion failed");
+            }
+        }
+        tokio::select! {
+            changed = instances_rx.changed() => if changed.is_err() { return },
+            _ = stopped(&mut stop_rx) => return,
+        }
+    }
+}

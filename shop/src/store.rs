@@ -1,0 +1,758 @@
+//! The sled store: data trees, the WAL, LSN allocation, durability.
+//!
+//! Every mutating operation runs through [`Store::transact`], which executes the caller's
+//! closure inside ONE sled transaction over all trees and, in that same transaction:
+//! 1. records each put/delete the closure makes through [`Tx`] (the closure cannot write
+//!    around the log: `Tx` is its only handle on the trees);
+//! 2. if anything changed, allocates the next LSN from `meta/last_lsn` (read + write
+//!    inside the transaction), and
+//! 3. writes the [`WalEntry`] under `wal/<lsn>`.
+//!
+//! **LSN choice.** Allocating from a meta key inside the transaction makes LSNs gap-free
+//! (an aborted or retried transaction never consumed one: its write to `meta` vanishes
+//! with it) and ordered with commit order (two writers both read-modify-write the same
+//! key, so they conflict and serialize; sled 0.34 in fact runs transactions under a
+//! process-wide write lock, and even without that the meta key would force a retry).
+//! `sled::generate_id` was rejected: it is neither gap-free nor transactional. The cost is
+//! that all writers serialize on one key, which sled imposes anyway.
+//!
+//! **Durability.** `transact` returns a [`Committed`] holding a group-commit ticket; the
+//! write is acknowledged only after awaiting it ([`Committed::durable`]), i.e. after an
+//! fsync that started after the commit. sled recovers transactions atomically, so after
+//! a crash either all of a write (data + WAL entry + LSN) is there or none of it.
+//!
+//! **Replication hooks.** [`Store::apply_wal_entry`] applies a primary's entry on a
+//! replica: it skips entries at or below the local LSN (idempotent re-delivery), refuses a
+//! gap, and otherwise replays the mutations through the same `Tx` path — which re-logs
+//! them under the same LSN, so a promoted replica owns an identical WAL.
+//! [`Store::subscribe`] publishes the last committed LSN for the WAL shipper.
+//!
+//! Failure behaviour: storage errors become `Unavailable` (I/O) or `Internal`; an error
+//! from the closure aborts the transaction and nothing is written.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{IVec, Transactional};
+use tokio::sync::watch;
+
+use crate::error::{Result, ShopError};
+use crate::group_commit::{GroupCommit, GroupCommitStats, Ticket, DEFAULT_LINGER};
+use crate::wal::{Lsn, Mutation, TreeName, WalEntry};
+
+thread_local! {
+    /// Set on a thread that runs transactions and then calls [`Store::flush_through`]
+    /// itself before reporting any of them (the shop writer thread): its commits skip the
+    /// group-commit queue.
+    static FLUSHES_OWN_BATCHES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Declares that the current thread flushes its own commits with
+/// [`Store::flush_through`] before reporting them, so `transact` hands out ready tickets.
+pub(crate) fn set_thread_flushes_own_batches() {
+    FLUSHES_OWN_BATCHES.with(|f| f.set(true));
+}
+
+/// Result type inside a transaction closure: `Err(ShopError)` aborts (via `?`), sled
+/// conflicts retry the closure.
+pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<ShopError>>;
+
+const WAL_TREE: &str = "wal";
+const META_TREE: &str = "meta";
+/// `meta` key: LSN of the last committed (primary) or applied (replica) entry.
+const META_LAST_LSN: &[u8] = b"last_lsn";
+/// `meta` key: the current term of this store.
+const META_TERM: &[u8] = b"term";
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the sled database (created if missing).
+    pub path: PathBuf,
+    /// How long the flusher waits for in-flight writers to join a group commit.
+    pub linger: Duration,
+    /// sled page-cache size in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl StoreConfig {
+    /// Defaults for a store at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            linger: DEFAULT_LINGER,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// A committed (not yet necessarily durable) write.
+pub struct Committed<T> {
+    /// What the closure returned.
+    pub value: T,
+    /// The write's LSN, or `None` when it changed nothing.
+    pub lsn: Option<Lsn>,
+    ticket: Ticket,
+}
+
+impl<T> Committed<T> {
+    /// Waits for the group commit covering this write.
+    pub async fn durable(self) -> Result<Written<T>> {
+        self.ticket.wait().await?;
+        Ok(Written {
+            value: self.value,
+            lsn: self.lsn,
+        })
+    }
+
+    /// Blocking variant of [`durable`](Self::durable) for non-async callers.
+    pub fn durable_blocking(self) -> Result<Written<T>> {
+        self.ticket.wait_blocking()?;
+        Ok(Written {
+            value: self.value,
+            lsn: self.lsn,
+        })
+    }
+}
+
+/// A durable, acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<T> {
+    /// The operation's result.
+    pub value: T,
+    /// LSN of the write, `None` when nothing changed (proto: lsn 0).
+    pub lsn: Option<Lsn>,
+}
+
+/// What [`Store::apply_wal_entry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry was new and is now committed locally.
+    Applied(Lsn),
+    /// The entry was at or below the local LSN: already applied, nothing done.
+    Skipped(Lsn),
+}
+
+/// The shop's sled database.
+pub struct Store {
+    db: sled::Db,
+    /// Data trees in `TreeName::ALL` order, then `wal`, then `meta`.
+    trees: Vec<sled::Tree>,
+    group: GroupCommit,
+    term: AtomicU64,
+    committed_tx: watch::Sender<Lsn>,
+}
+
+impl Store {
+    /// Opens (or creates) the store and starts its flusher. Recovery is sled's: every
+    /// flushed transaction is present in full, anything later is absent in full.
+    pub fn open(config: &StoreConfig) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .mode(sled::Mode::LowSpace)
+            // Every acknowledged write is flushed by the group commit; sled's own timer
+            // flush would only compete for the same lock.
+            .flush_every_ms(None)
+            .open()?;
+        let mut trees = Vec::with_capacity(TreeName::ALL.len() + 2);
+        for name in TreeName::ALL {
+            trees.push(db.open_tree(name.as_str())?);
+        }
+        trees.push(db.open_tree(WAL_TREE)?);
+        trees.push(db.open_tree(META_TREE)?);
+        let meta = &trees[TreeName::ALL.len() + 1];
+        let last_lsn = read_u64(meta.get(META_LAST_LSN)?.as_deref())?;
+        let term = read_u64(meta.get(META_TERM)?.as_deref())?.max(1);
+        let wal = &trees[TreeName::ALL.len()];
+        if let Some((key, _)) = wal.last()? {
+            let wal_last = read_u64(Some(&key))?;
+            // After a snapshot the WAL may be empty below last_lsn, never ahead of it.
+            if wal_last != last_lsn {
+                return Err(ShopError::internal(format!(
+                    "store is inconsistent: last WAL entry {wal_last} but meta says {last_lsn}"
+                )));
+            }
+        }
+        let group = GroupCommit::start(db.clone(), last_lsn, config.linger)?;
+        let (committed_tx, _) = watch::channel(last_lsn);
+        tracing::info!(path = %config.path.display(), last_lsn, term, "shop store opened");
+        Ok(Self {
+            db,
+            trees,
+            group,
+            term: AtomicU64::new(term),
+            committed_tx,
+        })
+    }
+
+    /// A data tree, for reads outside transactions (single-key reads and range scans).
+    pub fn tree(&self, name: TreeName) -> &sled::Tree {
+        &self.trees[name.index()]
+    }
+
+    fn wal(&self) -> &sled::Tree {
+        &self.trees[TreeName::ALL.len()]
+    }
+
+    fn meta(&self) -> &sled::Tree {
+        &self.trees[TreeName::ALL.len() + 1]
+    }
+
+    /// LSN of the last committed write (primary) or applied entry (replica).
+    pub fn last_lsn(&self) -> Result<Lsn> {
+        read_u64(self.meta().get(META_LAST_LSN)?.as_deref())
+    }
+
+    /// Highest LSN known to be on disk.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.group.durable_lsn()
+    }
+
+    /// Group-commit counters (flushes vs acknowledged writes).
+    pub fn commit_stats(&self) -> GroupCommitStats {
+        self.group.stats()
+    }
+
+    /// Current term (1 for a fresh store).
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+
+    /// Persists a new term (promotion, or seeing a higher term) and flushes it. Terms only
+    /// grow: a lower value is refused.
+    pub fn set_term(&self, term: u64) -> Result<()> {
+        let current = self.term();
+        if term < current {
+            return Err(ShopError::precondition(format!(
+                "term {term} is older than the current term {current}"
+            )));
+        }
+        self.meta().insert(META_TERM, &term.to_be_bytes())?;
+        self.db.flush()?;
+        self.term.store(term, Ordering::Release);
+        Ok(())
+    }
+
+    /// Watches the last committed LSN (the WAL shipper waits on it for new entries).
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.committed_tx.subscribe()
+    }
+
+    /// Runs `op` in one sled transaction with WAL logging and LSN allocation (see module
+    /// docs). `op` may run several times (sled retries on conflict), so it must not have
+    /// side effects outside `Tx`. Blocking: call from `spawn_blocking` in async code.
+    pub fn transact<T, F>(&self, op: F) -> Result<Committed<T>>
+    where
+        F: Fn(&Tx<'_>) -> TxResult<T>,
+    {
+        let in_flight = self.group.begin();
+        let now_ms = now_unix_ms();
+        let term = self.term();
+        let result = self.trees.as_slice().transaction(|views| {
+            let tx = Tx {
+                views,
+                mutations: RefCell::new(Vec::new()),
+                now_ms,
+            };
+            let value = op(&tx)?;
+            let lsn = tx.log(term)?;
+            Ok((value, lsn))
+        });
+        let (value, lsn) = match result {
+            Ok(ok) => ok,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        let ticket = match lsn {
+            Some(lsn) => {
+                self.committed_tx.send_if_modified(|last| {
+                    let newer = lsn > *last;
+                    if newer {
+                        *last = lsn;
+                    }
+                    newer
+                });
+                if FLUSHES_OWN_BATCHES.with(Cell::get) {
+                    // The calling thread flushes before it reports anything (shop writer).
+                    Ticket::Ready
+                } else {
+                    self.group.register(lsn)
+                }
+            }
+            None => Ticket::Ready,
+        };
+        drop(in_flight);
+        Ok(Committed { value, lsn, ticket })
+    }
+
+    /// Flushes now (on the calling thread) unless `lsn` is already durable, then records
+    /// it. The shop's writer thread calls this once per batch instead of using tickets.
+    /// `writes` is the batch size, for [`commit_stats`](Self::commit_stats).
+    pub fn flush_through(&self, lsn: Lsn, writes: usize) -> Result<()> {
+        if lsn > self.group.durable_lsn() {
+            let started = std::time::Instant::now();
+            self.db.flush()?;
+            self.group
+                .record_flush(writes as u64, started.elapsed().as_micros() as u64);
+            self.group.mark_durable(lsn);
+        }
+        Ok(())
+    }
+
+    /// Returns a ticket that completes once `lsn` is durable (for replies that report an
+    /// earlier write, such as an idempotent replay).
+    pub fn durable_ticket(&self, lsn: Lsn) -> Ticket {
+        self.group.register(lsn)
+    }
+
+    /// Applies one WAL entry from the primary (replica side). Idempotent: an entry at or
+    /// below the local LSN is skipped. An entry beyond `last + 1` is a gap and fails with
+    /// `FailedPrecondition` (the shipper must resend from `last_lsn() + 1`).
+    pub fn apply_wal_entry(&self, entry: &WalEntry) -> Result<Committed<Applied>> {
+        let committed = self.trees.as_slice().transaction(|views| {
+            let tx = Tx {
+                views,
+                mutations: RefCell::new(Vec::new()),
+                now_ms: entry.committed_at_ms,
+            };
+            let last = tx.last_lsn()?;
+            if entry.lsn <= last {
+                return Ok(Applied::Skipped(entry.lsn));
+            }
+            if entry.lsn != last + 1 {
+                return Err(ShopError::precondition(format!(
+                    "WAL gap: store is at LSN {last}, entry has LSN {}",
+                    entry.lsn
+                ))
+                .into());
+            }
+            for m in &entry.mutations {
+                match &m.value {
+                    Some(v) => tx.put(m.tree, &m.key, v.clone())?,
+                    None => tx.delete(m.tree, &m.key)?,
+                }
+            }
+            tx.log_entry(entry)?;
+            Ok(Applied::Applied(entry.lsn))
+        });
+        let applied = match committed {
+            Ok(a) => a,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        let (lsn, ticket) = match applied {
+            Applied::Applied(lsn) => {
+                self.committed_tx.send_replace(lsn);
+                (Some(lsn), self.group.register(lsn))
+            }
+            Applied::Skipped(_) => (None, Ticket::Ready),
+        };
+        Ok(Committed {
+            value: applied,
+            lsn,
+            ticket,
+        })
+    }
+
+    /// Up to `max` WAL entries with LSN > `after`, in order (the shipper's read path).
+    pub fn wal_since(&self, after: Lsn, max: usize) -> Result<Vec<WalEntry>> {
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.wal().range(start..).take(max) {
+            let (_, value) = item?;
+            out.push(WalEntry::decode(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// LSN of the oldest WAL entry still stored (`None` when the WAL is empty).
+    pub fn first_wal_lsn(&self) -> Result<Option<Lsn>> {
+        match self.wal().first()? {
+            Some((k, _)) => Ok(Some(read_u64(Some(&k))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Term of the WAL entry at `lsn` (`None` if that entry is not stored, e.g. `lsn` 0
+    /// or before a snapshot). The replica sends it so the primary can detect divergence.
+    pub fn term_at(&self, lsn: Lsn) -> Result<Option<u64>> {
+        match self.wal().get(lsn.to_be_bytes())? {
+            Some(bytes) => Ok(Some(WalEntry::decode(&bytes)?.term)),
+            None => Ok(None),
+        }
+    }
+
+    /// Starts installing a snapshot (replica side): empties every data tree and the WAL
+    /// and sets `last_lsn` to 0, so a crash midway leaves an empty store that asks for
+    /// everything again. Not atomic as a whole, by design (snapshots may be large).
+    pub fn begin_snapshot(&self) -> Result<()> {
+        for name in TreeName::ALL {
+            self.tree(name).clear()?;
+        }
+        self.wal().clear()?;
+        self.meta().insert(META_LAST_LSN, &0u64.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes one chunk of snapshot puts (replica side).
+    pub fn apply_snapshot_chunk(&self, mutations: &[Mutation]) -> Result<()> {
+        for m in mutations {
+            let tree = self.tree(m.tree);
+            match &m.value {
+                Some(v) => tree.insert(&m.key, v.as_slice())?,
+                None => tree.remove(&m.key)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Completes a snapshot: the store now stands at `lsn`; flushed before returning.
+    /// The WAL stays empty up to `lsn` (a later replica of this store gets a snapshot).
+    pub fn finish_snapshot(&self, lsn: Lsn, term: u64) -> Result<()> {
+        self.meta().insert(META_LAST_LSN, &lsn.to_be_bytes())?;
+        if term > self.term() {
+            self.meta().insert(META_TERM, &term.to_be_bytes())?;
+            self.term.store(term, Ordering::Release);
+        }
+        self.db.flush()?;
+        self.group.reset_durable(lsn);
+        self.committed_tx.send_replace(lsn);
+        Ok(())
+    }
+
+    /// Every key/value of every data tree, in tree then key order (snapshots and tests).
+    pub fn dump(&self) -> Result<Vec<Mutation>> {
+        let mut out = Vec::new();
+        for name in TreeName::ALL {
+            for item in self.tree(name).iter() {
+                let (k, v) = item?;
+                out.push(Mutation {
+                    tree: name,
+                    key: k.to_vec(),
+                    value: Some(v.to_vec()),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The closure's handle on the trees inside a transaction; records every change for the
+/// WAL entry.
+pub struct Tx<'a> {
+    views: &'a [TransactionalTree],
+    mutations: RefCell<Vec<Mutation>>,
+    now_ms: i64,
+}
+
+impl Tx<'_> {
+    /// Wall-clock time of the transaction (ms since the Unix epoch), fixed across retries.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    fn view(&self, tree: TreeName) -> &TransactionalTree {
+        &self.views[tree.index()]
+    }
+
+    fn meta(&self) -> &TransactionalTree {
+        &self.views[TreeName::ALL.len() + 1]
+    }
+
+    /// Reads a key (sees this transaction's own writes).
+    pub fn get(&self, tree: TreeName, key: &[u8]) -> TxResult<Option<IVec>> {
+        Ok(self.view(tree).get(key)?)
+    }
+
+    /// Writes a key.
+    pub fn put(&self, tree: TreeName, key: &[u8], value: Vec<u8>) -> TxResult<()> {
+        self.view(tree).insert(key, value.clone())?;
+        self.mutations.borrow_mut().push(Mutation {
+            tree,
+            key: key.to_vec(),
+            value: Some(value),
+        });
+        Ok(())
+    }
+
+    /// Deletes a key (a no-op delete is still logged; replay is idempotent).
+    pub fn delete(&self, tree: TreeName, key: &[u8]) -> TxResult<()> {
+        self.view(tree).remove(key)?;
+        self.mutations.borrow_mut().push(Mutation {
+            tree,
+            key: key.to_vec(),
+            value: None,
+        });
+        Ok(())
+    }
+
+    /// Reads and decodes a JSON record; a record that does not decode is `Internal`.
+    pub fn get_json<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> TxResult<Option<T>> {
+        match self.get(tree, key)? {
+            Some(bytes) => Ok(Some(decode_json(tree, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Encodes and writes a JSON record.
+    pub fn put_json<T: Serialize>(&self, tree: TreeName, key: &[u8], value: &T) -> TxResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            ShopError::internal(format!("cannot encode {} record: {e}", tree.as_str()))
+        })?;
+        self.put(tree, key, bytes)
+    }
+
+    /// Increments the `counters` entry `name` and returns the new value (ids start at 1).
+    pub fn next_id(&self, name: &[u8]) -> TxResult<u64> {
+        let last = read_u64(self.get(TreeName::Counters, name)?.as_deref())?;
+        let next = last
+            .checked_add(1)
+            .ok_or_else(|| ShopError::internal("id counter overflow"))?;
+        self.put(TreeName::Counters, name, next.to_be_bytes().to_vec())?;
+        Ok(next)
+    }
+
+    fn last_lsn(&self) -> TxResult<Lsn> {
+        Ok(read_u64(self.meta().get(META_LAST_LSN)?.as_deref())?)
+    }
+
+    /// The LSN this transaction will commit under if it writes anything.
+    pub fn lsn(&self) -> TxResult<Lsn> {
+        Ok(self.last_lsn()? + 1)
+    }
+
+    /// Allocates the LSN and appends the WAL entry, if anything changed.
+    fn log(&self, term: u64) -> TxResult<Option<Lsn>> {
+        if self.mutations.borrow().is_empty() {
+            return Ok(None);
+        }
+        let entry = WalEntry {
+            lsn: self.lsn()?,
+            term,
+            committed_at_ms: self.now_ms,
+            mutations: std::mem::take(&mut *self.mutations.borrow_mut()),
+        };
+        self.log_entry(&entry)?;
+        Ok(Some(entry.lsn))
+    }
+
+    /// Writes `entry` as the next WAL record and advances `last_lsn` to its LSN.
+    fn log_entry(&self, entry: &WalEntry) -> TxResult<()> {
+        self.views[TreeName::ALL.len()].insert(&entry.lsn.to_be_bytes(), entry.encode())?;
+        self.meta()
+            .insert(META_LAST_LSN, &entry.lsn.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+/// Decodes a JSON record; corruption is a broken invariant (`Internal`).
+pub fn decode_json<T: DeserializeOwned>(tree: TreeName, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ShopError::internal(format!("corrupt {} record: {e}", tree.as_str())))
+}
+
+/// Reads a big-endian u64 value (absent = 0).
+fn read_u64(bytes: Option<&[u8]>) -> Result<u64> {
+    match bytes {
+        None => Ok(0),
+        Some(b) => {
+            let arr: [u8; 8] = b
+                .try_into()
+                .map_err(|_| ShopError::internal(format!("counter has {} bytes", b.len())))?;
+            Ok(u64::from_be_bytes(arr))
+        }
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub mod test {
+    //! Shared test helpers: a store in a fresh temporary directory.
+    use super::*;
+
+    /// A store in a temp dir; keep the `TempDir` alive as long as the store.
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&StoreConfig::new(dir.path().join("db"))).expect("open store");
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test::temp_store;
+    use super::*;
+
+    fn put(store: &Store, key: &[u8], value: &[u8]) -> Result<Option<Lsn>> {
+        let c = store.transact(|tx| tx.put(TreeName::Carts, key, value.to_vec()))?;
+        Ok(c.durable_blocking()?.lsn)
+    }
+
+    /// LSNs start at 1, have no gaps, skip aborted and no-op transactions, and each
+    /// write's WAL entry holds exactly its mutations.
+    #[test]
+    fn lsns_are_gap_free_and_logged() {
+        let (_dir, store) = temp_store();
+        assert_eq!(put(&store, b"a", b"1").unwrap(), Some(1));
+        let aborted = store.transact(|tx| -> TxResult<()> {
+            tx.put(TreeName::Carts, b"x", b"y".to_vec())?;
+            Err(ShopError::invalid("no").into())
+        });
+        assert!(matches!(aborted, Err(ShopError::InvalidArgument(_))));
+        assert_eq!(store.tree(TreeName::Carts).get(b"x").unwrap(), None);
+        let noop = store.transact(|tx| tx.get(TreeName::Carts, b"a")).unwrap();
+        assert_eq!(noop.lsn, None);
+        assert_eq!(put(&store, b"b", b"2").unwrap(), Some(2));
+        let wal = store.wal_since(0, 10).unwrap();
+        assert_eq!(wal.iter().map(|e| e.lsn).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(wal[1].mutations.len(), 1);
+        assert_eq!(wal[1].mutations[0].key, b"b");
+        assert_eq!(wal[1].term, 1);
+        assert_eq!(store.last_lsn().unwrap(), 2);
+        assert_eq!(store.wal_since(1, 10).unwrap().len(), 1);
+        assert_eq!(store.first_wal_lsn().unwrap(), Some(1));
+    }
+
+    /// Concurrent writers get distinct consecutive LSNs and share flushes.
+    #[test]
+    fn concurrent_writers_group_commit() {
+        let (_dir, store) = temp_store();
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            put(&store, format!("{t}-{i}").as_bytes(), b"v")
+                                .unwrap()
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut lsns: Vec<Lsn> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        lsns.sort_unstable();
+        assert_eq!(lsns, (1..=400).collect::<Vec<_>>());
+        let stats = store.commit_stats();
+        // Writes whose LSN was already covered by a finished flush skip the queue.
+        assert!(stats.writes <= 400, "{stats:?}");
+        assert_eq!(stats.durable_lsn, 400);
+        assert!(stats.flushes < 400, "no grouping at all: {stats:?}");
+        tracing::info!(?stats, "group commit");
+    }
+
+    /// Replaying a primary's WAL onto an empty store reproduces its data and WAL; replays
+    /// are skipped and gaps refused.
+    #[test]
+    fn apply_wal_reproduces_primary() {
+        let (_d1, primary) = temp_store();
+        let (_d2, replica) = temp_store();
+        put(&primary, b"a", b"1").unwrap();
+        put(&primary, b"b", b"2").unwrap();
+        primary
+            .transact(|tx| {
+                tx.delete(TreeName::Carts, b"a")?;
+                tx.put(TreeName::Orders, b"o", b"3".to_vec())
+            })
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        let entries = primary.wal_since(0, 100).unwrap();
+        let gap = replica.apply_wal_entry(&entries[1]);
+        assert!(matches!(gap, Err(ShopError::FailedPrecondition(_))));
+        for e in &entries {
+            let applied = replica
+                .apply_wal_entry(e)
+                .unwrap()
+                .durable_blocking()
+                .unwrap();
+            assert_eq!(applied.value, Applied::Applied(e.lsn));
+        }
+        for e in &entries {
+            let again = replica
+                .apply_wal_entry(e)
+                .unwrap()
+                .durable_blocking()
+                .unwrap();
+            assert_eq!(again.value, Applied::Skipped(e.lsn));
+        }
+        assert_eq!(replica.dump().unwrap(), primary.dump().unwrap());
+        assert_eq!(replica.wal_since(0, 100).unwrap(), entries);
+        assert_eq!(replica.last_lsn().unwrap(), 3);
+    }
+
+    /// Installing a snapshot replaces a diverged (even longer) history, resets the durable
+    /// LSN to the snapshot's, and later entries apply on top.
+    #[test]
+    fn snapshot_replaces_diverged_history() {
+        let (_d1, source) = temp_store();
+        let (_d2, target) = temp_store();
+        put(&source, b"a", b"1").unwrap();
+        for i in 0..3u8 {
+            put(&target, &[b'x', i], b"stale").unwrap();
+        }
+        assert_eq!(target.durable_lsn(), 3);
+        target.begin_snapshot().unwrap();
+        target
+            .apply_snapshot_chunk(&source.dump().unwrap())
+            .unwrap();
+        target
+            .finish_snapshot(source.last_lsn().unwrap(), 1)
+            .unwrap();
+        assert_eq!(
+            target.durable_lsn(),
+            1,
+            "durable LSN follows the new history"
+        );
+        assert_eq!(target.dump().unwrap(), source.dump().unwrap());
+        put(&source, b"b", b"2").unwrap();
+        for e in source.wal_since(1, 10).unwrap() {
+            let applied = target
+                .apply_wal_entry(&e)
+                .unwrap()
+                .durable_blocking()
+                .unwrap();
+            assert_eq!(applied.value, Applied::Applied(e.lsn));
+        }
+        assert_eq!(target.dump().unwrap(), source.dump().unwrap());
+        assert_eq!(target.last_lsn().unwrap(), 2);
+        assert_eq!(target.durable_lsn(), 2);
+    }
+
+    /// Data, LSN and term survive a close and reopen.
+    #[test]
+    fn reopen_recovers_lsn_and_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path().join("db"));
+        {
+            let store = Store::open(&config).unwrap();
+            put(&store, b"a", b"1").unwrap();
+            store.set_term(4).unwrap();
+            assert!(store.set_term(2).is_err());
+        }
+        let store = Store::open(&config).unwrap();
+        assert_eq!(store.last_lsn().unwrap(), 1);
+        assert_eq!(store.durable_lsn(), 1);
+        assert_eq!(store.term(), 4);
+        assert_eq!(put(&store, b"b", b"2").unwrap(), Some(2));
+        assert_eq!(store.wal_since(1, 1).unwrap()[0].term, 4);
+    }
+}

@@ -1,0 +1,239 @@
+//! Input limits and validators shared by the catalogue, carts and orders.
+//!
+//! Every limit is a named constant so that the proto comments, the README and the tests
+//! quote the same numbers. Validators run before any storage access: a rejected request
+//! changes nothing. They never panic, whatever the input (control characters, huge
+//! numbers, empty strings). Non-UTF-8 input cannot reach them: every text field is a
+//! proto `string`, which tonic refuses to decode unless it is valid UTF-8.
+//!
+//! The arithmetic limits are chosen so that no total can overflow `i64`:
+//! `MAX_PRICE_MINOR × MAX_LINE_QUANTITY × MAX_CART_LINES` = 10¹¹ · 10⁴ · 10² = 10¹⁷ < 2⁶³;
+//! totals still use checked arithmetic.
+
+use crate::error::{Result, ShopError};
+
+/// Longest product name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest product description, in characters (it may be empty).
+pub const MAX_DESCRIPTION_CHARS: usize = 2_000;
+/// Highest unit price in minor units (10¹¹ = one billion major units); above is "absurd".
+pub const MAX_PRICE_MINOR: i64 = 100_000_000_000;
+/// Highest stock level of one product.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+/// Highest quantity of one product in one cart line.
+pub const MAX_LINE_QUANTITY: i64 = 10_000;
+/// Most distinct products in one cart.
+pub const MAX_CART_LINES: usize = 100;
+/// Longest user id, in bytes (ASCII letters, digits and `-_.@`).
+pub const MAX_USER_ID_BYTES: usize = 64;
+/// Longest idempotency key, in bytes (printable ASCII, no spaces).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// Page size used when the request asks for 0.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page a list call returns; bigger requests are clamped, not rejected.
+pub const MAX_PAGE_SIZE: usize = 500;
+/// Most products one filtered ListProducts call examines; bounds its latency whatever the
+/// catalogue size (a filtered page may come back short, with a token to continue).
+pub const MAX_SCAN_PER_PAGE: usize = 5_000;
+/// Currency used when a create request leaves it empty.
+pub const DEFAULT_CURRENCY: &str = "EUR";
+/// Longest `name_contains` filter, in characters.
+pub const MAX_FILTER_CHARS: usize = MAX_NAME_CHARS;
+
+/// Checks a display string: non-blank, at most `max_chars`, no control characters.
+fn text(field: &str, value: &str, max_chars: usize, allow_empty: bool) -> Result<()> {
+    if !allow_empty && value.trim().is_empty() {
+        return Err(ShopError::invalid(format!("{field} must not be empty")));
+    }
+    let chars = value.chars().count();
+    if chars > max_chars {
+        return Err(ShopError::invalid(format!(
+            "{field} is {chars} characters long; the limit is {max_chars}"
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(ShopError::invalid(format!(
+            "{field} contains control character U+{:04X}",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a product name.
+pub fn name(value: &str) -> Result<()> {
+    text("name", value, MAX_NAME_CHARS, false)
+}
+
+/// Validates a product description (empty allowed).
+pub fn description(value: &str) -> Result<()> {
+    text("description", value, MAX_DESCRIPTION_CHARS, true)
+}
+
+/// Validates a `name_contains` filter (empty means "no filter").
+pub fn name_filter(value: &str) -> Result<()> {
+    text("name filter", value, MAX_FILTER_CHARS, true)
+}
+
+/// Validates a unit price in minor units.
+pub fn price_minor(value: i64) -> Result<i64> {
+    if value < 0 {
+        return Err(ShopError::invalid(format!("price {value} is negative")));
+    }
+    if value > MAX_PRICE_MINOR {
+        return Err(ShopError::invalid(format!(
+            "price {value} exceeds the limit of {MAX_PRICE_MINOR} minor units"
+        )));
+    }
+    Ok(value)
+}
+
+/// Validates an ISO-4217-shaped currency code: exactly three ASCII upper-case letters.
+pub fn currency(value: &str) -> Result<()> {
+    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(ShopError::invalid(format!(
+            "currency {value:?} is not three upper-case letters (e.g. \"EUR\")"
+        )))
+    }
+}
+
+/// Validates a stock level and converts it to the stored type.
+pub fn stock(value: i64) -> Result<u64> {
+    if value < 0 {
+        return Err(ShopError::invalid(format!("stock {value} is negative")));
+    }
+    if value > MAX_STOCK {
+        return Err(ShopError::invalid(format!(
+            "stock {value} exceeds the limit of {MAX_STOCK}"
+        )));
+    }
+    Ok(value as u64)
+}
+
+/// Validates a cart quantity: 1..=MAX_LINE_QUANTITY (use remove, not 0, to drop a line).
+pub fn quantity(value: i64) -> Result<u32> {
+    if value <= 0 {
+        return Err(ShopError::invalid(format!(
+            "quantity {value} must be at least 1"
+        )));
+    }
+    if value > MAX_LINE_QUANTITY {
+        return Err(ShopError::invalid(format!(
+            "quantity {value} exceeds the per-line limit of {MAX_LINE_QUANTITY}"
+        )));
+    }
+    Ok(value as u32)
+}
+
+/// Validates a user id. Ids become sled key prefixes, so the alphabet excludes the 0x00
+/// separator and anything ambiguous.
+pub fn user_id(value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(ShopError::invalid("user id must not be empty"));
+    }
+    if value.len() > MAX_USER_ID_BYTES {
+        return Err(ShopError::invalid(format!(
+            "user id is {} bytes long; the limit is {MAX_USER_ID_BYTES}",
+            value.len()
+        )));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+    {
+        return Err(ShopError::invalid(format!(
+            "user id {value:?} may only contain ASCII letters, digits and -_.@"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a client-chosen idempotency key.
+pub fn idempotency_key(value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(ShopError::invalid("idempotency key must not be empty"));
+    }
+    if value.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(ShopError::invalid(format!(
+            "idempotency key is {} bytes long; the limit is {MAX_IDEMPOTENCY_KEY_BYTES}",
+            value.len()
+        )));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ShopError::invalid(
+            "idempotency key may only contain printable ASCII without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a requested page size into the effective one (0 → default, clamp to max).
+pub fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every validator accepts the boundary and rejects just past it.
+    #[test]
+    fn limits_table() {
+        let long = "x".repeat(MAX_NAME_CHARS);
+        let too_long = "x".repeat(MAX_NAME_CHARS + 1);
+        let cases: Vec<(&str, Result<()>, bool)> = vec![
+            ("name ok", name("Tea pot"), true),
+            ("name unicode", name("Thé vert 緑茶"), true),
+            ("name at limit", name(&long), true),
+            ("name over limit", name(&too_long), false),
+            ("name empty", name(""), false),
+            ("name blank", name("   "), false),
+            ("name newline", name("a\nb"), false),
+            ("name nul", name("a\0b"), false),
+            ("name del", name("a\u{7f}"), false),
+            ("description empty", description(""), true),
+            ("price zero", price_minor(0).map(drop), true),
+            ("price max", price_minor(MAX_PRICE_MINOR).map(drop), true),
+            ("price negative", price_minor(-1).map(drop), false),
+            ("price absurd", price_minor(i64::MAX).map(drop), false),
+            ("currency EUR", currency("EUR"), true),
+            ("currency lower", currency("eur"), false),
+            ("currency long", currency("EURO"), false),
+            ("currency empty", currency(""), false),
+            ("stock zero", stock(0).map(drop), true),
+            ("stock negative", stock(-5).map(drop), false),
+            ("stock huge", stock(MAX_STOCK + 1).map(drop), false),
+            ("quantity one", quantity(1).map(drop), true),
+            ("quantity zero", quantity(0).map(drop), false),
+            ("quantity negative", quantity(-3).map(drop), false),
+            ("quantity huge", quantity(i64::MAX).map(drop), false),
+            ("user ok", user_id("alice@example.com"), true),
+            ("user empty", user_id(""), false),
+            ("user space", user_id("a b"), false),
+            ("user nul", user_id("a\0"), false),
+            ("user long", user_id(&"u".repeat(65)), false),
+            ("key ok", idempotency_key("order-1"), true),
+            ("key space", idempotency_key("a b"), false),
+            ("key empty", idempotency_key(""), false),
+        ];
+        for (label, got, ok) in cases {
+            assert_eq!(got.is_ok(), ok, "{label}: {got:?}");
+            if let Err(e) = got {
+                assert!(matches!(e, ShopError::InvalidArgument(_)), "{label}: {e:?}");
+            }
+        }
+    }
+
+    /// Page sizes default and clamp instead of failing.
+    #[test]
+    fn page_size_defaults_and_clamps() {
+        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(u32::MAX), MAX_PAGE_SIZE);
+    }
+}

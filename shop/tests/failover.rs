@@ -1,0 +1,137 @@
+//! Registry-driven failover: the replica promotes itself when the primary's registration
+//! disappears, and a restarted old primary that sees the higher term steps down and follows.
+
+mod harness;
+
+use std::time::Duration;
+
+use concord::pb::registry::v1::registry_client::RegistryClient;
+use concord::pb::registry::v1::ResolveRequest;
+use concord::pb::shop::v1 as pb;
+use concord_shop::ReplicationMode;
+use harness::{create, eventually, start, TestShop};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn status(shop: &TestShop) -> pb::GetReplicationStatusResponse {
+    shop.replication()
+        .get_replication_status(pb::GetReplicationStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+/// The scenario in the module docs, end to end over a real registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_takes_over_and_old_primary_follows() {
+    concord::telemetry::init_for_tests();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = listener.local_addr().unwrap().to_string();
+    let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry_task = tokio::spawn(concord_registry::serve(
+        concord_registry::Config::default(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let with_registry = |c: &mut concord_shop::Config| {
+        c.registry_addr = Some(registry.clone());
+        c.lease_ttl = Duration::from_secs(1);
+        c.replication.mode = ReplicationMode::Async;
+    };
+    let primary = start(&dir.path().join("a"), with_registry).await;
+    let primary_addr = primary.addr.to_string();
+    let replica = start(&dir.path().join("b"), |c| {
+        with_registry(c);
+        c.replication.primary_addr = Some(primary_addr.clone());
+    })
+    .await;
+    let mut registry_client = RegistryClient::new(concord::grpc::lazy_channel(&registry).unwrap());
+    let shop_instances = |mut client: RegistryClient<_>| async move {
+        client
+            .resolve(ResolveRequest {
+                service: "shop".into(),
+            })
+            .await
+            .map(|r| r.into_inner().instances)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(WAIT, || async {
+            shop_instances(registry_client.clone()).await.len() == 2
+        })
+        .await
+    );
+
+    let mut p = primary.client();
+    let before = create(&mut p, "Before failover", 100, 1).await;
+    let want = primary.last_lsn().await;
+    assert!(eventually(WAIT, || async { status(&replica).await.last_lsn >= want }).await);
+
+    primary.stop().await; // deregisters: the primary is gone from the registry
+    assert!(
+        eventually(WAIT, || async {
+            let s = status(&replica).await;
+            s.role == pb::Role::Primary as i32 && s.term == 2
+        })
+        .await,
+        "replica did not promote itself"
+    );
+    let replica_addr = replica.addr.to_string();
+    assert!(
+        eventually(WAIT, || async {
+            shop_instances(registry_client.clone())
+                .await
+                .iter()
+                .any(|i| {
+                    i.address == replica_addr
+                        && i.metadata.get("role").map(String::as_str) == Some("primary")
+                        && i.metadata.get("term").map(String::as_str) == Some("2")
+                })
+        })
+        .await,
+        "registry does not show the new primary"
+    );
+    let mut r = replica.client();
+    let after = create(&mut r, "After failover", 100, 1).await;
+
+    // The old primary comes back (configured as a primary, term 1), sees term 2, follows.
+    let old = start(&dir.path().join("a"), with_registry).await;
+    assert!(
+        eventually(WAIT, || async {
+            let s = status(&old).await;
+            s.role == pb::Role::Replica as i32 && s.primary_address == replica_addr
+        })
+        .await,
+        "old primary did not step down"
+    );
+    let mut o = old.client();
+    assert!(
+        eventually(WAIT, || {
+            let mut o = o.clone();
+            let id = after.id.clone();
+            async move { o.get_product(pb::GetProductRequest { id }).await.is_ok() }
+        })
+        .await
+    );
+    o.get_product(pb::GetProductRequest {
+        id: before.id.clone(),
+    })
+    .await
+    .unwrap();
+    registry_client = RegistryClient::new(concord::grpc::lazy_channel(&registry).unwrap());
+    let primaries = shop_instances(registry_client)
+        .await
+        .into_iter()
+        .filter(|i| i.metadata.get("role").map(String::as_str) == Some("primary"))
+        .count();
+    assert_eq!(primaries, 1, "exactly one primary registered");
+
+    old.stop().await;
+    replica.stop().await;
+    let _ = stop_registry.send(());
+    registry_task.await.unwrap().unwrap();
+}

@@ -1,0 +1,137 @@
+//! The one test harness: a shop served on 127.0.0.1:0 over a fresh temp dir, stopped
+//! through a oneshot and joined on drop of [`TestShop::stop`].
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use concord::pb::shop::v1 as pb;
+use concord::pb::shop::v1::replication_client::ReplicationClient;
+use concord::pb::shop::v1::shop_client::ShopClient;
+use concord_shop::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Admin token used by every test server.
+pub const ADMIN: &str = "test-admin-token";
+
+/// A running shop.
+pub struct TestShop {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Data directory (kept alive by the test when restarting on it).
+    pub data_dir: std::path::PathBuf,
+    stop_tx: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<concord_shop::Result<()>>>,
+}
+
+/// Starts a shop; `configure` adjusts the default config (data dir already set).
+pub async fn start(data_dir: &std::path::Path, configure: impl FnOnce(&mut Config)) -> TestShop {
+    concord::telemetry::init_for_tests();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::new(data_dir);
+    config.admin_token = ADMIN.to_string();
+    configure(&mut config);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(concord_shop::serve(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    TestShop {
+        addr,
+        data_dir: data_dir.to_path_buf(),
+        stop_tx: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+impl TestShop {
+    /// A Shop client on a fresh channel.
+    pub fn client(&self) -> ShopClient<Channel> {
+        ShopClient::new(self.channel())
+    }
+
+    /// A Replication client.
+    pub fn replication(&self) -> ReplicationClient<Channel> {
+        ReplicationClient::new(self.channel())
+    }
+
+    /// A lazy channel to this shop.
+    pub fn channel(&self) -> Channel {
+        concord::grpc::lazy_channel(&self.addr.to_string()).expect("channel")
+    }
+
+    /// Signals shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("serve task").expect("serve result");
+        }
+    }
+
+    /// The shop's last committed LSN.
+    pub async fn last_lsn(&self) -> u64 {
+        self.replication()
+            .get_replication_status(pb::GetReplicationStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .last_lsn
+    }
+}
+
+/// Wraps a message with the admin bearer token.
+pub fn admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    concord::auth::attach_bearer(&mut request, ADMIN);
+    request
+}
+
+/// A create request with defaults.
+pub fn new_product(name: &str, price_minor: i64, stock: i64) -> pb::CreateProductRequest {
+    pb::CreateProductRequest {
+        name: name.into(),
+        description: String::new(),
+        price_minor,
+        currency: "EUR".into(),
+        stock,
+    }
+}
+
+/// Creates a product and returns it.
+pub async fn create(
+    client: &mut ShopClient<Channel>,
+    name: &str,
+    price: i64,
+    stock: i64,
+) -> pb::Product {
+    client
+        .create_product(admin(new_product(name, price, stock)))
+        .await
+        .expect("create product")
+        .into_inner()
+        .product
+        .expect("product")
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

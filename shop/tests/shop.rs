@@ -1,0 +1,740 @@
+//! The Shop service over loopback gRPC: full flow, auth, idempotency, the oversell race,
+//! the order state machine and a bad-input table.
+
+mod harness;
+
+use std::sync::Arc;
+
+use concord::pb::shop::v1 as pb;
+use harness::{admin, create, new_product, start};
+use tonic::Code;
+
+/// Products, cart, order and status flow end to end, with increasing LSNs.
+#[tokio::test]
+async fn full_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+
+    let created = c
+        .create_product(admin(new_product("Green tea", 450, 20)))
+        .await
+        .unwrap()
+        .into_inner();
+    let tea = created.product.unwrap();
+    let write = created.write.unwrap();
+    assert_eq!(write.lsn, 1);
+    assert_eq!(write.term, 1);
+    assert_eq!(tea.id, "p-000000000001");
+    let mug = create(&mut c, "Mug", 1200, 5).await;
+    for i in 0..10 {
+        create(&mut c, &format!("Spoon {i}"), 100, 1).await;
+    }
+
+    let got = c
+        .get_product(pb::GetProductRequest { id: tea.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.product.unwrap(), tea);
+    let updated = c
+        .update_product(admin(pb::UpdateProductRequest {
+            id: tea.id.clone(),
+            price_minor: Some(500),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.product.as_ref().unwrap().price_minor, 500);
+    assert_eq!(updated.product.as_ref().unwrap().name, "Green tea");
+    assert!(updated.write.unwrap().lsn > write.lsn);
+
+    // Paging through 12 products, 5 at a time, then filtering.
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_products(pb::ListProductsRequest {
+                page_size: 5,
+                page_token: token.clone(),
+                name_contains: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.products.into_iter().map(|p| p.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names.len(), 12);
+    let spoons = c
+        .list_products(pb::ListProductsRequest {
+            name_contains: "SPOON".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(spoons.products.len(), 10);
+
+    // Cart: merge, set, remove, totals at current prices.
+    let user = "alice".to_string();
+    c.add_cart_item(pb::AddCartItemRequest {
+        user_id: user.clone(),
+        product_id: tea.id.clone(),
+        quantity: 1,
+    })
+    .await
+    .unwrap();
+    c.add_cart_item(pb::AddCartItemRequest {
+        user_id: user.clone(),
+        product_id: tea.id.clone(),
+        quantity: 2,
+    })
+    .await
+    .unwrap();
+    let cart = c
+        .add_cart_item(pb::AddCartItemRequest {
+            user_id: user.clone(),
+            product_id: mug.id.clone(),
+            quantity: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cart
+        .unwrap();
+    assert_eq!(cart.lines.len(), 2);
+    assert_eq!(cart.lines[0].quantity, 3);
+    assert_eq!(cart.total_minor, 3 * 500 + 1200);
+    assert_eq!(cart.currency, "EUR");
+    c.set_cart_item_quantity(pb::SetCartItemQuantityRequest {
+        user_id: user.clone(),
+        product_id: mug.id.clone(),
+        quantity: 2,
+    })
+    .await
+    .unwrap();
+    c.add_cart_item(pb::AddCartItemRequest {
+        user_id: user.clone(),
+        product_id: "p-000000000003".into(),
+        quantity: 1,
+    })
+    .await
+    .unwrap();
+    c.remove_cart_item(pb::RemoveCartItemRequest {
+        user_id: user.clone(),
+        product_id: "p-000000000003".into(),
+    })
+    .await
+    .unwrap();
+    let cart = c
+        .get_cart(pb::GetCartRequest {
+            user_id: user.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cart
+        .unwrap();
+    assert_eq!(cart.total_minor, 3 * 500 + 2 * 1200);
+
+    // Order: snapshot, stock decrement, cart cleared.
+    let placed = c
+        .place_order(pb::PlaceOrderRequest {
+            user_id: user.clone(),
+            idempotency_key: "checkout-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!placed.replayed);
+    assert!(placed.write.unwrap().lsn > 0);
+    let order = placed.order.unwrap();
+    assert_eq!(order.total_minor, 3 * 500 + 2 * 1200);
+    assert_eq!(order.status, pb::OrderStatus::Pending as i32);
+    let tea_now = c
+        .get_product(pb::GetProductRequest { id: tea.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+    assert_eq!(tea_now.stock, 17);
+    let cart = c
+        .get_cart(pb::GetCartRequest {
+            user_id: user.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cart
+        .unwrap();
+    assert!(cart.lines.is_empty());
+    // A later price change does not touch the order.
+    c.update_product(admin(pb::UpdateProductRequest {
+        id: tea.id.clone(),
+        price_minor: Some(9_999),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let fetched = c
+        .get_order(pb::GetOrderRequest {
+            order_id: order.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(fetched, order);
+    let listed = c
+        .list_orders(pb::ListOrdersRequest {
+            user_id: user.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.orders, vec![order.clone()]);
+
+    for status in [
+        pb::OrderStatus::Paid,
+        pb::OrderStatus::Shipped,
+        pb::OrderStatus::Delivered,
+    ] {
+        let moved = c
+            .update_order_status(pb::UpdateOrderStatusRequest {
+                order_id: order.id.clone(),
+                status: status as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(moved.order.unwrap().status, status as i32);
+    }
+    let err = c
+        .update_order_status(pb::UpdateOrderStatusRequest {
+            order_id: order.id.clone(),
+            status: pb::OrderStatus::Cancelled as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("delivered") && err.message().contains("cancelled"),
+        "{}",
+        err.message()
+    );
+
+    c.delete_product(admin(pb::DeleteProductRequest { id: mug.id.clone() }))
+        .await
+        .unwrap();
+    let err = c
+        .get_product(pb::GetProductRequest { id: mug.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    shop.stop().await;
+}
+
+/// Product mutations need the admin token; without it nothing is written.
+#[tokio::test]
+async fn admin_token_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let err = c.create_product(new_product("x", 1, 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(new_product("x", 1, 1));
+    concord::auth::attach_bearer(&mut wrong, "nope");
+    assert_eq!(
+        c.create_product(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let err = c
+        .delete_product(pb::DeleteProductRequest { id: "p-1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(shop.last_lsn().await, 0);
+    shop.stop().await;
+}
+
+/// The same idempotency key returns the same order and writes nothing; with a different
+/// cart it is FAILED_PRECONDITION.
+#[tokio::test]
+async fn place_order_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let p = create(&mut c, "Tea", 300, 10).await;
+    let add = |q| pb::AddCartItemRequest {
+        user_id: "bob".into(),
+        product_id: p.id.clone(),
+        quantity: q,
+    };
+    c.add_cart_item(add(2)).await.unwrap();
+    let place = || pb::PlaceOrderRequest {
+        user_id: "bob".into(),
+        idempotency_key: "k-1".into(),
+    };
+    let first = c.place_order(place()).await.unwrap().into_inner();
+    let lsn = shop.last_lsn().await;
+    let second = c.place_order(place()).await.unwrap().into_inner();
+    assert!(second.replayed);
+    assert_eq!(second.write.unwrap().lsn, 0);
+    assert_eq!(second.order, first.order);
+    assert_eq!(shop.last_lsn().await, lsn, "a replay writes nothing");
+    c.add_cart_item(add(1)).await.unwrap();
+    let err = c.place_order(place()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let stock = c
+        .get_product(pb::GetProductRequest { id: p.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .stock;
+    assert_eq!(stock, 8, "only one order decremented stock");
+    shop.stop().await;
+}
+
+/// 200 concurrent PlaceOrder calls from different users race for 10 units: exactly 10
+/// orders, stock 0, the rest FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversell_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let hot = create(&mut c, "Limited edition", 9_900, 10).await;
+    for u in 0..200 {
+        c.add_cart_item(pb::AddCartItemRequest {
+            user_id: format!("user{u}"),
+            product_id: hot.id.clone(),
+            quantity: 1,
+        })
+        .await
+        .unwrap();
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(200));
+    let calls: Vec<_> = (0..200)
+        .map(|u| {
+            let mut c = c.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                c.place_order(pb::PlaceOrderRequest {
+                    user_id: format!("user{u}"),
+                    idempotency_key: "buy".into(),
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    assert_eq!(won, 10);
+    let stock = c
+        .get_product(pb::GetProductRequest { id: hot.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .stock;
+    assert_eq!(stock, 0);
+    shop.stop().await;
+}
+
+/// Every (from, to) pair of the order state machine over gRPC.
+#[tokio::test]
+async fn status_machine_table() {
+    use pb::OrderStatus::*;
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let p = create(&mut c, "Tea", 100, 1_000).await;
+    let all = [Pending, Paid, Shipped, Delivered, Cancelled];
+    let mut n = 0;
+    for from in all {
+        for to in all {
+            n += 1;
+            let user = format!("u{n}");
+            c.add_cart_item(pb::AddCartItemRequest {
+                user_id: user.clone(),
+                product_id: p.id.clone(),
+                quantity: 1,
+            })
+            .await
+            .unwrap();
+            let order = c
+                .place_order(pb::PlaceOrderRequest {
+                    user_id: user,
+                    idempotency_key: "k".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap();
+            let path: &[pb::OrderStatus] = match from {
+                Paid => &[Paid],
+                Shipped => &[Paid, Shipped],
+                Delivered => &[Paid, Shipped, Delivered],
+                Cancelled => &[Cancelled],
+                _ => &[],
+            };
+            for step in path {
+                c.update_order_status(pb::UpdateOrderStatusRequest {
+                    order_id: order.id.clone(),
+                    status: *step as i32,
+                })
+                .await
+                .unwrap();
+            }
+            let allowed = matches!(
+                (from, to),
+                (Pending, Paid)
+                    | (Paid, Shipped)
+                    | (Shipped, Delivered)
+                    | (Pending, Cancelled)
+                    | (Paid, Cancelled)
+            );
+            let result = c
+                .update_order_status(pb::UpdateOrderStatusRequest {
+                    order_id: order.id.clone(),
+                    status: to as i32,
+                })
+                .await;
+            match result {
+                Ok(r) => {
+                    assert!(allowed, "{from:?} -> {to:?} should fail");
+                    assert_eq!(r.into_inner().order.unwrap().status, to as i32);
+                }
+                Err(s) => {
+                    assert!(!allowed, "{from:?} -> {to:?} should succeed: {s:?}");
+                    assert_eq!(s.code(), Code::FailedPrecondition);
+                }
+            }
+        }
+    }
+    let stock = c
+        .get_product(pb::GetProductRequest { id: p.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .stock;
+    // 25 orders of 1 unit; cancelled ones gave theirs back: Cancelled-from-start (5 rows)
+    // plus the allowed Pending→Cancelled and Paid→Cancelled moves.
+    assert_eq!(stock, 1_000 - 25 + 5 + 2);
+    let err = c
+        .update_order_status(pb::UpdateOrderStatusRequest {
+            order_id: "o-000000000001".into(),
+            status: Unspecified as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    shop.stop().await;
+}
+
+/// Bad input gets a clear status and changes nothing (LSN unchanged, product intact).
+#[tokio::test]
+async fn bad_input_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let p = create(&mut c, "Tea", 100, 3).await;
+    c.add_cart_item(pb::AddCartItemRequest {
+        user_id: "eve".into(),
+        product_id: p.id.clone(),
+        quantity: 1,
+    })
+    .await
+    .unwrap();
+    let lsn = shop.last_lsn().await;
+
+    let id = p.id.clone();
+    let add = move |user: &str, product: &str, quantity: i64| pb::AddCartItemRequest {
+        user_id: user.into(),
+        product_id: product.into(),
+        quantity,
+    };
+    let create_req =
+        |name: &str, price: i64, stock: i64, currency: &str| pb::CreateProductRequest {
+            name: name.into(),
+            description: String::new(),
+            price_minor: price,
+            currency: currency.into(),
+            stock,
+        };
+    let mut cases: Vec<(&str, Code, tonic::Status)> = Vec::new();
+    macro_rules! case {
+        ($label:expr, $code:expr, $call:expr) => {
+            cases.push(($label, $code, $call.await.map(|_| ()).expect_err($label)));
+        };
+    }
+    case!(
+        "empty name",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("", 1, 1, "EUR")))
+    );
+    case!(
+        "blank name",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("   ", 1, 1, "EUR")))
+    );
+    case!(
+        "long name",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req(&"x".repeat(201), 1, 1, "EUR")))
+    );
+    case!(
+        "control char",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("a\u{7}b", 1, 1, "EUR")))
+    );
+    case!(
+        "negative price",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("ok", -1, 1, "EUR")))
+    );
+    case!(
+        "absurd price",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("ok", 100_000_000_001, 1, "EUR")))
+    );
+    case!(
+        "negative stock",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("ok", 1, -1, "EUR")))
+    );
+    case!(
+        "bad currency",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("ok", 1, 1, "eur")))
+    );
+    case!(
+        "update nothing",
+        Code::InvalidArgument,
+        c.update_product(admin(pb::UpdateProductRequest {
+            id: id.clone(),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "update unknown",
+        Code::NotFound,
+        c.update_product(admin(pb::UpdateProductRequest {
+            id: "p-999".into(),
+            stock: Some(1),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "update malformed",
+        Code::InvalidArgument,
+        c.update_product(admin(pb::UpdateProductRequest {
+            id: "tea".into(),
+            stock: Some(1),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "get malformed",
+        Code::InvalidArgument,
+        c.get_product(pb::GetProductRequest { id: "".into() })
+    );
+    case!(
+        "get unknown",
+        Code::NotFound,
+        c.get_product(pb::GetProductRequest {
+            id: "p-424242".into()
+        })
+    );
+    case!(
+        "delete unknown",
+        Code::NotFound,
+        c.delete_product(admin(pb::DeleteProductRequest {
+            id: "p-424242".into()
+        }))
+    );
+    case!(
+        "zero quantity",
+        Code::InvalidArgument,
+        c.add_cart_item(add("eve", &id, 0))
+    );
+    case!(
+        "negative quantity",
+        Code::InvalidArgument,
+        c.add_cart_item(add("eve", &id, -1))
+    );
+    case!(
+        "above stock",
+        Code::FailedPrecondition,
+        c.add_cart_item(add("eve", &id, 3))
+    );
+    case!(
+        "huge quantity",
+        Code::InvalidArgument,
+        c.add_cart_item(add("eve", &id, i64::MAX))
+    );
+    case!(
+        "unknown product",
+        Code::NotFound,
+        c.add_cart_item(add("eve", "p-777", 1))
+    );
+    case!(
+        "malformed product",
+        Code::InvalidArgument,
+        c.add_cart_item(add("eve", "p-x", 1))
+    );
+    case!(
+        "bad user",
+        Code::InvalidArgument,
+        c.add_cart_item(add("eve\n", &id, 1))
+    );
+    case!(
+        "empty user",
+        Code::InvalidArgument,
+        c.get_cart(pb::GetCartRequest {
+            user_id: String::new()
+        })
+    );
+    case!(
+        "set missing line",
+        Code::NotFound,
+        c.set_cart_item_quantity(pb::SetCartItemQuantityRequest {
+            user_id: "zed".into(),
+            product_id: id.clone(),
+            quantity: 1
+        })
+    );
+    case!(
+        "remove missing line",
+        Code::NotFound,
+        c.remove_cart_item(pb::RemoveCartItemRequest {
+            user_id: "zed".into(),
+            product_id: id.clone()
+        })
+    );
+    case!(
+        "empty cart order",
+        Code::FailedPrecondition,
+        c.place_order(pb::PlaceOrderRequest {
+            user_id: "zed".into(),
+            idempotency_key: "k".into()
+        })
+    );
+    case!(
+        "empty key",
+        Code::InvalidArgument,
+        c.place_order(pb::PlaceOrderRequest {
+            user_id: "eve".into(),
+            idempotency_key: String::new()
+        })
+    );
+    case!(
+        "long key",
+        Code::InvalidArgument,
+        c.place_order(pb::PlaceOrderRequest {
+            user_id: "eve".into(),
+            idempotency_key: "k".repeat(129)
+        })
+    );
+    case!(
+        "unknown order",
+        Code::NotFound,
+        c.get_order(pb::GetOrderRequest {
+            order_id: "o-5".into()
+        })
+    );
+    case!(
+        "malformed order",
+        Code::InvalidArgument,
+        c.get_order(pb::GetOrderRequest {
+            order_id: "5".into()
+        })
+    );
+    case!(
+        "bad page token",
+        Code::InvalidArgument,
+        c.list_products(pb::ListProductsRequest {
+            page_token: "zzz".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "bad orders token",
+        Code::InvalidArgument,
+        c.list_orders(pb::ListOrdersRequest {
+            user_id: "eve".into(),
+            page_size: 1,
+            page_token: "p-1".into()
+        })
+    );
+    for (label, code, status) in &cases {
+        assert_eq!(status.code(), *code, "{label}: {status:?}");
+        assert!(!status.message().is_empty(), "{label}: empty message");
+    }
+
+    // Non-UTF-8 in a string field never reaches the handler: tonic refuses to decode it.
+    let status = create_with_raw_name(&shop, b"caf\xe9").await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
+
+    assert_eq!(shop.last_lsn().await, lsn, "no bad request wrote anything");
+    let after = c
+        .get_product(pb::GetProductRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+    assert_eq!(after, p);
+    shop.stop().await;
+}
+
+/// A CreateProductRequest look-alike whose name is raw bytes (same field number).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCreate {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    price_minor: i64,
+    #[prost(int64, tag = "5")]
+    stock: i64,
+}
+
+async fn create_with_raw_name(shop: &harness::TestShop, name: &[u8]) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(shop.channel());
+    grpc.ready().await.expect("ready");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/concord.shop.v1.Shop/CreateProduct");
+    let request = admin(RawCreate {
+        name: name.to_vec(),
+        price_minor: 1,
+        stock: 1,
+    });
+    grpc.unary::<RawCreate, pb::CreateProductResponse, _>(
+        request,
+        path,
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("non-UTF-8 name must be refused")
+}

@@ -1,0 +1,426 @@
+//! Where the gateway sends each call: backends found through the registry, one cached
+//! `Channel` per address, and the retry rule.
+//!
+//! - **Discovery.** A [`ServiceWatch`] follows each of "shop", "aggregator" and "predictor"
+//!   (a `Watch` stream, not a lookup per request). While the registry is down the last known
+//!   set is kept, so the gateway keeps serving.
+//! - **Channels.** One lazily connected `Channel` per address, created on first use and
+//!   reused by every later call; tonic reconnects it by itself when the process comes back.
+//!   Entries for addresses that left the registry are kept: a lazy channel to a dead address
+//!   costs nothing until it is used, and a restart on the same port reuses it.
+//! - **Shop routing.** Shop instances publish `role=primary|replica` and `term=N`. The
+//!   candidates are ordered primaries first, highest term first, then the rest, so writes go
+//!   to the current primary and reads see the primary's (freshest) data when it is up.
+//! - **Retry** ([`retry_target`]): at most [`MAX_ATTEMPTS`] attempts. A call that failed
+//!   with `UNAVAILABLE` (or `CANCELLED`, which tonic reports when the connection dies under
+//!   a request in flight) is tried once more on the next candidate when it is safe to repeat
+//!   ([`Access::Read`], and [`Access::IdempotentWrite`] such as order placement with its
+//!   idempotency key, or an outcome report that the ledger scores once). A write refused
+//!   with `FAILED_PRECONDITION` by a replica carrying `x-concord-primary` is sent once to the
+//!   named primary: the replica refused it before doing anything, so that is always safe. A
+//!   plain write is never repeated after `UNAVAILABLE`: it may have been applied.
+//!
+//! Non-goals: load balancing across replicas, hedged requests, circuit breaking.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use concord::{
+    discovery::ServiceWatch,
+    pb::registry::v1::{registry_client::RegistryClient, Instance},
+};
+use tokio::sync::watch;
+use tonic::{metadata::MetadataValue, transport::Channel, Code, Status};
+
+use crate::error::Error;
+
+/// Registry name of the shop service (metadata `role`, `term`).
+pub const SHOP: &str = "shop";
+/// Registry name of the aggregator (serves Predictor + Staking).
+pub const AGGREGATOR: &str = "aggregator";
+/// Registry name of the prediction nodes.
+pub const PREDICTOR: &str = "predictor";
+/// Name under which the configured registry itself is reported.
+pub const REGISTRY: &str = "registry";
+/// Metadata key of a shop instance's role.
+pub const ROLE_KEY: &str = "role";
+/// Metadata key of a shop instance's term.
+pub const TERM_KEY: &str = "term";
+/// `role` value of the shop primary.
+pub const ROLE_PRIMARY: &str = "primary";
+/// Status metadata a replica attaches to a refused write, naming the primary.
+pub const PRIMARY_HINT: &str = "x-concord-primary";
+/// Metadata key of the request id forwarded to backends.
+pub const REQUEST_ID: &str = concord::grpc::REQUEST_ID_HEADER;
+/// Most attempts one gateway call makes (the first try plus one retry).
+pub const MAX_ATTEMPTS: usize = 2;
+
+/// How safe a call is to repeat; decides [`retry_target`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Changes nothing: any instance may answer, and retrying is always safe.
+    Read,
+    /// Changes state and may not be repeated once it might have been applied.
+    Write,
+    /// Changes state but is deduplicated by the backend (idempotency key, once-per-id).
+    IdempotentWrite,
+}
+
+/// Per-call settings taken from the HTTP request: its id, the caller's bearer token and
+/// the deadline.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// The HTTP request id, forwarded as `x-request-id` so backend logs can be joined.
+    pub request_id: Option<String>,
+    /// Bearer token from the HTTP `Authorization` header, passed through unchanged.
+    pub bearer: Option<String>,
+    /// Deadline of each backend attempt.
+    pub timeout: Duration,
+}
+
+impl CallContext {
+    /// Wraps `message` in a tonic request carrying the deadline, request id and token.
+    pub fn request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        if let Some(id) = &self.request_id {
+            if let Ok(value) = MetadataValue::try_from(id.as_str()) {
+                request.metadata_mut().insert(REQUEST_ID, value);
+            }
+        }
+        if let Some(token) = &self.bearer {
+            concord::auth::attach_bearer(&mut request, token);
+        }
+        request
+    }
+}
+
+/// The gateway's view of its backends; shared by every handler.
+pub struct Backends {
+    registry_addr: String,
+    registry: Channel,
+    shop: ServiceWatch,
+    aggregator: ServiceWatch,
+    predictor: ServiceWatch,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Backends {
+    /// Starts watching the backend services at the registry at `registry_addr`.
+    pub fn start(registry_addr: &str) -> Result<Arc<Self>, Error> {
+        let bad = |err: tonic::transport::Error| {
+            Error::InvalidConfig(format!("registry address {registry_addr:?}: {err}"))
+        };
+        Ok(Arc::new(Self {
+            registry_addr: registry_addr.to_owned(),
+            registry: concord::grpc::lazy_channel(registry_addr).map_err(bad)?,
+            shop: ServiceWatch::spawn(registry_addr, SHOP).map_err(bad)?,
+            aggregator: ServiceWatch::spawn(registry_addr, AGGREGATOR).map_err(bad)?,
+            predictor: ServiceWatch::spawn(registry_addr, PREDICTOR).map_err(bad)?,
+            channels: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The configured registry address.
+    pub fn registry_addr(&self) -> &str {
+        &self.registry_addr
+    }
+
+    /// A client of the registry (one shared channel).
+    pub fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.registry.clone())
+    }
+
+    /// Receivers of the watched services' instance sets, by service name.
+    pub fn watches(&self) -> [(&'static str, watch::Receiver<Vec<Instance>>); 3] {
+        [
+            (SHOP, self.shop.subscribe()),
+            (AGGREGATOR, self.aggregator.subscribe()),
+            (PREDICTOR, self.predictor.subscribe()),
+        ]
+    }
+
+    /// The last known instances of every watched service (the fallback when List fails).
+    pub fn known_instances(&self) -> Vec<Instance> {
+        let mut all = self.shop.current();
+        all.extend(self.aggregator.current());
+        all.extend(self.predictor.current());
+        all
+    }
+
+    /// Shop addresses in the order calls should try them (primary first).
+    pub fn shop_candidates(&self) -> Vec<String> {
+        order_shop_instances(&self.shop.current())
+    }
+
+    /// Aggregator addresses, oldest registration first.
+    pub fn aggregator_candidates(&self) -> Vec<String> {
+        self.aggregator
+            .current()
+            .into_iter()
+            .map(|i| i.address)
+            .collect()
+    }
+
+    /// The cached channel to `addr`, created (lazily connected) on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        // Short critical section without .await: a std Mutex is right here.
+        let mut channels = self.channels.lock().expect("channel cache lock poisoned");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = concord::grpc::lazy_channel(addr).map_err(|err| {
+            Error::Backend(Status::unavailable(format!(
+                "registered address {addr:?} is not dialable: {err}"
+            )))
+        })?;
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Calls `rpc` on the first candidate of `service`, retrying per [`retry_target`].
+    pub async fn call<T, F, Fut>(
+        &self,
+        service: &str,
+        candidates: Vec<String>,
+        access: Access,
+        mut rpc: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let Some(first) = candidates.first().cloned() else {
+            return Err(Error::NoBackend(service.to_owned()));
+        };
+        let mut tried: Vec<String> = Vec::with_capacity(MAX_ATTEMPTS);
+        let mut earlier: Option<Status> = None;
+        let mut addr = first;
+        loop {
+            let channel = self.channel(&addr)?;
+            let status = match rpc(channel).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            tried.push(addr.clone());
+            let next = (tried.len() < MAX_ATTEMPTS)
+                .then(|| retry_target(&status, access, &candidates, &tried))
+                .flatten();
+            match next {
+                Some(next) => {
+                    tracing::info!(service, failed = %addr, retry = %next, code = ?status.code(), message = status.message(), "retrying on another instance");
+                    earlier = Some(status);
+                    addr = next;
+                }
+                None => return Err(Error::Backend(final_status(earlier, status, &tried))),
+            }
+        }
+    }
+}
+
+/// Where to send a failed call next, or `None` when it must not be retried.
+pub fn retry_target(
+    status: &Status,
+    access: Access,
+    candidates: &[String],
+    tried: &[String],
+) -> Option<String> {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled if access != Access::Write => candidates
+            .iter()
+            .find(|addr| !tried.contains(addr))
+            .cloned(),
+        Code::FailedPrecondition if access != Access::Read => status
+            .metadata()
+            .get(PRIMARY_HINT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .filter(|primary| !primary.is_empty() && !tried.contains(primary)),
+        _ => None,
+    }
+}
+
+/// The status to report after the last attempt failed with `last`.
+///
+/// A replica that refuses a retried write names the primary that has just failed (the
+/// registry has not noticed yet): the caller should hear that the primary is unavailable
+/// (503, try again shortly), not that the write conflicts (409).
+fn final_status(earlier: Option<Status>, last: Status, tried: &[String]) -> Status {
+    let redirects_to_failed = last.code() == Code::FailedPrecondition
+        && last
+            .metadata()
+            .get(PRIMARY_HINT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|primary| tried.iter().any(|t| t == primary));
+    match earlier {
+        Some(earlier) if redirects_to_failed => earlier,
+        _ => last,
+    }
+}
+
+/// Orders shop instances: `role=primary` by descending term, then the others as registered.
+pub fn order_shop_instances(instances: &[Instance]) -> Vec<String> {
+    let mut ranked: Vec<(bool, u64, usize, &Instance)> = instances
+        .iter()
+        .enumerate()
+        .map(|(pos, i)| (is_primary(i), term_of(i), pos, i))
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(if a.0 && b.0 {
+                b.1.cmp(&a.1)
+            } else {
+                std::cmp::Ordering::Equal
+            })
+            .then(a.2.cmp(&b.2))
+    });
+    ranked.into_iter().map(|r| r.3.address.clone()).collect()
+}
+
+/// Whether a shop instance says it is the primary.
+pub fn is_primary(instance: &Instance) -> bool {
+    instance.metadata.get(ROLE_KEY).map(String::as_str) == Some(ROLE_PRIMARY)
+}
+
+/// A shop instance's published term (0 when absent or unparsable).
+pub fn term_of(instance: &Instance) -> u64 {
+    instance
+        .metadata
+        .get(TERM_KEY)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shop(address: &str, role: &str, term: &str) -> Instance {
+        let mut metadata = HashMap::new();
+        if !role.is_empty() {
+            metadata.insert(ROLE_KEY.to_owned(), role.to_owned());
+        }
+        if !term.is_empty() {
+            metadata.insert(TERM_KEY.to_owned(), term.to_owned());
+        }
+        Instance {
+            service: SHOP.into(),
+            address: address.into(),
+            metadata,
+            ..Default::default()
+        }
+    }
+
+    /// The primary with the highest term goes first; stale primaries and replicas follow.
+    #[test]
+    fn shop_instances_order_table() {
+        let cases: Vec<(Vec<Instance>, Vec<&str>)> = vec![
+            (vec![], vec![]),
+            (vec![shop("a", "", "")], vec!["a"]),
+            (
+                vec![shop("r", "replica", "3"), shop("p", "primary", "3")],
+                vec!["p", "r"],
+            ),
+            (
+                vec![
+                    shop("old", "primary", "2"),
+                    shop("new", "primary", "10"),
+                    shop("r", "replica", "10"),
+                ],
+                vec!["new", "old", "r"],
+            ),
+            (
+                vec![shop("x", "replica", "1"), shop("y", "", "bad")],
+                vec!["x", "y"],
+            ),
+        ];
+        for (instances, want) in cases {
+            assert_eq!(order_shop_instances(&instances), want, "{instances:?}");
+        }
+    }
+
+    /// A replica's redirect back to the primary that just failed reports the failure.
+    #[test]
+    fn final_status_table() {
+        let tried = vec!["a".to_owned(), "b".to_owned()];
+        let cases = [
+            (
+                Some(Status::unavailable("a down")),
+                hinted("a"),
+                Code::Unavailable,
+            ),
+            (
+                Some(Status::unavailable("a down")),
+                hinted("c"),
+                Code::FailedPrecondition,
+            ),
+            (None, hinted("a"), Code::FailedPrecondition),
+            (
+                Some(Status::unavailable("a down")),
+                Status::not_found("x"),
+                Code::NotFound,
+            ),
+        ];
+        for (earlier, last, want) in cases {
+            assert_eq!(final_status(earlier, last, &tried).code(), want);
+        }
+    }
+
+    fn hinted(primary: &str) -> Status {
+        let mut status = Status::failed_precondition("replica");
+        status
+            .metadata_mut()
+            .insert(PRIMARY_HINT, primary.parse().expect("ascii"));
+        status
+    }
+
+    /// Retries happen only when repeating the call is safe.
+    #[test]
+    fn retry_target_table() {
+        let candidates = vec!["a".to_owned(), "b".to_owned()];
+        let tried_a = vec!["a".to_owned()];
+        let cases = [
+            (Status::unavailable("down"), Access::Read, Some("b")),
+            (
+                Status::unavailable("down"),
+                Access::IdempotentWrite,
+                Some("b"),
+            ),
+            (Status::unavailable("down"), Access::Write, None),
+            (Status::cancelled("conn reset"), Access::Read, Some("b")),
+            (Status::cancelled("conn reset"), Access::Write, None),
+            (Status::not_found("x"), Access::Read, None),
+            (Status::deadline_exceeded("slow"), Access::Read, None),
+            (hinted("c"), Access::Write, Some("c")),
+            (hinted("c"), Access::IdempotentWrite, Some("c")),
+            (hinted("c"), Access::Read, None),
+            (hinted("a"), Access::Write, None),
+            (
+                Status::failed_precondition("bad transition"),
+                Access::Write,
+                None,
+            ),
+        ];
+        for (status, access, want) in cases {
+            assert_eq!(
+                retry_target(&status, access, &candidates, &tried_a).as_deref(),
+                want,
+                "{status:?} {access:?}"
+            );
+        }
+        let all_tried = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            retry_target(
+                &Status::unavailable("x"),
+                Access::Read,
+                &candidates,
+                &all_tried
+            ),
+            None
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! `/api/products`, `/api/carts`, `/api/orders`: the Shop service over HTTP.
+//!
+//! Reads may be answered by any shop instance (primary first) and are retried on another
+//! after `UNAVAILABLE`. Writes go to the primary; only order placement, deduplicated by its
+//! `Idempotency-Key`, is retried after `UNAVAILABLE`. Product mutations pass the caller's
+//! `Authorization: Bearer` header through to the shop, which checks the admin token.
+
+use std::future::Future;
+
+use axum::{extract::State, http::StatusCode, Json};
+use concord::pb::shop::v1::{self as pb, shop_client::ShopClient};
+use tonic::transport::Channel;
+
+use crate::{
+    backends::{Access, CallContext, SHOP},
+    dto::{
+        Cart, CartQuantity, CartWrite, NewCartItem, NewOrder, NewOrderStatus, NewProduct, Order,
+        OrderPage, OrderPlaced, OrderQuery, OrderWrite, Product, ProductPage, ProductPatch,
+        ProductQuery, ProductWrite, WriteResult,
+    },
+    error::{Error, ErrorBody},
+    extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey},
+    state::AppState,
+};
+
+/// Calls the shop with the retry rule of `access`.
+async fn shop_call<T, F, Fut>(state: &AppState, access: Access, mut rpc: F) -> Result<T, Error>
+where
+    F: FnMut(ShopClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let candidates = state.backends.shop_candidates();
+    state
+        .backends
+        .call(SHOP, candidates, access, |channel| {
+            rpc(ShopClient::new(channel))
+        })
+        .await
+}
+
+/// A missing message field in a reply is a backend bug, reported as such.
+fn must<T>(field: Option<T>, what: &str) -> Result<T, Error> {
+    field.ok_or_else(|| {
+        Error::Backend(tonic::Status::internal(format!(
+            "shop reply without {what}"
+        )))
+    })
+}
+
+/// Lists products, one page at a time.
+#[utoipa::path(get, path = "/api/products", tag = "shop", params(ProductQuery),
+    responses((status = 200, body = ProductPage), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn list_products(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiQuery(query): ApiQuery<ProductQuery>,
+) -> Result<Json<ProductPage>, Error> {
+    let message = pb::ListProductsRequest {
+        page_size: query.page_size,
+        page_token: query.page_token,
+        name_contains: query.name_contains,
+    };
+    let reply = shop_call(&state, Access::Read, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.list_products(request).await }
+    })
+    .await?;
+    Ok(Json(ProductPage {
+        products: reply.products.into_iter().map(Product::from).collect(),
+        next_page_token: reply.next_page_token,
+    }))
+}
+
+/// Creates a product (admin bearer token passed through).
+#[utoipa::path(post, path = "/api/products", tag = "shop", request_body = NewProduct,
+    security(("bearer" = [])),
+    responses((status = 201, body = ProductWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn create_product(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiJson(body): ApiJson<NewProduct>,
+) -> Result<(StatusCode, Json<ProductWrite>), Error> {
+    let message = pb::CreateProductRequest::from(body);
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.create_product(request).await }
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProductWrite {
+            product: reply.product.map(Into::into),
+            write: reply.write.map(Into::into),
+        }),
+    ))
+}
+
+/// Returns one product.
+#[utoipa::path(get, path = "/api/products/{id}", tag = "shop",
+    params(("id" = String, Path, description = "Product id")),
+    responses((status = 200, body = Product), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn get_product(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Product>, Error> {
+    let message = pb::GetProductRequest { id };
+    let reply = shop_call(&state, Access::Read, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.get_product(request).await }
+    })
+    .await?;
+    Ok(Json(must(reply.product, "product")?.into()))
+}
+
+/// Changes the fields present in the body (admin bearer token passed through).
+#[utoipa::path(patch, path = "/api/products/{id}", tag = "shop", request_body = ProductPatch,
+    params(("id" = String, Path, description = "Product id")), security(("bearer" = [])),
+    responses((status = 200, body = ProductWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn update_product(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ProductPatch>,
+) -> Result<Json<ProductWrite>, Error> {
+    let message = body.into_request(id);
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.update_product(request).await }
+    })
+    .await?;
+    Ok(Json(ProductWrite {
+        product: reply.product.map(Into::into),
+        write: reply.write.map(Into::into),
+    }))
+}
+
+/// Deletes a product (admin bearer token passed through).
+#[utoipa::path(delete, path = "/api/products/{id}", tag = "shop",
+    params(("id" = String, Path, description = "Product id")), security(("bearer" = [])),
+    responses((status = 200, body = WriteResult), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn delete_product(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<WriteResult>, Error> {
+    let message = pb::DeleteProductRequest { id };
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.delete_product(request).await }
+    })
+    .await?;
+    Ok(Json(WriteResult {
+        write: reply.write.map(Into::into),
+    }))
+}
+
+/// Returns a user's cart priced at current prices (empty when the user has none).
+#[utoipa::path(get, path = "/api/carts/{user_id}", tag = "shop",
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, body = Cart), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn get_cart(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Json<Cart>, Error> {
+    let message = pb::GetCartRequest { user_id };
+    let reply = shop_call(&state, Access::Read, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.get_cart(request).await }
+    })
+    .await?;
+    Ok(Json(must(reply.cart, "cart")?.into()))
+}
+
+/// Empties a user's cart.
+#[utoipa::path(delete, path = "/api/carts/{user_id}", tag = "shop",
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn clear_cart(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Json<CartWrite>, Error> {
+    let message = pb::ClearCartRequest { user_id };
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.clear_cart(request).await }
+    })
+    .await?;
+    Ok(Json(CartWrite {
+        cart: reply.cart.map(Into::into),
+        write: reply.write.map(Into::into),
+    }))
+}
+
+/// Adds units of a product to a user's cart.
+#[utoipa::path(post, path = "/api/carts/{user_id}/items", tag = "shop", request_body = NewCartItem,
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn add_cart_item(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(user_id): ApiPath<String>,
+    ApiJson(body): ApiJson<NewCartItem>,
+) -> Result<Json<CartWrite>, Error> {
+    let message = pb::AddCartItemRequest {
+        user_id,
+        product_id: body.product_id,
+        quantity: body.quantity,
+    };
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.add_cart_item(request).await }
+    })
+    .await?;
+    Ok(Json(CartWrite {
+        cart: reply.cart.map(Into::into),
+        write: reply.write.map(Into::into),
+    }))
+}
+
+/// Sets the quantity of a product already in the cart.
+#[utoipa::path(put, path = "/api/carts/{user_id}/items/{product_id}", tag = "shop", request_body = CartQuantity,
+    params(("user_id" = String, Path, description = "User id"), ("product_id" = String, Path, description = "Product id")),
+    responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn set_cart_item(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath((user_id, product_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<CartQuantity>,
+) -> Result<Json<CartWrite>, Error> {
+    let message = pb::SetCartItemQuantityRequest {
+        user_id,
+        product_id,
+        quantity: body.quantity,
+    };
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.set_cart_item_quantity(request).await }
+    })
+    .await?;
+    Ok(Json(CartWrite {
+        cart: reply.cart.map(Into::into),
+        write: reply.write.map(Into::into),
+    }))
+}
+
+/// Removes a product from the cart.
+#[utoipa::path(delete, path = "/api/carts/{user_id}/items/{product_id}", tag = "shop",
+    params(("user_id" = String, Path, description = "User id"), ("product_id" = String, Path, description = "Product id")),
+    responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn remove_cart_item(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath((user_id, product_id)): ApiPath<(String, String)>,
+) -> Result<Json<CartWrite>, Error> {
+    let message = pb::RemoveCartItemRequest {
+        user_id,
+        product_id,
+    };
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.remove_cart_item(request).await }
+    })
+    .await?;
+    Ok(Json(CartWrite {
+        cart: reply.cart.map(Into::into),
+        write: reply.write.map(Into::into),
+    }))
+}
+
+/// Checks out a user's cart. The `Idempotency-Key` header is required: the same key
+/// returns the same order, so the gateway may retry it on another instance.
+#[utoipa::path(post, path = "/api/orders", tag = "shop", request_body = NewOrder,
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key, 1..=128 characters")),
+    responses((status = 201, body = OrderPlaced), (status = 200, description = "Replay of an earlier placement", body = OrderPlaced),
+        (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn place_order(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    ApiJson(body): ApiJson<NewOrder>,
+) -> Result<(StatusCode, Json<OrderPlaced>), Error> {
+    let message = pb::PlaceOrderRequest {
+        user_id: body.user_id,
+        idempotency_key,
+    };
+    let reply = shop_call(&state, Access::IdempotentWrite, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.place_order(request).await }
+    })
+    .await?;
+    let status = if reply.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(OrderPlaced {
+            order: reply.order.map(Into::into),
+            write: reply.write.map(Into::into),
+            replayed: reply.replayed,
+        }),
+    ))
+}
+
+/// Lists a user's orders, newest first.
+#[utoipa::path(get, path = "/api/orders", tag = "shop", params(OrderQuery),
+    responses((status = 200, body = OrderPage), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiQuery(query): ApiQuery<OrderQuery>,
+) -> Result<Json<OrderPage>, Error> {
+    let message = pb::ListOrdersRequest {
+        user_id: query.user_id,
+        page_size: query.page_size,
+        page_token: query.page_token,
+    };
+    let reply = shop_call(&state, Access::Read, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.list_orders(request).await }
+    })
+    .await?;
+    Ok(Json(OrderPage {
+        orders: reply.orders.into_iter().map(Order::from).collect(),
+        next_page_token: reply.next_page_token,
+    }))
+}
+
+/// Returns one order.
+#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "shop",
+    params(("order_id" = String, Path, description = "Order id")),
+    responses((status = 200, body = Order), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(order_id): ApiPath<String>,
+) -> Result<Json<Order>, Error> {
+    let message = pb::GetOrderRequest { order_id };
+    let reply = shop_call(&state, Access::Read, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.get_order(request).await }
+    })
+    .await?;
+    Ok(Json(must(reply.order, "order")?.into()))
+}
+
+/// Moves an order to a new status (pending → paid → shipped → delivered, or cancelled).
+#[utoipa::path(put, path = "/api/orders/{order_id}/status", tag = "shop", request_body = NewOrderStatus,
+    params(("order_id" = String, Path, description = "Order id")),
+    responses((status = 200, body = OrderWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn update_order_status(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiPath(order_id): ApiPath<String>,
+    ApiJson(body): ApiJson<NewOrderStatus>,
+) -> Result<Json<OrderWrite>, Error> {
+    let message = pb::UpdateOrderStatusRequest {
+        order_id,
+        status: pb::OrderStatus::from(body.status).into(),
+    };
+    let reply = shop_call(&state, Access::Write, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.update_order_status(request).await }
+    })
+    .await?;
+    Ok(Json(OrderWrite {
+        order: reply.order.map(Into::into),
+        write: reply.write.map(Into::into),
+    }))
+}

@@ -1,0 +1,30 @@
+//! What every handler shares: the backends, the per-call settings and the shutdown signal.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use crate::backends::Backends;
+
+/// Shared handler state; cheap to clone (all `Arc`s and a watch receiver).
+#[derive(Clone)]
+pub struct AppState {
+    /// Registry-discovered backends and their cached channels.
+    pub backends: Arc<Backends>,
+    /// Deadline of each backend call.
+    pub call_timeout: Duration,
+    /// How often `/api/events` sends a fresh cluster view even without a registry change.
+    pub cluster_refresh: Duration,
+    /// Flips to `true` when the server shuts down; long-lived streams end on it.
+    pub shutdown_rx: watch::Receiver<bool>,
+    /// The OpenAPI document, rendered once at start-up.
+    pub openapi_json: Arc<String>,
+}
+
+impl AppState {
+    /// Resolves once shutdown has begun.
+    pub async fn shutting_down(mut shutdown_rx: watch::Receiver<bool>) {
+        // An Err means the sender is gone, i.e. the server has stopped: also "shut down".
+        let _ = shutdown_rx.wait_for(|stopping| *stopping).await;
+    }
+}

@@ -1,0 +1,650 @@
+// Concord UI: plain DOM, no build step, no external code. Talks to the gateway's JSON API
+// and follows /api/events (server-sent events) for the cluster view and the ledger.
+"use strict";
+
+const CLASS_NAMES = ["setosa", "versicolor", "virginica"];
+const NEXT_STATUSES = {
+  pending: ["paid", "cancelled"],
+  paid: ["shipped", "cancelled"],
+  shipped: ["delivered"],
+};
+const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
+const MAX_LEDGER_ROWS = 50;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+// ------------------------------------------------------------------ API + messages
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(`${message} (${code}, HTTP ${status})`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body, headers = {}) {
+  const init = { method, headers: { ...headers } };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "network", `gateway unreachable: ${err.message}`);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (_) {
+    data = null;
+  }
+  if (!response.ok) {
+    const code = data && data.code ? data.code : "http_error";
+    const message = data && data.message ? data.message : text || response.statusText;
+    throw new ApiError(response.status, code, message);
+  }
+  return data;
+}
+
+function bearer(inputId) {
+  const token = $(inputId).value.trim();
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+function showMessage(id, text) {
+  const node = $(id);
+  node.textContent = text;
+  node.hidden = !text;
+}
+
+function showError(id, err) {
+  showMessage(id, err ? (err.message || String(err)) : "");
+}
+
+function money(minor, currency) {
+  return `${(minor / 100).toFixed(2)} ${currency || ""}`.trim();
+}
+
+function userId() {
+  return $("user-id").value.trim();
+}
+
+function newIdempotencyKey() {
+  if (window.crypto && typeof window.crypto.randomUUID === "function") {
+    return window.crypto.randomUUID();
+  }
+  return `k-${Date.now()}-${Math.random().toString(16).slice(2)}`;
+}
+
+// ------------------------------------------------------------------ products
+
+async function loadProducts() {
+  try {
+    const query = encodeURIComponent($("product-search").value.trim());
+    const page = await api("GET", `/api/products?page_size=100&name_contains=${query}`);
+    renderProducts(page.products);
+    showError("shop-error", null);
+  } catch (err) {
+    showError("shop-error", err);
+  }
+}
+
+function renderProducts(products) {
+  const body = $("product-list");
+  body.replaceChildren();
+  for (const p of products) {
+    const qty = el("input", { type: "number", min: "1", value: "1", size: "3", "data-testid": "product-qty" });
+    const add = el("button", {
+      "data-testid": "add-to-cart",
+      onclick: () => addToCart(p.id, Number(qty.value)),
+    }, "Add to cart");
+    const row = el("tr", { "data-testid": "product-row", dataset: { productId: p.id } },
+      el("td", { "data-testid": "product-name", title: p.description || "" }, p.name,
+        el("span", { class: "muted" }, ` ${p.id}`)),
+      el("td", {}, money(p.price_minor, p.currency)),
+      el("td", { "data-testid": "product-stock" }, p.stock),
+      el("td", {}, qty),
+      el("td", {}, add));
+    row.addEventListener("dblclick", () => fillProductForm(p));
+    body.append(row);
+  }
+  if (products.length === 0) {
+    body.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "No products.")));
+  }
+}
+
+// ------------------------------------------------------------------ cart
+
+async function loadCart() {
+  const user = userId();
+  if (!user) return;
+  try {
+    renderCart(await api("GET", `/api/carts/${encodeURIComponent(user)}`));
+    showError("cart-error", null);
+  } catch (err) {
+    showError("cart-error", err);
+  }
+}
+
+function renderCart(cart) {
+  const body = $("cart-lines");
+  body.replaceChildren();
+  for (const line of cart.lines) {
+    const qty = el("input", { type: "number", min: "1", value: String(line.quantity), size: "3", "data-testid": "cart-qty" });
+    qty.addEventListener("change", () => cartWrite("PUT",
+      `/items/${encodeURIComponent(line.product_id)}`, { quantity: Number(qty.value) }));
+    body.append(el("tr", { "data-testid": "cart-line", dataset: { productId: line.product_id } },
+      el("td", {}, line.name),
+      el("td", {}, qty),
+      el("td", {}, money(line.line_total_minor, cart.currency)),
+      el("td", {}, el("button", {
+        class: "secondary", "data-testid": "cart-remove",
+        onclick: () => cartWrite("DELETE", `/items/${encodeURIComponent(line.product_id)}`),
+      }, "Remove"))));
+  }
+  if (cart.lines.length === 0) {
+    body.append(el("tr", {}, el("td", { colspan: "4", class: "muted" }, "Cart is empty.")));
+  }
+  $("cart-total").textContent = money(cart.total_minor, cart.currency);
+}
+
+async function cartWrite(method, suffix, body) {
+  const user = userId();
+  if (!user) {
+    showError("cart-error", new Error("Enter a user id first."));
+    return;
+  }
+  try {
+    const reply = await api(method, `/api/carts/${encodeURIComponent(user)}${suffix}`, body);
+    if (reply.cart) renderCart(reply.cart);
+    showError("cart-error", null);
+  } catch (err) {
+    showError("cart-error", err);
+  }
+}
+
+function addToCart(productId, quantity) {
+  return cartWrite("POST", "/items", { product_id: productId, quantity });
+}
+
+// The key of a checkout that has not been confirmed yet: clicking again after a failure
+// reuses it, so the order can never be placed twice.
+let pendingCheckoutKey = null;
+
+async function checkout() {
+  const user = userId();
+  showMessage("checkout-result", "");
+  if (!user) {
+    showError("cart-error", new Error("Enter a user id first."));
+    return;
+  }
+  pendingCheckoutKey = pendingCheckoutKey || newIdempotencyKey();
+  try {
+    const reply = await api("POST", "/api/orders", { user_id: user },
+      { "idempotency-key": pendingCheckoutKey });
+    pendingCheckoutKey = null;
+    const order = reply.order || {};
+    showMessage("checkout-result",
+      `Order ${order.id} placed: ${money(order.total_minor, order.currency)}${reply.replayed ? " (replayed)" : ""}.`);
+    showError("cart-error", null);
+    await Promise.all([loadCart(), loadOrders(), loadProducts()]);
+  } catch (err) {
+    // A definite refusal will not change on retry with the same key; anything else might
+    // have been placed, so keep the key.
+    if (err.status >= 400 && err.status < 500) pendingCheckoutKey = null;
+    showError("cart-error", err);
+  }
+}
+
+// ------------------------------------------------------------------ orders
+
+async function loadOrders() {
+  const user = userId();
+  if (!user) return;
+  try {
+    const page = await api("GET", `/api/orders?user_id=${encodeURIComponent(user)}&page_size=50`);
+    renderOrders(page.orders);
+    showError("orders-error", null);
+  } catch (err) {
+    showError("orders-error", err);
+  }
+}
+
+function renderOrders(orders) {
+  const body = $("order-list");
+  body.replaceChildren();
+  for (const order of orders) {
+    const actions = el("td", {});
+    for (const next of NEXT_STATUSES[order.status] || []) {
+      actions.append(el("button", {
+        class: next === "cancelled" ? "danger" : "secondary",
+        "data-testid": "order-action",
+        dataset: { status: next },
+        onclick: () => setOrderStatus(order.id, next),
+      }, next === "cancelled" ? "cancel" : `mark ${next}`));
+    }
+    const items = order.lines.map((l) => `${l.quantity}× ${l.name}`).join(", ");
+    body.append(el("tr", { "data-testid": "order-row", dataset: { orderId: order.id } },
+      el("td", { title: items }, order.id, el("div", { class: "muted" }, items)),
+      el("td", {}, money(order.total_minor, order.currency)),
+      el("td", { "data-testid": "order-status" }, order.status),
+      actions));
+  }
+  if (orders.length === 0) {
+    body.append(el("tr", {}, el("td", { colspan: "4", class: "muted" }, "No orders yet.")));
+  }
+}
+
+async function setOrderStatus(orderId, status) {
+  try {
+    await api("PUT", `/api/orders/${encodeURIComponent(orderId)}/status`, { status });
+    showError("orders-error", null);
+    await Promise.all([loadOrders(), loadProducts()]);
+  } catch (err) {
+    showError("orders-error", err);
+  }
+}
+
+// ------------------------------------------------------------------ admin
+
+function fillProductForm(p) {
+  $("pf-id").value = p.id;
+  $("pf-name").value = p.name;
+  $("pf-description").value = p.description;
+  $("pf-price").value = p.price_minor;
+  $("pf-currency").value = p.currency;
+  $("pf-stock").value = p.stock;
+}
+
+function productFormFields(partial) {
+  const fields = {};
+  const text = (id, key) => {
+    const v = $(id).value.trim();
+    if (v || !partial) fields[key] = v;
+  };
+  const num = (id, key) => {
+    const v = $(id).value.trim();
+    if (v !== "") fields[key] = Number(v);
+    else if (!partial) fields[key] = 0;
+  };
+  text("pf-name", "name");
+  text("pf-description", "description");
+  num("pf-price", "price_minor");
+  text("pf-currency", "currency");
+  num("pf-stock", "stock");
+  return fields;
+}
+
+async function adminAction(kind) {
+  showError("admin-error", null);
+  showMessage("admin-result", "");
+  const id = $("pf-id").value.trim();
+  try {
+    let reply;
+    if (kind === "create") {
+      reply = await api("POST", "/api/products", productFormFields(false), bearer("admin-token"));
+      $("pf-id").value = reply.product ? reply.product.id : "";
+      showMessage("admin-result", `Created ${reply.product ? reply.product.id : "product"}.`);
+    } else {
+      if (!id) throw new Error("Enter the product id to " + kind + ".");
+      const path = `/api/products/${encodeURIComponent(id)}`;
+      if (kind === "update") {
+        reply = await api("PATCH", path, productFormFields(true), bearer("admin-token"));
+        showMessage("admin-result", `Updated ${id}.`);
+      } else {
+        reply = await api("DELETE", path, undefined, bearer("admin-token"));
+        showMessage("admin-result", `Deleted ${id}.`);
+      }
+    }
+    await loadProducts();
+  } catch (err) {
+    showError("admin-error", err);
+  }
+}
+
+// ------------------------------------------------------------------ prediction + outcomes
+
+let lastRequestId = null;
+
+async function predict(event) {
+  event.preventDefault();
+  showMessage("outcome-result", "");
+  const body = {
+    sepal_length: Number($("sepal-length").value),
+    sepal_width: Number($("sepal-width").value),
+    petal_length: Number($("petal-length").value),
+    petal_width: Number($("petal-width").value),
+    policy: $("policy").value,
+  };
+  try {
+    const p = await api("POST", "/api/predict", body);
+    lastRequestId = p.request_id;
+    renderPrediction(p);
+    showError("predict-error", null);
+  } catch (err) {
+    showError("predict-error", err);
+  }
+}
+
+function renderPrediction(p) {
+  $("prediction").hidden = false;
+  $("consensus-class").textContent = p.class_name;
+  $("consensus-probs").textContent = p.probabilities
+    .map((v, i) => `${CLASS_NAMES[i] || i} ${(v * 100).toFixed(0)}%`).join(", ");
+  $("consensus-answered").textContent = `${p.answered}/${p.asked} nodes answered, policy ${p.policy}`;
+  $("request-id").textContent = p.request_id;
+  const body = $("votes");
+  body.replaceChildren();
+  for (const v of p.votes) {
+    const vote = v.status === "answered" ? (CLASS_NAMES[v.label] || v.label) : "—";
+    body.append(el("tr", { "data-testid": "vote-row", dataset: { nodeId: v.node_id }, class: v.status },
+      el("td", { title: v.address }, v.node_id),
+      el("td", { title: v.error || "" }, v.status),
+      el("td", { "data-testid": "vote-label" }, vote),
+      el("td", {}, v.trust.toFixed(3)),
+      el("td", {}, v.stake),
+      el("td", { "data-testid": "vote-weight" }, v.weight.toFixed(3)),
+      el("td", {}, `${v.latency_ms.toFixed(1)} ms`)));
+  }
+}
+
+async function reportOutcome(label) {
+  if (!lastRequestId) {
+    showError("predict-error", new Error("Make a prediction first."));
+    return;
+  }
+  try {
+    const r = await api("POST", "/api/outcomes", { request_id: lastRequestId, true_label: label },
+      bearer("oracle-token"));
+    const scored = r.scores.map((s) =>
+      `${s.node_id} ${s.correct ? "right" : "wrong"} (${s.stake_delta >= 0 ? "+" : ""}${s.stake_delta}${s.ejected ? ", ejected" : ""})`).join("; ");
+    showMessage("outcome-result", r.already_reported
+      ? "Already reported: nothing changed."
+      : `Consensus was ${r.consensus_correct ? "right" : "wrong"}. ${scored}`);
+    showError("predict-error", null);
+    loadStakes();
+  } catch (err) {
+    showError("predict-error", err);
+  }
+}
+
+// ------------------------------------------------------------------ stakes, ledger, chart
+
+// node id -> [{seq, at, stake, trust}] in seq order, built from the ledger event stream.
+const history = new Map();
+let lastSeq = 0;
+
+async function loadStakes() {
+  try {
+    const s = await api("GET", "/api/stakes");
+    const body = $("accounts");
+    body.replaceChildren();
+    for (const a of s.accounts) {
+      body.append(el("tr", { "data-testid": "account-row", dataset: { nodeId: a.node_id } },
+        el("td", {}, a.node_id),
+        el("td", { "data-testid": "account-stake" }, a.stake),
+        el("td", { "data-testid": "account-trust" }, a.trust.toFixed(3)),
+        el("td", {}, a.correct),
+        el("td", {}, a.wrong),
+        el("td", {}, a.ejected ? "ejected" : "active")));
+    }
+    const t = s.totals;
+    $("totals").textContent =
+      `staked ${t.staked} · minted ${t.minted} · burned ${t.burned} · deposited ${t.deposited} · withdrawn ${t.withdrawn} · ${t.events} events`;
+    showError("stakes-error", null);
+  } catch (err) {
+    showError("stakes-error", err);
+  }
+}
+
+let stakesTimer = null;
+function loadStakesSoon() {
+  clearTimeout(stakesTimer);
+  stakesTimer = setTimeout(loadStakes, 300);
+}
+
+function onLedgerEvent(e) {
+  if (e.seq <= lastSeq) return;
+  lastSeq = e.seq;
+  if (!history.has(e.node_id)) history.set(e.node_id, []);
+  history.get(e.node_id).push({ seq: e.seq, at: e.at_unix_ms, stake: e.stake_after, trust: e.trust_after });
+  const body = $("ledger-events");
+  body.prepend(el("tr", { "data-testid": "ledger-row", dataset: { seq: String(e.seq) }, class: e.kind },
+    el("td", {}, e.seq),
+    el("td", {}, e.node_id),
+    el("td", {}, e.kind),
+    el("td", {}, e.amount),
+    el("td", {}, e.stake_after),
+    el("td", {}, e.trust_after.toFixed(3))));
+  while (body.children.length > MAX_LEDGER_ROWS) body.lastChild.remove();
+  scheduleChart();
+  loadStakesSoon();
+}
+
+let chartPending = false;
+function scheduleChart() {
+  if (chartPending) return;
+  chartPending = true;
+  requestAnimationFrame(() => {
+    chartPending = false;
+    drawChart();
+  });
+}
+
+// Two panels on one canvas: stake (top) and trust 0..1 (bottom), x = ledger sequence.
+function drawChart() {
+  const canvas = $("stake-chart");
+  const ctx = canvas.getContext("2d");
+  const W = canvas.width;
+  const H = canvas.height;
+  const pad = { left: 52, right: 12, top: 14, bottom: 22, gap: 26 };
+  const panelH = (H - pad.top - pad.bottom - pad.gap) / 2;
+  ctx.clearRect(0, 0, W, H);
+  ctx.font = "11px system-ui, sans-serif";
+
+  const nodes = [...history.keys()].sort();
+  let minStake = Infinity;
+  let maxStake = -Infinity;
+  for (const points of history.values()) {
+    for (const p of points) {
+      minStake = Math.min(minStake, p.stake);
+      maxStake = Math.max(maxStake, p.stake);
+    }
+  }
+  if (!Number.isFinite(minStake)) [minStake, maxStake] = [0, 1];
+  // Zoom on the range that moves, with a margin, so small rewards and slashes are visible.
+  const margin = Math.max(1, (maxStake - minStake) * 0.1);
+  minStake = Math.max(0, minStake - margin);
+  maxStake += margin;
+  const minSeq = 1;
+  const maxSeq = Math.max(lastSeq, 2);
+  const x = (seq) => pad.left + ((seq - minSeq) / (maxSeq - minSeq)) * (W - pad.left - pad.right);
+  const panels = [
+    { title: "stake", top: pad.top, min: minStake, max: maxStake, value: (p) => p.stake, fmt: (v) => Math.round(v) },
+    { title: "trust", top: pad.top + panelH + pad.gap, min: 0, max: 1, value: (p) => p.trust, fmt: (v) => v.toFixed(2) },
+  ];
+  for (const panel of panels) {
+    const y = (v) => panel.top + panelH - ((v - panel.min) / (panel.max - panel.min)) * panelH;
+    ctx.strokeStyle = "#d1d5db";
+    ctx.fillStyle = "#6b7280";
+    ctx.lineWidth = 1;
+    for (let i = 0; i <= 4; i++) {
+      const v = panel.min + ((panel.max - panel.min) * i) / 4;
+      ctx.beginPath();
+      ctx.moveTo(pad.left, y(v));
+      ctx.lineTo(W - pad.right, y(v));
+      ctx.stroke();
+      ctx.fillText(String(panel.fmt(v)), 4, y(v) + 4);
+    }
+    ctx.fillText(panel.title, pad.left + 4, panel.top + 10);
+    nodes.forEach((node, i) => {
+      const points = history.get(node);
+      ctx.strokeStyle = PALETTE[i % PALETTE.length];
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      points.forEach((p, j) => {
+        // Step line: a value holds until the node's next event; extend to the latest seq.
+        if (j === 0) ctx.moveTo(x(p.seq), y(panel.value(p)));
+        else {
+          ctx.lineTo(x(p.seq), y(panel.value(points[j - 1])));
+          ctx.lineTo(x(p.seq), y(panel.value(p)));
+        }
+      });
+      if (points.length) ctx.lineTo(x(maxSeq), y(panel.value(points[points.length - 1])));
+      ctx.stroke();
+    });
+  }
+  ctx.fillStyle = "#6b7280";
+  ctx.fillText(`ledger seq ${minSeq}…${maxSeq}`, pad.left, H - 6);
+
+  const legend = $("chart-legend");
+  legend.replaceChildren(...nodes.map((node, i) =>
+    el("span", { "data-testid": "legend-node", dataset: { nodeId: node } },
+      el("i", { style: `background:${PALETTE[i % PALETTE.length]}` }), node)));
+}
+
+async function verifyLedger() {
+  try {
+    const v = await api("GET", "/api/ledger/verify");
+    $("ledger-verify-result").textContent = v.ok
+      ? `OK: ${v.events_checked} events, head ${v.head_hash.slice(0, 12)}…`
+      : `BROKEN at #${v.first_bad_seq}: ${v.problem}`;
+    $("ledger-verify-result").className = v.ok ? "ok" : "error";
+    showError("ledger-error", null);
+  } catch (err) {
+    showError("ledger-error", err);
+  }
+}
+
+// ------------------------------------------------------------------ cluster
+
+// "service address" -> instance, for every instance ever seen, so dead ones show as down.
+const seenInstances = new Map();
+
+function renderCluster(c) {
+  $("registry-address").textContent = c.registry.address;
+  const reg = $("registry-status");
+  reg.textContent = c.registry.up ? "up" : `down: ${c.registry.error || "unreachable"}`;
+  reg.className = `pill ${c.registry.up ? "up" : "down"}`;
+  $("cluster-primary").textContent = c.primary || "none";
+  $("cluster-term").textContent = String(c.term);
+
+  const live = new Set();
+  for (const i of c.instances) {
+    const key = `${i.service} ${i.address}`;
+    live.add(key);
+    seenInstances.set(key, i);
+  }
+  const body = $("cluster-instances");
+  body.replaceChildren();
+  const keys = [...seenInstances.keys()].sort();
+  for (const key of keys) {
+    const i = seenInstances.get(key);
+    const up = live.has(key);
+    const labels = Object.entries(i.metadata || {}).sort().map(([k, v]) => `${k}=${v}`).join(" ");
+    const primary = i.service === "shop" && i.address === c.primary;
+    body.append(el("tr", {
+      "data-testid": "instance-row",
+      dataset: { service: i.service, address: i.address, state: up ? "up" : "down" },
+      class: up ? (primary ? "primary" : "") : "gone",
+    },
+      el("td", {}, i.service),
+      el("td", {}, i.address),
+      el("td", { "data-testid": "instance-state" }, up ? (primary ? "up · primary" : "up") : "down"),
+      el("td", { class: "muted" }, labels)));
+  }
+
+  const shops = $("shop-status");
+  shops.replaceChildren();
+  for (const s of c.shops) {
+    const r = s.replication;
+    shops.append(el("tr", { "data-testid": "shop-row", dataset: { address: s.address } },
+      el("td", {}, s.address),
+      el("td", { "data-testid": "shop-role" }, r ? r.role : s.registered_role || "?"),
+      el("td", {}, r ? r.term : s.registered_term),
+      el("td", {}, r ? r.mode : "—"),
+      el("td", {}, r ? r.last_lsn : "—"),
+      el("td", { "data-testid": "shop-lag" }, !r ? "—" : r.mode === "none" ? "no replica" : `${r.lag_entries} entries / ${r.lag_ms} ms`),
+      el("td", { title: s.error || "" }, r ? (r.peer_connected ? "connected" : "disconnected") : `unreachable: ${s.error || ""}`)));
+  }
+  if (c.shops.length === 0) {
+    shops.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No shop registered.")));
+  }
+}
+
+// ------------------------------------------------------------------ live events
+
+function connectEvents() {
+  const status = $("live-status");
+  const source = new EventSource(`/api/events?after_seq=${lastSeq}`);
+  source.addEventListener("open", () => {
+    status.textContent = "live";
+    status.className = "pill up";
+  });
+  source.addEventListener("error", () => {
+    status.textContent = "reconnecting…";
+    status.className = "pill down";
+  });
+  source.addEventListener("cluster", (e) => {
+    try {
+      renderCluster(JSON.parse(e.data));
+    } catch (err) {
+      console.warn("bad cluster event", err);
+    }
+  });
+  source.addEventListener("ledger", (e) => {
+    try {
+      onLedgerEvent(JSON.parse(e.data));
+    } catch (err) {
+      console.warn("bad ledger event", err);
+    }
+  });
+}
+
+// ------------------------------------------------------------------ wiring
+
+function refreshUser() {
+  loadCart();
+  loadOrders();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("product-search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadProducts();
+  });
+  $("user-id").addEventListener("change", refreshUser);
+  $("checkout").addEventListener("click", checkout);
+  $("cart-clear").addEventListener("click", () => cartWrite("DELETE", ""));
+  $("pf-create").addEventListener("click", () => adminAction("create"));
+  $("pf-update").addEventListener("click", () => adminAction("update"));
+  $("pf-delete").addEventListener("click", () => adminAction("delete"));
+  $("predict-form").addEventListener("submit", predict);
+  for (const button of document.querySelectorAll("[data-testid=report-label]")) {
+    button.addEventListener("click", () => reportOutcome(Number(button.dataset.label)));
+  }
+  $("ledger-verify").addEventListener("click", verifyLedger);
+  loadProducts();
+  refreshUser();
+  loadStakes();
+  drawChart();
+  connectEvents();
+});

@@ -1,0 +1,549 @@
+//! The one test harness: an in-process registry and gateway on `127.0.0.1:0`, a fake
+//! aggregator (Predictor + Staking answering from fixed data), and the real shop when a
+//! test needs it. Each server is stopped through a oneshot and joined.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use concord::{
+    discovery::{LeaseKeeper, Registration},
+    pb::{
+        predict::v1::{
+            predictor_server::{Predictor, PredictorServer},
+            GetModelInfoRequest, GetModelInfoResponse, NodeVote, PredictBatchRequest,
+            PredictBatchResponse, PredictRequest, PredictResponse,
+        },
+        stake::v1::{
+            staking_server::{Staking, StakingServer},
+            Account, Event, GetAccountRequest, GetAccountResponse, ListAccountsRequest,
+            ListAccountsResponse, ListEventsRequest, ListEventsResponse, ReportOutcomeRequest,
+            ReportOutcomeResponse, StakeRequest, StakeResponse, Totals, UnstakeRequest,
+            UnstakeResponse, VerifyLedgerRequest, VerifyLedgerResponse, WatchEventsRequest,
+            WatchEventsResponse,
+        },
+    },
+};
+use concord_web_gateway::{error::ErrorBody, Config};
+use futures::{Stream, StreamExt};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Request, Response, Status};
+
+/// How long a test waits for something eventually true (registration, watch propagation).
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// The oracle token the fake aggregator accepts.
+pub const ORACLE: &str = "test-oracle";
+
+/// A server task and the means to stop it.
+pub struct Running<E> {
+    pub addr: SocketAddr,
+    pub stop_tx: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<Result<(), E>>>,
+}
+
+impl<E: std::fmt::Debug> Running<E> {
+    /// Signals shutdown and waits for the server to return.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(DEADLINE, task)
+                .await
+                .context("server did not stop in time")??;
+            if let Err(err) = result {
+                bail!("server failed: {err:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<E> Running<E> {
+    /// Kills the server without a clean shutdown (no deregistration): a crash, as far as
+    /// its peers can tell.
+    pub fn abort(mut self) {
+        self.stop_tx.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl<E> Drop for Running<E> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Registry + gateway, both on port 0.
+pub struct Harness {
+    pub registry: Running<tonic::transport::Error>,
+    pub gateway: Running<concord_web_gateway::Error>,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    pub async fn start() -> Result<Self> {
+        concord::telemetry::init_for_tests();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(concord_registry::serve(
+            concord_registry::Config::default(),
+            listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let registry = Running {
+            addr,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        };
+        let gateway = start_gateway(&addr.to_string()).await?;
+        Ok(Self {
+            registry,
+            gateway,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr)
+    }
+
+    pub fn registry_addr(&self) -> String {
+        self.registry.addr.to_string()
+    }
+
+    pub async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        Ok(self.http.get(self.url(path)).send().await?)
+    }
+
+    /// Registers `address` under `service` and waits until the registry holds it.
+    pub async fn register(
+        &self,
+        service: &str,
+        address: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<LeaseKeeper> {
+        let mut keeper = LeaseKeeper::spawn(
+            &self.registry_addr(),
+            Registration {
+                service: service.into(),
+                address: address.into(),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ttl: Duration::from_secs(5),
+            },
+        )?;
+        if !keeper.wait_registered(DEADLINE).await {
+            bail!("{service} at {address} did not register");
+        }
+        Ok(keeper)
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.gateway.stop().await?;
+        self.registry.stop().await
+    }
+}
+
+pub async fn start_gateway(registry_addr: &str) -> Result<Running<concord_web_gateway::Error>> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let config = Config {
+        registry_addr: registry_addr.to_owned(),
+        body_limit_bytes: 1024,
+        cluster_refresh: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let task = tokio::spawn(concord_web_gateway::serve(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(Running {
+        addr,
+        stop_tx: Some(stop_tx),
+        task: Some(task),
+    })
+}
+
+/// Reads a JSON error body and checks its status and code.
+pub async fn expect_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> Result<ErrorBody> {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let body: ErrorBody = response.json().await.context("error body is JSON")?;
+    assert_eq!(body.code, code, "code; message: {}", body.message);
+    assert!(!body.message.is_empty(), "error message must say why");
+    Ok(body)
+}
+
+// ------------------------------------------------------------------ fake aggregator
+
+/// A Predictor + Staking that answers from fixed data.
+#[derive(Clone)]
+pub struct FakeAggregator {
+    pub name: String,
+    /// Number of `WatchEvents` streams currently open (to see them released).
+    pub watchers: Arc<AtomicUsize>,
+}
+
+/// Decrements a counter when dropped, i.e. when the stream holding it is released.
+struct CountGuard(Arc<AtomicUsize>);
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl Predictor for FakeAggregator {
+    async fn predict(
+        &self,
+        request: Request<PredictRequest>,
+    ) -> Result<Response<PredictResponse>, Status> {
+        let request = request.into_inner();
+        if request.features.len() != 4 {
+            return Err(Status::invalid_argument("need exactly four features"));
+        }
+        Ok(Response::new(PredictResponse {
+            label: 2,
+            class_name: "virginica".into(),
+            probabilities: vec![0.0, 0.25, 0.75],
+            node_id: "aggregator".into(),
+            model: self.name.clone(),
+            request_id: "req-1".into(),
+            policy: request.policy,
+            votes: vec![NodeVote {
+                node_id: "node-1".into(),
+                status: 1,
+                label: 2,
+                trust: 0.5,
+                stake: 100,
+                weight: 1.0,
+                ..Default::default()
+            }],
+            answered: 1,
+            asked: 1,
+        }))
+    }
+
+    async fn predict_batch(
+        &self,
+        _: Request<PredictBatchRequest>,
+    ) -> Result<Response<PredictBatchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_model_info(
+        &self,
+        _: Request<GetModelInfoRequest>,
+    ) -> Result<Response<GetModelInfoResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+pub fn ledger_event(seq: u64) -> Event {
+    Event {
+        seq,
+        node_id: "node-1".into(),
+        kind: 1,
+        amount: 100,
+        stake_after: 100 + seq,
+        trust_after: 0.5,
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Staking for FakeAggregator {
+    async fn stake(&self, _: Request<StakeRequest>) -> Result<Response<StakeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn unstake(
+        &self,
+        _: Request<UnstakeRequest>,
+    ) -> Result<Response<UnstakeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<GetAccountResponse>, Status> {
+        // Echo the request id so tests can see it was forwarded.
+        let request_id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        Err(Status::not_found(format!(
+            "no such node (request {request_id})"
+        )))
+    }
+
+    async fn list_accounts(
+        &self,
+        _: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsResponse>, Status> {
+        Ok(Response::new(ListAccountsResponse {
+            accounts: vec![Account {
+                node_id: "node-1".into(),
+                stake: 103,
+                trust: 0.5,
+                last_event_seq: 3,
+                ..Default::default()
+            }],
+            totals: Some(Totals {
+                staked: 103,
+                minted: 103,
+                events: 3,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        _: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    type WatchEventsStream =
+        Pin<Box<dyn Stream<Item = Result<WatchEventsResponse, Status>> + Send + 'static>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let after = request.into_inner().after_seq;
+        let events: Vec<_> = (1..=3)
+            .filter(|seq| *seq > after)
+            .map(|seq| {
+                Ok(WatchEventsResponse {
+                    event: Some(ledger_event(seq)),
+                })
+            })
+            .collect();
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let guard = CountGuard(self.watchers.clone());
+        let stream = futures::stream::iter(events)
+            .chain(futures::stream::pending())
+            .map(move |item| {
+                let _alive = &guard;
+                item
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_outcome(
+        &self,
+        request: Request<ReportOutcomeRequest>,
+    ) -> Result<Response<ReportOutcomeResponse>, Status> {
+        concord::auth::require_token(request.metadata(), ORACLE)?;
+        if request.get_ref().request_id != "req-1" {
+            return Err(Status::not_found("unknown request id"));
+        }
+        Ok(Response::new(ReportOutcomeResponse {
+            already_reported: false,
+            scores: vec![],
+            consensus_correct: request.get_ref().true_label == 2,
+        }))
+    }
+
+    async fn verify_ledger(
+        &self,
+        _: Request<VerifyLedgerRequest>,
+    ) -> Result<Response<VerifyLedgerResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Serves a fake aggregator on port 0.
+pub async fn start_fake_aggregator(name: &str) -> Result<Running<tonic::transport::Error>> {
+    Ok(start_fake_aggregator_counting(name).await?.0)
+}
+
+/// Like [`start_fake_aggregator`], also returning its open-`WatchEvents` counter.
+pub async fn start_fake_aggregator_counting(
+    name: &str,
+) -> Result<(Running<tonic::transport::Error>, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let watchers = Arc::new(AtomicUsize::new(0));
+    let fake = FakeAggregator {
+        name: name.into(),
+        watchers: watchers.clone(),
+    };
+    let (router, _health) = concord::grpc::router();
+    let router = router
+        .add_service(PredictorServer::new(fake.clone()))
+        .add_service(StakingServer::new(fake));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(concord::grpc::serve(router, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok((
+        Running {
+            addr,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        },
+        watchers,
+    ))
+}
+
+/// An address nothing listens on: bound, then released.
+pub async fn dead_address() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Polls `GET path` until it answers something other than a 503, or the deadline passes.
+pub async fn wait_until_served(h: &Harness, path: &str) -> Result<reqwest::Response> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let response = h.get(path).await?;
+        if response.status() != 503 || tokio::time::Instant::now() > deadline {
+            return Ok(response);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The admin token the test shop accepts.
+pub const ADMIN: &str = "test-admin";
+
+/// A real shop (standalone primary, no replica) in a temp dir, registered in the registry.
+pub struct TestShop {
+    /// The running server.
+    pub server: Running<concord_shop::ShopError>,
+    /// Keeps the sled directory alive until the shop stops.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestShop {
+    /// Stops the shop, then removes its directory.
+    pub async fn stop(self) -> Result<()> {
+        self.server.stop().await?;
+        drop(self.dir);
+        Ok(())
+    }
+}
+
+/// Starts the real shop on port 0 as a standalone primary, registered at `registry_addr`.
+pub async fn start_shop(registry_addr: &str) -> Result<TestShop> {
+    start_shop_with(registry_addr, concord_shop::ReplicationConfig::default()).await
+}
+
+/// Starts the real shop on port 0 with `replication` (role, mode, peer).
+pub async fn start_shop_with(
+    registry_addr: &str,
+    replication: concord_shop::ReplicationConfig,
+) -> Result<TestShop> {
+    let dir = tempfile::tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = concord_shop::Config {
+        admin_token: ADMIN.into(),
+        registry_addr: Some(registry_addr.to_owned()),
+        lease_ttl: Duration::from_secs(1),
+        replication,
+        ..concord_shop::Config::new(dir.path().join("shop"))
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(concord_shop::serve(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(TestShop {
+        server: Running {
+            addr,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        },
+        dir,
+    })
+}
+
+/// The real prediction fleet and aggregator (with a ledger), registered at a registry.
+pub struct TestConsensus {
+    /// The nodes, in start order.
+    pub nodes: Vec<Running<concord_node::Error>>,
+    /// The aggregator.
+    pub aggregator: Running<concord_aggregator::Error>,
+    /// Keeps the ledger directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestConsensus {
+    /// Stops the aggregator, then the nodes.
+    pub async fn stop(self) -> Result<()> {
+        self.aggregator.stop().await?;
+        for node in self.nodes {
+            node.stop().await?;
+        }
+        drop(self.dir);
+        Ok(())
+    }
+}
+
+/// Starts `n` default-fleet nodes and an aggregator with a fresh ledger, all on port 0.
+pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsensus> {
+    let mut nodes = Vec::new();
+    for mut config in concord_node::default_fleet().into_iter().take(n) {
+        config.registry = Some(registry_addr.to_owned());
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(concord_node::serve(config, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        nodes.push(Running {
+            addr,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        });
+    }
+    let dir = tempfile::tempdir()?;
+    let config = concord_aggregator::AggregatorConfig::with_ledger(
+        registry_addr.to_owned(),
+        dir.path().join("ledger"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(concord_aggregator::serve(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(TestConsensus {
+        nodes,
+        aggregator: Running {
+            addr,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        },
+        dir,
+    })
+}
