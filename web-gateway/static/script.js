@@ -576,10 +576,17 @@ function renderCluster(c) {
   shops.replaceChildren();
   for (const s of c.shops) {
     const r = s.replication;
-    shops.append(el("tr", { "data-testid": "shop-row", dataset: { address: s.address } },
+    // Prefer what the process says about itself; fall back to what it registered.
+    const role = r ? r.role : s.registered_role || "?";
+    const term = String(r ? r.term : s.registered_term);
+    shops.append(el("tr", {
+      "data-testid": "shop-row",
+      dataset: { address: s.address, role, term },
+      class: role === "primary" ? "primary" : "",
+    },
       el("td", {}, s.address),
-      el("td", { "data-testid": "shop-role" }, r ? r.role : s.registered_role || "?"),
-      el("td", {}, r ? r.term : s.registered_term),
+      el("td", { "data-testid": "shop-role" }, role),
+      el("td", { "data-testid": "shop-term" }, term),
       el("td", {}, r ? r.mode : "—"),
       el("td", {}, r ? r.last_lsn : "—"),
       el("td", { "data-testid": "shop-lag" }, !r ? "—" : r.mode === "none" ? "no replica" : `${r.lag_entries} entries / ${r.lag_ms} ms`),

@@ -1,16 +1,24 @@
 //! Drives the UI in headless Chromium (fantoccini over chromedriver) against a real
-//! registry, gateway, shop, three prediction nodes and the aggregator: admin form, cart,
-//! checkout, order status, prediction with votes, outcome report, ledger chart, and the cluster panel
-//! turning a shop "down" live when it stops.
+//! cluster on loopback: registry, gateway, a shop primary with an async replica, the five
+//! default prediction nodes and the aggregator. The journey: admin form, cart, checkout,
+//! order history with the stock decremented, order status, prediction with five vote rows,
+//! outcome report, ledger chart, then the shop primary is killed (no deregistration) and the
+//! cluster panel must show the replica promoted to primary at term 2.
 //!
 //! Needs `chromedriver` and `chromium` (Debian: `apt-get install chromium chromium-driver`);
 //! `CHROMEDRIVER` overrides the driver path. `scripts/test.sh` installs both; without a
-//! driver the test fails, unless `CONCORD_SKIP_BROWSER=1` says to skip it on purpose. Set
-//! `CONCORD_UI_SCREENSHOT=/path.png` to keep a screenshot of the page.
+//! driver the test fails, unless `CONCORD_SKIP_BROWSER=1` says to skip it on purpose.
+//! A screenshot of the final page (or of the page at the failure) is always written to
+//! `<target dir>/test-output/browser/final.png`; `CONCORD_UI_SCREENSHOT=/path.png` writes a
+//! second copy there.
 
 mod support;
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -19,6 +27,50 @@ use tokio::process::{Child, Command};
 
 /// How long one UI condition may take to become true.
 const UI_DEADLINE: Duration = Duration::from_secs(15);
+/// Height the browser window adds around the page, for a full-page screenshot.
+const WINDOW_CHROME_PX: u32 = 200;
+/// Prediction nodes started: the whole default fleet.
+const NODES: usize = 5;
+/// Stock of the product the admin creates.
+const STOCK: u32 = 5;
+/// Units ordered: the product list must then show `STOCK - QTY`.
+const QTY: u32 = 2;
+
+/// Where the final screenshot goes: `test-output/browser` under the workspace target dir
+/// (`CARGO_TARGET_DIR` when set, relative to the workspace root if relative).
+fn output_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    };
+    target.join("test-output").join("browser")
+}
+
+/// Saves a screenshot of the current page to `final.png` in [`output_dir`] (and to
+/// `CONCORD_UI_SCREENSHOT` when set); returns the path.
+async fn save_screenshot(client: &Client) -> Result<PathBuf> {
+    // Grow the window to the page's height so the shot holds the whole page, cluster
+    // panel included (WebDriver screenshots only cover the viewport).
+    let height = client
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await?
+        .as_u64()
+        .context("page height")?;
+    let (width, _) = client.get_window_size().await?;
+    client
+        .set_window_size(width as u32, height as u32 + WINDOW_CHROME_PX)
+        .await?;
+    let png = client.screenshot().await?;
+    let dir = output_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("final.png");
+    std::fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(extra) = std::env::var_os("CONCORD_UI_SCREENSHOT") {
+        std::fs::write(&extra, &png)?;
+    }
+    Ok(path)
+}
 
 fn chromedriver_path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("CHROMEDRIVER") {
@@ -104,14 +156,30 @@ async fn wait_text(client: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Res
 
 /// Waits until `css` matches at least `n` elements.
 async fn wait_count(client: &Client, css: &str, n: usize) -> Result<()> {
+    wait_count_where(client, css, |found| found >= n, &format!("at least {n}")).await
+}
+
+/// Waits until `css` matches exactly `n` elements.
+async fn wait_exactly(client: &Client, css: &str, n: usize) -> Result<()> {
+    wait_count_where(client, css, |found| found == n, &format!("exactly {n}")).await
+}
+
+/// Waits until the number of elements matching `css` satisfies `ok` (`wanted` says how,
+/// for the error).
+async fn wait_count_where(
+    client: &Client,
+    css: &str,
+    ok: impl Fn(usize) -> bool,
+    wanted: &str,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + UI_DEADLINE;
     loop {
         let found = client.find_all(Locator::Css(css)).await?.len();
-        if found >= n {
+        if ok(found) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{css}: {found} elements, wanted {n}");
+            bail!("{css}: {found} elements, wanted {wanted}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -129,36 +197,119 @@ async fn click(client: &Client, css: &str) -> Result<()> {
     Ok(())
 }
 
-/// The whole user journey through the UI.
-async fn journey(client: &Client, h: &Harness, shop: TestShop) -> Result<()> {
+/// The shop primary and its async replica, both registered.
+struct ShopPair {
+    primary: TestShop,
+    replica: TestShop,
+}
+
+/// Starts a primary, waits until the gateway sees it, then a replica following it, and
+/// waits until the registry lists both (the replica only promotes itself after having
+/// seen a primary, so the order matters).
+async fn start_shop_pair(h: &Harness) -> Result<ShopPair> {
+    let primary = start_shop_with(
+        &h.registry_addr(),
+        concord_shop::ReplicationConfig {
+            mode: concord_shop::ReplicationMode::Async,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let primary_addr = primary.server.addr.to_string();
+    poll_json(h, "/api/cluster", |v| v["primary"] == primary_addr.as_str()).await?;
+    let replica = start_shop_with(
+        &h.registry_addr(),
+        concord_shop::ReplicationConfig {
+            mode: concord_shop::ReplicationMode::Async,
+            primary_addr: Some(primary_addr),
+            replica_id: "replica-1".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    poll_json(h, "/api/services/shop", |v| {
+        v["instances"].as_array().map(Vec::len) == Some(2)
+    })
+    .await?;
+    Ok(ShopPair { primary, replica })
+}
+
+/// Polls `GET path` until its JSON body satisfies `ok`.
+async fn poll_json(
+    h: &Harness,
+    path: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + UI_DEADLINE;
+    loop {
+        let response = h.get(path).await?;
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if ok(&body) {
+            return Ok(body);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("GET {path}: condition not met in time; last body {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The whole user journey through the UI; `primary` is killed at the end.
+async fn journey(
+    client: &Client,
+    h: &Harness,
+    primary: TestShop,
+    replica_addr: &str,
+) -> Result<()> {
     client.goto(&h.url("/")).await?;
     wait_text(client, "#live-status", |t| t == "live").await?;
 
     // Admin: a product created without a token fails inline; with the token it works.
     fill(client, "#pf-name", "Teapot").await?;
     fill(client, "#pf-price", "1250").await?;
-    fill(client, "#pf-stock", "5").await?;
+    fill(client, "#pf-stock", &STOCK.to_string()).await?;
     click(client, "#pf-create").await?;
     wait_text(client, "#admin-error", |t| t.contains("unauthenticated")).await?;
     fill(client, "#admin-token", ADMIN).await?;
     click(client, "#pf-create").await?;
     wait_text(client, "#admin-result", |t| t.starts_with("Created p-")).await?;
 
-    // Cart, checkout, order history and a status change.
-    wait_count(client, "[data-testid=product-row]", 1).await?;
+    // Cart: two units of it.
+    wait_exactly(client, "[data-testid=product-row]", 1).await?;
+    wait_text(client, "[data-testid=product-stock]", |t| {
+        t == STOCK.to_string()
+    })
+    .await?;
+    fill(client, "[data-testid=product-qty]", &QTY.to_string()).await?;
     click(client, "[data-testid=add-to-cart]").await?;
-    wait_text(client, "#cart-total", |t| t == "12.50 EUR").await?;
+    wait_text(client, "#cart-total", |t| t == "25.00 EUR").await?;
+
+    // Checkout: the order is in the history and the product list shows the stock reduced
+    // by the ordered quantity.
     click(client, "#checkout").await?;
     wait_text(client, "#checkout-result", |t| t.contains("placed")).await?;
+    wait_exactly(client, "[data-testid=order-row]", 1).await?;
+    wait_text(client, "[data-testid=order-row]", |t| {
+        t.contains(&format!("{QTY}× Teapot")) && t.contains("25.00 EUR")
+    })
+    .await?;
     wait_text(client, "[data-testid=order-status]", |t| t == "pending").await?;
-    wait_text(client, "[data-testid=product-stock]", |t| t == "4").await?;
+    wait_text(client, "[data-testid=product-stock]", |t| {
+        t == (STOCK - QTY).to_string()
+    })
+    .await?;
+    wait_text(client, "#cart-total", |t| t == "0.00 EUR" || t == "0.00").await?;
     click(client, "[data-testid=order-action][data-status=paid]").await?;
     wait_text(client, "[data-testid=order-status]", |t| t == "paid").await?;
 
-    // Prediction with each node's vote, then the oracle's report.
+    // Prediction with one vote row per node, then the oracle's report.
     click(client, "#predict-submit").await?;
     wait_text(client, "#consensus-class", |t| t == "setosa").await?;
-    wait_count(client, "[data-testid=vote-row]", 3).await?;
+    wait_exactly(client, "[data-testid=vote-row]", NODES).await?;
+    wait_text(client, "#consensus-answered", |t| {
+        t.starts_with(&format!("{NODES}/{NODES} nodes answered"))
+    })
+    .await?;
     fill(client, "#oracle-token", concord::config::DEV_ORACLE_TOKEN).await?;
     click(client, "[data-testid=report-label][data-label='0']").await?;
     wait_text(client, "#outcome-result", |t| {
@@ -166,37 +317,80 @@ async fn journey(client: &Client, h: &Harness, shop: TestShop) -> Result<()> {
     })
     .await?;
 
-    // Ledger events (3 grants, 3 rewards) arrive over SSE and feed the chart and accounts.
-    wait_count(client, "[data-testid=ledger-row]", 6).await?;
-    wait_count(client, "[data-testid=legend-node]", 3).await?;
-    wait_count(client, "[data-testid=account-row]", 3).await?;
+    // Ledger events (a grant and a score per node) arrive over SSE and feed the chart and
+    // the accounts.
+    wait_exactly(client, "[data-testid=ledger-row]", 2 * NODES).await?;
+    wait_exactly(client, "[data-testid=legend-node]", NODES).await?;
+    wait_exactly(client, "[data-testid=account-row]", NODES).await?;
 
-    // Cluster panel: the shop is up and primary; when it stops, it turns down live.
-    let shop_addr = shop.server.addr.to_string();
-    wait_text(client, "#cluster-primary", |t| t == shop_addr).await?;
+    // Cluster panel: the primary at term 1 and its replica, both up.
+    let primary_addr = primary.server.addr.to_string();
+    let primary_row = format!("[data-testid=shop-row][data-address='{primary_addr}']");
+    let replica_row = format!("[data-testid=shop-row][data-address='{replica_addr}']");
+    wait_text(client, "#cluster-primary", |t| t == primary_addr).await?;
+    wait_text(client, "#cluster-term", |t| t == "1").await?;
     wait_count(
+        client,
+        &format!("{primary_row}[data-role=primary][data-term='1']"),
+        1,
+    )
+    .await?;
+    wait_count(client, &format!("{replica_row}[data-role=replica]"), 1).await?;
+    wait_exactly(
         client,
         "[data-testid=instance-row][data-service=shop][data-state=up]",
-        1,
+        2,
     )
     .await?;
-    if let Some(path) = std::env::var_os("CONCORD_UI_SCREENSHOT") {
-        std::fs::write(path, client.screenshot().await?)?;
-    }
-    shop.stop().await?;
+
+    // Kill the primary (no deregistration): once its lease expires the replica promotes
+    // itself, and the panel shows it as primary at term 2 and the old one down.
+    primary.server.abort();
+    wait_text(client, "#cluster-primary", |t| t == replica_addr).await?;
+    wait_text(client, "#cluster-term", |t| t == "2").await?;
     wait_count(
         client,
-        "[data-testid=instance-row][data-service=shop][data-state=down]",
+        &format!("{replica_row}[data-role=primary][data-term='2']"),
         1,
     )
     .await?;
-    wait_text(client, "#cluster-primary", |t| t == "none").await?;
+    wait_exactly(client, "[data-testid=shop-row]", 1).await?;
+    wait_count(
+        client,
+        &format!(
+            "[data-testid=instance-row][data-service=shop][data-address='{primary_addr}'][data-state=down]"
+        ),
+        1,
+    )
+    .await?;
+    wait_text(
+        client,
+        &format!("[data-testid=instance-row][data-service=shop][data-address='{replica_addr}'] [data-testid=instance-state]"),
+        |t| t == "up · primary",
+    )
+    .await?;
+
+    // The promoted replica serves the catalogue it replicated, stock included: mark the
+    // rendered row, refresh, and read the row that replaced it.
+    client
+        .execute(
+            "document.querySelector('[data-testid=product-row]').dataset.stale = '1';",
+            vec![],
+        )
+        .await?;
     click(client, "#product-refresh").await?;
-    wait_text(client, "#shop-error", |t| t.contains("unavailable")).await?;
+    wait_text(
+        client,
+        "[data-testid=product-row]:not([data-stale]) [data-testid=product-stock]",
+        |t| t == (STOCK - QTY).to_string(),
+    )
+    .await?;
+    wait_exactly(client, "#shop-error:not([hidden])", 0).await?;
+    drop(primary.dir);
     Ok(())
 }
 
-/// A user can shop, predict, report an outcome and watch the cluster from the browser.
+/// A user can shop, predict, report an outcome and watch a shop failover from the browser.
 #[tokio::test]
 async fn ui_journey_in_headless_chromium() -> Result<()> {
     let Some(driver_path) = chromedriver_path() else {
@@ -208,36 +402,30 @@ async fn ui_journey_in_headless_chromium() -> Result<()> {
         bail!("chromedriver not found: run scripts/test.sh (it installs chromium and chromium-driver), or set CONCORD_SKIP_BROWSER=1");
     };
     let h = Harness::start().await?;
-    let shop = start_shop(&h.registry_addr()).await?;
-    let consensus = start_consensus(&h.registry_addr(), 3).await?;
+    let shops = start_shop_pair(&h).await?;
+    let replica_addr = shops.replica.server.addr.to_string();
+    let consensus = start_consensus(&h.registry_addr(), NODES).await?;
     assert_eq!(wait_until_served(&h, "/api/products").await?.status(), 200);
     let setosa = "/api/predict?sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2";
-    let deadline = tokio::time::Instant::now() + UI_DEADLINE;
-    loop {
-        let body: serde_json::Value = h.get(setosa).await?.json().await?;
-        if body["answered"].as_u64() == Some(3) {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the consensus never had three nodes: {body}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_json(&h, setosa, |v| v["answered"].as_u64() == Some(NODES as u64))
+        .await
+        .context("the consensus never had all nodes")?;
 
     let driver = Chromedriver::start(&driver_path).await?;
     let profile = tempfile::tempdir()?;
     let client = driver.client(profile.path()).await?;
-    let outcome = journey(&client, &h, shop).await;
-    if outcome.is_err() {
-        if let Ok(png) = client.screenshot().await {
-            let path = std::env::temp_dir().join("concord-ui-failure.png");
-            let _ = std::fs::write(&path, png);
-            tracing::error!(path = %path.display(), "UI journey failed; screenshot saved");
+    let outcome = journey(&client, &h, shops.primary, &replica_addr).await;
+    // The final page, or the page where the journey failed.
+    match save_screenshot(&client).await {
+        Ok(path) => {
+            tracing::info!(path = %path.display(), ok = outcome.is_ok(), "screenshot saved")
         }
+        Err(err) => tracing::error!(error = %err, "screenshot not saved"),
     }
     client.close().await?;
     drop(driver);
     consensus.stop().await?;
+    shops.replica.stop().await?;
     h.stop().await?;
     outcome
 }
