@@ -12,137 +12,15 @@ use concord::pb::predict::v1::{
 };
 use concord_aggregator::{AggregatorConfig, ConsensusConfig};
 use concord_node::{default_fleet, Behaviour, Iris, KnnModel, NodeConfig};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use concord_testkit::{channel, registered, NodeProcess};
+use tokio::task::JoinHandle;
 use tonic::{transport::Channel, Code};
 
 /// How long a test waits for the cluster to reach an expected state.
 const WAIT: Duration = Duration::from_secs(10);
-/// Shortest lease the registry grants; nodes use it so a killed one expires quickly.
-const LEASE_TTL: Duration = Duration::from_secs(1);
-
-/// A server task in the test's runtime; `stop` signals shutdown and joins it.
-struct Running<E> {
-    addr: SocketAddr,
-    stop_tx: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), E>>,
-}
-
-impl<E: std::fmt::Debug> Running<E> {
-    async fn stop(self) {
-        let _ = self.stop_tx.send(());
-        self.task.await.expect("join").expect("serve");
-    }
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    concord::telemetry::init_for_tests();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    (listener, addr)
-}
-
-async fn start_registry() -> Running<tonic::transport::Error> {
-    let (listener, addr) = listener().await;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    Running {
-        addr,
-        stop_tx,
-        task,
-    }
-}
-
-async fn start_aggregator(config: AggregatorConfig) -> Running<concord_aggregator::Error> {
-    let (listener, addr) = listener().await;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_aggregator::serve(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Running {
-        addr,
-        stop_tx,
-        task,
-    }
-}
-
-/// A node in its own runtime and thread, killable without any clean-up.
-struct TestNode {
-    node_id: String,
-    addr: SocketAddr,
-    kill_tx: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TestNode {
-    fn start(config: NodeConfig) -> Self {
-        concord::telemetry::init_for_tests();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("local addr");
-        let node_id = config.node_id.clone();
-        let (kill_tx, kill_rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("node runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                let serve = concord_node::serve(config, listener, std::future::pending());
-                tokio::select! {
-                    result = serve => panic!("node stopped by itself: {result:?}"),
-                    _ = kill_rx => {}
-                }
-            });
-            // Drops every task of the node (connections, lease keeper) without clean-up.
-            runtime.shutdown_background();
-        });
-        TestNode {
-            node_id,
-            addr,
-            kill_tx: Some(kill_tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// The in-process equivalent of `kill -9`.
-    fn kill(mut self) {
-        self.kill_now();
-    }
-
-    fn kill_now(&mut self) {
-        if let Some(kill_tx) = self.kill_tx.take() {
-            let _ = kill_tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("node thread");
-        }
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.kill_now();
-    }
-}
-
-fn registered(config: NodeConfig, registry: SocketAddr) -> NodeConfig {
-    NodeConfig {
-        registry: Some(registry.to_string()),
-        lease_ttl: LEASE_TTL,
-        ..config
-    }
-}
 
 fn client(addr: SocketAddr) -> PredictorClient<Channel> {
-    PredictorClient::new(concord::grpc::lazy_channel(&addr.to_string()).expect("channel"))
+    PredictorClient::new(channel(addr))
 }
 
 fn mean_config(registry: SocketAddr, deadline: Duration, min_answers: usize) -> AggregatorConfig {
@@ -222,13 +100,14 @@ fn vote<'a>(reply: &'a PredictResponse, node_id: &str) -> Option<&'a NodeVote> {
 /// hold-out set as the median node, and GetModelInfo reports the same figure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consensus_at_least_as_accurate_as_median_node() {
-    let registry = start_registry().await;
-    let nodes: Vec<TestNode> = default_fleet()
+    let registry = concord_testkit::registry().await;
+    let nodes: Vec<NodeProcess> = default_fleet()
         .into_iter()
-        .map(|c| TestNode::start(registered(c, registry.addr)))
+        .map(|c| NodeProcess::start(registered(c, registry.addr)))
         .collect();
     let aggregator =
-        start_aggregator(mean_config(registry.addr, Duration::from_millis(250), 5)).await;
+        concord_testkit::aggregator(mean_config(registry.addr, Duration::from_millis(250), 5))
+            .await;
     let mut agg = client(aggregator.addr);
     until_ready(&mut agg, 5).await;
 
@@ -288,15 +167,15 @@ async fn consensus_at_least_as_accurate_as_median_node() {
 /// with the slow node listed as TIMED_OUT and the others' probabilities averaged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_node_cut_by_deadline() {
-    let registry = start_registry().await;
+    let registry = concord_testkit::registry().await;
     let mut configs = default_fleet();
     configs[4].behaviour = Behaviour::Slow(Duration::from_secs(3));
-    let _nodes: Vec<TestNode> = configs
+    let _nodes: Vec<NodeProcess> = configs
         .into_iter()
-        .map(|c| TestNode::start(registered(c, registry.addr)))
+        .map(|c| NodeProcess::start(registered(c, registry.addr)))
         .collect();
     let deadline = Duration::from_millis(200);
-    let aggregator = start_aggregator(mean_config(registry.addr, deadline, 3)).await;
+    let aggregator = concord_testkit::aggregator(mean_config(registry.addr, deadline, 3)).await;
     let mut agg = client(aggregator.addr);
     let reply = until_ready_with(&mut agg, |r| r.asked == 5).await;
 
@@ -329,14 +208,15 @@ async fn slow_node_cut_by_deadline() {
 /// consensus; when it comes back (new process, new port) it re-registers and votes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_node_dropped_then_rejoins() {
-    let registry = start_registry().await;
+    let registry = concord_testkit::registry().await;
     let configs: Vec<NodeConfig> = default_fleet()
         .into_iter()
         .map(|c| registered(c, registry.addr))
         .collect();
-    let mut nodes: Vec<TestNode> = configs.iter().cloned().map(TestNode::start).collect();
+    let mut nodes: Vec<NodeProcess> = configs.iter().cloned().map(NodeProcess::start).collect();
     let aggregator =
-        start_aggregator(mean_config(registry.addr, Duration::from_millis(250), 3)).await;
+        concord_testkit::aggregator(mean_config(registry.addr, Duration::from_millis(250), 3))
+            .await;
     let mut agg = client(aggregator.addr);
     until_ready(&mut agg, 5).await;
 
@@ -368,7 +248,7 @@ async fn killed_node_dropped_then_rejoins() {
     let reply = until(&mut agg, |r| vote(r, &victim_id).is_none()).await;
     assert_eq!((reply.answered, reply.asked), (4, 4));
 
-    let reborn = TestNode::start(configs[2].clone());
+    let reborn = NodeProcess::start(configs[2].clone());
     let reply = until(&mut agg, |r| {
         vote(r, &victim_id).is_some_and(|v| v.status == VoteStatus::Answered as i32)
     })
@@ -400,15 +280,16 @@ async fn killed_node_dropped_then_rejoins() {
 /// answered: timeouts and a small fleet never shrink the quorum (only ejections do).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_few_answers_is_unavailable() {
-    let registry = start_registry().await;
+    let registry = concord_testkit::registry().await;
     let mut configs: Vec<NodeConfig> = default_fleet().into_iter().take(3).collect();
     configs[2].behaviour = Behaviour::Slow(Duration::from_secs(3));
-    let _nodes: Vec<TestNode> = configs
+    let _nodes: Vec<NodeProcess> = configs
         .into_iter()
-        .map(|c| TestNode::start(registered(c, registry.addr)))
+        .map(|c| NodeProcess::start(registered(c, registry.addr)))
         .collect();
     let aggregator =
-        start_aggregator(mean_config(registry.addr, Duration::from_millis(200), 3)).await;
+        concord_testkit::aggregator(mean_config(registry.addr, Duration::from_millis(200), 3))
+            .await;
     let mut agg = client(aggregator.addr);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -431,9 +312,10 @@ async fn too_few_answers_is_unavailable() {
 /// unconfigured policy is FAILED_PRECONDITION (table-driven).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input() {
-    let registry = start_registry().await;
+    let registry = concord_testkit::registry().await;
     let aggregator =
-        start_aggregator(mean_config(registry.addr, Duration::from_millis(250), 1)).await;
+        concord_testkit::aggregator(mean_config(registry.addr, Duration::from_millis(250), 1))
+            .await;
     let mut agg = client(aggregator.addr);
     let cases: Vec<(PredictRequest, Code)> = vec![
         (request(&[]), Code::InvalidArgument),
@@ -482,14 +364,14 @@ async fn bad_input() {
 /// stake (the default grant), and the weights still sum to 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stake_policy_with_ledger() {
-    let registry = start_registry().await;
-    let _nodes: Vec<TestNode> = default_fleet()
+    let registry = concord_testkit::registry().await;
+    let _nodes: Vec<NodeProcess> = default_fleet()
         .into_iter()
         .take(3)
-        .map(|c| TestNode::start(registered(c, registry.addr)))
+        .map(|c| NodeProcess::start(registered(c, registry.addr)))
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let aggregator = start_aggregator(AggregatorConfig::with_ledger(
+    let aggregator = concord_testkit::aggregator(AggregatorConfig::with_ledger(
         registry.addr.to_string(),
         dir.path().join("ledger"),
     ))
@@ -509,17 +391,18 @@ async fn stake_policy_with_ledger() {
 /// average is no defence, which is what trust and stake are for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inverted_majority_wins_mean() {
-    let registry = start_registry().await;
+    let registry = concord_testkit::registry().await;
     let mut configs = default_fleet();
     for c in &mut configs[..3] {
         c.behaviour = Behaviour::Inverted;
     }
-    let _nodes: Vec<TestNode> = configs
+    let _nodes: Vec<NodeProcess> = configs
         .into_iter()
-        .map(|c| TestNode::start(registered(c, registry.addr)))
+        .map(|c| NodeProcess::start(registered(c, registry.addr)))
         .collect();
     let aggregator =
-        start_aggregator(mean_config(registry.addr, Duration::from_millis(250), 5)).await;
+        concord_testkit::aggregator(mean_config(registry.addr, Duration::from_millis(250), 5))
+            .await;
     let mut agg = client(aggregator.addr);
     let reply = until_ready(&mut agg, 5).await;
     assert_eq!(reply.label, 2, "versicolor inverted to virginica");

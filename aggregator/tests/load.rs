@@ -9,16 +9,9 @@ use std::time::{Duration, Instant};
 use concord::pb::predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest};
 use concord_aggregator::AggregatorConfig;
 use concord_node::{default_fleet, NodeConfig};
-use tokio::net::TcpListener;
 
 const CONCURRENCY: usize = 64;
 const DURATION: Duration = Duration::from_secs(5);
-
-async fn bind() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    (listener, addr)
-}
 
 async fn load(target: SocketAddr, policy: Policy) -> (f64, Vec<Duration>, usize) {
     let channel = concord::grpc::lazy_channel(&target.to_string()).expect("channel");
@@ -71,41 +64,31 @@ fn report(what: &str, (rate, latencies, errors): (f64, Vec<Duration>, usize)) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "measurement; run in release with --ignored --nocapture"]
 async fn throughput() {
-    concord::telemetry::init_for_tests();
-    let (listener, registry) = bind().await;
-    tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        std::future::pending(),
-    ));
-    let mut first = None;
+    let registry = concord_testkit::registry().await;
+    let mut nodes = Vec::new();
     for config in default_fleet() {
-        let (listener, addr) = bind().await;
-        first.get_or_insert(addr);
         let config = NodeConfig {
-            registry: Some(registry.to_string()),
+            registry: Some(registry.addr.to_string()),
             ..config
         };
-        tokio::spawn(concord_node::serve(
-            config,
-            listener,
-            std::future::pending(),
-        ));
+        nodes.push(concord_testkit::node(config).await);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (listener, aggregator) = bind().await;
-    let config = AggregatorConfig::with_ledger(registry.to_string(), dir.path().join("ledger"));
-    tokio::spawn(concord_aggregator::serve(
-        config,
-        listener,
-        std::future::pending(),
-    ));
+    let config =
+        AggregatorConfig::with_ledger(registry.addr.to_string(), dir.path().join("ledger"));
+    let aggregator = concord_testkit::aggregator(config).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     report(
         "node-1 alone",
-        load(first.expect("a node"), Policy::Unspecified).await,
+        load(nodes[0].addr, Policy::Unspecified).await,
     );
-    report("aggregator mean x5", load(aggregator, Policy::Mean).await);
-    report("aggregator stake x5", load(aggregator, Policy::Stake).await);
+    report(
+        "aggregator mean x5",
+        load(aggregator.addr, Policy::Mean).await,
+    );
+    report(
+        "aggregator stake x5",
+        load(aggregator.addr, Policy::Stake).await,
+    );
 }

@@ -1,7 +1,6 @@
 //! The Staking service over loopback: credentials, scoring once, paging, watching,
 //! tampering and restarts, against a real server on 127.0.0.1:0 with a sled db in a tempdir.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use concord_aggregator::book::StakeBook;
 use concord_aggregator::outcomes::{RecentRequests, DEFAULT_TTL};
 use concord_aggregator::policy::{NodeAnswer, Policy, ScoringParams};
 use concord_aggregator::staking::{serve_staking, StakingAuth};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use concord_testkit::Running;
 use tonic::{transport::Channel, Code, Request};
 
 const SECRET: &str = "test-cluster-secret";
@@ -23,37 +22,27 @@ const ORACLE: &str = "test-oracle-token";
 
 /// A Staking server in this process; `stop` shuts it down and joins it.
 struct TestStaking {
-    addr: SocketAddr,
+    server: Running<tonic::transport::Error>,
     book: StakeBook,
-    stop_tx: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl TestStaking {
     async fn start(db: &Path) -> Self {
-        concord::telemetry::init_for_tests();
         let book =
             StakeBook::open(db, ScoringParams::default(), 1000, DEFAULT_TTL).expect("open ledger");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let auth = StakingAuth {
             cluster_secret: SECRET.into(),
             oracle_token: ORACLE.into(),
         };
-        let task = tokio::spawn(serve_staking(book.clone(), auth, listener, async move {
-            let _ = stop_rx.await;
-        }));
-        Self {
-            addr,
-            book,
-            stop_tx,
-            task,
-        }
+        let served = book.clone();
+        let server =
+            Running::spawn(|listener, shutdown| serve_staking(served, auth, listener, shutdown))
+                .await;
+        Self { server, book }
     }
 
     fn client(&self) -> StakingClient<Channel> {
-        StakingClient::new(concord::grpc::lazy_channel(&self.addr.to_string()).expect("channel"))
+        StakingClient::new(self.server.channel())
     }
 
     /// Simulates a consensus request that `answers` (node, label) took part in.
@@ -82,8 +71,7 @@ impl TestStaking {
 
     /// Shuts the server down; the sled db is closed once every handle is dropped.
     async fn stop(self) {
-        let _ = self.stop_tx.send(());
-        self.task.await.expect("join").expect("serve");
+        self.server.stop().await;
         drop(self.book);
     }
 }

@@ -3,7 +3,6 @@
 //! ledger in a tempdir. The liars lose their stake, get ejected, and the consensus is
 //! right again — all through the public gRPC surface.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use concord::auth::attach_bearer;
@@ -15,54 +14,15 @@ use concord::pb::stake::v1::{
     staking_client::StakingClient, GetAccountRequest, ReportOutcomeRequest, VerifyLedgerRequest,
 };
 use concord_aggregator::{AggregatorConfig, ConsensusConfig};
-use concord_node::{default_fleet, Behaviour, Iris, NodeConfig};
+use concord_node::{default_fleet, Behaviour, Iris};
+use concord_testkit::registered;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{transport::Channel, Code, Request};
 
 /// How long the test waits for the fleet to register.
 const WAIT: Duration = Duration::from_secs(10);
 /// Rounds played; a liar is ejected after 22 wrong answers with the default knobs.
 const ROUNDS: usize = 40;
-
-/// A server task; `stop` signals shutdown and joins it.
-struct Running<E> {
-    addr: SocketAddr,
-    stop_tx: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), E>>,
-}
-
-impl<E: std::fmt::Debug> Running<E> {
-    async fn stop(self) {
-        let _ = self.stop_tx.send(());
-        self.task.await.expect("join").expect("serve");
-    }
-}
-
-async fn start<E, F>(serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Running<E>
-where
-    E: Send + 'static,
-    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
-{
-    concord::telemetry::init_for_tests();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, stop_rx));
-    Running {
-        addr,
-        stop_tx,
-        task,
-    }
-}
-
-fn registered(config: NodeConfig, registry: SocketAddr) -> NodeConfig {
-    NodeConfig {
-        registry: Some(registry.to_string()),
-        lease_ttl: Duration::from_secs(1),
-        ..config
-    }
-}
 
 fn oracle<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
@@ -85,12 +45,7 @@ async fn predict(agg: &mut PredictorClient<Channel>, features: &[f64]) -> Predic
 /// and the ledger still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn liars_are_slashed_and_ejected_end_to_end() {
-    let registry = start(|l, stop| {
-        concord_registry::serve(concord_registry::Config::default(), l, async move {
-            let _ = stop.await;
-        })
-    })
-    .await;
+    let registry = concord_testkit::registry().await;
     let mut configs = default_fleet();
     for c in &mut configs[2..] {
         c.behaviour = Behaviour::Inverted;
@@ -98,15 +53,7 @@ async fn liars_are_slashed_and_ejected_end_to_end() {
     let liars: Vec<String> = configs[2..].iter().map(|c| c.node_id.clone()).collect();
     let mut nodes = Vec::new();
     for c in configs {
-        let config = registered(c, registry.addr);
-        nodes.push(
-            start(|l, stop| {
-                concord_node::serve(config, l, async move {
-                    let _ = stop.await;
-                })
-            })
-            .await,
-        );
+        nodes.push(concord_testkit::node(registered(c, registry.addr)).await);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config =
@@ -116,13 +63,8 @@ async fn liars_are_slashed_and_ejected_end_to_end() {
         min_answers: 2,
         ..config.consensus
     };
-    let aggregator = start(|l, stop| {
-        concord_aggregator::serve(config, l, async move {
-            let _ = stop.await;
-        })
-    })
-    .await;
-    let channel = concord::grpc::lazy_channel(&aggregator.addr.to_string()).expect("channel");
+    let aggregator = concord_testkit::aggregator(config).await;
+    let channel = aggregator.channel();
     let mut agg = PredictorClient::new(channel.clone());
     let mut staking = StakingClient::new(channel);
 

@@ -12,70 +12,18 @@ use concord::pb::registry::v1::{registry_client::RegistryClient, Instance, Resol
 use concord_node::{
     default_fleet, Iris, KnnModel, NodeConfig, METADATA_MODEL, METADATA_NODE_ID, PREDICTOR_SERVICE,
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use concord_testkit::{channel, free_addr};
 use tonic::{transport::Channel, Code};
 
 /// How long a test waits for something to become true before failing.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A server task in this process; `stop` signals shutdown and joins it.
-struct Running<E> {
-    addr: SocketAddr,
-    stop_tx: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), E>>,
-}
-
-impl<E: std::fmt::Debug> Running<E> {
-    async fn stop(self) {
-        let _ = self.stop_tx.send(());
-        self.task.await.expect("join").expect("serve");
-    }
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    concord::telemetry::init_for_tests();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    (listener, addr)
-}
-
-async fn start_registry() -> Running<tonic::transport::Error> {
-    let (listener, addr) = listener().await;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    Running {
-        addr,
-        stop_tx,
-        task,
-    }
-}
-
-async fn start_node(config: NodeConfig) -> Running<concord_node::Error> {
-    let (listener, addr) = listener().await;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_node::serve(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Running {
-        addr,
-        stop_tx,
-        task,
-    }
-}
-
 fn predictor(addr: SocketAddr) -> PredictorClient<Channel> {
-    PredictorClient::new(concord::grpc::lazy_channel(&addr.to_string()).expect("channel"))
+    PredictorClient::new(channel(addr))
 }
 
 async fn resolve(registry: SocketAddr) -> Vec<Instance> {
-    let mut client =
-        RegistryClient::new(concord::grpc::lazy_channel(&registry.to_string()).expect("channel"));
+    let mut client = RegistryClient::new(channel(registry));
     client
         .resolve(ResolveRequest {
             service: PREDICTOR_SERVICE.into(),
@@ -106,13 +54,13 @@ async fn wait_for(registry: SocketAddr, done: impl Fn(&[Instance]) -> bool) -> V
 /// the wire, and is gone from the registry right after a clean shutdown (well before TTL).
 #[tokio::test]
 async fn serves_registers_and_deregisters() {
-    let registry = start_registry().await;
+    let registry = concord_testkit::registry().await;
     let config = NodeConfig {
         registry: Some(registry.addr.to_string()),
         lease_ttl: Duration::from_secs(30),
         ..default_fleet().remove(1)
     };
-    let node = start_node(config.clone()).await;
+    let node = concord_testkit::node(config.clone()).await;
 
     let instances = wait_for(registry.addr, |i| !i.is_empty()).await;
     assert_eq!(instances[0].address, node.addr.to_string());
@@ -190,7 +138,7 @@ async fn default_fleet_accurate_over_the_wire() {
         let expected = KnnModel::train(config.model.clone())
             .expect("train")
             .holdout_accuracy();
-        let node = start_node(config.clone()).await;
+        let node = concord_testkit::node(config.clone()).await;
         let rows = holdout
             .iter()
             .map(|&r| Row {
@@ -219,9 +167,8 @@ async fn default_fleet_accurate_over_the_wire() {
 #[tokio::test]
 async fn registers_when_registry_comes_up() {
     // Reserve a port for the registry, then free it so nothing listens there yet.
-    let (reserved, registry_addr) = listener().await;
-    drop(reserved);
-    let node = start_node(NodeConfig {
+    let registry_addr = free_addr().await;
+    let node = concord_testkit::node(NodeConfig {
         registry: Some(registry_addr.to_string()),
         ..NodeConfig::default()
     })
@@ -235,27 +182,8 @@ async fn registers_when_registry_comes_up() {
         .expect("serves without a registry");
     assert_eq!(reply.into_inner().label, 0);
 
-    let registry = start_registry_on(registry_addr).await;
+    let registry = concord_testkit::registry_on(registry_addr).await;
     wait_for(registry.addr, |i| i.len() == 1).await;
     node.stop().await;
     registry.stop().await;
-}
-
-async fn start_registry_on(addr: SocketAddr) -> Running<tonic::transport::Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .expect("re-bind reserved port");
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    Running {
-        addr,
-        stop_tx,
-        task,
-    }
 }

@@ -1,7 +1,7 @@
 //! Registry over loopback: leases, watches, restarts and bad input, against a real server
 //! on 127.0.0.1:0.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use concord::{
     discovery::{LeaseKeeper, Registration},
@@ -10,48 +10,12 @@ use concord::{
         ResolveRequest, WatchRequest,
     },
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use concord_testkit::Running;
 use tonic::{transport::Channel, Code};
 
-/// A registry running in this process; dropping it does not stop it, `stop` does.
-struct TestRegistry {
-    addr: SocketAddr,
-    stop_tx: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl TestRegistry {
-    async fn start_on(addr: SocketAddr) -> Self {
-        concord::telemetry::init_for_tests();
-        let listener = TcpListener::bind(addr).await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(concord_registry::serve(
-            concord_registry::Config::default(),
-            listener,
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        Self {
-            addr,
-            stop_tx,
-            task,
-        }
-    }
-
-    async fn start() -> Self {
-        Self::start_on("127.0.0.1:0".parse().expect("addr")).await
-    }
-
-    fn client(&self) -> RegistryClient<Channel> {
-        RegistryClient::new(concord::grpc::lazy_channel(&self.addr.to_string()).expect("channel"))
-    }
-
-    async fn stop(self) {
-        let _ = self.stop_tx.send(());
-        self.task.await.expect("join").expect("serve");
-    }
+/// A client of `registry`.
+fn client(registry: &Running<tonic::transport::Error>) -> RegistryClient<Channel> {
+    RegistryClient::new(registry.channel())
 }
 
 fn register_request(service: &str, address: &str, ttl_ms: u64) -> RegisterRequest {
@@ -66,8 +30,8 @@ fn register_request(service: &str, address: &str, ttl_ms: u64) -> RegisterReques
 /// A lease that is not renewed expires on time, and a watcher sees it come and go.
 #[tokio::test]
 async fn lease_expiry_reaches_watchers() {
-    let registry = TestRegistry::start().await;
-    let mut client = registry.client();
+    let registry = concord_testkit::registry().await;
+    let mut client = client(&registry);
     let mut watch = client
         .watch(WatchRequest {
             service: "predictor".into(),
@@ -118,8 +82,8 @@ async fn lease_expiry_reaches_watchers() {
 /// Deregister removes the instance at once and watchers hear it; metadata changes too.
 #[tokio::test]
 async fn deregister_and_metadata_changes_are_streamed() {
-    let registry = TestRegistry::start().await;
-    let mut client = registry.client();
+    let registry = concord_testkit::registry().await;
+    let mut client = client(&registry);
     let lease = client
         .register(register_request("shop", "127.0.0.1:7002", 10_000))
         .await
@@ -176,7 +140,7 @@ async fn deregister_and_metadata_changes_are_streamed() {
 /// registers again, so the new registry knows it within about one heartbeat.
 #[tokio::test]
 async fn lease_keeper_heals_after_registry_restart() {
-    let registry = TestRegistry::start().await;
+    let registry = concord_testkit::registry().await;
     let addr = registry.addr;
     let mut keeper = LeaseKeeper::spawn(
         &addr.to_string(),
@@ -192,8 +156,8 @@ async fn lease_keeper_heals_after_registry_restart() {
     let first_lease = keeper.lease_id().expect("lease");
     registry.stop().await;
 
-    let restarted = TestRegistry::start_on(addr).await;
-    let mut client = restarted.client();
+    let restarted = concord_testkit::registry_on(addr).await;
+    let mut client = client(&restarted);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let instance = loop {
         let found = client
@@ -235,8 +199,8 @@ async fn lease_keeper_heals_after_registry_restart() {
 /// Bad input gets INVALID_ARGUMENT or NOT_FOUND with a message, never a panic.
 #[tokio::test]
 async fn bad_input_gets_clear_statuses() {
-    let registry = TestRegistry::start().await;
-    let mut client = registry.client();
+    let registry = concord_testkit::registry().await;
+    let mut client = client(&registry);
     let long = "s".repeat(65);
     let cases = [
         (register_request("", "127.0.0.1:1", 5000), "empty"),

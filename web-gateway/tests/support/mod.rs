@@ -1,10 +1,10 @@
-//! The one test harness: an in-process registry and gateway on `127.0.0.1:0`, a fake
-//! aggregator (Predictor + Staking answering from fixed data), and the real shop when a
-//! test needs it. Each server is stopped through a oneshot and joined.
+//! The gateway's layer over the workspace harness (`concord-testkit`): an in-process
+//! registry and gateway on `127.0.0.1:0`, a fake aggregator (Predictor + Staking answering
+//! from fixed data), and the real shop or consensus when a test needs it. Every server is
+//! a [`Running`]: stopped through a oneshot and joined.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -35,57 +35,13 @@ use concord::{
 use concord_web_gateway::{error::ErrorBody, Config};
 use futures::{Stream, StreamExt};
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+pub use concord_testkit::Running;
 use tonic::{Request, Response, Status};
 
 /// How long a test waits for something eventually true (registration, watch propagation).
 pub const DEADLINE: Duration = Duration::from_secs(10);
 /// The oracle token the fake aggregator accepts.
 pub const ORACLE: &str = "test-oracle";
-
-/// A server task and the means to stop it.
-pub struct Running<E> {
-    pub addr: SocketAddr,
-    pub stop_tx: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<Result<(), E>>>,
-}
-
-impl<E: std::fmt::Debug> Running<E> {
-    /// Signals shutdown and waits for the server to return.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(DEADLINE, task)
-                .await
-                .context("server did not stop in time")??;
-            if let Err(err) = result {
-                bail!("server failed: {err:?}");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<E> Running<E> {
-    /// Kills the server without a clean shutdown (no deregistration): a crash, as far as
-    /// its peers can tell.
-    pub fn abort(mut self) {
-        self.stop_tx.take();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl<E> Drop for Running<E> {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.send(());
-        }
-    }
-}
 
 /// Registry + gateway, both on port 0.
 pub struct Harness {
@@ -96,23 +52,8 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Result<Self> {
-        concord::telemetry::init_for_tests();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(concord_registry::serve(
-            concord_registry::Config::default(),
-            listener,
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        let registry = Running {
-            addr,
-            stop_tx: Some(stop_tx),
-            task: Some(task),
-        };
-        let gateway = start_gateway(&addr.to_string()).await?;
+        let registry = concord_testkit::registry().await;
+        let gateway = start_gateway(&registry.addr.to_string()).await?;
         Ok(Self {
             registry,
             gateway,
@@ -158,29 +99,23 @@ impl Harness {
     }
 
     pub async fn stop(self) -> Result<()> {
-        self.gateway.stop().await?;
-        self.registry.stop().await
+        self.gateway.stop().await;
+        self.registry.stop().await;
+        Ok(())
     }
 }
 
 pub async fn start_gateway(registry_addr: &str) -> Result<Running<concord_web_gateway::Error>> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = Config {
         registry_addr: registry_addr.to_owned(),
         body_limit_bytes: 1024,
         cluster_refresh: Duration::from_millis(200),
         ..Config::default()
     };
-    let task = tokio::spawn(concord_web_gateway::serve(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Ok(Running {
-        addr,
-        stop_tx: Some(stop_tx),
-        task: Some(task),
-    })
+    Ok(
+        Running::spawn(|listener, shutdown| concord_web_gateway::serve(config, listener, shutdown))
+            .await,
+    )
 }
 
 /// Reads a JSON error body and checks its status and code.
@@ -390,8 +325,6 @@ pub async fn start_fake_aggregator(name: &str) -> Result<Running<tonic::transpor
 pub async fn start_fake_aggregator_counting(
     name: &str,
 ) -> Result<(Running<tonic::transport::Error>, Arc<AtomicUsize>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let watchers = Arc::new(AtomicUsize::new(0));
     let fake = FakeAggregator {
         name: name.into(),
@@ -401,24 +334,14 @@ pub async fn start_fake_aggregator_counting(
     let router = router
         .add_service(PredictorServer::new(fake.clone()))
         .add_service(StakingServer::new(fake));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord::grpc::serve(router, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Ok((
-        Running {
-            addr,
-            stop_tx: Some(stop_tx),
-            task: Some(task),
-        },
-        watchers,
-    ))
+    let server =
+        Running::spawn(|listener, shutdown| concord::grpc::serve(router, listener, shutdown)).await;
+    Ok((server, watchers))
 }
 
 /// An address nothing listens on: bound, then released.
 pub async fn dead_address() -> Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(listener.local_addr()?.to_string())
+    Ok(concord_testkit::free_addr().await.to_string())
 }
 
 /// Polls `GET path` until it answers something other than a 503, or the deadline passes.
@@ -447,7 +370,7 @@ pub struct TestShop {
 impl TestShop {
     /// Stops the shop, then removes its directory.
     pub async fn stop(self) -> Result<()> {
-        self.server.stop().await?;
+        self.server.stop().await;
         drop(self.dir);
         Ok(())
     }
@@ -464,8 +387,6 @@ pub async fn start_shop_with(
     replication: concord_shop::ReplicationConfig,
 ) -> Result<TestShop> {
     let dir = tempfile::tempdir()?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let config = concord_shop::Config {
         admin_token: ADMIN.into(),
         registry_addr: Some(registry_addr.to_owned()),
@@ -473,18 +394,9 @@ pub async fn start_shop_with(
         replication,
         ..concord_shop::Config::new(dir.path().join("shop"))
     };
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_shop::serve(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Ok(TestShop {
-        server: Running {
-            addr,
-            stop_tx: Some(stop_tx),
-            task: Some(task),
-        },
-        dir,
-    })
+    let server =
+        Running::spawn(|listener, shutdown| concord_shop::serve(config, listener, shutdown)).await;
+    Ok(TestShop { server, dir })
 }
 
 /// The real prediction fleet and aggregator (with a ledger), registered at a registry.
@@ -500,9 +412,9 @@ pub struct TestConsensus {
 impl TestConsensus {
     /// Stops the aggregator, then the nodes.
     pub async fn stop(self) -> Result<()> {
-        self.aggregator.stop().await?;
+        self.aggregator.stop().await;
         for node in self.nodes {
-            node.stop().await?;
+            node.stop().await;
         }
         drop(self.dir);
         Ok(())
@@ -514,36 +426,17 @@ pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsen
     let mut nodes = Vec::new();
     for mut config in concord_node::default_fleet().into_iter().take(n) {
         config.registry = Some(registry_addr.to_owned());
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(concord_node::serve(config, listener, async move {
-            let _ = stop_rx.await;
-        }));
-        nodes.push(Running {
-            addr,
-            stop_tx: Some(stop_tx),
-            task: Some(task),
-        });
+        nodes.push(concord_testkit::node(config).await);
     }
     let dir = tempfile::tempdir()?;
     let config = concord_aggregator::AggregatorConfig::with_ledger(
         registry_addr.to_owned(),
         dir.path().join("ledger"),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(concord_aggregator::serve(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let aggregator = concord_testkit::aggregator(config).await;
     Ok(TestConsensus {
         nodes,
-        aggregator: Running {
-            addr,
-            stop_tx: Some(stop_tx),
-            task: Some(task),
-        },
+        aggregator,
         dir,
     })
 }

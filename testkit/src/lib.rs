@@ -1,0 +1,294 @@
+//! The one test harness of the workspace (STYLE.md §8): servers run in the test's process
+//! on `127.0.0.1:0`, the test reads the bound address, and a guard stops them.
+//!
+//! It exists so that `registry`, `node`, `aggregator` and `web-gateway` stop each carrying
+//! their own copy of "bind, read `local_addr`, spawn `serve` with a oneshot, signal and
+//! join". It is only ever a dev-dependency; it depends on the crates it starts, which cargo
+//! allows because their integration tests link the same (non-test) library it does.
+//!
+//! - [`Running`] is any server spawned on the current runtime: [`Running::stop`] signals
+//!   shutdown and joins it; dropping it only signals, [`Running::abort`] cancels it.
+//! - [`registry`], [`node`] and [`aggregator`] start the real services with it.
+//! - [`NodeProcess`] is a node in its own runtime and thread, so a test can `kill -9` it:
+//!   dropping the runtime closes its sockets and nothing deregisters.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use concord_aggregator::AggregatorConfig;
+use concord_node::NodeConfig;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// How long [`Running::stop`] waits for a server to return after the shutdown signal.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Shortest lease the registry grants; [`registered`] nodes use it so a killed one expires
+/// quickly.
+pub const LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// The shutdown future handed to a server: it completes when its [`Running`] is stopped or
+/// dropped.
+#[derive(Debug)]
+pub struct Shutdown(oneshot::Receiver<()>);
+
+impl Future for Shutdown {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// A server task in this process and the means to stop it.
+///
+/// [`stop`](Running::stop) signals shutdown and joins; dropping the guard only signals
+/// (the server shuts down cleanly in the background); [`abort`](Running::abort) cancels the
+/// task without a clean shutdown.
+#[derive(Debug)]
+pub struct Running<E> {
+    /// The address the server listens on.
+    pub addr: SocketAddr,
+    stop_tx: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), E>>>,
+}
+
+impl<E: Send + 'static> Running<E> {
+    /// Binds `127.0.0.1:0` and spawns `serve(listener, shutdown)` on the current runtime.
+    pub async fn spawn<F>(serve: impl FnOnce(TcpListener, Shutdown) -> F) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        Self::spawn_on(local(), serve).await
+    }
+
+    /// Like [`spawn`](Running::spawn) on a given address, e.g. one from [`free_addr`] or a
+    /// stopped server's, to restart it where its clients expect it.
+    pub async fn spawn_on<F>(
+        addr: SocketAddr,
+        serve: impl FnOnce(TcpListener, Shutdown) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        concord::telemetry::init_for_tests();
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|err| panic!("bind {addr}: {err}"));
+        let addr = listener.local_addr().expect("local addr");
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, Shutdown(stop_rx)));
+        Running {
+            addr,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// A lazy channel to the server.
+    pub fn channel(&self) -> Channel {
+        channel(self.addr)
+    }
+
+    /// Cancels the server without a clean shutdown (no deregistration): a crash, as far as
+    /// its peers can tell.
+    pub fn abort(mut self) {
+        // Cancel first, so the shutdown signal (the sender dropping) is never seen.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.stop_tx.take();
+    }
+}
+
+impl<E: std::fmt::Debug> Running<E> {
+    /// Signals shutdown and joins the server; panics if it fails or does not return
+    /// within [`STOP_DEADLINE`].
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let addr = self.addr;
+            tokio::time::timeout(STOP_DEADLINE, task)
+                .await
+                .unwrap_or_else(|_| panic!("server on {addr} did not stop in time"))
+                .expect("join")
+                .expect("serve");
+        }
+    }
+}
+
+impl<E> Drop for Running<E> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A real registry with the default config on `127.0.0.1:0`.
+pub async fn registry() -> Running<tonic::transport::Error> {
+    registry_on(local()).await
+}
+
+/// A real registry on `addr`: a restart on a stopped registry's address, or a registry
+/// appearing where clients already look.
+pub async fn registry_on(addr: SocketAddr) -> Running<tonic::transport::Error> {
+    Running::spawn_on(addr, |listener, shutdown| {
+        concord_registry::serve(concord_registry::Config::default(), listener, shutdown)
+    })
+    .await
+}
+
+/// A real node on `127.0.0.1:0`, on the test's runtime.
+pub async fn node(config: NodeConfig) -> Running<concord_node::Error> {
+    Running::spawn(|listener, shutdown| concord_node::serve(config, listener, shutdown)).await
+}
+
+/// A real aggregator on `127.0.0.1:0`.
+pub async fn aggregator(config: AggregatorConfig) -> Running<concord_aggregator::Error> {
+    Running::spawn(|listener, shutdown| concord_aggregator::serve(config, listener, shutdown)).await
+}
+
+/// `config` registered at `registry` with the shortest lease ([`LEASE_TTL`]).
+pub fn registered(config: NodeConfig, registry: SocketAddr) -> NodeConfig {
+    NodeConfig {
+        registry: Some(registry.to_string()),
+        lease_ttl: LEASE_TTL,
+        ..config
+    }
+}
+
+/// A node in its own runtime and thread, killable without any clean-up.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The node's id, from its config.
+    pub node_id: String,
+    /// The address the node listens on.
+    pub addr: SocketAddr,
+    kill_tx: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeProcess {
+    /// Starts a node on `127.0.0.1:0` in a runtime of its own; dropping it kills it.
+    pub fn start(config: NodeConfig) -> Self {
+        concord::telemetry::init_for_tests();
+        let std_listener = std::net::TcpListener::bind(local()).expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("local addr");
+        let node_id = config.node_id.clone();
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("node runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                let serve = concord_node::serve(config, listener, std::future::pending());
+                tokio::select! {
+                    result = serve => panic!("node stopped by itself: {result:?}"),
+                    _ = kill_rx => {}
+                }
+            });
+            // Drops every task of the node (connections, lease keeper) without clean-up.
+            runtime.shutdown_background();
+        });
+        NodeProcess {
+            node_id,
+            addr,
+            kill_tx: Some(kill_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The in-process equivalent of `kill -9`.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(kill_tx) = self.kill_tx.take() {
+            let _ = kill_tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("node thread");
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// A lazy channel to `addr`.
+pub fn channel(addr: SocketAddr) -> Channel {
+    concord::grpc::lazy_channel(&addr.to_string()).expect("channel")
+}
+
+/// An address nothing listens on: bound on `127.0.0.1:0`, then released.
+pub async fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind(local()).await.expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+fn local() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that reports on `done` how it ended: `true` after its shutdown signal.
+    async fn watched() -> (Running<std::convert::Infallible>, oneshot::Receiver<bool>) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let server = Running::spawn(|listener, shutdown| async move {
+            let _listener = listener;
+            shutdown.await;
+            let _ = done_tx.send(true);
+            Ok(())
+        })
+        .await;
+        (server, done_rx)
+    }
+
+    /// `stop`, drop and `abort` end the server as documented: joined, signalled, cancelled.
+    #[tokio::test]
+    async fn guard_ends_the_server() {
+        let (server, mut done) = watched().await;
+        assert!(server.addr.ip().is_loopback() && server.addr.port() != 0);
+        server.stop().await;
+        assert_eq!(done.try_recv(), Ok(true), "stop joins after the signal");
+
+        let (server, done) = watched().await;
+        drop(server);
+        assert_eq!(done.await, Ok(true), "drop signals a clean shutdown");
+
+        let (server, done) = watched().await;
+        server.abort();
+        assert!(
+            done.await.is_err(),
+            "abort cancels without a clean shutdown"
+        );
+    }
+
+    /// A freed address can be served again with `spawn_on`, on the very same port.
+    #[tokio::test]
+    async fn spawn_on_reuses_a_free_addr() {
+        let addr = free_addr().await;
+        let registry = registry_on(addr).await;
+        assert_eq!(registry.addr, addr);
+        registry.stop().await;
+    }
+}
