@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README.md, and what .ci/run calls): installs what the tests need
-# when it is missing, then checks formatting, lints, the proto lint, and runs every test.
+# when it is missing, then checks formatting, the proto lint, clippy and rustdoc with
+# warnings as errors, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,9 @@ log "buf lint"
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+log "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 
 log "cargo test"
 cargo test --workspace
