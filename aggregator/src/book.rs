@@ -65,8 +65,13 @@ impl StakeBook {
         &self.recent
     }
 
-    /// Accounts of `node_ids`, in order, opening new ones. Runs on the blocking pool.
+    /// Accounts of `node_ids`, in order, opening new ones. Known accounts are read inline
+    /// (a few reads of sled's in-memory cache, cheaper than a hop to the blocking pool on
+    /// every Predict); opening accounts writes and flushes, so it runs on the blocking pool.
     pub async fn standings(&self, node_ids: Vec<NodeId>) -> Result<Vec<Account>, LedgerError> {
+        if let Some(accounts) = self.ledger.existing_accounts(&node_ids)? {
+            return Ok(accounts);
+        }
         let ledger = self.ledger.clone();
         blocking(move || ledger.ensure_accounts(&node_ids)).await
     }

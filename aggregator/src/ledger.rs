@@ -637,15 +637,8 @@ impl Ledger {
 
     /// The accounts of `node_ids` in order, opening (granting) any that are new.
     pub fn ensure_accounts(&self, node_ids: &[NodeId]) -> Result<Vec<Account>, LedgerError> {
-        let mut out = Vec::with_capacity(node_ids.len());
-        for id in node_ids {
-            match self.account(id)? {
-                Some(a) => out.push(a),
-                None => break,
-            }
-        }
-        if out.len() == node_ids.len() {
-            return Ok(out);
+        if let Some(accounts) = self.existing_accounts(node_ids)? {
+            return Ok(accounts);
         }
         for id in node_ids {
             check_node_id(id)?;
@@ -663,6 +656,22 @@ impl Ledger {
             tracing::info!(node = %e.node_id, stake = e.amount, "stake account opened");
         }
         Ok(accounts)
+    }
+
+    /// Accounts of `node_ids`, in order, when every one of them exists; `None` otherwise.
+    /// Reads only: no transaction, no flush.
+    pub fn existing_accounts(
+        &self,
+        node_ids: &[NodeId],
+    ) -> Result<Option<Vec<Account>>, LedgerError> {
+        let mut out = Vec::with_capacity(node_ids.len());
+        for id in node_ids {
+            match self.account(id)? {
+                Some(a) => out.push(a),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Every account, ordered by node id.
