@@ -319,3 +319,79 @@ async fn terminate(name: &str, child: &mut Child, timeout: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(name: &str, script: &str) -> ChildSpec {
+        ChildSpec {
+            name: name.into(),
+            role: "test".into(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        }
+    }
+
+    fn fast_policy() -> RestartPolicy {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            stable_after: Duration::from_secs(10),
+            max_fast_crashes: 3,
+            stop_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A child that keeps crashing right after start is restarted with backoff, then left
+    /// down as errored after `max_fast_crashes` crashes in a row.
+    #[tokio::test]
+    async fn crash_loop_ends_in_errored() {
+        let child = Supervised::start(shell("crasher", "exit 3"), fast_policy());
+        let err = child
+            .wait_running(Duration::from_secs(10))
+            .await
+            .expect_err("never announces");
+        assert!(err.to_string().contains("failed to start"), "{err}");
+        let status = child.status();
+        assert_eq!(status.state, ChildState::Errored);
+        assert_eq!(status.restarts, 2, "3 crashes = the first run + 2 restarts");
+        child.stop().await;
+    }
+
+    /// A child that announces its address is Running at that address; a crash brings it
+    /// back with a new pid; stop() ends it with SIGTERM.
+    #[tokio::test]
+    async fn announced_child_runs_restarts_and_stops() {
+        let script = "echo 'concord test listening on 127.0.0.1:4242'; \
+                      if [ -e \"$0.crashed\" ]; then exec sleep 30; fi; touch \"$0.crashed\"; exit 1";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = shell("flaky", script);
+        spec.args
+            .push(dir.path().join("marker").to_string_lossy().into_owned());
+        let child = Supervised::start(spec, fast_policy());
+        let addr = child
+            .wait_running(Duration::from_secs(10))
+            .await
+            .expect("announced");
+        assert_eq!(addr, "127.0.0.1:4242".parse::<SocketAddr>().expect("addr"));
+
+        let mut status_rx = child.status_receiver();
+        let restarted = tokio::time::timeout(
+            Duration::from_secs(10),
+            status_rx.wait_for(|s| s.restarts == 1 && s.state == ChildState::Running),
+        )
+        .await
+        .expect("restarted in time")
+        .expect("supervisor alive")
+        .clone();
+        let pid = restarted.pid.expect("running child has a pid");
+
+        child.stop().await;
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| stat.contains(") Z "))
+                .unwrap_or(true);
+        assert!(gone, "child {pid} still running after stop");
+    }
+}

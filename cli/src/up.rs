@@ -320,3 +320,27 @@ async fn announce_restarts(
         let _ = task.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations on the command line: units, default unit, and refusals.
+    #[test]
+    fn parse_duration_table() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("250ms", Some(Duration::from_millis(250))),
+            ("3s", Some(Duration::from_secs(3))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("7", Some(Duration::from_secs(7))),
+            (" 5s ", Some(Duration::from_secs(5))),
+            ("1h", None),
+            ("s", None),
+            ("-1s", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text).ok(), *want, "{text:?}");
+        }
+    }
+}
