@@ -589,12 +589,23 @@ function renderCluster(c) {
       el("td", { "data-testid": "shop-term" }, term),
       el("td", {}, r ? r.mode : "—"),
       el("td", {}, r ? r.last_lsn : "—"),
-      el("td", { "data-testid": "shop-lag" }, !r ? "—" : r.mode === "none" ? "no replica" : `${r.lag_entries} entries / ${r.lag_ms} ms`),
+      el("td", { "data-testid": "shop-lag" }, shopLag(r)),
       el("td", { title: s.error || "" }, r ? (r.peer_connected ? "connected" : "disconnected") : `unreachable: ${s.error || ""}`)));
   }
   if (c.shops.length === 0) {
     shops.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No shop registered.")));
   }
+}
+
+// What the lag column says: a primary with no replica connected has nothing to lag
+// behind, so its unacknowledged entries are shown as waiting for a replica instead.
+function shopLag(r) {
+  if (!r) return "—";
+  if (r.mode === "none") return "no replica";
+  if (r.role === "primary" && !r.peer_connected) {
+    return r.lag_entries > 0 ? `no replica connected (${r.lag_entries} entries waiting)` : "no replica connected";
+  }
+  return `${r.lag_entries} entries / ${r.lag_ms} ms`;
 }
 
 // ------------------------------------------------------------------ live events
