@@ -1,24 +1,24 @@
-//! Group commit: many acknowledged writes share one fsync.
+//! Group commit for direct `Store::transact` callers: many writes share one fsync.
 //!
-//! A writer commits its sled transaction, then registers its LSN here and awaits a
-//! ticket. One dedicated flusher thread takes every registered waiter, calls
-//! `Db::flush` once (write + fsync of everything committed so far), and completes the
-//! whole batch. Writers that register while a flush runs wait for the next one, so under
-//! load each fsync covers every writer that arrived during the previous fsync.
+//! Two paths make writes durable:
+//! - The shop's request path goes through the writer thread in `shop`, which runs a batch
+//!   of transactions back to back, flushes once itself (`Store::flush_through`) and then
+//!   replies to the whole batch. That is the hot path; it only uses this module's
+//!   counters and [`GroupCommit::mark_durable`].
+//! - Every other caller of `Store::transact` (the replica applying the WAL, tools, unit
+//!   tests) registers its LSN here and awaits a [`Ticket`]. One dedicated flusher thread
+//!   takes every registered waiter, calls `Db::flush` once, and completes the batch.
 //!
-//! Why a thread of our own instead of one `flush_async` per write: in sled 0.34 a flush
-//! holds the read side of sled's process-wide concurrency lock while it fsyncs, and
-//! every transaction needs the write side, so commits stall during a flush. Issuing one
-//! flush per write would make every writer pay for several fsyncs. With one flusher the
-//! pattern is "flush, then let the queued commits through in a burst, then flush them
-//! all" — see the measurements in the crate README.
+//! Why not `flush_async` per write: in sled 0.34 a flush holds the read side of sled's
+//! process-wide concurrency lock while it fsyncs, and every transaction needs the write
+//! side, so commits stall during a flush; one flush per write would make every writer pay
+//! for several fsyncs. Batching is what makes durable writes cheap (see the README for
+//! the measurements).
 //!
-//! To catch the burst, the flusher lingers while writers are still between "transaction
-//! started" and "registered" ([`GroupCommit::begin`] counts them) *and* registrations keep
-//! arriving: it flushes as soon as nobody is in flight, or no writer registered for
-//! [`LINGER_GAP`], or the configured linger (default [`DEFAULT_LINGER`]) has passed. With a single writer there is nothing to
-//! wait for and the flush starts at once; under steady load the flush starts when the
-//! burst of commits that queued up behind the previous fsync has drained.
+//! The flusher lingers while writers are between "transaction started" and "registered"
+//! ([`GroupCommit::begin`] counts them) *and* registrations keep arriving: it flushes as
+//! soon as nobody is in flight, or no writer registered for [`LINGER_GAP`], or the
+//! configured linger (default [`DEFAULT_LINGER`]) has passed.
 //!
 //! Invariants:
 //! - A ticket completes `Ok` only after a flush that *started after* the writer's commit

@@ -4,18 +4,22 @@
 //! A request walks through:
 //! 1. `service` (tonic) converts the request (`convert`), checks the admin token for
 //!    product mutations and asks `replication` whether this process takes writes;
-//! 2. `shop` runs the domain operation (`catalog`, `cart`, `order`) on the blocking pool;
+//! 2. `shop` queues the domain operation (`catalog`, `cart`, `order`) for its single
+//!    writer thread (reads run on the blocking pool);
 //! 3. the operation validates its input (`validate`, `keys`) *before* touching storage,
 //!    then runs ONE `store` transaction, which records every put/delete into a `wal`
 //!    entry and allocates the next gap-free LSN in the same transaction;
-//! 4. `group_commit` makes it durable: one fsync covers every writer that committed
-//!    meanwhile;
+//! 4. the writer flushes once per batch (group commit: one fsync covers every write
+//!    queued meanwhile) and only then replies; other `transact` callers use the
+//!    `group_commit` flusher;
 //! 5. `replication` completes it per mode (sync waits for the replica's ack) and the reply
 //!    carries `WriteInfo { lsn, replicated, degraded, term }`.
 //!
 //! Failure behaviour: a rejected request changes nothing; a crash loses no acknowledged
 //! write and never leaves half an order (sled recovers transactions atomically). See each
-//! module's docs for its invariants. Non-goals: multi-replica quorums, WAL trimming.
+//! module's docs for its invariants; `replication` states what each mode promises, the
+//! failover timing, the split-brain fence and the WAL trimming rule. Non-goals:
+//! multi-replica quorums.
 
 mod cart;
 mod catalog;
@@ -111,6 +115,11 @@ impl Config {
         if self.replication.sync_timeout.is_zero() {
             return Err(ShopError::invalid("the sync timeout must be positive"));
         }
+        if self.replication.wal_retain == Some(0) {
+            return Err(ShopError::invalid(
+                "the WAL retention must keep at least 1 entry",
+            ));
+        }
         if let Some(primary) = &self.replication.primary_addr {
             if primary.trim().is_empty() {
                 return Err(ShopError::invalid(
@@ -146,16 +155,24 @@ pub async fn serve(
     if config.admin_token == concord::config::DEV_ADMIN_TOKEN {
         tracing::warn!("shop runs with the development admin token; set CONCORD_ADMIN_TOKEN");
     }
+    let replication = fence(&config, &store, &address).await?;
+    let fenced = replication.primary_addr.as_deref() == Some("");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let replicator = Replicator::new(
         Arc::clone(&store),
-        config.replication.clone(),
+        replication,
         address.clone(),
         stop_rx.clone(),
     );
     let mut tasks = vec![tokio::spawn(replication::run_follower(Arc::clone(
         &replicator,
     )))];
+    if let Some(retain) = config.replication.wal_retain {
+        tasks.push(tokio::spawn(replication::run_wal_trimmer(
+            Arc::clone(&replicator),
+            retain,
+        )));
+    }
 
     let keeper = match &config.registry_addr {
         Some(registry) => {
@@ -172,6 +189,13 @@ pub async fn serve(
                 registry.clone(),
                 SERVICE_NAME.to_string(),
             )));
+            if fenced {
+                tasks.push(tokio::spawn(replication::run_fence(
+                    Arc::clone(&replicator),
+                    registry.clone(),
+                    SERVICE_NAME.to_string(),
+                )));
+            }
             Some(Arc::new(keeper))
         }
         None => None,
@@ -236,6 +260,36 @@ pub async fn serve(
     served.map_err(|e| ShopError::Unavailable(format!("gRPC server: {e}")))
 }
 
+/// The split-brain fence (see `replication`, "Fence"): a process configured as primary
+/// with a registry asks the registry before taking any write. A registered primary with
+/// a higher term than our stored one → start as its replica (adopting its term); no
+/// answer → start fenced (`primary_addr = Some("")`: a replica of nobody, refusing
+/// writes) and let `run_fence` retry; otherwise start as primary. Returns the replication
+/// settings to start with.
+async fn fence(config: &Config, store: &Arc<Store>, address: &str) -> Result<ReplicationConfig> {
+    let mut replication = config.replication.clone();
+    let Some(registry) = &config.registry_addr else {
+        return Ok(replication);
+    };
+    if replication.primary_addr.is_some() {
+        return Ok(replication);
+    }
+    match replication::check_fence(registry, SERVICE_NAME, address, store.term()).await {
+        replication::Fence::Clear => {}
+        replication::Fence::Follow { primary, term } => {
+            tracing::warn!(%primary, term, our_term = store.term(), "a newer primary is registered; starting as its replica");
+            let s = Arc::clone(store);
+            tokio::task::spawn_blocking(move || s.set_term(term)).await??;
+            replication.primary_addr = Some(primary);
+        }
+        replication::Fence::Unknown => {
+            tracing::warn!(%registry, "registry unreachable; refusing writes until it answers");
+            replication.primary_addr = Some(String::new());
+        }
+    }
+    Ok(replication)
+}
+
 /// Longest time shutdown waits for the last in-flight users of the store (replication
 /// stream tasks winding down after the stop signal).
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -284,6 +338,10 @@ mod tests {
             (
                 "zero sync timeout",
                 Box::new(|c| c.replication.sync_timeout = Duration::ZERO),
+            ),
+            (
+                "zero WAL retention",
+                Box::new(|c| c.replication.wal_retain = Some(0)),
             ),
             (
                 "empty primary",

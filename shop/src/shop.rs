@@ -70,9 +70,15 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<WriteJob>) {
         let mut max_lsn = None;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            let (lsn, completion) = job(store);
-            max_lsn = max_lsn.max(lsn);
-            completions.push(completion);
+            // A panicking write (a bug) must not take the writer down with it: its caller
+            // sees its reply channel dropped (Unavailable) and the writer carries on.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(store))) {
+                Ok((lsn, completion)) => {
+                    max_lsn = max_lsn.max(lsn);
+                    completions.push(completion);
+                }
+                Err(_) => tracing::error!("a shop write panicked; its caller gets an error"),
+            }
             if completions.len() < MAX_WRITE_BATCH {
                 next = write_rx.try_recv().ok();
             }
@@ -85,11 +91,7 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<WriteJob>) {
             tracing::error!(error = %e, batch = completions.len(), "batch flush failed");
         }
         for completion in completions.drain(..) {
-            completion(
-                flushed
-                    .clone()
-                    .map_err(|e| ShopError::Unavailable(format!("flush failed: {e}"))),
-            );
+            completion(flushed.clone());
         }
     }
 }

@@ -18,7 +18,9 @@
 //!
 //! **Durability.** `transact` returns a [`Committed`] holding a group-commit ticket; the
 //! write is acknowledged only after awaiting it ([`Committed::durable`]), i.e. after an
-//! fsync that started after the commit. sled recovers transactions atomically, so after
+//! fsync that started after the commit. A thread that flushes its own batches (the shop
+//! writer, see `shop`) gets ready tickets instead and must call [`Store::flush_through`]
+//! before reporting any of them. sled recovers transactions atomically, so after
 //! a crash either all of a write (data + WAL entry + LSN) is there or none of it.
 //!
 //! **Replication hooks.** [`Store::apply_wal_entry`] applies a primary's entry on a
@@ -251,7 +253,9 @@ impl Store {
     where
         F: Fn(&Tx<'_>) -> TxResult<T>,
     {
-        let in_flight = self.group.begin();
+        let own_flush = FLUSHES_OWN_BATCHES.with(Cell::get);
+        // Only writers that will wait on the flusher need it to linger for them.
+        let in_flight = (!own_flush).then(|| self.group.begin());
         let now_ms = now_unix_ms();
         let term = self.term();
         let result = self.trees.as_slice().transaction(|views| {
@@ -278,7 +282,7 @@ impl Store {
                     }
                     newer
                 });
-                if FLUSHES_OWN_BATCHES.with(Cell::get) {
+                if own_flush {
                     // The calling thread flushes before it reports anything (shop writer).
                     Ticket::Ready
                 } else {
@@ -371,6 +375,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes the WAL entries with LSN < `below` (at most `max` of them, oldest first) and
+    /// returns how many went. The last entry is never deleted (`below` is capped at
+    /// `last_lsn`), so the WAL always ends at `last_lsn` as `open` checks. Not flushed: the
+    /// deletions become durable with the next group commit; a crash before that only
+    /// brings trimmed entries back, which is harmless.
+    pub fn trim_wal(&self, below: Lsn, max: usize) -> Result<usize> {
+        let below = below.min(self.last_lsn()?);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.wal().range(..below.to_be_bytes()).take(max) {
+            let (key, _) = item?;
+            batch.remove(key);
+            n += 1;
+        }
+        if n > 0 {
+            self.wal().apply_batch(batch)?;
+        }
+        Ok(n)
+    }
+
     /// LSN of the oldest WAL entry still stored (`None` when the WAL is empty).
     pub fn first_wal_lsn(&self) -> Result<Option<Lsn>> {
         match self.wal().first()? {
@@ -425,6 +449,32 @@ impl Store {
         self.group.reset_durable(lsn);
         self.committed_tx.send_replace(lsn);
         Ok(())
+    }
+
+    /// SHA-256 (hex) over every key/value of the six data trees, in tree then key order,
+    /// each field length-prefixed. Two stores with the same digest hold byte-identical data;
+    /// the `wal` and `meta` trees are per store and left out (a snapshotted replica's WAL
+    /// legitimately differs). Tests compare a primary and its replica with it.
+    pub fn digest(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for name in TreeName::ALL {
+            let tree_name = name.as_str().as_bytes();
+            hasher.update((tree_name.len() as u64).to_be_bytes());
+            hasher.update(tree_name);
+            for item in self.tree(name).iter() {
+                let (k, v) = item?;
+                hasher.update((k.len() as u64).to_be_bytes());
+                hasher.update(&k);
+                hasher.update((v.len() as u64).to_be_bytes());
+                hasher.update(&v);
+            }
+        }
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 
     /// Every key/value of every data tree, in tree then key order (snapshots and tests).
@@ -695,6 +745,9 @@ mod tests {
             assert_eq!(again.value, Applied::Skipped(e.lsn));
         }
         assert_eq!(replica.dump().unwrap(), primary.dump().unwrap());
+        assert_eq!(replica.digest().unwrap(), primary.digest().unwrap());
+        let (_d3, empty) = temp_store();
+        assert_ne!(replica.digest().unwrap(), empty.digest().unwrap());
         assert_eq!(replica.wal_since(0, 100).unwrap(), entries);
         assert_eq!(replica.last_lsn().unwrap(), 3);
     }
@@ -735,6 +788,33 @@ mod tests {
         assert_eq!(target.dump().unwrap(), source.dump().unwrap());
         assert_eq!(target.last_lsn().unwrap(), 2);
         assert_eq!(target.durable_lsn(), 2);
+    }
+
+    /// Trimming deletes only entries below the bound, never the last one, and the store
+    /// reopens consistently afterwards.
+    #[test]
+    fn trim_wal_keeps_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path().join("db"));
+        {
+            let store = Store::open(&config).unwrap();
+            for i in 0..10u8 {
+                put(&store, &[i], b"v").unwrap();
+            }
+            assert_eq!(store.trim_wal(4, 2).unwrap(), 2, "at most `max` per call");
+            assert_eq!(store.first_wal_lsn().unwrap(), Some(3));
+            assert_eq!(store.trim_wal(4, 100).unwrap(), 1);
+            assert_eq!(store.trim_wal(4, 100).unwrap(), 0);
+            assert_eq!(store.trim_wal(u64::MAX, 100).unwrap(), 6, "keeps LSN 10");
+            assert_eq!(store.first_wal_lsn().unwrap(), Some(10));
+            assert_eq!(store.term_at(10).unwrap(), Some(1));
+            assert_eq!(store.term_at(9).unwrap(), None);
+            assert_eq!(put(&store, b"x", b"v").unwrap(), Some(11));
+            assert_eq!(store.wal_since(0, 10).unwrap().len(), 2);
+        }
+        let store = Store::open(&config).unwrap();
+        assert_eq!(store.last_lsn().unwrap(), 11);
+        assert_eq!(store.first_wal_lsn().unwrap(), Some(10));
     }
 
     /// Data, LSN and term survive a close and reopen.

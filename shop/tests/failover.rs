@@ -1,5 +1,7 @@
 //! Registry-driven failover: the replica promotes itself when the primary's registration
-//! disappears, and a restarted old primary that sees the higher term steps down and follows.
+//! disappears, and a restarted old primary that sees the higher term steps down and follows
+//! without ever accepting a write (the fence); a primary that cannot reach the registry
+//! refuses writes until it can.
 
 mod harness;
 
@@ -100,6 +102,21 @@ async fn replica_takes_over_and_old_primary_follows() {
 
     // The old primary comes back (configured as a primary, term 1), sees term 2, follows.
     let old = start(&dir.path().join("a"), with_registry).await;
+    // The fence: it asked the registry before serving, so even its very first write is
+    // refused, naming the new primary.
+    let refused = old
+        .client()
+        .create_product(harness::admin(harness::new_product("Split brain", 1, 1)))
+        .await
+        .expect_err("the restarted old primary accepted a write");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused
+            .metadata()
+            .get(concord_shop::PRIMARY_HINT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some(replica_addr.as_str())
+    );
     assert!(
         eventually(WAIT, || async {
             let s = status(&old).await;
@@ -132,6 +149,50 @@ async fn replica_takes_over_and_old_primary_follows() {
 
     old.stop().await;
     replica.stop().await;
+    let _ = stop_registry.send(());
+    registry_task.await.unwrap().unwrap();
+}
+
+/// The fence when the registry does not answer: a process configured as primary refuses
+/// writes (FAILED_PRECONDITION) until the registry answers, then takes them (same term).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_refuses_writes_until_the_registry_answers() {
+    concord::telemetry::init_for_tests();
+    // Bound but not yet served: connections hang, so the startup lookup times out.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = start(&dir.path().join("a"), |c| {
+        c.registry_addr = Some(registry.clone());
+        c.lease_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let mut p = primary.client();
+    let refused = p
+        .create_product(harness::admin(harness::new_product("Too early", 1, 1)))
+        .await
+        .expect_err("wrote without knowing whether a newer primary exists");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status(&primary).await.role, pb::Role::Replica as i32);
+
+    let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry_task = tokio::spawn(concord_registry::serve(
+        concord_registry::Config::default(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    assert!(
+        eventually(WAIT, || async {
+            let s = status(&primary).await;
+            s.role == pb::Role::Primary as i32 && s.term == 1
+        })
+        .await,
+        "the fence was not lifted once the registry answered"
+    );
+    create(&mut p, "Now", 1, 1).await;
+    primary.stop().await;
     let _ = stop_registry.send(());
     registry_task.await.unwrap().unwrap();
 }

@@ -330,3 +330,130 @@ async fn diverged_old_primary_gets_snapshot() {
     old.stop().await;
     new_primary.stop().await;
 }
+
+/// Opens a stopped shop's store: (first WAL LSN, last LSN, data digest).
+async fn inspect(dir: std::path::PathBuf) -> (Option<u64>, u64, String) {
+    tokio::task::spawn_blocking(move || {
+        let store = concord_shop::Store::open(&concord_shop::StoreConfig::new(dir)).unwrap();
+        (
+            store.first_wal_lsn().unwrap(),
+            store.last_lsn().unwrap(),
+            store.digest().unwrap(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// `wal_retain`: the primary never trims the entry its replica acked, so a replica that
+/// was away resumes from its LSN; once the replica acked everything the WAL shrinks to
+/// the last `wal_retain` entries, and a fresh replica whose wanted LSN is gone gets a
+/// snapshot and converges to identical data. (Each primary stop runs a final trim pass,
+/// which makes the trimmed point deterministic.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_trimming_respects_the_replica_and_falls_back_to_a_snapshot() {
+    const RETAIN: u64 = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let (p_dir, r_dir, fresh_dir) = (
+        dir.path().join("primary"),
+        dir.path().join("replica"),
+        dir.path().join("fresh"),
+    );
+    let start_primary = || {
+        start(&p_dir, |c| {
+            c.replication.mode = ReplicationMode::Async;
+            c.replication.wal_retain = Some(RETAIN);
+        })
+    };
+    async fn start_replica(dir: &std::path::Path, primary: &TestShop) -> TestShop {
+        let primary = primary.addr.to_string();
+        start(dir, |c| {
+            // No trimming of its own: its WAL then tells whether it got a snapshot.
+            c.replication.primary_addr = Some(primary);
+        })
+        .await
+    }
+    let create_n = |shop: &TestShop, from: usize, n: usize| {
+        let mut c = shop.client();
+        async move {
+            for i in from..from + n {
+                create(&mut c, &format!("Item {i}"), 100, 1).await;
+            }
+        }
+    };
+    let acked_all = |primary: &TestShop| {
+        let primary = primary.replication();
+        eventually(CATCH_UP, move || {
+            let mut primary = primary.clone();
+            async move {
+                primary
+                    .get_replication_status(pb::GetReplicationStatusRequest {})
+                    .await
+                    .is_ok_and(|s| s.into_inner().lag_entries == 0)
+            }
+        })
+    };
+
+    // 1. The replica acks 20 entries and goes away; 40 more are written.
+    let primary = start_primary().await;
+    let replica = start_replica(&r_dir, &primary).await;
+    create_n(&primary, 0, 20).await;
+    assert!(caught_up(&primary, &replica).await);
+    assert!(acked_all(&primary).await);
+    let acked = primary.last_lsn().await;
+    replica.stop().await;
+    create_n(&primary, 20, 40).await;
+    primary.stop().await;
+    let (first, last, _) = inspect(p_dir.clone()).await;
+    assert_eq!(
+        first,
+        Some(acked),
+        "trimmed below the acked LSN, not past it"
+    );
+    assert_eq!(last, acked + 40);
+
+    // 2. The replica resumes from its LSN (its WAL still starts at 1: no snapshot).
+    let primary = start_primary().await;
+    let replica = start_replica(&r_dir, &primary).await;
+    assert!(caught_up(&primary, &replica).await);
+    assert!(acked_all(&primary).await);
+    replica.stop().await;
+    primary.stop().await;
+    let (first, _, _) = inspect(r_dir.clone()).await;
+    assert_eq!(first, Some(1), "the replica resumed without a snapshot");
+    let (first, last, _) = inspect(p_dir.clone()).await;
+    assert_eq!(
+        first,
+        Some(last - RETAIN + 1),
+        "all acked: the last {RETAIN} kept"
+    );
+
+    // 3. A fresh replica wants LSN 1, which is gone: snapshot, then the stream.
+    let primary = start_primary().await;
+    let fresh = start_replica(&fresh_dir, &primary).await;
+    assert!(caught_up(&primary, &fresh).await);
+    create_n(&primary, 60, 5).await;
+    assert!(caught_up(&primary, &fresh).await);
+    let page = fresh
+        .client()
+        .list_products(pb::ListProductsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.products.len(), 65);
+    fresh.stop().await;
+    primary.stop().await;
+    let (p_first, p_last, p_digest) = inspect(p_dir).await;
+    let (f_first, f_last, f_digest) = inspect(fresh_dir).await;
+    assert_eq!(f_last, p_last);
+    assert_eq!(f_digest, p_digest, "identical data after snapshot + stream");
+    assert_eq!(
+        f_first,
+        Some(p_last - 4),
+        "the fresh replica's WAL starts after its snapshot"
+    );
+    assert!(p_first > Some(1));
+}

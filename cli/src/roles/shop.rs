@@ -43,6 +43,11 @@ pub struct Args {
     /// Stable id of this process as a replica.
     #[arg(long)]
     pub replica_id: Option<String>,
+    /// Trim the WAL, keeping at least the last N entries and never an entry the replica
+    /// has not acked yet (default: never trim; a replica that falls behind the trimmed
+    /// part gets a snapshot).
+    #[arg(long, env = "CONCORD_SHOP_WAL_RETAIN")]
+    pub wal_retain: Option<u64>,
     /// Lease TTL in the registry (failover happens about one TTL after a primary dies).
     #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
     pub lease_ttl: Duration,
@@ -65,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.replication.on_replica_loss = args.on_replica_loss;
     config.replication.sync_timeout = args.sync_timeout;
     config.replication.primary_addr = args.replica_of;
+    config.replication.wal_retain = args.wal_retain;
     if let Some(id) = args.replica_id {
         config.replication.replica_id = id;
     }

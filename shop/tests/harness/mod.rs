@@ -1,5 +1,5 @@
-//! The one test harness: a shop served on 127.0.0.1:0 over a fresh temp dir, stopped
-//! through a oneshot and joined on drop of [`TestShop::stop`].
+//! The one test harness: a shop served on 127.0.0.1:0 over a fresh temp dir; the test
+//! stops it through a oneshot and joins `serve` with [`TestShop::stop`].
 
 #![allow(dead_code)] // each test binary uses a different subset
 
