@@ -7,7 +7,10 @@
 //! reopened with capped exponential backoff. While the registry is unreachable a watcher
 //! keeps the last set it saw (stale but usable) rather than emptying it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     sync::{oneshot, watch},
@@ -46,6 +49,7 @@ pub struct LeaseKeeper {
     stop_tx: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     lease_rx: watch::Receiver<Option<String>>,
+    valid_until_rx: watch::Receiver<Option<Instant>>,
 }
 
 impl LeaseKeeper {
@@ -57,12 +61,16 @@ impl LeaseKeeper {
         let channel = crate::grpc::lazy_channel(registry_addr)?;
         let (metadata_tx, metadata_rx) = watch::channel(registration.metadata.clone());
         let (lease_tx, lease_rx) = watch::channel(None);
+        let (valid_until_tx, valid_until_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(keep_alive_loop(
             RegistryClient::new(channel),
             registration,
             metadata_rx,
-            lease_tx,
+            LeaseState {
+                lease_tx,
+                valid_until_tx,
+            },
             stop_rx,
         ));
         Ok(Self {
@@ -70,6 +78,7 @@ impl LeaseKeeper {
             stop_tx: Some(stop_tx),
             task: Some(task),
             lease_rx,
+            valid_until_rx,
         })
     }
 
@@ -81,6 +90,17 @@ impl LeaseKeeper {
     /// The current lease, if registered.
     pub fn lease_id(&self) -> Option<String> {
         self.lease_rx.borrow().clone()
+    }
+
+    /// Until when the registry is certain to hold the lease: the time the last successful
+    /// Register/KeepAlive was *sent* plus the TTL (the registry set its expiry after it
+    /// received the call, so no later). `None` while unregistered or after `NOT_FOUND`.
+    ///
+    /// A process whose authority depends on its lease (a shop primary) must stop acting
+    /// on it before this instant: after it, the registry may have expired the lease and
+    /// handed the role to someone else.
+    pub fn lease_validity(&self) -> watch::Receiver<Option<Instant>> {
+        self.valid_until_rx.clone()
     }
 
     /// Waits until the first registration succeeded or `timeout` passed.
@@ -111,11 +131,28 @@ impl Drop for LeaseKeeper {
     }
 }
 
+/// What the keep-alive task publishes about its lease.
+struct LeaseState {
+    lease_tx: watch::Sender<Option<String>>,
+    valid_until_tx: watch::Sender<Option<Instant>>,
+}
+
+impl LeaseState {
+    fn renewed(&self, sent: Instant, ttl: Duration) {
+        self.valid_until_tx.send_replace(Some(sent + ttl));
+    }
+
+    fn lost(&self) {
+        self.lease_tx.send_replace(None);
+        self.valid_until_tx.send_replace(None);
+    }
+}
+
 async fn keep_alive_loop(
     mut client: RegistryClient<Channel>,
     registration: Registration,
     mut metadata_rx: watch::Receiver<HashMap<String, String>>,
-    lease_tx: watch::Sender<Option<String>>,
+    state: LeaseState,
     mut stop_rx: oneshot::Receiver<()>,
 ) {
     let renew_every = registration.ttl / 3;
@@ -130,6 +167,7 @@ async fn keep_alive_loop(
                 metadata,
                 ttl_ms: u64::try_from(registration.ttl.as_millis()).unwrap_or(u64::MAX),
             };
+            let sent = Instant::now();
             let result = tokio::select! {
                 r = tokio::time::timeout(CALL_TIMEOUT, client.register(request)) => r,
                 _ = &mut stop_rx => return,
@@ -139,7 +177,8 @@ async fn keep_alive_loop(
                     let lease_id = reply.into_inner().lease_id;
                     tracing::info!(service = %registration.service, address = %registration.address, lease = %lease_id, "registered");
                     lease = Some(lease_id.clone());
-                    lease_tx.send_replace(Some(lease_id));
+                    state.lease_tx.send_replace(Some(lease_id));
+                    state.renewed(sent, registration.ttl);
                     backoff = MIN_BACKOFF;
                 }
                 Ok(Err(status)) => {
@@ -180,12 +219,13 @@ async fn keep_alive_loop(
             lease_id: lease_id.clone(),
             metadata: metadata.map(|entries| Metadata { entries }),
         };
+        let sent = Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, client.keep_alive(request)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => state.renewed(sent, registration.ttl),
             Ok(Err(status)) if status.code() == Code::NotFound => {
                 tracing::info!(service = %registration.service, "lease unknown to the registry (restart or expiry); registering again");
                 lease = None;
-                lease_tx.send_replace(None);
+                state.lost();
             }
             Ok(Err(status)) => {
                 tracing::warn!(service = %registration.service, %status, "keep-alive failed")

@@ -66,6 +66,9 @@ pub use wal::{Lsn, Mutation, TreeName, WalEntry};
 /// Name the shop registers under in the registry.
 pub const SERVICE_NAME: &str = "shop";
 
+/// Longest start-up wait for the first registration (writes need the lease).
+const REGISTER_WAIT: Duration = Duration::from_secs(1);
+
 /// Settings of one shop process (primary or replica).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -182,8 +185,15 @@ pub async fn serve(
                 metadata: replicator.registry_metadata(),
                 ttl: config.lease_ttl,
             };
-            let keeper = concord::discovery::LeaseKeeper::spawn(registry, registration)
+            let mut keeper = concord::discovery::LeaseKeeper::spawn(registry, registration)
                 .map_err(|e| ShopError::Unavailable(format!("registry {registry}: {e}")))?;
+            replicator.guard_with_lease(keeper.lease_validity(), config.lease_ttl / 4);
+            // Serve with the lease already held when the registry answers, so the first
+            // writes are not refused by the lease guard; a registry that is down delays
+            // start-up by at most this, and writes wait for the lease.
+            if !keeper.wait_registered(REGISTER_WAIT).await {
+                tracing::warn!(%registry, "not registered yet; writes wait for the lease");
+            }
             tasks.push(tokio::spawn(replication::run_failover_watch(
                 Arc::clone(&replicator),
                 registry.clone(),

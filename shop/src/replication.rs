@@ -57,10 +57,18 @@
 //! supervisor after a failover never takes a write in the old term. Remaining window (not
 //! closed, documented): a *live* primary whose lease lapses (starved for a whole TTL, or
 //! cut off from the registry) keeps taking writes until it sees the higher term; in `sync`
-//! with `fail` they cannot be acknowledged (the promoted replica no longer acks), in
-//! `async`/`degrade` they are acknowledged and later discarded when it rejoins. Closing it
-//! needs the primary to stop writing when it cannot renew its lease (a lease check in
-//! `check_writable`), which we have not built.
+//! with `fail` they could not be acknowledged anyway (the promoted replica no longer acks).
+//!
+//! **Lease guard (live split brain).** That window is closed by the lease itself: a primary
+//! in `sync`/`async` mode with a registry accepts a write only while its lease is certainly
+//! held — the last successful Register/KeepAlive was *sent* less than TTL − margin ago
+//! (margin = TTL/4; `concord::discovery::LeaseKeeper::lease_validity`). The registry set the
+//! lease's expiry no earlier than that send + TTL, and the replica promotes only after the
+//! expiry, so every write this primary acknowledges was accepted before any promotion could
+//! happen. A primary that is starved or cut off from the registry therefore refuses writes
+//! (UNAVAILABLE) within TTL − margin, before its replica takes over. The price: writes pause
+//! while the registry is unreachable for longer than TTL − margin (the supervisor restarts
+//! a dead registry in ~100 ms and keepers re-register at once, well within it).
 //!
 //! **WAL trimming** (`--wal-retain N`, off by default: the WAL grows). A trimmer task
 //! deletes entries with LSN < floor every [`WAL_TRIM_INTERVAL`] and once at shutdown,
@@ -226,6 +234,17 @@ pub struct Replicator {
     primary_last_lsn: AtomicU64,
     stream_generation: AtomicU64,
     stop_rx: watch::Receiver<bool>,
+    /// The primary's registry lease, once registered: writes stop before it may expire.
+    lease: std::sync::OnceLock<LeaseGuard>,
+}
+
+/// How a primary knows its lease is still certainly held (see "Lease guard" above).
+struct LeaseGuard {
+    /// Until when the registry certainly holds the lease (`None`: not held).
+    valid_until: watch::Receiver<Option<std::time::Instant>>,
+    /// Writes stop this long before `valid_until`, so an acknowledged write always lands
+    /// before the replica can be promoted.
+    margin: Duration,
 }
 
 impl Replicator {
@@ -252,7 +271,47 @@ impl Replicator {
             primary_last_lsn: AtomicU64::new(0),
             stream_generation: AtomicU64::new(0),
             stop_rx,
+            lease: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes writes depend on the registry lease: from now on the primary refuses writes
+    /// (UNAVAILABLE) unless `valid_until` is more than `margin` away. Set once, at start-up;
+    /// only when a replica may be promoted (mode sync or async).
+    pub fn guard_with_lease(
+        &self,
+        valid_until: watch::Receiver<Option<std::time::Instant>>,
+        margin: Duration,
+    ) {
+        if self.config.mode == ReplicationMode::None {
+            return;
+        }
+        if self
+            .lease
+            .set(LeaseGuard {
+                valid_until,
+                margin,
+            })
+            .is_err()
+        {
+            tracing::warn!("lease guard already set; keeping the first");
+        }
+    }
+
+    /// `Ok` unless a lease guard is set and the lease may be about to expire.
+    fn check_lease(&self) -> Result<()> {
+        let Some(guard) = self.lease.get() else {
+            return Ok(());
+        };
+        match *guard.valid_until.borrow() {
+            Some(until) if std::time::Instant::now() + guard.margin < until => Ok(()),
+            _ => Err(ShopError::Unavailable(
+                "this primary cannot confirm its registry lease (registry unreachable or lease lost); \
+                 writes are refused until it renews it, so that a replica promoted meanwhile can never \
+                 diverge from acknowledged writes"
+                    .into(),
+            )),
+        }
     }
 
     /// Current role.
@@ -280,7 +339,7 @@ impl Replicator {
     /// `Ok` on the primary; `NotPrimary(primary address)` on a replica.
     pub fn check_writable(&self) -> Result<()> {
         match self.role() {
-            Role::Primary => Ok(()),
+            Role::Primary => self.check_lease(),
             Role::Replica(primary) => Err(ShopError::NotPrimary(primary)),
         }
     }

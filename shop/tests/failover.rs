@@ -196,3 +196,76 @@ async fn primary_refuses_writes_until_the_registry_answers() {
     let _ = stop_registry.send(());
     registry_task.await.unwrap().unwrap();
 }
+
+/// The lease guard: a primary that can no longer renew its registry lease (here: the
+/// registry is gone) refuses writes with UNAVAILABLE before the lease could expire — so a
+/// replica promoted meanwhile never misses an acknowledged write — and takes writes again
+/// once it holds a lease from the restarted registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_stops_writing_before_its_lease_can_expire() {
+    concord::telemetry::init_for_tests();
+    let serve_registry = |listener: tokio::net::TcpListener| {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(concord_registry::serve(
+            concord_registry::Config::default(),
+            listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        (stop_tx, task)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_addr = listener.local_addr().unwrap();
+    let (stop_registry, registry_task) = serve_registry(listener);
+
+    let dir = tempfile::tempdir().unwrap();
+    let primary = start(&dir.path().join("a"), |c| {
+        c.registry_addr = Some(registry_addr.to_string());
+        c.lease_ttl = Duration::from_secs(1);
+        c.replication.mode = ReplicationMode::Async;
+    })
+    .await;
+    let mut p = primary.client();
+    create(&mut p, "While the lease is held", 1, 1).await;
+
+    let _ = stop_registry.send(());
+    registry_task.await.unwrap().unwrap();
+    let lost_at = tokio::time::Instant::now();
+    let mut refused = None;
+    while lost_at.elapsed() < Duration::from_secs(5) {
+        match p
+            .create_product(harness::admin(harness::new_product("Lease?", 1, 1)))
+            .await
+        {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(status) => {
+                refused = Some((status, lost_at.elapsed()));
+                break;
+            }
+        }
+    }
+    let (status, after) = refused.expect("writes kept being accepted without a lease");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("lease"), "{status:?}");
+    assert!(
+        after < Duration::from_secs(1),
+        "refused only after {after:?}: the 1 s lease may already have expired"
+    );
+
+    let listener = tokio::net::TcpListener::bind(registry_addr).await.unwrap();
+    let (stop_registry, registry_task) = serve_registry(listener);
+    assert!(
+        eventually(WAIT, || async {
+            p.clone()
+                .create_product(harness::admin(harness::new_product("Lease again", 1, 1)))
+                .await
+                .is_ok()
+        })
+        .await,
+        "writes did not resume once the registry was back"
+    );
+    primary.stop().await;
+    let _ = stop_registry.send(());
+    registry_task.await.unwrap().unwrap();
+}
