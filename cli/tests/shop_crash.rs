@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Process;
+use common::{product, Process};
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_client::ReplicationClient;
 use concord::pb::shop::v1::shop_client::ShopClient;
@@ -32,19 +32,7 @@ fn start_shop(dir: &std::path::Path) -> Process {
 }
 
 fn admin<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    concord::auth::attach_bearer(&mut request, ADMIN);
-    request
-}
-
-fn product(name: &str, stock: i64) -> pb::CreateProductRequest {
-    pb::CreateProductRequest {
-        name: name.into(),
-        description: String::new(),
-        price_minor: 100,
-        currency: "EUR".into(),
-        stock,
-    }
+    common::with_bearer(message, ADMIN)
 }
 
 fn channel(shop: &Process) -> Channel {

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Process;
+use common::{product, Process};
 use concord::pb::registry::v1::registry_client::RegistryClient;
 use concord::pb::registry::v1::ResolveRequest;
 use concord::pb::shop::v1 as pb;
@@ -54,19 +54,7 @@ const ASYNC_ROUNDS: u64 = 5;
 const CHECK_CONCURRENCY: usize = 16;
 
 fn admin<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    concord::auth::attach_bearer(&mut request, ADMIN);
-    request
-}
-
-fn product(name: &str, stock: i64) -> pb::CreateProductRequest {
-    pb::CreateProductRequest {
-        name: name.into(),
-        description: String::new(),
-        price_minor: 100,
-        currency: "EUR".into(),
-        stock,
-    }
+    common::with_bearer(message, ADMIN)
 }
 
 fn channel(addr: &str) -> Channel {

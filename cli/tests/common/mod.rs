@@ -157,3 +157,21 @@ pub fn run_grpcurl(addr: SocketAddr, flags: &[&str], verb: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// A request carrying `token` as its bearer (admin calls of the shop).
+pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    concord::auth::attach_bearer(&mut request, token);
+    request
+}
+
+/// A product worth 1.00 EUR with `stock` units.
+pub fn product(name: &str, stock: i64) -> concord::pb::shop::v1::CreateProductRequest {
+    concord::pb::shop::v1::CreateProductRequest {
+        name: name.into(),
+        description: String::new(),
+        price_minor: 100,
+        currency: "EUR".into(),
+        stock,
+    }
+}
