@@ -14,7 +14,8 @@
 //! has another term (divergence after a failover). Then it ships `WalBatch`es of at most
 //! [`WAL_BATCH_MAX`] entries as they commit, and a `Heartbeat` every
 //! [`HEARTBEAT_INTERVAL`] when idle. The replica applies each entry through
-//! `Store::apply_wal_entry` (idempotent, in LSN order, refuses gaps), waits for the group
+//! `Store::apply_wal_entries` (one transaction per batch; idempotent, in LSN order, refuses
+//! gaps), waits for the group
 //! flush, and acks the highest durable LSN (acks are cumulative, one per batch).
 //! The snapshot is fuzzy (taken while writes continue) and followed by the WAL from the
 //! LSN read before the scan; entries are full-value puts/deletes, so redoing them over the
@@ -1073,17 +1074,10 @@ async fn follow_once(
                     .map(entry_from_pb)
                     .collect::<Result<Vec<_>>>()?;
                 let store = Arc::clone(&store);
-                let last = tokio::task::spawn_blocking(move || {
-                    let mut last = None;
-                    for e in &entries {
-                        last = Some(store.apply_wal_entry(e)?);
-                    }
-                    Ok::<_, ShopError>(last)
-                })
-                .await??;
-                if let Some(committed) = last {
-                    committed.durable().await?;
-                }
+                let committed =
+                    tokio::task::spawn_blocking(move || store.apply_wal_entries(&entries))
+                        .await??;
+                committed.durable().await?;
                 let applied = rep.store.last_lsn()?;
                 if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
                     rep.caught_up.store(true, Ordering::Release);

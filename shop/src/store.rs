@@ -315,6 +315,65 @@ impl Store {
         self.group.register(lsn)
     }
 
+    /// Applies a run of consecutive WAL entries in ONE transaction (one commit, one
+    /// durability ticket for the last LSN): what a replica does with each batch it
+    /// receives, so its cost per entry is the mutations, not a transaction each. Same rules
+    /// as [`Store::apply_wal_entry`]: entries at or below the store's LSN are skipped, a gap
+    /// aborts the whole batch and changes nothing.
+    pub fn apply_wal_entries(&self, entries: &[WalEntry]) -> Result<Committed<Applied>> {
+        let committed = self.trees.as_slice().transaction(|views| {
+            let tx = Tx {
+                views,
+                mutations: RefCell::new(Vec::new()),
+                now_ms: entries.last().map_or(0, |e| e.committed_at_ms),
+            };
+            let mut last = tx.last_lsn()?;
+            let mut applied = None;
+            for entry in entries {
+                if entry.lsn <= last {
+                    continue;
+                }
+                if entry.lsn != last + 1 {
+                    return Err(ShopError::precondition(format!(
+                        "WAL gap: store is at LSN {last}, entry has LSN {}",
+                        entry.lsn
+                    ))
+                    .into());
+                }
+                for m in &entry.mutations {
+                    match &m.value {
+                        Some(v) => tx.put(m.tree, &m.key, v.clone())?,
+                        None => tx.delete(m.tree, &m.key)?,
+                    }
+                }
+                tx.log_entry(entry)?;
+                last = entry.lsn;
+                applied = Some(entry.lsn);
+            }
+            Ok(match applied {
+                Some(lsn) => Applied::Applied(lsn),
+                None => Applied::Skipped(last),
+            })
+        });
+        let applied = match committed {
+            Ok(a) => a,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        let (lsn, ticket) = match applied {
+            Applied::Applied(lsn) => {
+                self.committed_tx.send_replace(lsn);
+                (Some(lsn), self.group.register(lsn))
+            }
+            Applied::Skipped(_) => (None, Ticket::Ready),
+        };
+        Ok(Committed {
+            value: applied,
+            lsn,
+            ticket,
+        })
+    }
+
     /// Applies one WAL entry from the primary (replica side). Idempotent: an entry at or
     /// below the local LSN is skipped. An entry beyond `last + 1` is a gap and fails with
     /// `FailedPrecondition` (the shipper must resend from `last_lsn() + 1`).
@@ -750,6 +809,58 @@ mod tests {
         assert_ne!(replica.digest().unwrap(), empty.digest().unwrap());
         assert_eq!(replica.wal_since(0, 100).unwrap(), entries);
         assert_eq!(replica.last_lsn().unwrap(), 3);
+    }
+
+    /// A batch applied in one transaction gives the same store as entry-by-entry replay:
+    /// entries already applied are skipped, a gap anywhere refuses the whole batch and
+    /// changes nothing.
+    #[test]
+    fn apply_wal_batch_reproduces_primary() {
+        let (_d1, primary) = temp_store();
+        let (_d2, replica) = temp_store();
+        for i in 0..20u8 {
+            put(&primary, &[b'k', i], &[i]).unwrap();
+        }
+        primary
+            .transact(|tx| tx.delete(TreeName::Carts, &[b'k', 3]))
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        let entries = primary.wal_since(0, 100).unwrap();
+        assert_eq!(entries.len(), 21);
+
+        let first = replica
+            .apply_wal_entries(&entries[..5])
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        assert_eq!(first.value, Applied::Applied(5));
+
+        let mut gapped = entries[3..8].to_vec();
+        gapped.remove(3); // LSN 7 missing: 4, 5, 6, 8
+        let refused = replica.apply_wal_entries(&gapped);
+        assert!(matches!(refused, Err(ShopError::FailedPrecondition(_))));
+        assert_eq!(
+            replica.last_lsn().unwrap(),
+            5,
+            "a refused batch changes nothing"
+        );
+
+        let rest = replica
+            .apply_wal_entries(&entries[2..])
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        assert_eq!(rest.value, Applied::Applied(21));
+        let again = replica
+            .apply_wal_entries(&entries)
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        assert_eq!(again.value, Applied::Skipped(21));
+        assert_eq!(replica.digest().unwrap(), primary.digest().unwrap());
+        assert_eq!(replica.wal_since(0, 100).unwrap(), entries);
+        assert_eq!(replica.durable_lsn(), 21);
     }
 
     /// Installing a snapshot replaces a diverged (even longer) history, resets the durable
