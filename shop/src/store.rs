@@ -318,8 +318,9 @@ impl Store {
     /// Applies a run of consecutive WAL entries in ONE transaction (one commit, one
     /// durability ticket for the last LSN): what a replica does with each batch it
     /// receives, so its cost per entry is the mutations, not a transaction each. Same rules
-    /// as [`Store::apply_wal_entry`]: entries at or below the store's LSN are skipped, a gap
-    /// aborts the whole batch and changes nothing.
+    /// as [`Store::apply_wal_entry`] (which is this with one entry): entries at or below the
+    /// store's LSN are skipped, a gap aborts the whole batch and changes nothing. Reports
+    /// `Applied(last applied LSN)`, or `Skipped(last entry's LSN)` when nothing was new.
     pub fn apply_wal_entries(&self, entries: &[WalEntry]) -> Result<Committed<Applied>> {
         let committed = self.trees.as_slice().transaction(|views| {
             let tx = Tx {
@@ -350,9 +351,11 @@ impl Store {
                 last = entry.lsn;
                 applied = Some(entry.lsn);
             }
-            Ok(match applied {
-                Some(lsn) => Applied::Applied(lsn),
-                None => Applied::Skipped(last),
+            Ok(match (applied, entries.last()) {
+                (Some(lsn), _) => Applied::Applied(lsn),
+                // Everything was already here: report the batch's last entry as skipped.
+                (None, Some(entry)) => Applied::Skipped(entry.lsn),
+                (None, None) => Applied::Skipped(last),
             })
         });
         let applied = match committed {
@@ -378,49 +381,7 @@ impl Store {
     /// below the local LSN is skipped. An entry beyond `last + 1` is a gap and fails with
     /// `FailedPrecondition` (the shipper must resend from `last_lsn() + 1`).
     pub fn apply_wal_entry(&self, entry: &WalEntry) -> Result<Committed<Applied>> {
-        let committed = self.trees.as_slice().transaction(|views| {
-            let tx = Tx {
-                views,
-                mutations: RefCell::new(Vec::new()),
-                now_ms: entry.committed_at_ms,
-            };
-            let last = tx.last_lsn()?;
-            if entry.lsn <= last {
-                return Ok(Applied::Skipped(entry.lsn));
-            }
-            if entry.lsn != last + 1 {
-                return Err(ShopError::precondition(format!(
-                    "WAL gap: store is at LSN {last}, entry has LSN {}",
-                    entry.lsn
-                ))
-                .into());
-            }
-            for m in &entry.mutations {
-                match &m.value {
-                    Some(v) => tx.put(m.tree, &m.key, v.clone())?,
-                    None => tx.delete(m.tree, &m.key)?,
-                }
-            }
-            tx.log_entry(entry)?;
-            Ok(Applied::Applied(entry.lsn))
-        });
-        let applied = match committed {
-            Ok(a) => a,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
-        let (lsn, ticket) = match applied {
-            Applied::Applied(lsn) => {
-                self.committed_tx.send_replace(lsn);
-                (Some(lsn), self.group.register(lsn))
-            }
-            Applied::Skipped(_) => (None, Ticket::Ready),
-        };
-        Ok(Committed {
-            value: applied,
-            lsn,
-            ticket,
-        })
+        self.apply_wal_entries(std::slice::from_ref(entry))
     }
 
     /// Up to `max` WAL entries with LSN > `after`, in order (the shipper's read path).
