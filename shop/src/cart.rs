@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, Product};
 use crate::error::{Result, ShopError};
 use crate::keys::ProductId;
-use crate::store::{decode_json, Committed, Store, Tx, TxResult};
+#[cfg(test)]
+use crate::store::Committed;
+use crate::store::{decode_json, Store, Tx, TxResult, WriteOp};
 use crate::validate::{self, MAX_CART_LINES, MAX_LINE_QUANTITY};
 use crate::wal::TreeName;
 
@@ -68,18 +70,32 @@ pub struct CartView {
 }
 
 /// Adds `quantity` units of a product, merging with an existing line.
+/// (One transaction of its own, for tests; the shop queues `add_item_op` instead.)
+#[cfg(test)]
 pub fn add_item(
     store: &Store,
     user: &str,
     product_id: ProductId,
     quantity: i64,
 ) -> Result<Committed<CartView>> {
-    validate::user_id(user)?;
+    store.transact(add_item_op(user.to_string(), product_id, quantity)?)
+}
+
+/// Validates an add; the returned write performs it (see [`WriteOp`]).
+pub fn add_item_op(
+    user: String,
+    product_id: ProductId,
+    quantity: i64,
+) -> Result<impl WriteOp<CartView>> {
+    validate::user_id(&user)?;
     let quantity = validate::quantity(quantity)?;
-    store.transact(|tx| {
+    Ok(move |tx: &Tx<'_>| {
+        let user = user.as_str();
         let product = catalog::must_load(tx, product_id)?;
         let mut cart = load(tx, user)?;
-        let pos = cart.items.binary_search_by_key(&product_id, |i| i.product_id);
+        let pos = cart
+            .items
+            .binary_search_by_key(&product_id, |i| i.product_id);
         let current = pos.map_or(0, |p| cart.items[p].quantity);
         let merged = i64::from(current) + i64::from(quantity);
         if merged > MAX_LINE_QUANTITY {
@@ -114,15 +130,27 @@ pub fn add_item(
 }
 
 /// Sets the quantity of a line already in the cart (use [`remove_item`] to drop it).
+/// (One transaction of its own, for tests; the shop queues `set_quantity_op` instead.)
+#[cfg(test)]
 pub fn set_quantity(
     store: &Store,
     user: &str,
     product_id: ProductId,
     quantity: i64,
 ) -> Result<Committed<CartView>> {
-    validate::user_id(user)?;
+    store.transact(set_quantity_op(user.to_string(), product_id, quantity)?)
+}
+
+/// Validates a quantity change; the returned write performs it (see [`WriteOp`]).
+pub fn set_quantity_op(
+    user: String,
+    product_id: ProductId,
+    quantity: i64,
+) -> Result<impl WriteOp<CartView>> {
+    validate::user_id(&user)?;
     let quantity = validate::quantity(quantity)?;
-    store.transact(|tx| {
+    Ok(move |tx: &Tx<'_>| {
+        let user = user.as_str();
         let mut cart = load(tx, user)?;
         let pos = line_position(&cart, user, product_id)?;
         let product = catalog::must_load(tx, product_id)?;
@@ -134,13 +162,21 @@ pub fn set_quantity(
 }
 
 /// Removes a line; a product not in the cart is `NotFound`.
+/// (One transaction of its own, for tests; the shop queues `remove_item_op` instead.)
+#[cfg(test)]
 pub fn remove_item(
     store: &Store,
     user: &str,
     product_id: ProductId,
 ) -> Result<Committed<CartView>> {
-    validate::user_id(user)?;
-    store.transact(|tx| {
+    store.transact(remove_item_op(user.to_string(), product_id)?)
+}
+
+/// Validates a removal; the returned write performs it (see [`WriteOp`]).
+pub fn remove_item_op(user: String, product_id: ProductId) -> Result<impl WriteOp<CartView>> {
+    validate::user_id(&user)?;
+    Ok(move |tx: &Tx<'_>| {
+        let user = user.as_str();
         let mut cart = load(tx, user)?;
         let pos = line_position(&cart, user, product_id)?;
         cart.items.remove(pos);
@@ -150,14 +186,21 @@ pub fn remove_item(
 }
 
 /// Empties a cart (a no-op, with no LSN, if it is already empty).
+/// (One transaction of its own, for tests; the shop queues `clear_op` instead.)
+#[cfg(test)]
 pub fn clear(store: &Store, user: &str) -> Result<Committed<CartView>> {
-    validate::user_id(user)?;
-    store.transact(|tx| {
+    store.transact(clear_op(user.to_string())?)
+}
+
+/// Validates the user; the returned write empties the cart (see [`WriteOp`]).
+pub fn clear_op(user: String) -> Result<impl WriteOp<CartView>> {
+    validate::user_id(&user)?;
+    Ok(move |tx: &Tx<'_>| {
         if tx.get(TreeName::Carts, user.as_bytes())?.is_some() {
             tx.delete(TreeName::Carts, user.as_bytes())?;
         }
         Ok(CartView {
-            user_id: user.to_string(),
+            user_id: user.clone(),
             ..Default::default()
         })
     })

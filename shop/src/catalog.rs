@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShopError};
 use crate::keys::{self, ProductId, LAST_PRODUCT_ID};
-use crate::store::{decode_json, Committed, Store, Tx, TxResult};
+#[cfg(test)]
+use crate::store::Committed;
+use crate::store::{decode_json, Store, Tx, TxResult, WriteOp};
 use crate::validate::{self, DEFAULT_CURRENCY, MAX_SCAN_PER_PAGE};
 use crate::wal::TreeName;
 
@@ -108,7 +110,14 @@ pub struct ProductPage {
 }
 
 /// Validates and creates a product.
+/// (One transaction of its own, for tests; the shop queues `create_op` instead.)
+#[cfg(test)]
 pub fn create(store: &Store, new: NewProduct) -> Result<Committed<Product>> {
+    store.transact(create_op(new)?)
+}
+
+/// Validates a new product; the returned write creates it (see [`WriteOp`]).
+pub fn create_op(new: NewProduct) -> Result<impl WriteOp<Product>> {
     validate::name(&new.name)?;
     validate::description(&new.description)?;
     let price_minor = validate::price_minor(new.price_minor)?;
@@ -119,7 +128,7 @@ pub fn create(store: &Store, new: NewProduct) -> Result<Committed<Product>> {
         new.currency.clone()
     };
     let stock = validate::stock(new.stock)?;
-    store.transact(|tx| {
+    Ok(move |tx: &Tx<'_>| {
         let id = ProductId(tx.next_id(LAST_PRODUCT_ID)?);
         let product = Product {
             id,
@@ -137,7 +146,14 @@ pub fn create(store: &Store, new: NewProduct) -> Result<Committed<Product>> {
 }
 
 /// Validates a patch and applies it; an empty patch is `InvalidArgument`.
+/// (One transaction of its own, for tests; the shop queues `update_op` instead.)
+#[cfg(test)]
 pub fn update(store: &Store, id: ProductId, patch: ProductPatch) -> Result<Committed<Product>> {
+    store.transact(update_op(id, patch)?)
+}
+
+/// Validates a patch; the returned write applies it (see [`WriteOp`]).
+pub fn update_op(id: ProductId, patch: ProductPatch) -> Result<impl WriteOp<Product>> {
     if patch.is_empty() {
         return Err(ShopError::invalid("update sets no fields"));
     }
@@ -154,7 +170,7 @@ pub fn update(store: &Store, id: ProductId, patch: ProductPatch) -> Result<Commi
         validate::currency(currency)?;
     }
     let stock = patch.stock.map(validate::stock).transpose()?;
-    store.transact(|tx| {
+    Ok(move |tx: &Tx<'_>| {
         let mut product = must_load(tx, id)?;
         if let Some(name) = &patch.name {
             product.name.clone_from(name);
@@ -178,11 +194,18 @@ pub fn update(store: &Store, id: ProductId, patch: ProductPatch) -> Result<Commi
 }
 
 /// Deletes a product; unknown ids are `NotFound`.
+/// (One transaction of its own, for tests; the shop queues `delete_op` instead.)
+#[cfg(test)]
 pub fn delete(store: &Store, id: ProductId) -> Result<Committed<()>> {
-    store.transact(|tx| {
+    store.transact(delete_op(id))
+}
+
+/// The write that deletes a product (see [`WriteOp`]).
+pub fn delete_op(id: ProductId) -> impl WriteOp<()> {
+    move |tx: &Tx<'_>| {
         must_load(tx, id)?;
         tx.delete(TreeName::Products, &id.key())
-    })
+    }
 }
 
 /// Reads one product; unknown ids are `NotFound`.

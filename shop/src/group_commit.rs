@@ -2,8 +2,8 @@
 //!
 //! Two paths make writes durable:
 //! - The shop's request path goes through the writer thread in `shop`, which runs a batch
-//!   of transactions back to back, flushes once itself (`Store::flush_through`) and then
-//!   replies to the whole batch. That is the hot path; it only uses this module's
+//!   of writes in one transaction (`Store::transact_batch`), flushes once itself
+//!   (`Store::flush_through`) and then replies to the whole batch. That is the hot path; it only uses this module's
 //!   counters and [`GroupCommit::mark_durable`].
 //! - Every other caller of `Store::transact` (the replica applying the WAL, tools, unit
 //!   tests) registers its LSN here and awaits a [`Ticket`]. One dedicated flusher thread

@@ -28,7 +28,9 @@ use crate::cart::{self, StoredCart};
 use crate::catalog;
 use crate::error::{Result, ShopError};
 use crate::keys::{self, OrderId, LAST_ORDER_ID};
-use crate::store::{decode_json, Committed, Store, Tx, TxResult};
+#[cfg(test)]
+use crate::store::Committed;
+use crate::store::{decode_json, Store, Tx, TxResult, WriteOp};
 use crate::validate;
 use crate::wal::{Lsn, TreeName};
 
@@ -148,11 +150,19 @@ pub struct OrderPage {
 }
 
 /// Checks out `user`'s cart (see module docs).
+/// (One transaction of its own, for tests; the shop queues `place_op` instead.)
+#[cfg(test)]
 pub fn place(store: &Store, user: &str, idempotency_key: &str) -> Result<Committed<Placed>> {
-    validate::user_id(user)?;
-    validate::idempotency_key(idempotency_key)?;
-    let idem_key = keys::idempotency_key(user, idempotency_key);
-    store.transact(|tx| {
+    store.transact(place_op(user.to_string(), idempotency_key.to_string())?)
+}
+
+/// Validates a checkout; the returned write performs it (see [`WriteOp`]).
+pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Placed>> {
+    validate::user_id(&user)?;
+    validate::idempotency_key(&idempotency_key)?;
+    let idem_key = keys::idempotency_key(&user, &idempotency_key);
+    Ok(move |tx: &Tx<'_>| {
+        let (user, idempotency_key) = (user.as_str(), idempotency_key.as_str());
         let cart = cart::load(tx, user)?;
         if let Some(raw) = tx.get(TreeName::Idempotency, &idem_key)? {
             let id = OrderId::from_key(&raw)?;
@@ -163,7 +173,10 @@ pub fn place(store: &Store, user: &str, idempotency_key: &str) -> Result<Committ
                 ))
                 .into());
             }
-            return Ok(Placed { order, replayed: true });
+            return Ok(Placed {
+                order,
+                replayed: true,
+            });
         }
         if cart.items.is_empty() {
             return Err(ShopError::precondition(format!("the cart of {user} is empty")).into());
@@ -229,7 +242,11 @@ pub fn place(store: &Store, user: &str, idempotency_key: &str) -> Result<Committ
             placed_lsn: tx.lsn()?,
         };
         save(tx, &order)?;
-        tx.put(TreeName::UserOrders, &keys::user_order_key(user, id), Vec::new())?;
+        tx.put(
+            TreeName::UserOrders,
+            &keys::user_order_key(user, id),
+            Vec::new(),
+        )?;
         tx.put(TreeName::Idempotency, &idem_key, id.key().to_vec())?;
         tx.delete(TreeName::Carts, user.as_bytes())?;
         Ok(Placed {
@@ -240,8 +257,15 @@ pub fn place(store: &Store, user: &str, idempotency_key: &str) -> Result<Committ
 }
 
 /// Moves an order to `to` if the state machine allows it; cancelling restores stock.
+/// (One transaction of its own, for tests; the shop queues `set_status_op` instead.)
+#[cfg(test)]
 pub fn set_status(store: &Store, id: OrderId, to: OrderStatus) -> Result<Committed<Order>> {
-    store.transact(|tx| {
+    store.transact(set_status_op(id, to))
+}
+
+/// The write that moves an order to `to` (see [`WriteOp`]).
+pub fn set_status_op(id: OrderId, to: OrderStatus) -> impl WriteOp<Order> {
+    move |tx: &Tx<'_>| {
         let mut order = must_load(tx, id)?;
         let from = order.status;
         if !from.can_become(to) {
@@ -263,7 +287,7 @@ pub fn set_status(store: &Store, id: OrderId, to: OrderStatus) -> Result<Committ
         order.updated_at_ms = tx.now_ms();
         save(tx, &order)?;
         Ok(order)
-    })
+    }
 }
 
 /// Reads one order; unknown ids are `NotFound`.

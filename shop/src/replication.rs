@@ -223,13 +223,79 @@ pub enum Role {
     Replica(String),
 }
 
+/// The replica's cumulative acks, and the sync writes waiting for them. Each waiter is
+/// filed under its LSN and woken only by the ack that covers it (a watch channel would wake
+/// every waiting write on every ack, most of them for nothing).
+#[derive(Default)]
+struct Acks {
+    /// Highest LSN the replica acked; only grows. Written under `waiters`' lock.
+    acked: AtomicU64,
+    waiters:
+        std::sync::Mutex<std::collections::BTreeMap<Lsn, Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+/// Waiters kept before abandoned ones (timed-out writes) are swept out.
+const ACK_WAITERS_SWEEP_AT: usize = 4096;
+
+impl Acks {
+    fn acked(&self) -> Lsn {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<Lsn, Vec<tokio::sync::oneshot::Sender<()>>>,
+    > {
+        // Only plain inserts and removals happen under the lock: a poisoned map is intact.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a cumulative ack and wakes the writes it covers.
+    fn note(&self, lsn: Lsn) {
+        let covered = {
+            let mut waiters = self.lock();
+            if lsn <= self.acked() {
+                return;
+            }
+            self.acked.store(lsn, Ordering::Release);
+            let above = waiters.split_off(&(lsn + 1));
+            std::mem::replace(&mut *waiters, above)
+        };
+        for tx in covered.into_values().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// `true` once the replica has acked `lsn`; `false` if the replicator went away first.
+    async fn wait_for(&self, lsn: Lsn) -> bool {
+        let rx = {
+            let mut waiters = self.lock();
+            if self.acked() >= lsn {
+                return true;
+            }
+            if waiters.len() >= ACK_WAITERS_SWEEP_AT {
+                waiters.retain(|_, txs| {
+                    txs.retain(|tx| !tx.is_closed());
+                    !txs.is_empty()
+                });
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiters.entry(lsn).or_default().push(tx);
+            rx
+        };
+        rx.await.is_ok()
+    }
+}
+
 /// Shared replication state: role, acks, connection flags.
 pub struct Replicator {
     store: Arc<Store>,
     config: ReplicationConfig,
     address: String,
     role_tx: watch::Sender<Role>,
-    acked_tx: watch::Sender<Lsn>,
+    acks: Acks,
     peer_connected: AtomicBool,
     caught_up: AtomicBool,
     primary_last_lsn: AtomicU64,
@@ -266,7 +332,7 @@ impl Replicator {
             config,
             address,
             role_tx: watch::channel(role).0,
-            acked_tx: watch::channel(0).0,
+            acks: Acks::default(),
             peer_connected: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
             primary_last_lsn: AtomicU64::new(0),
@@ -365,26 +431,22 @@ impl Replicator {
         };
         let Some(lsn) = lsn else {
             info.replicated = self.config.mode != ReplicationMode::None
-                && *self.acked_tx.borrow() >= self.store.last_lsn()?;
+                && self.acks.acked() >= self.store.last_lsn()?;
             return Ok(info);
         };
         match self.config.mode {
             ReplicationMode::None => {}
-            ReplicationMode::Async => info.replicated = *self.acked_tx.borrow() >= lsn,
+            ReplicationMode::Async => info.replicated = self.acks.acked() >= lsn,
             ReplicationMode::Sync => {
                 let degrade = self.config.on_replica_loss == OnReplicaLoss::Degrade;
                 if degrade && !self.peer_connected.load(Ordering::Acquire) {
                     info.degraded = true;
                     return Ok(info);
                 }
-                let mut acked_rx = self.acked_tx.subscribe();
-                let waited = tokio::time::timeout(
-                    self.config.sync_timeout,
-                    acked_rx.wait_for(|a| *a >= lsn),
-                )
-                .await;
+                let waited =
+                    tokio::time::timeout(self.config.sync_timeout, self.acks.wait_for(lsn)).await;
                 match waited {
-                    Ok(Ok(_)) => info.replicated = true,
+                    Ok(true) => info.replicated = true,
                     _ if degrade => info.degraded = true,
                     _ => {
                         tracing::warn!(lsn, timeout = ?self.config.sync_timeout, "replica did not ack a sync write");
@@ -445,11 +507,7 @@ impl Replicator {
     pub fn status(&self) -> Result<pb::GetReplicationStatusResponse> {
         let last_lsn = self.store.last_lsn()?;
         let (role, acked, primary_address) = match self.role() {
-            Role::Primary => (
-                pb::Role::Primary,
-                *self.acked_tx.borrow(),
-                self.address.clone(),
-            ),
+            Role::Primary => (pb::Role::Primary, self.acks.acked(), self.address.clone()),
             Role::Replica(primary) => (pb::Role::Replica, self.store.durable_lsn(), primary),
         };
         let lag_entries = match self.role() {
@@ -497,7 +555,7 @@ impl Replicator {
         let expects_replica =
             self.role() == Role::Primary && self.config.mode != ReplicationMode::None;
         Ok(if expects_replica {
-            keep_tail_from.min(*self.acked_tx.borrow())
+            keep_tail_from.min(self.acks.acked())
         } else {
             keep_tail_from
         })
@@ -514,13 +572,7 @@ impl Replicator {
     }
 
     fn note_ack(&self, lsn: Lsn) {
-        self.acked_tx.send_if_modified(|acked| {
-            let newer = lsn > *acked;
-            if newer {
-                *acked = lsn;
-            }
-            newer
-        });
+        self.acks.note(lsn);
     }
 }
 
@@ -811,9 +863,13 @@ async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation:
         if rep.stream_generation.load(Ordering::Acquire) != generation || *stop_rx.borrow() {
             break;
         }
-        let batch = {
-            let store = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || store.wal_since(pos, WAL_BATCH_MAX)).await
+        // Fresh commits come from the store's in-memory tail; older ones from sled.
+        let batch = match store.wal_tail_since(pos, WAL_BATCH_MAX) {
+            Some(entries) => Ok(Ok(entries)),
+            None => {
+                let store = Arc::clone(&store);
+                tokio::task::spawn_blocking(move || store.wal_since(pos, WAL_BATCH_MAX)).await
+            }
         };
         let entries = match batch {
             Ok(Ok(entries)) => entries,
@@ -1035,11 +1091,6 @@ async fn follow_once(
         term: store.term(),
         applied_term: store.term_at(applied_lsn)?.unwrap_or(0),
     };
-    let ack = |lsn: Lsn| pb::ReplicateRequest {
-        kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
-            durable_lsn: lsn,
-        })),
-    };
     out_tx
         .send(pb::ReplicateRequest {
             kind: Some(pb::replicate_request::Kind::Hello(hello)),
@@ -1054,9 +1105,33 @@ async fn follow_once(
     rep.peer_connected.store(true, Ordering::Release);
     tracing::info!(%primary, applied_lsn, "following primary");
     let mut stop_rx = rep.stop_rx.clone();
+    // Entry batches are applied on a blocking thread, one apply in flight at a time;
+    // whatever arrives meanwhile waits in `pending` and goes into the next apply as ONE
+    // transaction and ONE flush, so receiving overlaps applying and a busy stream costs
+    // one fsync per apply, not per message.
+    let mut pending: Vec<WalEntry> = Vec::new();
+    let mut applying = false;
+    let (applied_tx, mut applied_rx) = mpsc::channel::<Result<Lsn>>(1);
     loop {
+        if !applying && !pending.is_empty() {
+            applying = true;
+            let entries = std::mem::take(&mut pending);
+            let store = Arc::clone(&store);
+            let applied_tx = applied_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = applied_tx.blocking_send(apply_and_flush(&store, &entries));
+            });
+        }
         let msg = tokio::select! {
             m = inbound.message() => m.map_err(|s| unavailable(&s))?,
+            applied = applied_rx.recv(), if applying => {
+                applying = false;
+                let lsn = applied.ok_or_else(|| ShopError::internal("apply task vanished"))??;
+                if !ack_applied(rep, &out_tx, lsn).await {
+                    return Ok(());
+                }
+                continue;
+            }
             _ = role_rx.changed() => return Ok(()),
             _ = stopped(&mut stop_rx) => return Ok(()),
         };
@@ -1066,23 +1141,34 @@ async fn follow_once(
             }
             continue;
         };
+        if !matches!(kind, Kind::Entries(_) | Kind::Heartbeat(_)) {
+            // A snapshot replaces the store: everything received before it lands first.
+            if applying {
+                applying = false;
+                let lsn = applied_rx
+                    .recv()
+                    .await
+                    .ok_or_else(|| ShopError::internal("apply task vanished"))??;
+                if !ack_applied(rep, &out_tx, lsn).await {
+                    return Ok(());
+                }
+            }
+            if !pending.is_empty() {
+                let entries = std::mem::take(&mut pending);
+                let store = Arc::clone(&store);
+                let lsn = tokio::task::spawn_blocking(move || apply_and_flush(&store, &entries))
+                    .await??;
+                if !ack_applied(rep, &out_tx, lsn).await {
+                    return Ok(());
+                }
+            }
+        }
         let durable = match kind {
             Kind::Entries(batch) => {
-                let entries = batch
-                    .entries
-                    .into_iter()
-                    .map(entry_from_pb)
-                    .collect::<Result<Vec<_>>>()?;
-                let store = Arc::clone(&store);
-                let committed =
-                    tokio::task::spawn_blocking(move || store.apply_wal_entries(&entries))
-                        .await??;
-                committed.durable().await?;
-                let applied = rep.store.last_lsn()?;
-                if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
-                    rep.caught_up.store(true, Ordering::Release);
+                for entry in batch.entries {
+                    pending.push(entry_from_pb(entry)?);
                 }
-                Some(applied)
+                None
             }
             Kind::SnapshotBegin(begin) => {
                 tracing::info!(lsn = begin.lsn, term = begin.term, "receiving snapshot");
@@ -1122,12 +1208,37 @@ async fn follow_once(
             }
         };
         if let Some(lsn) = durable {
-            rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
-            if out_tx.send(ack(lsn)).await.is_err() {
+            if !ack_applied(rep, &out_tx, lsn).await {
                 return Ok(());
             }
         }
     }
+}
+
+/// Replica side: applies a run of received entries in one transaction and flushes it on
+/// the calling (blocking) thread; returns the store's LSN, now durable.
+fn apply_and_flush(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
+    store.apply_wal_entries_flushed(entries)?;
+    store.last_lsn()
+}
+
+/// Replica side: records that the store is durable at `lsn` and acks it to the primary.
+/// `false` when the stream is gone.
+async fn ack_applied(
+    rep: &Replicator,
+    out_tx: &mpsc::Sender<pb::ReplicateRequest>,
+    lsn: Lsn,
+) -> bool {
+    if lsn >= rep.primary_last_lsn.load(Ordering::Acquire) {
+        rep.caught_up.store(true, Ordering::Release);
+    }
+    rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
+    let ack = pb::ReplicateRequest {
+        kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
+            durable_lsn: lsn,
+        })),
+    };
+    out_tx.send(ack).await.is_ok()
 }
 
 /// With a registry: watches the `shop` instances and (a) promotes this replica when no

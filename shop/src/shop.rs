@@ -1,21 +1,26 @@
 //! The async face of the shop domain: what the gRPC service (and the bench) call.
 //!
 //! Reads run on tokio's blocking pool (a sled call may wait on sled's global lock while a
-//! flush runs, so it must not sit on an async worker). Writes go through ONE writer
-//! thread fed by a bounded queue ([`WRITE_QUEUE_CAPACITY`]; a full queue makes the caller
-//! wait, it never drops work). The writer takes everything queued (up to
-//! [`MAX_WRITE_BATCH`]), runs each write as its own sled transaction, flushes once, and
-//! only then replies to every caller of the batch — group commit without a hand-off:
-//! writes that arrive during the fsync form the next batch. Compared with a herd of
-//! blocking-pool threads fighting over sled's global transaction lock plus a separate
-//! flusher, this removed most of the futex/scheduler churn that dominated the profile.
-//! If the flush fails, every write of the batch fails with `Unavailable` (committed in
-//! memory, not acknowledged).
+//! flush runs, so it must not sit on an async worker). Writes are validated on the
+//! caller's task (the domain's `*_op` functions), then queued to ONE writer thread through
+//! a bounded queue ([`WRITE_QUEUE_CAPACITY`]; a full queue makes the caller wait, it never
+//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]), runs the
+//! whole batch in ONE sled transaction ([`Store::transact_batch`]: each write keeps its own
+//! LSN and WAL entry and fails alone), flushes once, and only then replies to every caller
+//! of the batch: group commit without a hand-off; writes that arrive during the fsync
+//! form the next batch.
+//!
+//! Why one transaction per batch: sled 0.34 rolls its log buffer twice per transaction,
+//! and each roll is a `pwrite` + `sync_file_range` handed to sled's I/O threads (whose
+//! queue wakes all of them). One transaction per write spent about half the server's CPU
+//! there; see README "Measurements". If the flush fails, every write of the batch fails
+//! with `Unavailable` (committed in memory, not acknowledged).
 //!
 //! A method returning `Ok(Written { lsn, .. })` means the write is on disk; `lsn: None`
-//! means it changed nothing. Errors never leave partial writes behind (one transaction
-//! per call). The writer thread stops when the last `Shop` handle is dropped.
+//! means it changed nothing. Errors never leave partial writes behind. The writer thread
+//! stops when the last `Shop` handle is dropped.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -25,17 +30,49 @@ use crate::catalog::{self, NewProduct, Product, ProductPage, ProductPatch, Produ
 use crate::error::{Result, ShopError};
 use crate::keys::{OrderId, ProductId};
 use crate::order::{self, Order, OrderPage, OrderStatus, Placed};
-use crate::store::{Committed, Store, StoreConfig, Written};
+use crate::store::{Store, StoreConfig, Tx, TxResult, WriteOp, Written};
+use crate::wal::Lsn;
 
 /// Writes queued for the writer thread before callers wait.
 pub const WRITE_QUEUE_CAPACITY: usize = 1024;
-/// Most writes the writer commits before it flushes and replies.
+/// Most writes the writer commits in one transaction before it flushes and replies.
 pub const MAX_WRITE_BATCH: usize = 256;
 
-/// Reports a write's outcome once its batch's flush is known.
-type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-/// Runs one write; returns its LSN (if it changed anything) and its completion.
-type WriteJob = Box<dyn FnOnce(&Store) -> (Option<crate::wal::Lsn>, Completion) + Send>;
+/// A write waiting in the queue: its body, and how to answer its caller.
+trait QueuedWrite: Send {
+    /// Runs the write inside the batch transaction; may run again if sled retries it.
+    fn run(&self, tx: &Tx<'_>) -> TxResult<()>;
+    /// Answers the caller once the batch's commit and flush are known.
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>);
+}
+
+/// The queued form of a [`WriteOp`] returning `T`.
+struct Queued<T, F> {
+    op: F,
+    /// What the last run of `op` returned.
+    value: RefCell<Option<T>>,
+    reply: oneshot::Sender<Result<Written<T>>>,
+}
+
+impl<T: Send + 'static, F: WriteOp<T>> QueuedWrite for Queued<T, F> {
+    fn run(&self, tx: &Tx<'_>) -> TxResult<()> {
+        let value = (self.op)(tx)?;
+        *self.value.borrow_mut() = Some(value);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>) {
+        let Self { value, reply, .. } = *self;
+        let result = outcome.and_then(|lsn| {
+            let value = value
+                .into_inner()
+                .ok_or_else(|| ShopError::internal("a committed write left no result"))?;
+            Ok(Written { value, lsn })
+        });
+        // A dropped receiver means the caller went away: the write stands, unacknowledged.
+        let _ = reply.send(result);
+    }
+}
 
 /// Cheap-to-clone handle on the shop's store.
 #[derive(Clone)]
@@ -47,7 +84,7 @@ pub struct Shop {
 /// The writer thread; dropping the last handle closes the queue and joins the thread, so
 /// the store is released deterministically (a restart can reopen the directory at once).
 struct Writer {
-    write_tx: Option<mpsc::Sender<WriteJob>>,
+    write_tx: Option<mpsc::Sender<Box<dyn QueuedWrite>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -63,37 +100,52 @@ impl Drop for Writer {
 }
 
 /// The writer thread's loop (module docs).
-fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<WriteJob>) {
-    crate::store::set_thread_flushes_own_batches();
-    let mut completions = Vec::with_capacity(MAX_WRITE_BATCH);
+fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>) {
+    let mut batch: Vec<Box<dyn QueuedWrite>> = Vec::with_capacity(MAX_WRITE_BATCH);
     while let Some(first) = write_rx.blocking_recv() {
-        let mut max_lsn = None;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            // A panicking write (a bug) must not take the writer down with it: its caller
-            // sees its reply channel dropped (Unavailable) and the writer carries on.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(store))) {
-                Ok((lsn, completion)) => {
-                    max_lsn = max_lsn.max(lsn);
-                    completions.push(completion);
-                }
-                Err(_) => tracing::error!("a shop write panicked; its caller gets an error"),
-            }
-            if completions.len() < MAX_WRITE_BATCH {
-                next = write_rx.try_recv().ok();
+        batch.push(first);
+        while batch.len() < MAX_WRITE_BATCH {
+            match write_rx.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
             }
         }
+        let outcomes = store.transact_batch(batch.len(), |i, tx| {
+            // A panicking write (a bug) must not take the writer or its batch down: it is
+            // rolled back like any failed write and its caller gets an error.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch[i].run(tx)))
+                .unwrap_or_else(|_| {
+                    tracing::error!("a shop write panicked; its caller gets an error");
+                    Err(ShopError::internal("the write panicked").into())
+                })
+        });
+        let outcomes = outcomes.unwrap_or_else(|e| {
+            tracing::error!(error = %e, batch = batch.len(), "batch transaction failed");
+            vec![Err(e); batch.len()]
+        });
+        let max_lsn = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok().copied().flatten())
+            .max();
         let flushed = match max_lsn {
-            Some(lsn) => store.flush_through(lsn, completions.len()),
+            Some(lsn) => store.flush_through(lsn, batch.len()),
             None => Ok(()),
         };
         if let Err(e) = &flushed {
-            tracing::error!(error = %e, batch = completions.len(), "batch flush failed");
+            tracing::error!(error = %e, batch = batch.len(), "batch flush failed");
         }
-        for completion in completions.drain(..) {
-            completion(flushed.clone());
+        for (write, outcome) in batch.drain(..).zip(outcomes) {
+            // The write's own error stands; a committed write is only as good as the flush.
+            write.finish(outcome.and_then(|lsn| flushed.clone().map(|()| lsn)));
         }
     }
+    let stats = store.commit_stats();
+    tracing::info!(
+        flushes = stats.flushes,
+        writes = stats.writes,
+        flush_ms = stats.flush_micros / 1000,
+        "shop writer stopped"
+    );
 }
 
 impl Shop {
@@ -104,7 +156,7 @@ impl Shop {
 
     /// Wraps an already open store and starts its writer thread.
     pub fn new(store: Arc<Store>) -> Result<Self> {
-        let (write_tx, mut write_rx) = mpsc::channel::<WriteJob>(WRITE_QUEUE_CAPACITY);
+        let (write_tx, mut write_rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let writer_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("shop-writer".into())
@@ -134,38 +186,25 @@ impl Shop {
         tokio::task::spawn_blocking(move || op(&store)).await?
     }
 
-    async fn write<T, F>(&self, op: F) -> Result<Written<T>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<Committed<T>> + Send + 'static,
-    {
-        let (done_tx, done_rx) = oneshot::channel();
-        let job: WriteJob = Box::new(move |store| {
-            let result = op(store);
-            let lsn = result.as_ref().ok().and_then(|c| c.lsn);
-            let completion: Completion = Box::new(move |flushed| {
-                // A dropped receiver means the caller went away: the write stands,
-                // unacknowledged.
-                let outcome = match result {
-                    Err(e) => Err(e), // nothing was written: the operation's own error
-                    Ok(committed) => flushed.map(|()| committed),
-                };
-                let _ = done_tx.send(outcome);
-            });
-            (lsn, completion)
+    /// Queues a validated write and waits until it is durable (or failed).
+    async fn write<T: Send + 'static>(&self, op: impl WriteOp<T>) -> Result<Written<T>> {
+        let (reply, done_rx) = oneshot::channel();
+        let queued: Box<dyn QueuedWrite> = Box::new(Queued {
+            op,
+            value: RefCell::new(None),
+            reply,
         });
         let stopped = || ShopError::Unavailable("the shop writer has stopped".into());
         let write_tx = self.writer.write_tx.as_ref().ok_or_else(stopped)?;
-        write_tx.send(job).await.map_err(|_| stopped())?;
-        let committed = done_rx.await.map_err(|_| stopped())??;
-        let written = committed.durable().await?;
+        write_tx.send(queued).await.map_err(|_| stopped())?;
+        let written = done_rx.await.map_err(|_| stopped())??;
         tracing::debug!(lsn = ?written.lsn, "write durable");
         Ok(written)
     }
 
     /// Creates a product.
     pub async fn create_product(&self, new: NewProduct) -> Result<Written<Product>> {
-        self.write(move |s| catalog::create(s, new)).await
+        self.write(catalog::create_op(new)?).await
     }
 
     /// Reads a product.
@@ -179,12 +218,12 @@ impl Shop {
         id: ProductId,
         patch: ProductPatch,
     ) -> Result<Written<Product>> {
-        self.write(move |s| catalog::update(s, id, patch)).await
+        self.write(catalog::update_op(id, patch)?).await
     }
 
     /// Deletes a product.
     pub async fn delete_product(&self, id: ProductId) -> Result<Written<()>> {
-        self.write(move |s| catalog::delete(s, id)).await
+        self.write(catalog::delete_op(id)).await
     }
 
     /// Lists one page of products.
@@ -199,7 +238,7 @@ impl Shop {
         product: ProductId,
         quantity: i64,
     ) -> Result<Written<CartView>> {
-        self.write(move |s| cart::add_item(s, &user, product, quantity))
+        self.write(cart::add_item_op(user, product, quantity)?)
             .await
     }
 
@@ -210,7 +249,7 @@ impl Shop {
         product: ProductId,
         quantity: i64,
     ) -> Result<Written<CartView>> {
-        self.write(move |s| cart::set_quantity(s, &user, product, quantity))
+        self.write(cart::set_quantity_op(user, product, quantity)?)
             .await
     }
 
@@ -220,8 +259,7 @@ impl Shop {
         user: String,
         product: ProductId,
     ) -> Result<Written<CartView>> {
-        self.write(move |s| cart::remove_item(s, &user, product))
-            .await
+        self.write(cart::remove_item_op(user, product)?).await
     }
 
     /// Reads a priced cart.
@@ -231,7 +269,7 @@ impl Shop {
 
     /// Empties a cart.
     pub async fn clear_cart(&self, user: String) -> Result<Written<CartView>> {
-        self.write(move |s| cart::clear(s, &user)).await
+        self.write(cart::clear_op(user)?).await
     }
 
     /// Checks out a cart, idempotently. A replay is returned only once the original order
@@ -241,9 +279,7 @@ impl Shop {
         user: String,
         idempotency_key: String,
     ) -> Result<Written<Placed>> {
-        let written = self
-            .write(move |s| order::place(s, &user, &idempotency_key))
-            .await?;
+        let written = self.write(order::place_op(user, idempotency_key)?).await?;
         if written.value.replayed {
             self.store
                 .durable_ticket(written.value.order.placed_lsn)
@@ -275,7 +311,7 @@ impl Shop {
         id: OrderId,
         to: OrderStatus,
     ) -> Result<Written<Order>> {
-        self.write(move |s| order::set_status(s, id, to)).await
+        self.write(order::set_status_op(id, to)).await
     }
 }
 

@@ -18,10 +18,12 @@
 //!
 //! **Durability.** `transact` returns a [`Committed`] holding a group-commit ticket; the
 //! write is acknowledged only after awaiting it ([`Committed::durable`]), i.e. after an
-//! fsync that started after the commit. A thread that flushes its own batches (the shop
-//! writer, see `shop`) gets ready tickets instead and must call [`Store::flush_through`]
-//! before reporting any of them. sled recovers transactions atomically, so after
-//! a crash either all of a write (data + WAL entry + LSN) is there or none of it.
+//! fsync that started after the commit. The shop writer instead runs a whole batch of
+//! writes in one transaction ([`Store::transact_batch`], each write with its own LSN and
+//! a savepoint so it can fail alone) and calls [`Store::flush_through`] before reporting
+//! any of them. sled recovers transactions atomically, so after a crash either all of a
+//! write (data + WAL entry + LSN) is there or none of it; a batch is recovered whole or
+//! not at all, and none of it was acknowledged before its flush.
 //!
 //! **Replication hooks.** [`Store::apply_wal_entry`] applies a primary's entry on a
 //! replica: it skips entries at or below the local LSN (idempotent re-delivery), refuses a
@@ -32,9 +34,11 @@
 //! Failure behaviour: storage errors become `Unavailable` (I/O) or `Internal`; an error
 //! from the closure aborts the transaction and nothing is written.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -47,22 +51,18 @@ use crate::error::{Result, ShopError};
 use crate::group_commit::{GroupCommit, GroupCommitStats, Ticket, DEFAULT_LINGER};
 use crate::wal::{Lsn, Mutation, TreeName, WalEntry};
 
-thread_local! {
-    /// Set on a thread that runs transactions and then calls [`Store::flush_through`]
-    /// itself before reporting any of them (the shop writer thread): its commits skip the
-    /// group-commit queue.
-    static FLUSHES_OWN_BATCHES: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Declares that the current thread flushes its own commits with
-/// [`Store::flush_through`] before reporting them, so `transact` hands out ready tickets.
-pub(crate) fn set_thread_flushes_own_batches() {
-    FLUSHES_OWN_BATCHES.with(|f| f.set(true));
-}
-
 /// Result type inside a transaction closure: `Err(ShopError)` aborts (via `?`), sled
 /// conflicts retry the closure.
 pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<ShopError>>;
+
+/// A validated write, ready to run in a transaction: alone through [`Store::transact`], or
+/// in the shop writer's batch through [`Store::transact_batch`]. It may run more than once
+/// (sled retries on conflict), so it must not have side effects outside `Tx`. The domain
+/// modules build one per mutation (`catalog::create_op`, ...) after validating the input,
+/// so bad input is refused before it reaches the writer.
+pub trait WriteOp<T>: Fn(&Tx<'_>) -> TxResult<T> + Send + 'static {}
+
+impl<T, F> WriteOp<T> for F where F: Fn(&Tx<'_>) -> TxResult<T> + Send + 'static {}
 
 const WAL_TREE: &str = "wal";
 const META_TREE: &str = "meta";
@@ -148,7 +148,13 @@ pub struct Store {
     group: GroupCommit,
     term: AtomicU64,
     committed_tx: watch::Sender<Lsn>,
+    /// The last committed entries ([`WAL_TAIL_CAPACITY`] at most, consecutive LSNs), so the
+    /// shipper sends fresh commits from memory instead of reading sled back.
+    tail: Mutex<VecDeque<WalEntry>>,
 }
+
+/// Most entries [`Store::wal_tail_since`] keeps in memory.
+pub const WAL_TAIL_CAPACITY: usize = 4096;
 
 impl Store {
     /// Opens (or creates) the store and starts its flusher. Recovery is sled's: every
@@ -190,6 +196,7 @@ impl Store {
             group,
             term: AtomicU64::new(term),
             committed_tx,
+            tail: Mutex::new(VecDeque::with_capacity(WAL_TAIL_CAPACITY)),
         })
     }
 
@@ -253,50 +260,106 @@ impl Store {
     where
         F: Fn(&Tx<'_>) -> TxResult<T>,
     {
-        let own_flush = FLUSHES_OWN_BATCHES.with(Cell::get);
-        // Only writers that will wait on the flusher need it to linger for them.
-        let in_flight = (!own_flush).then(|| self.group.begin());
+        let in_flight = self.group.begin();
         let now_ms = now_unix_ms();
         let term = self.term();
         let result = self.trees.as_slice().transaction(|views| {
-            let tx = Tx {
-                views,
-                mutations: RefCell::new(Vec::new()),
-                now_ms,
-            };
+            let tx = Tx::new(views, now_ms, false);
             let value = op(&tx)?;
             let lsn = tx.log(term)?;
-            Ok((value, lsn))
+            Ok((value, lsn, tx.logged.take()))
         });
-        let (value, lsn) = match result {
+        let (value, lsn, logged) = match result {
             Ok(ok) => ok,
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
+        self.publish_committed(logged);
         let ticket = match lsn {
-            Some(lsn) => {
-                self.committed_tx.send_if_modified(|last| {
-                    let newer = lsn > *last;
-                    if newer {
-                        *last = lsn;
-                    }
-                    newer
-                });
-                if own_flush {
-                    // The calling thread flushes before it reports anything (shop writer).
-                    Ticket::Ready
-                } else {
-                    self.group.register(lsn)
-                }
-            }
+            Some(lsn) => self.group.register(lsn),
             None => Ticket::Ready,
         };
         drop(in_flight);
         Ok(Committed { value, lsn, ticket })
     }
 
+    /// Runs `n` independent writes in ONE sled transaction, each under its own LSN with its
+    /// own WAL entry: the shop writer's path. Why: in sled 0.34 every transaction rolls the
+    /// log buffer twice (two `pwrite` + `sync_file_range`, each handed to sled's I/O
+    /// threadpool), which dominated the cost of a small write; a batch pays that once.
+    ///
+    /// Each write stays atomic: `run(i, tx)` runs write `i`; when it fails
+    /// (`ConflictableTransactionError::Abort`), everything it wrote is rolled back to the
+    /// savepoint taken before it, it logs nothing, and the next write goes on. Later writes
+    /// see earlier ones (they run in order in one transaction), exactly as if they had
+    /// committed one after the other. sled may rerun the whole closure on a conflict, so
+    /// `run` must be repeatable.
+    ///
+    /// Returns each write's outcome in order (its LSN, `None` when it changed nothing, or
+    /// its own error). An error of the batch itself (storage) is returned instead and
+    /// nothing of the batch is written. Nothing is durable yet: the caller must
+    /// [`flush_through`](Self::flush_through) the highest LSN before reporting any of it.
+    pub fn transact_batch<F>(&self, n: usize, run: F) -> Result<Vec<Result<Option<Lsn>>>>
+    where
+        F: Fn(usize, &Tx<'_>) -> TxResult<()>,
+    {
+        let now_ms = now_unix_ms();
+        let term = self.term();
+        let result = self.trees.as_slice().transaction(|views| {
+            let tx = Tx::new(views, now_ms, true);
+            let mut outcomes = Vec::with_capacity(n);
+            for i in 0..n {
+                match run(i, &tx) {
+                    Ok(()) => outcomes.push(Ok(tx.log(term)?)),
+                    Err(ConflictableTransactionError::Abort(e)) => {
+                        tx.rollback()?;
+                        outcomes.push(Err(e));
+                    }
+                    // A conflict reruns the batch; a storage error fails all of it.
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok((outcomes, tx.logged.take()))
+        });
+        let (outcomes, logged) = match result {
+            Ok(ok) => ok,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        self.publish_committed(logged);
+        Ok(outcomes)
+    }
+
+    /// Appends freshly committed entries to the in-memory tail, then tells the WAL shipper
+    /// (in that order, so a woken shipper finds them). The tail only ever holds
+    /// consecutive LSNs: an entry that does not follow its last one starts it afresh.
+    fn publish_committed(&self, logged: Vec<WalEntry>) {
+        let Some(lsn) = logged.last().map(|e| e.lsn) else {
+            return;
+        };
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in logged {
+                if tail.back().is_some_and(|last| last.lsn + 1 != entry.lsn) {
+                    tail.clear();
+                }
+                if tail.len() == WAL_TAIL_CAPACITY {
+                    tail.pop_front();
+                }
+                tail.push_back(entry);
+            }
+        }
+        self.committed_tx.send_if_modified(|last| {
+            let newer = lsn > *last;
+            if newer {
+                *last = lsn;
+            }
+            newer
+        });
+    }
+
     /// Flushes now (on the calling thread) unless `lsn` is already durable, then records
-    /// it. The shop's writer thread calls this once per batch instead of using tickets.
+    /// it. The shop's writer thread calls this once per [`transact_batch`](Self::transact_batch).
     /// `writes` is the batch size, for [`commit_stats`](Self::commit_stats).
     pub fn flush_through(&self, lsn: Lsn, writes: usize) -> Result<()> {
         if lsn > self.group.durable_lsn() {
@@ -322,12 +385,37 @@ impl Store {
     /// store's LSN are skipped, a gap aborts the whole batch and changes nothing. Reports
     /// `Applied(last applied LSN)`, or `Skipped(last entry's LSN)` when nothing was new.
     pub fn apply_wal_entries(&self, entries: &[WalEntry]) -> Result<Committed<Applied>> {
+        let applied = self.commit_wal_entries(entries)?;
+        let (lsn, ticket) = match applied {
+            Applied::Applied(lsn) => (Some(lsn), self.group.register(lsn)),
+            Applied::Skipped(_) => (None, Ticket::Ready),
+        };
+        Ok(Committed {
+            value: applied,
+            lsn,
+            ticket,
+        })
+    }
+
+    /// [`apply_wal_entries`](Self::apply_wal_entries), flushed on the calling thread
+    /// instead of through the flusher (the replica's apply loop: one hand-off less per
+    /// batch). Returns once the entries are durable.
+    pub fn apply_wal_entries_flushed(&self, entries: &[WalEntry]) -> Result<Applied> {
+        let applied = self.commit_wal_entries(entries)?;
+        if let Applied::Applied(lsn) = applied {
+            self.flush_through(lsn, entries.len())?;
+        }
+        Ok(applied)
+    }
+
+    /// Commits entries for the two apply variants (publishes the LSN, no durability).
+    fn commit_wal_entries(&self, entries: &[WalEntry]) -> Result<Applied> {
         let committed = self.trees.as_slice().transaction(|views| {
-            let tx = Tx {
+            let tx = Tx::new(
                 views,
-                mutations: RefCell::new(Vec::new()),
-                now_ms: entries.last().map_or(0, |e| e.committed_at_ms),
-            };
+                entries.last().map_or(0, |e| e.committed_at_ms),
+                false,
+            );
             let mut last = tx.last_lsn()?;
             let mut applied = None;
             for entry in entries {
@@ -363,18 +451,13 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
-        let (lsn, ticket) = match applied {
-            Applied::Applied(lsn) => {
-                self.committed_tx.send_replace(lsn);
-                (Some(lsn), self.group.register(lsn))
-            }
-            Applied::Skipped(_) => (None, Ticket::Ready),
-        };
-        Ok(Committed {
-            value: applied,
-            lsn,
-            ticket,
-        })
+        if let Applied::Applied(lsn) = applied {
+            // Applied entries are the primary's; this store ships nothing until promoted,
+            // and then from sled until its own commits refill the tail.
+            self.clear_tail();
+            self.committed_tx.send_replace(lsn);
+        }
+        Ok(applied)
     }
 
     /// Applies one WAL entry from the primary (replica side). Idempotent: an entry at or
@@ -393,6 +476,24 @@ impl Store {
             out.push(WalEntry::decode(&value)?);
         }
         Ok(out)
+    }
+
+    /// Like [`wal_since`](Self::wal_since), from memory and without blocking on sled:
+    /// `None` when the in-memory tail does not reach back to `after + 1` (read sled then).
+    pub fn wal_tail_since(&self, after: Lsn, max: usize) -> Option<Vec<WalEntry>> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let first = tail.front()?.lsn;
+        let last = tail.back()?.lsn;
+        if after >= last {
+            return (after == last).then(Vec::new);
+        }
+        let skip = usize::try_from(after.checked_add(1)?.checked_sub(first)?).ok()?;
+        Some(tail.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    /// Forgets the in-memory tail (the WAL's history was replaced or continued elsewhere).
+    fn clear_tail(&self) {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Deletes the WAL entries with LSN < `below` (at most `max` of them, oldest first) and
@@ -467,6 +568,7 @@ impl Store {
         }
         self.db.flush()?;
         self.group.reset_durable(lsn);
+        self.clear_tail();
         self.committed_tx.send_replace(lsn);
         Ok(())
     }
@@ -514,15 +616,56 @@ impl Store {
     }
 }
 
+/// A key's value before the current write touched it (`None`: it did not exist).
+type Undo = (TreeName, Vec<u8>, Option<IVec>);
+
 /// The closure's handle on the trees inside a transaction; records every change for the
 /// WAL entry.
 pub struct Tx<'a> {
     views: &'a [TransactionalTree],
     mutations: RefCell<Vec<Mutation>>,
+    /// Previous value of every key written since the last savepoint, oldest first; only
+    /// kept inside [`Store::transact_batch`], where one write can fail without the others.
+    undo: Option<RefCell<Vec<Undo>>>,
+    /// The entries this transaction logged, for the store's in-memory tail.
+    logged: RefCell<Vec<WalEntry>>,
     now_ms: i64,
 }
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    fn new(views: &'a [TransactionalTree], now_ms: i64, savepoints: bool) -> Self {
+        Self {
+            views,
+            mutations: RefCell::new(Vec::new()),
+            undo: savepoints.then(|| RefCell::new(Vec::new())),
+            logged: RefCell::new(Vec::new()),
+            now_ms,
+        }
+    }
+
+    /// Records `old` as the value to restore if the current write fails (batch mode).
+    fn remember(&self, tree: TreeName, key: &[u8], old: Option<IVec>) {
+        if let Some(undo) = &self.undo {
+            undo.borrow_mut().push((tree, key.to_vec(), old));
+        }
+    }
+
+    /// Undoes every put/delete since the last savepoint, newest first, and forgets its
+    /// mutations: the failed write leaves no trace in the data or the WAL.
+    fn rollback(&self) -> TxResult<()> {
+        self.mutations.borrow_mut().clear();
+        if let Some(undo) = &self.undo {
+            let undo = std::mem::take(&mut *undo.borrow_mut());
+            for (tree, key, old) in undo.into_iter().rev() {
+                match old {
+                    Some(value) => self.view(tree).insert(key, value)?,
+                    None => self.view(tree).remove(key)?,
+                };
+            }
+        }
+        Ok(())
+    }
+
     /// Wall-clock time of the transaction (ms since the Unix epoch), fixed across retries.
     pub fn now_ms(&self) -> i64 {
         self.now_ms
@@ -543,7 +686,8 @@ impl Tx<'_> {
 
     /// Writes a key.
     pub fn put(&self, tree: TreeName, key: &[u8], value: Vec<u8>) -> TxResult<()> {
-        self.view(tree).insert(key, value.clone())?;
+        let old = self.view(tree).insert(key, value.clone())?;
+        self.remember(tree, key, old);
         self.mutations.borrow_mut().push(Mutation {
             tree,
             key: key.to_vec(),
@@ -554,7 +698,8 @@ impl Tx<'_> {
 
     /// Deletes a key (a no-op delete is still logged; replay is idempotent).
     pub fn delete(&self, tree: TreeName, key: &[u8]) -> TxResult<()> {
-        self.view(tree).remove(key)?;
+        let old = self.view(tree).remove(key)?;
+        self.remember(tree, key, old);
         self.mutations.borrow_mut().push(Mutation {
             tree,
             key: key.to_vec(),
@@ -598,8 +743,12 @@ impl Tx<'_> {
         Ok(self.last_lsn()? + 1)
     }
 
-    /// Allocates the LSN and appends the WAL entry, if anything changed.
+    /// Allocates the LSN and appends the WAL entry, if anything changed; the write is then
+    /// part of the transaction for good (a new savepoint starts).
     fn log(&self, term: u64) -> TxResult<Option<Lsn>> {
+        if let Some(undo) = &self.undo {
+            undo.borrow_mut().clear();
+        }
         if self.mutations.borrow().is_empty() {
             return Ok(None);
         }
@@ -610,7 +759,9 @@ impl Tx<'_> {
             mutations: std::mem::take(&mut *self.mutations.borrow_mut()),
         };
         self.log_entry(&entry)?;
-        Ok(Some(entry.lsn))
+        let lsn = entry.lsn;
+        self.logged.borrow_mut().push(entry);
+        Ok(Some(lsn))
     }
 
     /// Writes `entry` as the next WAL record and advances `last_lsn` to its LSN.
@@ -727,6 +878,100 @@ mod tests {
         assert_eq!(stats.durable_lsn, 400);
         assert!(stats.flushes < 400, "no grouping at all: {stats:?}");
         tracing::info!(?stats, "group commit");
+    }
+
+    /// A batch is one transaction of independent writes: each gets its own consecutive LSN
+    /// and WAL entry, later writes see earlier ones, and a write that fails is rolled back
+    /// to its savepoint (every put and delete it made, even to keys it wrote twice) without
+    /// costing the others anything.
+    #[test]
+    fn batch_writes_fail_alone() {
+        let (_dir, store) = temp_store();
+        put(&store, b"kept", b"before").unwrap();
+        put(&store, b"gone", b"before").unwrap();
+        let outcomes = store
+            .transact_batch(4, |i, tx| match i {
+                0 => tx.put(TreeName::Carts, b"a", b"1".to_vec()),
+                1 => {
+                    tx.put(TreeName::Carts, b"kept", b"first".to_vec())?;
+                    tx.put(TreeName::Carts, b"kept", b"second".to_vec())?;
+                    tx.delete(TreeName::Carts, b"gone")?;
+                    tx.put(TreeName::Orders, b"new", b"x".to_vec())?;
+                    Err(ShopError::precondition("out of stock").into())
+                }
+                2 => {
+                    let a = tx.get(TreeName::Carts, b"a")?;
+                    assert_eq!(a.as_deref(), Some(&b"1"[..]), "sees the earlier write");
+                    tx.put(TreeName::Carts, b"b", b"2".to_vec())
+                }
+                _ => tx.get(TreeName::Carts, b"b").map(|_| ()), // changes nothing
+            })
+            .unwrap();
+        assert_eq!(outcomes.len(), 4);
+        assert_eq!(outcomes[0].as_ref().ok(), Some(&Some(3)));
+        assert!(matches!(outcomes[1], Err(ShopError::FailedPrecondition(_))));
+        assert_eq!(outcomes[2].as_ref().ok(), Some(&Some(4)));
+        assert_eq!(outcomes[3].as_ref().ok(), Some(&None));
+        store.flush_through(4, 4).unwrap();
+        assert_eq!(store.durable_lsn(), 4);
+        let carts = store.tree(TreeName::Carts);
+        assert_eq!(carts.get(b"kept").unwrap().as_deref(), Some(&b"before"[..]));
+        assert_eq!(carts.get(b"gone").unwrap().as_deref(), Some(&b"before"[..]));
+        assert_eq!(store.tree(TreeName::Orders).get(b"new").unwrap(), None);
+        let wal = store.wal_since(2, 10).unwrap();
+        assert_eq!(wal.iter().map(|e| e.lsn).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(wal[0].mutations.len(), 1);
+        assert_eq!(wal[1].mutations[0].key, b"b");
+        assert_eq!(store.last_lsn().unwrap(), 4);
+
+        // Replayed on a replica, the batch's WAL gives the same data.
+        let (_d2, replica) = temp_store();
+        replica
+            .apply_wal_entries(&store.wal_since(0, 10).unwrap())
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        assert_eq!(replica.digest().unwrap(), store.digest().unwrap());
+    }
+
+    /// The in-memory tail serves exactly what the WAL holds for fresh commits (single and
+    /// batched), says `None` when it does not reach back far enough, and is dropped when
+    /// the store applies someone else's entries.
+    #[test]
+    fn wal_tail_matches_the_wal() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.wal_tail_since(0, 10), None, "empty tail: read sled");
+        put(&store, b"a", b"1").unwrap();
+        store
+            .transact_batch(2, |i, tx| {
+                tx.put(TreeName::Carts, &[i as u8], b"v".to_vec())
+            })
+            .unwrap();
+        store.flush_through(3, 2).unwrap();
+        assert_eq!(
+            store.wal_tail_since(0, 10).unwrap(),
+            store.wal_since(0, 10).unwrap()
+        );
+        assert_eq!(
+            store.wal_tail_since(1, 1).unwrap(),
+            store.wal_since(1, 1).unwrap()
+        );
+        assert_eq!(store.wal_tail_since(3, 10), Some(vec![]), "nothing new");
+        let (_d2, replica) = temp_store();
+        put(&replica, b"own", b"x").unwrap();
+        assert!(replica.wal_tail_since(0, 10).is_some());
+        let (_d3, other) = temp_store();
+        let entries = store.wal_since(0, 10).unwrap();
+        other
+            .apply_wal_entry(&entries[0])
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        assert_eq!(
+            other.wal_tail_since(0, 10),
+            None,
+            "applied entries are not kept"
+        );
     }
 
     /// Replaying a primary's WAL onto an empty store reproduces its data and WAL; replays
