@@ -13,6 +13,11 @@ mod up;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc, for every role: sled copies B-tree nodes on write
+/// and tonic allocates per message; measured +6–8 % shop throughput (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Concord: consensus and redundancy over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "concord", version, about)]

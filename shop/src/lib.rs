@@ -4,11 +4,12 @@
 //! A request walks through:
 //! 1. `service` (tonic) converts the request (`convert`), checks the admin token for
 //!    product mutations and asks `replication` whether this process takes writes;
-//! 2. `shop` queues the domain operation (`catalog`, `cart`, `order`) for its single
-//!    writer thread (reads run on the blocking pool);
-//! 3. the operation validates its input (`validate`, `keys`) *before* touching storage,
-//!    then runs ONE `store` transaction, which records every put/delete into a `wal`
-//!    entry and allocates the next gap-free LSN in the same transaction;
+//! 2. the domain (`catalog`, `cart`, `order`) validates the input (`validate`, `keys`)
+//!    *before* touching storage and returns the write as a `WriteOp`, which `shop` queues
+//!    for its single writer thread (reads run on the blocking pool);
+//! 3. the writer runs everything queued in ONE `store` transaction; each write records
+//!    its puts/deletes into its own `wal` entry under the next gap-free LSN, and one that
+//!    fails is rolled back to its savepoint without touching the others;
 //! 4. the writer flushes once per batch (group commit: one fsync covers every write
 //!    queued meanwhile) and only then replies; other `transact` callers use the
 //!    `group_commit` flusher;
