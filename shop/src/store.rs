@@ -430,10 +430,7 @@ impl Store {
                     .into());
                 }
                 for m in &entry.mutations {
-                    match &m.value {
-                        Some(v) => tx.put(m.tree, &m.key, v.clone())?,
-                        None => tx.delete(m.tree, &m.key)?,
-                    }
+                    tx.replay(m)?;
                 }
                 tx.log_entry(entry)?;
                 last = entry.lsn;
@@ -705,6 +702,17 @@ impl<'a> Tx<'a> {
             key: key.to_vec(),
             value: None,
         });
+        Ok(())
+    }
+
+    /// Applies a mutation from another store's WAL entry without recording it: the entry
+    /// itself is logged as it is (replica apply).
+    fn replay(&self, m: &Mutation) -> TxResult<()> {
+        let view = self.view(m.tree);
+        match &m.value {
+            Some(v) => view.insert(m.key.as_slice(), v.as_slice())?,
+            None => view.remove(m.key.as_slice())?,
+        };
         Ok(())
     }
 
