@@ -541,6 +541,7 @@ impl Replicator {
             caught_up: self.caught_up.load(Ordering::Acquire),
             primary_address,
             address: self.address.clone(),
+            first_wal_lsn: self.store.first_wal_lsn()?.unwrap_or(0),
         })
     }
 

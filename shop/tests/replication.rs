@@ -429,7 +429,13 @@ async fn wal_trimming_respects_the_replica_and_falls_back_to_a_snapshot() {
     );
 
     // 3. A fresh replica wants LSN 1, which is gone: snapshot, then the stream.
+    let trimmed_to = first.expect("the primary's WAL is not empty");
     let primary = start_primary().await;
+    assert_eq!(
+        status(&primary).await.first_wal_lsn,
+        trimmed_to,
+        "the trimmed point is visible over gRPC"
+    );
     let fresh = start_replica(&fresh_dir, &primary).await;
     assert!(caught_up(&primary, &fresh).await);
     create_n(&primary, 60, 5).await;
