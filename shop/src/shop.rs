@@ -321,21 +321,6 @@ mod tests {
 
     use super::*;
 
-    /// User + system CPU seconds of this process.
-    fn cpu_seconds() -> f64 {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-            f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-        });
-        ticks / 100.0
-    }
-
     /// Group-commit throughput of product creation at concurrency 16 (run with
     /// `--ignored --nocapture`); prints writes/s and writes per fsync.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +332,7 @@ mod tests {
             let mut config = StoreConfig::new(dir.path().join("db"));
             config.linger = Duration::from_micros(linger_us);
             let shop = Shop::open(&config).unwrap();
-            let cpu_before = cpu_seconds();
+            let cpu_before = concord_testkit::process_cpu_seconds();
             let deadline = Instant::now() + Duration::from_secs(3);
             let tasks: Vec<_> = (0..16)
                 .map(|t| {
@@ -376,8 +361,9 @@ mod tests {
             tracing::warn!(
                 linger_us,
                 writes_per_s = (total as f64 / 3.0).round(),
-                cpu_us_per_write =
-                    ((cpu_seconds() - cpu_before) * 1e6 / total.max(1) as f64).round(),
+                cpu_us_per_write = ((concord_testkit::process_cpu_seconds() - cpu_before) * 1e6
+                    / total.max(1) as f64)
+                    .round(),
                 flushes = stats.flushes,
                 writes_per_flush = stats.writes as f64 / stats.flushes.max(1) as f64,
                 us_per_flush = (stats.flush_micros as f64 / stats.flushes.max(1) as f64).round(),

@@ -9,21 +9,6 @@ use std::time::{Duration, Instant};
 use concord::pb::shop::v1 as pb;
 use harness::{admin, new_product, start};
 
-/// User + system CPU seconds of this process (client and server both live here).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    ticks / 100.0
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -71,10 +56,10 @@ async fn bench_create_products_c16() {
     let dir = tempfile::tempdir().unwrap();
     let shop = start(dir.path(), |_| {}).await;
     let secs = 5.0;
-    let cpu_before = cpu_seconds();
+    let cpu_before = concord_testkit::process_cpu_seconds();
     let (n, lat) = create_load(&shop, 16, Duration::from_secs_f64(secs)).await;
     tracing::warn!(
-        cpu_cores_busy = (cpu_seconds() - cpu_before) / secs,
+        cpu_cores_busy = (concord_testkit::process_cpu_seconds() - cpu_before) / secs,
         "process CPU"
     );
     tracing::warn!(

@@ -11,6 +11,7 @@
 //! - [`registry`], [`node`] and [`aggregator`] start the real services with it.
 //! - [`NodeProcess`] is a node in its own runtime and thread, so a test can `kill -9` it:
 //!   dropping the runtime closes its sockets and nothing deregisters.
+//! - [`process_cpu_seconds`] lets the ignored bench tests report CPU per operation.
 
 use std::{
     future::Future,
@@ -244,6 +245,23 @@ pub async fn free_addr() -> SocketAddr {
 
 fn local() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// User + system CPU seconds this process has used so far (Linux `/proc/self/stat`; 0 where
+/// that is unreadable). The ignored bench tests divide the difference by their operations.
+pub fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `)` that closes the command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
 }
 
 #[cfg(test)]
