@@ -18,4 +18,5 @@ pub mod error;
 pub mod grpc;
 pub mod pb;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;

@@ -570,7 +570,7 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Opens (or creates) the ledger at `path`.
     pub fn open(path: impl AsRef<Path>, params: ScoringParams) -> Result<Self, LedgerError> {
-        let db = sled::open(path)?;
+        let db = concord::storage::open_sled(&sled::Config::new().path(path.as_ref()))?;
         Self::with_db(db, params)
     }
 

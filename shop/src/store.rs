@@ -160,14 +160,15 @@ impl Store {
     /// Opens (or creates) the store and starts its flusher. Recovery is sled's: every
     /// flushed transaction is present in full, anything later is absent in full.
     pub fn open(config: &StoreConfig) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity_bytes)
-            .mode(sled::Mode::LowSpace)
-            // Every acknowledged write is flushed by the group commit; sled's own timer
-            // flush would only compete for the same lock.
-            .flush_every_ms(None)
-            .open()?;
+        let db = concord::storage::open_sled(
+            &sled::Config::new()
+                .path(&config.path)
+                .cache_capacity(config.cache_capacity_bytes)
+                .mode(sled::Mode::LowSpace)
+                // Every acknowledged write is flushed by the group commit; sled's own timer
+                // flush would only compete for the same lock.
+                .flush_every_ms(None),
+        )?;
         let mut trees = Vec::with_capacity(TreeName::ALL.len() + 2);
         for name in TreeName::ALL {
             trees.push(db.open_tree(name.as_str())?);
