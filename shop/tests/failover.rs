@@ -11,17 +11,9 @@ use concord::pb::registry::v1::registry_client::RegistryClient;
 use concord::pb::registry::v1::ResolveRequest;
 use concord::pb::shop::v1 as pb;
 use concord_shop::ReplicationMode;
-use harness::{create, eventually, start, TestShop};
+use harness::{create, eventually, start};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn status(shop: &TestShop) -> pb::GetReplicationStatusResponse {
-    shop.replication()
-        .get_replication_status(pb::GetReplicationStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-}
 
 /// The scenario in the module docs, end to end over a real registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,12 +63,12 @@ async fn replica_takes_over_and_old_primary_follows() {
     let mut p = primary.client();
     let before = create(&mut p, "Before failover", 100, 1).await;
     let want = primary.last_lsn().await;
-    assert!(eventually(WAIT, || async { status(&replica).await.last_lsn >= want }).await);
+    assert!(eventually(WAIT, || async { replica.status().await.last_lsn >= want }).await);
 
     primary.stop().await; // deregisters: the primary is gone from the registry
     assert!(
         eventually(WAIT, || async {
-            let s = status(&replica).await;
+            let s = replica.status().await;
             s.role == pb::Role::Primary as i32 && s.term == 2
         })
         .await,
@@ -119,7 +111,7 @@ async fn replica_takes_over_and_old_primary_follows() {
     );
     assert!(
         eventually(WAIT, || async {
-            let s = status(&old).await;
+            let s = old.status().await;
             s.role == pb::Role::Replica as i32 && s.primary_address == replica_addr
         })
         .await,
@@ -173,7 +165,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
         .await
         .expect_err("wrote without knowing whether a newer primary exists");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(status(&primary).await.role, pb::Role::Replica as i32);
+    assert_eq!(primary.status().await.role, pb::Role::Replica as i32);
 
     let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
     let registry_task = tokio::spawn(concord_registry::serve(
@@ -185,7 +177,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
     ));
     assert!(
         eventually(WAIT, || async {
-            let s = status(&primary).await;
+            let s = primary.status().await;
             s.role == pb::Role::Primary as i32 && s.term == 1
         })
         .await,

@@ -7,18 +7,10 @@ use std::time::Duration;
 
 use concord::pb::shop::v1 as pb;
 use concord_shop::{OnReplicaLoss, ReplicationMode};
-use harness::{admin, create, eventually, start, TestShop};
+use harness::{add_to_cart, admin, create, eventually, start, TestShop};
 use tonic::Code;
 
 const CATCH_UP: Duration = Duration::from_secs(10);
-
-async fn status(shop: &TestShop) -> pb::GetReplicationStatusResponse {
-    shop.replication()
-        .get_replication_status(pb::GetReplicationStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-}
 
 async fn start_pair(
     mode: ReplicationMode,
@@ -43,7 +35,7 @@ async fn start_pair(
 async fn caught_up(primary: &TestShop, replica: &TestShop) -> bool {
     let want = primary.last_lsn().await;
     eventually(CATCH_UP, || async {
-        status(replica).await.last_lsn >= want
+        replica.status().await.last_lsn >= want
     })
     .await
 }
@@ -55,13 +47,7 @@ async fn async_replica_catches_up_and_refuses_writes() {
     let (_dir, primary, replica) = start_pair(ReplicationMode::Async, OnReplicaLoss::Fail).await;
     let mut p = primary.client();
     let tea = create(&mut p, "Tea", 250, 10).await;
-    p.add_cart_item(pb::AddCartItemRequest {
-        user_id: "ann".into(),
-        product_id: tea.id.clone(),
-        quantity: 2,
-    })
-    .await
-    .unwrap();
+    add_to_cart(&mut p, "ann".into(), tea.id.clone(), 2).await;
     let order = p
         .place_order(pb::PlaceOrderRequest {
             user_id: "ann".into(),
@@ -118,16 +104,16 @@ async fn async_replica_catches_up_and_refuses_writes() {
         Some(primary.addr.to_string().as_str())
     );
 
-    let ps = status(&primary).await;
+    let ps = primary.status().await;
     assert_eq!(ps.role, pb::Role::Primary as i32);
     assert!(ps.peer_connected);
     assert!(
         eventually(CATCH_UP, || async {
-            status(&primary).await.lag_entries == 0
+            primary.status().await.lag_entries == 0
         })
         .await
     );
-    let rs = status(&replica).await;
+    let rs = replica.status().await;
     assert_eq!(rs.role, pb::Role::Replica as i32);
     replica.stop().await;
     primary.stop().await;
@@ -138,7 +124,7 @@ async fn async_replica_catches_up_and_refuses_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_waits_for_replica_and_fails_without_it() {
     let (_dir, primary, replica) = start_pair(ReplicationMode::Sync, OnReplicaLoss::Fail).await;
-    assert!(eventually(CATCH_UP, || async { status(&primary).await.peer_connected }).await);
+    assert!(eventually(CATCH_UP, || async { primary.status().await.peer_connected }).await);
     let mut p = primary.client();
     let created = p
         .create_product(admin(harness::new_product("Tea", 1, 1)))
@@ -156,7 +142,7 @@ async fn sync_mode_waits_for_replica_and_fails_without_it() {
     replica.stop().await;
     assert!(
         eventually(CATCH_UP, || async {
-            !status(&primary).await.peer_connected
+            !primary.status().await.peer_connected
         })
         .await
     );
@@ -175,7 +161,7 @@ async fn sync_mode_degrades_when_asked() {
     replica.stop().await;
     assert!(
         eventually(CATCH_UP, || async {
-            !status(&primary).await.peer_connected
+            !primary.status().await.peer_connected
         })
         .await
     );
@@ -323,7 +309,7 @@ async fn diverged_old_primary_gets_snapshot() {
     })
     .await
     .unwrap();
-    assert_eq!(status(&old).await.term, 2);
+    assert_eq!(old.status().await.term, 2);
     // Writing more on the new primary keeps flowing after the snapshot.
     create(&mut np, "After snapshot", 1, 1).await;
     assert!(caught_up(&new_primary, &old).await);
@@ -432,7 +418,7 @@ async fn wal_trimming_respects_the_replica_and_falls_back_to_a_snapshot() {
     let trimmed_to = first.expect("the primary's WAL is not empty");
     let primary = start_primary().await;
     assert_eq!(
-        status(&primary).await.first_wal_lsn,
+        primary.status().await.first_wal_lsn,
         trimmed_to,
         "the trimmed point is visible over gRPC"
     );

@@ -6,7 +6,7 @@ mod harness;
 use std::sync::Arc;
 
 use concord::pb::shop::v1 as pb;
-use harness::{admin, create, new_product, start};
+use harness::{add_to_cart, admin, create, new_product, start};
 use tonic::Code;
 
 /// Products, cart, order and status flow end to end, with increasing LSNs.
@@ -82,29 +82,10 @@ async fn full_flow() {
 
     // Cart: merge, set, remove, totals at current prices.
     let user = "alice".to_string();
-    c.add_cart_item(pb::AddCartItemRequest {
-        user_id: user.clone(),
-        product_id: tea.id.clone(),
-        quantity: 1,
-    })
-    .await
-    .unwrap();
-    c.add_cart_item(pb::AddCartItemRequest {
-        user_id: user.clone(),
-        product_id: tea.id.clone(),
-        quantity: 2,
-    })
-    .await
-    .unwrap();
-    let cart = c
-        .add_cart_item(pb::AddCartItemRequest {
-            user_id: user.clone(),
-            product_id: mug.id.clone(),
-            quantity: 1,
-        })
+    add_to_cart(&mut c, user.clone(), tea.id.clone(), 1).await;
+    add_to_cart(&mut c, user.clone(), tea.id.clone(), 2).await;
+    let cart = add_to_cart(&mut c, user.clone(), mug.id.clone(), 1)
         .await
-        .unwrap()
-        .into_inner()
         .cart
         .unwrap();
     assert_eq!(cart.lines.len(), 2);
@@ -118,13 +99,7 @@ async fn full_flow() {
     })
     .await
     .unwrap();
-    c.add_cart_item(pb::AddCartItemRequest {
-        user_id: user.clone(),
-        product_id: "p-000000000003".into(),
-        quantity: 1,
-    })
-    .await
-    .unwrap();
+    add_to_cart(&mut c, user.clone(), "p-000000000003".into(), 1).await;
     c.remove_cart_item(pb::RemoveCartItemRequest {
         user_id: user.clone(),
         product_id: "p-000000000003".into(),
@@ -315,13 +290,7 @@ async fn oversell_race() {
     let mut c = shop.client();
     let hot = create(&mut c, "Limited edition", 9_900, 10).await;
     for u in 0..200 {
-        c.add_cart_item(pb::AddCartItemRequest {
-            user_id: format!("user{u}"),
-            product_id: hot.id.clone(),
-            quantity: 1,
-        })
-        .await
-        .unwrap();
+        add_to_cart(&mut c, format!("user{u}"), hot.id.clone(), 1).await;
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(200));
     let calls: Vec<_> = (0..200)
@@ -372,13 +341,7 @@ async fn status_machine_table() {
         for to in all {
             n += 1;
             let user = format!("u{n}");
-            c.add_cart_item(pb::AddCartItemRequest {
-                user_id: user.clone(),
-                product_id: p.id.clone(),
-                quantity: 1,
-            })
-            .await
-            .unwrap();
+            add_to_cart(&mut c, user.clone(), p.id.clone(), 1).await;
             let order = c
                 .place_order(pb::PlaceOrderRequest {
                     user_id: user,
@@ -459,13 +422,7 @@ async fn bad_input_table() {
     let shop = start(dir.path(), |_| {}).await;
     let mut c = shop.client();
     let p = create(&mut c, "Tea", 100, 3).await;
-    c.add_cart_item(pb::AddCartItemRequest {
-        user_id: "eve".into(),
-        product_id: p.id.clone(),
-        quantity: 1,
-    })
-    .await
-    .unwrap();
+    add_to_cart(&mut c, "eve".into(), p.id.clone(), 1).await;
     let lsn = shop.last_lsn().await;
 
     let id = p.id.clone();

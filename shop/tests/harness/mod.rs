@@ -75,15 +75,37 @@ impl TestShop {
         }
     }
 
-    /// The shop's last committed LSN.
-    pub async fn last_lsn(&self) -> u64 {
+    /// The shop's replication status.
+    pub async fn status(&self) -> pb::GetReplicationStatusResponse {
         self.replication()
             .get_replication_status(pb::GetReplicationStatusRequest {})
             .await
             .expect("status")
             .into_inner()
-            .last_lsn
     }
+
+    /// The shop's last committed LSN.
+    pub async fn last_lsn(&self) -> u64 {
+        self.status().await.last_lsn
+    }
+}
+
+/// Adds `quantity` of a product to a user's cart; panics on an error status.
+pub async fn add_to_cart(
+    client: &mut ShopClient<Channel>,
+    user_id: String,
+    product_id: String,
+    quantity: i64,
+) -> pb::AddCartItemResponse {
+    client
+        .add_cart_item(pb::AddCartItemRequest {
+            user_id,
+            product_id,
+            quantity,
+        })
+        .await
+        .expect("add to cart")
+        .into_inner()
 }
 
 /// Wraps a message with the admin bearer token.
