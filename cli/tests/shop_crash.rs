@@ -166,16 +166,7 @@ async fn shop_survives_kill_9_without_losing_acknowledged_writes() {
     // stock fell by exactly the units ordered.
     let mut ordered_units = 0;
     for user in &acked.users {
-        let orders = c
-            .list_orders(pb::ListOrdersRequest {
-                user_id: user.clone(),
-                page_size: 10,
-                page_token: String::new(),
-            })
-            .await
-            .expect("list orders")
-            .into_inner()
-            .orders;
+        let orders = common::orders_of(&mut c, user).await;
         assert!(orders.len() <= 1, "{user} has {} orders", orders.len());
         let cart = c
             .get_cart(pb::GetCartRequest {

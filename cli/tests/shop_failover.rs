@@ -422,16 +422,7 @@ async fn check_exactly_once(addr: &str, log: &Log, lost: &[Acked]) {
                 }
                 // Not acknowledged: the retry may replay (it committed and replicated),
                 // place it now, or fail (the cart line never reached the new primary).
-                let orders = c
-                    .list_orders(pb::ListOrdersRequest {
-                        user_id: user.clone(),
-                        page_size: 10,
-                        page_token: String::new(),
-                    })
-                    .await
-                    .expect("list orders")
-                    .into_inner()
-                    .orders;
+                let orders = common::orders_of(&mut c, &user).await;
                 assert!(orders.len() <= 1, "{user} has {} orders", orders.len());
                 if let Some(id) = acked.get(&(user.clone(), key)) {
                     assert_eq!(orders.len(), 1, "{user}: acknowledged order {id} missing");

@@ -175,3 +175,20 @@ pub fn product(name: &str, stock: i64) -> concord::pb::shop::v1::CreateProductRe
         stock,
     }
 }
+
+/// A user's orders (first page of 10, newest first); panics on an error status.
+pub async fn orders_of(
+    client: &mut concord::pb::shop::v1::shop_client::ShopClient<tonic::transport::Channel>,
+    user: &str,
+) -> Vec<concord::pb::shop::v1::Order> {
+    client
+        .list_orders(concord::pb::shop::v1::ListOrdersRequest {
+            user_id: user.to_string(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list orders")
+        .into_inner()
+        .orders
+}
