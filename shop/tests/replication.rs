@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use concord::pb::shop::v1 as pb;
 use concord_shop::{OnReplicaLoss, ReplicationMode};
-use harness::{add_to_cart, admin, create, eventually, start, TestShop};
+use harness::{add_to_cart, admin, create, eventually, get_product, start, TestShop};
 use tonic::Code;
 
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -63,20 +63,8 @@ async fn async_replica_catches_up_and_refuses_writes() {
     );
 
     let mut r = replica.client();
-    let on_replica = r
-        .get_product(pb::GetProductRequest { id: tea.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
-    let on_primary = p
-        .get_product(pb::GetProductRequest { id: tea.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
+    let on_replica = get_product(&mut r, tea.id.clone()).await;
+    let on_primary = get_product(&mut p, tea.id.clone()).await;
     assert_eq!(on_replica, on_primary);
     assert_eq!(on_replica.stock, 8);
     let o = order.order.unwrap();
@@ -196,16 +184,7 @@ async fn replica_restart_resumes() {
     })
     .await;
     assert!(caught_up(&primary, &replica).await);
-    let page = replica
-        .client()
-        .list_products(pb::ListProductsRequest {
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(page.products.len(), 50);
+    assert_eq!(product_count(&replica).await, 50);
     replica.stop().await;
     primary.stop().await;
 }
@@ -317,6 +296,20 @@ async fn diverged_old_primary_gets_snapshot() {
     new_primary.stop().await;
 }
 
+/// How many products a shop lists (all on the first page: tests stay under 100).
+async fn product_count(shop: &TestShop) -> usize {
+    shop.client()
+        .list_products(pb::ListProductsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list products")
+        .into_inner()
+        .products
+        .len()
+}
+
 /// Opens a stopped shop's store: (first WAL LSN, last LSN, data digest).
 async fn inspect(dir: std::path::PathBuf) -> (Option<u64>, u64, String) {
     tokio::task::spawn_blocking(move || {
@@ -426,16 +419,7 @@ async fn wal_trimming_respects_the_replica_and_falls_back_to_a_snapshot() {
     assert!(caught_up(&primary, &fresh).await);
     create_n(&primary, 60, 5).await;
     assert!(caught_up(&primary, &fresh).await);
-    let page = fresh
-        .client()
-        .list_products(pb::ListProductsRequest {
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(page.products.len(), 65);
+    assert_eq!(product_count(&fresh).await, 65);
     fresh.stop().await;
     primary.stop().await;
     let (p_first, p_last, p_digest) = inspect(p_dir).await;

@@ -6,7 +6,7 @@ mod harness;
 use std::sync::Arc;
 
 use concord::pb::shop::v1 as pb;
-use harness::{add_to_cart, admin, create, new_product, start};
+use harness::{add_to_cart, admin, create, get_product, new_product, start};
 use tonic::Code;
 
 /// Products, cart, order and status flow end to end, with increasing LSNs.
@@ -131,13 +131,7 @@ async fn full_flow() {
     let order = placed.order.unwrap();
     assert_eq!(order.total_minor, 3 * 500 + 2 * 1200);
     assert_eq!(order.status, pb::OrderStatus::Pending as i32);
-    let tea_now = c
-        .get_product(pb::GetProductRequest { id: tea.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
+    let tea_now = get_product(&mut c, tea.id.clone()).await;
     assert_eq!(tea_now.stock, 17);
     let cart = c
         .get_cart(pb::GetCartRequest {
@@ -269,14 +263,7 @@ async fn place_order_is_idempotent() {
     c.add_cart_item(add(1)).await.unwrap();
     let err = c.place_order(place()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let stock = c
-        .get_product(pb::GetProductRequest { id: p.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap()
-        .stock;
+    let stock = get_product(&mut c, p.id.clone()).await.stock;
     assert_eq!(stock, 8, "only one order decremented stock");
     shop.stop().await;
 }
@@ -315,14 +302,7 @@ async fn oversell_race() {
         }
     }
     assert_eq!(won, 10);
-    let stock = c
-        .get_product(pb::GetProductRequest { id: hot.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap()
-        .stock;
+    let stock = get_product(&mut c, hot.id.clone()).await.stock;
     assert_eq!(stock, 0);
     shop.stop().await;
 }
@@ -393,14 +373,7 @@ async fn status_machine_table() {
             }
         }
     }
-    let stock = c
-        .get_product(pb::GetProductRequest { id: p.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap()
-        .stock;
+    let stock = get_product(&mut c, p.id.clone()).await.stock;
     // 25 orders of 1 unit; cancelled ones gave theirs back: Cancelled-from-start (5 rows)
     // plus the allowed Pending→Cancelled and Paid→Cancelled moves.
     assert_eq!(stock, 1_000 - 25 + 5 + 2);
@@ -655,13 +628,7 @@ async fn bad_input_table() {
     assert!(status.message().contains("UTF-8"), "{status:?}");
 
     assert_eq!(shop.last_lsn().await, lsn, "no bad request wrote anything");
-    let after = c
-        .get_product(pb::GetProductRequest { id: id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
+    let after = get_product(&mut c, id.clone()).await;
     assert_eq!(after, p);
     shop.stop().await;
 }

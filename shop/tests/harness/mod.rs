@@ -90,6 +90,17 @@ impl TestShop {
     }
 }
 
+/// Reads a product; panics on an error status.
+pub async fn get_product(client: &mut ShopClient<Channel>, id: String) -> pb::Product {
+    client
+        .get_product(pb::GetProductRequest { id })
+        .await
+        .expect("get product")
+        .into_inner()
+        .product
+        .expect("a product in the reply")
+}
+
 /// Adds `quantity` of a product to a user's cart; panics on an error status.
 pub async fn add_to_cart(
     client: &mut ShopClient<Channel>,
