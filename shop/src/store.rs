@@ -270,11 +270,7 @@ impl Store {
             let lsn = tx.log(term)?;
             Ok((value, lsn, tx.logged.take()))
         });
-        let (value, lsn, logged) = match result {
-            Ok(ok) => ok,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
+        let (value, lsn, logged) = tx_outcome(result)?;
         self.publish_committed(logged);
         let ticket = match lsn {
             Some(lsn) => self.group.register(lsn),
@@ -322,11 +318,7 @@ impl Store {
             }
             Ok((outcomes, tx.logged.take()))
         });
-        let (outcomes, logged) = match result {
-            Ok(ok) => ok,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
+        let (outcomes, logged) = tx_outcome(result)?;
         self.publish_committed(logged);
         Ok(outcomes)
     }
@@ -444,11 +436,7 @@ impl Store {
                 (None, None) => Applied::Skipped(last),
             })
         });
-        let applied = match committed {
-            Ok(a) => a,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
+        let applied = tx_outcome(committed)?;
         if let Applied::Applied(lsn) = applied {
             // Applied entries are the primary's; this store ships nothing until promoted,
             // and then from sled until its own commits refill the tail.
@@ -779,6 +767,15 @@ impl<'a> Tx<'a> {
         self.meta()
             .insert(META_LAST_LSN, &entry.lsn.to_be_bytes())?;
         Ok(())
+    }
+}
+
+/// A sled transaction's result as ours: the closure's own error, or a storage error.
+fn tx_outcome<T>(result: std::result::Result<T, TransactionError<ShopError>>) -> Result<T> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
     }
 }
 
