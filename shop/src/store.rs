@@ -904,6 +904,22 @@ mod tests {
         Ok(c.durable_blocking()?.lsn)
     }
 
+    /// Three durable writes on `store` (puts of `a` and `b`, then one write that deletes
+    /// `a` and puts an order) and the WAL entries they logged.
+    fn three_writes(store: &Store) -> Vec<WalEntry> {
+        put(store, b"a", b"1").unwrap();
+        put(store, b"b", b"2").unwrap();
+        store
+            .transact(|tx| {
+                tx.delete(TreeName::Carts, b"a")?;
+                tx.put(TreeName::Orders, b"o", b"3".to_vec())
+            })
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        store.wal_since(0, 100).unwrap()
+    }
+
     /// LSNs start at 1, have no gaps, skip aborted and no-op transactions, and each
     /// write's WAL entry holds exactly its mutations.
     #[test]
@@ -1062,17 +1078,7 @@ mod tests {
     fn apply_wal_reproduces_primary() {
         let (_d1, primary) = temp_store();
         let (_d2, replica) = temp_store();
-        put(&primary, b"a", b"1").unwrap();
-        put(&primary, b"b", b"2").unwrap();
-        primary
-            .transact(|tx| {
-                tx.delete(TreeName::Carts, b"a")?;
-                tx.put(TreeName::Orders, b"o", b"3".to_vec())
-            })
-            .unwrap()
-            .durable_blocking()
-            .unwrap();
-        let entries = primary.wal_since(0, 100).unwrap();
+        let entries = three_writes(&primary);
         let gap = replica.apply_wal_entry(&entries[1]);
         assert!(matches!(gap, Err(ShopError::FailedPrecondition(_))));
         for e in &entries {
@@ -1225,17 +1231,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig::new(dir.path().join("db"));
         let (_d2, reference) = temp_store();
-        put(&reference, b"a", b"1").unwrap();
-        put(&reference, b"b", b"2").unwrap();
-        reference
-            .transact(|tx| {
-                tx.delete(TreeName::Carts, b"a")?;
-                tx.put(TreeName::Orders, b"o", b"3".to_vec())
-            })
-            .unwrap()
-            .durable_blocking()
-            .unwrap();
-        let entries = reference.wal_since(0, 10).unwrap();
+        let entries = three_writes(&reference);
         {
             let store = Store::open(&config).unwrap();
             put(&store, b"a", b"1").unwrap();
