@@ -101,7 +101,8 @@ pub fn add_item_op(
         if merged > MAX_LINE_QUANTITY {
             return Err(ShopError::invalid(format!(
                 "cart would hold {merged} of product {product_id}; the per-line limit is {MAX_LINE_QUANTITY}"
-            )));
+            ))
+            .into());
         }
         check_stock(&product, merged)?;
         match pos {
@@ -110,7 +111,8 @@ pub fn add_item_op(
                 if cart.items.len() >= MAX_CART_LINES {
                     return Err(ShopError::precondition(format!(
                         "cart already holds {MAX_CART_LINES} different products"
-                    )));
+                    ))
+                    .into());
                 }
                 check_currency(tx, &cart, &product)?;
                 cart.items.insert(
@@ -207,9 +209,7 @@ pub fn clear_op(user: String) -> Result<impl WriteOp<CartView>> {
 /// Reads and prices a cart (empty if the user has none).
 pub fn get(store: &Store, user: &str) -> Result<CartView> {
     validate::user_id(user)?;
-    // One view: the cart and the products it prices as one write left them.
-    let view = store.view();
-    let cart: StoredCart = match view.tree(TreeName::Carts).get(user.as_bytes())? {
+    let cart: StoredCart = match store.tree(TreeName::Carts).get(user.as_bytes())? {
         Some(bytes) => decode_json(TreeName::Carts, &bytes)?,
         None => StoredCart::default(),
     };
@@ -217,7 +217,7 @@ pub fn get(store: &Store, user: &str) -> Result<CartView> {
         .items
         .iter()
         .map(
-            |item| match view.tree(TreeName::Products).get(item.product_id.key())? {
+            |item| match store.tree(TreeName::Products).get(item.product_id.key())? {
                 Some(bytes) => decode_json(TreeName::Products, &bytes).map(Some),
                 None => Ok(None),
             },
@@ -267,7 +267,8 @@ fn check_currency(tx: &Tx<'_>, cart: &StoredCart, product: &Product) -> TxResult
                 return Err(ShopError::precondition(format!(
                     "cart holds prices in {}; product {} is priced in {}",
                     other.currency, product.id, product.currency
-                )));
+                ))
+                .into());
             }
         }
     }
@@ -280,7 +281,7 @@ fn view_in_tx(tx: &Tx<'_>, user: &str, cart: &StoredCart) -> TxResult<CartView> 
         .iter()
         .map(|item| catalog::load(tx, item.product_id))
         .collect::<TxResult<Vec<_>>>()?;
-    price(user, cart, &products)
+    Ok(price(user, cart, &products)?)
 }
 
 /// Prices a cart given its products (`None` = deleted), aligned with `cart.items`.

@@ -267,7 +267,7 @@ pub(crate) fn load(tx: &Tx<'_>, id: ProductId) -> TxResult<Option<Product>> {
 
 /// Loads a product inside a transaction; absent is `NotFound`.
 pub(crate) fn must_load(tx: &Tx<'_>, id: ProductId) -> TxResult<Product> {
-    load(tx, id)?.ok_or_else(|| not_found(id))
+    load(tx, id)?.ok_or_else(|| not_found(id).into())
 }
 
 /// Writes a product inside a transaction.

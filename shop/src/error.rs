@@ -82,3 +82,11 @@ impl From<tokio::task::JoinError> for ShopError {
         Self::Internal(format!("storage task failed: {err}"))
     }
 }
+
+/// Lets domain code inside a sled transaction closure write `Err(ShopError::…)?`: the error
+/// aborts the transaction and comes back out of `Store::transact` unchanged.
+impl From<ShopError> for sled::transaction::ConflictableTransactionError<ShopError> {
+    fn from(err: ShopError) -> Self {
+        Self::Abort(err)
+    }
+}

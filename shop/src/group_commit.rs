@@ -1,18 +1,19 @@
 //! Group commit for direct `Store::transact` callers: many writes share one fsync.
 //!
 //! Two paths make writes durable:
-//! - The shop's request path goes through the writer thread in `shop`, which lands a batch
-//!   of writes (`Store::transact_batch`), flushes once itself (`Store::flush_through`)
-//!   and then replies to the whole batch; the replica's apply loop does the same with
-//!   `Store::apply_wal_entries_flushed`. Those are the hot paths; they only use this
-//!   module's counters and [`GroupCommit::mark_durable`].
-//! - Every other caller of `Store::transact` or `Store::apply_wal_entries` (tools, unit
+//! - The shop's request path goes through the writer thread in `shop`, which runs a batch
+//!   of writes in one transaction (`Store::transact_batch`), flushes once itself
+//!   (`Store::flush_through`) and then replies to the whole batch. That is the hot path; it only uses this module's
+//!   counters and [`GroupCommit::mark_durable`].
+//! - Every other caller of `Store::transact` (the replica applying the WAL, tools, unit
 //!   tests) registers its LSN here and awaits a [`Ticket`]. One dedicated flusher thread
 //!   takes every registered waiter, calls `Db::flush` once, and completes the batch.
 //!
-//! Why not `flush_async` per write: a sled flush costs a hand-off to its I/O threads and
-//! a `pwrite` + `sync_file_range`; one flush per write would make every writer pay for
-//! several. Batching is what makes durable writes cheap (see docs/BENCHMARKS.md).
+//! Why not `flush_async` per write: in sled 0.34 a flush holds the read side of sled's
+//! process-wide concurrency lock while it fsyncs, and every transaction needs the write
+//! side, so commits stall during a flush; one flush per write would make every writer pay
+//! for several fsyncs. Batching is what makes durable writes cheap (see the README for
+//! the measurements).
 //!
 //! The flusher lingers while writers are between "transaction started" and "registered"
 //! ([`GroupCommit::begin`] counts them) *and* registrations keep arriving: it flushes as
@@ -25,8 +26,8 @@
 //!   is `n` is flushed, every LSN ≤ `n` is durable; `durable_lsn` records that and lets
 //!   later callers with a smaller LSN skip the queue.
 //! - A failed flush fails every ticket of its batch with `Unavailable`: those writes are
-//!   committed in memory but not acknowledged. They may or may not survive a crash (the
-//!   store recovers each write whole or not at all); a client retrying PlaceOrder with the
+//!   committed in memory but not acknowledged. They may or may not survive a crash (sled
+//!   recovers each transaction whole or not at all); a client retrying PlaceOrder with the
 //!   same idempotency key gets exactly one order either way. sled treats an I/O error as
 //!   fatal for the database, so later writes fail too until the process is restarted.
 //! - On drop the flusher drains: queued waiters get one last flush, new registrations are

@@ -7,10 +7,9 @@
 //! 2. the domain (`catalog`, `cart`, `order`) validates the input (`validate`, `keys`)
 //!    *before* touching storage and returns the write as a `WriteOp`, which `shop` queues
 //!    for its single writer thread (reads run on the blocking pool);
-//! 3. the writer runs everything queued as one `store` batch; each write records its
-//!    puts/deletes into its own `wal` entry under the next gap-free LSN, and one that
-//!    fails is rolled back to its savepoint without touching the others; the batch then
-//!    lands (WAL records first, then the data: the WAL is the redo log);
+//! 3. the writer runs everything queued in ONE `store` transaction; each write records
+//!    its puts/deletes into its own `wal` entry under the next gap-free LSN, and one that
+//!    fails is rolled back to its savepoint without touching the others;
 //! 4. the writer flushes once per batch (group commit: one fsync covers every write
 //!    queued meanwhile) and only then replies; other `transact` callers use the
 //!    `group_commit` flusher;
@@ -18,8 +17,7 @@
 //!    carries `WriteInfo { lsn, replicated, degraded, term }`.
 //!
 //! Failure behaviour: a rejected request changes nothing; a crash loses no acknowledged
-//! write and never leaves half an order (sled recovers a prefix of its log, and opening
-//! the store replays WAL entries whose data a crash cut short). See each
+//! write and never leaves half an order (sled recovers transactions atomically). See each
 //! module's docs for its invariants; `replication` states what each mode promises, the
 //! failover timing, the split-brain fence and the WAL trimming rule. Non-goals:
 //! multi-replica quorums.

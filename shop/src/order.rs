@@ -3,8 +3,8 @@
 //! **PlaceOrder** runs as ONE transaction: look up the idempotency record; re-check every
 //! cart line against current stock and currency; decrement stock; snapshot names and
 //! prices into the order; index it under the user; record the idempotency key; delete the
-//! cart. Either all of that commits under one LSN or nothing does. Because one writer
-//! thread runs every write in turn, two checkouts racing for the last unit cannot both see it:
+//! cart. Either all of that commits under one LSN or nothing does. Because sled
+//! serializes transactions, two checkouts racing for the last unit cannot both see it:
 //! stock never goes negative (it is a `u64`, and the check precedes the decrement).
 //!
 //! **Idempotency** is per (user, key). A retry with the same key returns the original
@@ -170,7 +170,8 @@ pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Pl
             if !cart.items.is_empty() && !same_lines(&cart, &order) {
                 return Err(ShopError::precondition(format!(
                     "idempotency key {idempotency_key:?} already placed order {id} for a different cart; use a new key"
-                )));
+                ))
+                .into());
             }
             return Ok(Placed {
                 order,
@@ -178,9 +179,7 @@ pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Pl
             });
         }
         if cart.items.is_empty() {
-            return Err(ShopError::precondition(format!(
-                "the cart of {user} is empty"
-            )));
+            return Err(ShopError::precondition(format!("the cart of {user} is empty")).into());
         }
         let mut lines = Vec::with_capacity(cart.items.len());
         let mut currency: Option<String> = None;
@@ -190,13 +189,15 @@ pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Pl
                 return Err(ShopError::precondition(format!(
                     "product {} in the cart no longer exists; remove it",
                     item.product_id
-                )));
+                ))
+                .into());
             };
             if product.stock < u64::from(item.quantity) {
                 return Err(ShopError::precondition(format!(
                     "insufficient stock for product {}: {} requested, {} available",
                     product.id, item.quantity, product.stock
-                )));
+                ))
+                .into());
             }
             match &currency {
                 None => currency = Some(product.currency.clone()),
@@ -204,7 +205,8 @@ pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Pl
                     return Err(ShopError::precondition(format!(
                         "the cart mixes {c} and {}; an order has one currency",
                         product.currency
-                    )));
+                    ))
+                    .into());
                 }
                 Some(_) => {}
             }
@@ -269,7 +271,8 @@ pub fn set_status_op(id: OrderId, to: OrderStatus) -> impl WriteOp<Order> {
         if !from.can_become(to) {
             return Err(ShopError::precondition(format!(
                 "order {id} cannot go from {from} to {to}"
-            )));
+            ))
+            .into());
         }
         if to == OrderStatus::Cancelled {
             for line in &order.lines {
@@ -318,9 +321,7 @@ pub fn list_for_user(
             Bound::Excluded(end)
         }
     };
-    // One view: an index entry's order has landed with it (one write put both).
-    let view = store.view();
-    let mut scan = view
+    let mut scan = store
         .tree(TreeName::UserOrders)
         .range::<Vec<u8>, _>((Bound::Included(prefix.clone()), upper))
         .rev();
@@ -358,7 +359,7 @@ fn same_lines(cart: &StoredCart, order: &Order) -> bool {
 
 fn must_load(tx: &Tx<'_>, id: OrderId) -> TxResult<Order> {
     tx.get_json(TreeName::Orders, &id.key())?
-        .ok_or_else(|| not_found(id))
+        .ok_or_else(|| not_found(id).into())
 }
 
 fn save(tx: &Tx<'_>, order: &Order) -> TxResult<()> {

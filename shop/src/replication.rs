@@ -14,9 +14,9 @@
 //! has another term (divergence after a failover). Then it ships `WalBatch`es of at most
 //! [`WAL_BATCH_MAX`] entries as they commit, and a `Heartbeat` every
 //! [`HEARTBEAT_INTERVAL`] when idle. The replica applies each entry through
-//! `Store::apply_wal_entries_flushed` (one landing and one flush per batch; idempotent, in
-//! LSN order, refuses gaps) and acks the highest durable LSN (acks are cumulative, one per
-//! batch).
+//! `Store::apply_wal_entries` (one transaction per batch; idempotent, in LSN order, refuses
+//! gaps), waits for the group
+//! flush, and acks the highest durable LSN (acks are cumulative, one per batch).
 //! The snapshot is fuzzy (taken while writes continue) and followed by the WAL from the
 //! LSN read before the scan; entries are full-value puts/deletes, so redoing them over the
 //! fuzzy copy converges to the primary's state.
@@ -1108,7 +1108,7 @@ async fn follow_once(
     let mut stop_rx = rep.stop_rx.clone();
     // Entry batches are applied on a blocking thread, one apply in flight at a time;
     // whatever arrives meanwhile waits in `pending` and goes into the next apply as ONE
-    // landing and ONE flush, so receiving overlaps applying and a busy stream costs
+    // transaction and ONE flush, so receiving overlaps applying and a busy stream costs
     // one fsync per apply, not per message.
     let mut pending: Vec<WalEntry> = Vec::new();
     let mut applying = false;
@@ -1216,7 +1216,7 @@ async fn follow_once(
     }
 }
 
-/// Replica side: applies a run of received entries as one landing and flushes it on
+/// Replica side: applies a run of received entries in one transaction and flushes it on
 /// the calling (blocking) thread; returns the store's LSN, now durable.
 fn apply_and_flush(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
     store.apply_wal_entries_flushed(entries)?;

@@ -4,15 +4,17 @@
 //! flush runs, so it must not sit on an async worker). Writes are validated on the
 //! caller's task (the domain's `*_op` functions), then queued to ONE writer thread through
 //! a bounded queue ([`WRITE_QUEUE_CAPACITY`]; a full queue makes the caller wait, it never
-//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]), runs and
-//! lands the whole batch at once ([`Store::transact_batch`]: each write keeps its own LSN
-//! and WAL entry and fails alone), flushes once, and only then replies to every caller of
-//! the batch: group commit without a hand-off; writes that arrive during the fsync form
-//! the next batch. Handing the flush to another thread so the next batch could land
-//! during it was measured no faster (docs/BENCHMARKS.md).
+//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]), runs the
+//! whole batch in ONE sled transaction ([`Store::transact_batch`]: each write keeps its own
+//! LSN and WAL entry and fails alone), flushes once, and only then replies to every caller
+//! of the batch: group commit without a hand-off; writes that arrive during the fsync
+//! form the next batch.
 //!
-//! If the flush fails, every write of the batch fails with `Unavailable` (landed in
-//! memory, not acknowledged).
+//! Why one transaction per batch: sled 0.34 rolls its log buffer twice per transaction,
+//! and each roll is a `pwrite` + `sync_file_range` handed to sled's I/O threads (whose
+//! queue wakes all of them). One transaction per write spent about half the server's CPU
+//! there; see README "Measurements". If the flush fails, every write of the batch fails
+//! with `Unavailable` (committed in memory, not acknowledged).
 //!
 //! A method returning `Ok(Written { lsn, .. })` means the write is on disk; `lsn: None`
 //! means it changed nothing. Errors never leave partial writes behind. The writer thread
@@ -33,12 +35,12 @@ use crate::wal::Lsn;
 
 /// Writes queued for the writer thread before callers wait.
 pub const WRITE_QUEUE_CAPACITY: usize = 1024;
-/// Most writes the writer lands at once before it flushes and replies.
+/// Most writes the writer commits in one transaction before it flushes and replies.
 pub const MAX_WRITE_BATCH: usize = 256;
 
 /// A write waiting in the queue: its body, and how to answer its caller.
 trait QueuedWrite: Send {
-    /// Runs the write inside the writer's batch.
+    /// Runs the write inside the batch transaction; may run again if sled retries it.
     fn run(&self, tx: &Tx<'_>) -> TxResult<()>;
     /// Answers the caller once the batch's commit and flush are known.
     fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>);
@@ -114,7 +116,7 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch[i].run(tx)))
                 .unwrap_or_else(|_| {
                     tracing::error!("a shop write panicked; its caller gets an error");
-                    Err(ShopError::internal("the write panicked"))
+                    Err(ShopError::internal("the write panicked").into())
                 })
         });
         let outcomes = outcomes.unwrap_or_else(|e| {

@@ -1,9 +1,9 @@
 //! The write-ahead log entry format: what a replica consumes.
 //!
-//! Every committed write appends exactly one [`WalEntry`] to the `wal` tree, before the
-//! data it describes lands (the WAL is the store's redo log: see `store`), under key
-//! `lsn.to_be_bytes()` (so the tree iterates in LSN order and a replica can resume with a
-//! range scan). An entry is the list of physical key/value mutations of that write:
+//! Every committed write transaction appends exactly one [`WalEntry`] to the `wal` tree,
+//! in the same sled transaction as the data it describes, under key `lsn.to_be_bytes()`
+//! (so the tree iterates in LSN order and a replica can resume with a range scan).
+//! An entry is the list of physical key/value mutations of that transaction:
 //! `(tree, key, Some(value))` is a put, `(tree, key, None)` a delete. Replaying entries
 //! in LSN order onto an empty store reproduces the primary's data trees byte for byte;
 //! replaying an entry twice is harmless because a store skips entries at or below its
