@@ -43,6 +43,16 @@ pub struct Registration {
     pub ttl: Duration,
 }
 
+/// Metadata the registry refused (`FAILED_PRECONDITION`: e.g. a primary claim for a term
+/// another instance holds); the registry keeps what it had before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The metadata that was refused.
+    pub metadata: HashMap<String, String>,
+    /// The registry's reason.
+    pub message: String,
+}
+
 /// Keeps a registration alive in the background until [`LeaseKeeper::deregister`] or drop.
 pub struct LeaseKeeper {
     metadata_tx: watch::Sender<HashMap<String, String>>,
@@ -50,6 +60,8 @@ pub struct LeaseKeeper {
     task: Option<JoinHandle<()>>,
     lease_rx: watch::Receiver<Option<String>>,
     valid_until_rx: watch::Receiver<Option<Instant>>,
+    accepted_rx: watch::Receiver<HashMap<String, String>>,
+    rejected_rx: watch::Receiver<Option<Rejection>>,
 }
 
 impl LeaseKeeper {
@@ -62,6 +74,8 @@ impl LeaseKeeper {
         let (metadata_tx, metadata_rx) = watch::channel(registration.metadata.clone());
         let (lease_tx, lease_rx) = watch::channel(None);
         let (valid_until_tx, valid_until_rx) = watch::channel(None);
+        let (accepted_tx, accepted_rx) = watch::channel(HashMap::new());
+        let (rejected_tx, rejected_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(keep_alive_loop(
             RegistryClient::new(channel),
@@ -70,6 +84,8 @@ impl LeaseKeeper {
             LeaseState {
                 lease_tx,
                 valid_until_tx,
+                accepted_tx,
+                rejected_tx,
             },
             stop_rx,
         ));
@@ -79,12 +95,32 @@ impl LeaseKeeper {
             task: Some(task),
             lease_rx,
             valid_until_rx,
+            accepted_rx,
+            rejected_rx,
         })
     }
 
-    /// Replaces the published metadata; pushed to the registry at once.
+    /// Replaces the published metadata; pushed to the registry at once when it differs
+    /// from the last one asked for.
     pub fn set_metadata(&self, metadata: HashMap<String, String>) {
-        self.metadata_tx.send_replace(metadata);
+        self.metadata_tx.send_if_modified(|current| {
+            let changed = *current != metadata;
+            if changed {
+                *current = metadata;
+            }
+            changed
+        });
+    }
+
+    /// The metadata the registry last accepted for this instance (empty until registered).
+    /// A role granted by the registry (a shop primary's claim) holds only once it is here.
+    pub fn accepted_metadata(&self) -> watch::Receiver<HashMap<String, String>> {
+        self.accepted_rx.clone()
+    }
+
+    /// The last metadata the registry refused, if any.
+    pub fn rejections(&self) -> watch::Receiver<Option<Rejection>> {
+        self.rejected_rx.clone()
     }
 
     /// The current lease, if registered.
@@ -135,9 +171,23 @@ impl Drop for LeaseKeeper {
 struct LeaseState {
     lease_tx: watch::Sender<Option<String>>,
     valid_until_tx: watch::Sender<Option<Instant>>,
+    accepted_tx: watch::Sender<HashMap<String, String>>,
+    rejected_tx: watch::Sender<Option<Rejection>>,
 }
 
 impl LeaseState {
+    fn accepted(&self, metadata: HashMap<String, String>) {
+        self.accepted_tx.send_replace(metadata);
+    }
+
+    fn rejected(&self, service: &str, metadata: HashMap<String, String>, status: &tonic::Status) {
+        tracing::warn!(%service, ?metadata, message = status.message(), "the registry refused this metadata");
+        self.rejected_tx.send_replace(Some(Rejection {
+            metadata,
+            message: status.message().to_owned(),
+        }));
+    }
+
     fn renewed(&self, sent: Instant, ttl: Duration) {
         self.valid_until_tx.send_replace(Some(sent + ttl));
     }
@@ -164,7 +214,7 @@ async fn keep_alive_loop(
             let request = RegisterRequest {
                 service: registration.service.clone(),
                 address: registration.address.clone(),
-                metadata,
+                metadata: metadata.clone(),
                 ttl_ms: u64::try_from(registration.ttl.as_millis()).unwrap_or(u64::MAX),
             };
             let sent = Instant::now();
@@ -179,9 +229,13 @@ async fn keep_alive_loop(
                     lease = Some(lease_id.clone());
                     state.lease_tx.send_replace(Some(lease_id));
                     state.renewed(sent, registration.ttl);
+                    state.accepted(metadata);
                     backoff = MIN_BACKOFF;
                 }
                 Ok(Err(status)) => {
+                    if status.code() == Code::FailedPrecondition {
+                        state.rejected(&registration.service, metadata, &status);
+                    }
                     tracing::warn!(service = %registration.service, %status, "register failed; retrying");
                     if wait_or_stop(backoff, &mut stop_rx).await {
                         return;
@@ -217,11 +271,23 @@ async fn keep_alive_loop(
         };
         let request = KeepAliveRequest {
             lease_id: lease_id.clone(),
-            metadata: metadata.map(|entries| Metadata { entries }),
+            metadata: metadata.clone().map(|entries| Metadata { entries }),
         };
         let sent = Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, client.keep_alive(request)).await {
-            Ok(Ok(_)) => state.renewed(sent, registration.ttl),
+            Ok(Ok(_)) => {
+                state.renewed(sent, registration.ttl);
+                if let Some(metadata) = metadata {
+                    state.accepted(metadata);
+                }
+            }
+            // Refused metadata is not sent again (the registry keeps the previous one): a
+            // refused claim must be replaced by a new one, never retried as it was.
+            Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+                if let Some(metadata) = metadata {
+                    state.rejected(&registration.service, metadata, &status);
+                }
+            }
             Ok(Err(status)) if status.code() == Code::NotFound => {
                 tracing::info!(service = %registration.service, "lease unknown to the registry (restart or expiry); registering again");
                 lease = None;

@@ -11,6 +11,9 @@ pub enum RegistryError {
     /// The lease is unknown or expired: register again.
     #[error("lease {0} is unknown or expired; register again")]
     LeaseNotFound(String),
+    /// A primary claim for a term that another live primary already holds or exceeds.
+    #[error("{0}")]
+    PrimaryTaken(String),
 }
 
 impl Classify for RegistryError {
@@ -18,6 +21,7 @@ impl Classify for RegistryError {
         match self {
             RegistryError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             RegistryError::LeaseNotFound(_) => ErrorKind::NotFound,
+            RegistryError::PrimaryTaken(_) => ErrorKind::FailedPrecondition,
         }
     }
 }

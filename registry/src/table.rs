@@ -4,6 +4,15 @@
 //! Invariants: a lease id is in the table at most once; every entry's expiry is in the
 //! future relative to the last `expire` call; `revision` grows by one on every change a
 //! watcher could see (register, metadata change, deregister, expiry) and never otherwise.
+//!
+//! **Primary claims.** An instance whose metadata says `role=primary` claims to be its
+//! service's primary for the `term` it names (missing = 0). The table is the arbiter: a
+//! claim is accepted only if its term is greater than that of every other live primary of
+//! the same service at another address (a process restarted at the same address may renew
+//! its own claim). So two replicas that promote themselves at once cannot both win the
+//! same term: the second gets `FAILED_PRECONDITION` and must not take writes (the shop
+//! only takes writes once the registry has accepted its claim). This is what keeps a
+//! failover from splitting the data, whoever registers what.
 
 use std::{
     collections::HashMap,
@@ -66,6 +75,7 @@ impl LeaseTable {
         validate_service(service)?;
         validate_address(address)?;
         validate_metadata(&metadata)?;
+        self.check_primary_claim(service, address, None, &metadata, now)?;
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(RegistryError::InvalidArgument(format!(
                 "ttl_ms {} is outside {}..={}",
@@ -108,9 +118,19 @@ impl LeaseTable {
         if let Some(metadata) = &metadata {
             validate_metadata(metadata)?;
         }
-        let lease = match self.leases.get_mut(lease_id) {
-            Some(lease) if lease.expires_at > now => lease,
+        let (service, address) = match self.leases.get(lease_id) {
+            Some(lease) if lease.expires_at > now => (
+                lease.instance.service.clone(),
+                lease.instance.address.clone(),
+            ),
             _ => return Err(RegistryError::LeaseNotFound(lease_id.to_owned())),
+        };
+        if let Some(metadata) = &metadata {
+            self.check_primary_claim(&service, &address, Some(lease_id), metadata, now)?;
+        }
+        let lease = match self.leases.get_mut(lease_id) {
+            Some(lease) => lease,
+            None => return Err(RegistryError::LeaseNotFound(lease_id.to_owned())),
         };
         lease.expires_at = now + lease.ttl;
         lease.instance.expires_at_unix_ms = unix_ms() + millis(lease.ttl);
@@ -121,6 +141,42 @@ impl LeaseTable {
             }
         }
         Ok(lease.instance.clone())
+    }
+
+    /// Refuses `metadata` if it claims the primary role of `service` for a term that another
+    /// live primary of the service (other lease, other address) already holds or exceeds
+    /// (module docs, "Primary claims").
+    fn check_primary_claim(
+        &self,
+        service: &str,
+        address: &str,
+        lease_id: Option<&str>,
+        metadata: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let Some(term) = primary_claim(metadata)? else {
+            return Ok(());
+        };
+        let holder = self.leases.iter().find_map(|(id, lease)| {
+            let other = &lease.instance;
+            let live_rival = Some(id.as_str()) != lease_id
+                && lease.expires_at > now
+                && other.service == service
+                && other.address != address;
+            let their_term = if live_rival {
+                primary_claim(&other.metadata).ok().flatten()?
+            } else {
+                return None;
+            };
+            (their_term >= term).then(|| (other.address.clone(), their_term))
+        });
+        match holder {
+            None => Ok(()),
+            Some((holder, their_term)) => Err(RegistryError::PrimaryTaken(format!(
+                "{service} already has a primary for term {their_term} at {holder}; \
+                 a primary claim needs a higher term than {their_term}, or follow {holder}"
+            ))),
+        }
     }
 
     /// Removes a lease at once.
@@ -174,6 +230,22 @@ impl LeaseTable {
                 .then(a.order.cmp(&b.order))
         });
         all.into_iter().map(|l| l.instance.clone()).collect()
+    }
+}
+
+/// The term a metadata set claims the primary role for: `None` when it does not say
+/// `role=primary`; a missing `term` counts as 0; a `term` that is not a u64 is refused.
+fn primary_claim(metadata: &HashMap<String, String>) -> Result<Option<u64>, RegistryError> {
+    if metadata.get("role").map(String::as_str) != Some("primary") {
+        return Ok(None);
+    }
+    match metadata.get("term") {
+        None => Ok(Some(0)),
+        Some(term) => term.parse().map(Some).map_err(|_| {
+            RegistryError::InvalidArgument(format!(
+                "metadata term {term:?} of a primary is not a non-negative integer"
+            ))
+        }),
     }
 }
 
@@ -264,6 +336,66 @@ mod tests {
         table
             .register(service, "127.0.0.1:1", HashMap::new(), TTL, now)
             .expect("valid registration")
+    }
+
+    fn role(role: &str, term: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("role".to_owned(), role.to_owned()),
+            ("term".to_owned(), term.to_owned()),
+        ])
+    }
+
+    /// One primary per term and service: a rival claim for the same or a lower term is
+    /// refused and changes nothing; a higher term wins; the holder's own address may
+    /// register again (a restart); expired leases and other services do not count.
+    #[test]
+    fn primary_claims_are_arbitrated_by_term() {
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        let a = table
+            .register("shop", "127.0.0.1:1", role("primary", "2"), TTL, now)
+            .expect("first claim");
+        for term in ["2", "1"] {
+            let err = table
+                .register("shop", "127.0.0.1:2", role("primary", term), TTL, now)
+                .expect_err("rival claim");
+            assert!(matches!(err, RegistryError::PrimaryTaken(_)), "{err}");
+            assert!(err.to_string().contains("term 2 at 127.0.0.1:1"), "{err}");
+        }
+        let b = table
+            .register("shop", "127.0.0.1:2", role("replica", "2"), TTL, now)
+            .expect("a replica claims nothing");
+        let revision = table.revision();
+        table
+            .keep_alive(&b.lease_id, Some(role("primary", "2")), now)
+            .expect_err("promotion to a held term");
+        assert_eq!(table.revision(), revision);
+        assert_eq!(table.resolve("shop")[1].metadata, role("replica", "2"));
+        table
+            .keep_alive(&b.lease_id, Some(role("primary", "3")), now)
+            .expect("a higher term wins");
+        table
+            .keep_alive(&a.lease_id, Some(role("primary", "2")), now)
+            .expect_err("the old primary cannot re-assert its term");
+        table
+            .register("shop", "127.0.0.1:2", role("primary", "3"), TTL, now)
+            .expect("the holder restarted at its address");
+        table
+            .register("other", "127.0.0.1:7", role("primary", "0"), TTL, now)
+            .expect("another service");
+        table
+            .register("shop", "127.0.0.1:9", role("primary", "1"), TTL, now + TTL)
+            .expect("every rival has expired");
+        let err = table
+            .register(
+                "shop",
+                "127.0.0.1:8",
+                role("primary", "x"),
+                TTL,
+                now + TTL * 3,
+            )
+            .expect_err("bad term");
+        assert!(matches!(err, RegistryError::InvalidArgument(_)), "{err}");
     }
 
     /// A lease lives exactly its TTL unless renewed, and renewal extends it.

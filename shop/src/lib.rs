@@ -69,6 +69,9 @@ pub const SERVICE_NAME: &str = "shop";
 
 /// Longest start-up wait for the first registration (writes need the lease).
 const REGISTER_WAIT: Duration = Duration::from_secs(1);
+/// How often the registry metadata (role, term) is compared with the process's own and
+/// republished when it differs.
+const METADATA_REFRESH: Duration = Duration::from_secs(1);
 
 /// Settings of one shop process (primary or replica).
 #[derive(Debug, Clone)]
@@ -188,7 +191,11 @@ pub async fn serve(
             };
             let mut keeper = concord::discovery::LeaseKeeper::spawn(registry, registration)
                 .map_err(|e| ShopError::Unavailable(format!("registry {registry}: {e}")))?;
-            replicator.guard_with_lease(keeper.lease_validity(), config.lease_ttl / 4);
+            replicator.guard_with_lease(
+                keeper.lease_validity(),
+                keeper.accepted_metadata(),
+                config.lease_ttl / 4,
+            );
             // Serve with the lease already held when the registry answers, so the first
             // writes are not refused by the lease guard; a registry that is down delays
             // start-up by at most this, and writes wait for the lease.
@@ -212,20 +219,29 @@ pub async fn serve(
         None => None,
     };
     if let Some(keeper) = &keeper {
-        // Republish role/term whenever they change.
+        // Republish role/term whenever they change (a replica's term also moves with its
+        // primary's heartbeats, hence the tick), and step down when a claim is refused.
         let keeper = Arc::clone(keeper);
         let rep = Arc::clone(&replicator);
         let mut role_rx = replicator.subscribe_role();
+        let mut rejected_rx = keeper.rejections();
+        let mut tick = tokio::time::interval(METADATA_REFRESH);
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    changed = role_rx.changed() => {
+                    changed = role_rx.changed() => if changed.is_err() { return },
+                    _ = tick.tick() => {}
+                    changed = rejected_rx.changed() => {
                         if changed.is_err() { return }
-                        keeper.set_metadata(rep.registry_metadata());
+                        let rejection = rejected_rx.borrow_and_update().clone();
+                        if let Some(rejection) = rejection {
+                            rep.claim_refused(&rejection.metadata, &rejection.message);
+                        }
                     }
                     _ = replication::stopped(&mut stop) => return,
                 }
+                keeper.set_metadata(rep.registry_metadata());
             }
         }));
     }

@@ -53,7 +53,7 @@
 //! registry (`Resolve shop`, ≤ [`FENCE_LOOKUP_TIMEOUT`]) *before it serves*: if another
 //! instance is registered as primary with a term above its stored term, it adopts that
 //! term and starts as that primary's replica; if the registry does not answer it starts
-//! fenced (replica of nobody: every write refused with FAILED_PRECONDITION) and retries
+//! fenced (replica of nobody: every write refused with UNAVAILABLE, retryable) and retries
 //! with backoff until it gets an answer ([`run_fence`]). So an old primary restarted by a
 //! supervisor after a failover never takes a write in the old term. Remaining window (not
 //! closed, documented): a *live* primary whose lease lapses (starved for a whole TTL, or
@@ -70,6 +70,17 @@
 //! (UNAVAILABLE) within TTL − margin, before its replica takes over. The price: writes pause
 //! while the registry is unreachable for longer than TTL − margin (the supervisor restarts
 //! a dead registry in ~100 ms and keepers re-register at once, well within it).
+//!
+//! **One primary per term (registry-arbitrated claims).** A promotion is only a *claim*
+//! until the registry accepts it: the registry refuses a `role=primary` registration whose
+//! term another live primary of the service already holds or exceeds (see
+//! `concord_registry`'s lease table). With a registry, a primary takes writes only while
+//! the metadata the registry last *accepted* from it says `role=primary` with its current
+//! term (`LeaseKeeper::accepted_metadata`), so two replicas promoting at once (or after a
+//! forged registration with a high term expired) cannot both accept writes: the loser's
+//! claim is refused, it never took a write, it fences itself (writes UNAVAILABLE) and the
+//! failover watch makes it follow the winner, or promote again with a higher term if the
+//! winner vanished. A refused term is never claimed again.
 //!
 //! **WAL trimming** (`--wal-retain N`, off by default: the WAL grows). A trimmer task
 //! deletes entries with LSN < floor every [`WAL_TRIM_INTERVAL`] and once at shutdown,
@@ -305,10 +316,13 @@ pub struct Replicator {
     lease: std::sync::OnceLock<LeaseGuard>,
 }
 
-/// How a primary knows its lease is still certainly held (see "Lease guard" above).
+/// How a primary knows its lease is still certainly held (see "Lease guard" above) and
+/// that the registry accepted its claim to the current term (see "One primary per term").
 struct LeaseGuard {
     /// Until when the registry certainly holds the lease (`None`: not held).
     valid_until: watch::Receiver<Option<std::time::Instant>>,
+    /// The metadata the registry last accepted from this process.
+    accepted: watch::Receiver<HashMap<String, String>>,
     /// Writes stop this long before `valid_until`, so an acknowledged write always lands
     /// before the replica can be promoted.
     margin: Duration,
@@ -327,6 +341,7 @@ impl Replicator {
             Some(primary) => Role::Replica(primary.clone()),
             None => Role::Primary,
         };
+        store.fence_writes(role != Role::Primary);
         Arc::new(Self {
             store,
             config,
@@ -345,9 +360,12 @@ impl Replicator {
     /// Makes writes depend on the registry lease: from now on the primary refuses writes
     /// (UNAVAILABLE) unless `valid_until` is more than `margin` away. Set once, at start-up;
     /// only when a replica may be promoted (mode sync or async).
+    /// Writes also wait until `accepted` (the metadata the registry accepted) names this
+    /// process as primary for its current term.
     pub fn guard_with_lease(
         &self,
         valid_until: watch::Receiver<Option<std::time::Instant>>,
+        accepted: watch::Receiver<HashMap<String, String>>,
         margin: Duration,
     ) {
         if self.config.mode == ReplicationMode::None {
@@ -357,6 +375,7 @@ impl Replicator {
             .lease
             .set(LeaseGuard {
                 valid_until,
+                accepted,
                 margin,
             })
             .is_err()
@@ -371,14 +390,71 @@ impl Replicator {
             return Ok(());
         };
         match *guard.valid_until.borrow() {
-            Some(until) if std::time::Instant::now() + guard.margin < until => Ok(()),
-            _ => Err(ShopError::Unavailable(
-                "this primary cannot confirm its registry lease (registry unreachable or lease lost); \
-                 writes are refused until it renews it, so that a replica promoted meanwhile can never \
-                 diverge from acknowledged writes"
-                    .into(),
-            )),
+            Some(until) if std::time::Instant::now() + guard.margin < until => {}
+            _ => {
+                return Err(ShopError::Unavailable(
+                    "this primary cannot confirm its registry lease (registry unreachable or lease lost); \
+                     writes are refused until it renews it, so that a replica promoted meanwhile can never \
+                     diverge from acknowledged writes"
+                        .into(),
+                ))
+            }
         }
+        let term = self.store.term();
+        let confirmed = {
+            let accepted = guard.accepted.borrow();
+            accepted.get("role").map(String::as_str) == Some("primary")
+                && accepted.get("term").and_then(|t| t.parse::<u64>().ok()) == Some(term)
+        };
+        if confirmed {
+            Ok(())
+        } else {
+            Err(ShopError::Unavailable(format!(
+                "this process claims the primary role for term {term} but the registry has not \
+                 accepted the claim yet; retry in a moment"
+            )))
+        }
+    }
+
+    /// The registry refused `metadata`: if it was this primary's claim to its current
+    /// term, step down to a fenced replica (no writes) and let the failover watch pick
+    /// whom to follow, or promote again with a higher term. Never re-claims that term.
+    pub fn claim_refused(&self, metadata: &HashMap<String, String>, reason: &str) {
+        let term = self.store.term();
+        let ours = metadata.get("role").map(String::as_str) == Some("primary")
+            && metadata.get("term").and_then(|t| t.parse::<u64>().ok()) == Some(term);
+        if !ours {
+            return;
+        }
+        let stepped_down =
+            self.set_role_if(Role::Replica(String::new()), |role| *role == Role::Primary);
+        if stepped_down {
+            tracing::warn!(
+                term,
+                reason,
+                "the registry refused our primary claim; fenced until a primary is known"
+            );
+        }
+    }
+
+    /// Changes the role to `role` if `only_if(current role)`; true when it changed. The
+    /// store's write fence follows: closed before the change becomes visible when stepping
+    /// down, opened after it when becoming the primary.
+    fn set_role_if(&self, role: Role, only_if: impl FnOnce(&Role) -> bool) -> bool {
+        self.role_tx.send_if_modified(|current| {
+            if *current == role || !only_if(current) {
+                return false;
+            }
+            let primary = role == Role::Primary;
+            if !primary {
+                self.store.fence_writes(true);
+            }
+            *current = role;
+            if primary {
+                self.store.fence_writes(false);
+            }
+            true
+        })
     }
 
     /// Current role.
@@ -407,6 +483,10 @@ impl Replicator {
     pub fn check_writable(&self) -> Result<()> {
         match self.role() {
             Role::Primary => self.check_lease(),
+            Role::Replica(primary) if primary.is_empty() => Err(ShopError::Unavailable(
+                "this shop is fenced: it does not know the current primary yet; retry in a moment"
+                    .into(),
+            )),
             Role::Replica(primary) => Err(ShopError::NotPrimary(primary)),
         }
     }
@@ -480,7 +560,7 @@ impl Replicator {
         let new_term = term + 1;
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.set_term(new_term)).await??;
-        self.role_tx.send_replace(Role::Primary);
+        self.set_role_if(Role::Primary, |_| true);
         self.peer_connected.store(false, Ordering::Release);
         tracing::info!(
             term = new_term,
@@ -492,13 +572,15 @@ impl Replicator {
 
     /// Steps down to follow a primary with a higher term.
     pub async fn follow(&self, primary: String, term: u64) -> Result<()> {
+        // No write admitted under the old term may commit under the new one.
+        self.store.fence_writes(true);
         if term > self.store.term() {
             let store = Arc::clone(&self.store);
             tokio::task::spawn_blocking(move || store.set_term(term)).await??;
         }
         if self.role() != Role::Replica(primary.clone()) {
             tracing::warn!(%primary, term, "a newer primary exists; stepping down to replica");
-            self.role_tx.send_replace(Role::Replica(primary));
+            self.set_role_if(Role::Replica(primary), |_| true);
         }
         Ok(())
     }
@@ -670,13 +752,8 @@ pub async fn run_fence(rep: Arc<Replicator>, registry: String, service: String) 
         }
         match check_fence(&registry, &service, &rep.address, rep.store.term()).await {
             Fence::Clear => {
-                let lifted = rep.role_tx.send_if_modified(|role| {
-                    let fenced = *role == Role::Replica(String::new());
-                    if fenced {
-                        *role = Role::Primary;
-                    }
-                    fenced
-                });
+                let lifted =
+                    rep.set_role_if(Role::Primary, |role| *role == Role::Replica(String::new()));
                 if lifted {
                     tracing::info!(
                         term = rep.store.term(),
@@ -994,7 +1071,7 @@ impl Replication for ReplicationService {
         let term = self.rep.store.term();
         if hello.term > term {
             // Someone has seen a newer primary than us: we must not ship anything.
-            self.rep.role_tx.send_replace(Role::Replica(String::new()));
+            self.rep.set_role_if(Role::Replica(String::new()), |_| true);
             return Err(ShopError::precondition(format!(
                 "replica has seen term {} > our term {term}; stepping down",
                 hello.term
@@ -1254,6 +1331,7 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
         }
     };
     let mut instances_rx = watch.subscribe();
+    let mut role_rx = rep.subscribe_role();
     let mut stop_rx = rep.stop_rx.clone();
     // Only promote after having seen a primary once: a replica that starts before its
     // primary registered must not usurp it.
@@ -1276,7 +1354,9 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
             seen_primary = true;
             let (term, instance) = newer;
             let follow = match rep.role() {
-                Role::Primary => term > our_term,
+                // The registry grants one primary per term, so another primary at our term
+                // means our claim lost (or will): follow the winner.
+                Role::Primary => term >= our_term,
                 Role::Replica(current) => term >= our_term && current != instance.address,
             };
             if follow {
@@ -1292,6 +1372,8 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
         }
         tokio::select! {
             changed = instances_rx.changed() => if changed.is_err() { return },
+            // A refused claim fences this process: decide again with the same instances.
+            changed = role_rx.changed() => if changed.is_err() { return },
             _ = stopped(&mut stop_rx) => return,
         }
     }

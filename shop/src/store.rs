@@ -37,7 +37,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -147,6 +147,10 @@ pub struct Store {
     trees: Vec<sled::Tree>,
     group: GroupCommit,
     term: AtomicU64,
+    /// Set while this process is not the primary (the replication layer keeps it in step
+    /// with the role): local writes then fail instead of committing, so a write admitted
+    /// just before a step-down can never commit under the newer term.
+    writes_fenced: AtomicBool,
     committed_tx: watch::Sender<Lsn>,
     /// The last committed entries ([`WAL_TAIL_CAPACITY`] at most, consecutive LSNs), so the
     /// shipper sends fresh commits from memory instead of reading sled back.
@@ -196,6 +200,7 @@ impl Store {
             trees,
             group,
             term: AtomicU64::new(term),
+            writes_fenced: AtomicBool::new(false),
             committed_tx,
             tail: Mutex::new(VecDeque::with_capacity(WAL_TAIL_CAPACITY)),
         })
@@ -234,6 +239,23 @@ impl Store {
         self.term.load(Ordering::Acquire)
     }
 
+    /// Closes (`true`) or opens local writes; the replication layer closes them before a
+    /// step-down changes the term and opens them once this process is the primary.
+    pub fn fence_writes(&self, fenced: bool) {
+        self.writes_fenced.store(fenced, Ordering::Release);
+    }
+
+    fn check_not_fenced(&self) -> Result<()> {
+        if self.writes_fenced.load(Ordering::Acquire) {
+            return Err(ShopError::Unavailable(
+                "this shop stopped being the primary before the write could commit; nothing \
+                 was written: retry on the primary"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Persists a new term (promotion, or seeing a higher term) and flushes it. Terms only
     /// grow: a lower value is refused.
     pub fn set_term(&self, term: u64) -> Result<()> {
@@ -261,6 +283,7 @@ impl Store {
     where
         F: Fn(&Tx<'_>) -> TxResult<T>,
     {
+        self.check_not_fenced()?;
         let in_flight = self.group.begin();
         let now_ms = now_unix_ms();
         let term = self.term();
@@ -300,6 +323,9 @@ impl Store {
     where
         F: Fn(usize, &Tx<'_>) -> TxResult<()>,
     {
+        if let Err(fenced) = self.check_not_fenced() {
+            return Ok(vec![Err(fenced); n]);
+        }
         let now_ms = now_unix_ms();
         let term = self.term();
         let result = self.trees.as_slice().transaction(|views| {

@@ -146,7 +146,7 @@ async fn replica_takes_over_and_old_primary_follows() {
 }
 
 /// The fence when the registry does not answer: a process configured as primary refuses
-/// writes (FAILED_PRECONDITION) until the registry answers, then takes them (same term).
+/// writes (UNAVAILABLE: retry) until the registry answers, then takes them (same term).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_refuses_writes_until_the_registry_answers() {
     concord::telemetry::init_for_tests();
@@ -164,7 +164,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
         .create_product(harness::admin(harness::new_product("Too early", 1, 1)))
         .await
         .expect_err("wrote without knowing whether a newer primary exists");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(primary.status().await.role, pb::Role::Replica as i32);
 
     let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -258,6 +258,141 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
         "writes did not resume once the registry was back"
     );
     primary.stop().await;
+    let _ = stop_registry.send(());
+    registry_task.await.unwrap().unwrap();
+}
+
+/// One primary per term, whoever registers what: a forged `role=primary` registration with
+/// a high term makes the primary and its replica both step down to follow it; when its
+/// lease expires both promote themselves at once. The registry accepts one claim, and no
+/// term ever has writes accepted by both processes; the loser ends up following the winner
+/// and holds its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_primary_cannot_split_the_shop() {
+    use concord::pb::registry::v1::RegisterRequest;
+    concord::telemetry::init_for_tests();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = listener.local_addr().unwrap().to_string();
+    let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry_task = tokio::spawn(concord_registry::serve(
+        concord_registry::Config::default(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let with_registry = |c: &mut concord_shop::Config| {
+        c.registry_addr = Some(registry.clone());
+        c.lease_ttl = Duration::from_secs(1);
+        c.replication.mode = ReplicationMode::Async;
+    };
+    let a = start(&dir.path().join("a"), with_registry).await;
+    let a_addr = a.addr.to_string();
+    let b = start(&dir.path().join("b"), |c| {
+        with_registry(c);
+        c.replication.primary_addr = Some(a_addr.clone());
+    })
+    .await;
+    let mut registry_client = RegistryClient::new(concord::grpc::lazy_channel(&registry).unwrap());
+    let primaries = |mut client: RegistryClient<_>| async move {
+        client
+            .resolve(ResolveRequest {
+                service: "shop".into(),
+            })
+            .await
+            .map(|r| r.into_inner().instances)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.metadata.get("role").map(String::as_str) == Some("primary"))
+            .map(|i| i.address)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(WAIT, || async {
+            b.status().await.role == pb::Role::Replica as i32
+        })
+        .await
+    );
+    create(&mut a.client(), "Before the forgery", 1, 1).await;
+
+    registry_client
+        .register(RegisterRequest {
+            service: "shop".into(),
+            address: "127.0.0.1:9".into(),
+            metadata: [("role", "primary"), ("term", "99")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            ttl_ms: 1000,
+        })
+        .await
+        .expect("the registry takes the forged claim: term 99 is the highest");
+
+    // Writers on both processes until well after the forged lease expired and both
+    // promoted; every accepted write records the term it was accepted in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let writers: Vec<_> = [a.client(), b.client()]
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut terms = std::collections::BTreeSet::new();
+                while tokio::time::Instant::now() < deadline {
+                    match client
+                        .create_product(harness::admin(harness::new_product("During", 1, 1)))
+                        .await
+                    {
+                        Ok(reply) => {
+                            terms.insert(reply.into_inner().write.expect("write info").term);
+                        }
+                        // No pause: the window a split brain would need is milliseconds.
+                        Err(_) => tokio::task::yield_now().await,
+                    }
+                }
+                terms
+            })
+        })
+        .collect();
+    let mut terms = Vec::new();
+    for writer in writers {
+        terms.push(writer.await.unwrap());
+    }
+    tracing::info!(?terms, "terms in which a and b accepted writes");
+    assert!(
+        terms[0].is_disjoint(&terms[1]),
+        "both processes accepted writes in the same term: {terms:?}"
+    );
+    assert!(
+        terms.iter().flatten().any(|&t| t > 99),
+        "nobody took writes after the forged primary expired: {terms:?}"
+    );
+    assert!(
+        !terms.iter().flatten().any(|&t| t == 99),
+        "a write committed under the forged primary's term, after its process stepped down: {terms:?}"
+    );
+
+    let winner = primaries(registry_client.clone()).await;
+    assert_eq!(winner.len(), 1, "one primary registered: {winner:?}");
+    let (winner, loser) = if winner[0] == a_addr {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let winner_addr = winner.addr.to_string();
+    assert!(
+        eventually(WAIT, || async {
+            let s = loser.status().await;
+            s.role == pb::Role::Replica as i32 && s.primary_address == winner_addr
+        })
+        .await,
+        "the loser does not follow the winner"
+    );
+    let want = winner.last_lsn().await;
+    assert!(
+        eventually(WAIT, || async { loser.last_lsn().await >= want }).await,
+        "the loser did not catch up with the winner"
+    );
+    a.stop().await;
+    b.stop().await;
     let _ = stop_registry.send(());
     registry_task.await.unwrap().unwrap();
 }
