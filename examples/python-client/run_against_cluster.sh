@@ -79,6 +79,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 export RUST_LOG="${RUST_LOG:-warn}"
+# Create the output files before the background start: the redirections below happen in the
+# forked child, and the first poll may run before the child has opened them.
+: >"$data_dir/up.out"
+: >"$data_dir/up.err"
 # setsid gives the cluster its own process group, so the SIGKILL fallback reaches every child.
 setsid "$CONCORD_BIN" up --auto-ports --data-dir "$data_dir/data" \
   >"$data_dir/up.out" 2>"$data_dir/up.err" </dev/null &
