@@ -251,8 +251,12 @@ impl Aggregator {
             )));
         }
         for (i, row) in rows.iter().enumerate() {
-            validate_sample(&row.features)
-                .map_err(|e| Error::InvalidArgument(format!("row {i}: {e}")))?;
+            validate_sample(&row.features).map_err(|e| match e {
+                concord_node::Error::InvalidArgument(msg) => {
+                    Error::InvalidArgument(format!("row {i}: {msg}"))
+                }
+                other => Error::from(other),
+            })?;
         }
         let policy = self.policy(policy)?;
         self.decide_batch(rows, policy, true).await

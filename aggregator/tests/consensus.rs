@@ -328,6 +328,9 @@ async fn bad_input() {
             request(&[1.0, 1.0, f64::INFINITY, 1.0]),
             Code::InvalidArgument,
         ),
+        // Finite but far outside any flower: distances would overflow.
+        (request(&[1e308; 4]), Code::InvalidArgument),
+        (request(&[1.0, -1e7, 1.0, 1.0]), Code::InvalidArgument),
         (
             PredictRequest {
                 features: vec![1.0; 4],
@@ -351,7 +354,15 @@ async fn bad_input() {
     let row = |n: usize| Row {
         features: vec![1.0; n],
     };
-    for rows in [vec![], vec![row(4); 1025], vec![row(4), row(3)]] {
+    let huge = Row {
+        features: vec![1.0, 1.0, 1.0, 2e6],
+    };
+    for rows in [
+        vec![],
+        vec![row(4); 1025],
+        vec![row(4), row(3)],
+        vec![row(4), huge],
+    ] {
         let status = agg
             .predict_batch(PredictBatchRequest { rows, policy: 0 })
             .await
