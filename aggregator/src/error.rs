@@ -60,7 +60,11 @@ impl From<PolicyError> for Error {
 
 impl From<LedgerError> for Error {
     fn from(err: LedgerError) -> Self {
-        Error::Internal(format!("ledger: {err}"))
+        match err {
+            // Opening an account would pass the supply ceiling: a state, not a bug.
+            LedgerError::WouldOverflow(_) => Error::FailedPrecondition(format!("ledger: {err}")),
+            other => Error::Internal(format!("ledger: {other}")),
+        }
     }
 }
 
