@@ -4,8 +4,11 @@
 //! 1. Validate the features exactly as a node would (`concord_node::validate_sample`), so
 //!    bad input is `INVALID_ARGUMENT` without calling any node.
 //! 2. Pick the policy (the request's, else the configured default). Look up each node's
-//!    standing: `mean` uses fixed defaults and never touches the ledger (the fast path);
-//!    `trust`/`stake` read the accounts through the [`StakeBook`] and skip ejected nodes.
+//!    standing (trust, stake, ejected) in the ledger through the [`StakeBook`], whatever
+//!    the policy: the reply reports every node's real trust and stake at combination
+//!    time, and only the *weighting* differs by policy (`mean` weighs every answer 1 and
+//!    asks ejected nodes too; `trust`/`stake` skip them). An aggregator without a ledger
+//!    (mean only) has no standing to report and shows [`NO_LEDGER_STANDING`].
 //! 3. Fan out to the asked nodes with the deadline ([`crate::fanout`]).
 //! 4. Fewer answers than the quorum → `UNAVAILABLE`, naming how many answered. The quorum
 //!    is `min_answers`, or, when the policy skipped ejected nodes, `min(min_answers, asked)`.
@@ -93,8 +96,10 @@ pub struct Standing {
     pub ejected: bool,
 }
 
-/// What `mean` reports for every node: it ignores the ledger.
-pub const MEAN_STANDING: Standing = Standing {
+/// What an aggregator *without* a ledger reports for every node (trust 0.5, stake 0): it
+/// has no accounts, and `mean` does not need any. With a ledger every policy reports
+/// the real accounts.
+pub const NO_LEDGER_STANDING: Standing = Standing {
     trust: INITIAL_TRUST,
     stake: 0,
     ejected: false,
@@ -128,9 +133,9 @@ pub struct Vote {
     pub probabilities: Vec<f64>,
     /// Round-trip time (zero when not asked).
     pub latency: Duration,
-    /// Trust used for the weight.
+    /// Trust from the ledger when the request was combined (whatever the policy).
     pub trust: Trust,
-    /// Stake used for the weight.
+    /// Stake from the ledger when the request was combined (whatever the policy).
     pub stake: Stake,
     /// Normalised weight in the consensus (0 unless it answered and counted).
     pub weight: f64,
@@ -201,7 +206,7 @@ impl Aggregator {
         validate_sample(features)?;
         let policy = self.policy(policy)?;
         let members = self.fleet.members();
-        let standings = self.standings(policy, &members).await?;
+        let standings = self.standings(&members).await?;
         let (asked, skipped) = split_asked(policy, &members, &standings);
         let calls = ask_all(&asked, features, self.config.deadline).await;
         let calls = calls.into_iter().map(|c| {
@@ -246,8 +251,12 @@ impl Aggregator {
             )));
         }
         for (i, row) in rows.iter().enumerate() {
-            validate_sample(&row.features)
-                .map_err(|e| Error::InvalidArgument(format!("row {i}: {e}")))?;
+            validate_sample(&row.features).map_err(|e| match e {
+                concord_node::Error::InvalidArgument(msg) => {
+                    Error::InvalidArgument(format!("row {i}: {msg}"))
+                }
+                other => Error::from(other),
+            })?;
         }
         let policy = self.policy(policy)?;
         self.decide_batch(rows, policy, true).await
@@ -282,7 +291,7 @@ impl Aggregator {
         record: bool,
     ) -> Result<Vec<Decision>> {
         let members = self.fleet.members();
-        let standings = self.standings(policy, &members).await?;
+        let standings = self.standings(&members).await?;
         let (asked, skipped) = split_asked(policy, &members, &standings);
         let calls = ask_all_batch(&asked, rows, self.config.deadline).await;
         (0..rows.len())
@@ -339,9 +348,11 @@ impl Aggregator {
         Ok(policy)
     }
 
-    async fn standings(&self, policy: Policy, members: &[Member]) -> Result<Vec<Standing>> {
-        match (&self.book, policy) {
-            (Some(book), Policy::Trust | Policy::Stake) => {
+    /// Every member's standing from the ledger, for every policy (the reply must show the
+    /// real values even when `mean` does not weigh by them); defaults without a ledger.
+    async fn standings(&self, members: &[Member]) -> Result<Vec<Standing>> {
+        match &self.book {
+            Some(book) => {
                 let ids = members.iter().map(|m| m.node_id.clone()).collect();
                 let accounts = book.standings(ids).await?;
                 Ok(accounts
@@ -353,7 +364,7 @@ impl Aggregator {
                     })
                     .collect())
             }
-            _ => Ok(vec![MEAN_STANDING; members.len()]),
+            None => Ok(vec![NO_LEDGER_STANDING; members.len()]),
         }
     }
 
@@ -393,7 +404,7 @@ fn standing_of(members: &[Member], standings: &[Standing], node_id: &str) -> Sta
         .iter()
         .position(|m| m.node_id == node_id)
         .and_then(|i| standings.get(i).copied())
-        .unwrap_or(MEAN_STANDING)
+        .unwrap_or(NO_LEDGER_STANDING)
 }
 
 /// A request id unique across aggregator restarts (the ledger remembers scored ids
@@ -553,7 +564,7 @@ mod tests {
                 result,
                 latency: Duration::from_millis(1),
             },
-            MEAN_STANDING,
+            NO_LEDGER_STANDING,
         )
     }
 

@@ -21,7 +21,8 @@ pub enum Error {
     /// Too few nodes answered in time (the message says how many), or none with weight.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The request needs something this aggregator was not configured with (a ledger).
+    /// The request needs something this aggregator was not configured with (a ledger),
+    /// or the ledger's state refuses it (a new account would pass the supply ceiling).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
     /// Unusable configuration at start-up.
@@ -60,7 +61,11 @@ impl From<PolicyError> for Error {
 
 impl From<LedgerError> for Error {
     fn from(err: LedgerError) -> Self {
-        Error::Internal(format!("ledger: {err}"))
+        match err {
+            // Opening an account would pass the supply ceiling: a state, not a bug.
+            LedgerError::WouldOverflow(_) => Error::FailedPrecondition(format!("ledger: {err}")),
+            other => Error::Internal(format!("ledger: {other}")),
+        }
     }
 }
 

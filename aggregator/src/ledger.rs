@@ -35,6 +35,29 @@
 //! Σ account.stake  =  minted + deposited − withdrawn − burned
 //! ```
 //!
+//! # Amounts never overflow silently
+//!
+//! Every balance, every running total and the supply `Σ account.stake` stay within
+//! [`MAX_SUPPLY`] (`u64::MAX`, what the wire's `uint64` fields can carry), and every
+//! addition is checked *inside* the transaction before anything is written:
+//! - `Stake` of more than [`MAX_STAKE_PER_CALL`] is refused up front
+//!   ([`LedgerError::InvalidArgument`]: wrong in any ledger state). A `Stake` that fits
+//!   the per-call bound but would push the account, a running total or the supply past
+//!   [`MAX_SUPPLY`] aborts the transaction ([`LedgerError::WouldOverflow`],
+//!   `FAILED_PRECONDITION`: it depends on the ledger's state, like an unstake above the
+//!   balance, and may succeed after unstakes or slashes). Nothing is written either way,
+//!   not even the `grant` of a new account.
+//! - A reward is capped at the headroom left under [`MAX_SUPPLY`] for the supply and for
+//!   the cumulative `minted` total (possibly 0, logged as a warning) instead of wrapping,
+//!   panicking or failing the scoring; the event records the amount actually minted, so
+//!   the books still balance. Once `minted` reaches the ceiling no reward is paid again.
+//! - A grant, unstake or slash that would push a *cumulative* total (minted, withdrawn,
+//!   burned) past `u64::MAX` aborts with [`LedgerError::WouldOverflow`]; that takes more
+//!   than 1.8·10¹⁹ tokens moved, and is a limit, not a silent error.
+//! - [`Ledger::verify`] replays the totals with the same checks, so a log whose totals
+//!   ever left that range (e.g. one written before these checks) is reported, not
+//!   capped.
+//!
 //! `verify` also checks, for every event, that the hash recomputes, that it links to its
 //! predecessor, that `stake_after` equals the replayed balance (no step below zero), that
 //! eject/rejoin alternate, and finally that every account record equals its replayed
@@ -77,15 +100,28 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
 /// Largest page [`Ledger::events_page`] returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Ceiling of every balance, running total and of the supply `Σ account.stake`: the
+/// wire carries them as `uint64`, so nothing above this may ever be stored.
+pub const MAX_SUPPLY: Stake = u64::MAX;
+/// Largest amount one `Stake` call may deposit (10¹⁵ tokens). A deposit is meant to be a
+/// node's skin in the game, not a way to reach the supply ceiling in one step; the bound
+/// also keeps one deposit below 2⁵³, where the `stake` policy's `f64` weight is exact, and
+/// leaves about 18 000 maximal deposits before [`MAX_SUPPLY`].
+pub const MAX_STAKE_PER_CALL: Stake = 1_000_000_000_000_000;
 
 const HEAD_KEY: &[u8] = b"head";
 
 /// Errors of the ledger, by what a caller can do about them.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LedgerError {
-    /// Bad input (zero amount, overflow, empty id); fix the request.
+    /// Bad input in any ledger state (zero amount, above [`MAX_STAKE_PER_CALL`], empty
+    /// id); fix the request.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The change would push a balance, a running total or the supply past
+    /// [`MAX_SUPPLY`]; nothing was written. Depends on the ledger's state.
+    #[error("would overflow: {0}")]
+    WouldOverflow(String),
     /// The account does not exist.
     #[error("no account for node {0:?}")]
     NotFound(NodeId),
@@ -281,18 +317,53 @@ impl Totals {
             - i128::from(self.burned)
     }
 
+    /// The supply `Σ account.stake` these totals imply; `None` outside `0..=u64::MAX`
+    /// (never for totals the ledger built: every addition is range-checked).
+    pub fn supply(&self) -> Option<Stake> {
+        u64::try_from(self.expected_stake_sum()).ok()
+    }
+
+    /// Tokens that may still be minted without any total or the supply passing
+    /// [`MAX_SUPPLY`]: what a reward is capped at.
+    pub fn mint_headroom(&self) -> Stake {
+        let minted = u64::try_from(self.minted()).unwrap_or(MAX_SUPPLY);
+        let supply = self.supply().unwrap_or(MAX_SUPPLY);
+        (MAX_SUPPLY - self.rewarded)
+            .min(MAX_SUPPLY.saturating_sub(minted))
+            .min(MAX_SUPPLY.saturating_sub(supply))
+    }
+
+    /// Adds one event's amount, refusing (and leaving `self` unchanged) if a running
+    /// total, `minted` or the supply would leave `0..=MAX_SUPPLY`.
     fn add(&mut self, kind: EventKind, amount: u64) -> Result<(), LedgerError> {
-        let slot = match kind {
-            EventKind::Grant => &mut self.granted,
-            EventKind::Reward => &mut self.rewarded,
-            EventKind::Slash => &mut self.burned,
-            EventKind::Stake => &mut self.deposited,
-            EventKind::Unstake => &mut self.withdrawn,
+        let mut next = *self;
+        let (slot, name) = match kind {
+            EventKind::Grant => (&mut next.granted, "granted"),
+            EventKind::Reward => (&mut next.rewarded, "rewarded"),
+            EventKind::Slash => (&mut next.burned, "burned"),
+            EventKind::Stake => (&mut next.deposited, "deposited"),
+            EventKind::Unstake => (&mut next.withdrawn, "withdrawn"),
             EventKind::Eject | EventKind::Rejoin => return Ok(()),
         };
-        *slot = slot
-            .checked_add(amount)
-            .ok_or_else(|| LedgerError::InvalidArgument("token total overflow".into()))?;
+        *slot = slot.checked_add(amount).ok_or_else(|| {
+            LedgerError::WouldOverflow(format!(
+                "total {name} {slot} + {amount} would exceed {MAX_SUPPLY}"
+            ))
+        })?;
+        if next.minted() > u128::from(MAX_SUPPLY) {
+            return Err(LedgerError::WouldOverflow(format!(
+                "total minted {} + {amount} would exceed {MAX_SUPPLY}",
+                self.minted()
+            )));
+        }
+        if next.supply().is_none() {
+            return Err(LedgerError::WouldOverflow(format!(
+                "{} {amount} would take the total stake from {} out of 0..={MAX_SUPPLY}",
+                kind.as_str(),
+                self.expected_stake_sum()
+            )));
+        }
+        *self = next;
         Ok(())
     }
 }
@@ -735,19 +806,29 @@ impl Ledger {
 
     /// Node adds `amount` tokens to its own stake (opening the account if new). Rejoins
     /// consensus if it was ejected and is now at or above the minimum.
+    ///
+    /// `amount` must be in `1..=MAX_STAKE_PER_CALL` ([`LedgerError::InvalidArgument`]);
+    /// if the account, a total or the supply would pass [`MAX_SUPPLY`] the call fails
+    /// with [`LedgerError::WouldOverflow`] and writes nothing.
     pub fn stake(&self, node_id: &str, amount: Stake) -> Result<AccountChange, LedgerError> {
         check_node_id(node_id)?;
-        if amount == 0 {
-            return Err(LedgerError::InvalidArgument(
-                "stake amount must be positive".into(),
-            ));
+        if amount == 0 || amount > MAX_STAKE_PER_CALL {
+            return Err(LedgerError::InvalidArgument(format!(
+                "stake amount must be in 1..={MAX_STAKE_PER_CALL} tokens per call, got {amount}"
+            )));
         }
         let min = self.params.min_stake;
-        let (account, events) = self.transact(|tx, _| {
+        let result = self.transact(|tx, _| {
             let mut a = tx.get_or_open(node_id)?;
             a.stake = match a.stake.checked_add(amount) {
                 Some(s) => s,
-                None => return abort(LedgerError::InvalidArgument("stake overflow".into())),
+                None => {
+                    return abort(LedgerError::WouldOverflow(format!(
+                        "node {node_id:?} holds {} tokens; staking {amount} more would exceed \
+                         the largest balance {MAX_SUPPLY}",
+                        a.stake
+                    )))
+                }
             };
             tx.append(EventKind::Stake, &mut a, amount, None)?;
             if a.ejected && !below_minimum(a.stake, min) {
@@ -756,6 +837,11 @@ impl Ledger {
             }
             tx.put(&a)?;
             Ok(a)
+        });
+        let (account, events) = result.inspect_err(|e| {
+            if matches!(e, LedgerError::WouldOverflow(_)) {
+                tracing::warn!(node = node_id, amount, error = %e, "stake refused: would overflow");
+            }
         })?;
         log_events(&events);
         Ok(AccountChange { account, events })
@@ -832,7 +918,20 @@ impl Ledger {
                 a.trust_ppb = next_trust_ppb(a.trust_ppb, correct, p.alpha);
                 let (kind, amount) = if correct {
                     a.right += 1;
-                    let reward = p.reward.min(Stake::MAX - a.stake);
+                    // Capped at what may still be minted, so nothing can wrap or abort
+                    // the scoring; a.stake ≤ supply, so this also bounds the account.
+                    let reward = p
+                        .reward
+                        .min(tx.head.totals.mint_headroom())
+                        .min(MAX_SUPPLY - a.stake);
+                    if reward < p.reward {
+                        tracing::warn!(
+                            node = %node_id,
+                            reward,
+                            configured = p.reward,
+                            "reward capped: the ledger is at its supply ceiling"
+                        );
+                    }
                     a.stake += reward;
                     (EventKind::Reward, reward)
                 } else {
@@ -941,7 +1040,11 @@ impl Ledger {
                 break;
             }
             if let Err(err) = report.replayed.add(e.kind, e.amount) {
-                problem = Some(fail(at, node, err.to_string()));
+                problem = Some(fail(
+                    at,
+                    node,
+                    format!("replayed totals out of range: {err}"),
+                ));
                 break;
             }
             let fresh = !nodes.contains_key(&e.node_id);
@@ -1255,6 +1358,171 @@ mod tests {
             Err(LedgerError::InvalidArgument(_))
         ));
         assert!(l.verify().expect("verify").ok());
+    }
+
+    fn event_count(l: &Ledger) -> usize {
+        l.events_page(0, MAX_PAGE_SIZE, None).expect("page").0.len()
+    }
+
+    /// Stake amounts are bounded per call (INVALID_ARGUMENT) and can never push an
+    /// account, a total or the supply past u64::MAX (WOULD_OVERFLOW); a refused Stake
+    /// writes nothing, not even the grant of a new account (table-driven).
+    #[test]
+    fn stake_never_overflows() {
+        // (default stake, accounts opened first, stake node, amount, expected outcome)
+        #[derive(Debug, PartialEq)]
+        enum Want {
+            Ok(Stake),
+            Invalid,
+            Overflow(&'static str),
+        }
+        let near = u64::MAX - 5;
+        let half = u64::MAX / 2;
+        let cases: Vec<(Stake, &[&str], &str, Stake, Want)> = vec![
+            (1000, &["a"], "a", 0, Want::Invalid),
+            (1000, &["a"], "a", MAX_STAKE_PER_CALL + 1, Want::Invalid),
+            (1000, &["a"], "a", u64::MAX, Want::Invalid),
+            (
+                1000,
+                &["a"],
+                "a",
+                MAX_STAKE_PER_CALL,
+                Want::Ok(1000 + MAX_STAKE_PER_CALL),
+            ),
+            // The account itself would pass u64::MAX.
+            (near, &["a"], "a", 6, Want::Overflow("largest balance")),
+            (near, &["a"], "a", 5, Want::Ok(u64::MAX)),
+            // Each account fits, the sum of all stakes would not.
+            (half, &["a", "b"], "a", 2, Want::Overflow("total stake")),
+            (half, &["a", "b"], "a", 1, Want::Ok(half + 1)),
+            // A new node: its grant plus the stake would pass the ceiling; no grant stays.
+            (near, &["a"], "new", 1, Want::Overflow("total")),
+        ];
+        for (default_stake, open, node, amount, want) in cases {
+            let what = format!("{default_stake} {open:?} {node} {amount}");
+            let l = Ledger::temporary(ScoringParams {
+                default_stake,
+                ..params()
+            })
+            .expect("open");
+            l.ensure_accounts(&ids(open)).expect("ensure");
+            let head = l.head().expect("head");
+            let events = event_count(&l);
+            match (l.stake(node, amount), want) {
+                (Ok(c), Want::Ok(stake)) => assert_eq!(c.account.stake, stake, "{what}"),
+                (Err(LedgerError::InvalidArgument(msg)), Want::Invalid) => {
+                    assert!(msg.contains("1..=1000000000000000"), "{what}: {msg}");
+                }
+                (Err(LedgerError::WouldOverflow(msg)), Want::Overflow(fragment)) => {
+                    assert!(msg.contains(fragment), "{what}: {msg}");
+                }
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+            let report = l.verify().expect("verify");
+            assert!(report.ok(), "{what}: {:?}", report.first_inconsistency);
+            let supply = report.head.totals.supply().expect("supply fits u64");
+            assert_eq!(u128::from(supply), report.stake_sum, "{what}");
+            if l.head().expect("head") != head {
+                continue; // accepted: a stake event was written
+            }
+            // Refused: nothing written at all.
+            assert_eq!(event_count(&l), events, "{what}");
+            assert_eq!(l.account("new").expect("get"), None, "{what}");
+        }
+    }
+
+    /// Rewards near the ceiling are capped at the headroom (finally 0) instead of
+    /// wrapping, panicking or failing the scoring, and the books still balance.
+    #[test]
+    fn rewards_are_capped_at_the_supply_ceiling() {
+        let l = Ledger::temporary(ScoringParams {
+            default_stake: u64::MAX / 2,
+            reward: 10,
+            ..params()
+        })
+        .expect("open");
+        l.ensure_accounts(&ids(&["a", "b"])).expect("ensure");
+        // Supply is u64::MAX - 1: one token of headroom left.
+        let rounds = [("r1", 1, u64::MAX / 2 + 1), ("r2", 0, u64::MAX / 2 + 1)];
+        for (request, reward, stake) in rounds {
+            let c = l.score(request, &[("a".into(), true)]).expect("score");
+            assert_eq!(
+                (c[0].reward, c[0].stake_after),
+                (reward, stake),
+                "{request}"
+            );
+        }
+        let report = l.verify().expect("verify");
+        assert!(report.ok(), "{:?}", report.first_inconsistency);
+        assert_eq!(report.replayed.supply(), Some(u64::MAX));
+        assert_eq!(report.replayed.minted(), u128::from(u64::MAX));
+        assert_eq!(report.stake_sum, u128::from(u64::MAX));
+        // A slash frees supply, but `minted` is cumulative and already at the ceiling:
+        // the reward stays 0 rather than letting that total pass u64::MAX.
+        l.score("r3", &[("b".into(), false)]).expect("slash");
+        let c = l.score("r4", &[("a".into(), true)]).expect("score");
+        assert_eq!(c[0].reward, 0);
+        assert!(l.verify().expect("verify").ok());
+    }
+
+    /// A log whose stakes summed past u64::MAX (as the unchecked code could write) is
+    /// reported by verify, not passed with a capped figure.
+    #[test]
+    fn verify_flags_totals_beyond_u64() {
+        let l = Ledger::temporary(params()).expect("open");
+        // Forge what the old code wrote: a = 1000 + (u64::MAX - 1000), b = 1000.
+        let mut head = Head::default();
+        let steps = [
+            ("a", EventKind::Grant, 1000, 1000),
+            ("a", EventKind::Stake, u64::MAX - 1000, u64::MAX),
+            ("b", EventKind::Grant, 1000, 1000),
+        ];
+        for (node, kind, amount, stake_after) in steps {
+            let mut e = Event {
+                seq: head.seq + 1,
+                kind,
+                node_id: node.into(),
+                amount,
+                stake_after,
+                trust_after_ppb: TRUST_SCALE / 2,
+                request_id: None,
+                at_ms: 0,
+                prev_hash: head.hash.clone(),
+                hash: String::new(),
+            };
+            e.hash = event_hash(&e);
+            l.events
+                .insert(e.seq.to_be_bytes(), encode(&e).unwrap())
+                .unwrap();
+            let account = Account {
+                node_id: node.into(),
+                stake: stake_after,
+                trust_ppb: TRUST_SCALE / 2,
+                ejected: false,
+                right: 0,
+                wrong: 0,
+                last_seq: e.seq,
+            };
+            l.accounts
+                .insert(node.as_bytes(), encode(&account).unwrap())
+                .unwrap();
+            match kind {
+                EventKind::Grant => head.totals.granted += amount,
+                _ => head.totals.deposited += amount,
+            }
+            head.seq = e.seq;
+            head.hash = e.hash;
+        }
+        l.meta.insert(HEAD_KEY, encode(&head).unwrap()).unwrap();
+        let report = l.verify().expect("verify");
+        let bad = report.first_inconsistency.expect("flagged");
+        assert_eq!(bad.seq, Some(3), "{bad:?}");
+        assert!(bad.message.contains("total stake"), "{bad:?}");
+        // And nothing more can be staked on top of it.
+        assert!(matches!(
+            l.stake("b", 1),
+            Err(LedgerError::WouldOverflow(_))
+        ));
     }
 
     /// Falling under the minimum ejects; staking back above it rejoins; rewards don't.

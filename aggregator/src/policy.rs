@@ -60,7 +60,7 @@ pub const BASIS_POINTS: u64 = 10_000;
 /// How answers are weighted. Chosen per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
-    /// Plain average of every answer; the baseline that ignores the ledger.
+    /// Plain average of every answer; the baseline whose weights ignore trust and stake.
     Mean,
     /// Weight `tᵢ`: history of correctness only.
     Trust,
@@ -225,7 +225,7 @@ fn majority_len(answers: &[NodeAnswer]) -> usize {
 
 /// Whether the aggregator should call a node at all: ejected nodes are skipped under
 /// `trust` and `stake` (their weight would be 0) but asked under `mean`, the baseline
-/// that ignores the ledger.
+/// whose weights ignore the ledger.
 pub fn should_ask(policy: Policy, ejected: bool) -> bool {
     policy == Policy::Mean || !ejected
 }

@@ -12,9 +12,15 @@
 //!   are public.
 //!
 //! Error mapping (the single place, via [`concord::error::Classify`]): invalid input →
-//! `INVALID_ARGUMENT`; unknown account, unknown or expired request → `NOT_FOUND`; unstake
-//! above the balance → `FAILED_PRECONDITION`; storage failure or corrupt record →
-//! `INTERNAL` (logged). A repeated `ReportOutcome` is not an error: it returns
+//! `INVALID_ARGUMENT` (including a stake above
+//! [`MAX_STAKE_PER_CALL`](crate::ledger::MAX_STAKE_PER_CALL) per call, wrong in any
+//! state); unknown account, unknown or expired request → `NOT_FOUND`; unstake above the
+//! balance, or a stake that would push the account, a ledger total or the supply past
+//! `u64::MAX` → `FAILED_PRECONDITION` (both depend on the ledger's current state, not
+//! only on the request, and nothing is written); storage failure or corrupt record →
+//! `INTERNAL` (logged). Totals on the wire are exact: the ledger keeps them within
+//! `uint64`, and a stored ledger whose sums do not fit is an `INTERNAL` error on
+//! `ListAccounts`, never a capped figure. A repeated `ReportOutcome` is not an error: it returns
 //! `already_reported = true` and changes nothing.
 //!
 //! `WatchEvents` replays the log after `after_seq`, then follows live events. A task feeds
@@ -91,7 +97,9 @@ impl Classify for LedgerError {
         match self {
             LedgerError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             LedgerError::NotFound(_) => ErrorKind::NotFound,
-            LedgerError::InsufficientStake { .. } => ErrorKind::FailedPrecondition,
+            LedgerError::InsufficientStake { .. } | LedgerError::WouldOverflow(_) => {
+                ErrorKind::FailedPrecondition
+            }
             LedgerError::AlreadyScored { .. } => ErrorKind::AlreadyExists,
             LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorKind::Internal,
         }
@@ -283,9 +291,10 @@ impl Staking for StakingService {
                 .await
                 .map_err(status)?;
         let staked = accounts.iter().map(|a| u128::from(a.stake)).sum();
+        let totals = totals_to_pb(&head.totals, staked, head.seq).map_err(status)?;
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: accounts.iter().map(account_to_pb).collect(),
-            totals: Some(totals_to_pb(&head.totals, staked, head.seq)),
+            totals: Some(totals),
         }))
     }
 
@@ -493,10 +502,6 @@ fn signed_delta(reward: u64, slashed: u64) -> i64 {
     reward - slashed
 }
 
-fn saturate(v: u128) -> u64 {
-    u64::try_from(v).unwrap_or(u64::MAX)
-}
-
 /// Domain account → wire.
 pub fn account_to_pb(a: &Account) -> pb::Account {
     pb::Account {
@@ -535,15 +540,24 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
     }
 }
 
-fn totals_to_pb(t: &Totals, staked: u128, events: u64) -> pb::Totals {
-    pb::Totals {
-        staked: saturate(staked),
-        minted: saturate(t.minted()),
+/// Domain totals → wire, exactly: a sum that does not fit `uint64` is an error (the ledger
+/// never writes one; only a corrupt or pre-check ledger can hold it), never a capped value.
+fn totals_to_pb(t: &Totals, staked: u128, events: u64) -> Result<pb::Totals, LedgerError> {
+    let fit = |name: &str, v: u128| {
+        u64::try_from(v).map_err(|_| {
+            LedgerError::Corrupt(format!(
+                "{name} {v} does not fit uint64; VerifyLedger shows where the ledger went wrong"
+            ))
+        })
+    };
+    Ok(pb::Totals {
+        staked: fit("total stake", staked)?,
+        minted: fit("total minted", t.minted())?,
         burned: t.burned,
         deposited: t.deposited,
         withdrawn: t.withdrawn,
         events,
-    }
+    })
 }
 
 fn verify_to_pb(r: &VerifyReport) -> pb::VerifyLedgerResponse {
@@ -563,11 +577,9 @@ fn verify_to_pb(r: &VerifyReport) -> pb::VerifyLedgerResponse {
         head_hash: r.head.hash.clone(),
         first_bad_seq,
         problem,
-        totals: Some(totals_to_pb(
-            &r.replayed,
-            r.replayed_stake_sum,
-            r.events_checked,
-        )),
+        // Replayed totals are range-checked by verify; if they still do not fit, `ok` is
+        // false and `problem` says why, so leave them out rather than cap them.
+        totals: totals_to_pb(&r.replayed, r.replayed_stake_sum, r.events_checked).ok(),
     }
 }
 
@@ -630,6 +642,10 @@ mod tests {
                     stake: 0,
                     requested: 1,
                 }),
+                Code::FailedPrecondition,
+            ),
+            (
+                status(LedgerError::WouldOverflow("x".into())),
                 Code::FailedPrecondition,
             ),
             (status(LedgerError::Storage("io".into())), Code::Internal),

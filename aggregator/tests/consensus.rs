@@ -10,6 +10,8 @@ use concord::pb::predict::v1::{
     predictor_client::PredictorClient, GetModelInfoRequest, NodeVote, Policy as PbPolicy,
     PredictBatchRequest, PredictRequest, PredictResponse, Row, VoteStatus,
 };
+use concord_aggregator::ledger::Ledger;
+use concord_aggregator::policy::ScoringParams;
 use concord_aggregator::{AggregatorConfig, ConsensusConfig};
 use concord_node::{default_fleet, Behaviour, Iris, KnnModel, NodeConfig};
 use concord_testkit::{channel, registered, NodeProcess};
@@ -326,6 +328,9 @@ async fn bad_input() {
             request(&[1.0, 1.0, f64::INFINITY, 1.0]),
             Code::InvalidArgument,
         ),
+        // Finite but far outside any flower: distances would overflow.
+        (request(&[1e308; 4]), Code::InvalidArgument),
+        (request(&[1.0, -1e7, 1.0, 1.0]), Code::InvalidArgument),
         (
             PredictRequest {
                 features: vec![1.0; 4],
@@ -349,7 +354,15 @@ async fn bad_input() {
     let row = |n: usize| Row {
         features: vec![1.0; n],
     };
-    for rows in [vec![], vec![row(4); 1025], vec![row(4), row(3)]] {
+    let huge = Row {
+        features: vec![1.0, 1.0, 1.0, 2e6],
+    };
+    for rows in [
+        vec![],
+        vec![row(4); 1025],
+        vec![row(4), row(3)],
+        vec![row(4), huge],
+    ] {
         let status = agg
             .predict_batch(PredictBatchRequest { rows, policy: 0 })
             .await
@@ -382,6 +395,58 @@ async fn stake_policy_with_ledger() {
     for v in &reply.votes {
         assert_eq!((v.trust, v.stake), (0.5, 1000), "{v:?}");
         assert!((v.weight - 1.0 / 3.0).abs() < 1e-9);
+    }
+    aggregator.stop().await;
+    registry.stop().await;
+}
+
+/// Every policy reports each vote's real trust and stake from the ledger at combination
+/// time (only the weighting differs): `mean` used to report trust 0.5 and stake 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_policy_reports_ledger_standing() {
+    let registry = concord_testkit::registry().await;
+    let configs: Vec<NodeConfig> = default_fleet().into_iter().take(3).collect();
+    let ids: Vec<String> = configs.iter().map(|c| c.node_id.clone()).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger");
+    // Give every node a standing other than the defaults before the aggregator opens the
+    // ledger: one right answer (trust 0.55, +10) and a deposit of 35 (stake 1045).
+    {
+        let ledger = Ledger::open(&path, ScoringParams::default()).expect("ledger");
+        ledger.ensure_accounts(&ids).expect("accounts");
+        let outcomes: Vec<(String, bool)> = ids.iter().map(|id| (id.clone(), true)).collect();
+        ledger.score("warm-up", &outcomes).expect("score");
+        for id in &ids {
+            ledger.stake(id, 35).expect("stake");
+        }
+    }
+    let _nodes: Vec<NodeProcess> = configs
+        .into_iter()
+        .map(|c| NodeProcess::start(registered(c, registry.addr)))
+        .collect();
+    let aggregator = concord_testkit::aggregator(AggregatorConfig::with_ledger(
+        registry.addr.to_string(),
+        path,
+    ))
+    .await;
+    let mut agg = client(aggregator.addr);
+    until_ready(&mut agg, 3).await;
+    for policy in [PbPolicy::Mean, PbPolicy::Trust, PbPolicy::Stake] {
+        let reply = agg
+            .predict(PredictRequest {
+                features: VERSICOLOR.to_vec(),
+                policy: policy as i32,
+            })
+            .await
+            .expect("predict")
+            .into_inner();
+        assert_eq!(reply.policy, policy as i32);
+        assert_eq!(reply.votes.len(), 3, "{policy:?}: {reply:?}");
+        for v in &reply.votes {
+            assert!((v.trust - 0.55).abs() < 1e-9, "{policy:?}: {v:?}");
+            assert_eq!(v.stake, 1045, "{policy:?}: {v:?}");
+            assert!((v.weight - 1.0 / 3.0).abs() < 1e-9, "{policy:?}: {v:?}");
+        }
     }
     aggregator.stop().await;
     registry.stop().await;

@@ -28,8 +28,11 @@ struct TestStaking {
 
 impl TestStaking {
     async fn start(db: &Path) -> Self {
-        let book =
-            StakeBook::open(db, ScoringParams::default(), 1000, DEFAULT_TTL).expect("open ledger");
+        Self::start_with(db, ScoringParams::default()).await
+    }
+
+    async fn start_with(db: &Path, params: ScoringParams) -> Self {
+        let book = StakeBook::open(db, params, 1000, DEFAULT_TTL).expect("open ledger");
         let auth = StakingAuth {
             cluster_secret: SECRET.into(),
             oracle_token: ORACLE.into(),
@@ -218,6 +221,100 @@ async fn unstake_never_goes_negative() {
     let kinds: Vec<_> = reply.events.iter().map(|e| e.kind()).collect();
     assert_eq!(kinds, vec![pb::EventKind::Stake, pb::EventKind::Rejoin]);
     assert!(!reply.account.expect("account").ejected);
+    server.stop().await;
+}
+
+/// Large stakes never overflow silently: above the per-call maximum is INVALID_ARGUMENT,
+/// past u64::MAX for an account or the total is FAILED_PRECONDITION, a refused Stake
+/// writes no event (not even a new account's grant), and the totals that ListAccounts
+/// and VerifyLedger report are exact (the review saw them capped at u64::MAX).
+#[tokio::test]
+async fn large_stakes_are_refused_and_totals_stay_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // New accounts start 5 tokens below the ceiling, so overflow is one call away.
+    let near = u64::MAX - 5;
+    let server = TestStaking::start_with(
+        &db_path(&dir),
+        ScoringParams {
+            default_stake: near,
+            ..ScoringParams::default()
+        },
+    )
+    .await;
+    let mut client = server.client();
+    let n1 = node_credential(SECRET, "n1");
+    let n2 = node_credential(SECRET, "n2");
+    let verify = |mut client: StakingClient<Channel>| async move {
+        client
+            .verify_ledger(VerifyLedgerRequest {})
+            .await
+            .expect("verify")
+            .into_inner()
+    };
+    // (node, credential, amount, expected code, message fragment)
+    let refused = [
+        ("n1", &n1, u64::MAX, Code::InvalidArgument, "per call"),
+        (
+            "n1",
+            &n1,
+            1_000_000_000_000_001,
+            Code::InvalidArgument,
+            "per call",
+        ),
+        ("n1", &n1, 6, Code::FailedPrecondition, "largest balance"),
+    ];
+    for (node, cred, amount, code, fragment) in refused {
+        let err = client
+            .stake(stake_req(node, amount, Some(cred)))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "{amount}: {err:?}");
+        assert!(err.message().contains(fragment), "{amount}: {err:?}");
+        let report = verify(client.clone()).await;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.events_checked, 0, "nothing written: {report:?}");
+    }
+    // Exactly up to the ceiling is fine, and reported exactly.
+    let reply = client
+        .stake(stake_req("n1", 5, Some(&n1)))
+        .await
+        .expect("fits")
+        .into_inner();
+    assert_eq!(reply.account.expect("account").stake, u64::MAX);
+    // n2's grant alone would take the total past u64::MAX: refused, no account opened.
+    let err = client
+        .stake(stake_req("n2", 1, Some(&n2)))
+        .await
+        .expect_err("total overflow");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("total"), "{err:?}");
+    let err = client
+        .get_account(GetAccountRequest {
+            node_id: "n2".into(),
+        })
+        .await
+        .expect_err("no account");
+    assert_eq!(err.code(), Code::NotFound);
+    let list = client
+        .list_accounts(ListAccountsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let totals = list.totals.expect("totals");
+    assert_eq!(list.accounts.len(), 1);
+    assert_eq!(
+        (
+            totals.staked,
+            totals.minted,
+            totals.deposited,
+            totals.events
+        ),
+        (u64::MAX, near, 5, 2)
+    );
+    let report = verify(client.clone()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 2);
+    assert_eq!(report.totals.expect("totals"), totals);
     server.stop().await;
 }
 

@@ -36,7 +36,7 @@ pub use dataset::{
 pub use error::{Error, Result};
 pub use model::{
     argmax, validate_sample, Feature, KnnModel, Metric, ModelConfig, Prediction, Probabilities,
-    Weighting,
+    Weighting, MAX_FEATURE_ABS_CM,
 };
 pub use node::Node;
 pub use server::{

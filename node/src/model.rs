@@ -6,11 +6,20 @@
 //! those probabilities, so they must always be finite and sum to 1.
 //!
 //! Invariants and failure behaviour:
-//! - [`KnnModel::predict`] accepts exactly [`NUM_FEATURES`] finite numbers and otherwise
-//!   returns `InvalidArgument`; it never panics on outside input (a NaN would panic inside
-//!   `linfa-nn`, hence the check first). Huge finite values are fine: if every distance
-//!   weight underflows to zero the vote falls back to uniform weights, and features are
-//!   clamped to ±1e100 first so no distance overflows to infinity.
+//! - [`KnnModel::predict`] accepts exactly [`NUM_FEATURES`] finite numbers, each within
+//!   ±[`MAX_FEATURE_ABS_CM`], and otherwise returns `InvalidArgument` naming the feature
+//!   and the allowed range ([`validate_sample`], the one check the node and the aggregator
+//!   share). It never panics on outside input (a NaN would panic inside `linfa-nn`, hence
+//!   the check first).
+//! - Why the range: Iris measurements are centimetres below 10 (the data's resolution is
+//!   0.1 cm). Far outside that, a KNN answer is no longer a measurement of anything: at
+//!   ~1e15 cm subtracting a training value no longer changes the f64 at all, so every row
+//!   is equidistant and the "nearest" rows are an accident of the scan order, and from
+//!   ~1e154 a squared euclidean distance overflows to infinity. Both made
+//!   `[1e308, 1e308, 1e308, 1e308]` answer an arbitrary "setosa" with 0.8. Within ±1e6 cm
+//!   (10 km, beyond any flower, so no real input is refused) every squared distance is
+//!   below ~1e13, where one f64 ulp is ~2e-3, so differences of 0.1 cm between training
+//!   rows still decide the neighbours and no distance overflows.
 //! - A prediction is a few microseconds over ~84 rows, so it runs inline on the caller's
 //!   task; the only allocation per query is the neighbour list `linfa-nn` returns.
 //! - Ties between classes go to the lowest label, deterministically.
@@ -32,9 +41,10 @@ use crate::error::{Error, Result};
 
 /// Added to a distance before inverting it, so an exact match gets a huge but finite weight.
 const DISTANCE_EPSILON: f64 = 1e-9;
-/// Features are clamped to ±this before a query, so no distance overflows to infinity
-/// (`linfa-nn` panics on a non-finite distance). Real Iris values are below 10 cm.
-const FEATURE_LIMIT: f64 = 1e100;
+/// Largest accepted absolute feature value, in centimetres (real Iris values are below
+/// 10 cm). Beyond it distances lose the data's 0.1 cm resolution and answers become
+/// arbitrary; see the module doc for the arithmetic.
+pub const MAX_FEATURE_ABS_CM: f64 = 1e6;
 
 /// A class-probability vector, one entry per class, summing to 1.
 pub type Probabilities = [f64; NUM_CLASSES];
@@ -155,7 +165,7 @@ impl KnnModel {
     }
 
     /// Predicts the class of one sample of all [`NUM_FEATURES`] features (the model
-    /// picks its own subset). Rejects anything but 4 finite numbers.
+    /// picks its own subset). Rejects anything [`validate_sample`] rejects.
     pub fn predict(&self, sample: &[f64]) -> Result<Prediction> {
         let sample = validate_sample(sample)?;
         self.predict_valid(&sample)
@@ -205,7 +215,8 @@ impl KnnModel {
         // Project onto the model's features without touching the heap.
         let mut projected = [0.0; NUM_FEATURES];
         for (slot, &column) in projected.iter_mut().zip(&self.columns) {
-            *slot = sample[column].clamp(-FEATURE_LIMIT, FEATURE_LIMIT);
+            // In ±MAX_FEATURE_ABS_CM (validated), so no distance can overflow.
+            *slot = sample[column];
         }
         let point = ArrayView1::from(&projected[..self.columns.len()]);
         let neighbours = self
@@ -262,8 +273,10 @@ pub fn argmax(values: &[f64]) -> usize {
     best
 }
 
-/// Checks that `sample` is exactly [`NUM_FEATURES`] finite numbers; the one place that
-/// decides what input a model accepts.
+/// Checks that `sample` is exactly [`NUM_FEATURES`] finite numbers, each within
+/// ±[`MAX_FEATURE_ABS_CM`]; the one place that decides what input a model accepts (the
+/// aggregator calls it too, so both answer the same `INVALID_ARGUMENT`). The message names
+/// the feature's index and name and the allowed range.
 pub fn validate_sample(sample: &[f64]) -> Result<[f64; NUM_FEATURES]> {
     let array: [f64; NUM_FEATURES] = sample.try_into().map_err(|_| {
         Error::InvalidArgument(format!(
@@ -271,11 +284,20 @@ pub fn validate_sample(sample: &[f64]) -> Result<[f64; NUM_FEATURES]> {
             sample.len()
         ))
     })?;
-    if let Some(i) = array.iter().position(|v| !v.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "feature {i} is not a finite number ({})",
-            array[i]
-        )));
+    for (i, (&value, feature)) in array.iter().zip(Feature::ALL).enumerate() {
+        if !value.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "feature {i} ({feature}) is not a finite number ({value}); send a measurement \
+                 in centimetres"
+            )));
+        }
+        if value.abs() > MAX_FEATURE_ABS_CM {
+            return Err(Error::InvalidArgument(format!(
+                "feature {i} ({feature}) is {value:e}, outside the allowed range \
+                 [-{MAX_FEATURE_ABS_CM:e}, {MAX_FEATURE_ABS_CM:e}]; features are Iris \
+                 measurements in centimetres (real values are below 10)"
+            )));
+        }
     }
     Ok(array)
 }
@@ -507,7 +529,7 @@ mod tests {
         );
     }
 
-    /// Malformed samples are rejected with InvalidArgument, and extreme finite ones still
+    /// Malformed samples are rejected with InvalidArgument, and extreme accepted ones still
     /// give a valid distribution (table-driven).
     #[test]
     fn input_validation() {
@@ -533,8 +555,8 @@ mod tests {
             );
         }
         let extreme: &[&[f64]] = &[
-            &[f64::MAX, f64::MAX, f64::MAX, f64::MAX],
-            &[f64::MIN, 0.0, f64::MAX, 0.0],
+            &[MAX_FEATURE_ABS_CM; 4],
+            &[-MAX_FEATURE_ABS_CM, 0.0, MAX_FEATURE_ABS_CM, 0.0],
             &[1e-300, -1e-300, 0.0, -0.0],
         ];
         for metric in Metric::ALL {
@@ -544,6 +566,42 @@ mod tests {
                 let p = model.predict(sample).unwrap();
                 let sum: f64 = p.probabilities.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-9, "{metric} {sample:?} {p:?}");
+            }
+        }
+    }
+
+    /// The range check's edges: ±MAX_FEATURE_ABS_CM is accepted, the next f64 beyond it
+    /// and the overflow case of the review are not, and the message names the index, the
+    /// feature and the range (table-driven).
+    #[test]
+    fn feature_range_edges() {
+        let above = f64::from_bits(MAX_FEATURE_ABS_CM.to_bits() + 1);
+        // (sample, Some(expected message fragment) when rejected)
+        let cases: &[([f64; 4], Option<&str>)] = &[
+            ([MAX_FEATURE_ABS_CM, 1.0, 1.0, 1.0], None),
+            ([1.0, -MAX_FEATURE_ABS_CM, 1.0, 1.0], None),
+            ([0.0, -0.0, 7.9, 2.5], None),
+            ([above, 1.0, 1.0, 1.0], Some("feature 0 (sepal_length)")),
+            ([1.0, -above, 1.0, 1.0], Some("feature 1 (sepal_width)")),
+            ([1.0, 1.0, 1e308, 1.0], Some("feature 2 (petal_length)")),
+            ([1e308; 4], Some("feature 0 (sepal_length) is 1e308")),
+            ([1.0, 1.0, 1.0, f64::MIN], Some("feature 3 (petal_width)")),
+            (
+                [1.0, 1.0, 1.0, f64::NAN],
+                Some("feature 3 (petal_width) is not a finite"),
+            ),
+        ];
+        for (sample, want) in cases {
+            match (validate_sample(sample), want) {
+                (Ok(got), None) => assert_eq!(&got, sample),
+                (Err(Error::InvalidArgument(msg)), Some(fragment)) => {
+                    assert!(msg.contains(fragment), "{sample:?}: {msg}");
+                    if !msg.contains("finite") {
+                        assert!(msg.contains("[-1e6, 1e6]"), "{sample:?}: {msg}");
+                        assert!(msg.contains("centimetres"), "{sample:?}: {msg}");
+                    }
+                }
+                (got, _) => panic!("{sample:?}: {got:?}"),
             }
         }
     }

@@ -99,6 +99,20 @@ async fn serves_registers_and_deregisters() {
         .expect_err("NaN is rejected");
     assert_eq!(status.code(), Code::InvalidArgument);
 
+    // The review's case: finite, but so large the distances overflowed to infinity.
+    let status = client
+        .predict(PredictRequest {
+            features: vec![1e308; 4],
+            policy: 0,
+        })
+        .await
+        .expect_err("huge features are rejected");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("feature 0") && status.message().contains("[-1e6, 1e6]"),
+        "{status:?}"
+    );
+
     let rows = vec![
         Row {
             features: vec![6.7, 3.0, 5.2, 2.3]
