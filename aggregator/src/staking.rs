@@ -581,7 +581,8 @@ pub async fn serve_staking(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (router, health) = concord::grpc::router();
+    let (router, health) =
+        concord::grpc::router(&[concord::pb::stake::v1::staking_server::SERVICE_NAME]);
     health.set_serving::<StakingServer<StakingService>>().await;
     let router = router.add_service(StakingService::new(book, auth, stop_rx).into_server());
     tracing::info!(addr = ?listener.local_addr().ok(), "staking serving");

@@ -230,7 +230,10 @@ pub async fn serve(
         }));
     }
 
-    let (router, health) = concord::grpc::router();
+    let (router, health) = concord::grpc::router(&[
+        concord::pb::shop::v1::shop_server::SERVICE_NAME,
+        concord::pb::shop::v1::replication_server::SERVICE_NAME,
+    ]);
     health
         .set_serving::<ShopServer<service::ShopService>>()
         .await;
