@@ -248,8 +248,13 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
-/// Stops children in reverse start order.
+/// Stops children in reverse start order, after telling every supervisor not to restart
+/// its child any more: on Ctrl-C in a terminal the children got the signal too and are
+/// exiting already, and restarting them only to stop them again delays the exit.
 async fn stop_all(mut running: Vec<Supervised>) {
+    for child in &running {
+        child.hold_restarts();
+    }
     while let Some(child) = running.pop() {
         tracing::info!(child = %child.spec.name, "stopping");
         child.stop().await;
