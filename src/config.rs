@@ -1,4 +1,4 @@
-//! Defaults every role shares (DESIGN.md's port plan, tokens for a laptop demo) and small
+//! Defaults every role shares (the port plan in README's table, tokens for a laptop demo) and small
 //! helpers to bind and announce a listener.
 //!
 //! Each binary's own `Config` struct lives with its crate; this module holds only what is

@@ -3,7 +3,11 @@
 //! [`router`] gives every server the same limits (request timeout, message sizes via the
 //! generated servers' defaults), a tracing span per request carrying its request id
 //! (`x-request-id` from the client, or a fresh one), `grpc.health.v1.Health`, and server
-//! reflection in both `v1` and `v1alpha` (grpcurl 1.8 only speaks `v1alpha`). [`serve`]
+//! reflection in both `v1` and `v1alpha` (grpcurl 1.8 only speaks `v1alpha`). Reflection
+//! lists only the services the caller says it serves (plus health and reflection): the
+//! descriptor set holds every Concord service, and advertising one a server does not run
+//! sends clients to an `UNIMPLEMENTED` dead end. Every message type stays describable.
+//! [`serve`]
 //! runs it on a listener until the shutdown future resolves, then gives in-flight calls a
 //! bounded grace period: long-lived streams must watch shutdown themselves, and are cut
 //! when the grace period ends.
@@ -50,18 +54,25 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
     tracing::debug_span!("grpc", method = %request.uri().path(), request_id = %request_id)
 }
 
+/// Services every server runs besides its own: health and both reflection versions.
+pub const COMMON_SERVICES: [&str; 3] = [
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
 /// A server with health and reflection already added, plus the reporter to mark the
 /// caller's own services serving or not.
-pub fn router() -> (Router, HealthReporter) {
+///
+/// `services` names the Concord services the caller adds to the router (the generated
+/// `*_server::SERVICE_NAME` constants); reflection lists exactly those plus
+/// [`COMMON_SERVICES`].
+pub fn router(services: &[&str]) -> (Router, HealthReporter) {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection_builder(services)
         .build_v1()
         .expect("the embedded descriptor sets are valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection_builder(services)
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     let router = Server::builder()
@@ -73,6 +84,22 @@ pub fn router() -> (Router, HealthReporter) {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     (router, health_reporter)
+}
+
+/// Reflection over every descriptor we embed (so any message can be described), listing
+/// only `services` and [`COMMON_SERVICES`]. Both reflection protos are registered in both
+/// versions, so each version can also describe the other one it lists.
+fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    services
+        .iter()
+        .chain(COMMON_SERVICES.iter())
+        .fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains for at most
@@ -123,4 +150,116 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    /// Serves `router(services)` on a free port until the returned sender is dropped.
+    async fn start(services: &[&str]) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let (router, _health) = router(services);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(router, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        (addr, stop_tx)
+    }
+
+    async fn list_v1(addr: &str) -> Vec<String> {
+        let channel = lazy_channel(addr).expect("channel");
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
+        let request = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        match replies
+            .message()
+            .await
+            .expect("reply")
+            .map(|r| r.message_response)
+        {
+            Some(Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(
+                list,
+            ))) => sorted(list.service.into_iter().map(|s| s.name).collect()),
+            other => panic!("unexpected v1 reply {other:?}"),
+        }
+    }
+
+    async fn list_v1alpha(addr: &str) -> Vec<String> {
+        let channel = lazy_channel(addr).expect("channel");
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner();
+        match replies
+            .message()
+            .await
+            .expect("reply")
+            .map(|r| r.message_response)
+        {
+            Some(Some(
+                v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list),
+            )) => sorted(list.service.into_iter().map(|s| s.name).collect()),
+            other => panic!("unexpected v1alpha reply {other:?}"),
+        }
+    }
+
+    fn sorted(mut names: Vec<String>) -> Vec<String> {
+        names.sort();
+        names
+    }
+
+    /// Both reflection versions list exactly the services a server was built with, plus
+    /// health and reflection; never the rest of the descriptor set.
+    #[tokio::test]
+    async fn reflection_lists_only_the_served_services() {
+        use crate::pb::{predict, shop, stake};
+        let cases: &[&[&str]] = &[
+            &[],
+            &[predict::v1::predictor_server::SERVICE_NAME],
+            &[
+                predict::v1::predictor_server::SERVICE_NAME,
+                stake::v1::staking_server::SERVICE_NAME,
+            ],
+            &[
+                shop::v1::shop_server::SERVICE_NAME,
+                shop::v1::replication_server::SERVICE_NAME,
+            ],
+        ];
+        for services in cases {
+            let (addr, _stop) = start(services).await;
+            let want = sorted(
+                services
+                    .iter()
+                    .chain(COMMON_SERVICES.iter())
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+            );
+            assert_eq!(list_v1(&addr).await, want, "v1, serving {services:?}");
+            assert_eq!(
+                list_v1alpha(&addr).await,
+                want,
+                "v1alpha, serving {services:?}"
+            );
+        }
+    }
 }

@@ -327,7 +327,11 @@ async fn timed<T>(
 pub(crate) fn classify_status(status: &tonic::Status) -> CallResult {
     match status.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallResult::TimedOut,
-        code => CallResult::Failed(format!("{code:?}: {}", status.message())),
+        // A lying node may send anything: repeat a bounded part of its message.
+        code => CallResult::Failed(format!(
+            "{code:?}: {}",
+            concord::error::quote(status.message())
+        )),
     }
 }
 

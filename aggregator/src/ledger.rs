@@ -123,10 +123,10 @@ pub enum LedgerError {
     #[error("would overflow: {0}")]
     WouldOverflow(String),
     /// The account does not exist.
-    #[error("no account for node {0:?}")]
+    #[error("no account for node {}", concord::error::quote(.0))]
     NotFound(NodeId),
     /// Unstake larger than the balance: stakes never go negative.
-    #[error("insufficient stake: node {node_id:?} has {stake}, asked to withdraw {requested}")]
+    #[error("insufficient stake: node {} has {stake}, asked to withdraw {requested}", concord::error::quote(.node_id))]
     InsufficientStake {
         /// The node.
         node_id: NodeId,
@@ -136,7 +136,7 @@ pub enum LedgerError {
         requested: Stake,
     },
     /// The request id was already scored; nothing changed.
-    #[error("request {request_id:?} was already scored (event batch {seq})")]
+    #[error("request {} was already scored (event batch {seq})", concord::error::quote(.request_id))]
     AlreadyScored {
         /// The request.
         request_id: String,
@@ -1193,11 +1193,30 @@ fn seq_from(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-fn check_node_id(node_id: &str) -> Result<(), LedgerError> {
-    if node_id.is_empty() || node_id.len() > 256 {
-        return Err(LedgerError::InvalidArgument(
-            "node id must be 1..=256 bytes".into(),
-        ));
+/// Longest node id the ledger accepts, in bytes.
+pub const MAX_NODE_ID_BYTES: usize = 256;
+/// Longest request id `ReportOutcome` accepts, in bytes (the aggregator makes far shorter
+/// ones); longer ones are rejected before any lookup.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// `Ok` for a node id of 1..=[`MAX_NODE_ID_BYTES`] bytes.
+pub fn check_node_id(node_id: &str) -> Result<(), LedgerError> {
+    if node_id.is_empty() || node_id.len() > MAX_NODE_ID_BYTES {
+        return Err(LedgerError::InvalidArgument(format!(
+            "node id must be 1..={MAX_NODE_ID_BYTES} bytes, got {}",
+            node_id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `Ok` for a request id of 1..=[`MAX_REQUEST_ID_BYTES`] bytes.
+pub fn check_request_id(request_id: &str) -> Result<(), LedgerError> {
+    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(LedgerError::InvalidArgument(format!(
+            "request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes, got {}",
+            request_id.len()
+        )));
     }
     Ok(())
 }

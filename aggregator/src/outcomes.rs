@@ -52,7 +52,7 @@ pub struct RecordedRequest {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OutcomeError {
     /// Never seen, or evicted from the bounded memory.
-    #[error("unknown request id {request_id:?} (only the last {capacity} requests are kept)")]
+    #[error("unknown request id {} (only the last {capacity} requests are kept)", concord::error::quote(.request_id))]
     UnknownRequest {
         /// The request.
         request_id: String,
@@ -60,7 +60,7 @@ pub enum OutcomeError {
         capacity: usize,
     },
     /// Still remembered but older than the TTL.
-    #[error("request id {request_id:?} expired (outcomes are accepted for {ttl:?})")]
+    #[error("request id {} expired (outcomes are accepted for {ttl:?})", concord::error::quote(.request_id))]
     Expired {
         /// The request.
         request_id: String,

@@ -104,7 +104,7 @@ impl FromStr for Policy {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
     /// The request named a policy we do not know (caller error).
-    #[error("unknown policy {0:?}; expected mean, trust or stake")]
+    #[error("unknown policy {}; expected mean, trust or stake", concord::error::quote(.0))]
     UnknownPolicy(String),
     /// Nothing with positive weight to combine (no answers, all ejected or excluded).
     #[error("no eligible answers to combine ({answers} answers, all excluded or weight 0)")]

@@ -129,12 +129,18 @@ pub async fn serve(
         config.consensus.clone(),
     )?);
 
-    let (router, health) = concord::grpc::router();
+    // Staking runs only with a ledger; reflection must not list it otherwise.
+    let staking = book.zip(config.ledger.as_ref());
+    let mut served = vec![concord::pb::predict::v1::predictor_server::SERVICE_NAME];
+    if staking.is_some() {
+        served.push(concord::pb::stake::v1::staking_server::SERVICE_NAME);
+    }
+    let (router, health) = concord::grpc::router(&served);
     health
         .set_serving::<PredictorServer<AggregatorService>>()
         .await;
     let mut router = router.add_service(PredictorServer::new(AggregatorService::new(aggregator)));
-    if let (Some(book), Some(ledger)) = (book, &config.ledger) {
+    if let Some((book, ledger)) = staking {
         let staking = StakingService::new(book, ledger.auth.clone(), stop_rx.clone()).into_server();
         router = router.add_service(staking);
     }

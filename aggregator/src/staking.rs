@@ -35,7 +35,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use concord::auth::{bearer_token, verify_node_credential, AuthError};
-use concord::error::{to_status, Classify, ErrorKind};
+use concord::error::{quote, to_status, Classify, ErrorKind};
 use concord::pb::stake::v1 as pb;
 use concord::pb::stake::v1::staking_server::{Staking, StakingServer};
 use tokio::net::TcpListener;
@@ -46,7 +46,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::book::{blocking, StakeBook};
-use crate::ledger::{Account, Event, EventKind, LedgerError, Totals, VerifyReport};
+use crate::ledger::{
+    check_node_id, check_request_id, Account, Event, EventKind, LedgerError, Totals, VerifyReport,
+};
 use crate::outcomes::{OutcomeError, ReportResult};
 use crate::policy::{Policy, PolicyError};
 
@@ -162,7 +164,8 @@ impl StakingService {
         }
         match self.identify(token) {
             Some(who) => Err(AccessError::Denied(format!(
-                "{who} may not act for node {node_id:?}"
+                "{who} may not act for node {}",
+                quote(node_id)
             ))),
             None => Err(AuthError::Invalid.into()),
         }
@@ -204,7 +207,7 @@ impl StakingService {
         accounts
             .into_iter()
             .find(|a| verify_node_credential(&self.auth.cluster_secret, &a.node_id, token))
-            .map(|a| format!("node {:?}", a.node_id))
+            .map(|a| format!("node {}", quote(&a.node_id)))
     }
 }
 
@@ -220,11 +223,12 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Sta
 
 #[tonic::async_trait]
 impl Staking for StakingService {
-    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_id, amount = request.get_ref().amount))]
+    #[tracing::instrument(skip_all, fields(node = %quote(&request.get_ref().node_id), amount = request.get_ref().amount))]
     async fn stake(
         &self,
         request: Request<pb::StakeRequest>,
     ) -> Result<Response<pb::StakeResponse>, Status> {
+        check_node_id(&request.get_ref().node_id).map_err(status)?;
         self.authorize_node(request.metadata(), &request.get_ref().node_id)
             .map_err(status)?;
         let pb::StakeRequest { node_id, amount } = request.into_inner();
@@ -239,11 +243,12 @@ impl Staking for StakingService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_id, amount = request.get_ref().amount))]
+    #[tracing::instrument(skip_all, fields(node = %quote(&request.get_ref().node_id), amount = request.get_ref().amount))]
     async fn unstake(
         &self,
         request: Request<pb::UnstakeRequest>,
     ) -> Result<Response<pb::UnstakeResponse>, Status> {
+        check_node_id(&request.get_ref().node_id).map_err(status)?;
         self.authorize_node(request.metadata(), &request.get_ref().node_id)
             .map_err(status)?;
         let pb::UnstakeRequest { node_id, amount } = request.into_inner();
@@ -263,11 +268,7 @@ impl Staking for StakingService {
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let node_id = request.into_inner().node_id;
-        if node_id.is_empty() {
-            return Err(status(LedgerError::InvalidArgument(
-                "node_id is required".into(),
-            )));
-        }
+        check_node_id(&node_id).map_err(status)?;
         let ledger = self.book.ledger().clone();
         let account = blocking(move || {
             ledger
@@ -316,6 +317,9 @@ impl Staking for StakingService {
             }
             n => n,
         };
+        if !node_id.is_empty() {
+            check_node_id(&node_id).map_err(status)?;
+        }
         let ledger = self.book.ledger().clone();
         let (events, next) = blocking(move || {
             let filter = (!node_id.is_empty()).then_some(node_id.as_str());
@@ -349,7 +353,7 @@ impl Staking for StakingService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id, true_label = request.get_ref().true_label))]
+    #[tracing::instrument(skip_all, fields(request_id = %quote(&request.get_ref().request_id), true_label = request.get_ref().true_label))]
     async fn report_outcome(
         &self,
         request: Request<pb::ReportOutcomeRequest>,
@@ -359,11 +363,7 @@ impl Staking for StakingService {
             request_id,
             true_label,
         } = request.into_inner();
-        if request_id.is_empty() {
-            return Err(status(LedgerError::InvalidArgument(
-                "request_id is required".into(),
-            )));
-        }
+        check_request_id(&request_id).map_err(status)?;
         let report = self
             .book
             .report_outcome(request_id, true_label)
@@ -565,7 +565,7 @@ fn verify_to_pb(r: &VerifyReport) -> pb::VerifyLedgerResponse {
         None => (0, String::new()),
         Some(bad) => {
             let problem = match &bad.node_id {
-                Some(node) => format!("{} (node {node:?})", bad.message),
+                Some(node) => format!("{} (node {})", bad.message, quote(node)),
                 None => bad.message.clone(),
             };
             (bad.seq.unwrap_or(0), problem)
@@ -593,7 +593,8 @@ pub async fn serve_staking(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (router, health) = concord::grpc::router();
+    let (router, health) =
+        concord::grpc::router(&[concord::pb::stake::v1::staking_server::SERVICE_NAME]);
     health.set_serving::<StakingServer<StakingService>>().await;
     let router = router.add_service(StakingService::new(book, auth, stop_rx).into_server());
     tracing::info!(addr = ?listener.local_addr().ok(), "staking serving");

@@ -673,3 +673,64 @@ async fn evicted_request_is_not_found() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(book.report_outcome("r3".into(), 0).await.is_ok());
 }
+
+/// A 3 MB node id or request id is refused as INVALID_ARGUMENT with a short message (a
+/// client with a 16 KB header limit must be able to read it), and an unknown request id
+/// within the limit is quoted in a bounded form.
+#[tokio::test]
+async fn huge_ids_get_short_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let short = |status: &tonic::Status| {
+        assert!(
+            status.message().len() < 300,
+            "{} bytes: {:.200}",
+            status.message().len(),
+            status.message()
+        );
+    };
+
+    let err = client
+        .get_account(GetAccountRequest {
+            node_id: huge.clone(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    short(&err);
+    let err = client
+        .stake(stake_req(&huge, 1, None))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    short(&err);
+    let err = client
+        .list_events(ListEventsRequest {
+            after_seq: 0,
+            page_size: 0,
+            node_id: huge.clone(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    short(&err);
+    let err = client
+        .report_outcome(report_req(&huge, 0, Some(ORACLE)))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    short(&err);
+
+    let long_unknown = "r".repeat(concord_aggregator::ledger::MAX_REQUEST_ID_BYTES);
+    let err = client
+        .report_outcome(report_req(&long_unknown, 0, Some(ORACLE)))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    short(&err);
+    assert!(err.message().contains("… (128 bytes)"), "{}", err.message());
+    drop(client);
+    server.stop().await;
+}

@@ -8,6 +8,14 @@
 //! row that each came before `stable_after`, the child is marked `errored` and left down
 //! (a crash loop is a bug to look at, not something to hammer).
 //!
+//! Shutdown has two steps. [`Supervised::hold_restarts`] first: from then on a child that
+//! exits stays down. Ctrl-C in a terminal signals the whole process group, so every child
+//! exits by itself at about the moment the launcher starts stopping them in order; without
+//! this step each supervisor would take that exit for a crash and restart the child after
+//! its backoff, and the ordered stop would then wait for freshly started processes (a
+//! node training its model, a replica reconnecting) before the launcher could exit.
+//! [`Supervised::stop`] then stops a child that is still running (SIGTERM, then SIGKILL).
+//!
 //! Each child's stdout and stderr are read line by line and echoed on the supervisor's
 //! stderr, prefixed with the child's name; the line `concord <role> listening on <addr>`
 //! marks the child ready. Children die with the supervisor (PR_SET_PDEATHSIG on Linux), so a
@@ -95,12 +103,23 @@ pub struct ChildStatus {
     pub restarts: u32,
 }
 
+/// What the owner wants from a child's supervisor; only ever moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Keep the child running: restart it when it dies.
+    Run,
+    /// Shutting down: leave the child running, but do not restart it once it exits.
+    HoldRestarts,
+    /// Stop the child now.
+    Stop,
+}
+
 /// A supervised child.
 pub struct Supervised {
     /// What runs.
     pub spec: ChildSpec,
     status_rx: watch::Receiver<ChildStatus>,
-    stop_tx: watch::Sender<bool>,
+    phase_tx: watch::Sender<Phase>,
     task: JoinHandle<()>,
 }
 
@@ -113,12 +132,12 @@ impl Supervised {
             address: None,
             restarts: 0,
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run_child(spec.clone(), policy, status_tx, stop_rx));
+        let (phase_tx, phase_rx) = watch::channel(Phase::Run);
+        let task = tokio::spawn(run_child(spec.clone(), policy, status_tx, phase_rx));
         Self {
             spec,
             status_rx,
-            stop_tx,
+            phase_tx,
             task,
         }
     }
@@ -150,12 +169,30 @@ impl Supervised {
         }
     }
 
+    /// Never restarts the child again: once it exits (by itself, or by [`stop`](Self::stop))
+    /// it stays `Stopped`. Call it on every child before stopping any of them.
+    pub fn hold_restarts(&self) {
+        self.phase_tx
+            .send_if_modified(|phase| advance(phase, Phase::HoldRestarts));
+    }
+
     /// Stops the child (SIGTERM, then SIGKILL after the policy's timeout) and waits.
     pub async fn stop(self) {
-        let _ = self.stop_tx.send(true);
+        self.phase_tx
+            .send_if_modified(|phase| advance(phase, Phase::Stop));
         if let Err(err) = self.task.await {
             tracing::error!(child = %self.spec.name, %err, "supervisor task failed");
         }
+    }
+}
+
+/// Moves `phase` forward to `to` (never back); true when it changed.
+fn advance(phase: &mut Phase, to: Phase) -> bool {
+    if *phase < to {
+        *phase = to;
+        true
+    } else {
+        false
     }
 }
 
@@ -163,7 +200,7 @@ async fn run_child(
     spec: ChildSpec,
     policy: RestartPolicy,
     status_tx: watch::Sender<ChildStatus>,
-    mut stop_rx: watch::Receiver<bool>,
+    mut phase_rx: watch::Receiver<Phase>,
 ) {
     let mut backoff = policy.initial_backoff;
     let mut fast_crashes = 0u32;
@@ -175,7 +212,7 @@ async fn run_child(
             Err(err) => {
                 tracing::error!(child = %spec.name, %err, "cannot spawn");
                 status_tx.send_modify(|s| s.state = ChildState::Errored);
-                stopped(&mut stop_rx).await;
+                reached(&mut phase_rx, Phase::HoldRestarts).await;
                 return;
             }
         };
@@ -198,7 +235,7 @@ async fn run_child(
 
         let exit = tokio::select! {
             exit = child.wait() => exit,
-            () = stopped(&mut stop_rx) => {
+            () = reached(&mut phase_rx, Phase::Stop) => {
                 terminate(&spec.name, &mut child, policy.stop_timeout).await;
                 status_tx.send_modify(|s| { s.state = ChildState::Stopped; s.pid = None; });
                 return;
@@ -208,6 +245,21 @@ async fn run_child(
             let _ = pump.await;
         }
         let ran = started.elapsed();
+        if *phase_rx.borrow() >= Phase::HoldRestarts {
+            // Shutting down (e.g. Ctrl-C reached the whole process group): this exit is
+            // final, not a crash.
+            match exit {
+                Ok(status) => {
+                    tracing::info!(child = %spec.name, pid, %status, "exited during shutdown; not restarted")
+                }
+                Err(err) => tracing::error!(child = %spec.name, %err, "cannot wait for child"),
+            }
+            status_tx.send_modify(|s| {
+                s.state = ChildState::Stopped;
+                s.pid = None;
+            });
+            return;
+        }
         match exit {
             Ok(status) => {
                 tracing::warn!(child = %spec.name, pid, %status, ran_ms = ran.as_millis() as u64, "child exited")
@@ -226,7 +278,7 @@ async fn run_child(
                 s.state = ChildState::Errored;
                 s.pid = None;
             });
-            stopped(&mut stop_rx).await;
+            reached(&mut phase_rx, Phase::HoldRestarts).await;
             return;
         }
         status_tx.send_modify(|s| {
@@ -236,7 +288,7 @@ async fn run_child(
         tracing::info!(child = %spec.name, backoff_ms = backoff.as_millis() as u64, "restarting after backoff");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = stopped(&mut stop_rx) => {
+            () = reached(&mut phase_rx, Phase::HoldRestarts) => {
                 status_tx.send_modify(|s| s.state = ChildState::Stopped);
                 return;
             }
@@ -246,9 +298,9 @@ async fn run_child(
     }
 }
 
-/// Resolves once a stop was requested (or the supervisor handle is gone).
-async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
-    let _ = stop_rx.wait_for(|stop| *stop).await;
+/// Resolves once the owner asked for `phase` or a later one (or the handle is gone).
+async fn reached(phase_rx: &mut watch::Receiver<Phase>, phase: Phase) {
+    let _ = phase_rx.wait_for(|current| *current >= phase).await;
 }
 
 fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
@@ -393,5 +445,43 @@ mod tests {
                 .map(|stat| stat.contains(") Z "))
                 .unwrap_or(true);
         assert!(gone, "child {pid} still running after stop");
+    }
+
+    /// Once restarts are held (shutdown began), a child that exits by itself, as on a
+    /// Ctrl-C that reached the whole process group, stays down instead of coming back
+    /// after its backoff; stop() then returns at once.
+    #[tokio::test]
+    async fn held_child_that_exits_is_not_restarted() {
+        let script = "echo 'concord test listening on 127.0.0.1:4242'; exec sleep 30";
+        let child = Supervised::start(shell("held", script), fast_policy());
+        child
+            .wait_running(Duration::from_secs(10))
+            .await
+            .expect("announced");
+        let pid = child.status().pid.expect("running child has a pid");
+        child.hold_restarts();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("signal the child");
+        let mut status_rx = child.status_receiver();
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            status_rx.wait_for(|s| s.state == ChildState::Stopped),
+        )
+        .await
+        .expect("stopped in time")
+        .expect("supervisor alive")
+        .clone();
+        assert_eq!((status.restarts, status.pid), (0, None));
+        // Longer than the backoff: a restart would have happened by now.
+        tokio::time::sleep(fast_policy().max_backoff * 3).await;
+        let status = child.status();
+        assert_eq!(status.state, ChildState::Stopped, "{status:?}");
+        assert_eq!(status.restarts, 0);
+        let started = Instant::now();
+        child.stop().await;
+        assert!(started.elapsed() < Duration::from_secs(1), "stop waited");
     }
 }

@@ -2,7 +2,8 @@
 //! same binary.
 //!
 //! Start order: the registry first (everyone else registers with it), then every other
-//! role at once. Stop order is the reverse. Addresses follow DESIGN.md's port plan, or, with
+//! role at once. Stop order is the reverse. Addresses follow the default port plan
+//! (`concord::config`, README's table of processes), or, with
 //! `--auto-ports`, free ports picked at start-up (tests, or two clusters side by side); a
 //! restarted child gets the same address it had, so peers never need to be told.
 //!
@@ -19,7 +20,8 @@ pub struct Args {
     /// Directory for every process's data (sub-directories per process).
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Pick free ports instead of DESIGN.md's defaults (50050…, 8080).
+    /// Pick free ports instead of the defaults: registry 127.0.0.1:50050, aggregator
+    /// :50051, nodes :50052…, shops :50060/:50061, gateway :8080 (README's table).
     #[arg(long, env = "CONCORD_AUTO_PORTS")]
     pub auto_ports: bool,
     /// Prediction nodes to start (each a different default-fleet model, cycling).
@@ -58,7 +60,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Picks addresses: DESIGN.md's defaults, or free loopback ports.
+/// Picks addresses: the defaults of `concord::config`, or free loopback ports.
 struct PortPlan {
     auto: bool,
 }
@@ -248,8 +250,13 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
-/// Stops children in reverse start order.
+/// Stops children in reverse start order, after telling every supervisor not to restart
+/// its child any more: on Ctrl-C in a terminal the children got the signal too and are
+/// exiting already, and restarting them only to stop them again delays the exit.
 async fn stop_all(mut running: Vec<Supervised>) {
+    for child in &running {
+        child.hold_restarts();
+    }
     while let Some(child) = running.pop() {
         tracing::info!(child = %child.spec.name, "stopping");
         child.stop().await;
@@ -324,6 +331,28 @@ async fn announce_restarts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--help` names the real default addresses (the constants in `concord::config`), not
+    /// a document that is not in the repository.
+    #[test]
+    fn auto_ports_help_names_the_defaults() {
+        use clap::Args as _;
+        let mut command = Args::augment_args(clap::Command::new("up"));
+        let help = command.render_long_help().to_string();
+        assert!(!help.contains("DESIGN.md"), "{help}");
+        let port = |addr: &str| addr.rsplit_once(':').map(|(_, p)| p.to_owned());
+        for addr in [
+            concord::config::DEFAULT_REGISTRY_ADDR,
+            concord::config::DEFAULT_AGGREGATOR_ADDR,
+            concord::config::DEFAULT_SHOP_PRIMARY_ADDR,
+            concord::config::DEFAULT_SHOP_REPLICA_ADDR,
+            concord::config::DEFAULT_GATEWAY_ADDR,
+        ] {
+            let port = port(addr).expect("host:port");
+            assert!(help.contains(&port), "help lacks {port}:\n{help}");
+        }
+        assert!(help.contains(&concord::config::DEFAULT_FIRST_NODE_PORT.to_string()));
+    }
 
     /// Durations on the command line: units, default unit, and refusals.
     #[test]

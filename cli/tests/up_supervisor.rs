@@ -86,3 +86,51 @@ async fn up_restarts_a_killed_registry() {
         "children are stopped with the launcher"
     );
 }
+
+/// Ctrl-C in a terminal: SIGINT reaches the launcher and every child at once. The
+/// launcher exits 0 promptly and restarts nothing while it stops the cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_stops_promptly_on_ctrl_c_to_the_process_group() {
+    use std::os::unix::process::CommandExt;
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut up = command(&[
+        "up",
+        "--auto-ports",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+    ]);
+    up.process_group(0).stdout(Stdio::piped());
+    let mut up = up.spawn().expect("spawn concord up");
+    let lines = follow_stdout(&mut up);
+    wait_for_line(&lines, Duration::from_secs(60), |l| {
+        l.starts_with("cluster up;").then_some(())
+    })
+    .expect("cluster up");
+    // The table's per-child lines follow "cluster up"; let them all through.
+    while lines.recv_timeout(Duration::from_millis(200)).is_ok() {}
+
+    let signalled = std::time::Instant::now();
+    // `up` leads its own process group (process_group(0)) and its children inherit it.
+    let group = nix::unistd::Pid::from_raw(up.id() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("SIGINT the group");
+    let status = loop {
+        if let Some(status) = up.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "up did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "up exits 0 after Ctrl-C: {status}");
+    let restarted: Vec<String> = lines
+        .try_iter()
+        .filter(|l| l.contains("running on"))
+        .collect();
+    assert!(
+        restarted.is_empty(),
+        "restarted during shutdown: {restarted:?}"
+    );
+}

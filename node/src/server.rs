@@ -73,7 +73,8 @@ pub async fn serve(
         None => None,
     };
 
-    let (router, health) = concord::grpc::router();
+    let (router, health) =
+        concord::grpc::router(&[concord::pb::predict::v1::predictor_server::SERVICE_NAME]);
     health.set_serving::<PredictorServer<NodeService>>().await;
     let router = router.add_service(PredictorServer::new(NodeService::new(node.clone())));
     let node_id = node.id().to_owned();

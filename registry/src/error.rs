@@ -9,7 +9,7 @@ pub enum RegistryError {
     #[error("{0}")]
     InvalidArgument(String),
     /// The lease is unknown or expired: register again.
-    #[error("lease {0} is unknown or expired; register again")]
+    #[error("lease {} is unknown or expired; register again", concord::error::quote(.0))]
     LeaseNotFound(String),
     /// A primary claim for a term that another live primary already holds or exceeds.
     #[error("{0}")]

@@ -43,7 +43,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(service::Shared::new(stop_rx.clone()));
     let sweeper = tokio::spawn(service::sweep_expired(state.clone(), stop_rx));
-    let (router, health) = concord::grpc::router();
+    let (router, health) =
+        concord::grpc::router(&[concord::pb::registry::v1::registry_server::SERVICE_NAME]);
     health
         .set_serving::<RegistryServer<service::RegistryService>>()
         .await;

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use concord::pb::registry::v1::Instance;
+use concord::{error::quote, pb::registry::v1::Instance};
 
 use crate::RegistryError;
 
@@ -35,6 +35,9 @@ pub const MAX_ADDRESS_BYTES: usize = 256;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 /// Longest metadata key or value, in bytes.
 pub const MAX_METADATA_BYTES: usize = 256;
+/// Longest lease id KeepAlive/Deregister accept, in bytes (ours are 32 hex digits); a
+/// longer one is a malformed request, not an unknown lease.
+pub const MAX_LEASE_ID_BYTES: usize = 64;
 
 struct Lease {
     instance: Instance,
@@ -115,6 +118,7 @@ impl LeaseTable {
         metadata: Option<HashMap<String, String>>,
         now: Instant,
     ) -> Result<Instance, RegistryError> {
+        check_lease_id(lease_id)?;
         if let Some(metadata) = &metadata {
             validate_metadata(metadata)?;
         }
@@ -181,6 +185,7 @@ impl LeaseTable {
 
     /// Removes a lease at once.
     pub fn deregister(&mut self, lease_id: &str) -> Result<Instance, RegistryError> {
+        check_lease_id(lease_id)?;
         let lease = self
             .leases
             .remove(lease_id)
@@ -267,7 +272,18 @@ pub fn validate_service(service: &str) -> Result<(), RegistryError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(RegistryError::InvalidArgument(format!(
-            "service name {service:?} contains {bad:?}; use letters, digits, '.', '_' or '-'"
+            "service name {} contains {bad:?}; use letters, digits, '.', '_' or '-'",
+            quote(service)
+        )));
+    }
+    Ok(())
+}
+
+fn check_lease_id(lease_id: &str) -> Result<(), RegistryError> {
+    if lease_id.len() > MAX_LEASE_ID_BYTES {
+        return Err(RegistryError::InvalidArgument(format!(
+            "lease id is {} bytes; the limit is {MAX_LEASE_ID_BYTES}",
+            lease_id.len()
         )));
     }
     Ok(())
@@ -276,7 +292,8 @@ pub fn validate_service(service: &str) -> Result<(), RegistryError> {
 fn validate_address(address: &str) -> Result<(), RegistryError> {
     let invalid = || {
         RegistryError::InvalidArgument(format!(
-            "address {address:?} is not host:port (e.g. 127.0.0.1:50052)"
+            "address {} is not host:port (e.g. 127.0.0.1:50052)",
+            quote(address)
         ))
     };
     if address.len() > MAX_ADDRESS_BYTES {
@@ -308,7 +325,8 @@ fn validate_metadata(metadata: &HashMap<String, String>) -> Result<(), RegistryE
     for (key, value) in metadata {
         if key.is_empty() || key.len() > MAX_METADATA_BYTES || value.len() > MAX_METADATA_BYTES {
             return Err(RegistryError::InvalidArgument(format!(
-                "metadata entry {key:?} must have a 1..={MAX_METADATA_BYTES} byte key and a value of at most {MAX_METADATA_BYTES} bytes"
+                "metadata entry {} must have a 1..={MAX_METADATA_BYTES} byte key and a value of at most {MAX_METADATA_BYTES} bytes",
+                quote(key)
             )));
         }
     }
@@ -489,5 +507,44 @@ mod tests {
         assert_eq!(ids, vec![first.lease_id, third.lease_id]);
         let services: Vec<String> = table.list().into_iter().map(|i| i.service).collect();
         assert_eq!(services, vec!["a", "a", "b"]);
+    }
+
+    /// Huge lease ids, addresses, service names and metadata keys are refused with a short
+    /// message (never echoed whole); an empty lease id stays an unknown lease.
+    #[test]
+    fn huge_input_gets_a_short_message() {
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        let huge = "a".repeat(3 * 1024 * 1024);
+        let errors = [
+            table.keep_alive(&huge, None, now).expect_err("lease id"),
+            table.deregister(&huge).expect_err("lease id"),
+            table
+                .register("svc", &huge, HashMap::new(), TTL, now)
+                .expect_err("address"),
+            table
+                .register(&huge, "127.0.0.1:1", HashMap::new(), TTL, now)
+                .expect_err("service"),
+            table
+                .register(
+                    "svc",
+                    "127.0.0.1:1",
+                    HashMap::from([(huge.clone(), String::new())]),
+                    TTL,
+                    now,
+                )
+                .expect_err("metadata key"),
+        ];
+        for err in errors {
+            assert!(
+                matches!(err, RegistryError::InvalidArgument(_)),
+                "{err:.200}"
+            );
+            assert!(err.to_string().len() < 300, "{:.200}", err.to_string());
+        }
+        assert!(matches!(
+            table.keep_alive("", None, now),
+            Err(RegistryError::LeaseNotFound(_))
+        ));
     }
 }

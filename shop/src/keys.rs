@@ -18,6 +18,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use concord::error::quote;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShopError};
@@ -25,17 +26,19 @@ use crate::error::{Result, ShopError};
 fn parse_prefixed(kind: &str, prefix: &str, s: &str) -> Result<u64> {
     let digits = s.strip_prefix(prefix).ok_or_else(|| {
         ShopError::invalid(format!(
-            "{kind} id {s:?} is malformed (expected {prefix}<digits>)"
+            "{kind} id {} is malformed (expected {prefix}<digits>)",
+            quote(s)
         ))
     })?;
     if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ShopError::invalid(format!(
-            "{kind} id {s:?} is malformed (expected {prefix}<digits>)"
+            "{kind} id {} is malformed (expected {prefix}<digits>)",
+            quote(s)
         )));
     }
     digits
         .parse::<u64>()
-        .map_err(|_| ShopError::invalid(format!("{kind} id {s:?} is out of range")))
+        .map_err(|_| ShopError::invalid(format!("{kind} id {} is out of range", quote(s))))
 }
 
 macro_rules! id_type {
@@ -126,7 +129,7 @@ pub fn page_after<T: FromStr<Err = ShopError>>(token: &str) -> Result<Option<T>>
     token
         .parse()
         .map(Some)
-        .map_err(|_| ShopError::invalid(format!("page token {token:?} is malformed")))
+        .map_err(|_| ShopError::invalid(format!("page token {} is malformed", quote(token))))
 }
 
 #[cfg(test)]

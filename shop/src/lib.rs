@@ -60,7 +60,7 @@ pub use store::{Applied, Committed, Store, StoreConfig, Written};
 pub use validate::{
     DEFAULT_CURRENCY, DEFAULT_PAGE_SIZE, MAX_CART_LINES, MAX_DESCRIPTION_CHARS, MAX_FILTER_CHARS,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_LINE_QUANTITY, MAX_NAME_CHARS, MAX_PAGE_SIZE, MAX_PRICE_MINOR,
-    MAX_SCAN_PER_PAGE, MAX_STOCK, MAX_USER_ID_BYTES,
+    MAX_REPLICA_ID_CHARS, MAX_SCAN_PER_PAGE, MAX_STOCK, MAX_USER_ID_BYTES,
 };
 pub use wal::{Lsn, Mutation, TreeName, WalEntry};
 
@@ -246,7 +246,10 @@ pub async fn serve(
         }));
     }
 
-    let (router, health) = concord::grpc::router();
+    let (router, health) = concord::grpc::router(&[
+        concord::pb::shop::v1::shop_server::SERVICE_NAME,
+        concord::pb::shop::v1::replication_server::SERVICE_NAME,
+    ]);
     health
         .set_serving::<ShopServer<service::ShopService>>()
         .await;

@@ -1068,6 +1068,7 @@ impl Replication for ReplicationService {
                 ))
             }
         };
+        crate::validate::replica_id(&hello.replica_id)?;
         let term = self.rep.store.term();
         if hello.term > term {
             // Someone has seen a newer primary than us: we must not ship anything.

@@ -10,6 +10,8 @@
 //! `MAX_PRICE_MINOR × MAX_LINE_QUANTITY × MAX_CART_LINES` = 10¹¹ · 10⁴ · 10² = 10¹⁷ < 2⁶³;
 //! totals still use checked arithmetic.
 
+use concord::error::quote;
+
 use crate::error::{Result, ShopError};
 
 /// Longest product name, in characters.
@@ -26,6 +28,8 @@ pub const MAX_LINE_QUANTITY: i64 = 10_000;
 pub const MAX_CART_LINES: usize = 100;
 /// Longest user id, in bytes (ASCII letters, digits and `-_.@`).
 pub const MAX_USER_ID_BYTES: usize = 64;
+/// Longest replica id a `Replicate` stream may introduce itself with, in characters.
+pub const MAX_REPLICA_ID_CHARS: usize = 64;
 /// Longest idempotency key, in bytes (printable ASCII, no spaces).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 /// Page size used when the request asks for 0.
@@ -94,7 +98,8 @@ pub fn currency(value: &str) -> Result<()> {
         Ok(())
     } else {
         Err(ShopError::invalid(format!(
-            "currency {value:?} is not three upper-case letters (e.g. \"EUR\")"
+            "currency {} is not three upper-case letters (e.g. \"EUR\")",
+            quote(value)
         )))
     }
 }
@@ -144,10 +149,16 @@ pub fn user_id(value: &str) -> Result<()> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
     {
         return Err(ShopError::invalid(format!(
-            "user id {value:?} may only contain ASCII letters, digits and -_.@"
+            "user id {} may only contain ASCII letters, digits and -_.@",
+            quote(value)
         )));
     }
     Ok(())
+}
+
+/// Validates the id a replica introduces itself with (logged, so bounded).
+pub fn replica_id(value: &str) -> Result<()> {
+    text("replica id", value, MAX_REPLICA_ID_CHARS, true)
 }
 
 /// Validates a client-chosen idempotency key.

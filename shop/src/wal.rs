@@ -89,7 +89,9 @@ impl TreeName {
             .iter()
             .copied()
             .find(|t| t.as_str() == name)
-            .ok_or_else(|| ShopError::invalid(format!("unknown shop tree {name:?}")))
+            .ok_or_else(|| {
+                ShopError::invalid(format!("unknown shop tree {}", concord::error::quote(name)))
+            })
     }
 
     /// Index of this tree in `ALL` (and in a transaction's view vector).

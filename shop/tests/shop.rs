@@ -617,9 +617,57 @@ async fn bad_input_table() {
             page_token: "p-1".into()
         })
     );
+    // Huge values: refused, and never echoed back whole (a 16 KB header limit must do).
+    let huge = "9".repeat(3 * 1024 * 1024);
+    case!(
+        "huge order id",
+        Code::InvalidArgument,
+        c.get_order(pb::GetOrderRequest {
+            order_id: format!("o-{huge}")
+        })
+    );
+    case!(
+        "huge page token",
+        Code::InvalidArgument,
+        c.list_products(pb::ListProductsRequest {
+            page_token: huge.clone(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "huge product id",
+        Code::InvalidArgument,
+        c.add_cart_item(add("eve", &huge, 1))
+    );
+    case!(
+        "huge user id",
+        Code::InvalidArgument,
+        c.get_cart(pb::GetCartRequest {
+            user_id: huge.clone()
+        })
+    );
+    case!(
+        "huge currency",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("ok", 1, 1, &huge)))
+    );
+    case!(
+        "huge filter",
+        Code::InvalidArgument,
+        c.list_products(pb::ListProductsRequest {
+            name_contains: huge.clone(),
+            ..Default::default()
+        })
+    );
     for (label, code, status) in &cases {
         assert_eq!(status.code(), *code, "{label}: {status:?}");
         assert!(!status.message().is_empty(), "{label}: empty message");
+        assert!(
+            status.message().len() < 300,
+            "{label}: {} byte message: {:.200}",
+            status.message().len(),
+            status.message()
+        );
     }
 
     // Non-UTF-8 in a string field never reaches the handler: tonic refuses to decode it.

@@ -28,7 +28,7 @@ pub enum Error {
     #[error("no live instance of service '{0}' is registered")]
     NoBackend(String),
     /// No route matches the request path.
-    #[error("no route for {0}")]
+    #[error("no route for {}", concord::error::quote(.0))]
     NoRoute(String),
     /// A backend answered with an error status; its code decides the HTTP status.
     #[error("{}", .0.message())]

@@ -330,7 +330,10 @@ pub async fn start_fake_aggregator_counting(
         name: name.into(),
         watchers: watchers.clone(),
     };
-    let (router, _health) = concord::grpc::router();
+    let (router, _health) = concord::grpc::router(&[
+        concord::pb::predict::v1::predictor_server::SERVICE_NAME,
+        concord::pb::stake::v1::staking_server::SERVICE_NAME,
+    ]);
     let router = router
         .add_service(PredictorServer::new(fake.clone()))
         .add_service(StakingServer::new(fake));
