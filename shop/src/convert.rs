@@ -29,15 +29,17 @@ impl Classify for ShopError {
 
     fn hints(&self) -> Vec<(&'static str, String)> {
         match self {
-            ShopError::NotPrimary(primary) if !primary.is_empty() => {
-                vec![(PRIMARY_HINT_HEADER, primary.clone())]
-            }
+            // Sent even when empty (a fenced replica knows no primary): its presence tells
+            // a client "refused by a replica before doing anything; safe to send elsewhere",
+            // which a plain FAILED_PRECONDITION (an illegal transition) does not.
+            ShopError::NotPrimary(primary) => vec![(PRIMARY_HINT_HEADER, primary.clone())],
             _ => Vec::new(),
         }
     }
 }
 
-/// Metadata key naming the primary on a write refused by a replica.
+/// Metadata key on a write refused by a replica, naming the primary (empty when the
+/// replica knows none). Present only on such refusals.
 pub const PRIMARY_HINT_HEADER: &str = "x-concord-primary";
 
 impl From<ShopError> for tonic::Status {

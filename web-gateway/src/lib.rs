@@ -10,7 +10,9 @@
 //!    writes to the highest-term primary), reuses one cached channel per address, and retries
 //!    once on another instance when that is safe;
 //! 4. the reply converted to JSON by [`dto`], or the error mapped to an HTTP status in the
-//!    one place that does it, [`error`].
+//!    one place that does it, [`error`] — whose [`error::json_errors`] layer also turns
+//!    error responses made outside the handlers (axum's `405`, a too-long URI) into the
+//!    same `{"code", "message"}` JSON.
 //!
 //! Failure behaviour: with no live instance of a backend the answer is `503
 //! {"code":"unavailable"}`; while the registry is down the last known instances keep being
@@ -116,6 +118,8 @@ pub async fn serve(
     let app = router
         .with_state(state)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        // Outside the routes, inside the request id: every error response leaves as JSON.
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
