@@ -622,9 +622,33 @@ async fn shop_round_trip_through_http() -> Result<()> {
     assert_eq!(order["idempotency_key"], "checkout-1");
 
     let status_url = h.url(&format!("/api/orders/{order_id}/status"));
+    // Changing an order's status is an admin action: no token or a wrong one is a 401,
+    // and the order stays pending.
     let response = h
         .http
         .put(&status_url)
+        .json(&serde_json::json!({"status": "paid"}))
+        .send()
+        .await?;
+    expect_error(response, 401, "unauthenticated").await?;
+    let response = h
+        .http
+        .put(&status_url)
+        .bearer_auth("not-the-admin")
+        .json(&serde_json::json!({"status": "paid"}))
+        .send()
+        .await?;
+    expect_error(response, 401, "unauthenticated").await?;
+    let order: Value = h
+        .get(&format!("/api/orders/{order_id}"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(order["status"], "pending");
+    let response = h
+        .http
+        .put(&status_url)
+        .bearer_auth(ADMIN)
         .json(&serde_json::json!({"status": "paid"}))
         .send()
         .await?;
@@ -634,6 +658,7 @@ async fn shop_round_trip_through_http() -> Result<()> {
     let response = h
         .http
         .put(&status_url)
+        .bearer_auth(ADMIN)
         .json(&serde_json::json!({"status": "pending"}))
         .send()
         .await?;
