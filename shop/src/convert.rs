@@ -22,22 +22,26 @@ impl Classify for ShopError {
                 ErrorKind::FailedPrecondition
             }
             ShopError::Unauthenticated(_) => ErrorKind::Unauthenticated,
-            ShopError::Unavailable(_) => ErrorKind::Unavailable,
+            ShopError::Unavailable(_) | ShopError::Fenced(_) => ErrorKind::Unavailable,
             ShopError::Internal(_) => ErrorKind::Internal,
         }
     }
 
     fn hints(&self) -> Vec<(&'static str, String)> {
         match self {
-            ShopError::NotPrimary(primary) if !primary.is_empty() => {
-                vec![(PRIMARY_HINT_HEADER, primary.clone())]
-            }
+            // Its presence tells a client "refused before doing anything; safe to send
+            // elsewhere", which a plain FAILED_PRECONDITION (an illegal transition) or
+            // UNAVAILABLE (a write that may have been applied) does not.
+            ShopError::NotPrimary(primary) => vec![(PRIMARY_HINT_HEADER, primary.clone())],
+            ShopError::Fenced(_) => vec![(PRIMARY_HINT_HEADER, String::new())],
             _ => Vec::new(),
         }
     }
 }
 
-/// Metadata key naming the primary on a write refused by a replica.
+/// Metadata key on a write refused before doing anything: by a replica, naming the primary
+/// (with FAILED_PRECONDITION), or by a fenced process that knows none (empty, with
+/// UNAVAILABLE). Present only on such refusals.
 pub const PRIMARY_HINT_HEADER: &str = "x-concord-primary";
 
 impl From<ShopError> for tonic::Status {

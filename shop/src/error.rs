@@ -29,6 +29,11 @@ pub enum ShopError {
     /// unknown). Maps to FAILED_PRECONDITION with metadata `x-concord-primary`.
     #[error("this shop is a replica; send writes to the primary at {0:?}")]
     NotPrimary(String),
+    /// This process is fenced (it stepped down, lost a primary claim, or has not reached the
+    /// registry yet) and did nothing with the write. Maps to UNAVAILABLE with an empty
+    /// `x-concord-primary`, so a client knows the write may be sent elsewhere.
+    #[error("unavailable: {0}")]
+    Fenced(String),
     /// The admin token is missing or wrong.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),

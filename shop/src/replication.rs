@@ -483,7 +483,7 @@ impl Replicator {
     pub fn check_writable(&self) -> Result<()> {
         match self.role() {
             Role::Primary => self.check_lease(),
-            Role::Replica(primary) if primary.is_empty() => Err(ShopError::Unavailable(
+            Role::Replica(primary) if primary.is_empty() => Err(ShopError::Fenced(
                 "this shop is fenced: it does not know the current primary yet; retry in a moment"
                     .into(),
             )),
@@ -499,15 +499,17 @@ impl Replicator {
         }
     }
 
-    /// Completes a locally durable write according to the mode (module docs) and says
-    /// what was achieved. `lsn: None` = the write changed nothing.
-    pub async fn finish_write(&self, lsn: Option<Lsn>) -> Result<pb::WriteInfo> {
+    /// Completes a locally durable write, committed in `term`, according to the mode
+    /// (module docs) and says what was achieved. `lsn: None` = the write changed nothing.
+    /// The reply reports the commit's term, not the current one: a step-down between the
+    /// commit and the reply must not make the write look as if a newer primary took it.
+    pub async fn finish_write(&self, lsn: Option<Lsn>, term: u64) -> Result<pb::WriteInfo> {
         let mut info = pb::WriteInfo {
             lsn: lsn.unwrap_or(0),
             replicated: false,
             mode: self.mode_pb() as i32,
             degraded: false,
-            term: self.store.term(),
+            term,
         };
         let Some(lsn) = lsn else {
             info.replicated = self.config.mode != ReplicationMode::None

@@ -4,8 +4,9 @@
 //! Every write first asks the [`Replicator`] whether this process may accept writes (a
 //! replica answers FAILED_PRECONDITION naming the primary), then runs on the domain, then
 //! lets the replicator finish it (sync mode waits for the replica's ack) and reports the
-//! outcome in `WriteInfo`. Product mutations also need the admin bearer token, checked
-//! before anything else.
+//! outcome in `WriteInfo`. Product mutations and order status changes also need the admin
+//! bearer token, checked before anything else: a customer may place and read orders, but
+//! only the shop's operator may mark one paid, shipped or cancelled (restocking).
 
 use std::sync::Arc;
 
@@ -27,8 +28,8 @@ pub struct ShopService {
 }
 
 impl ShopService {
-    /// A service over `shop`, gated by `replicator`, with product mutations requiring
-    /// `admin_token`.
+    /// A service over `shop`, gated by `replicator`, with product mutations and order
+    /// status changes requiring `admin_token`.
     pub fn new(shop: Shop, replicator: Arc<Replicator>, admin_token: String) -> Self {
         Self {
             shop,
@@ -43,7 +44,10 @@ impl ShopService {
 
     /// Completes a durable local write: replication per mode, then the `WriteInfo`.
     async fn finish<T>(&self, written: &Written<T>) -> Result<pb::WriteInfo, Status> {
-        Ok(self.replicator.finish_write(written.lsn).await?)
+        Ok(self
+            .replicator
+            .finish_write(written.lsn, written.term)
+            .await?)
     }
 }
 
@@ -227,7 +231,7 @@ impl ShopApi for ShopService {
         let write = if written.value.replayed {
             let mut info = self
                 .replicator
-                .finish_write(Some(written.value.order.placed_lsn))
+                .finish_write(Some(written.value.order.placed_lsn), written.term)
                 .await?;
             info.lsn = 0;
             info
@@ -272,6 +276,7 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::UpdateOrderStatusRequest>,
     ) -> Result<Response<pb::UpdateOrderStatusResponse>, Status> {
+        self.require_admin(&request)?;
         self.replicator.check_writable()?;
         let r = request.into_inner();
         let id = convert::order_id(&r.order_id)?;

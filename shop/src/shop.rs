@@ -30,7 +30,7 @@ use crate::catalog::{self, NewProduct, Product, ProductPage, ProductPatch, Produ
 use crate::error::{Result, ShopError};
 use crate::keys::{OrderId, ProductId};
 use crate::order::{self, Order, OrderPage, OrderStatus, Placed};
-use crate::store::{Store, StoreConfig, Tx, TxResult, WriteOp, Written};
+use crate::store::{BatchOutcome, Store, StoreConfig, Tx, TxResult, WriteOp, Written};
 use crate::wal::Lsn;
 
 /// Writes queued for the writer thread before callers wait.
@@ -42,8 +42,8 @@ pub const MAX_WRITE_BATCH: usize = 256;
 trait QueuedWrite: Send {
     /// Runs the write inside the batch transaction; may run again if sled retries it.
     fn run(&self, tx: &Tx<'_>) -> TxResult<()>;
-    /// Answers the caller once the batch's commit and flush are known.
-    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>);
+    /// Answers the caller once the batch's commit (in `term`) and flush are known.
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>, term: u64);
 }
 
 /// The queued form of a [`WriteOp`] returning `T`.
@@ -61,13 +61,13 @@ impl<T: Send + 'static, F: WriteOp<T>> QueuedWrite for Queued<T, F> {
         Ok(())
     }
 
-    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>) {
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>, term: u64) {
         let Self { value, reply, .. } = *self;
         let result = outcome.and_then(|lsn| {
             let value = value
                 .into_inner()
                 .ok_or_else(|| ShopError::internal("a committed write left no result"))?;
-            Ok(Written { value, lsn })
+            Ok(Written { value, lsn, term })
         });
         // A dropped receiver means the caller went away: the write stands, unacknowledged.
         let _ = reply.send(result);
@@ -119,9 +119,15 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>
                     Err(ShopError::internal("the write panicked").into())
                 })
         });
-        let outcomes = outcomes.unwrap_or_else(|e| {
+        let BatchOutcome {
+            term,
+            writes: outcomes,
+        } = outcomes.unwrap_or_else(|e| {
             tracing::error!(error = %e, batch = batch.len(), "batch transaction failed");
-            vec![Err(e); batch.len()]
+            BatchOutcome {
+                term: store.term(),
+                writes: vec![Err(e); batch.len()],
+            }
         });
         let max_lsn = outcomes
             .iter()
@@ -136,7 +142,7 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>
         }
         for (write, outcome) in batch.drain(..).zip(outcomes) {
             // The write's own error stands; a committed write is only as good as the flush.
-            write.finish(outcome.and_then(|lsn| flushed.clone().map(|()| lsn)));
+            write.finish(outcome.and_then(|lsn| flushed.clone().map(|()| lsn)), term);
         }
     }
     let stats = store.commit_stats();

@@ -99,6 +99,8 @@ pub struct Committed<T> {
     pub value: T,
     /// The write's LSN, or `None` when it changed nothing.
     pub lsn: Option<Lsn>,
+    /// The term the write was committed in.
+    pub term: u64,
     ticket: Ticket,
 }
 
@@ -109,6 +111,7 @@ impl<T> Committed<T> {
         Ok(Written {
             value: self.value,
             lsn: self.lsn,
+            term: self.term,
         })
     }
 
@@ -118,6 +121,7 @@ impl<T> Committed<T> {
         Ok(Written {
             value: self.value,
             lsn: self.lsn,
+            term: self.term,
         })
     }
 }
@@ -129,6 +133,18 @@ pub struct Written<T> {
     pub value: T,
     /// LSN of the write, `None` when nothing changed (proto: lsn 0).
     pub lsn: Option<Lsn>,
+    /// The term the write was committed in: what its reply reports, even when this
+    /// process stepped down between the commit and the reply.
+    pub term: u64,
+}
+
+/// What [`Store::transact_batch`] committed.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// The term every write of the batch was committed in.
+    pub term: u64,
+    /// Each write's LSN (`None`: it changed nothing) or its own error, in order.
+    pub writes: Vec<Result<Option<Lsn>>>,
 }
 
 /// What [`Store::apply_wal_entry`] did.
@@ -247,7 +263,7 @@ impl Store {
 
     fn check_not_fenced(&self) -> Result<()> {
         if self.writes_fenced.load(Ordering::Acquire) {
-            return Err(ShopError::Unavailable(
+            return Err(ShopError::Fenced(
                 "this shop stopped being the primary before the write could commit; nothing \
                  was written: retry on the primary"
                     .into(),
@@ -300,7 +316,12 @@ impl Store {
             None => Ticket::Ready,
         };
         drop(in_flight);
-        Ok(Committed { value, lsn, ticket })
+        Ok(Committed {
+            value,
+            lsn,
+            term,
+            ticket,
+        })
     }
 
     /// Runs `n` independent writes in ONE sled transaction, each under its own LSN with its
@@ -315,17 +336,21 @@ impl Store {
     /// committed one after the other. sled may rerun the whole closure on a conflict, so
     /// `run` must be repeatable.
     ///
-    /// Returns each write's outcome in order (its LSN, `None` when it changed nothing, or
-    /// its own error). An error of the batch itself (storage) is returned instead and
-    /// nothing of the batch is written. Nothing is durable yet: the caller must
+    /// Returns the term the batch committed in and each write's outcome in order (its LSN,
+    /// `None` when it changed nothing, or its own error). An error of the batch itself
+    /// (storage) is returned instead and nothing of the batch is written. Nothing is durable yet: the caller must
     /// [`flush_through`](Self::flush_through) the highest LSN before reporting any of it.
-    pub fn transact_batch<F>(&self, n: usize, run: F) -> Result<Vec<Result<Option<Lsn>>>>
+    pub fn transact_batch<F>(&self, n: usize, run: F) -> Result<BatchOutcome>
     where
         F: Fn(usize, &Tx<'_>) -> TxResult<()>,
     {
         if let Err(fenced) = self.check_not_fenced() {
-            return Ok(vec![Err(fenced); n]);
+            return Ok(BatchOutcome {
+                term: self.term(),
+                writes: vec![Err(fenced); n],
+            });
         }
+        // After the fence check: a promotion raises the term before it opens the fence.
         let now_ms = now_unix_ms();
         let term = self.term();
         let result = self.trees.as_slice().transaction(|views| {
@@ -344,9 +369,9 @@ impl Store {
             }
             Ok((outcomes, tx.logged.take()))
         });
-        let (outcomes, logged) = tx_outcome(result)?;
+        let (writes, logged) = tx_outcome(result)?;
         self.publish_committed(logged);
-        Ok(outcomes)
+        Ok(BatchOutcome { term, writes })
     }
 
     /// Appends freshly committed entries to the in-memory tail, then tells the WAL shipper
@@ -412,6 +437,7 @@ impl Store {
         Ok(Committed {
             value: applied,
             lsn,
+            term: self.term(),
             ticket,
         })
     }
@@ -938,7 +964,8 @@ mod tests {
                 }
                 _ => tx.get(TreeName::Carts, b"b").map(|_| ()), // changes nothing
             })
-            .unwrap();
+            .unwrap()
+            .writes;
         assert_eq!(outcomes.len(), 4);
         assert_eq!(outcomes[0].as_ref().ok(), Some(&Some(3)));
         assert!(matches!(outcomes[1], Err(ShopError::FailedPrecondition(_))));

@@ -165,6 +165,14 @@ async fn primary_refuses_writes_until_the_registry_answers() {
         .await
         .expect_err("wrote without knowing whether a newer primary exists");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // "Did nothing; send it elsewhere": the hint header is present, naming no primary.
+    assert_eq!(
+        refused
+            .metadata()
+            .get(concord_shop::PRIMARY_HINT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some("")
+    );
     assert_eq!(primary.status().await.role, pb::Role::Replica as i32);
 
     let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -178,20 +178,20 @@ async fn full_flow() {
         pb::OrderStatus::Delivered,
     ] {
         let moved = c
-            .update_order_status(pb::UpdateOrderStatusRequest {
+            .update_order_status(admin(pb::UpdateOrderStatusRequest {
                 order_id: order.id.clone(),
                 status: status as i32,
-            })
+            }))
             .await
             .unwrap()
             .into_inner();
         assert_eq!(moved.order.unwrap().status, status as i32);
     }
     let err = c
-        .update_order_status(pb::UpdateOrderStatusRequest {
+        .update_order_status(admin(pb::UpdateOrderStatusRequest {
             order_id: order.id.clone(),
             status: pb::OrderStatus::Cancelled as i32,
-        })
+        }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -232,6 +232,57 @@ async fn admin_token_required() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(shop.last_lsn().await, 0);
+    shop.stop().await;
+}
+
+/// Changing an order's status needs the admin token, like product mutations: no token or
+/// a wrong one is UNAUTHENTICATED and the order stays as it was.
+#[tokio::test]
+async fn order_status_change_needs_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let p = create(&mut c, "Tea", 300, 10).await;
+    add_to_cart(&mut c, "eve".into(), p.id.clone(), 1).await;
+    let order = c
+        .place_order(pb::PlaceOrderRequest {
+            user_id: "eve".into(),
+            idempotency_key: "eve-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let lsn = shop.last_lsn().await;
+    let paid = || pb::UpdateOrderStatusRequest {
+        order_id: order.id.clone(),
+        status: pb::OrderStatus::Paid as i32,
+    };
+    let err = c.update_order_status(paid()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(paid());
+    concord::auth::attach_bearer(&mut wrong, "nope");
+    let err = c.update_order_status(wrong).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(shop.last_lsn().await, lsn, "nothing written");
+    let unchanged = c
+        .get_order(pb::GetOrderRequest {
+            order_id: order.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(unchanged.status, pb::OrderStatus::Pending as i32);
+
+    let moved = c
+        .update_order_status(admin(paid()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.order.unwrap().status, pb::OrderStatus::Paid as i32);
     shop.stop().await;
 }
 
@@ -340,10 +391,10 @@ async fn status_machine_table() {
                 _ => &[],
             };
             for step in path {
-                c.update_order_status(pb::UpdateOrderStatusRequest {
+                c.update_order_status(admin(pb::UpdateOrderStatusRequest {
                     order_id: order.id.clone(),
                     status: *step as i32,
-                })
+                }))
                 .await
                 .unwrap();
             }
@@ -356,10 +407,10 @@ async fn status_machine_table() {
                     | (Paid, Cancelled)
             );
             let result = c
-                .update_order_status(pb::UpdateOrderStatusRequest {
+                .update_order_status(admin(pb::UpdateOrderStatusRequest {
                     order_id: order.id.clone(),
                     status: to as i32,
-                })
+                }))
                 .await;
             match result {
                 Ok(r) => {
@@ -378,10 +429,10 @@ async fn status_machine_table() {
     // plus the allowed Pending→Cancelled and Paid→Cancelled moves.
     assert_eq!(stock, 1_000 - 25 + 5 + 2);
     let err = c
-        .update_order_status(pb::UpdateOrderStatusRequest {
+        .update_order_status(admin(pb::UpdateOrderStatusRequest {
             order_id: "o-000000000001".into(),
             status: Unspecified as i32,
-        })
+        }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

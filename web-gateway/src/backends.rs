@@ -15,10 +15,18 @@
 //!   with `UNAVAILABLE` (or `CANCELLED`, which tonic reports when the connection dies under
 //!   a request in flight) is tried once more on the next candidate when it is safe to repeat
 //!   ([`Access::Read`], and [`Access::IdempotentWrite`] such as order placement with its
-//!   idempotency key, or an outcome report that the ledger scores once). A write refused
-//!   with `FAILED_PRECONDITION` by a replica carrying `x-concord-primary` is sent once to the
-//!   named primary: the replica refused it before doing anything, so that is always safe. A
-//!   plain write is never repeated after `UNAVAILABLE`: it may have been applied.
+//!   idempotency key, or an outcome report that the ledger scores once). A plain write is
+//!   never repeated after `UNAVAILABLE`: it may have been applied.
+//! - **Writes refused by a replica.** A shop replica refuses a write with
+//!   `FAILED_PRECONDITION` + `x-concord-primary: <primary>`, and a fenced shop (one that
+//!   stepped down and knows no primary yet) with `UNAVAILABLE` + `x-concord-primary: ""`,
+//!   both *before doing anything*, so re-sending ANY write (idempotent or not) is safe. The gateway sends it once more: to the
+//!   hinted primary when it has not been tried, else to a primary it re-resolves from the
+//!   registry (a fresh `Resolve`, not the watch, which may lag). If that answer is again a
+//!   replica's refusal — or there is no untried primary — no primary accepts writes right
+//!   now: during a failover the replicas point at each other or at the dead primary until
+//!   one promotes itself (≈ one lease TTL). The caller gets [`Error::NoPrimary`]: `503` with
+//!   `Retry-After`, never the replica's `409`.
 //!
 //! Non-goals: load balancing across replicas, hedged requests, circuit breaking.
 
@@ -31,7 +39,7 @@ use std::{
 
 use concord::{
     discovery::ServiceWatch,
-    pb::registry::v1::{registry_client::RegistryClient, Instance},
+    pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest},
 };
 use tokio::sync::watch;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Status};
@@ -58,6 +66,8 @@ pub const PRIMARY_HINT: &str = "x-concord-primary";
 pub const REQUEST_ID: &str = concord::grpc::REQUEST_ID_HEADER;
 /// Most attempts one gateway call makes (the first try plus one retry).
 pub const MAX_ATTEMPTS: usize = 2;
+/// Time limit of the registry lookup that re-resolves the primary after a refused write.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How safe a call is to repeat; decides [`retry_target`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +192,8 @@ impl Backends {
         Ok(channel)
     }
 
-    /// Calls `rpc` on the first candidate of `service`, retrying per [`retry_target`].
+    /// Calls `rpc` on the first candidate of `service`, retrying per [`retry_target`]; a
+    /// write a replica refused goes to the hinted or re-resolved primary (module doc).
     pub async fn call<T, F, Fut>(
         &self,
         service: &str,
@@ -198,7 +209,6 @@ impl Backends {
             return Err(Error::NoBackend(service.to_owned()));
         };
         let mut tried: Vec<String> = Vec::with_capacity(MAX_ATTEMPTS);
-        let mut earlier: Option<Status> = None;
         let mut addr = first;
         loop {
             let channel = self.channel(&addr)?;
@@ -207,22 +217,56 @@ impl Backends {
                 Err(status) => status,
             };
             tried.push(addr.clone());
-            let next = (tried.len() < MAX_ATTEMPTS)
-                .then(|| retry_target(&status, access, &candidates, &tried))
-                .flatten();
+            let mut next = None;
+            if tried.len() < MAX_ATTEMPTS {
+                next = retry_target(&status, access, &candidates, &tried);
+                if next.is_none() && refused_by_replica(&status) {
+                    next = self.resolve_primary(service, &tried).await;
+                }
+            }
             match next {
                 Some(next) => {
                     tracing::info!(service, failed = %addr, retry = %next, code = ?status.code(), message = status.message(), "retrying on another instance");
-                    earlier = Some(status);
                     addr = next;
                 }
-                None => return Err(Error::Backend(final_status(earlier, status, &tried))),
+                None => return Err(final_error(service, status, &tried)),
             }
         }
     }
+
+    /// A registered primary of `service` not in `tried`, from a fresh registry lookup
+    /// (the watch may not have seen the latest registration yet); `None` when the lookup
+    /// fails or names no such primary.
+    async fn resolve_primary(&self, service: &str, tried: &[String]) -> Option<String> {
+        let request = ResolveRequest {
+            service: service.to_owned(),
+        };
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, self.registry().resolve(request)).await;
+        let instances = match lookup {
+            Ok(Ok(reply)) => reply.into_inner().instances,
+            Ok(Err(status)) => {
+                tracing::warn!(service, %status, "re-resolving the primary failed; using the last known instances");
+                self.shop.current()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    service,
+                    "re-resolving the primary timed out; using the last known instances"
+                );
+                self.shop.current()
+            }
+        };
+        let primaries: Vec<Instance> = instances.into_iter().filter(is_primary).collect();
+        let found = order_shop_instances(&primaries)
+            .into_iter()
+            .find(|addr| !tried.contains(addr));
+        tracing::debug!(service, ?found, ?tried, "re-resolved the primary");
+        found
+    }
 }
 
-/// Where to send a failed call next, or `None` when it must not be retried.
+/// Where to send a failed call next, or `None` when it must not be retried (or, for a
+/// write a replica refused, when its hint is of no use: see [`Backends::call`]).
 pub fn retry_target(
     status: &Status,
     access: Access,
@@ -234,32 +278,50 @@ pub fn retry_target(
             .iter()
             .find(|addr| !tried.contains(addr))
             .cloned(),
-        Code::FailedPrecondition if access != Access::Read => status
-            .metadata()
-            .get(PRIMARY_HINT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .filter(|primary| !primary.is_empty() && !tried.contains(primary)),
+        Code::FailedPrecondition if access != Access::Read => primary_hint(status)
+            .filter(|primary| !primary.is_empty() && !tried.iter().any(|t| t == primary))
+            .map(str::to_owned),
         _ => None,
     }
 }
 
-/// The status to report after the last attempt failed with `last`.
-///
-/// A replica that refuses a retried write names the primary that has just failed (the
-/// registry has not noticed yet): the caller should hear that the primary is unavailable
-/// (503, try again shortly), not that the write conflicts (409).
-fn final_status(earlier: Option<Status>, last: Status, tried: &[String]) -> Status {
-    let redirects_to_failed = last.code() == Code::FailedPrecondition
-        && last
-            .metadata()
-            .get(PRIMARY_HINT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|primary| tried.iter().any(|t| t == primary));
-    match earlier {
-        Some(earlier) if redirects_to_failed => earlier,
-        _ => last,
+/// The primary a replica named when it refused a write (`""`: it is fenced and knows none);
+/// `None` when the status is not such a refusal.
+pub fn primary_hint(status: &Status) -> Option<&str> {
+    if !matches!(status.code(), Code::FailedPrecondition | Code::Unavailable) {
+        return None;
     }
+    status
+        .metadata()
+        .get(PRIMARY_HINT)
+        .map(|v| v.to_str().unwrap_or_default())
+}
+
+/// Whether a replica refused the call because it is not the primary. It did nothing, so
+/// the call may be sent elsewhere whatever its [`Access`].
+pub fn refused_by_replica(status: &Status) -> bool {
+    primary_hint(status).is_some()
+}
+
+/// The error to report after the last attempt failed with `last`.
+///
+/// A replica's refusal of the last attempt means no instance we could find accepts writes
+/// (during a failover the replicas name each other or the dead primary): the caller hears
+/// "unavailable, retry shortly" (503 + `Retry-After`), not that its write conflicts (409).
+fn final_error(service: &str, last: Status, tried: &[String]) -> Error {
+    if refused_by_replica(&last) {
+        tracing::warn!(
+            service,
+            ?tried,
+            message = last.message(),
+            "no primary accepts writes; answering 503"
+        );
+        return Error::NoPrimary {
+            service: service.to_owned(),
+            detail: last.message().to_owned(),
+        };
+    }
+    Error::Backend(last)
 }
 
 /// Orders shop instances: `role=primary` by descending term, then the others as registered.
@@ -343,30 +405,57 @@ mod tests {
         }
     }
 
-    /// A replica's redirect back to the primary that just failed reports the failure.
+    /// A replica's refusal of the last attempt is "no primary" (503); anything else is the
+    /// backend's own answer.
     #[test]
-    fn final_status_table() {
+    fn final_error_table() {
         let tried = vec!["a".to_owned(), "b".to_owned()];
         let cases = [
+            (hinted("a"), 503, "unavailable"),
+            (hinted("c"), 503, "unavailable"),
+            (hinted(""), 503, "unavailable"),
+            (Status::unavailable("a down"), 503, "unavailable"),
             (
-                Some(Status::unavailable("a down")),
-                hinted("a"),
-                Code::Unavailable,
+                Status::failed_precondition("bad transition"),
+                409,
+                "failed_precondition",
             ),
-            (
-                Some(Status::unavailable("a down")),
-                hinted("c"),
-                Code::FailedPrecondition,
-            ),
-            (None, hinted("a"), Code::FailedPrecondition),
-            (
-                Some(Status::unavailable("a down")),
-                Status::not_found("x"),
-                Code::NotFound,
-            ),
+            (Status::not_found("x"), 404, "not_found"),
         ];
-        for (earlier, last, want) in cases {
-            assert_eq!(final_status(earlier, last, &tried).code(), want);
+        for (last, http, code) in cases {
+            let err = final_error(SHOP, last.clone(), &tried);
+            assert_eq!(err.http_status().as_u16(), http, "{last:?}");
+            assert_eq!(err.code(), code, "{last:?}");
+        }
+        assert!(matches!(
+            final_error(SHOP, hinted("a"), &tried),
+            Error::NoPrimary { .. }
+        ));
+    }
+
+    /// Only a FAILED_PRECONDITION (replica) or UNAVAILABLE (fenced) carrying the hint
+    /// header is a refusal that did nothing.
+    #[test]
+    fn refused_by_replica_table() {
+        let mut fenced = Status::unavailable("fenced");
+        fenced
+            .metadata_mut()
+            .insert(PRIMARY_HINT, "".parse().expect("ascii"));
+        let mut wrong_code = Status::not_found("x");
+        wrong_code
+            .metadata_mut()
+            .insert(PRIMARY_HINT, "a".parse().expect("ascii"));
+        let cases = [
+            (hinted("a"), Some("a")),
+            (hinted(""), Some("")),
+            (fenced, Some("")),
+            (Status::failed_precondition("bad transition"), None),
+            (Status::unavailable("down"), None),
+            (wrong_code, None),
+        ];
+        for (status, want) in cases {
+            assert_eq!(primary_hint(&status), want, "{status:?}");
+            assert_eq!(refused_by_replica(&status), want.is_some(), "{status:?}");
         }
     }
 
@@ -399,6 +488,7 @@ mod tests {
             (hinted("c"), Access::IdempotentWrite, Some("c")),
             (hinted("c"), Access::Read, None),
             (hinted("a"), Access::Write, None),
+            (hinted(""), Access::Write, None),
             (
                 Status::failed_precondition("bad transition"),
                 Access::Write,

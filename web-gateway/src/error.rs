@@ -4,10 +4,30 @@
 //! `{"code": "...", "message": "..."}` with the status from [`Error::http_status`], which in
 //! turn uses [`http_status_for`] for backend gRPC codes. Nothing else builds an error
 //! response, so the same failure gets the same status on every route.
+//!
+//! Some error responses are not made by a handler: axum's router answers an unknown
+//! method with an empty `405`, and a layer may answer with plain text. [`json_errors`]
+//! (the outermost layer around the routes) rewrites every such non-JSON error response
+//! into the same JSON shape, keeping its status and headers (`Allow`), so the promise
+//! "every error is `{code, message}`" holds without each source knowing about it. It also
+//! refuses request targets longer than [`MAX_URI_BYTES`] with a JSON `414`.
+//!
+//! Every `503` carries `Retry-After` ([`Error::retry_after`]): it means "try again soon"
+//! (no live backend, a shop failover in progress), never "your request is wrong".
+//!
+//! Caveat: a request target longer than hyper's hard limit (64 KiB) is refused by the
+//! HTTP parser with an empty `414` before any layer runs; nothing here can change that.
 
 use axum::{
-    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
-    http::StatusCode,
+    extract::{
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+        Request,
+    },
+    http::{
+        header::{ALLOW, CONTENT_TYPE, RETRY_AFTER},
+        HeaderValue, Method, StatusCode,
+    },
+    middleware::Next,
     response::{IntoResponse, Response},
     Json,
 };
@@ -30,6 +50,36 @@ pub enum Error {
     /// No route matches the request path.
     #[error("no route for {}", concord::error::quote(.0))]
     NoRoute(String),
+    /// The path exists but not with this method.
+    #[error("method {method} is not allowed on {path} (allowed: {allowed})")]
+    MethodNotAllowed {
+        /// The method the client used.
+        method: Method,
+        /// The request path.
+        path: String,
+        /// The methods the path accepts, as in the `Allow` header.
+        allowed: String,
+    },
+    /// The request target (path + query) is longer than [`MAX_URI_BYTES`].
+    #[error("request target of {len} bytes is longer than the limit of {limit} bytes")]
+    UriTooLong {
+        /// Length of the request target.
+        len: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+    /// Every shop instance tried refused the write as a replica: no primary accepts
+    /// writes right now (a failover is in progress). Retryable, hence 503, not 409.
+    #[error("no {service} primary is accepting writes right now (failover in progress?); retry shortly. Last answer: {detail}")]
+    NoPrimary {
+        /// The backend service ("shop").
+        service: String,
+        /// The last refusal, for the logs and the curious.
+        detail: String,
+    },
+    /// An error response made outside the handlers (router, layers), rewritten as JSON.
+    #[error("{1}")]
+    Http(StatusCode, String),
     /// A backend answered with an error status; its code decides the HTTP status.
     #[error("{}", .0.message())]
     Backend(tonic::Status),
@@ -50,6 +100,17 @@ pub struct ErrorBody {
     /// Human-readable reason, from the backend or the JSON parser.
     pub message: String,
 }
+
+/// Longest request target (path + query) the gateway accepts; longer ones get a JSON `414`.
+/// Far above anything the API needs (ids and short filters), far below hyper's own limit.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// `Retry-After` of a 503 while a shop failover is in progress: about one lease TTL, the
+/// time a replica needs to notice the dead primary and promote itself.
+pub const RETRY_AFTER_FAILOVER_SECS: u64 = 2;
+/// `Retry-After` of any other 503 (no backend registered, backend unreachable).
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// Most bytes of a non-JSON error body [`json_errors`] reads to reuse as the message.
+const MAX_REWRITTEN_BODY_BYTES: usize = 4 * 1024;
 
 /// The HTTP status for a backend's gRPC code; the single mapping used everywhere.
 pub fn http_status_for(code: Code) -> StatusCode {
@@ -102,8 +163,21 @@ impl Error {
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NoRoute(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Error::NoPrimary { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Http(status, _) => *status,
             Error::Backend(status) => http_status_for(status.code()),
             Error::InvalidConfig(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds a client should wait before retrying; set on every `503`.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::NoPrimary { .. } => Some(RETRY_AFTER_FAILOVER_SECS),
+            _ if self.http_status() == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECS),
+            _ => None,
         }
     }
 
@@ -114,6 +188,10 @@ impl Error {
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::NoBackend(_) => "unavailable",
             Error::NoRoute(_) => "no_route",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::UriTooLong { .. } => "uri_too_long",
+            Error::NoPrimary { .. } => "unavailable",
+            Error::Http(status, _) => status_code_name(*status),
             Error::Backend(status) => code_name(status.code()),
             Error::InvalidConfig(_) | Error::Io(_) => "internal",
         }
@@ -123,10 +201,12 @@ impl Error {
     pub fn grpc_code(&self) -> Code {
         match self {
             Error::Backend(status) => status.code(),
-            Error::NoBackend(_) => Code::Unavailable,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NoBackend(_) | Error::NoPrimary { .. } => Code::Unavailable,
+            Error::InvalidArgument(_) | Error::UriTooLong { .. } => Code::InvalidArgument,
             Error::PayloadTooLarge(_) => Code::ResourceExhausted,
             Error::NoRoute(_) => Code::NotFound,
+            Error::MethodNotAllowed { .. } => Code::Unimplemented,
+            Error::Http(status, _) => grpc_code_for(*status),
             Error::InvalidConfig(_) | Error::Io(_) => Code::Internal,
         }
     }
@@ -172,8 +252,106 @@ impl IntoResponse for Error {
             code: self.code().to_owned(),
             message: self.to_string(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
+}
+
+/// The JSON `code` of an HTTP status produced outside the handlers: the snake_case of its
+/// canonical reason (`405` → `method_not_allowed`), or `http_<status>` without one.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid_argument",
+        StatusCode::NOT_FOUND => "no_route",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::TOO_MANY_REQUESTS => "resource_exhausted",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "deadline_exceeded",
+        s if s.is_server_error() => "internal",
+        _ => "http_error",
+    }
+}
+
+/// The gRPC code closest to an HTTP status produced outside the handlers.
+fn grpc_code_for(status: StatusCode) -> Code {
+    match status {
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
+        s if s.is_server_error() => Code::Internal,
+        _ => Code::InvalidArgument,
+    }
+}
+
+/// Middleware: refuses over-long request targets, and rewrites every error response that
+/// is not JSON yet (axum's empty `405`, a layer's plain-text reply) into an [`Error`]
+/// response with the same status, keeping `Allow`. JSON errors and successes pass as is.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let len = request
+        .uri()
+        .path_and_query()
+        .map_or(path.len(), |pq| pq.as_str().len());
+    if len > MAX_URI_BYTES {
+        return Error::UriTooLong {
+            len,
+            limit: MAX_URI_BYTES,
+        }
+        .into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let allow = parts.headers.get(ALLOW).cloned();
+    let error = if status == StatusCode::METHOD_NOT_ALLOWED {
+        Error::MethodNotAllowed {
+            method,
+            path,
+            allowed: allow
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    } else {
+        let text = axum::body::to_bytes(body, MAX_REWRITTEN_BODY_BYTES)
+            .await
+            .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+            .unwrap_or_default();
+        let message = if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_owned()
+        } else {
+            text
+        };
+        Error::Http(status, message)
+    };
+    let mut rewritten = error.into_response();
+    if let Some(allow) = allow {
+        rewritten.headers_mut().insert(ALLOW, allow);
+    }
+    rewritten
 }
 
 #[cfg(test)]
@@ -217,10 +395,69 @@ mod tests {
             (Error::PayloadTooLarge("x".into()), 413, "payload_too_large"),
             (Error::NoBackend("shop".into()), 503, "unavailable"),
             (Error::NoRoute("/x".into()), 404, "no_route"),
+            (
+                Error::MethodNotAllowed {
+                    method: Method::DELETE,
+                    path: "/x".into(),
+                    allowed: "GET".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (Error::UriTooLong { len: 9, limit: 8 }, 414, "uri_too_long"),
+            (
+                Error::NoPrimary {
+                    service: "shop".into(),
+                    detail: "replica".into(),
+                },
+                503,
+                "unavailable",
+            ),
+            (
+                Error::Http(StatusCode::METHOD_NOT_ALLOWED, "x".into()),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                Error::Http(StatusCode::BAD_GATEWAY, "x".into()),
+                502,
+                "internal",
+            ),
         ];
         for (err, http, name) in cases {
             assert_eq!(err.http_status().as_u16(), http, "{err:?}");
             assert_eq!(err.code(), name, "{err:?}");
+        }
+    }
+
+    /// Every 503 tells the client when to come back; nothing else does.
+    #[test]
+    fn retry_after_table() {
+        let cases = [
+            (Error::NoBackend("shop".into()), Some(RETRY_AFTER_SECS)),
+            (
+                Error::NoPrimary {
+                    service: "shop".into(),
+                    detail: "replica".into(),
+                },
+                Some(RETRY_AFTER_FAILOVER_SECS),
+            ),
+            (
+                Error::from(tonic::Status::unavailable("down")),
+                Some(RETRY_AFTER_SECS),
+            ),
+            (Error::from(tonic::Status::failed_precondition("x")), None),
+            (Error::NoRoute("/x".into()), None),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.retry_after(), want, "{err:?}");
+            let response = err.into_response();
+            let header = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            assert_eq!(header, want);
         }
     }
 }

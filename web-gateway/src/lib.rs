@@ -10,7 +10,15 @@
 //!    writes to the highest-term primary), reuses one cached channel per address, and retries
 //!    once on another instance when that is safe;
 //! 4. the reply converted to JSON by [`dto`], or the error mapped to an HTTP status in the
-//!    one place that does it, [`error`].
+//!    one place that does it, [`error`] — whose [`error::json_errors`] layer also turns
+//!    error responses made outside the handlers (axum's `405`, a too-long URI) into the
+//!    same `{"code", "message"}` JSON.
+//!
+//! The gateway registers itself in the registry as service [`SERVICE_NAME`] (a lease
+//! renewed every TTL/3 by a [`LeaseKeeper`], like every other role), so `concord status` and
+//! `/api/cluster` list it; it deregisters when it shuts down. Nothing routes to it through
+//! the registry (it is the entry point); the registration is for operators. A registry that
+//! is down does not stop the gateway from serving: the keeper registers once it is back.
 //!
 //! Failure behaviour: with no live instance of a backend the answer is `503
 //! {"code":"unavailable"}`; while the registry is down the last known instances keep being
@@ -27,12 +35,19 @@ pub mod extract;
 pub mod routes;
 pub mod state;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     extract::DefaultBodyLimit,
     http::{HeaderName, Request},
 };
+use concord::discovery::{LeaseKeeper, Registration};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 use tower_http::{
@@ -47,6 +62,10 @@ use crate::{backends::Backends, state::AppState};
 
 /// How long shutdown waits for open requests before returning.
 pub const SHUTDOWN_GRACE: Duration = concord::grpc::SHUTDOWN_GRACE;
+/// Registry name under which the gateway registers itself.
+pub const SERVICE_NAME: &str = "gateway";
+/// Metadata key telling registry readers which protocol the instance speaks.
+pub const PROTOCOL_KEY: &str = "protocol";
 
 /// Gateway settings; every field has a default and can be overridden by the CLI.
 #[derive(Clone, Debug)]
@@ -59,6 +78,11 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// How often `/api/events` refreshes the cluster view without a registry change (lag).
     pub cluster_refresh: Duration,
+    /// Address published in the registry; `None`: the bound address (loopback when bound
+    /// to all interfaces).
+    pub advertise: Option<String>,
+    /// TTL of the gateway's own registry lease (renewed every TTL/3).
+    pub lease_ttl: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +92,8 @@ impl Default for Config {
             call_timeout: Duration::from_secs(10),
             body_limit_bytes: 64 * 1024,
             cluster_refresh: Duration::from_secs(2),
+            advertise: None,
+            lease_ttl: concord::config::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -86,6 +112,16 @@ impl Config {
         }
         if self.cluster_refresh.is_zero() {
             return Err(Error::InvalidConfig("cluster_refresh must be > 0".into()));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig("lease_ttl must be >= 1s".into()));
+        }
+        if self
+            .advertise
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err(Error::InvalidConfig("advertise is empty".into()));
         }
         Ok(())
     }
@@ -116,6 +152,8 @@ pub async fn serve(
     let app = router
         .with_state(state)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        // Outside the routes, inside the request id: every error response leaves as JSON.
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -135,11 +173,24 @@ pub async fn serve(
         );
 
     let addr = listener.local_addr().ok();
+    let keeper = match addr {
+        Some(bound) => Some(register(&config, bound)?),
+        None => {
+            tracing::error!("listener has no local address; not registering the gateway");
+            None
+        }
+    };
     tracing::info!(?addr, registry = %config.registry_addr, "web gateway serving");
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("web gateway shutting down");
         shutdown_tx.send_replace(true);
+        // Leave the registry first (bounded by the registry client's call timeout), so
+        // `concord status` stops listing a gateway that no longer takes requests.
+        if let Some(keeper) = keeper {
+            keeper.deregister().await;
+            tracing::info!("web gateway deregistered");
+        }
     });
     let grace_over = async {
         AppState::shutting_down(shutdown_rx).await;
@@ -153,6 +204,84 @@ pub async fn serve(
         () = grace_over => {
             tracing::warn!(?addr, grace = ?SHUTDOWN_GRACE, "grace period over; dropping open connections");
             Ok(())
+        }
+    }
+}
+
+/// Starts keeping the gateway's registration alive (see the module doc).
+fn register(config: &Config, bound: SocketAddr) -> Result<LeaseKeeper, Error> {
+    let address = advertised_address(config.advertise.as_deref(), bound);
+    let registration = Registration {
+        service: SERVICE_NAME.to_owned(),
+        address: address.clone(),
+        metadata: HashMap::from([(PROTOCOL_KEY.to_owned(), "http".to_owned())]),
+        ttl: config.lease_ttl,
+    };
+    let keeper = LeaseKeeper::spawn(&config.registry_addr, registration).map_err(|err| {
+        Error::InvalidConfig(format!(
+            "registry address {:?}: {err}",
+            config.registry_addr
+        ))
+    })?;
+    tracing::info!(%address, registry = %config.registry_addr, "registering the gateway");
+    Ok(keeper)
+}
+
+/// The address to publish: the configured one, else the bound one with an unspecified IP
+/// (`0.0.0.0`, `::`) replaced by loopback, since nobody can dial it.
+pub fn advertised_address(advertise: Option<&str>, bound: SocketAddr) -> String {
+    if let Some(address) = advertise {
+        return address.to_owned();
+    }
+    if bound.ip().is_unspecified() {
+        let loopback = match bound {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        return SocketAddr::new(loopback, bound.port()).to_string();
+    }
+    bound.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published address: the configured one, or the bound one made dialable.
+    #[test]
+    fn advertised_address_table() {
+        let cases = [
+            (None, "127.0.0.1:8080", "127.0.0.1:8080"),
+            (None, "0.0.0.0:8080", "127.0.0.1:8080"),
+            (None, "[::]:8080", "[::1]:8080"),
+            (Some("gw.example:80"), "0.0.0.0:8080", "gw.example:80"),
+        ];
+        for (advertise, bound, want) in cases {
+            let bound: SocketAddr = bound.parse().expect("test address");
+            assert_eq!(advertised_address(advertise, bound), want);
+        }
+    }
+
+    /// Startup validation names the bad field.
+    #[test]
+    fn config_validation_table() {
+        assert!(Config::default().validate().is_ok());
+        let cases = [
+            Config {
+                lease_ttl: Duration::from_millis(10),
+                ..Config::default()
+            },
+            Config {
+                advertise: Some(" ".into()),
+                ..Config::default()
+            },
+            Config {
+                registry_addr: String::new(),
+                ..Config::default()
+            },
+        ];
+        for config in cases {
+            assert!(config.validate().is_err(), "{config:?}");
         }
     }
 }

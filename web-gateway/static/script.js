@@ -255,7 +255,9 @@ function renderOrders(orders) {
 
 async function setOrderStatus(orderId, status) {
   try {
-    await api("PUT", `/api/orders/${encodeURIComponent(orderId)}/status`, { status });
+    // Changing an order's status is an admin action, like product administration.
+    await api("PUT", `/api/orders/${encodeURIComponent(orderId)}/status`, { status },
+      bearer("admin-token"));
     showError("orders-error", null);
     await Promise.all([loadOrders(), loadProducts()]);
   } catch (err) {

@@ -130,6 +130,37 @@ async fn request_shape_errors_are_json() -> Result<()> {
     h.stop().await
 }
 
+/// Error responses axum or hyper-level limits would send with an empty body — a method the
+/// path does not serve (405) and an over-long request target (414) — are JSON too.
+#[tokio::test]
+async fn method_and_uri_errors_are_json() -> Result<()> {
+    let h = Harness::start().await?;
+    let response = h.http.delete(h.url("/api/predict")).send().await?;
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        allow.contains("GET") && allow.contains("POST"),
+        "Allow: {allow}"
+    );
+    let err = expect_error(response, 405, "method_not_allowed").await?;
+    assert!(err.message.contains("DELETE"), "{}", err.message);
+
+    let response = h.http.patch(h.url("/api/orders")).send().await?;
+    expect_error(response, 405, "method_not_allowed").await?;
+
+    let long = "x".repeat(concord_web_gateway::error::MAX_URI_BYTES + 1);
+    let response = h
+        .get(&format!("/api/products?name_contains={long}"))
+        .await?;
+    let err = expect_error(response, 414, "uri_too_long").await?;
+    assert!(err.message.contains("limit"), "{}", err.message);
+    h.stop().await
+}
+
 /// With no shop or aggregator registered, calls are 503 JSON errors naming the service.
 #[tokio::test]
 async fn missing_backend_is_503() -> Result<()> {
@@ -591,9 +622,33 @@ async fn shop_round_trip_through_http() -> Result<()> {
     assert_eq!(order["idempotency_key"], "checkout-1");
 
     let status_url = h.url(&format!("/api/orders/{order_id}/status"));
+    // Changing an order's status is an admin action: no token or a wrong one is a 401,
+    // and the order stays pending.
     let response = h
         .http
         .put(&status_url)
+        .json(&serde_json::json!({"status": "paid"}))
+        .send()
+        .await?;
+    expect_error(response, 401, "unauthenticated").await?;
+    let response = h
+        .http
+        .put(&status_url)
+        .bearer_auth("not-the-admin")
+        .json(&serde_json::json!({"status": "paid"}))
+        .send()
+        .await?;
+    expect_error(response, 401, "unauthenticated").await?;
+    let order: Value = h
+        .get(&format!("/api/orders/{order_id}"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(order["status"], "pending");
+    let response = h
+        .http
+        .put(&status_url)
+        .bearer_auth(ADMIN)
         .json(&serde_json::json!({"status": "paid"}))
         .send()
         .await?;
@@ -603,6 +658,7 @@ async fn shop_round_trip_through_http() -> Result<()> {
     let response = h
         .http
         .put(&status_url)
+        .bearer_auth(ADMIN)
         .json(&serde_json::json!({"status": "pending"}))
         .send()
         .await?;
@@ -779,6 +835,101 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     assert_eq!(orders["orders"].as_array().map(Vec::len), Some(2));
 
     replica.stop().await?;
+    h.stop().await
+}
+
+/// A write sent to a replica (the registry still lists it as primary) is re-sent to the
+/// primary it names, even a plain non-idempotent write: the replica did nothing.
+#[tokio::test]
+async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
+    let h = Harness::start().await?;
+    let primary = start_unregistered_shop(any_port(), Default::default()).await?;
+    let replica =
+        start_unregistered_shop(any_port(), replica_of(&primary.server.addr.to_string())).await?;
+    let _stale = h
+        .register(
+            "shop",
+            &replica.server.addr.to_string(),
+            &[("role", "primary"), ("term", "1")],
+        )
+        .await?;
+    assert_eq!(wait_until_served(&h, "/api/products").await?.status(), 200);
+
+    let response = h
+        .http
+        .post(h.url("/api/products"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "Mug", "price_minor": 500, "stock": 3}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201, "created on the hinted primary");
+    let created: Value = response.json().await?;
+    let id = created["product"]["id"].as_str().context("id")?.to_owned();
+    let response = h
+        .http
+        .post(h.url("/api/carts/carol/items"))
+        .json(&serde_json::json!({"product_id": id, "quantity": 1}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200, "cart write followed the hint");
+
+    replica.stop().await?;
+    primary.stop().await?;
+    h.stop().await
+}
+
+/// Mid-failover (the second one: the promoted primary was killed and restarted as a
+/// replica) the registry's stale primary and the other replica name each other: writes get
+/// 503 + Retry-After ("retry shortly"), never the replica's 409.
+#[tokio::test]
+async fn writes_with_no_primary_are_503_with_retry_after() -> Result<()> {
+    let h = Harness::start().await?;
+    let b_addr = concord_testkit::free_addr().await;
+    let a = start_unregistered_shop(any_port(), replica_of(&b_addr.to_string())).await?;
+    let a_addr = a.server.addr.to_string();
+    let b = start_unregistered_shop(b_addr, replica_of(&a_addr)).await?;
+    let _stale_primary = h
+        .register("shop", &a_addr, &[("role", "primary"), ("term", "2")])
+        .await?;
+    let _other = h
+        .register(
+            "shop",
+            &b_addr.to_string(),
+            &[("role", "replica"), ("term", "2")],
+        )
+        .await?;
+    assert_eq!(wait_until_served(&h, "/api/products").await?.status(), 200);
+
+    let writes = [
+        h.http
+            .post(h.url("/api/carts/dave/items"))
+            .json(&serde_json::json!({"product_id": "p-000000000001", "quantity": 1})),
+        h.http
+            .post(h.url("/api/orders"))
+            .header("idempotency-key", "dave-1")
+            .json(&serde_json::json!({"user_id": "dave"})),
+        h.http
+            .post(h.url("/api/products"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"name": "Mug", "price_minor": 500})),
+    ];
+    for write in writes {
+        let response = write.send().await?;
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let err = expect_error(response, 503, "unavailable").await?;
+        assert!(err.message.contains("primary"), "{}", err.message);
+        assert_eq!(
+            retry_after,
+            Some(concord_web_gateway::error::RETRY_AFTER_FAILOVER_SECS)
+        );
+    }
+
+    b.stop().await?;
+    a.stop().await?;
     h.stop().await
 }
 

@@ -1,4 +1,6 @@
-//! `concord gateway`: HTTP/JSON and the browser UI over the gRPC services.
+//! `concord gateway`: HTTP/JSON and the browser UI over the gRPC services. It registers
+//! itself in the registry as `gateway` (so `concord status` lists it) and deregisters on
+//! Ctrl-C/SIGTERM.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -8,9 +10,15 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "CONCORD_GATEWAY_LISTEN", default_value = concord::config::DEFAULT_GATEWAY_ADDR)]
     pub listen: SocketAddr,
-    /// Registry where the backends are found.
+    /// Registry where the backends are found and the gateway registers itself.
     #[arg(long, env = "CONCORD_REGISTRY", default_value = concord::config::DEFAULT_REGISTRY_ADDR)]
     pub registry: String,
+    /// Address to publish in the registry (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Lease TTL of the gateway's registration.
+    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    pub lease_ttl: Duration,
     /// Deadline of each backend call attempt (past it: 504).
     #[arg(long, env = "CONCORD_GATEWAY_CALL_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
     pub call_timeout: Duration,
@@ -30,6 +38,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         call_timeout: args.call_timeout,
         body_limit_bytes: args.body_limit,
         cluster_refresh: args.cluster_refresh,
+        advertise: args.advertise,
+        lease_ttl: args.lease_ttl,
     };
     config.validate()?;
     let listener = super::bind_and_announce("gateway", args.listen).await?;

@@ -2,8 +2,9 @@
 //!
 //! Reads may be answered by any shop instance (primary first) and are retried on another
 //! after `UNAVAILABLE`. Writes go to the primary; only order placement, deduplicated by its
-//! `Idempotency-Key`, is retried after `UNAVAILABLE`. Product mutations pass the caller's
-//! `Authorization: Bearer` header through to the shop, which checks the admin token.
+//! `Idempotency-Key`, is retried after `UNAVAILABLE`. Product mutations and order status
+//! changes pass the caller's `Authorization: Bearer` header through to the shop, which
+//! checks the admin token (UNAUTHENTICATED → 401).
 
 use std::future::Future;
 
@@ -348,9 +349,11 @@ pub async fn get_order(
     Ok(Json(must(reply.order, "order")?.into()))
 }
 
-/// Moves an order to a new status (pending → paid → shipped → delivered, or cancelled).
+/// Moves an order to a new status (pending → paid → shipped → delivered, or cancelled);
+/// admin only (bearer token passed through; the shop answers 401 without it).
 #[utoipa::path(put, path = "/api/orders/{order_id}/status", tag = "shop", request_body = NewOrderStatus,
     params(("order_id" = String, Path, description = "Order id")),
+    security(("bearer" = [])),
     responses((status = 200, body = OrderWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn update_order_status(
     State(state): State<AppState>,

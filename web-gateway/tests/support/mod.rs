@@ -402,6 +402,42 @@ pub async fn start_shop_with(
     Ok(TestShop { server, dir })
 }
 
+/// Starts the real shop on `addr` (port 0: any free one) with `replication` and NO
+/// registry: it neither registers nor fails over by itself, so the test decides what the
+/// registry says about it (e.g. a stale `role=primary` lease, as during a failover).
+pub async fn start_unregistered_shop(
+    addr: std::net::SocketAddr,
+    replication: concord_shop::ReplicationConfig,
+) -> Result<TestShop> {
+    let dir = tempfile::tempdir()?;
+    let config = concord_shop::Config {
+        admin_token: ADMIN.into(),
+        registry_addr: None,
+        replication,
+        ..concord_shop::Config::new(dir.path().join("shop"))
+    };
+    let server = Running::spawn_on(addr, |listener, shutdown| {
+        concord_shop::serve(config, listener, shutdown)
+    })
+    .await;
+    Ok(TestShop { server, dir })
+}
+
+/// `127.0.0.1:0`: bind any free loopback port.
+pub fn any_port() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A replication config following `primary` (a replica that refuses writes, naming it).
+pub fn replica_of(primary: &str) -> concord_shop::ReplicationConfig {
+    concord_shop::ReplicationConfig {
+        mode: concord_shop::ReplicationMode::Async,
+        primary_addr: Some(primary.to_owned()),
+        replica_id: "replica-1".into(),
+        ..Default::default()
+    }
+}
+
 /// The real prediction fleet and aggregator (with a ledger), registered at a registry.
 pub struct TestConsensus {
     /// The nodes, in start order.
