@@ -308,6 +308,8 @@ pub fn refused_by_replica(status: &Status) -> bool {
 /// A replica's refusal of the last attempt means no instance we could find accepts writes
 /// (during a failover the replicas name each other or the dead primary): the caller hears
 /// "unavailable, retry shortly" (503 + `Retry-After`), not that its write conflicts (409).
+/// A failure of the connection itself names the instance, since tonic's message alone
+/// ("tcp connect error") does not say what could not be reached.
 fn final_error(service: &str, last: Status, tried: &[String]) -> Error {
     if refused_by_replica(&last) {
         tracing::warn!(
@@ -321,7 +323,21 @@ fn final_error(service: &str, last: Status, tried: &[String]) -> Error {
             detail: last.message().to_owned(),
         };
     }
+    if let (true, Some(addr)) = (is_transport_failure(&last), tried.last()) {
+        let message = format!(
+            "{service} at {addr} could not be reached ({}); retry in a moment",
+            last.message()
+        );
+        return Error::Backend(Status::new(last.code(), message));
+    }
     Error::Backend(last)
+}
+
+/// Whether `status` was made on our side of the connection (connect refused, connection
+/// reset, timeout) rather than sent by the backend: tonic attaches the transport error as
+/// its source, and a status decoded from a response has none.
+fn is_transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 /// Orders shop instances: `role=primary` by descending term, then the others as registered.
@@ -431,6 +447,17 @@ mod tests {
             final_error(SHOP, hinted("a"), &tried),
             Error::NoPrimary { .. }
         ));
+        // A connection failure names the instance that could not be reached.
+        let mut refused = Status::unavailable("tcp connect error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        let err = final_error(SHOP, refused, &tried);
+        assert_eq!(err.http_status().as_u16(), 503);
+        assert_eq!(
+            err.to_string(),
+            "shop at b could not be reached (tcp connect error); retry in a moment"
+        );
     }
 
     /// Only a FAILED_PRECONDITION (replica) or UNAVAILABLE (fenced) carrying the hint
