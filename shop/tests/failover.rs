@@ -7,55 +7,22 @@ mod harness;
 
 use std::time::Duration;
 
-use concord::pb::registry::v1::registry_client::RegistryClient;
-use concord::pb::registry::v1::ResolveRequest;
 use concord::pb::shop::v1 as pb;
-use concord_shop::ReplicationMode;
-use harness::{create, eventually, start};
+use harness::{create, eventually, registered, start, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The scenario in the module docs, end to end over a real registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_takes_over_and_old_primary_follows() {
-    concord::telemetry::init_for_tests();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let registry = listener.local_addr().unwrap().to_string();
-    let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
-    let registry_task = tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-
+    let registry = TestRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let with_registry = |c: &mut concord_shop::Config| {
-        c.registry_addr = Some(registry.clone());
-        c.lease_ttl = Duration::from_secs(1);
-        c.replication.mode = ReplicationMode::Async;
-    };
+    let with_registry = registered(registry.addr);
     let primary = start(&dir.path().join("a"), with_registry).await;
-    let primary_addr = primary.addr.to_string();
-    let replica = start(&dir.path().join("b"), |c| {
-        with_registry(c);
-        c.replication.primary_addr = Some(primary_addr.clone());
-    })
-    .await;
-    let mut registry_client = RegistryClient::new(concord::grpc::lazy_channel(&registry).unwrap());
-    let shop_instances = |mut client: RegistryClient<_>| async move {
-        client
-            .resolve(ResolveRequest {
-                service: "shop".into(),
-            })
-            .await
-            .map(|r| r.into_inner().instances)
-            .unwrap_or_default()
-    };
+    let replica = start_replica_of(&primary, &dir.path().join("b"), with_registry).await;
     assert!(
         eventually(WAIT, || async {
-            shop_instances(registry_client.clone()).await.len() == 2
+            registry.shop_instances().await.len() == 2
         })
         .await
     );
@@ -77,14 +44,11 @@ async fn replica_takes_over_and_old_primary_follows() {
     let replica_addr = replica.addr.to_string();
     assert!(
         eventually(WAIT, || async {
-            shop_instances(registry_client.clone())
-                .await
-                .iter()
-                .any(|i| {
-                    i.address == replica_addr
-                        && i.metadata.get("role").map(String::as_str) == Some("primary")
-                        && i.metadata.get("term").map(String::as_str) == Some("2")
-                })
+            registry.shop_instances().await.iter().any(|i| {
+                i.address == replica_addr
+                    && i.metadata.get("role").map(String::as_str) == Some("primary")
+                    && i.metadata.get("term").map(String::as_str) == Some("2")
+            })
         })
         .await,
         "registry does not show the new primary"
@@ -131,18 +95,15 @@ async fn replica_takes_over_and_old_primary_follows() {
     })
     .await
     .unwrap();
-    registry_client = RegistryClient::new(concord::grpc::lazy_channel(&registry).unwrap());
-    let primaries = shop_instances(registry_client)
-        .await
-        .into_iter()
-        .filter(|i| i.metadata.get("role").map(String::as_str) == Some("primary"))
-        .count();
-    assert_eq!(primaries, 1, "exactly one primary registered");
+    assert_eq!(
+        registry.primaries().await.len(),
+        1,
+        "exactly one primary registered"
+    );
 
     old.stop().await;
     replica.stop().await;
-    let _ = stop_registry.send(());
-    registry_task.await.unwrap().unwrap();
+    registry.stop().await;
 }
 
 /// The fence when the registry does not answer: a process configured as primary refuses
@@ -175,14 +136,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
     );
     assert_eq!(primary.status().await.role, pb::Role::Replica as i32);
 
-    let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
-    let registry_task = tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let registry = TestRegistry::serve(listener);
     assert!(
         eventually(WAIT, || async {
             let s = primary.status().await;
@@ -193,8 +147,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
     );
     create(&mut p, "Now", 1, 1).await;
     primary.stop().await;
-    let _ = stop_registry.send(());
-    registry_task.await.unwrap().unwrap();
+    registry.stop().await;
 }
 
 /// The lease guard: a primary that can no longer renew its registry lease (here: the
@@ -203,34 +156,14 @@ async fn primary_refuses_writes_until_the_registry_answers() {
 /// once it holds a lease from the restarted registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_stops_writing_before_its_lease_can_expire() {
-    concord::telemetry::init_for_tests();
-    let serve_registry = |listener: tokio::net::TcpListener| {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(concord_registry::serve(
-            concord_registry::Config::default(),
-            listener,
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        (stop_tx, task)
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let registry_addr = listener.local_addr().unwrap();
-    let (stop_registry, registry_task) = serve_registry(listener);
-
+    let registry = TestRegistry::start().await;
+    let registry_addr = registry.addr;
     let dir = tempfile::tempdir().unwrap();
-    let primary = start(&dir.path().join("a"), |c| {
-        c.registry_addr = Some(registry_addr.to_string());
-        c.lease_ttl = Duration::from_secs(1);
-        c.replication.mode = ReplicationMode::Async;
-    })
-    .await;
+    let primary = start(&dir.path().join("a"), registered(registry_addr)).await;
     let mut p = primary.client();
     create(&mut p, "While the lease is held", 1, 1).await;
 
-    let _ = stop_registry.send(());
-    registry_task.await.unwrap().unwrap();
+    registry.stop().await;
     let lost_at = tokio::time::Instant::now();
     let mut refused = None;
     while lost_at.elapsed() < Duration::from_secs(5) {
@@ -254,7 +187,7 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
     );
 
     let listener = tokio::net::TcpListener::bind(registry_addr).await.unwrap();
-    let (stop_registry, registry_task) = serve_registry(listener);
+    let registry = TestRegistry::serve(listener);
     assert!(
         eventually(WAIT, || async {
             p.clone()
@@ -266,8 +199,7 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
         "writes did not resume once the registry was back"
     );
     primary.stop().await;
-    let _ = stop_registry.send(());
-    registry_task.await.unwrap().unwrap();
+    registry.stop().await;
 }
 
 /// One primary per term, whoever registers what: a forged `role=primary` registration with
@@ -277,45 +209,11 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
 /// and holds its writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_primary_cannot_split_the_shop() {
-    use concord::pb::registry::v1::RegisterRequest;
-    concord::telemetry::init_for_tests();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let registry = listener.local_addr().unwrap().to_string();
-    let (stop_registry, stopped) = tokio::sync::oneshot::channel::<()>();
-    let registry_task = tokio::spawn(concord_registry::serve(
-        concord_registry::Config::default(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    use concord::pb::registry::v1::{registry_client::RegistryClient, RegisterRequest};
+    let registry = TestRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let with_registry = |c: &mut concord_shop::Config| {
-        c.registry_addr = Some(registry.clone());
-        c.lease_ttl = Duration::from_secs(1);
-        c.replication.mode = ReplicationMode::Async;
-    };
-    let a = start(&dir.path().join("a"), with_registry).await;
-    let a_addr = a.addr.to_string();
-    let b = start(&dir.path().join("b"), |c| {
-        with_registry(c);
-        c.replication.primary_addr = Some(a_addr.clone());
-    })
-    .await;
-    let mut registry_client = RegistryClient::new(concord::grpc::lazy_channel(&registry).unwrap());
-    let primaries = |mut client: RegistryClient<_>| async move {
-        client
-            .resolve(ResolveRequest {
-                service: "shop".into(),
-            })
-            .await
-            .map(|r| r.into_inner().instances)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i.metadata.get("role").map(String::as_str) == Some("primary"))
-            .map(|i| i.address)
-            .collect::<Vec<_>>()
-    };
+    let a = start(&dir.path().join("a"), registered(registry.addr)).await;
+    let b = start_replica_of(&a, &dir.path().join("b"), registered(registry.addr)).await;
     assert!(
         eventually(WAIT, || async {
             b.status().await.role == pb::Role::Replica as i32
@@ -324,7 +222,8 @@ async fn forged_primary_cannot_split_the_shop() {
     );
     create(&mut a.client(), "Before the forgery", 1, 1).await;
 
-    registry_client
+    let channel = concord::grpc::lazy_channel(&registry.addr.to_string()).unwrap();
+    RegistryClient::new(channel)
         .register(RegisterRequest {
             service: "shop".into(),
             address: "127.0.0.1:9".into(),
@@ -378,9 +277,9 @@ async fn forged_primary_cannot_split_the_shop() {
         "a write committed under the forged primary's term, after its process stepped down: {terms:?}"
     );
 
-    let winner = primaries(registry_client.clone()).await;
+    let winner = registry.primaries().await;
     assert_eq!(winner.len(), 1, "one primary registered: {winner:?}");
-    let (winner, loser) = if winner[0] == a_addr {
+    let (winner, loser) = if winner[0] == a.addr.to_string() {
         (&a, &b)
     } else {
         (&b, &a)
@@ -401,6 +300,19 @@ async fn forged_primary_cannot_split_the_shop() {
     );
     a.stop().await;
     b.stop().await;
-    let _ = stop_registry.send(());
-    registry_task.await.unwrap().unwrap();
+    registry.stop().await;
+}
+
+/// Starts a replica of `primary` on `data_dir`, configured by `configure` first.
+async fn start_replica_of(
+    primary: &harness::TestShop,
+    data_dir: &std::path::Path,
+    configure: impl FnOnce(&mut concord_shop::Config),
+) -> harness::TestShop {
+    let primary_addr = primary.addr.to_string();
+    start(data_dir, |c| {
+        configure(c);
+        c.replication.primary_addr = Some(primary_addr);
+    })
+    .await
 }

@@ -168,3 +168,79 @@ where
     }
     false
 }
+
+/// A registry served in-process until [`TestRegistry::stop`], for the failover tests.
+pub struct TestRegistry {
+    /// Bound address.
+    pub addr: SocketAddr,
+    stop_tx: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl TestRegistry {
+    /// Serves a registry on 127.0.0.1:0.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::serve(listener)
+    }
+
+    /// Serves a registry on `listener` (a restart binds the old address again).
+    pub fn serve(listener: tokio::net::TcpListener) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(concord_registry::serve(
+            concord_registry::Config::default(),
+            listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        Self {
+            addr,
+            stop_tx,
+            task,
+        }
+    }
+
+    /// Stops the registry and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        self.task.await.expect("registry task").expect("registry");
+    }
+
+    /// The live `shop` instances the registry resolves (none when it does not answer).
+    pub async fn shop_instances(&self) -> Vec<concord::pb::registry::v1::Instance> {
+        use concord::pb::registry::v1::{registry_client::RegistryClient, ResolveRequest};
+        let Ok(channel) = concord::grpc::lazy_channel(&self.addr.to_string()) else {
+            return Vec::new();
+        };
+        RegistryClient::new(channel)
+            .resolve(ResolveRequest {
+                service: "shop".into(),
+            })
+            .await
+            .map(|r| r.into_inner().instances)
+            .unwrap_or_default()
+    }
+
+    /// Addresses of the live instances registered as `role=primary`.
+    pub async fn primaries(&self) -> Vec<String> {
+        self.shop_instances()
+            .await
+            .into_iter()
+            .filter(|i| i.metadata.get("role").map(String::as_str) == Some("primary"))
+            .map(|i| i.address)
+            .collect()
+    }
+}
+
+/// Config for a shop registered with `registry`: 1 s lease TTL (fast failover), async.
+pub fn registered(registry: SocketAddr) -> impl Fn(&mut Config) + Copy {
+    move |c| {
+        c.registry_addr = Some(registry.to_string());
+        c.lease_ttl = Duration::from_secs(1);
+        c.replication.mode = concord_shop::ReplicationMode::Async;
+    }
+}
