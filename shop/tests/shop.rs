@@ -6,7 +6,9 @@ mod harness;
 use std::sync::Arc;
 
 use concord::pb::shop::v1 as pb;
-use harness::{add_to_cart, admin, create, get_product, new_product, start};
+use harness::{
+    add_to_cart, admin, create, get_order, get_product, new_product, place_order, start,
+};
 use tonic::Code;
 
 /// Products, cart, order and status flow end to end, with increasing LSNs.
@@ -151,15 +153,7 @@ async fn full_flow() {
     }))
     .await
     .unwrap();
-    let fetched = c
-        .get_order(pb::GetOrderRequest {
-            order_id: order.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let fetched = get_order(&mut c, order.id.clone()).await;
     assert_eq!(fetched, order);
     let listed = c
         .list_orders(pb::ListOrdersRequest {
@@ -244,16 +238,7 @@ async fn order_status_change_needs_admin_token() {
     let mut c = shop.client();
     let p = create(&mut c, "Tea", 300, 10).await;
     add_to_cart(&mut c, "eve".into(), p.id.clone(), 1).await;
-    let order = c
-        .place_order(pb::PlaceOrderRequest {
-            user_id: "eve".into(),
-            idempotency_key: "eve-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let order = place_order(&mut c, "eve".into(), "eve-1".into()).await;
     let lsn = shop.last_lsn().await;
     let paid = || pb::UpdateOrderStatusRequest {
         order_id: order.id.clone(),
@@ -266,15 +251,7 @@ async fn order_status_change_needs_admin_token() {
     let err = c.update_order_status(wrong).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(shop.last_lsn().await, lsn, "nothing written");
-    let unchanged = c
-        .get_order(pb::GetOrderRequest {
-            order_id: order.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let unchanged = get_order(&mut c, order.id.clone()).await;
     assert_eq!(unchanged.status, pb::OrderStatus::Pending as i32);
 
     let moved = c
@@ -373,16 +350,7 @@ async fn status_machine_table() {
             n += 1;
             let user = format!("u{n}");
             add_to_cart(&mut c, user.clone(), p.id.clone(), 1).await;
-            let order = c
-                .place_order(pb::PlaceOrderRequest {
-                    user_id: user,
-                    idempotency_key: "k".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .order
-                .unwrap();
+            let order = place_order(&mut c, user, "k".into()).await;
             let path: &[pb::OrderStatus] = match from {
                 Paid => &[Paid],
                 Shipped => &[Paid, Shipped],

@@ -169,6 +169,35 @@ where
     false
 }
 
+/// Places `user_id`'s cart as an order under `idempotency_key`; panics on failure.
+pub async fn place_order(
+    client: &mut ShopClient<Channel>,
+    user_id: String,
+    idempotency_key: String,
+) -> pb::Order {
+    client
+        .place_order(pb::PlaceOrderRequest {
+            user_id,
+            idempotency_key,
+        })
+        .await
+        .expect("place order")
+        .into_inner()
+        .order
+        .expect("order in reply")
+}
+
+/// Fetches an order that must exist.
+pub async fn get_order(client: &mut ShopClient<Channel>, order_id: String) -> pb::Order {
+    client
+        .get_order(pb::GetOrderRequest { order_id })
+        .await
+        .expect("get order")
+        .into_inner()
+        .order
+        .expect("order in reply")
+}
+
 /// A registry served in-process until [`TestRegistry::stop`], for the failover tests.
 pub struct TestRegistry {
     /// Bound address.
