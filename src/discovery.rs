@@ -208,6 +208,12 @@ async fn keep_alive_loop(
     let renew_every = registration.ttl / 3;
     let mut backoff = MIN_BACKOFF;
     let mut lease: Option<String> = None;
+    // After a KeepAlive failed without an answer (timeout, transport error) the next one
+    // goes out after a backoff, not a full renewal period, and carries that call's metadata
+    // again: the registry may or may not have it, and a claim must end accepted or
+    // refused, never silently dropped.
+    let mut retry_soon = false;
+    let mut unconfirmed: Option<HashMap<String, String>> = None;
     loop {
         let Some(lease_id) = lease.clone() else {
             let metadata = metadata_rx.borrow_and_update().clone();
@@ -253,11 +259,16 @@ async fn keep_alive_loop(
             continue;
         };
 
+        let wait = if retry_soon { backoff } else { renew_every };
         let metadata = tokio::select! {
-            () = tokio::time::sleep(renew_every) => None,
+            () = tokio::time::sleep(wait) => unconfirmed.take(),
             changed = metadata_rx.changed() => match changed {
-                Ok(()) => Some(metadata_rx.borrow_and_update().clone()),
-                Err(_) => None,
+                // Newer metadata supersedes an unconfirmed one.
+                Ok(()) => {
+                    unconfirmed = None;
+                    Some(metadata_rx.borrow_and_update().clone())
+                }
+                Err(_) => unconfirmed.take(),
             },
             _ = &mut stop_rx => {
                 let request = DeregisterRequest { lease_id: lease_id.clone() };
@@ -276,6 +287,8 @@ async fn keep_alive_loop(
         let sent = Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, client.keep_alive(request)).await {
             Ok(Ok(_)) => {
+                retry_soon = false;
+                backoff = MIN_BACKOFF;
                 state.renewed(sent, registration.ttl);
                 if let Some(metadata) = metadata {
                     state.accepted(metadata);
@@ -284,6 +297,7 @@ async fn keep_alive_loop(
             // Refused metadata is not sent again (the registry keeps the previous one): a
             // refused claim must be replaced by a new one, never retried as it was.
             Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+                retry_soon = false;
                 if let Some(metadata) = metadata {
                     state.rejected(&registration.service, metadata, &status);
                 }
@@ -291,12 +305,21 @@ async fn keep_alive_loop(
             Ok(Err(status)) if status.code() == Code::NotFound => {
                 tracing::info!(service = %registration.service, "lease unknown to the registry (restart or expiry); registering again");
                 lease = None;
+                retry_soon = false;
                 state.lost();
             }
             Ok(Err(status)) => {
-                tracing::warn!(service = %registration.service, %status, "keep-alive failed")
+                tracing::warn!(service = %registration.service, %status, "keep-alive failed");
+                unconfirmed = metadata;
+                retry_soon = true;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(_) => tracing::warn!(service = %registration.service, "keep-alive timed out"),
+            Err(_) => {
+                tracing::warn!(service = %registration.service, "keep-alive timed out");
+                unconfirmed = metadata;
+                retry_soon = true;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 }
@@ -312,7 +335,20 @@ async fn wait_or_stop(delay: Duration, stop_rx: &mut oneshot::Receiver<()>) -> b
 /// Follows one service's instance set; the task stops when this is dropped.
 pub struct ServiceWatch {
     instances_rx: watch::Receiver<Vec<Instance>>,
+    snapshots_rx: watch::Receiver<WatchSnapshot>,
     task: JoinHandle<()>,
+}
+
+/// One instance set and the Watch stream it came from.
+#[derive(Clone, Debug, Default)]
+pub struct WatchSnapshot {
+    /// Counts the Watch streams opened so far (0 before the first). A new stream may be a
+    /// new registry that has not heard from every live process yet (a restart forgets all
+    /// leases until their next KeepAlive), so "X is not registered" means "X is gone"
+    /// only when X was seen earlier on the same stream.
+    pub stream: u64,
+    /// The instance set.
+    pub instances: Vec<Instance>,
 }
 
 impl ServiceWatch {
@@ -320,12 +356,23 @@ impl ServiceWatch {
     pub fn spawn(registry_addr: &str, service: &str) -> Result<Self, tonic::transport::Error> {
         let channel = crate::grpc::lazy_channel(registry_addr)?;
         let (instances_tx, instances_rx) = watch::channel(Vec::new());
+        let (snapshots_tx, snapshots_rx) = watch::channel(WatchSnapshot::default());
         let task = tokio::spawn(watch_loop(
             RegistryClient::new(channel),
             service.to_owned(),
             instances_tx,
+            snapshots_tx,
         ));
-        Ok(Self { instances_rx, task })
+        Ok(Self {
+            instances_rx,
+            snapshots_rx,
+            task,
+        })
+    }
+
+    /// A receiver of the latest instance set with the stream it came from.
+    pub fn subscribe_snapshots(&self) -> watch::Receiver<WatchSnapshot> {
+        self.snapshots_rx.clone()
     }
 
     /// A receiver of the latest instance set (empty until the registry first answers).
@@ -349,20 +396,27 @@ async fn watch_loop(
     mut client: RegistryClient<Channel>,
     service: String,
     instances_tx: watch::Sender<Vec<Instance>>,
+    snapshots_tx: watch::Sender<WatchSnapshot>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut stream_count = 0u64;
     loop {
         let request = WatchRequest {
             service: service.clone(),
         };
         match client.watch(request).await {
             Ok(response) => {
+                stream_count += 1;
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
                         Ok(Some(update)) => {
                             backoff = MIN_BACKOFF;
                             tracing::debug!(%service, instances = update.instances.len(), revision = update.revision, "instance set changed");
+                            snapshots_tx.send_replace(WatchSnapshot {
+                                stream: stream_count,
+                                instances: update.instances.clone(),
+                            });
                             instances_tx.send_replace(update.instances);
                         }
                         Ok(None) => {
@@ -378,7 +432,7 @@ async fn watch_loop(
             }
             Err(status) => tracing::debug!(%service, %status, "cannot open watch; retrying"),
         }
-        if instances_tx.is_closed() {
+        if instances_tx.is_closed() && snapshots_tx.is_closed() {
             return;
         }
         tokio::time::sleep(backoff).await;

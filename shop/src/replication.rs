@@ -80,7 +80,15 @@
 //! forged registration with a high term expired) cannot both accept writes: the loser's
 //! claim is refused, it never took a write, it fences itself (writes UNAVAILABLE) and the
 //! failover watch makes it follow the winner, or promote again with a higher term if the
-//! winner vanished. A refused term is never claimed again.
+//! winner vanished. A refused term is never claimed again, and a refused claimant promotes
+//! again only from a newer instance set than the one it lost on (which lacked the winner).
+//! A claim whose KeepAlive got no answer is re-sent until accepted or refused.
+//!
+//! The failover watch promotes only when a primary it saw *on the current Watch stream*
+//! is gone: a restarted registry forgets every lease until the next KeepAlive, and its
+//! first, primary-less set must not look like the primary's death. A write commits under
+//! the term read on both sides of the store's fence check (`Store::writable_term`), so a
+//! step-down racing a write never labels that write with the new primary's term.
 //!
 //! **WAL trimming** (`--wal-retain N`, off by default: the WAL grows). A trimmer task
 //! deletes entries with LSN < floor every [`WAL_TRIM_INTERVAL`] and once at shutdown,
@@ -384,7 +392,10 @@ impl Replicator {
         }
     }
 
-    /// `Ok` unless a lease guard is set and the lease may be about to expire.
+    /// `Ok` unless a lease guard is set and the lease may be about to expire, or the
+    /// registry has not accepted this primary's claim to its term. Both refusals happen
+    /// before anything is written ([`ShopError::Fenced`]: a client may send the write
+    /// elsewhere).
     fn check_lease(&self) -> Result<()> {
         let Some(guard) = self.lease.get() else {
             return Ok(());
@@ -392,7 +403,7 @@ impl Replicator {
         match *guard.valid_until.borrow() {
             Some(until) if std::time::Instant::now() + guard.margin < until => {}
             _ => {
-                return Err(ShopError::Unavailable(
+                return Err(ShopError::Fenced(
                     "this primary cannot confirm its registry lease (registry unreachable or lease lost); \
                      writes are refused until it renews it, so that a replica promoted meanwhile can never \
                      diverge from acknowledged writes"
@@ -409,7 +420,7 @@ impl Replicator {
         if confirmed {
             Ok(())
         } else {
-            Err(ShopError::Unavailable(format!(
+            Err(ShopError::Fenced(format!(
                 "this process claims the primary role for term {term} but the registry has not \
                  accepted the claim yet; retry in a moment"
             )))
@@ -559,7 +570,11 @@ impl Replicator {
         }
         // Heartbeats already raised our term to the primary's, so +1 is newer than anything
         // this replica has seen.
-        let new_term = term + 1;
+        let new_term = term.checked_add(1).ok_or_else(|| {
+            ShopError::precondition(format!(
+                "term {term} is the largest possible; this shop cannot be promoted"
+            ))
+        })?;
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.set_term(new_term)).await??;
         self.set_role_if(Role::Primary, |_| true);
@@ -1333,14 +1348,21 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
             return;
         }
     };
-    let mut instances_rx = watch.subscribe();
+    let mut instances_rx = watch.subscribe_snapshots();
     let mut role_rx = rep.subscribe_role();
     let mut stop_rx = rep.stop_rx.clone();
-    // Only promote after having seen a primary once: a replica that starts before its
-    // primary registered must not usurp it.
-    let mut seen_primary = false;
+    // Only promote after having seen a primary on the current Watch stream: a replica that
+    // starts before its primary registered must not usurp it, and neither may one whose
+    // registry restarted and has not yet heard the primary's next KeepAlive.
+    let mut seen_primary: Option<u64> = None;
+    // Whether this pass looks at an instance set it has not decided on yet. A pass woken
+    // by a role change (our own claim refused) sees the same set, which lacks the winner
+    // the registry already holds: promoting again from it would only claim a still higher
+    // term over a primary that may have acknowledged writes. Wait for the set to change.
+    let mut fresh_instances = true;
     loop {
-        let instances = instances_rx.borrow_and_update().clone();
+        let snapshot = instances_rx.borrow_and_update().clone();
+        let instances = snapshot.instances;
         let our_term = rep.store.term();
         let primaries: Vec<_> = instances
             .iter()
@@ -1354,7 +1376,7 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
             .filter_map(|i| Some((i.metadata.get("term")?.parse::<u64>().ok()?, *i)))
             .max_by_key(|(t, _)| *t)
         {
-            seen_primary = true;
+            seen_primary = Some(snapshot.stream);
             let (term, instance) = newer;
             let follow = match rep.role() {
                 // The registry grants one primary per term, so another primary at our term
@@ -1367,16 +1389,26 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
                     tracing::error!(error = %e, "cannot step down");
                 }
             }
-        } else if seen_primary && matches!(rep.role(), Role::Replica(_)) {
+        } else if seen_primary == Some(snapshot.stream)
+            && fresh_instances
+            && matches!(rep.role(), Role::Replica(_))
+        {
             tracing::warn!("no shop primary registered any more; promoting this replica");
             if let Err(e) = rep.promote(0).await {
                 tracing::error!(error = %e, "automatic promotion failed");
             }
         }
         tokio::select! {
-            changed = instances_rx.changed() => if changed.is_err() { return },
-            // A refused claim fences this process: decide again with the same instances.
-            changed = role_rx.changed() => if changed.is_err() { return },
+            changed = instances_rx.changed() => {
+                if changed.is_err() { return }
+                fresh_instances = true;
+            }
+            // A refused claim fences this process: decide again (follow a rival the set
+            // already shows), but promote only from a newer set.
+            changed = role_rx.changed() => {
+                if changed.is_err() { return }
+                fresh_instances = false;
+            }
             _ = stopped(&mut stop_rx) => return,
         }
     }

@@ -261,6 +261,24 @@ impl Store {
         self.writes_fenced.store(fenced, Ordering::Release);
     }
 
+    /// The term a write may commit under, or the fence's refusal. The term is read on both
+    /// sides of the fence check: a step-down closes the fence before it raises the term,
+    /// and a promotion raises the term before it opens the fence, so a write that saw the
+    /// fence open and the same term on both sides commits under a term in which this
+    /// process was the primary, never under the term of the primary it is about to follow.
+    fn writable_term(&self) -> Result<u64> {
+        let before = self.term();
+        self.check_not_fenced()?;
+        let after = self.term();
+        if before != after {
+            return Err(ShopError::Fenced(
+                "this shop's term changed while the write started; nothing was written: retry"
+                    .into(),
+            ));
+        }
+        Ok(after)
+    }
+
     fn check_not_fenced(&self) -> Result<()> {
         if self.writes_fenced.load(Ordering::Acquire) {
             return Err(ShopError::Fenced(
@@ -299,10 +317,9 @@ impl Store {
     where
         F: Fn(&Tx<'_>) -> TxResult<T>,
     {
-        self.check_not_fenced()?;
+        let term = self.writable_term()?;
         let in_flight = self.group.begin();
         let now_ms = now_unix_ms();
-        let term = self.term();
         let result = self.trees.as_slice().transaction(|views| {
             let tx = Tx::new(views, now_ms, false);
             let value = op(&tx)?;
@@ -344,15 +361,16 @@ impl Store {
     where
         F: Fn(usize, &Tx<'_>) -> TxResult<()>,
     {
-        if let Err(fenced) = self.check_not_fenced() {
-            return Ok(BatchOutcome {
-                term: self.term(),
-                writes: vec![Err(fenced); n],
-            });
-        }
-        // After the fence check: a promotion raises the term before it opens the fence.
+        let term = match self.writable_term() {
+            Ok(term) => term,
+            Err(fenced) => {
+                return Ok(BatchOutcome {
+                    term: self.term(),
+                    writes: vec![Err(fenced); n],
+                })
+            }
+        };
         let now_ms = now_unix_ms();
-        let term = self.term();
         let result = self.trees.as_slice().transaction(|views| {
             let tx = Tx::new(views, now_ms, true);
             let mut outcomes = Vec::with_capacity(n);

@@ -316,3 +316,48 @@ async fn start_replica_of(
     })
     .await
 }
+
+/// A registry restart forgets every lease until the next KeepAlive. The replica's watch
+/// reconnects to a registry that knows no primary yet; that must not look like the
+/// primary's death: no promotion, no second term, and the primary keeps its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_restart_does_not_promote_the_replica() {
+    let registry = TestRegistry::start().await;
+    let registry_addr = registry.addr;
+    let dir = tempfile::tempdir().unwrap();
+    // A 3 s lease: the primary renews (and so re-registers) only every second, while the
+    // replica's watch reconnects within a few hundred milliseconds, so the replica sees the
+    // new registry's primary-less set first.
+    let with_registry = |c: &mut concord_shop::Config| {
+        registered(registry_addr)(c);
+        c.lease_ttl = Duration::from_secs(3);
+    };
+    let primary = start(&dir.path().join("a"), with_registry).await;
+    let replica = start_replica_of(&primary, &dir.path().join("b"), with_registry).await;
+    assert!(eventually(WAIT, || async { registry.primaries().await.len() == 1 }).await);
+    let mut p = primary.client();
+    create(&mut p, "Before the restart", 1, 1).await;
+
+    registry.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = tokio::net::TcpListener::bind(registry_addr).await.unwrap();
+    let registry = TestRegistry::serve(listener);
+
+    // Watch the replica for over a lease TTL after the restart.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        let r = replica.status().await;
+        assert_eq!(
+            (r.role, r.term),
+            (pb::Role::Replica as i32, 1),
+            "the replica promoted itself after a registry restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(registry.primaries().await, vec![primary.addr.to_string()]);
+    create(&mut p, "After the restart", 1, 1).await;
+
+    primary.stop().await;
+    replica.stop().await;
+    registry.stop().await;
+}
