@@ -334,7 +334,6 @@ async fn wait_or_stop(delay: Duration, stop_rx: &mut oneshot::Receiver<()>) -> b
 
 /// Follows one service's instance set; the task stops when this is dropped.
 pub struct ServiceWatch {
-    instances_rx: watch::Receiver<Vec<Instance>>,
     snapshots_rx: watch::Receiver<WatchSnapshot>,
     task: JoinHandle<()>,
 }
@@ -355,34 +354,24 @@ impl ServiceWatch {
     /// Starts watching `service` at the registry at `registry_addr`.
     pub fn spawn(registry_addr: &str, service: &str) -> Result<Self, tonic::transport::Error> {
         let channel = crate::grpc::lazy_channel(registry_addr)?;
-        let (instances_tx, instances_rx) = watch::channel(Vec::new());
         let (snapshots_tx, snapshots_rx) = watch::channel(WatchSnapshot::default());
         let task = tokio::spawn(watch_loop(
             RegistryClient::new(channel),
             service.to_owned(),
-            instances_tx,
             snapshots_tx,
         ));
-        Ok(Self {
-            instances_rx,
-            snapshots_rx,
-            task,
-        })
+        Ok(Self { snapshots_rx, task })
     }
 
-    /// A receiver of the latest instance set with the stream it came from.
-    pub fn subscribe_snapshots(&self) -> watch::Receiver<WatchSnapshot> {
+    /// A receiver of the latest instance set (empty until the registry first answers)
+    /// with the stream it came from.
+    pub fn subscribe(&self) -> watch::Receiver<WatchSnapshot> {
         self.snapshots_rx.clone()
-    }
-
-    /// A receiver of the latest instance set (empty until the registry first answers).
-    pub fn subscribe(&self) -> watch::Receiver<Vec<Instance>> {
-        self.instances_rx.clone()
     }
 
     /// The latest instance set.
     pub fn current(&self) -> Vec<Instance> {
-        self.instances_rx.borrow().clone()
+        self.snapshots_rx.borrow().instances.clone()
     }
 }
 
@@ -395,7 +384,6 @@ impl Drop for ServiceWatch {
 async fn watch_loop(
     mut client: RegistryClient<Channel>,
     service: String,
-    instances_tx: watch::Sender<Vec<Instance>>,
     snapshots_tx: watch::Sender<WatchSnapshot>,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -415,9 +403,8 @@ async fn watch_loop(
                             tracing::debug!(%service, instances = update.instances.len(), revision = update.revision, "instance set changed");
                             snapshots_tx.send_replace(WatchSnapshot {
                                 stream: stream_count,
-                                instances: update.instances.clone(),
+                                instances: update.instances,
                             });
-                            instances_tx.send_replace(update.instances);
                         }
                         Ok(None) => {
                             tracing::info!(%service, "watch stream ended; reopening");
@@ -432,7 +419,7 @@ async fn watch_loop(
             }
             Err(status) => tracing::debug!(%service, %status, "cannot open watch; retrying"),
         }
-        if instances_tx.is_closed() && snapshots_tx.is_closed() {
+        if snapshots_tx.is_closed() {
             return;
         }
         tokio::time::sleep(backoff).await;

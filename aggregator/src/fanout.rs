@@ -156,7 +156,7 @@ async fn follow_registry(
 ) {
     let mut instances_rx = watch.subscribe();
     loop {
-        let instances = instances_rx.borrow_and_update().clone();
+        let instances = instances_rx.borrow_and_update().instances.clone();
         let previous = members_tx.borrow().clone();
         let next = rebuild(&previous, &instances);
         if next.len() != previous.len()

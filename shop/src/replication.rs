@@ -1348,7 +1348,7 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
             return;
         }
     };
-    let mut instances_rx = watch.subscribe_snapshots();
+    let mut instances_rx = watch.subscribe();
     let mut role_rx = rep.subscribe_role();
     let mut stop_rx = rep.stop_rx.clone();
     // Only promote after having seen a primary on the current Watch stream: a replica that

@@ -38,7 +38,7 @@ use std::{
 };
 
 use concord::{
-    discovery::ServiceWatch,
+    discovery::{ServiceWatch, WatchSnapshot},
     pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest},
 };
 use tokio::sync::watch;
@@ -146,7 +146,7 @@ impl Backends {
     }
 
     /// Receivers of the watched services' instance sets, by service name.
-    pub fn watches(&self) -> [(&'static str, watch::Receiver<Vec<Instance>>); 3] {
+    pub fn watches(&self) -> [(&'static str, watch::Receiver<WatchSnapshot>); 3] {
         [
             (SHOP, self.shop.subscribe()),
             (AGGREGATOR, self.aggregator.subscribe()),
