@@ -412,12 +412,7 @@ impl Replicator {
             }
         }
         let term = self.store.term();
-        let confirmed = {
-            let accepted = guard.accepted.borrow();
-            accepted.get("role").map(String::as_str) == Some("primary")
-                && accepted.get("term").and_then(|t| t.parse::<u64>().ok()) == Some(term)
-        };
-        if confirmed {
+        if primary_term(&guard.accepted.borrow()) == Some(term) {
             Ok(())
         } else {
             Err(ShopError::Fenced(format!(
@@ -432,9 +427,7 @@ impl Replicator {
     /// whom to follow, or promote again with a higher term. Never re-claims that term.
     pub fn claim_refused(&self, metadata: &HashMap<String, String>, reason: &str) {
         let term = self.store.term();
-        let ours = metadata.get("role").map(String::as_str) == Some("primary")
-            && metadata.get("term").and_then(|t| t.parse::<u64>().ok()) == Some(term);
-        if !ours {
+        if primary_term(metadata) != Some(term) {
             return;
         }
         let stepped_down =
@@ -743,11 +736,8 @@ pub async fn check_fence(registry: &str, service: &str, own_address: &str, our_t
     };
     instances
         .into_iter()
-        .filter(|i| {
-            i.address != own_address
-                && i.metadata.get("role").map(String::as_str) == Some("primary")
-        })
-        .filter_map(|i| Some((i.metadata.get("term")?.parse::<u64>().ok()?, i.address)))
+        .filter(|i| i.address != own_address)
+        .filter_map(|i| Some((primary_term(&i.metadata)?, i.address)))
         .filter(|(term, _)| *term > our_term)
         .max_by_key(|(term, _)| *term)
         .map_or(Fence::Clear, |(term, primary)| Fence::Follow {
@@ -1364,16 +1354,10 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
         let snapshot = instances_rx.borrow_and_update().clone();
         let instances = snapshot.instances;
         let our_term = rep.store.term();
-        let primaries: Vec<_> = instances
+        if let Some(newer) = instances
             .iter()
-            .filter(|i| {
-                i.metadata.get("role").map(String::as_str) == Some("primary")
-                    && i.address != rep.address
-            })
-            .collect();
-        if let Some(newer) = primaries
-            .iter()
-            .filter_map(|i| Some((i.metadata.get("term")?.parse::<u64>().ok()?, *i)))
+            .filter(|i| i.address != rep.address)
+            .filter_map(|i| Some((primary_term(&i.metadata)?, i)))
             .max_by_key(|(t, _)| *t)
         {
             seen_primary = Some(snapshot.stream);
@@ -1412,4 +1396,13 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
             _ = stopped(&mut stop_rx) => return,
         }
     }
+}
+
+/// The term a registry entry claims the primary role for: `Some` when its metadata (as
+/// [`Replicator::registry_metadata`] publishes it) says `role=primary` with a valid `term`.
+fn primary_term(metadata: &HashMap<String, String>) -> Option<u64> {
+    if metadata.get("role").map(String::as_str) != Some("primary") {
+        return None;
+    }
+    metadata.get("term")?.parse().ok()
 }

@@ -355,8 +355,9 @@ impl Store {
     ///
     /// Returns the term the batch committed in and each write's outcome in order (its LSN,
     /// `None` when it changed nothing, or its own error). An error of the batch itself
-    /// (storage) is returned instead and nothing of the batch is written. Nothing is durable yet: the caller must
-    /// [`flush_through`](Self::flush_through) the highest LSN before reporting any of it.
+    /// (storage) is returned instead and nothing of the batch is written. Nothing is
+    /// durable yet: the caller must [`flush_through`](Self::flush_through) the highest LSN
+    /// before reporting any of it.
     pub fn transact_batch<F>(&self, n: usize, run: F) -> Result<BatchOutcome>
     where
         F: Fn(usize, &Tx<'_>) -> TxResult<()>,
