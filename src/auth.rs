@@ -18,14 +18,26 @@ pub enum AuthError {
     /// No `authorization: Bearer …` metadata.
     #[error("missing bearer token: send metadata 'authorization: Bearer <token>'")]
     Missing,
-    /// A token was sent but it is not the right one.
-    #[error("invalid bearer token")]
+    /// A token or credential was sent but it is not the right one.
+    #[error("invalid token or credential")]
     Invalid,
+    /// No `x-concord-credential` metadata (and no client certificate).
+    #[error("missing cluster credential: send metadata 'x-concord-credential: <principal>:<hex>' (see `concord token credential`)")]
+    MissingCredential,
+    /// A credential or certificate identity that does not parse.
+    #[error("malformed credential: {0}")]
+    Malformed(String),
+    /// The caller proved who it is, but that principal may not do this.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl crate::error::Classify for AuthError {
     fn kind(&self) -> crate::error::ErrorKind {
-        crate::error::ErrorKind::Unauthenticated
+        match self {
+            Self::Forbidden(_) => crate::error::ErrorKind::PermissionDenied,
+            _ => crate::error::ErrorKind::Unauthenticated,
+        }
     }
 }
 
@@ -54,15 +66,17 @@ pub fn require_token(metadata: &MetadataMap, expected: &str) -> Result<(), AuthE
     }
 }
 
-/// The credential of `node_id` under `cluster_secret`.
+/// The MAC of node `node_id`'s credential under `cluster_secret` (the hex part of its
+/// [`crate::identity::Credential`]).
 pub fn node_credential(cluster_secret: &str, node_id: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(cluster_secret.as_bytes())
         .expect("HMAC accepts keys of any length");
+    mac.update(b"concord/v1/node/");
     mac.update(node_id.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Whether `token` is `node_id`'s credential under `cluster_secret` (constant-time).
+/// Whether `token` is `node_id`'s credential MAC under `cluster_secret` (constant-time).
 pub fn verify_node_credential(cluster_secret: &str, node_id: &str, token: &str) -> bool {
     constant_time_eq(
         node_credential(cluster_secret, node_id).as_bytes(),
@@ -80,7 +94,8 @@ pub fn attach_bearer<T>(request: &mut tonic::Request<T>, token: &str) {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Byte equality whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -121,5 +136,12 @@ mod tests {
         assert!(!verify_node_credential("secret", "node-2", &alice));
         assert!(!verify_node_credential("other", "node-1", &alice));
         assert_eq!(alice.len(), 64);
+        let secret = crate::identity::ClusterSecret::new("secret").expect("secret");
+        let issued = secret.issue(crate::identity::Principal::Node("node-1".into()));
+        assert_eq!(
+            issued.token(),
+            alice,
+            "the same MAC as the node's credential"
+        );
     }
 }

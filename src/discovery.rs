@@ -41,6 +41,20 @@ pub struct Registration {
     pub metadata: HashMap<String, String>,
     /// Lease TTL; the keeper renews at a third of it.
     pub ttl: Duration,
+    /// The credential every Register/KeepAlive/Deregister carries (the registry refuses
+    /// anonymous registrations; `None` only for a registry that does not check).
+    pub credential: Option<crate::identity::Credential>,
+}
+
+impl Registration {
+    /// A tonic request carrying this registration's credential.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(credential) = &self.credential {
+            credential.attach(&mut request);
+        }
+        request
+    }
 }
 
 /// Metadata the registry refused (`FAILED_PRECONDITION`: e.g. a primary claim for a term
@@ -225,7 +239,7 @@ async fn keep_alive_loop(
             };
             let sent = Instant::now();
             let result = tokio::select! {
-                r = tokio::time::timeout(CALL_TIMEOUT, client.register(request)) => r,
+                r = tokio::time::timeout(CALL_TIMEOUT, client.register(registration.request(request))) => r,
                 _ = &mut stop_rx => return,
             };
             match result {
@@ -272,7 +286,7 @@ async fn keep_alive_loop(
             },
             _ = &mut stop_rx => {
                 let request = DeregisterRequest { lease_id: lease_id.clone() };
-                match tokio::time::timeout(CALL_TIMEOUT, client.deregister(request)).await {
+                match tokio::time::timeout(CALL_TIMEOUT, client.deregister(registration.request(request))).await {
                     Ok(Ok(_)) => tracing::info!(service = %registration.service, lease = %lease_id, "deregistered"),
                     Ok(Err(status)) => tracing::warn!(%status, "deregister failed"),
                     Err(_) => tracing::warn!("deregister timed out"),
@@ -285,7 +299,12 @@ async fn keep_alive_loop(
             metadata: metadata.clone().map(|entries| Metadata { entries }),
         };
         let sent = Instant::now();
-        match tokio::time::timeout(CALL_TIMEOUT, client.keep_alive(request)).await {
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.keep_alive(registration.request(request)),
+        )
+        .await
+        {
             Ok(Ok(_)) => {
                 retry_soon = false;
                 backoff = MIN_BACKOFF;

@@ -6,7 +6,8 @@
 //! - [`grpc`]: one way to run a gRPC server: limits, request-id spans, health, reflection
 //!   (v1 and v1alpha) and a bounded graceful shutdown; and one way to dial a peer.
 //! - [`error`]: the single mapping from a crate's error categories to `tonic::Status`.
-//! - [`auth`]: bearer tokens and per-node credentials.
+//! - [`auth`]: bearer tokens (admin, oracle); [`identity`]: who is calling inside the
+//!   cluster (principals, credentials); [`secrets`]: the cluster's secrets on disk.
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
 //! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
@@ -16,7 +17,9 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod grpc;
+pub mod identity;
 pub mod pb;
+pub mod secrets;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

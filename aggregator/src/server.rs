@@ -44,6 +44,8 @@ pub struct AggregatorConfig {
     pub advertise: Option<String>,
     /// Lease TTL requested from the registry.
     pub lease_ttl: Duration,
+    /// Credential this process proves its identity with (registry, peers).
+    pub credential: Option<concord::identity::Credential>,
 }
 
 /// Where and how the stake ledger runs.
@@ -73,6 +75,7 @@ impl AggregatorConfig {
             ledger: None,
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
+            credential: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl AggregatorConfig {
             }),
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
+            credential: None,
         }
     }
 }
@@ -151,6 +155,7 @@ pub async fn serve(
             address: concord_node::advertised_address(config.advertise.as_deref(), local_addr),
             metadata: HashMap::new(),
             ttl: config.lease_ttl,
+            credential: config.credential.clone(),
         },
     )
     .map_err(|e| Error::Config(format!("bad registry address {:?}: {e}", config.registry)))?;

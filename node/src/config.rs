@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Lease TTL requested from the registry.
     pub lease_ttl: Duration,
+    /// Credential this process proves its identity with (registry, peers).
+    pub credential: Option<concord::identity::Credential>,
 }
 
 impl NodeConfig {
@@ -48,6 +50,7 @@ impl NodeConfig {
             registry: None,
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
+            credential: None,
         }
     }
 

@@ -65,6 +65,7 @@ pub async fn serve(
                 address: advertised_address(config.advertise.as_deref(), local_addr),
                 metadata: registry_metadata(&node),
                 ttl: config.lease_ttl,
+                credential: config.credential.clone(),
             };
             let keeper = LeaseKeeper::spawn(registry, registration)
                 .map_err(|e| Error::Config(format!("bad registry address {registry:?}: {e}")))?;

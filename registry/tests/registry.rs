@@ -149,6 +149,7 @@ async fn lease_keeper_heals_after_registry_restart() {
             address: "127.0.0.1:7003".into(),
             metadata: HashMap::from([("model".into(), "knn".into())]),
             ttl: Duration::from_secs(1),
+            credential: None,
         },
     )
     .expect("keeper");

@@ -86,6 +86,8 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// Registry lease TTL (failover notices a dead primary within it).
     pub lease_ttl: Duration,
+    /// Credential this process proves its identity with (registry, peers).
+    pub credential: Option<concord::identity::Credential>,
     /// Group-commit linger (see `group_commit`).
     pub commit_linger: Duration,
     /// Role, mode and peer.
@@ -101,6 +103,7 @@ impl Config {
             registry_addr: None,
             advertise_addr: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
+            credential: None,
             commit_linger: DEFAULT_LINGER,
             replication: ReplicationConfig::default(),
         }
@@ -188,6 +191,7 @@ pub async fn serve(
                 address: address.clone(),
                 metadata: replicator.registry_metadata(),
                 ttl: config.lease_ttl,
+                credential: config.credential.clone(),
             };
             let mut keeper = concord::discovery::LeaseKeeper::spawn(registry, registration)
                 .map_err(|e| ShopError::Unavailable(format!("registry {registry}: {e}")))?;

@@ -83,6 +83,8 @@ pub struct Config {
     pub advertise: Option<String>,
     /// TTL of the gateway's own registry lease (renewed every TTL/3).
     pub lease_ttl: Duration,
+    /// Credential this process proves its identity with (registry, peers).
+    pub credential: Option<concord::identity::Credential>,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             cluster_refresh: Duration::from_secs(2),
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
+            credential: None,
         }
     }
 }
@@ -216,6 +219,7 @@ fn register(config: &Config, bound: SocketAddr) -> Result<LeaseKeeper, Error> {
         address: address.clone(),
         metadata: HashMap::from([(PROTOCOL_KEY.to_owned(), "http".to_owned())]),
         ttl: config.lease_ttl,
+        credential: config.credential.clone(),
     };
     let keeper = LeaseKeeper::spawn(&config.registry_addr, registration).map_err(|err| {
         Error::InvalidConfig(format!(

@@ -21,6 +21,10 @@ pub struct Args {
     /// Address to publish in the registry (default: the bound address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
+    /// <principal>` prints one; `concord up` hands each child its own).
+    #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
+    pub credential: Option<concord::identity::Credential>,
     /// How long to wait for the nodes; late answers are ignored.
     #[arg(long, env = "CONCORD_DEADLINE", default_value = "250ms", value_parser = crate::up::parse_duration)]
     pub deadline: Duration,
@@ -73,6 +77,7 @@ impl Args {
             ..ConsensusConfig::default()
         };
         config.advertise = self.advertise;
+        config.credential = self.credential;
         if let Some(ledger) = config.ledger.as_mut() {
             *ledger = LedgerConfig {
                 params: ScoringParams {

@@ -19,6 +19,10 @@ pub struct Args {
     /// Lease TTL of the gateway's registration.
     #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
     pub lease_ttl: Duration,
+    /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
+    /// <principal>` prints one; `concord up` hands each child its own).
+    #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
+    pub credential: Option<concord::identity::Credential>,
     /// Deadline of each backend call attempt (past it: 504).
     #[arg(long, env = "CONCORD_GATEWAY_CALL_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
     pub call_timeout: Duration,
@@ -40,6 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cluster_refresh: args.cluster_refresh,
         advertise: args.advertise,
         lease_ttl: args.lease_ttl,
+        credential: args.credential,
     };
     config.validate()?;
     let listener = super::bind_and_announce("gateway", args.listen).await?;

@@ -24,3 +24,8 @@ pub async fn bind_and_announce(role: &str, addr: SocketAddr) -> anyhow::Result<T
     tracing::info!(role, %bound, "listening");
     Ok(listener)
 }
+
+/// Parses a `--credential` value.
+pub fn parse_credential(text: &str) -> Result<concord::identity::Credential, String> {
+    concord::identity::Credential::parse(text).map_err(|err| err.to_string())
+}

@@ -44,6 +44,10 @@ pub struct Args {
     /// Lease TTL in the registry.
     #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
     pub lease_ttl: Duration,
+    /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
+    /// <principal>` prints one; `concord up` hands each child its own).
+    #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
+    pub credential: Option<concord::identity::Credential>,
 }
 
 impl Args {
@@ -80,6 +84,7 @@ impl Args {
         config.registry = (self.registry != "none").then_some(self.registry);
         config.advertise = self.advertise;
         config.lease_ttl = self.lease_ttl;
+        config.credential = self.credential;
         config.validate()?;
         Ok(config)
     }

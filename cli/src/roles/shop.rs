@@ -51,6 +51,10 @@ pub struct Args {
     /// Lease TTL in the registry (failover happens about one TTL after a primary dies).
     #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
     pub lease_ttl: Duration,
+    /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
+    /// <principal>` prints one; `concord up` hands each child its own).
+    #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
+    pub credential: Option<concord::identity::Credential>,
 }
 
 /// Serves the shop until Ctrl-C or SIGTERM.
@@ -66,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.registry_addr = args.registry;
     config.advertise_addr = args.advertise;
     config.lease_ttl = args.lease_ttl;
+    config.credential = args.credential;
     config.replication.mode = args.replication;
     config.replication.on_replica_loss = args.on_replica_loss;
     config.replication.sync_timeout = args.sync_timeout;

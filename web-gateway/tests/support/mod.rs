@@ -90,6 +90,7 @@ impl Harness {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 ttl: Duration::from_secs(5),
+                credential: None,
             },
         )?;
         if !keeper.wait_registered(DEADLINE).await {
