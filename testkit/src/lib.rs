@@ -21,6 +21,7 @@ use std::{
     time::Duration,
 };
 
+use concord::identity::{ClusterSecret, Credential, Principal};
 use concord_aggregator::AggregatorConfig;
 use concord_node::NodeConfig;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -133,6 +134,20 @@ impl<E> Drop for Running<E> {
     }
 }
 
+/// The cluster secret every in-process test cluster uses (tests only: real clusters get a
+/// random one from `concord up`).
+pub const CLUSTER_SECRET: &str = "concord-test-cluster-secret";
+
+/// [`CLUSTER_SECRET`] as a [`ClusterSecret`].
+pub fn cluster_secret() -> ClusterSecret {
+    ClusterSecret::new(CLUSTER_SECRET).expect("the test secret is not empty")
+}
+
+/// `principal`'s credential under [`CLUSTER_SECRET`].
+pub fn credential(principal: Principal) -> Credential {
+    cluster_secret().issue(principal)
+}
+
 /// A real registry with the default config on `127.0.0.1:0`.
 pub async fn registry() -> Running<tonic::transport::Error> {
     registry_on(local()).await
@@ -157,11 +172,14 @@ pub async fn aggregator(config: AggregatorConfig) -> Running<concord_aggregator:
     Running::spawn(|listener, shutdown| concord_aggregator::serve(config, listener, shutdown)).await
 }
 
-/// `config` registered at `registry` with the shortest lease ([`LEASE_TTL`]).
+/// `config` registered at `registry` with the shortest lease ([`LEASE_TTL`]) and its
+/// node's credential.
 pub fn registered(config: NodeConfig, registry: SocketAddr) -> NodeConfig {
+    let credential = Some(credential(Principal::Node(config.node_id.to_string())));
     NodeConfig {
         registry: Some(registry.to_string()),
         lease_ttl: LEASE_TTL,
+        credential,
         ..config
     }
 }
