@@ -52,9 +52,13 @@ pub enum Target {
         /// create (CreateProduct) or order (AddCartItem + timed PlaceOrder).
         #[arg(long, default_value = "create")]
         operation: String,
-        /// Admin token for product creation.
-        #[arg(long, env = "CONCORD_ADMIN_TOKEN", default_value = concord::config::DEV_ADMIN_TOKEN)]
-        admin_token: String,
+        /// Admin token for product creation (default: the one `concord up` stored under
+        /// `--data-dir`, see `concord token admin`).
+        #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// The cluster's data directory, read for the admin token when none is given.
+        #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -143,7 +147,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             load,
             operation,
             admin_token,
+            data_dir,
         } => {
+            let admin_token = match admin_token {
+                Some(token) => token,
+                None => {
+                    concord::secrets::Secrets::load(&data_dir)
+                        .map_err(|err| {
+                            anyhow::anyhow!(
+                                "no --admin-token and no stored secrets in {} ({err})",
+                                concord::secrets::dir(&data_dir).display()
+                            )
+                        })?
+                        .admin_token
+                }
+            };
             let channels = channels(&load)?;
             let token = Arc::new(admin_token);
             match operation.as_str() {

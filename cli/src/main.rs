@@ -9,6 +9,7 @@ mod roles;
 mod simulate;
 mod status;
 mod supervisor;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the service registry.
     Registry(roles::registry::Args),
+    /// Print the admin or oracle token, or a principal's credential.
+    Token(token::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             Command::Shop(args) => roles::shop::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Registry(args) => roles::registry::run(args).await,
+            Command::Token(args) => token::run(args),
         }
     })
 }

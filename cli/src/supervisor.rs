@@ -73,7 +73,19 @@ pub struct ChildSpec {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Environment variables set for it (secrets and credentials travel here, not in
+    /// `args`, which every local user can read in `ps`).
+    pub env: Vec<(String, String)>,
 }
+
+/// Variables that carry a secret: a child gets only those its spec names, never one
+/// inherited from the launcher's environment (a node must not learn the cluster secret).
+pub const SECRET_ENV_VARS: [&str; 4] = [
+    "CONCORD_CLUSTER_SECRET",
+    "CONCORD_ADMIN_TOKEN",
+    "CONCORD_ORACLE_TOKEN",
+    "CONCORD_CREDENTIAL",
+];
 
 /// Where a child is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,8 +317,12 @@ async fn reached(phase_rx: &mut watch::Receiver<Phase>, phase: Phase) {
 
 fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
     let mut command = Command::new(&spec.program);
+    for var in SECRET_ENV_VARS {
+        command.env_remove(var);
+    }
     command
         .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -382,6 +398,7 @@ mod tests {
             role: "test".into(),
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
+            env: Vec::new(),
         }
     }
 

@@ -9,8 +9,21 @@
 //!
 //! Every child that (re)starts and announces its address prints one line on stdout:
 //! `concord up: <name> (<role>) pid <pid> running on <addr>` — scripts and tests follow it.
+//!
+//! Secrets: the first start creates a random cluster secret, admin token and oracle token
+//! under `<data-dir>/secrets/` (mode 0600; `concord token` prints them) and every later
+//! start reuses them. Each child gets, in its environment, only what its role needs: the
+//! registry the cluster secret (to check every registration), the aggregator the cluster
+//! secret (to check `Stake` credentials) and the oracle token, the shops the admin token,
+//! and every process its own credential — a node never sees the cluster secret, so it can
+//! speak only for itself.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use concord::{
+    identity::{ClusterSecret, Principal},
+    secrets::Secrets,
+};
 
 use crate::supervisor::{ChildSpec, ChildState, RestartPolicy, Supervised};
 
@@ -40,6 +53,42 @@ pub struct Args {
     /// How long each child may take to announce its address.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub start_timeout: Duration,
+    /// Cluster secret (default: `<data-dir>/secrets/cluster-secret`, created at random).
+    #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Admin token (default: `<data-dir>/secrets/admin-token`, created at random).
+    #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Oracle token (default: `<data-dir>/secrets/oracle-token`, created at random).
+    #[arg(long, env = "CONCORD_ORACLE_TOKEN", hide_env_values = true)]
+    pub oracle_token: Option<String>,
+}
+
+/// The cluster's secrets: the files under `data_dir` (created when missing), each
+/// overridden by its flag or environment variable when given.
+pub fn cluster_secrets(
+    data_dir: &std::path::Path,
+    cluster_secret: Option<String>,
+    admin_token: Option<String>,
+    oracle_token: Option<String>,
+) -> anyhow::Result<Secrets> {
+    let stored = Secrets::load_or_create(data_dir).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read or create the secrets in {}: {err}",
+            concord::secrets::dir(data_dir).display()
+        )
+    })?;
+    let secrets = Secrets {
+        cluster_secret: cluster_secret.unwrap_or(stored.cluster_secret),
+        admin_token: admin_token.unwrap_or(stored.admin_token),
+        oracle_token: oracle_token.unwrap_or(stored.oracle_token),
+    };
+    ClusterSecret::new(secrets.cluster_secret.clone())?;
+    anyhow::ensure!(
+        !secrets.admin_token.trim().is_empty() && !secrets.oracle_token.trim().is_empty(),
+        "the admin and oracle tokens must not be empty"
+    );
+    Ok(secrets)
 }
 
 /// Parses `250ms`, `3s` or `2m`.
@@ -86,8 +135,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         auto: args.auto_ports,
     };
     let policy = RestartPolicy::default();
+    let secrets = cluster_secrets(
+        &args.data_dir,
+        args.cluster_secret.clone(),
+        args.admin_token.clone(),
+        args.oracle_token.clone(),
+    )?;
+    println!(
+        "secrets in {} (`concord token admin|oracle --data-dir {}` prints the tokens)",
+        concord::secrets::dir(&args.data_dir).display(),
+        args.data_dir.display()
+    );
 
-    let (registry_addr, tiers) = plan(&args, &program, &ports)?;
+    let (registry_addr, tiers) = plan(&args, &program, &ports, &secrets)?;
 
     let mut running: Vec<Supervised> = Vec::new();
     for tier in tiers {
@@ -125,6 +185,7 @@ fn plan(
     args: &Args,
     program: &std::path::Path,
     ports: &PortPlan,
+    secrets: &Secrets,
 ) -> anyhow::Result<(SocketAddr, Vec<Vec<ChildSpec>>)> {
     anyhow::ensure!(
         args.faulty <= args.nodes,
@@ -132,12 +193,22 @@ fn plan(
         args.faulty,
         args.nodes
     );
-    let child = |name: String, role: &str, args: Vec<String>| ChildSpec {
-        name,
-        role: role.into(),
-        program: program.to_path_buf(),
-        args,
+    let cluster_secret = ClusterSecret::new(secrets.cluster_secret.clone())?;
+    let credential = |principal: Principal| {
+        (
+            "CONCORD_CREDENTIAL".to_owned(),
+            cluster_secret.issue(principal).encode(),
+        )
     };
+    let secret_env = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+    let child =
+        |name: String, role: &str, args: Vec<String>, env: Vec<(String, String)>| ChildSpec {
+            name,
+            role: role.into(),
+            program: program.to_path_buf(),
+            args,
+            env,
+        };
     let registry_addr = ports.addr(concord::config::DEFAULT_REGISTRY_ADDR)?;
     let registry = registry_addr.to_string();
 
@@ -168,6 +239,7 @@ fn plan(
                 "--registry",
                 &registry,
             ]),
+            vec![credential(Principal::Node(id.clone()))],
         ));
     }
 
@@ -184,8 +256,17 @@ fn plan(
             "--ledger-path",
             &args.data_dir.join("ledger").to_string_lossy(),
         ]),
+        vec![
+            credential(Principal::Aggregator),
+            secret_env("CONCORD_CLUSTER_SECRET", &secrets.cluster_secret),
+            secret_env("CONCORD_ORACLE_TOKEN", &secrets.oracle_token),
+        ],
     ));
 
+    let shop_env = vec![
+        credential(Principal::Shop),
+        secret_env("CONCORD_ADMIN_TOKEN", &secrets.admin_token),
+    ];
     let shop_addr = ports.addr(concord::config::DEFAULT_SHOP_PRIMARY_ADDR)?;
     services.push(child(
         "shop-1".into(),
@@ -201,6 +282,7 @@ fn plan(
             "--data-dir",
             &args.data_dir.join("shop-1").to_string_lossy(),
         ]),
+        shop_env.clone(),
     ));
     if args.replication != "none" {
         let replica_addr = ports.addr(concord::config::DEFAULT_SHOP_REPLICA_ADDR)?;
@@ -222,6 +304,7 @@ fn plan(
                 "--data-dir",
                 &args.data_dir.join("shop-2").to_string_lossy(),
             ]),
+            shop_env,
         ));
     }
 
@@ -236,12 +319,17 @@ fn plan(
             "--registry",
             &registry,
         ]),
+        vec![credential(Principal::Gateway)],
     ));
 
     let registry_tier = vec![child(
         "registry".into(),
         "registry",
         strings(&["registry", "--listen", &registry]),
+        vec![secret_env(
+            "CONCORD_CLUSTER_SECRET",
+            &secrets.cluster_secret,
+        )],
     )];
     Ok((registry_addr, vec![registry_tier, services]))
 }

@@ -38,7 +38,6 @@ except ImportError as err:
 CLASS_NAMES = ["setosa", "versicolor", "virginica"]
 # A virginica from the Iris data set (sepal length, sepal width, petal length, petal width).
 FLOWER = [6.3, 3.3, 6.0, 2.5]
-DEFAULT_ADMIN_TOKEN = "concord-dev-admin"
 # Status codes worth retrying while the cluster is still coming up.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -203,7 +202,12 @@ def main():
         help="consensus policy",
     )
     args = parser.parse_args()
-    admin_token = os.environ.get("CONCORD_ADMIN_TOKEN", DEFAULT_ADMIN_TOKEN)
+    admin_token = os.environ.get("CONCORD_ADMIN_TOKEN", "")
+    if not admin_token:
+        sys.exit(
+            "python-client: FAILED: setup: CONCORD_ADMIN_TOKEN is not set; "
+            "run: export CONCORD_ADMIN_TOKEN=$(concord token admin)"
+        )
     deadline = time.monotonic() + args.wait
 
     with grpc.insecure_channel(args.registry) as registry_channel:

@@ -112,6 +112,9 @@ while :; do
   sleep 0.2
 done
 say "cluster running; registry at $registry_addr"
+# The cluster made its own random admin token on first start; `concord token` reads it.
+CONCORD_ADMIN_TOKEN="$("$CONCORD_BIN" token admin --data-dir "$data_dir/data")"
+export CONCORD_ADMIN_TOKEN
 
 # --- The client.
 set +e

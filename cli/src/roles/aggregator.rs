@@ -53,21 +53,29 @@ pub struct Args {
     /// Trust EMA rate α (0..1].
     #[arg(long, default_value_t = ScoringParams::default().alpha)]
     pub trust_alpha: f64,
-    /// Cluster secret that node credentials derive from.
-    #[arg(long, env = "CONCORD_CLUSTER_SECRET", default_value = concord::config::DEV_CLUSTER_SECRET, hide_default_value = true)]
-    pub cluster_secret: String,
-    /// Token ReportOutcome requires.
-    #[arg(long, env = "CONCORD_ORACLE_TOKEN", default_value = concord::config::DEV_ORACLE_TOKEN, hide_default_value = true)]
-    pub oracle_token: String,
+    /// Cluster secret that node credentials derive from (default: the stored one).
+    #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Token ReportOutcome requires (default: the stored one).
+    #[arg(long, env = "CONCORD_ORACLE_TOKEN", hide_env_values = true)]
+    pub oracle_token: Option<String>,
+    /// Where the stored secrets are.
+    #[command(flatten)]
+    pub secrets: super::SecretsSource,
 }
 
 impl Args {
     fn into_config(self) -> anyhow::Result<AggregatorConfig> {
-        if self.cluster_secret == concord::config::DEV_CLUSTER_SECRET
-            || self.oracle_token == concord::config::DEV_ORACLE_TOKEN
-        {
-            tracing::warn!("running with the development cluster secret / oracle token; set CONCORD_CLUSTER_SECRET and CONCORD_ORACLE_TOKEN outside a laptop");
-        }
+        let (cluster_secret, oracle_token) = match (self.cluster_secret, self.oracle_token) {
+            (Some(secret), Some(token)) => (secret, token),
+            (secret, token) => {
+                let stored = self.secrets.load()?;
+                (
+                    secret.unwrap_or(stored.cluster_secret),
+                    token.unwrap_or(stored.oracle_token),
+                )
+            }
+        };
         let slash_bps = slash_bps_from_fraction(self.slash_fraction).map_err(anyhow::Error::msg)?;
         let mut config = AggregatorConfig::with_ledger(self.registry, self.ledger_path);
         config.consensus = ConsensusConfig {
@@ -88,8 +96,8 @@ impl Args {
                     alpha: self.trust_alpha,
                 },
                 auth: StakingAuth {
-                    cluster_secret: self.cluster_secret,
-                    oracle_token: self.oracle_token,
+                    cluster_secret,
+                    oracle_token,
                 },
                 ..ledger.clone()
             };

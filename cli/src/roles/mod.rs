@@ -10,7 +10,7 @@ pub mod node;
 pub mod registry;
 pub mod shop;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use tokio::net::TcpListener;
 
@@ -23,6 +23,35 @@ pub async fn bind_and_announce(role: &str, addr: SocketAddr) -> anyhow::Result<T
     println!("{}", concord::config::listening_line(role, bound));
     tracing::info!(role, %bound, "listening");
     Ok(listener)
+}
+
+/// Where a role started by hand finds the cluster's secrets that no flag gave it.
+#[derive(Debug, clap::Args)]
+pub struct SecretsSource {
+    /// The cluster's data directory: secrets not given by flag or environment are read
+    /// from `<dir>/secrets/` (created at random on first use, as `concord up` does).
+    #[arg(
+        long = "cluster-data-dir",
+        env = "CONCORD_DATA_DIR",
+        default_value = "./data"
+    )]
+    pub cluster_data_dir: PathBuf,
+}
+
+impl SecretsSource {
+    /// The stored secrets (created when missing); logs where they came from.
+    pub fn load(&self) -> anyhow::Result<concord::secrets::Secrets> {
+        let dir = concord::secrets::dir(&self.cluster_data_dir);
+        let secrets =
+            concord::secrets::Secrets::load_or_create(&self.cluster_data_dir).map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot read or create the secrets in {}: {err}",
+                    dir.display()
+                )
+            })?;
+        tracing::info!(dir = %dir.display(), "using the cluster secrets stored on disk");
+        Ok(secrets)
+    }
 }
 
 /// Parses a `--credential` value.

@@ -13,9 +13,12 @@ pub struct Args {
     /// Directory of this shop's sled database.
     #[arg(long, env = "CONCORD_SHOP_DATA_DIR", default_value = "./data/shop")]
     pub data_dir: PathBuf,
-    /// Token product mutations and Promote require.
-    #[arg(long, env = "CONCORD_ADMIN_TOKEN", default_value = concord::config::DEV_ADMIN_TOKEN, hide_default_value = true)]
-    pub admin_token: String,
+    /// Token product mutations and Promote require (default: the cluster's stored one).
+    #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Where the stored secrets are.
+    #[command(flatten)]
+    pub secrets: super::SecretsSource,
     /// Registry to register with (none: run unregistered).
     #[arg(long, env = "CONCORD_REGISTRY")]
     pub registry: Option<String>,
@@ -60,13 +63,12 @@ pub struct Args {
 /// Serves the shop until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
-    if args.admin_token == concord::config::DEV_ADMIN_TOKEN {
-        tracing::warn!(
-            "running with the development admin token; set CONCORD_ADMIN_TOKEN outside a laptop"
-        );
-    }
+    let admin_token = match args.admin_token {
+        Some(token) => token,
+        None => args.secrets.load()?.admin_token,
+    };
     let mut config = concord_shop::Config::new(args.data_dir);
-    config.admin_token = args.admin_token;
+    config.admin_token = admin_token;
     config.registry_addr = args.registry;
     config.advertise_addr = args.advertise;
     config.lease_ttl = args.lease_ttl;
