@@ -18,7 +18,8 @@
 //!   idempotency key, or an outcome report that the ledger scores once). A plain write is
 //!   never repeated after `UNAVAILABLE`: it may have been applied.
 //! - **Writes refused by a replica.** A shop replica refuses a write with
-//!   `FAILED_PRECONDITION` + `x-concord-primary: <primary>`, and a fenced shop (one that
+//!   `FAILED_PRECONDITION` + `x-concord-primary: <primary>` (followed only when that
+//!   address is a shop the registry lists), and a fenced shop (one that
 //!   stepped down and knows no primary yet) with `UNAVAILABLE` + `x-concord-primary: ""`,
 //!   both *before doing anything*, so re-sending ANY write (idempotent or not) is safe. The gateway sends it once more: to the
 //!   hinted primary when it has not been tried, else to a primary it re-resolves from the
@@ -278,8 +279,15 @@ pub fn retry_target(
             .iter()
             .find(|addr| !tried.contains(addr))
             .cloned(),
+        // A hint is followed only to a shop the registry lists (it authenticated that
+        // registration): the request may carry the caller's admin token, and a hint is
+        // a claim inside a message. Any other hint falls back to a fresh registry lookup.
         Code::FailedPrecondition if access != Access::Read => primary_hint(status)
-            .filter(|primary| !primary.is_empty() && !tried.iter().any(|t| t == primary))
+            .filter(|primary| {
+                !primary.is_empty()
+                    && !tried.iter().any(|t| t == primary)
+                    && candidates.iter().any(|c| c == primary)
+            })
             .map(str::to_owned),
         _ => None,
     }
@@ -511,9 +519,12 @@ mod tests {
             (Status::cancelled("conn reset"), Access::Write, None),
             (Status::not_found("x"), Access::Read, None),
             (Status::deadline_exceeded("slow"), Access::Read, None),
-            (hinted("c"), Access::Write, Some("c")),
-            (hinted("c"), Access::IdempotentWrite, Some("c")),
-            (hinted("c"), Access::Read, None),
+            (hinted("b"), Access::Write, Some("b")),
+            (hinted("b"), Access::IdempotentWrite, Some("b")),
+            (hinted("b"), Access::Read, None),
+            // Not a registered shop: never handed the request (and its token).
+            (hinted("c"), Access::Write, None),
+            (hinted("evil:1"), Access::IdempotentWrite, None),
             (hinted("a"), Access::Write, None),
             (hinted(""), Access::Write, None),
             (
