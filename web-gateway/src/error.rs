@@ -51,7 +51,7 @@ pub enum Error {
     #[error("no route for {}", concord::error::quote(.0))]
     NoRoute(String),
     /// The path exists but not with this method.
-    #[error("method {method} is not allowed on {path} (allowed: {allowed})")]
+    #[error("method {method} is not allowed on {}; allowed: {allowed}", concord::error::quote(.path))]
     MethodNotAllowed {
         /// The method the client used.
         method: Method,
@@ -267,6 +267,7 @@ impl IntoResponse for Error {
 fn status_code_name(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "invalid_argument",
+        StatusCode::FORBIDDEN => "permission_denied",
         StatusCode::NOT_FOUND => "no_route",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
@@ -284,6 +285,7 @@ fn status_code_name(status: StatusCode) -> &'static str {
 /// The gRPC code closest to an HTTP status produced outside the handlers.
 fn grpc_code_for(status: StatusCode) -> Code {
     match status {
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
         StatusCode::NOT_FOUND => Code::NotFound,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,

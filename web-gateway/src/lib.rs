@@ -30,6 +30,7 @@
 
 pub mod backends;
 pub mod dto;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod routes;
@@ -44,14 +45,21 @@ use std::{
 };
 
 use axum::{
+    body::Body,
     extract::DefaultBodyLimit,
-    http::{HeaderName, Request},
+    http::{
+        header::{
+            CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+        },
+        HeaderName, HeaderValue, Request,
+    },
 };
 use concord::discovery::{LeaseKeeper, Registration};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
     trace::{DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
@@ -85,6 +93,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Credential this process proves its identity with (registry, peers).
     pub credential: Option<concord::identity::Credential>,
+    /// Header-read timeout and connection limit of the HTTP listener ([`edge`]).
+    pub limits: edge::Limits,
 }
 
 impl Default for Config {
@@ -97,6 +107,7 @@ impl Default for Config {
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
             credential: None,
+            limits: edge::Limits::default(),
         }
     }
 }
@@ -115,6 +126,14 @@ impl Config {
         }
         if self.cluster_refresh.is_zero() {
             return Err(Error::InvalidConfig("cluster_refresh must be > 0".into()));
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "header_read_timeout must be > 0".into(),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(Error::InvalidConfig("max_connections must be > 0".into()));
         }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(Error::InvalidConfig("lease_ttl must be >= 1s".into()));
@@ -147,32 +166,54 @@ pub async fn serve(
         backends,
         call_timeout: config.call_timeout,
         cluster_refresh: config.cluster_refresh,
-        shutdown_rx: shutdown_rx.clone(),
+        shutdown_rx,
         openapi_json: Arc::new(openapi_json),
     };
 
     let request_id = HeaderName::from_static(extract::REQUEST_ID);
-    let app = router
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        // Outside the routes, inside the request id: every error response leaves as JSON.
-        .layer(axum::middleware::from_fn(error::json_errors))
+    // The layers wrap the whole router, not each route: a `405`'s `Allow` header, which the
+    // router adds after its routes' layers, is then visible to `json_errors`. Outermost
+    // first; see the module doc and [`edge`].
+    let app = ServiceBuilder::new()
+        .map_request(|request: Request<hyper::body::Incoming>| request.map(Body::new))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                        let id = request
-                            .headers()
-                            .get(extract::REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-");
-                        tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                    })
-                    // Failed replies are logged once, with their cause, by `Error`.
-                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-                )
-                .layer(PropagateRequestIdLayer::new(request_id)),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request
+                        .headers()
+                        .get(extract::REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                // Failed replies are logged once, with their cause, by `Error`.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(SetResponseHeaderLayer::overriding(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(edge::CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            X_FRAME_OPTIONS,
+            HeaderValue::from_static(edge::X_FRAME_OPTIONS),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static(edge::X_CONTENT_TYPE_OPTIONS),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            REFERRER_POLICY,
+            HeaderValue::from_static(edge::REFERRER_POLICY),
+        ))
+        // Inside the headers, outside the routes: every error response leaves as JSON.
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(edge::csrf_layer())
+        .service(
+            router
+                .with_state(state)
+                .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
         );
 
     let addr = listener.local_addr().ok();
@@ -183,8 +224,8 @@ pub async fn serve(
             None
         }
     };
-    tracing::info!(?addr, registry = %config.registry_addr, "web gateway serving");
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tracing::info!(?addr, registry = %config.registry_addr, limits = ?config.limits, "web gateway serving");
+    edge::serve_http(listener, app, config.limits, SHUTDOWN_GRACE, async move {
         shutdown.await;
         tracing::info!("web gateway shutting down");
         shutdown_tx.send_replace(true);
@@ -194,21 +235,10 @@ pub async fn serve(
             keeper.deregister().await;
             tracing::info!("web gateway deregistered");
         }
-    });
-    let grace_over = async {
-        AppState::shutting_down(shutdown_rx).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        result = server => {
-            tracing::info!(?addr, "web gateway stopped");
-            result.map_err(Error::Io)
-        }
-        () = grace_over => {
-            tracing::warn!(?addr, grace = ?SHUTDOWN_GRACE, "grace period over; dropping open connections");
-            Ok(())
-        }
-    }
+    })
+    .await;
+    tracing::info!(?addr, "web gateway stopped");
+    Ok(())
 }
 
 /// Starts keeping the gateway's registration alive (see the module doc).
