@@ -2,8 +2,12 @@
 //! cluster's gRPC services.
 //!
 //! A request walks through:
-//! 1. tower layers: a request id (`x-request-id`, generated when absent, echoed in the
-//!    reply and forwarded to the backend), a tracing span carrying it, a body size limit;
+//! 0. the listener ([`edge::serve_http`]): HTTP/1.1 with a header-read timeout and a
+//!    connection limit, so slow or too many clients cannot exhaust it;
+//! 1. tower layers around the whole router: a request id (`x-request-id`, generated when
+//!    absent, echoed in the reply and forwarded to the backend), a tracing span carrying
+//!    it, the security headers of every response and the cross-site write rule
+//!    ([`edge`]), a body size limit;
 //! 2. a handler in [`routes`] that turns path/query/JSON into a protobuf request — malformed
 //!    input is a `400` with the parser's reason;
 //! 3. [`backends`], which picks an instance found through the registry's `Watch` (shop
@@ -23,7 +27,8 @@
 //! Failure behaviour: with no live instance of a backend the answer is `503
 //! {"code":"unavailable"}`; while the registry is down the last known instances keep being
 //! used. `/api/events` streams end on shutdown; after the shutdown future resolves, the
-//! server stops accepting and gives open requests [`SHUTDOWN_GRACE`] to finish.
+//! server stops accepting and gives open requests [`SHUTDOWN_GRACE`] to finish, then drops
+//! the connections still open.
 //!
 //! Non-goals: authentication of its own (bearer tokens are passed through to the services
 //! that check them), TLS, caching of replies.
