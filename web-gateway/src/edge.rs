@@ -25,6 +25,10 @@
 //!   its previous request, so idle keep-alive connections too — is closed. A slowloris
 //!   client dripping one header byte at a time is therefore cut after that time, whatever
 //!   it sends.
+//! - **Slow bodies**: a request body must arrive whole within [`Limits::body_read_timeout`]
+//!   of the handler starting to read it (`tower-http`'s `RequestBodyDeadlineLayer`, wired
+//!   in `lib.rs`: a hard deadline, not an idle timeout a drip could keep resetting); past it
+//!   the request fails with a `400` and the connection is free again.
 //! - **Too many clients**: at most [`Limits::max_connections`] connections are open at once.
 //!   When all are taken the listener stops accepting (new connections wait in the kernel's
 //!   backlog) until one closes, so memory and file descriptors stay bounded; the header-read
@@ -69,6 +73,8 @@ pub const REFERRER_POLICY: &str = "no-referrer";
 
 /// Default time a client has to send a complete request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a request body has to arrive whole.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default most connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -79,6 +85,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct Limits {
     /// Time a connection has to send a complete request head; then it is closed.
     pub header_read_timeout: Duration,
+    /// Time a request body has to arrive whole, from the handler starting to read it.
+    pub body_read_timeout: Duration,
     /// Most connections open at once; past it the listener stops accepting.
     pub max_connections: usize,
 }
@@ -87,6 +95,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

@@ -7,7 +7,7 @@
 //! 1. tower layers around the whole router: a request id (`x-request-id`, generated when
 //!    absent, echoed in the reply and forwarded to the backend), a tracing span carrying
 //!    it, the security headers of every response and the cross-site write rule
-//!    ([`edge`]), a body size limit;
+//!    ([`edge`]), a deadline and a size limit for the body;
 //! 2. a handler in [`routes`] that turns path/query/JSON into a protobuf request — malformed
 //!    input is a `400` with the parser's reason;
 //! 3. [`backends`], which picks an instance found through the registry's `Watch` (shop
@@ -65,6 +65,7 @@ use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
+    timeout::RequestBodyDeadlineLayer,
     trace::{DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
@@ -137,6 +138,9 @@ impl Config {
                 "header_read_timeout must be > 0".into(),
             ));
         }
+        if self.limits.body_read_timeout.is_zero() {
+            return Err(Error::InvalidConfig("body_read_timeout must be > 0".into()));
+        }
         if self.limits.max_connections == 0 {
             return Err(Error::InvalidConfig("max_connections must be > 0".into()));
         }
@@ -180,7 +184,8 @@ pub async fn serve(
     // router adds after its routes' layers, is then visible to `json_errors`. Outermost
     // first; see the module doc and [`edge`].
     let app = ServiceBuilder::new()
-        .map_request(|request: Request<hyper::body::Incoming>| request.map(Body::new))
+        .layer(RequestBodyDeadlineLayer::new(config.limits.body_read_timeout))
+        .map_request(|request: Request<_>| request.map(Body::new))
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(
             TraceLayer::new_for_http()

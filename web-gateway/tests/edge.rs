@@ -302,6 +302,7 @@ async fn connection_limit_holds_and_frees_up() -> Result<()> {
     let h = start(Limits {
         header_read_timeout: timeout,
         max_connections: 4,
+        ..Limits::default()
     })
     .await?;
     let mut silent = Vec::new();
@@ -319,5 +320,74 @@ async fn connection_limit_holds_and_frees_up() -> Result<()> {
         "waited {waited:?} for a connection slot"
     );
     drop(silent);
+    h.stop().await
+}
+
+/// A parser error that quotes the caller's input keeps at most 64 characters of it.
+#[tokio::test]
+async fn parser_errors_quote_at_most_64_characters() -> Result<()> {
+    let h = start(Limits::default()).await?;
+    let long = "a".repeat(500);
+    let response = h
+        .http
+        .post(h.url("/api/products"))
+        .json(&serde_json::json!({"name": "Tea", "price_minor": long, "stock": 1}))
+        .send()
+        .await?;
+    let err = expect_error(response, 400, "invalid_argument").await?;
+    assert!(err.message.contains(&"a".repeat(64)), "{}", err.message);
+    assert!(!err.message.contains(&"a".repeat(65)), "{}", err.message);
+    assert!(err.message.contains("(500 bytes)"), "{}", err.message);
+    h.stop().await
+}
+
+/// A request whose body drips in slower than the body deadline fails with a 400 soon
+/// after the deadline, instead of holding its connection.
+#[tokio::test]
+async fn slow_body_is_cut_at_the_deadline() -> Result<()> {
+    let deadline = Duration::from_millis(800);
+    let h = start(Limits {
+        body_read_timeout: deadline,
+        ..Limits::default()
+    })
+    .await?;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(h.gateway.addr).await?;
+    stream
+        .write_all(
+            b"POST /api/products HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 1000\r\n\r\n{",
+        )
+        .await?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "no answer to a dripping body"
+        );
+        tokio::select! {
+            read = stream.read(&mut buf) => match read? {
+                0 => break,
+                n => {
+                    reply.extend_from_slice(&buf[..n]);
+                    if reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let _ = stream.write_all(b" ").await;
+            }
+        }
+    }
+    let answered = started.elapsed();
+    let head = String::from_utf8_lossy(&reply);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        answered >= deadline && answered < deadline * 5,
+        "answered after {answered:?}"
+    );
     h.stop().await
 }

@@ -35,6 +35,9 @@ pub struct Args {
     /// Time a client has to send a complete request head before it is disconnected.
     #[arg(long, env = "CONCORD_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
     pub header_read_timeout: Duration,
+    /// Time a request body has to arrive whole before the request fails.
+    #[arg(long, env = "CONCORD_GATEWAY_BODY_READ_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    pub body_read_timeout: Duration,
     /// Most HTTP connections open at once (past it the listener stops accepting).
     #[arg(long, env = "CONCORD_GATEWAY_MAX_CONNECTIONS", default_value_t = concord_web_gateway::edge::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -53,6 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         credential: args.credential,
         limits: concord_web_gateway::edge::Limits {
             header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
             max_connections: args.max_connections,
         },
     };
