@@ -20,8 +20,9 @@ pub const QUOTE_MAX_CHARS: usize = 64;
 /// Longest status message sent to a client, in bytes; longer ones are cut.
 pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
 
-/// A caller-supplied value, ready to be put into an error message: see [`quote`].
-#[derive(Clone, Copy, Debug)]
+/// A caller-supplied value, ready to be put into an error message: see [`quote`]. Its
+/// `Debug` is its `Display`, so `{:?}` is bounded too.
+#[derive(Clone, Copy)]
 pub struct Quoted<'a>(&'a str);
 
 /// Renders `value` for an error message: Rust-quoted (`"abc"`, control characters escaped)
@@ -38,6 +39,12 @@ impl fmt::Display for Quoted<'_> {
             None => write!(f, "{:?}", self.0),
             Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
         }
+    }
+}
+
+impl fmt::Debug for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -193,6 +200,7 @@ mod tests {
         ];
         for (value, want) in cases {
             assert_eq!(quote(value).to_string(), *want, "{} bytes", value.len());
+            assert_eq!(format!("{:?}", quote(value)), *want, "Debug is Display");
         }
     }
 

@@ -7,7 +7,8 @@
 //! lists only the services the caller says it serves (plus health and reflection): the
 //! descriptor set holds every Concord service, and advertising one a server does not run
 //! sends clients to an `UNIMPLEMENTED` dead end. Every message type stays describable.
-//! [`serve`]
+//! Undecodable (non-UTF-8) strings in any request are answered `INVALID_ARGUMENT`
+//! ([`crate::grpc_utf8`]). [`serve`]
 //! runs it on a listener until the shutdown future resolves, then gives in-flight calls a
 //! bounded grace period: long-lived streams must watch shutdown themselves, and are cut
 //! when the grace period ends.
@@ -19,8 +20,13 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tonic::transport::{server::Router, Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
+
+/// The server [`router`] builds: tonic's router with the layers every server shares.
+pub type Router =
+    tonic::transport::server::Router<Stack<crate::grpc_utf8::InvalidUtf8Layer, Identity>>;
 
 /// Longest time a unary call may run on any server.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,6 +86,8 @@ pub fn router(services: &[&str]) -> (Router, HealthReporter) {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .trace_fn(request_span)
+        // Non-UTF-8 strings in a request: INVALID_ARGUMENT, not tonic's INTERNAL.
+        .layer(crate::grpc_utf8::layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

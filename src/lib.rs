@@ -5,7 +5,8 @@
 //!   server reflection serves).
 //! - [`grpc`]: one way to run a gRPC server: limits, request-id spans, health, reflection
 //!   (v1 and v1alpha) and a bounded graceful shutdown; and one way to dial a peer.
-//! - [`error`]: the single mapping from a crate's error categories to `tonic::Status`.
+//! - [`error`]: the single mapping from a crate's error categories to `tonic::Status`;
+//!   [`grpc_utf8`]: non-UTF-8 request strings answered `INVALID_ARGUMENT` on every server.
 //! - [`auth`]: bearer tokens (admin, oracle); [`identity`]: who is calling inside the
 //!   cluster (principals, credentials); [`secrets`]: the cluster's secrets on disk.
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
@@ -17,6 +18,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod grpc;
+pub mod grpc_utf8;
 pub mod identity;
 pub mod pb;
 pub mod secrets;

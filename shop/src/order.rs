@@ -19,6 +19,7 @@
 //! cancelled) is `FailedPrecondition` naming both states. Cancelling restores each line's
 //! stock to its product if the product still exists.
 
+use concord::error::quote;
 use std::fmt;
 use std::ops::Bound;
 
@@ -169,7 +170,8 @@ pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Pl
             let order = must_load(tx, id)?;
             if !cart.items.is_empty() && !same_lines(&cart, &order) {
                 return Err(ShopError::precondition(format!(
-                    "idempotency key {idempotency_key:?} already placed order {id} for a different cart; use a new key"
+                    "idempotency key {} already placed order {id} for a different cart; use a new key",
+                    quote(idempotency_key)
                 ))
                 .into());
             }

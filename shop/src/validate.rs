@@ -4,13 +4,22 @@
 //! quote the same numbers. Validators run before any storage access: a rejected request
 //! changes nothing. They never panic, whatever the input (control characters, huge
 //! numbers, empty strings). Non-UTF-8 input cannot reach them: every text field is a
-//! proto `string`, which tonic refuses to decode unless it is valid UTF-8.
+//! proto `string`, which tonic refuses to decode unless it is valid UTF-8 (the refusal is
+//! an `INVALID_ARGUMENT`, see `concord::grpc_utf8`).
+//!
+//! Display text (names, descriptions, filters) may hold any printable Unicode but no
+//! control characters (`Cc`) and no invisible direction controls — the bidi embeddings,
+//! overrides and isolates U+202A–U+202E and U+2066–U+2069, the marks U+200E/U+200F and
+//! U+061C — which can make a name render as something else than it is ("Trojan Source").
+//! The refusal names the field and the code point. Currencies are active ISO 4217 codes
+//! (the `iso_currency` crate's table), not just three letters.
 //!
 //! The arithmetic limits are chosen so that no total can overflow `i64`:
 //! `MAX_PRICE_MINOR × MAX_LINE_QUANTITY × MAX_CART_LINES` = 10¹¹ · 10⁴ · 10² = 10¹⁷ < 2⁶³;
 //! totals still use checked arithmetic.
 
 use concord::error::quote;
+use iso_currency::Currency;
 
 use crate::error::{Result, ShopError};
 
@@ -44,7 +53,18 @@ pub const DEFAULT_CURRENCY: &str = "EUR";
 /// Longest `name_contains` filter, in characters.
 pub const MAX_FILTER_CHARS: usize = MAX_NAME_CHARS;
 
-/// Checks a display string: non-blank, at most `max_chars`, no control characters.
+/// Whether `c` may not appear in display text: a control character (`Cc`) or an
+/// invisible bidirectional formatting character (see the module doc).
+pub fn is_forbidden_in_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        )
+}
+
+/// Checks a display string: non-blank, at most `max_chars`, no control or bidi
+/// formatting characters.
 fn text(field: &str, value: &str, max_chars: usize, allow_empty: bool) -> Result<()> {
     if !allow_empty && value.trim().is_empty() {
         return Err(ShopError::invalid(format!("{field} must not be empty")));
@@ -55,9 +75,14 @@ fn text(field: &str, value: &str, max_chars: usize, allow_empty: bool) -> Result
             "{field} is {chars} characters long; the limit is {max_chars}"
         )));
     }
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
+    if let Some((at, c)) = value.char_indices().find(|(_, c)| is_forbidden_in_text(*c)) {
+        let kind = if c.is_control() {
+            "control"
+        } else {
+            "bidirectional formatting"
+        };
         return Err(ShopError::invalid(format!(
-            "{field} contains control character U+{:04X}",
+            "{field} contains {kind} character U+{:04X} at byte {at}",
             c as u32
         )));
     }
@@ -92,15 +117,30 @@ pub fn price_minor(value: i64) -> Result<i64> {
     Ok(value)
 }
 
-/// Validates an ISO-4217-shaped currency code: exactly three ASCII upper-case letters.
+/// Validates a currency: an active ISO 4217 code, upper case. Codes that are not money
+/// (`XXX` "no currency", `XTS` testing, precious metals, `XDR`) and withdrawn codes (the
+/// error names the successor, e.g. `HRK` → `EUR`) are refused.
 pub fn currency(value: &str) -> Result<()> {
-    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(ShopError::invalid(format!(
-            "currency {} is not three upper-case letters (e.g. \"EUR\")",
+    let known = (value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()))
+        .then(|| Currency::from_code(value))
+        .flatten();
+    match known {
+        None => Err(ShopError::invalid(format!(
+            "currency {} is not an ISO 4217 code (three upper-case letters, e.g. \"EUR\")",
             quote(value)
-        )))
+        ))),
+        Some(code) if code.is_special() => Err(ShopError::invalid(format!(
+            "currency {value} ({}) is not a currency products can be priced in",
+            code.name()
+        ))),
+        Some(code) => match code.is_superseded() {
+            Some(successor) => Err(ShopError::invalid(format!(
+                "currency {value} ({}) is withdrawn; use {}",
+                code.name(),
+                successor.code()
+            ))),
+            None => Ok(()),
+        },
     }
 }
 
@@ -213,6 +253,24 @@ mod tests {
             ("price negative", price_minor(-1).map(drop), false),
             ("price absurd", price_minor(i64::MAX).map(drop), false),
             ("currency EUR", currency("EUR"), true),
+            ("currency USD", currency("USD"), true),
+            ("currency JPY", currency("JPY"), true),
+            ("currency XXQ", currency("XXQ"), false),
+            ("currency XXX", currency("XXX"), false),
+            ("currency XTS", currency("XTS"), false),
+            ("currency gold", currency("XAU"), false),
+            ("currency withdrawn", currency("HRK"), false),
+            ("currency mixed", currency("Eur"), false),
+            ("name bidi override", name("abc\u{202E}gpj.exe"), false),
+            ("name bidi isolate", name("a\u{2066}b"), false),
+            ("name lrm", name("a\u{200E}"), false),
+            ("name rlm", name("a\u{200F}"), false),
+            ("name arabic mark", name("a\u{061C}"), false),
+            ("name embedding", name("\u{202A}a"), false),
+            ("description pop", description("a\u{202C}"), false),
+            ("description rtl text", description("שלום עולם"), true),
+            ("description zwj emoji", description("👩\u{200D}💻"), true),
+            ("filter bidi", name_filter("\u{2069}"), false),
             ("currency lower", currency("eur"), false),
             ("currency long", currency("EURO"), false),
             ("currency empty", currency(""), false),
@@ -236,6 +294,31 @@ mod tests {
             assert_eq!(got.is_ok(), ok, "{label}: {got:?}");
             if let Err(e) = got {
                 assert!(matches!(e, ShopError::InvalidArgument(_)), "{label}: {e:?}");
+            }
+        }
+    }
+
+    /// A refused character is named by its code point, and the field by its name.
+    #[test]
+    fn forbidden_characters_are_named() {
+        let cases = [
+            (
+                name("Tea\u{202E}pot"),
+                "name contains bidirectional formatting character U+202E at byte 3",
+            ),
+            (
+                description("a\tb"),
+                "description contains control character U+0009 at byte 1",
+            ),
+            (
+                currency("HRK"),
+                "currency HRK (Croatian kuna) is withdrawn; use EUR",
+            ),
+        ];
+        for (got, want) in cases {
+            match got {
+                Err(ShopError::InvalidArgument(message)) => assert_eq!(message, want),
+                other => panic!("{want}: {other:?}"),
             }
         }
     }

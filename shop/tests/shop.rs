@@ -296,6 +296,31 @@ async fn place_order_is_idempotent() {
     shop.stop().await;
 }
 
+/// A key reused for another cart is named in the refusal with at most 64 of its
+/// characters, even at the longest allowed key (128 bytes).
+#[tokio::test]
+async fn reused_long_idempotency_key_is_quoted_within_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let p = create(&mut c, "Tea", 300, 10).await;
+    let key = format!("{}{}", "a".repeat(64), "b".repeat(64));
+    assert_eq!(key.len(), 128, "the longest key validation allows");
+    let place = || pb::PlaceOrderRequest {
+        user_id: "bob".into(),
+        idempotency_key: key.clone(),
+    };
+    add_to_cart(&mut c, "bob".into(), p.id.clone(), 1).await;
+    c.place_order(place()).await.unwrap();
+    add_to_cart(&mut c, "bob".into(), p.id.clone(), 2).await;
+    let err = c.place_order(place()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&"a".repeat(64)), "{}", err.message());
+    assert!(!err.message().contains("bb"), "{}", err.message());
+    assert!(err.message().contains("(128 bytes)"), "{}", err.message());
+    shop.stop().await;
+}
+
 /// 200 concurrent PlaceOrder calls from different users race for 10 units: exactly 10
 /// orders, stock 0, the rest FAILED_PRECONDITION.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -456,6 +481,24 @@ async fn bad_input_table() {
         "control char",
         Code::InvalidArgument,
         c.create_product(admin(create_req("a\u{7}b", 1, 1, "EUR")))
+    );
+    case!(
+        "bidi override in name",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("Tea\u{202E}gpj.exe", 1, 1, "EUR")))
+    );
+    case!(
+        "bidi isolate in description",
+        Code::InvalidArgument,
+        c.create_product(admin(pb::CreateProductRequest {
+            description: "fine \u{2067}print".into(),
+            ..create_req("ok", 1, 1, "EUR")
+        }))
+    );
+    case!(
+        "not an ISO 4217 currency",
+        Code::InvalidArgument,
+        c.create_product(admin(create_req("ok", 1, 1, "XXQ")))
     );
     case!(
         "negative price",
@@ -678,6 +721,24 @@ async fn bad_input_table() {
             ..Default::default()
         })
     );
+    let named = [
+        (
+            "bidi override in name",
+            "name contains bidirectional formatting character U+202E",
+        ),
+        (
+            "bidi isolate in description",
+            "description contains bidirectional formatting character U+2067",
+        ),
+        (
+            "not an ISO 4217 currency",
+            "currency \"XXQ\" is not an ISO 4217 code",
+        ),
+    ];
+    for (label, want) in named {
+        let (_, _, status) = cases.iter().find(|(l, _, _)| *l == label).expect(label);
+        assert!(status.message().contains(want), "{label}: {status:?}");
+    }
     for (label, code, status) in &cases {
         assert_eq!(status.code(), *code, "{label}: {status:?}");
         assert!(!status.message().is_empty(), "{label}: empty message");
@@ -689,10 +750,12 @@ async fn bad_input_table() {
         );
     }
 
-    // Non-UTF-8 in a string field never reaches the handler: tonic refuses to decode it.
+    // Non-UTF-8 in a string field never reaches the handler: tonic refuses to decode it,
+    // and the server answers INVALID_ARGUMENT naming the field (tonic alone says INTERNAL).
     let status = create_with_raw_name(&shop, b"caf\xe9").await;
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("UTF-8"), "{status:?}");
+    assert!(status.message().contains("name"), "{status:?}");
 
     assert_eq!(shop.last_lsn().await, lsn, "no bad request wrote anything");
     let after = get_product(&mut c, id.clone()).await;

@@ -51,7 +51,7 @@ pub enum Error {
     #[error("no route for {}", concord::error::quote(.0))]
     NoRoute(String),
     /// The path exists but not with this method.
-    #[error("method {method} is not allowed on {path} (allowed: {allowed})")]
+    #[error("method {method} is not allowed on {}; allowed: {allowed}", concord::error::quote(.path))]
     MethodNotAllowed {
         /// The method the client used.
         method: Method,
@@ -220,24 +220,65 @@ impl From<tonic::Status> for Error {
 
 impl From<JsonRejection> for Error {
     fn from(rejection: JsonRejection) -> Self {
+        let text = bound_quoted_spans(&rejection.body_text());
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::PayloadTooLarge(rejection.body_text())
+            Error::PayloadTooLarge(text)
         } else {
-            Error::InvalidArgument(rejection.body_text())
+            Error::InvalidArgument(text)
         }
     }
 }
 
 impl From<QueryRejection> for Error {
     fn from(rejection: QueryRejection) -> Self {
-        Error::InvalidArgument(rejection.body_text())
+        Error::InvalidArgument(bound_quoted_spans(&rejection.body_text()))
     }
 }
 
 impl From<PathRejection> for Error {
     fn from(rejection: PathRejection) -> Self {
-        Error::InvalidArgument(rejection.body_text())
+        Error::InvalidArgument(bound_quoted_spans(&rejection.body_text()))
     }
+}
+
+/// A parser's message with every span it quotes from the caller's input (between two
+/// `` ` `` or two `"`, as serde and axum quote) cut to [`concord::error::QUOTE_MAX_CHARS`]
+/// characters plus an ellipsis and the span's length, the same bound as
+/// [`concord::error::quote`]. An unclosed quote counts as running to the end.
+pub fn bound_quoted_spans(text: &str) -> String {
+    use concord::error::QUOTE_MAX_CHARS;
+    let mut out = String::with_capacity(text.len().min(1024));
+    let mut rest = text;
+    while let Some(open) = rest.find(['`', '"']) {
+        let delimiter = rest[open..].chars().next().expect("found at open");
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let (span, tail) = match after.find(delimiter) {
+            Some(close) => (&after[..close], &after[close..]),
+            None => (after, ""),
+        };
+        match span.char_indices().nth(QUOTE_MAX_CHARS) {
+            None => out.push_str(span),
+            Some((cut, _)) => {
+                out.push_str(&span[..cut]);
+                out.push('…');
+                if !tail.is_empty() {
+                    out.push(delimiter);
+                }
+                out.push_str(&format!(" ({} bytes)", span.len()));
+                rest = tail.get(1..).unwrap_or("");
+                continue;
+            }
+        }
+        if let Some(after_close) = tail.get(1..) {
+            out.push(delimiter);
+            rest = after_close;
+        } else {
+            rest = "";
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl IntoResponse for Error {
@@ -267,6 +308,7 @@ impl IntoResponse for Error {
 fn status_code_name(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "invalid_argument",
+        StatusCode::FORBIDDEN => "permission_denied",
         StatusCode::NOT_FOUND => "no_route",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
@@ -284,6 +326,7 @@ fn status_code_name(status: StatusCode) -> &'static str {
 /// The gRPC code closest to an HTTP status produced outside the handlers.
 fn grpc_code_for(status: StatusCode) -> Code {
     match status {
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
         StatusCode::NOT_FOUND => Code::NotFound,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
@@ -427,6 +470,36 @@ mod tests {
         for (err, http, name) in cases {
             assert_eq!(err.http_status().as_u16(), http, "{err:?}");
             assert_eq!(err.code(), name, "{err:?}");
+        }
+    }
+
+    /// Quoted spans of caller input in parser messages keep at most 64 characters.
+    #[test]
+    fn bound_quoted_spans_table() {
+        let long = "a".repeat(200);
+        let cut = "a".repeat(64);
+        let cases = [
+            ("no quotes".to_owned(), "no quotes".to_owned()),
+            (
+                "short `x` and \"y\"".to_owned(),
+                "short `x` and \"y\"".to_owned(),
+            ),
+            (
+                format!("unknown variant `{long}`, expected `a`"),
+                format!("unknown variant `{cut}…` (200 bytes), expected `a`"),
+            ),
+            (
+                format!("invalid type: string \"{long}\", expected i64 at line 1"),
+                format!("invalid type: string \"{cut}…\" (200 bytes), expected i64 at line 1"),
+            ),
+            (
+                format!("unclosed `{long}"),
+                format!("unclosed `{cut}… (200 bytes)"),
+            ),
+            ("unclosed `short".to_owned(), "unclosed `short".to_owned()),
+        ];
+        for (text, want) in cases {
+            assert_eq!(bound_quoted_spans(&text), want);
         }
     }
 

@@ -2,8 +2,12 @@
 //! cluster's gRPC services.
 //!
 //! A request walks through:
-//! 1. tower layers: a request id (`x-request-id`, generated when absent, echoed in the
-//!    reply and forwarded to the backend), a tracing span carrying it, a body size limit;
+//! 0. the listener ([`edge::serve_http`]): HTTP/1.1 with a header-read timeout and a
+//!    connection limit, so slow or too many clients cannot exhaust it;
+//! 1. tower layers around the whole router: a request id (`x-request-id`, generated when
+//!    absent, echoed in the reply and forwarded to the backend), a tracing span carrying
+//!    it, the security headers of every response and the cross-site write rule
+//!    ([`edge`]), a deadline and a size limit for the body;
 //! 2. a handler in [`routes`] that turns path/query/JSON into a protobuf request — malformed
 //!    input is a `400` with the parser's reason;
 //! 3. [`backends`], which picks an instance found through the registry's `Watch` (shop
@@ -23,13 +27,15 @@
 //! Failure behaviour: with no live instance of a backend the answer is `503
 //! {"code":"unavailable"}`; while the registry is down the last known instances keep being
 //! used. `/api/events` streams end on shutdown; after the shutdown future resolves, the
-//! server stops accepting and gives open requests [`SHUTDOWN_GRACE`] to finish.
+//! server stops accepting and gives open requests [`SHUTDOWN_GRACE`] to finish, then drops
+//! the connections still open.
 //!
 //! Non-goals: authentication of its own (bearer tokens are passed through to the services
 //! that check them), TLS, caching of replies.
 
 pub mod backends;
 pub mod dto;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod routes;
@@ -44,14 +50,22 @@ use std::{
 };
 
 use axum::{
+    body::Body,
     extract::DefaultBodyLimit,
-    http::{HeaderName, Request},
+    http::{
+        header::{
+            CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+        },
+        HeaderName, HeaderValue, Request,
+    },
 };
 use concord::discovery::{LeaseKeeper, Registration};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
+    timeout::RequestBodyDeadlineLayer,
     trace::{DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
@@ -85,6 +99,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Credential this process proves its identity with (registry, peers).
     pub credential: Option<concord::identity::Credential>,
+    /// Header-read timeout and connection limit of the HTTP listener ([`edge`]).
+    pub limits: edge::Limits,
 }
 
 impl Default for Config {
@@ -97,6 +113,7 @@ impl Default for Config {
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
             credential: None,
+            limits: edge::Limits::default(),
         }
     }
 }
@@ -115,6 +132,17 @@ impl Config {
         }
         if self.cluster_refresh.is_zero() {
             return Err(Error::InvalidConfig("cluster_refresh must be > 0".into()));
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "header_read_timeout must be > 0".into(),
+            ));
+        }
+        if self.limits.body_read_timeout.is_zero() {
+            return Err(Error::InvalidConfig("body_read_timeout must be > 0".into()));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(Error::InvalidConfig("max_connections must be > 0".into()));
         }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(Error::InvalidConfig("lease_ttl must be >= 1s".into()));
@@ -147,32 +175,55 @@ pub async fn serve(
         backends,
         call_timeout: config.call_timeout,
         cluster_refresh: config.cluster_refresh,
-        shutdown_rx: shutdown_rx.clone(),
+        shutdown_rx,
         openapi_json: Arc::new(openapi_json),
     };
 
     let request_id = HeaderName::from_static(extract::REQUEST_ID);
-    let app = router
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        // Outside the routes, inside the request id: every error response leaves as JSON.
-        .layer(axum::middleware::from_fn(error::json_errors))
+    // The layers wrap the whole router, not each route: a `405`'s `Allow` header, which the
+    // router adds after its routes' layers, is then visible to `json_errors`. Outermost
+    // first; see the module doc and [`edge`].
+    let app = ServiceBuilder::new()
+        .layer(RequestBodyDeadlineLayer::new(config.limits.body_read_timeout))
+        .map_request(|request: Request<_>| request.map(Body::new))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                        let id = request
-                            .headers()
-                            .get(extract::REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-");
-                        tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                    })
-                    // Failed replies are logged once, with their cause, by `Error`.
-                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-                )
-                .layer(PropagateRequestIdLayer::new(request_id)),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request
+                        .headers()
+                        .get(extract::REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                // Failed replies are logged once, with their cause, by `Error`.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(SetResponseHeaderLayer::overriding(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(edge::CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            X_FRAME_OPTIONS,
+            HeaderValue::from_static(edge::X_FRAME_OPTIONS),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static(edge::X_CONTENT_TYPE_OPTIONS),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            REFERRER_POLICY,
+            HeaderValue::from_static(edge::REFERRER_POLICY),
+        ))
+        // Inside the headers, outside the routes: every error response leaves as JSON.
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(edge::csrf_layer())
+        .service(
+            router
+                .with_state(state)
+                .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
         );
 
     let addr = listener.local_addr().ok();
@@ -183,8 +234,8 @@ pub async fn serve(
             None
         }
     };
-    tracing::info!(?addr, registry = %config.registry_addr, "web gateway serving");
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tracing::info!(?addr, registry = %config.registry_addr, limits = ?config.limits, "web gateway serving");
+    edge::serve_http(listener, app, config.limits, SHUTDOWN_GRACE, async move {
         shutdown.await;
         tracing::info!("web gateway shutting down");
         shutdown_tx.send_replace(true);
@@ -194,21 +245,10 @@ pub async fn serve(
             keeper.deregister().await;
             tracing::info!("web gateway deregistered");
         }
-    });
-    let grace_over = async {
-        AppState::shutting_down(shutdown_rx).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        result = server => {
-            tracing::info!(?addr, "web gateway stopped");
-            result.map_err(Error::Io)
-        }
-        () = grace_over => {
-            tracing::warn!(?addr, grace = ?SHUTDOWN_GRACE, "grace period over; dropping open connections");
-            Ok(())
-        }
-    }
+    })
+    .await;
+    tracing::info!(?addr, "web gateway stopped");
+    Ok(())
 }
 
 /// Starts keeping the gateway's registration alive (see the module doc).

@@ -18,6 +18,8 @@ function el(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (key === "class") node.className = value;
     else if (key === "dataset") Object.assign(node.dataset, value);
+    // Through the CSSOM, not a style attribute: the CSP forbids inline style attributes.
+    else if (key === "style") Object.assign(node.style, value);
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value);
   }
@@ -520,7 +522,7 @@ function drawChart() {
   const legend = $("chart-legend");
   legend.replaceChildren(...nodes.map((node, i) =>
     el("span", { "data-testid": "legend-node", dataset: { nodeId: node } },
-      el("i", { style: `background:${PALETTE[i % PALETTE.length]}` }), node)));
+      el("i", { style: { background: PALETTE[i % PALETTE.length] } }), node)));
 }
 
 async function verifyLedger() {

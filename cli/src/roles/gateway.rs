@@ -32,6 +32,15 @@ pub struct Args {
     /// How often the live cluster view is refreshed without a registry change.
     #[arg(long, env = "CONCORD_GATEWAY_CLUSTER_REFRESH", default_value = "2s", value_parser = crate::up::parse_duration)]
     pub cluster_refresh: Duration,
+    /// Time a client has to send a complete request head before it is disconnected.
+    #[arg(long, env = "CONCORD_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a request body has to arrive whole before the request fails.
+    #[arg(long, env = "CONCORD_GATEWAY_BODY_READ_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Most HTTP connections open at once (past it the listener stops accepting).
+    #[arg(long, env = "CONCORD_GATEWAY_MAX_CONNECTIONS", default_value_t = concord_web_gateway::edge::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// Serves the gateway until Ctrl-C or SIGTERM.
@@ -45,6 +54,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         advertise: args.advertise,
         lease_ttl: args.lease_ttl,
         credential: args.credential,
+        limits: concord_web_gateway::edge::Limits {
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            max_connections: args.max_connections,
+        },
     };
     config.validate()?;
     let listener = super::bind_and_announce("gateway", args.listen).await?;
