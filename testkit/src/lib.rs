@@ -148,7 +148,7 @@ pub fn credential(principal: Principal) -> Credential {
     cluster_secret().issue(principal)
 }
 
-/// A real registry with the default config on `127.0.0.1:0`.
+/// A real registry checking credentials against [`cluster_secret`], on `127.0.0.1:0`.
 pub async fn registry() -> Running<tonic::transport::Error> {
     registry_on(local()).await
 }
@@ -157,7 +157,11 @@ pub async fn registry() -> Running<tonic::transport::Error> {
 /// appearing where clients already look.
 pub async fn registry_on(addr: SocketAddr) -> Running<tonic::transport::Error> {
     Running::spawn_on(addr, |listener, shutdown| {
-        concord_registry::serve(concord_registry::Config::default(), listener, shutdown)
+        concord_registry::serve(
+            concord_registry::Config::new(cluster_secret()),
+            listener,
+            shutdown,
+        )
     })
     .await
 }
