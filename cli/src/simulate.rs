@@ -128,8 +128,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
 
+    // A throwaway secret: the simulation's processes all live in this one.
+    let secret = concord::identity::ClusterSecret::new(concord::secrets::random_token())?;
+    let registry_config = concord_registry::Config::new(secret.clone());
     let registry = InProcess::start("registry".into(), |listener, stop_rx| {
-        concord_registry::serve(concord_registry::Config::default(), listener, async {
+        concord_registry::serve(registry_config, listener, async {
             let _ = stop_rx.await;
         })
     })
@@ -145,6 +148,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         behaviours.insert(config.node_id.clone(), config.behaviour);
         config.registry = Some(registry_addr.clone());
+        config.credential = Some(secret.issue(concord::identity::Principal::Node(
+            config.node_id.to_string(),
+        )));
         nodes.push(
             InProcess::start(config.node_id.clone(), move |listener, stop_rx| {
                 concord_node::serve(config, listener, async {
@@ -174,6 +180,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut config =
             AggregatorConfig::with_ledger(registry_addr.clone(), ledger_dir.path().join("ledger"));
         config.consensus.default_policy = *policy;
+        config.credential = Some(secret.issue(concord::identity::Principal::Aggregator));
         let aggregator = InProcess::start("aggregator".into(), |listener, stop_rx| {
             concord_aggregator::serve(config, listener, async {
                 let _ = stop_rx.await;

@@ -32,8 +32,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("registry {} (revision {})", args.registry, list.revision);
     println!(
         "{:<12} {:<22} {:<10} METADATA",
-        "SERVICE", "ADDRESS", "LEASE"
+        "SERVICE", "ADDRESS", "EXPIRES"
     );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     for instance in list.instances {
         let mut metadata: Vec<String> = instance
             .metadata
@@ -45,7 +48,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "{:<12} {:<22} {:<10} {}",
             instance.service,
             instance.address,
-            instance.lease_id.get(..8).unwrap_or(&instance.lease_id),
+            // Lease ids are not published; show how long the lease has left instead.
+            format!(
+                "in {:.1}s",
+                (instance.expires_at_unix_ms - now_ms).max(0) as f64 / 1000.0
+            ),
             metadata.join(" ")
         );
     }

@@ -5,7 +5,8 @@ mod common;
 use common::{run_grpcurl, Process};
 
 /// `list` shows the registry, health and reflection; `describe` shows the proto comments;
-/// Register then Resolve round-trips; health answers SERVING.
+/// Register (with a shop's credential header) then Resolve round-trips, without the lease
+/// id; health answers SERVING.
 #[test]
 fn grpcurl_lists_describes_and_calls_the_registry() {
     let registry = Process::spawn(&["registry", "--listen", "127.0.0.1:0"]);
@@ -32,9 +33,15 @@ fn grpcurl_lists_describes_and_calls_the_registry() {
     );
     assert!(message.contains("ttl_ms"), "{message}");
 
+    let header = format!(
+        "x-concord-credential: {}",
+        common::credential(concord::identity::Principal::Shop).encode()
+    );
     let registered = run_grpcurl(
         addr,
         &[
+            "-H",
+            &header,
             "-d",
             r#"{"service":"demo","address":"127.0.0.1:9999","ttl_ms":"60000","metadata":{"role":"primary"}}"#,
         ],
@@ -48,6 +55,7 @@ fn grpcurl_lists_describes_and_calls_the_registry() {
     );
     assert!(resolved.contains("127.0.0.1:9999"), "{resolved}");
     assert!(resolved.contains(r#""role": "primary""#), "{resolved}");
+    assert!(!resolved.contains("leaseId"), "{resolved}");
 
     let health = run_grpcurl(addr, &[], &["grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");

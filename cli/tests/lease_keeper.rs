@@ -61,7 +61,7 @@ async fn metadata_sent_to_a_frozen_registry_reaches_it_once_it_answers() {
             // Long enough that the lease outlives the freeze: no re-registration, which
             // would carry the current metadata anyway.
             ttl: Duration::from_secs(30),
-            credential: None,
+            credential: Some(common::credential(concord::identity::Principal::Gateway)),
         },
     )
     .expect("keeper");

@@ -11,9 +11,19 @@ pub enum RegistryError {
     /// The lease is unknown or expired: register again.
     #[error("lease {} is unknown or expired; register again", concord::error::quote(.0))]
     LeaseNotFound(String),
-    /// A primary claim for a term that another live primary already holds or exceeds.
+    /// A primary claim the registry refuses: another live primary holds the same or a
+    /// higher term, or the term is not the next one.
     #[error("{0}")]
     PrimaryTaken(String),
+    /// The node id is registered, live, at another address.
+    #[error("{0}")]
+    NodeTaken(String),
+    /// The caller's principal may not register this service or publish this metadata.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A cap on instances or leases is reached.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 impl Classify for RegistryError {
@@ -21,7 +31,11 @@ impl Classify for RegistryError {
         match self {
             RegistryError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             RegistryError::LeaseNotFound(_) => ErrorKind::NotFound,
-            RegistryError::PrimaryTaken(_) => ErrorKind::FailedPrecondition,
+            RegistryError::PrimaryTaken(_) | RegistryError::NodeTaken(_) => {
+                ErrorKind::FailedPrecondition
+            }
+            RegistryError::Forbidden(_) => ErrorKind::PermissionDenied,
+            RegistryError::Exhausted(_) => ErrorKind::ResourceExhausted,
         }
     }
 }

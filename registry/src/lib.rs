@@ -10,6 +10,14 @@
 //! `KeepAlive` gets `NOT_FOUND` and it registers again (see `concord::discovery`), so the
 //! registry heals within one heartbeat and has nothing to corrupt on `kill -9`.
 //!
+//! **Identity.** Every Register, KeepAlive and Deregister carries a cluster credential
+//! (`x-concord-credential`), checked against the cluster secret in [`Config`]; the
+//! principal it proves decides what it may register (a node only itself, a role only its
+//! role's service, only a shop `role=primary`), and a lease answers only to the principal
+//! that registered it. Lease ids are never published. See `table` for the rules, the
+//! primary-term arbitration and the caps that keep every `List`/`Watch` answer under the
+//! 4 MiB message limit.
+//!
 //! Expiry is checked every [`EXPIRY_TICK`], so an instance may outlive its TTL by up to that.
 //!
 //! Modules: `table` is the lease table (pure, time passed in), `service` the gRPC face,
@@ -21,27 +29,45 @@ mod table;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use concord::pb::registry::v1::registry_server::RegistryServer;
+use concord::{identity::ClusterSecret, pb::registry::v1::registry_server::RegistryServer};
 use tokio::net::TcpListener;
 
 pub use error::RegistryError;
-pub use table::{LeaseTable, MAX_TTL, MIN_TTL};
+pub use table::{
+    authorize, LeaseTable, MAX_INSTANCES, MAX_INSTANCES_PER_SERVICE, MAX_LEASES_PER_PRINCIPAL,
+    MAX_LEASES_PER_PRINCIPAL_PER_SERVICE, MAX_METADATA_TOTAL_BYTES, MAX_TTL, METADATA_NODE_ID,
+    MIN_TTL, PREDICTOR_SERVICE,
+};
 
 /// How often expired leases are swept.
 pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// Registry settings.
-#[derive(Clone, Debug, Default)]
-pub struct Config {}
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The secret every caller's credential is checked against (required: there is no
+    /// public default).
+    pub cluster_secret: ClusterSecret,
+}
+
+impl Config {
+    /// A registry checking credentials against `cluster_secret`.
+    pub fn new(cluster_secret: ClusterSecret) -> Self {
+        Self { cluster_secret }
+    }
+}
 
 /// Serves the registry on `listener` until `shutdown` resolves.
 pub async fn serve(
-    _config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(service::Shared::new(stop_rx.clone()));
+    let state = Arc::new(service::Shared::new(
+        concord::identity::Verifier::Secret(config.cluster_secret),
+        stop_rx.clone(),
+    ));
     let sweeper = tokio::spawn(service::sweep_expired(state.clone(), stop_rx));
     let (router, health) =
         concord::grpc::router(&[concord::pb::registry::v1::registry_server::SERVICE_NAME]);

@@ -1,4 +1,11 @@
-//! The `Registry` gRPC service: converts requests, calls the lease table, converts replies.
+//! The `Registry` gRPC service: authenticates the caller, converts requests, calls the
+//! lease table, converts replies.
+//!
+//! Register, KeepAlive and Deregister change state and need a credential
+//! ([`concord::identity::authenticate`] against the cluster secret: `UNAUTHENTICATED`
+//! without one); the principal it proves is passed to the table, which decides what that
+//! principal may do. Resolve, Watch and List only read, are open to any caller, and never
+//! carry lease ids.
 //!
 //! The table sits behind a std `Mutex` (short critical sections, never held across an
 //! `.await`). Every change publishes the new revision on a `watch` channel; each `Watch`
@@ -13,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use concord::identity::{authenticate, Principal, Verifier};
 use concord::pb::registry::v1::{
     registry_server::Registry, DeregisterRequest, DeregisterResponse, Instance, KeepAliveRequest,
     KeepAliveResponse, ListRequest, ListResponse, RegisterRequest, RegisterResponse,
@@ -30,17 +38,27 @@ const WATCH_CHANNEL_CAPACITY: usize = 16;
 /// State shared by the service, the sweeper and the watch tasks.
 pub(crate) struct Shared {
     table: Mutex<LeaseTable>,
+    verifier: Verifier,
     revision_tx: watch::Sender<u64>,
     stop_rx: watch::Receiver<bool>,
 }
 
 impl Shared {
-    pub(crate) fn new(stop_rx: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(verifier: Verifier, stop_rx: watch::Receiver<bool>) -> Self {
         Self {
             table: Mutex::new(LeaseTable::new()),
+            verifier,
             revision_tx: watch::channel(0).0,
             stop_rx,
         }
+    }
+
+    /// The principal `request` proves; `UNAUTHENTICATED` when it proves none.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        authenticate(request, &self.verifier).map_err(|err| {
+            tracing::debug!(%err, "unauthenticated registry call");
+            Status::from(err)
+        })
     }
 
     fn table(&self) -> MutexGuard<'_, LeaseTable> {
@@ -74,7 +92,7 @@ pub(crate) async fn sweep_expired(shared: Arc<Shared>, mut stop_rx: watch::Recei
             _ = tick.tick() => {
                 let gone = shared.update(|table| table.expire(Instant::now()));
                 for instance in gone {
-                    tracing::info!(service = %instance.service, address = %instance.address, lease = %instance.lease_id, "lease expired");
+                    tracing::info!(service = %instance.service, address = %instance.address, "lease expired");
                 }
             }
             _ = stop_rx.wait_for(|stop| *stop) => return,
@@ -101,10 +119,12 @@ impl Registry for RegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let req = request.into_inner();
         let ttl = Duration::from_millis(req.ttl_ms);
         let instance = self.shared.update(|table| {
             table.register(
+                &caller,
                 &req.service,
                 &req.address,
                 req.metadata,
@@ -112,7 +132,7 @@ impl Registry for RegistryService {
                 Instant::now(),
             )
         })?;
-        tracing::info!(service = %instance.service, address = %instance.address, lease = %instance.lease_id, ttl_ms = req.ttl_ms, "instance registered");
+        tracing::info!(service = %instance.service, address = %instance.address, principal = %caller, ttl_ms = req.ttl_ms, "instance registered");
         Ok(Response::new(RegisterResponse {
             lease_id: instance.lease_id,
             ttl_ms: req.ttl_ms,
@@ -124,11 +144,12 @@ impl Registry for RegistryService {
         &self,
         request: Request<KeepAliveRequest>,
     ) -> Result<Response<KeepAliveResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let req = request.into_inner();
         let metadata: Option<HashMap<String, String>> = req.metadata.map(|m| m.entries);
         let instance = self
             .shared
-            .update(|table| table.keep_alive(&req.lease_id, metadata, Instant::now()))?;
+            .update(|table| table.keep_alive(&caller, &req.lease_id, metadata, Instant::now()))?;
         tracing::trace!(lease = %req.lease_id, "lease renewed");
         Ok(Response::new(KeepAliveResponse {
             ttl_ms: u64::try_from(instance.expires_at_unix_ms - now_ms()).unwrap_or(0),
@@ -140,11 +161,12 @@ impl Registry for RegistryService {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let req = request.into_inner();
         let instance = self
             .shared
-            .update(|table| table.deregister(&req.lease_id))?;
-        tracing::info!(service = %instance.service, address = %instance.address, lease = %instance.lease_id, "instance deregistered");
+            .update(|table| table.deregister(&caller, &req.lease_id))?;
+        tracing::info!(service = %instance.service, address = %instance.address, principal = %caller, "instance deregistered");
         Ok(Response::new(DeregisterResponse {}))
     }
 

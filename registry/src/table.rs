@@ -1,25 +1,78 @@
-//! The lease table: who is registered, until when. Pure data; the caller passes the time,
-//! so expiry is tested without sleeping.
+//! The lease table: who is registered, by whom, until when. Pure data; the caller passes
+//! the time and the authenticated principal, so every rule is tested without sockets or
+//! sleeping.
 //!
-//! Invariants: a lease id is in the table at most once; every entry's expiry is in the
-//! future relative to the last `expire` call; `revision` grows by one on every change a
-//! watcher could see (register, metadata change, deregister, expiry) and never otherwise.
+//! Invariants: a lease id is in the table at most once and is known only to the principal
+//! that registered it (instances are stored and published with `lease_id` empty);
+//! `revision` grows by one on every change a watcher could see (register, metadata change,
+//! deregister, expiry) and never otherwise; the highest primary term known per service
+//! never goes down while the table lives.
+//!
+//! **Who may register what** ([`authorize`]). The caller is the [`Principal`] its
+//! credential proves. The registry itself registers nothing. Service `predictor` takes only
+//! a node, whose metadata `node_id` must be its own id; `shop`, `aggregator` and `gateway`
+//! take only their role; any other service takes any principal. Metadata naming a
+//! `node_id`, in any service, must be the caller's own id. Only a shop may publish
+//! `role=primary`. A lease belongs to the principal that registered it: `KeepAlive` and
+//! `Deregister` from anyone else answer `NOT_FOUND`, exactly as for an unknown lease, so a
+//! caller learns nothing about leases it does not hold, and nothing changes.
+//!
+//! **One node, one place.** While a `predictor` lease for `node_id=X` lives, another
+//! registration of X at another address is refused (`FAILED_PRECONDITION`, naming the
+//! holder's address): a second `concord node --id X` cannot take X's traffic. X registering
+//! again at the *same* address (a restart whose old lease has not expired yet) replaces
+//! the old lease, so the instance is never listed twice.
 //!
 //! **Primary claims.** An instance whose metadata says `role=primary` claims to be its
-//! service's primary for the `term` it names (missing = 0). The table is the arbiter: a
-//! claim is accepted only if its term is greater than that of every other live primary of
-//! the same service at another address (a process restarted at the same address may renew
-//! its own claim). So two replicas that promote themselves at once cannot both win the
-//! same term: the second gets `FAILED_PRECONDITION` and must not take writes (the shop
-//! only takes writes once the registry has accepted its claim). This is what keeps a
-//! failover from splitting the data, whoever registers what.
+//! service's primary for the `term` it names (missing = 0). The table is the arbiter:
+//! 1. a claim is refused while another live primary of the service, at another address,
+//!    holds the same or a higher term (one primary per term; a process restarted at its
+//!    own address may renew its own claim);
+//! 2. a claim must be for exactly `current + 1`, where `current` is the highest term the
+//!    table has accepted for the service (or learned from a live shop registration's
+//!    `term` while it had accepted none, e.g. replicas after a registry restart); the
+//!    current term itself may be claimed again only by the address that holds it (a
+//!    renewal, a restart) or, when no claim to it was accepted yet, by anyone. A jump
+//!    (`current + 100`, `u64::MAX`) is `FAILED_PRECONDITION` naming the expected term, so
+//!    nobody can fence a shop out of every future term. With nothing known (a fresh or
+//!    restarted registry) any term is accepted.
+//!
+//! So two replicas that promote themselves at once cannot both win the same term: the
+//! second gets `FAILED_PRECONDITION` and must not take writes (the shop only takes writes
+//! once the registry has accepted its claim). A shop's promotion goes T → T+1.
+//!
+//! **Bounds.** So that `List` and every `Watch` message stay under the 4 MiB gRPC message
+//! limit ([`concord::grpc::MAX_MESSAGE_BYTES`]) whatever is registered, the table holds at
+//! most [`MAX_INSTANCES`] leases, [`MAX_INSTANCES_PER_SERVICE`] per service, and a
+//! principal at most [`MAX_LEASES_PER_PRINCIPAL_PER_SERVICE`] per service and
+//! [`MAX_LEASES_PER_PRINCIPAL`] in all (so one credential cannot fill the registry for
+//! everyone); one more is `RESOURCE_EXHAUSTED`. An instance's metadata has at most
+//! [`MAX_METADATA_ENTRIES`] entries of at most [`MAX_METADATA_BYTES`] per key or value and
+//! at most [`MAX_METADATA_TOTAL_BYTES`] of keys and values together. The worst-case
+//! encoded instance (protobuf, a tag and a length prefix per field) is:
+//!
+//! ```text
+//!   service    1 + 1 + 64                                   =    66
+//!   address    1 + 2 + 256                                  =   259
+//!   metadata   2048 bytes of keys and values
+//!              + 32 entries × (1+2 entry, 1+2 key, 1+2 value) = 2 336
+//!   lease_id   empty, not encoded                           =     0
+//!   two int64 timestamps  2 × (1 + 10)                      =    22
+//!   framing in the repeated field  1 + 2                    =     3
+//!                                                    total  ≤ 2 686 bytes
+//! ```
+//!
+//! so a `List` of all 1024 instances is ≤ 1024 × 2 686 + 11 (revision) = 2 750 475 bytes
+//! (2.63 MiB) and a `Watch`/`Resolve` of one service ≤ 256 × 2 686 + 11 = 687 627 bytes,
+//! both under 4 MiB (4 194 304). The unit test `caps_keep_every_answer_under_the_message_limit`
+//! fills every cap with maximal instances and checks the encoded sizes.
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use concord::{error::quote, pb::registry::v1::Instance};
+use concord::{error::quote, identity::Principal, pb::registry::v1::Instance};
 
 use crate::RegistryError;
 
@@ -35,22 +88,73 @@ pub const MAX_ADDRESS_BYTES: usize = 256;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 /// Longest metadata key or value, in bytes.
 pub const MAX_METADATA_BYTES: usize = 256;
+/// Most bytes of metadata keys and values together per instance.
+pub const MAX_METADATA_TOTAL_BYTES: usize = 2048;
+/// Most live instances of one service (bounds a `Watch`/`Resolve` message).
+pub const MAX_INSTANCES_PER_SERVICE: usize = 256;
+/// Most live instances in all (bounds a `List` message).
+pub const MAX_INSTANCES: usize = 1024;
+/// Most live leases one principal holds in one service.
+pub const MAX_LEASES_PER_PRINCIPAL_PER_SERVICE: usize = 8;
+/// Most live leases one principal holds in all services.
+pub const MAX_LEASES_PER_PRINCIPAL: usize = 64;
 /// Longest lease id KeepAlive/Deregister accept, in bytes (ours are 32 hex digits); a
 /// longer one is a malformed request, not an unknown lease.
 pub const MAX_LEASE_ID_BYTES: usize = 64;
 
+/// The prediction nodes' service (`concord_node::PREDICTOR_SERVICE`).
+pub const PREDICTOR_SERVICE: &str = "predictor";
+/// The shops' service (`concord_shop::SERVICE_NAME`).
+pub const SHOP_SERVICE: &str = "shop";
+/// The aggregator's service (`concord_aggregator::AGGREGATOR_SERVICE`).
+pub const AGGREGATOR_SERVICE: &str = "aggregator";
+/// The gateway's service (`concord_web_gateway::SERVICE_NAME`).
+pub const GATEWAY_SERVICE: &str = "gateway";
+/// Metadata key naming a prediction node (`concord_node::METADATA_NODE_ID`).
+pub const METADATA_NODE_ID: &str = "node_id";
+/// Metadata key of a shop's role (`primary` or `replica`).
+pub const METADATA_ROLE: &str = "role";
+/// Metadata key of the term a shop claims or follows.
+pub const METADATA_TERM: &str = "term";
+
 struct Lease {
+    /// What is published: `lease_id` is always empty here.
     instance: Instance,
+    /// Who registered it; the only principal that may renew or remove it.
+    owner: Principal,
     expires_at: Instant,
     ttl: Duration,
     /// Registration order, to list oldest first.
     order: u64,
 }
 
-/// Live leases and the change counter watchers follow.
+impl Lease {
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at > now
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        self.instance
+            .metadata
+            .get(METADATA_NODE_ID)
+            .map(String::as_str)
+    }
+}
+
+/// The highest primary term the table knows for one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KnownTerm {
+    term: u64,
+    /// The address whose claim to `term` was accepted; `None` when the term was only
+    /// learned from a shop that follows it.
+    holder: Option<String>,
+}
+
+/// Live leases, the terms they claimed, and the change counter watchers follow.
 #[derive(Default)]
 pub struct LeaseTable {
     leases: HashMap<String, Lease>,
+    terms: HashMap<String, KnownTerm>,
     revision: u64,
     next_order: u64,
 }
@@ -66,9 +170,11 @@ impl LeaseTable {
         self.revision
     }
 
-    /// Adds an instance under a new lease that expires `ttl` after `now`.
+    /// Adds an instance registered by `owner` under a new lease that expires `ttl` after
+    /// `now`. The returned instance is the holder's copy: the only one carrying the lease id.
     pub fn register(
         &mut self,
+        owner: &Principal,
         service: &str,
         address: &str,
         metadata: HashMap<String, String>,
@@ -78,7 +184,6 @@ impl LeaseTable {
         validate_service(service)?;
         validate_address(address)?;
         validate_metadata(&metadata)?;
-        self.check_primary_claim(service, address, None, &metadata, now)?;
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(RegistryError::InvalidArgument(format!(
                 "ttl_ms {} is outside {}..={}",
@@ -87,50 +192,65 @@ impl LeaseTable {
                 MAX_TTL.as_millis()
             )));
         }
+        authorize(owner, service, &metadata)?;
+        let replaced = self.check_node_place(service, address, &metadata, now)?;
+        self.check_primary_claim(service, address, None, &metadata, now)?;
+        self.check_caps(owner, service, &replaced, now)?;
+
+        for id in &replaced {
+            self.leases.remove(id);
+        }
+        self.learn_term(owner, service, address, &metadata);
         let lease_id = uuid::Uuid::new_v4().simple().to_string();
         let wall = unix_ms();
         let instance = Instance {
             service: service.to_owned(),
             address: address.to_owned(),
             metadata,
-            lease_id: lease_id.clone(),
+            lease_id: String::new(),
             registered_at_unix_ms: wall,
             expires_at_unix_ms: wall + millis(ttl),
         };
         self.next_order += 1;
         self.leases.insert(
-            lease_id,
+            lease_id.clone(),
             Lease {
                 instance: instance.clone(),
+                owner: owner.clone(),
                 expires_at: now + ttl,
                 ttl,
                 order: self.next_order,
             },
         );
         self.revision += 1;
-        Ok(instance)
+        Ok(Instance {
+            lease_id,
+            ..instance
+        })
     }
 
-    /// Renews a lease for another TTL, replacing its metadata when given one.
+    /// Renews `owner`'s lease for another TTL, replacing its metadata when given one.
+    /// Someone else's lease is `LeaseNotFound`, as an unknown one.
     pub fn keep_alive(
         &mut self,
+        owner: &Principal,
         lease_id: &str,
         metadata: Option<HashMap<String, String>>,
         now: Instant,
     ) -> Result<Instance, RegistryError> {
         check_lease_id(lease_id)?;
-        if let Some(metadata) = &metadata {
-            validate_metadata(metadata)?;
-        }
         let (service, address) = match self.leases.get(lease_id) {
-            Some(lease) if lease.expires_at > now => (
+            Some(lease) if lease.is_live(now) && lease.owner == *owner => (
                 lease.instance.service.clone(),
                 lease.instance.address.clone(),
             ),
             _ => return Err(RegistryError::LeaseNotFound(lease_id.to_owned())),
         };
         if let Some(metadata) = &metadata {
+            validate_metadata(metadata)?;
+            authorize(owner, &service, metadata)?;
             self.check_primary_claim(&service, &address, Some(lease_id), metadata, now)?;
+            self.learn_term(owner, &service, &address, metadata);
         }
         let lease = match self.leases.get_mut(lease_id) {
             Some(lease) => lease,
@@ -144,12 +264,93 @@ impl LeaseTable {
                 self.revision += 1;
             }
         }
-        Ok(lease.instance.clone())
+        Ok(Instance {
+            lease_id: lease_id.to_owned(),
+            ..lease.instance.clone()
+        })
     }
 
-    /// Refuses `metadata` if it claims the primary role of `service` for a term that another
-    /// live primary of the service (other lease, other address) already holds or exceeds
-    /// (module docs, "Primary claims").
+    /// The leases a `predictor` registration of its `node_id` at `address` replaces (the
+    /// same node restarted at the same address); refuses it while the node is live at
+    /// another address (module docs, "One node, one place").
+    fn check_node_place(
+        &self,
+        service: &str,
+        address: &str,
+        metadata: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Vec<String>, RegistryError> {
+        let Some(node_id) = metadata.get(METADATA_NODE_ID) else {
+            return Ok(Vec::new());
+        };
+        if service != PREDICTOR_SERVICE {
+            return Ok(Vec::new());
+        }
+        let mut replaced = Vec::new();
+        for (id, lease) in &self.leases {
+            if lease.instance.service != service
+                || !lease.is_live(now)
+                || lease.node_id() != Some(node_id)
+            {
+                continue;
+            }
+            if lease.instance.address != address {
+                return Err(RegistryError::NodeTaken(format!(
+                    "node {} is registered at {} until its lease expires; \
+                     a node id can serve from one address at a time",
+                    quote(node_id),
+                    quote(&lease.instance.address)
+                )));
+            }
+            replaced.push(id.clone());
+        }
+        Ok(replaced)
+    }
+
+    /// Refuses a registration beyond any of the caps (module docs, "Bounds"); `replaced`
+    /// leases are about to go and do not count.
+    fn check_caps(
+        &self,
+        owner: &Principal,
+        service: &str,
+        replaced: &[String],
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let (mut total, mut in_service, mut by_owner, mut by_owner_in_service) = (0, 0, 0, 0);
+        for (id, lease) in &self.leases {
+            if !lease.is_live(now) || replaced.contains(id) {
+                continue;
+            }
+            let same_service = lease.instance.service == service;
+            let same_owner = lease.owner == *owner;
+            total += 1;
+            in_service += usize::from(same_service);
+            by_owner += usize::from(same_owner);
+            by_owner_in_service += usize::from(same_service && same_owner);
+        }
+        let full = if total >= MAX_INSTANCES {
+            format!("the registry holds {MAX_INSTANCES} instances, its limit")
+        } else if in_service >= MAX_INSTANCES_PER_SERVICE {
+            format!("{service} has {MAX_INSTANCES_PER_SERVICE} instances, the limit per service")
+        } else if by_owner_in_service >= MAX_LEASES_PER_PRINCIPAL_PER_SERVICE {
+            format!(
+                "{owner} holds {MAX_LEASES_PER_PRINCIPAL_PER_SERVICE} leases in {service}, \
+                 the limit per principal and service"
+            )
+        } else if by_owner >= MAX_LEASES_PER_PRINCIPAL {
+            format!("{owner} holds {MAX_LEASES_PER_PRINCIPAL} leases, the limit per principal")
+        } else {
+            return Ok(());
+        };
+        Err(RegistryError::Exhausted(format!(
+            "{full}; deregister or let a lease expire first"
+        )))
+    }
+
+    /// Refuses `metadata` if it claims the primary role of `service` against the rules of
+    /// the module docs ("Primary claims"): a live rival at another address with the same
+    /// or a higher term, or a term other than the next one (or the current one, for its
+    /// holder).
     fn check_primary_claim(
         &self,
         service: &str,
@@ -164,7 +365,7 @@ impl LeaseTable {
         let holder = self.leases.iter().find_map(|(id, lease)| {
             let other = &lease.instance;
             let live_rival = Some(id.as_str()) != lease_id
-                && lease.expires_at > now
+                && lease.is_live(now)
                 && other.service == service
                 && other.address != address;
             let their_term = if live_rival {
@@ -174,18 +375,99 @@ impl LeaseTable {
             };
             (their_term >= term).then(|| (other.address.clone(), their_term))
         });
-        match holder {
-            None => Ok(()),
-            Some((holder, their_term)) => Err(RegistryError::PrimaryTaken(format!(
+        if let Some((holder, their_term)) = holder {
+            return Err(RegistryError::PrimaryTaken(format!(
                 "{service} already has a primary for term {their_term} at {holder}; \
                  a primary claim needs a higher term than {their_term}, or follow {holder}"
-            ))),
+            )));
+        }
+        let Some(known) = self.terms.get(service) else {
+            return Ok(());
+        };
+        let next = known.term.checked_add(1);
+        let renewal = term == known.term
+            && known
+                .holder
+                .as_deref()
+                .is_none_or(|holder| holder == address);
+        if Some(term) == next || renewal {
+            return Ok(());
+        }
+        let expected = match next {
+            Some(next) => format!("term {next}"),
+            None => "no term (the current one is the largest possible)".to_owned(),
+        };
+        let why = if term > known.term {
+            "a claim may not skip terms"
+        } else {
+            "a claim must be newer than the current term"
+        };
+        let current = match &known.holder {
+            Some(holder) => format!(
+                "the current term of {service} is {} (held by {holder})",
+                known.term
+            ),
+            None => format!("the current term of {service} is {}", known.term),
+        };
+        Err(RegistryError::PrimaryTaken(format!(
+            "primary claim for term {term} refused: {current}; {why}, so the expected claim is {expected}"
+        )))
+    }
+
+    /// Records the term `metadata` claims (accepted by now) or, from a shop while no claim
+    /// was accepted, the term it follows (module docs, "Primary claims").
+    fn learn_term(
+        &mut self,
+        owner: &Principal,
+        service: &str,
+        address: &str,
+        metadata: &HashMap<String, String>,
+    ) {
+        if let Ok(Some(term)) = primary_claim(metadata) {
+            let known = self
+                .terms
+                .entry(service.to_owned())
+                .or_insert(KnownTerm { term, holder: None });
+            if term >= known.term {
+                *known = KnownTerm {
+                    term,
+                    holder: Some(address.to_owned()),
+                };
+            }
+            return;
+        }
+        if *owner != Principal::Shop {
+            return;
+        }
+        let Some(term) = metadata
+            .get(METADATA_TERM)
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let known = self
+            .terms
+            .entry(service.to_owned())
+            .or_insert(KnownTerm { term, holder: None });
+        if known.holder.is_none() && term > known.term {
+            known.term = term;
         }
     }
 
-    /// Removes a lease at once.
-    pub fn deregister(&mut self, lease_id: &str) -> Result<Instance, RegistryError> {
+    /// Removes `owner`'s lease at once. Someone else's lease is `LeaseNotFound`.
+    pub fn deregister(
+        &mut self,
+        owner: &Principal,
+        lease_id: &str,
+    ) -> Result<Instance, RegistryError> {
         check_lease_id(lease_id)?;
+        if self
+            .leases
+            .get(lease_id)
+            .is_none_or(|lease| lease.owner != *owner)
+        {
+            return Err(RegistryError::LeaseNotFound(lease_id.to_owned()));
+        }
         let lease = self
             .leases
             .remove(lease_id)
@@ -199,7 +481,7 @@ impl LeaseTable {
         let expired: Vec<String> = self
             .leases
             .iter()
-            .filter(|(_, lease)| lease.expires_at <= now)
+            .filter(|(_, lease)| !lease.is_live(now))
             .map(|(id, _)| id.clone())
             .collect();
         let mut gone = Vec::with_capacity(expired.len());
@@ -214,7 +496,7 @@ impl LeaseTable {
         gone
     }
 
-    /// Live instances of `service`, oldest registration first.
+    /// Live instances of `service`, oldest registration first (without lease ids).
     pub fn resolve(&self, service: &str) -> Vec<Instance> {
         let mut found: Vec<&Lease> = self
             .leases
@@ -225,7 +507,7 @@ impl LeaseTable {
         found.into_iter().map(|l| l.instance.clone()).collect()
     }
 
-    /// Every live instance, by service name, then registration order.
+    /// Every live instance, by service name, then registration order (without lease ids).
     pub fn list(&self) -> Vec<Instance> {
         let mut all: Vec<&Lease> = self.leases.values().collect();
         all.sort_by(|a, b| {
@@ -238,13 +520,63 @@ impl LeaseTable {
     }
 }
 
+/// Whether `owner` may publish `metadata` in `service` (module docs, "Who may register
+/// what"); `Forbidden` names the rule otherwise.
+pub fn authorize(
+    owner: &Principal,
+    service: &str,
+    metadata: &HashMap<String, String>,
+) -> Result<(), RegistryError> {
+    let forbidden = |why: String| Err(RegistryError::Forbidden(format!("{owner} {why}")));
+    let required = match service {
+        PREDICTOR_SERVICE => None,
+        SHOP_SERVICE => Some(Principal::Shop),
+        AGGREGATOR_SERVICE => Some(Principal::Aggregator),
+        GATEWAY_SERVICE => Some(Principal::Gateway),
+        _ => None,
+    };
+    if *owner == Principal::Registry {
+        return forbidden("may not register any service".into());
+    }
+    if let Some(required) = required {
+        if *owner != required {
+            return forbidden(format!("may not register {service}: only {required} may"));
+        }
+    }
+    let node_id = metadata.get(METADATA_NODE_ID);
+    if service == PREDICTOR_SERVICE {
+        let Principal::Node(own) = owner else {
+            return forbidden(format!("may not register {service}: only a node may"));
+        };
+        if node_id != Some(own) {
+            return forbidden(format!(
+                "must register {service} with metadata {METADATA_NODE_ID}={own}"
+            ));
+        }
+    }
+    if let Some(node_id) = node_id {
+        if owner.node_id() != Some(node_id.as_str()) {
+            return forbidden(format!(
+                "may not publish {METADATA_NODE_ID}={}: only that node may",
+                quote(node_id)
+            ));
+        }
+    }
+    if metadata.get(METADATA_ROLE).map(String::as_str) == Some("primary")
+        && *owner != Principal::Shop
+    {
+        return forbidden("may not claim role=primary: only a shop may".into());
+    }
+    Ok(())
+}
+
 /// The term a metadata set claims the primary role for: `None` when it does not say
 /// `role=primary`; a missing `term` counts as 0; a `term` that is not a u64 is refused.
 fn primary_claim(metadata: &HashMap<String, String>) -> Result<Option<u64>, RegistryError> {
-    if metadata.get("role").map(String::as_str) != Some("primary") {
+    if metadata.get(METADATA_ROLE).map(String::as_str) != Some("primary") {
         return Ok(None);
     }
-    match metadata.get("term") {
+    match metadata.get(METADATA_TERM) {
         None => Ok(Some(0)),
         Some(term) => term.parse().map(Some).map_err(|_| {
             RegistryError::InvalidArgument(format!(
@@ -322,13 +654,20 @@ fn validate_metadata(metadata: &HashMap<String, String>) -> Result<(), RegistryE
             metadata.len()
         )));
     }
+    let mut total = 0;
     for (key, value) in metadata {
+        total += key.len() + value.len();
         if key.is_empty() || key.len() > MAX_METADATA_BYTES || value.len() > MAX_METADATA_BYTES {
             return Err(RegistryError::InvalidArgument(format!(
                 "metadata entry {} must have a 1..={MAX_METADATA_BYTES} byte key and a value of at most {MAX_METADATA_BYTES} bytes",
                 quote(key)
             )));
         }
+    }
+    if total > MAX_METADATA_TOTAL_BYTES {
+        return Err(RegistryError::InvalidArgument(format!(
+            "metadata keys and values total {total} bytes; the limit is {MAX_METADATA_TOTAL_BYTES}"
+        )));
     }
     Ok(())
 }
@@ -350,9 +689,21 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(2);
 
+    fn shop() -> Principal {
+        Principal::Shop
+    }
+
+    fn node(id: &str) -> Principal {
+        Principal::Node(id.to_owned())
+    }
+
+    fn other() -> Principal {
+        Principal::Gateway
+    }
+
     fn register(table: &mut LeaseTable, service: &str, now: Instant) -> Instance {
         table
-            .register(service, "127.0.0.1:1", HashMap::new(), TTL, now)
+            .register(&other(), service, "127.0.0.1:1", HashMap::new(), TTL, now)
             .expect("valid registration")
     }
 
@@ -364,48 +715,106 @@ mod tests {
     }
 
     /// One primary per term and service: a rival claim for the same or a lower term is
-    /// refused and changes nothing; a higher term wins; the holder's own address may
-    /// register again (a restart); expired leases and other services do not count.
+    /// refused and changes nothing; the next term wins; the holder's own address may
+    /// register again (a restart); other services do not count; an old term stays refused
+    /// after its holders expired.
     #[test]
     fn primary_claims_are_arbitrated_by_term() {
         let now = Instant::now();
         let mut table = LeaseTable::new();
         let a = table
-            .register("shop", "127.0.0.1:1", role("primary", "2"), TTL, now)
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:1",
+                role("primary", "2"),
+                TTL,
+                now,
+            )
             .expect("first claim");
         for term in ["2", "1"] {
             let err = table
-                .register("shop", "127.0.0.1:2", role("primary", term), TTL, now)
+                .register(
+                    &shop(),
+                    "shop",
+                    "127.0.0.1:2",
+                    role("primary", term),
+                    TTL,
+                    now,
+                )
                 .expect_err("rival claim");
             assert!(matches!(err, RegistryError::PrimaryTaken(_)), "{err}");
             assert!(err.to_string().contains("term 2 at 127.0.0.1:1"), "{err}");
         }
         let b = table
-            .register("shop", "127.0.0.1:2", role("replica", "2"), TTL, now)
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:2",
+                role("replica", "2"),
+                TTL,
+                now,
+            )
             .expect("a replica claims nothing");
         let revision = table.revision();
         table
-            .keep_alive(&b.lease_id, Some(role("primary", "2")), now)
+            .keep_alive(&shop(), &b.lease_id, Some(role("primary", "2")), now)
             .expect_err("promotion to a held term");
         assert_eq!(table.revision(), revision);
         assert_eq!(table.resolve("shop")[1].metadata, role("replica", "2"));
         table
-            .keep_alive(&b.lease_id, Some(role("primary", "3")), now)
+            .keep_alive(&shop(), &b.lease_id, Some(role("primary", "3")), now)
             .expect("a higher term wins");
         table
-            .keep_alive(&a.lease_id, Some(role("primary", "2")), now)
+            .keep_alive(&shop(), &a.lease_id, Some(role("primary", "2")), now)
             .expect_err("the old primary cannot re-assert its term");
         table
-            .register("shop", "127.0.0.1:2", role("primary", "3"), TTL, now)
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:2",
+                role("primary", "3"),
+                TTL,
+                now,
+            )
             .expect("the holder restarted at its address");
         table
-            .register("other", "127.0.0.1:7", role("primary", "0"), TTL, now)
+            .register(
+                &shop(),
+                "other",
+                "127.0.0.1:7",
+                role("primary", "0"),
+                TTL,
+                now,
+            )
             .expect("another service");
+        let err = table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:9",
+                role("primary", "1"),
+                TTL,
+                now + TTL,
+            )
+            .expect_err("every rival has expired, but term 1 is old");
+        assert!(
+            err.to_string().contains("expected claim is term 4"),
+            "{err}"
+        );
         table
-            .register("shop", "127.0.0.1:9", role("primary", "1"), TTL, now + TTL)
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:9",
+                role("primary", "4"),
+                TTL,
+                now + TTL,
+            )
             .expect("every rival has expired");
         let err = table
             .register(
+                &shop(),
                 "shop",
                 "127.0.0.1:8",
                 role("primary", "x"),
@@ -424,15 +833,19 @@ mod tests {
         let a = register(&mut table, "svc", t0);
         let b = register(&mut table, "svc", t0);
         table
-            .keep_alive(&a.lease_id, None, t0 + Duration::from_millis(1500))
+            .keep_alive(
+                &other(),
+                &a.lease_id,
+                None,
+                t0 + Duration::from_millis(1500),
+            )
             .expect("a renewed in time");
         assert!(table.expire(t0 + Duration::from_millis(1999)).is_empty());
         let gone = table.expire(t0 + TTL);
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].lease_id, b.lease_id);
         assert_eq!(table.resolve("svc").len(), 1);
         assert_eq!(
-            table.keep_alive(&b.lease_id, None, t0 + TTL),
+            table.keep_alive(&other(), &b.lease_id, None, t0 + TTL),
             Err(RegistryError::LeaseNotFound(b.lease_id.clone()))
         );
         assert_eq!(table.expire(t0 + Duration::from_millis(3500)).len(), 1);
@@ -446,16 +859,20 @@ mod tests {
         let mut table = LeaseTable::new();
         let a = register(&mut table, "svc", t0);
         assert_eq!(table.revision(), 1);
-        table.keep_alive(&a.lease_id, None, t0).expect("renew");
-        assert_eq!(table.revision(), 1);
-        let md = HashMap::from([("role".to_owned(), "primary".to_owned())]);
         table
-            .keep_alive(&a.lease_id, Some(md.clone()), t0)
+            .keep_alive(&other(), &a.lease_id, None, t0)
+            .expect("renew");
+        assert_eq!(table.revision(), 1);
+        let md = HashMap::from([("model".to_owned(), "knn".to_owned())]);
+        table
+            .keep_alive(&other(), &a.lease_id, Some(md.clone()), t0)
             .expect("renew with metadata");
         assert_eq!(table.revision(), 2);
-        table.keep_alive(&a.lease_id, Some(md), t0).expect("same");
+        table
+            .keep_alive(&other(), &a.lease_id, Some(md), t0)
+            .expect("same");
         assert_eq!(table.revision(), 2);
-        table.deregister(&a.lease_id).expect("deregister");
+        table.deregister(&other(), &a.lease_id).expect("deregister");
         assert_eq!(table.revision(), 3);
     }
 
@@ -478,7 +895,7 @@ mod tests {
         let mut table = LeaseTable::new();
         for (service, address, ttl, want) in cases {
             let err = table
-                .register(service, address, HashMap::new(), *ttl, now)
+                .register(&other(), service, address, HashMap::new(), *ttl, now)
                 .expect_err("must be refused");
             assert!(
                 err.to_string().contains(want),
@@ -489,7 +906,9 @@ mod tests {
         assert!(table.list().is_empty());
         for ok in ["localhost:80", "shop-1.internal:50060", "[::1]:50050"] {
             assert!(
-                table.register("svc", ok, HashMap::new(), TTL, now).is_ok(),
+                table
+                    .register(&other(), "svc", ok, HashMap::new(), TTL, now)
+                    .is_ok(),
                 "{ok}"
             );
         }
@@ -500,11 +919,17 @@ mod tests {
     fn resolve_orders_by_registration() {
         let now = Instant::now();
         let mut table = LeaseTable::new();
-        let first = register(&mut table, "a", now);
-        register(&mut table, "b", now);
-        let third = register(&mut table, "a", now);
-        let ids: Vec<String> = table.resolve("a").into_iter().map(|i| i.lease_id).collect();
-        assert_eq!(ids, vec![first.lease_id, third.lease_id]);
+        for (service, address) in [
+            ("a", "127.0.0.1:3"),
+            ("b", "127.0.0.1:2"),
+            ("a", "127.0.0.1:1"),
+        ] {
+            table
+                .register(&other(), service, address, HashMap::new(), TTL, now)
+                .expect("valid");
+        }
+        let order: Vec<String> = table.resolve("a").into_iter().map(|i| i.address).collect();
+        assert_eq!(order, vec!["127.0.0.1:3", "127.0.0.1:1"]);
         let services: Vec<String> = table.list().into_iter().map(|i| i.service).collect();
         assert_eq!(services, vec!["a", "a", "b"]);
     }
@@ -517,16 +942,19 @@ mod tests {
         let mut table = LeaseTable::new();
         let huge = "a".repeat(3 * 1024 * 1024);
         let errors = [
-            table.keep_alive(&huge, None, now).expect_err("lease id"),
-            table.deregister(&huge).expect_err("lease id"),
             table
-                .register("svc", &huge, HashMap::new(), TTL, now)
+                .keep_alive(&other(), &huge, None, now)
+                .expect_err("lease id"),
+            table.deregister(&other(), &huge).expect_err("lease id"),
+            table
+                .register(&other(), "svc", &huge, HashMap::new(), TTL, now)
                 .expect_err("address"),
             table
-                .register(&huge, "127.0.0.1:1", HashMap::new(), TTL, now)
+                .register(&other(), &huge, "127.0.0.1:1", HashMap::new(), TTL, now)
                 .expect_err("service"),
             table
                 .register(
+                    &other(),
                     "svc",
                     "127.0.0.1:1",
                     HashMap::from([(huge.clone(), String::new())]),
@@ -543,8 +971,493 @@ mod tests {
             assert!(err.to_string().len() < 300, "{:.200}", err.to_string());
         }
         assert!(matches!(
-            table.keep_alive("", None, now),
+            table.keep_alive(&other(), "", None, now),
             Err(RegistryError::LeaseNotFound(_))
         ));
+    }
+
+    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Who may publish what where: roles own their services, a node only its own node_id,
+    /// only a shop role=primary, the registry nothing.
+    #[test]
+    fn authorization_table() {
+        /// (caller, service, metadata, refusal naming this or `None` for allowed)
+        type Case<'a> = (
+            Principal,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
+            (node("n1"), "predictor", &[("node_id", "n1")], None),
+            (
+                node("n1"),
+                "predictor",
+                &[("node_id", "n2")],
+                Some("node_id=n1"),
+            ),
+            (node("n1"), "predictor", &[], Some("node_id=n1")),
+            (
+                shop(),
+                "predictor",
+                &[("node_id", "n1")],
+                Some("only a node"),
+            ),
+            (shop(), "shop", &[("role", "primary"), ("term", "1")], None),
+            (shop(), "shop", &[("role", "replica")], None),
+            (node("n1"), "shop", &[], Some("only shop may")),
+            (Principal::Gateway, "shop", &[], Some("only shop may")),
+            (Principal::Aggregator, "aggregator", &[], None),
+            (shop(), "aggregator", &[], Some("only aggregator may")),
+            (Principal::Gateway, "gateway", &[], None),
+            (node("n1"), "gateway", &[], Some("only gateway may")),
+            (node("n1"), "misc", &[], None),
+            (node("n1"), "misc", &[("node_id", "n1")], None),
+            (
+                Principal::Gateway,
+                "misc",
+                &[("node_id", "n1")],
+                Some("only that node"),
+            ),
+            (
+                node("n1"),
+                "misc",
+                &[("role", "primary")],
+                Some("only a shop"),
+            ),
+            (
+                Principal::Gateway,
+                "misc",
+                &[("role", "primary")],
+                Some("only a shop"),
+            ),
+            (shop(), "misc", &[("role", "primary")], None),
+            (Principal::Registry, "misc", &[], Some("may not register")),
+        ];
+        for (owner, service, metadata, want) in cases {
+            let got = authorize(owner, service, &md(metadata));
+            match want {
+                None => assert_eq!(got, Ok(()), "{owner} {service} {metadata:?}"),
+                Some(want) => {
+                    let err = got.expect_err("forbidden");
+                    assert!(matches!(err, RegistryError::Forbidden(_)), "{err}");
+                    assert!(err.to_string().contains(want), "{owner} {service}: {err}");
+                }
+            }
+        }
+    }
+
+    /// The term rule, with nothing live to rival: the next term, the holder's own current
+    /// term, an unheld current term, or anything when nothing is known; never a jump or an
+    /// old term.
+    #[test]
+    fn term_rule_table() {
+        const A: &str = "127.0.0.1:1";
+        const B: &str = "127.0.0.1:2";
+        /// (known term and holder, claimed term, claimant, refusal naming this or `None`)
+        type Case<'a> = (
+            Option<(u64, Option<&'a str>)>,
+            u64,
+            &'a str,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
+            (None, 0, A, None),
+            (None, u64::MAX, A, None),
+            (Some((3, Some(A))), 4, B, None),
+            (Some((3, Some(A))), 3, A, None),
+            (Some((3, Some(A))), 3, B, Some("held by 127.0.0.1:1")),
+            (Some((3, None)), 3, B, None),
+            (Some((3, Some(A))), 2, A, Some("must be newer")),
+            (Some((3, Some(A))), 5, A, Some("expected claim is term 4")),
+            (Some((3, Some(A))), 103, B, Some("expected claim is term 4")),
+            (
+                Some((3, None)),
+                u64::MAX,
+                B,
+                Some("expected claim is term 4"),
+            ),
+            (Some((u64::MAX, Some(A))), u64::MAX, A, None),
+            (
+                Some((u64::MAX, Some(A))),
+                u64::MAX,
+                B,
+                Some("largest possible"),
+            ),
+        ];
+        let now = Instant::now();
+        for (known, term, address, want) in cases {
+            let mut table = LeaseTable::new();
+            if let Some((term, holder)) = known {
+                table.terms.insert(
+                    "shop".into(),
+                    KnownTerm {
+                        term: *term,
+                        holder: holder.map(str::to_owned),
+                    },
+                );
+            }
+            let got = table.register(
+                &shop(),
+                "shop",
+                address,
+                role("primary", &term.to_string()),
+                TTL,
+                now,
+            );
+            match want {
+                None => {
+                    got.unwrap_or_else(|err| panic!("{known:?} {term} {address}: {err}"));
+                    let known = &table.terms["shop"];
+                    assert_eq!(
+                        (known.term, known.holder.as_deref()),
+                        (*term, Some(*address))
+                    );
+                }
+                Some(want) => {
+                    let err = got.expect_err("refused");
+                    assert!(matches!(err, RegistryError::PrimaryTaken(_)), "{err}");
+                    assert!(err.to_string().contains(want), "{known:?} {term}: {err}");
+                    assert!(table.list().is_empty());
+                }
+            }
+        }
+    }
+
+    /// After a restart the table learns the current term from shops that follow it (and
+    /// from nobody else), and holds it even when every lease has expired.
+    #[test]
+    fn terms_are_learned_from_shops_and_never_lowered() {
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        table
+            .register(
+                &other(),
+                "shop-x",
+                "127.0.0.1:5",
+                role("replica", "90"),
+                TTL,
+                now,
+            )
+            .expect("a gateway may publish a term in an open service");
+        assert!(
+            !table.terms.contains_key("shop-x"),
+            "only shops teach terms"
+        );
+        table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:2",
+                role("replica", "5"),
+                TTL,
+                now,
+            )
+            .expect("replica");
+        let err = table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:1",
+                role("primary", "4"),
+                TTL,
+                now,
+            )
+            .expect_err("an old primary after a registry restart");
+        assert!(
+            err.to_string().contains("expected claim is term 6"),
+            "{err}"
+        );
+        table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:1",
+                role("primary", "5"),
+                TTL,
+                now,
+            )
+            .expect("the primary of term 5 re-registers");
+        table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:3",
+                role("replica", "9"),
+                TTL,
+                now,
+            )
+            .expect("a replica's term is only a label once a claim was accepted");
+        assert_eq!(table.terms["shop"].term, 5);
+        table.expire(now + TTL);
+        assert!(table.list().is_empty());
+        let err = table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:2",
+                role("primary", "5"),
+                TTL,
+                now + TTL,
+            )
+            .expect_err("term 5 belongs to 127.0.0.1:1");
+        assert!(err.to_string().contains("held by 127.0.0.1:1"), "{err}");
+        table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:2",
+                role("primary", "6"),
+                TTL,
+                now + TTL,
+            )
+            .expect("T+1");
+    }
+
+    /// A node id is live at one address: elsewhere it is refused naming the holder; at
+    /// the same address it replaces the old lease; once that expired, anywhere.
+    #[test]
+    fn a_node_id_serves_from_one_address() {
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        let n1 = md(&[("node_id", "n1")]);
+        table
+            .register(
+                &node("n1"),
+                "predictor",
+                "127.0.0.1:1",
+                n1.clone(),
+                TTL,
+                now,
+            )
+            .expect("n1");
+        let revision = table.revision();
+        let err = table
+            .register(
+                &node("n1"),
+                "predictor",
+                "127.0.0.1:2",
+                n1.clone(),
+                TTL,
+                now,
+            )
+            .expect_err("n1 elsewhere");
+        assert!(matches!(err, RegistryError::NodeTaken(_)), "{err}");
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+        assert_eq!(table.revision(), revision);
+        table
+            .register(
+                &node("n1"),
+                "predictor",
+                "127.0.0.1:1",
+                n1.clone(),
+                TTL,
+                now,
+            )
+            .expect("n1 restarted in place");
+        assert_eq!(table.resolve("predictor").len(), 1);
+        table
+            .register(&node("n1"), "predictor", "127.0.0.1:2", n1, TTL, now + TTL)
+            .expect("the old lease expired");
+    }
+
+    /// A lease answers only to its owner: anyone else's KeepAlive (with or without new
+    /// metadata) and Deregister are "not found" and change nothing.
+    #[test]
+    fn leases_answer_only_their_owner() {
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        let primary = table
+            .register(
+                &shop(),
+                "shop",
+                "127.0.0.1:1",
+                role("primary", "1"),
+                TTL,
+                now,
+            )
+            .expect("primary");
+        let before = table.list();
+        let revision = table.revision();
+        for thief in [node("n1"), other(), Principal::Aggregator] {
+            for metadata in [None, Some(role("replica", "1"))] {
+                assert_eq!(
+                    table.keep_alive(&thief, &primary.lease_id, metadata, now),
+                    Err(RegistryError::LeaseNotFound(primary.lease_id.clone()))
+                );
+            }
+            assert_eq!(
+                table.deregister(&thief, &primary.lease_id),
+                Err(RegistryError::LeaseNotFound(primary.lease_id.clone()))
+            );
+        }
+        assert_eq!(table.list(), before);
+        assert_eq!(table.revision(), revision);
+        assert!(!primary.lease_id.is_empty(), "the holder's copy has the id");
+        assert!(
+            before.iter().all(|i| i.lease_id.is_empty()),
+            "published copies do not"
+        );
+        table
+            .deregister(&shop(), &primary.lease_id)
+            .expect("the owner");
+    }
+
+    /// Each cap refuses the first registration beyond it with RESOURCE_EXHAUSTED and a
+    /// message naming it; expired leases free their place.
+    #[test]
+    fn caps_table() {
+        let now = Instant::now();
+        let addr = |i: usize| format!("127.0.0.1:{}", 1000 + i);
+        // Per principal and service.
+        let mut table = LeaseTable::new();
+        for i in 0..MAX_LEASES_PER_PRINCIPAL_PER_SERVICE {
+            table
+                .register(&other(), "s", &addr(i), HashMap::new(), TTL, now)
+                .expect("under the cap");
+        }
+        let err = table
+            .register(&other(), "s", &addr(99), HashMap::new(), TTL, now)
+            .expect_err("9th");
+        assert!(
+            err.to_string().contains("limit per principal and service"),
+            "{err}"
+        );
+        assert!(matches!(err, RegistryError::Exhausted(_)));
+        table
+            .register(&other(), "s", &addr(99), HashMap::new(), TTL, now + TTL)
+            .expect("after expiry");
+        // Per principal.
+        let mut table = LeaseTable::new();
+        for i in 0..MAX_LEASES_PER_PRINCIPAL {
+            let service = format!("s{}", i / MAX_LEASES_PER_PRINCIPAL_PER_SERVICE);
+            table
+                .register(&other(), &service, &addr(i), HashMap::new(), TTL, now)
+                .expect("under the cap");
+        }
+        let err = table
+            .register(&other(), "fresh", &addr(99), HashMap::new(), TTL, now)
+            .expect_err("65th");
+        assert!(err.to_string().contains("the limit per principal"), "{err}");
+        // Per service and in all.
+        let mut table = LeaseTable::new();
+        let full = fill(&mut table, now, &HashMap::new());
+        assert_eq!(table.list().len(), MAX_INSTANCES);
+        for (service, want) in [(full[0].as_str(), "its limit"), ("fresh", "its limit")] {
+            let err = table
+                .register(&node("fresh"), service, &addr(1), HashMap::new(), TTL, now)
+                .expect_err("full");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        let mut table = LeaseTable::new();
+        for i in 0..MAX_INSTANCES_PER_SERVICE {
+            let owner = node(&format!("n{}", i / MAX_LEASES_PER_PRINCIPAL_PER_SERVICE));
+            table
+                .register(&owner, "busy", &addr(i), HashMap::new(), TTL, now)
+                .expect("under the cap");
+        }
+        let err = table
+            .register(&node("fresh"), "busy", &addr(999), HashMap::new(), TTL, now)
+            .expect_err("257th");
+        assert!(err.to_string().contains("the limit per service"), "{err}");
+    }
+
+    /// Fills `table` to [`MAX_INSTANCES`]: every service at [`MAX_INSTANCES_PER_SERVICE`],
+    /// every principal at its per-service cap, each instance with the longest service name
+    /// and address and `metadata`. Returns the service names.
+    fn fill(
+        table: &mut LeaseTable,
+        now: Instant,
+        metadata: &HashMap<String, String>,
+    ) -> Vec<String> {
+        let services: Vec<String> = (0..MAX_INSTANCES / MAX_INSTANCES_PER_SERVICE)
+            .map(|s| format!("{s}{}", "s".repeat(MAX_SERVICE_NAME_BYTES - 1)))
+            .collect();
+        for (s, service) in services.iter().enumerate() {
+            for i in 0..MAX_INSTANCES_PER_SERVICE {
+                let owner = node(&format!(
+                    "n{s}-{}",
+                    i / MAX_LEASES_PER_PRINCIPAL_PER_SERVICE
+                ));
+                let port = format!(":{}", 10_000 + i);
+                let host = "h".repeat(MAX_ADDRESS_BYTES - port.len());
+                table
+                    .register(
+                        &owner,
+                        service,
+                        &format!("{host}{port}"),
+                        metadata.clone(),
+                        MAX_TTL,
+                        now,
+                    )
+                    .expect("under every cap");
+            }
+        }
+        services
+    }
+
+    /// With every cap full of maximal instances (most entries, most bytes, and the
+    /// fewest, longest entries), List and a service's Watch encode under the gRPC message
+    /// limit, with room to spare (module docs, "Bounds").
+    #[test]
+    fn caps_keep_every_answer_under_the_message_limit() {
+        use concord::pb::registry::v1::{ListResponse, WatchResponse};
+        use prost::Message;
+
+        let per_entry = MAX_METADATA_TOTAL_BYTES / MAX_METADATA_ENTRIES / 2;
+        let many: HashMap<String, String> = (0..MAX_METADATA_ENTRIES)
+            .map(|k| (format!("{k:0per_entry$}"), "v".repeat(per_entry)))
+            .collect();
+        let long: HashMap<String, String> = (0..MAX_METADATA_TOTAL_BYTES / MAX_METADATA_BYTES / 2)
+            .map(|k| {
+                (
+                    format!("{k:0w$}", w = MAX_METADATA_BYTES),
+                    "v".repeat(MAX_METADATA_BYTES),
+                )
+            })
+            .collect();
+        for metadata in [many, long] {
+            assert_eq!(validate_metadata(&metadata), Ok(()));
+            let total: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert_eq!(total, MAX_METADATA_TOTAL_BYTES);
+            let now = Instant::now();
+            let mut table = LeaseTable::new();
+            let services = fill(&mut table, now, &metadata);
+            let list = ListResponse {
+                instances: table.list(),
+                revision: u64::MAX,
+            };
+            let watch = WatchResponse {
+                instances: table.resolve(&services[0]),
+                revision: u64::MAX,
+            };
+            assert_eq!(list.instances.len(), MAX_INSTANCES);
+            assert_eq!(watch.instances.len(), MAX_INSTANCES_PER_SERVICE);
+            // The documented bound per instance, and both answers under the limit.
+            let per_instance = 2_686;
+            assert!(
+                list.encoded_len() <= MAX_INSTANCES * per_instance + 11,
+                "{}",
+                list.encoded_len()
+            );
+            assert!(watch.encoded_len() <= MAX_INSTANCES_PER_SERVICE * per_instance + 11);
+            assert!(list.encoded_len() < concord::grpc::MAX_MESSAGE_BYTES);
+            assert!(watch.encoded_len() < concord::grpc::MAX_MESSAGE_BYTES);
+        }
+    }
+
+    /// Metadata over the total byte limit is refused even when every entry is in bounds.
+    #[test]
+    fn metadata_total_is_bounded() {
+        let metadata: HashMap<String, String> =
+            (0..9).map(|k| (format!("k{k}"), "v".repeat(250))).collect();
+        let err = validate_metadata(&metadata).expect_err("2268 bytes");
+        assert!(err.to_string().contains("limit is 2048"), "{err}");
     }
 }

@@ -5,17 +5,33 @@ use std::{collections::HashMap, time::Duration};
 
 use concord::{
     discovery::{LeaseKeeper, Registration},
+    identity::{Credential, Principal},
     pb::registry::v1::{
         registry_client::RegistryClient, DeregisterRequest, KeepAliveRequest, RegisterRequest,
         ResolveRequest, WatchRequest,
     },
 };
-use concord_testkit::Running;
-use tonic::{transport::Channel, Code};
+use concord_testkit::{credential, Running};
+use tonic::{transport::Channel, Code, Request};
 
 /// A client of `registry`.
 fn client(registry: &Running<tonic::transport::Error>) -> RegistryClient<Channel> {
     RegistryClient::new(registry.channel())
+}
+
+/// `message` carrying `credential`.
+fn signed<T>(credential: &Credential, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    credential.attach(&mut request);
+    request
+}
+
+/// node-1's credential, and the metadata a predictor registration of node-1 needs.
+fn node1() -> (Credential, HashMap<String, String>) {
+    (
+        credential(Principal::Node("node-1".into())),
+        HashMap::from([("node_id".into(), "node-1".into())]),
+    )
 }
 
 fn register_request(service: &str, address: &str, ttl_ms: u64) -> RegisterRequest {
@@ -42,8 +58,15 @@ async fn lease_expiry_reaches_watchers() {
     let first = watch.message().await.expect("stream").expect("initial set");
     assert!(first.instances.is_empty());
 
+    let (node1, metadata) = node1();
     let lease = client
-        .register(register_request("predictor", "127.0.0.1:7001", 1000))
+        .register(signed(
+            &node1,
+            RegisterRequest {
+                metadata,
+                ..register_request("predictor", "127.0.0.1:7001", 1000)
+            },
+        ))
         .await
         .expect("register")
         .into_inner();
@@ -53,7 +76,7 @@ async fn lease_expiry_reaches_watchers() {
         .expect("stream")
         .expect("message");
     assert_eq!(added.instances.len(), 1);
-    assert_eq!(added.instances[0].lease_id, lease.lease_id);
+    assert_eq!(added.instances[0].address, "127.0.0.1:7001");
 
     let started = tokio::time::Instant::now();
     let removed = tokio::time::timeout(Duration::from_secs(3), watch.message())
@@ -69,10 +92,13 @@ async fn lease_expiry_reaches_watchers() {
         "expired too early: {waited:?}"
     );
     let err = client
-        .keep_alive(KeepAliveRequest {
-            lease_id: lease.lease_id,
-            metadata: None,
-        })
+        .keep_alive(signed(
+            &node1,
+            KeepAliveRequest {
+                lease_id: lease.lease_id,
+                metadata: None,
+            },
+        ))
         .await
         .expect_err("expired lease");
     assert_eq!(err.code(), Code::NotFound);
@@ -84,8 +110,12 @@ async fn lease_expiry_reaches_watchers() {
 async fn deregister_and_metadata_changes_are_streamed() {
     let registry = concord_testkit::registry().await;
     let mut client = client(&registry);
+    let shop = credential(Principal::Shop);
     let lease = client
-        .register(register_request("shop", "127.0.0.1:7002", 10_000))
+        .register(signed(
+            &shop,
+            register_request("shop", "127.0.0.1:7002", 10_000),
+        ))
         .await
         .expect("register")
         .into_inner();
@@ -100,12 +130,15 @@ async fn deregister_and_metadata_changes_are_streamed() {
     assert_eq!(first.instances.len(), 1);
 
     client
-        .keep_alive(KeepAliveRequest {
-            lease_id: lease.lease_id.clone(),
-            metadata: Some(concord::pb::registry::v1::Metadata {
-                entries: HashMap::from([("role".into(), "primary".into())]),
-            }),
-        })
+        .keep_alive(signed(
+            &shop,
+            KeepAliveRequest {
+                lease_id: lease.lease_id.clone(),
+                metadata: Some(concord::pb::registry::v1::Metadata {
+                    entries: HashMap::from([("role".into(), "primary".into())]),
+                }),
+            },
+        ))
         .await
         .expect("keep alive");
     let changed = watch.message().await.expect("stream").expect("set");
@@ -118,9 +151,12 @@ async fn deregister_and_metadata_changes_are_streamed() {
     );
 
     client
-        .deregister(DeregisterRequest {
-            lease_id: lease.lease_id.clone(),
-        })
+        .deregister(signed(
+            &shop,
+            DeregisterRequest {
+                lease_id: lease.lease_id.clone(),
+            },
+        ))
         .await
         .expect("deregister");
     let gone = watch.message().await.expect("stream").expect("set");
@@ -142,14 +178,16 @@ async fn deregister_and_metadata_changes_are_streamed() {
 async fn lease_keeper_heals_after_registry_restart() {
     let registry = concord_testkit::registry().await;
     let addr = registry.addr;
+    let (node1, mut metadata) = node1();
+    metadata.insert("model".into(), "knn".into());
     let mut keeper = LeaseKeeper::spawn(
         &addr.to_string(),
         Registration {
             service: "predictor".into(),
             address: "127.0.0.1:7003".into(),
-            metadata: HashMap::from([("model".into(), "knn".into())]),
+            metadata,
             ttl: Duration::from_secs(1),
-            credential: None,
+            credential: Some(node1),
         },
     )
     .expect("keeper");
@@ -183,7 +221,8 @@ async fn lease_keeper_heals_after_registry_restart() {
         instance.metadata.get("model").map(String::as_str),
         Some("knn")
     );
-    assert_ne!(instance.lease_id, first_lease);
+    assert!(instance.lease_id.is_empty(), "lease ids are not published");
+    assert_ne!(keeper.lease_id(), Some(first_lease));
 
     keeper.deregister().await;
     let after = client
@@ -202,6 +241,7 @@ async fn lease_keeper_heals_after_registry_restart() {
 async fn bad_input_gets_clear_statuses() {
     let registry = concord_testkit::registry().await;
     let mut client = client(&registry);
+    let caller = credential(Principal::Gateway);
     let long = "s".repeat(65);
     let cases = [
         (register_request("", "127.0.0.1:1", 5000), "empty"),
@@ -214,7 +254,10 @@ async fn bad_input_gets_clear_statuses() {
         (register_request("svc", "127.0.0.1:1", 7_200_000), "outside"),
     ];
     for (request, want) in cases {
-        let err = client.register(request.clone()).await.expect_err("refused");
+        let err = client
+            .register(signed(&caller, request.clone()))
+            .await
+            .expect_err("refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{request:?}");
         assert!(
             err.message().contains(want),
@@ -224,17 +267,23 @@ async fn bad_input_gets_clear_statuses() {
     }
     for lease_id in ["", "no-such-lease"] {
         let err = client
-            .keep_alive(KeepAliveRequest {
-                lease_id: lease_id.into(),
-                metadata: None,
-            })
+            .keep_alive(signed(
+                &caller,
+                KeepAliveRequest {
+                    lease_id: lease_id.into(),
+                    metadata: None,
+                },
+            ))
             .await
             .expect_err("unknown");
         assert_eq!(err.code(), Code::NotFound);
         let err = client
-            .deregister(DeregisterRequest {
-                lease_id: lease_id.into(),
-            })
+            .deregister(signed(
+                &caller,
+                DeregisterRequest {
+                    lease_id: lease_id.into(),
+                },
+            ))
             .await
             .expect_err("unknown");
         assert_eq!(err.code(), Code::NotFound);

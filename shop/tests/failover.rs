@@ -202,11 +202,12 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
     registry.stop().await;
 }
 
-/// One primary per term, whoever registers what: a forged `role=primary` registration with
-/// a high term makes the primary and its replica both step down to follow it; when its
-/// lease expires both promote themselves at once. The registry accepts one claim, and no
-/// term ever has writes accepted by both processes; the loser ends up following the winner
-/// and holds its writes.
+/// One primary per term, whoever registers what: a third shop's `role=primary` claim for
+/// the next term (the registry refuses anything higher, and anyone but a shop) makes the
+/// primary and its replica both step down to follow it; when its lease expires both
+/// promote themselves at once. The registry accepts one claim, and no term ever has writes
+/// accepted by both processes; the loser ends up following the winner and holds its
+/// writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_primary_cannot_split_the_shop() {
     use concord::pb::registry::v1::{registry_client::RegistryClient, RegisterRequest};
@@ -222,18 +223,21 @@ async fn forged_primary_cannot_split_the_shop() {
     );
     create(&mut a.client(), "Before the forgery", 1, 1).await;
 
+    let forged = a.status().await.term + 1;
     let channel = concord::grpc::lazy_channel(&registry.addr.to_string()).unwrap();
+    let mut request = tonic::Request::new(RegisterRequest {
+        service: "shop".into(),
+        address: "127.0.0.1:9".into(),
+        metadata: [("role", "primary".to_owned()), ("term", forged.to_string())]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
+        ttl_ms: 1000,
+    });
+    concord_testkit::credential(concord::identity::Principal::Shop).attach(&mut request);
     RegistryClient::new(channel)
-        .register(RegisterRequest {
-            service: "shop".into(),
-            address: "127.0.0.1:9".into(),
-            metadata: [("role", "primary"), ("term", "99")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into(),
-            ttl_ms: 1000,
-        })
+        .register(request)
         .await
-        .expect("the registry takes the forged claim: term 99 is the highest");
+        .expect("the registry takes the third shop's claim: the next term");
 
     // Writers on both processes until well after the forged lease expired and both
     // promoted; every accepted write records the term it was accepted in.
@@ -269,11 +273,11 @@ async fn forged_primary_cannot_split_the_shop() {
         "both processes accepted writes in the same term: {terms:?}"
     );
     assert!(
-        terms.iter().flatten().any(|&t| t > 99),
+        terms.iter().flatten().any(|&t| t > forged),
         "nobody took writes after the forged primary expired: {terms:?}"
     );
     assert!(
-        !terms.iter().flatten().any(|&t| t == 99),
+        !terms.iter().flatten().any(|&t| t == forged),
         "a write committed under the forged primary's term, after its process stepped down: {terms:?}"
     );
 

@@ -148,7 +148,7 @@ pub fn credential(principal: Principal) -> Credential {
     cluster_secret().issue(principal)
 }
 
-/// A real registry with the default config on `127.0.0.1:0`.
+/// A real registry checking credentials against [`cluster_secret`], on `127.0.0.1:0`.
 pub async fn registry() -> Running<tonic::transport::Error> {
     registry_on(local()).await
 }
@@ -157,19 +157,38 @@ pub async fn registry() -> Running<tonic::transport::Error> {
 /// appearing where clients already look.
 pub async fn registry_on(addr: SocketAddr) -> Running<tonic::transport::Error> {
     Running::spawn_on(addr, |listener, shutdown| {
-        concord_registry::serve(concord_registry::Config::default(), listener, shutdown)
+        concord_registry::serve(
+            concord_registry::Config::new(cluster_secret()),
+            listener,
+            shutdown,
+        )
     })
     .await
 }
 
-/// A real node on `127.0.0.1:0`, on the test's runtime.
+/// A real node on `127.0.0.1:0`, on the test's runtime; without a credential in `config`
+/// it gets its node's ([`with_node_credential`]).
 pub async fn node(config: NodeConfig) -> Running<concord_node::Error> {
+    let config = with_node_credential(config);
     Running::spawn(|listener, shutdown| concord_node::serve(config, listener, shutdown)).await
 }
 
-/// A real aggregator on `127.0.0.1:0`.
-pub async fn aggregator(config: AggregatorConfig) -> Running<concord_aggregator::Error> {
+/// A real aggregator on `127.0.0.1:0`; without a credential in `config` it gets the
+/// aggregator's, so it can register itself.
+pub async fn aggregator(mut config: AggregatorConfig) -> Running<concord_aggregator::Error> {
+    if config.credential.is_none() {
+        config.credential = Some(credential(Principal::Aggregator));
+    }
     Running::spawn(|listener, shutdown| concord_aggregator::serve(config, listener, shutdown)).await
+}
+
+/// `config` with its node's credential when it has none (a test node registers as
+/// itself unless the test says otherwise).
+pub fn with_node_credential(mut config: NodeConfig) -> NodeConfig {
+    if config.credential.is_none() {
+        config.credential = Some(credential(Principal::Node(config.node_id.to_string())));
+    }
+    config
 }
 
 /// `config` registered at `registry` with the shortest lease ([`LEASE_TTL`]) and its
@@ -197,7 +216,9 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts a node on `127.0.0.1:0` in a runtime of its own; dropping it kills it.
+    /// Without a credential in `config` it gets its node's ([`with_node_credential`]).
     pub fn start(config: NodeConfig) -> Self {
+        let config = with_node_credential(config);
         concord::telemetry::init_for_tests();
         let std_listener = std::net::TcpListener::bind(local()).expect("bind");
         std_listener.set_nonblocking(true).expect("nonblocking");

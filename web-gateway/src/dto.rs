@@ -895,8 +895,6 @@ pub struct Instance {
     pub address: String,
     /// Labels such as role=primary, term=3.
     pub metadata: HashMap<String, String>,
-    /// Lease id.
-    pub lease_id: String,
     /// Registration time, ms since the epoch.
     pub registered_at_unix_ms: i64,
     /// Lease expiry unless renewed, ms since the epoch.
@@ -909,7 +907,6 @@ impl From<registry::Instance> for Instance {
             service: i.service,
             address: i.address,
             metadata: i.metadata,
-            lease_id: i.lease_id,
             registered_at_unix_ms: i.registered_at_unix_ms,
             expires_at_unix_ms: i.expires_at_unix_ms,
         }

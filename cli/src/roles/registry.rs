@@ -1,6 +1,8 @@
 //! `concord registry`: the service registry.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
+
+use concord::identity::ClusterSecret;
 
 /// Flags of `concord registry`.
 #[derive(Debug, clap::Args)]
@@ -8,12 +10,39 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "CONCORD_REGISTRY_LISTEN", default_value = concord::config::DEFAULT_REGISTRY_ADDR)]
     pub listen: SocketAddr,
+    /// The cluster secret every Register/KeepAlive/Deregister credential is checked
+    /// against. Without it, the one in `<data-dir>/secrets/` (created on first use).
+    #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Data directory whose `secrets/` holds the cluster secret when none is given.
+    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+impl Args {
+    /// The cluster secret: the flag's or environment's, else the data directory's. Logs
+    /// where it came from, never its value.
+    fn cluster_secret(&self) -> anyhow::Result<ClusterSecret> {
+        if let Some(secret) = &self.cluster_secret {
+            tracing::info!("cluster secret from --cluster-secret / CONCORD_CLUSTER_SECRET");
+            return Ok(ClusterSecret::new(secret.as_str())?);
+        }
+        let secrets = concord::secrets::Secrets::load_or_create(&self.data_dir).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot read or create the secrets in {}: {err}",
+                concord::secrets::dir(&self.data_dir).display()
+            )
+        })?;
+        tracing::info!(dir = %concord::secrets::dir(&self.data_dir).display(), "cluster secret from the data directory");
+        Ok(ClusterSecret::new(secrets.cluster_secret)?)
+    }
 }
 
 /// Runs the registry until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = concord_registry::Config::new(args.cluster_secret()?);
     let shutdown = concord::shutdown::signal();
     let listener = super::bind_and_announce("registry", args.listen).await?;
-    concord_registry::serve(concord_registry::Config::default(), listener, shutdown).await?;
+    concord_registry::serve(config, listener, shutdown).await?;
     Ok(())
 }

@@ -91,13 +91,50 @@ impl Drop for Process {
     }
 }
 
-/// `concord args…` with stderr inherited (shown by cargo test on failure) and RUST_LOG quiet
-/// unless set.
+/// The cluster secret of the processes these tests start (a test value, never a real one).
+pub const CLUSTER_SECRET: &str = "concord-cli-test-cluster-secret";
+
+/// `principal`'s credential under [`CLUSTER_SECRET`].
+pub fn credential(principal: concord::identity::Principal) -> concord::identity::Credential {
+    concord::identity::ClusterSecret::new(CLUSTER_SECRET)
+        .expect("the test secret is not empty")
+        .issue(principal)
+}
+
+/// The identity a role started with `args` needs: a `concord registry` gets
+/// `CONCORD_CLUSTER_SECRET`, a node (by its `--id`, default node-1), shop, gateway or
+/// aggregator its `CONCORD_CREDENTIAL`; anything else (`up`, `status`, …) nothing.
+/// Explicit environment passed to [`Process::spawn_with_env`] still wins.
+fn identity_env(args: &[&str]) -> Option<(&'static str, String)> {
+    use concord::identity::Principal;
+    let principal = match *args.first()? {
+        "registry" => return Some(("CONCORD_CLUSTER_SECRET", CLUSTER_SECRET.to_owned())),
+        "node" => {
+            let id = args
+                .iter()
+                .position(|a| *a == "--id")
+                .and_then(|i| args.get(i + 1))
+                .map_or("node-1", |id| *id);
+            Principal::Node(id.to_owned())
+        }
+        "shop" => Principal::Shop,
+        "gateway" => Principal::Gateway,
+        "aggregator" => Principal::Aggregator,
+        _ => return None,
+    };
+    Some(("CONCORD_CREDENTIAL", credential(principal).encode()))
+}
+
+/// `concord args…` with stderr inherited (shown by cargo test on failure), RUST_LOG quiet
+/// unless set, and the role's identity ([`identity_env`]).
 pub fn command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
     command.args(args).stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
+    }
+    if let Some((key, value)) = identity_env(args) {
+        command.env(key, value);
     }
     command
 }

@@ -36,6 +36,9 @@ pub async fn start(data_dir: &std::path::Path, configure: impl FnOnce(&mut Confi
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::new(data_dir);
     config.admin_token = ADMIN.to_string();
+    config.credential = Some(concord_testkit::credential(
+        concord::identity::Principal::Shop,
+    ));
     configure(&mut config);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(concord_shop::serve(config, listener, async move {
@@ -220,7 +223,7 @@ impl TestRegistry {
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(concord_registry::serve(
-            concord_registry::Config::default(),
+            concord_registry::Config::new(concord_testkit::cluster_secret()),
             listener,
             async move {
                 let _ = stop_rx.await;

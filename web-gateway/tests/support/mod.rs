@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -16,6 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use concord::{
     discovery::{LeaseKeeper, Registration},
+    identity::Principal,
     pb::{
         predict::v1::{
             predictor_server::{Predictor, PredictorServer},
@@ -73,24 +75,38 @@ impl Harness {
         Ok(self.http.get(self.url(path)).send().await?)
     }
 
-    /// Registers `address` under `service` and waits until the registry holds it.
+    /// Registers `address` under `service` and waits until the registry holds it, with
+    /// the credential the registry wants for that service (a `predictor` as node
+    /// `node_id`, default `test-node`, which is added to the metadata).
     pub async fn register(
         &self,
         service: &str,
         address: &str,
         metadata: &[(&str, &str)],
     ) -> Result<LeaseKeeper> {
+        let mut metadata: HashMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let principal = match service {
+            "predictor" => Principal::Node(
+                metadata
+                    .entry("node_id".into())
+                    .or_insert_with(|| "test-node".into())
+                    .clone(),
+            ),
+            "aggregator" => Principal::Aggregator,
+            "gateway" => Principal::Gateway,
+            _ => Principal::Shop,
+        };
         let mut keeper = LeaseKeeper::spawn(
             &self.registry_addr(),
             Registration {
                 service: service.into(),
                 address: address.into(),
-                metadata: metadata
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
+                metadata,
                 ttl: Duration::from_secs(5),
-                credential: None,
+                credential: Some(concord_testkit::credential(principal)),
             },
         )?;
         if !keeper.wait_registered(DEADLINE).await {
@@ -111,6 +127,7 @@ pub async fn start_gateway(registry_addr: &str) -> Result<Running<concord_web_ga
         registry_addr: registry_addr.to_owned(),
         body_limit_bytes: 1024,
         cluster_refresh: Duration::from_millis(200),
+        credential: Some(concord_testkit::credential(Principal::Gateway)),
         ..Config::default()
     };
     Ok(
@@ -396,6 +413,7 @@ pub async fn start_shop_with(
         registry_addr: Some(registry_addr.to_owned()),
         lease_ttl: Duration::from_secs(1),
         replication,
+        credential: Some(concord_testkit::credential(Principal::Shop)),
         ..concord_shop::Config::new(dir.path().join("shop"))
     };
     let server =
@@ -415,6 +433,7 @@ pub async fn start_unregistered_shop(
         admin_token: ADMIN.into(),
         registry_addr: None,
         replication,
+        credential: Some(concord_testkit::credential(Principal::Shop)),
         ..concord_shop::Config::new(dir.path().join("shop"))
     };
     let server = Running::spawn_on(addr, |listener, shutdown| {
@@ -466,13 +485,17 @@ pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsen
     let mut nodes = Vec::new();
     for mut config in concord_node::default_fleet().into_iter().take(n) {
         config.registry = Some(registry_addr.to_owned());
+        config.credential = Some(concord_testkit::credential(Principal::Node(
+            config.node_id.to_string(),
+        )));
         nodes.push(concord_testkit::node(config).await);
     }
     let dir = tempfile::tempdir()?;
-    let config = concord_aggregator::AggregatorConfig::with_ledger(
+    let mut config = concord_aggregator::AggregatorConfig::with_ledger(
         registry_addr.to_owned(),
         dir.path().join("ledger"),
     );
+    config.credential = Some(concord_testkit::credential(Principal::Aggregator));
     let aggregator = concord_testkit::aggregator(config).await;
     Ok(TestConsensus {
         nodes,
