@@ -7,7 +7,8 @@
 //!   (v1 and v1alpha) and a bounded graceful shutdown; and one way to dial a peer.
 //! - [`error`]: the single mapping from a crate's error categories to `tonic::Status`.
 //! - [`auth`]: bearer tokens (admin, oracle); [`identity`]: who is calling inside the
-//!   cluster (principals, credentials); [`secrets`]: the cluster's secrets on disk.
+//!   cluster (principals, credentials, client certificates); [`tls`]: mutual TLS between
+//!   processes; [`secrets`]: the cluster's secrets on disk.
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
 //! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
@@ -23,3 +24,4 @@ pub mod secrets;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
