@@ -59,6 +59,9 @@ pub struct Args {
     /// Token ReportOutcome requires.
     #[arg(long, env = "CONCORD_ORACLE_TOKEN", default_value = concord::config::DEV_ORACLE_TOKEN, hide_default_value = true)]
     pub oracle_token: String,
+    /// Mutual TLS (or plaintext, loopback only unless --insecure).
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 impl Args {
@@ -102,6 +105,12 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
     let listen = args.listen;
+    args.tls.install(
+        Some(&concord::identity::Principal::Aggregator),
+        args.credential.as_ref(),
+        Some(listen),
+        &[args.registry.as_str()],
+    )?;
     let config = args.into_config()?;
     let listener = super::bind_and_announce("aggregator", listen).await?;
     concord_aggregator::serve(config, listener, shutdown).await?;

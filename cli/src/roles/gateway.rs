@@ -32,11 +32,22 @@ pub struct Args {
     /// How often the live cluster view is refreshed without a registry change.
     #[arg(long, env = "CONCORD_GATEWAY_CLUSTER_REFRESH", default_value = "2s", value_parser = crate::up::parse_duration)]
     pub cluster_refresh: Duration,
+    /// Mutual TLS towards the gRPC backends (the HTTP listener stays HTTP); plaintext
+    /// only to a loopback registry unless --insecure.
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// Serves the gateway until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
+    // The listener is HTTP for browsers, not a cluster link: only the dials are checked.
+    args.tls.install(
+        Some(&concord::identity::Principal::Gateway),
+        args.credential.as_ref(),
+        None,
+        &[args.registry.as_str()],
+    )?;
     let config = concord_web_gateway::Config {
         registry_addr: args.registry,
         call_timeout: args.call_timeout,
