@@ -318,3 +318,114 @@ async fn a_node_certificate_cannot_register_another_node() {
         .expect_err("node-1's certificate registered node-2");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }
+
+/// A sync shop pair and the gateway over mutual TLS: the replica follows the primary (which
+/// proves it is a shop), a write is acknowledged as replicated, and the gateway reads it
+/// back from a shop it reached over TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn shops_and_gateway_over_mutual_tls() {
+    use concord::pb::shop::v1::shop_client::ShopClient;
+    const ADMIN: &str = "tls-test-admin";
+    let pki = tempfile::tempdir().expect("tempdir");
+    let dir = pki.path().join("certs");
+    make_certs(&dir);
+    let registry = spawn(
+        &["registry", "--listen", "127.0.0.1:0"],
+        &dir,
+        &Principal::Registry,
+    );
+    let registry_addr = registry.addr.to_string();
+    let data = tempfile::tempdir().expect("tempdir");
+    let shop_args = |name: &str| {
+        vec![
+            "shop".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data.path().join(name).display().to_string(),
+            "--admin-token".into(),
+            ADMIN.into(),
+            "--registry".into(),
+            registry_addr.clone(),
+            "--replication".into(),
+            "sync".into(),
+        ]
+    };
+    let primary_args = shop_args("primary");
+    let primary = spawn(
+        &primary_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir,
+        &Principal::Shop,
+    );
+    let mut replica_args = shop_args("replica");
+    replica_args.extend([
+        "--replica-of".into(),
+        primary.addr.to_string(),
+        "--replica-id".into(),
+        "r1".into(),
+    ]);
+    let _replica = spawn(
+        &replica_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir,
+        &Principal::Shop,
+    );
+    let gateway = spawn(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            &registry_addr,
+        ],
+        &dir,
+        &Principal::Gateway,
+    );
+
+    let tls = client(&dir, &Principal::Gateway, Some(&Principal::Shop));
+    let channel = concord::grpc::lazy_channel_with_tls(&primary.addr.to_string(), Some(tls))
+        .expect("channel");
+    let mut shop = ShopClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = shop
+            .create_product(common::with_bearer(common::product("tls-widget", 1), ADMIN))
+            .await;
+        match reply {
+            Ok(reply) if reply.get_ref().write.as_ref().is_some_and(|w| w.replicated) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replicated write over mutual TLS: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = http_get(gateway.addr, "/api/products");
+        if body.contains("tls-widget") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never listed the product: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A plain HTTP/1.1 GET; the response as text (empty when the connection fails).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
