@@ -84,7 +84,8 @@ impl LeaseKeeper {
         registry_addr: &str,
         registration: Registration,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = crate::grpc::lazy_channel(registry_addr)?;
+        let channel =
+            crate::grpc::lazy_channel_to(registry_addr, &crate::identity::Principal::Registry)?;
         let (metadata_tx, metadata_rx) = watch::channel(registration.metadata.clone());
         let (lease_tx, lease_rx) = watch::channel(None);
         let (valid_until_tx, valid_until_rx) = watch::channel(None);
@@ -372,7 +373,8 @@ pub struct WatchSnapshot {
 impl ServiceWatch {
     /// Starts watching `service` at the registry at `registry_addr`.
     pub fn spawn(registry_addr: &str, service: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = crate::grpc::lazy_channel(registry_addr)?;
+        let channel =
+            crate::grpc::lazy_channel_to(registry_addr, &crate::identity::Principal::Registry)?;
         let (snapshots_tx, snapshots_rx) = watch::channel(WatchSnapshot::default());
         let task = tokio::spawn(watch_loop(
             RegistryClient::new(channel),

@@ -12,6 +12,12 @@
 //! runs it on a listener until the shutdown future resolves, then gives in-flight calls a
 //! bounded grace period: long-lived streams must watch shutdown themselves, and are cut
 //! when the grace period ends.
+//!
+//! TLS: when the process installed a TLS setting ([`crate::tls::install`]), [`router`]
+//! serves mutual TLS (a client certificate of the cluster CA is required) and the channels
+//! dial `https://` with this process's certificate; [`lazy_channel_to`] also makes the
+//! server prove it is the expected principal. Without one, both are plaintext, as in
+//! every in-process test.
 
 use std::{
     future::Future,
@@ -20,7 +26,7 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 
@@ -73,7 +79,20 @@ pub const COMMON_SERVICES: [&str; 3] = [
 /// `services` names the Concord services the caller adds to the router (the generated
 /// `*_server::SERVICE_NAME` constants); reflection lists exactly those plus
 /// [`COMMON_SERVICES`].
+///
+/// Serves mutual TLS when the process installed a TLS setting ([`crate::tls::installed`]).
 pub fn router(services: &[&str]) -> (Router, HealthReporter) {
+    router_with_tls(
+        services,
+        crate::tls::installed().map(crate::tls::Tls::server_config),
+    )
+}
+
+/// [`router`] with an explicit TLS choice instead of the process's.
+pub fn router_with_tls(
+    services: &[&str],
+    tls: Option<ServerTlsConfig>,
+) -> (Router, HealthReporter) {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = reflection_builder(services)
         .build_v1()
@@ -81,7 +100,13 @@ pub fn router(services: &[&str]) -> (Router, HealthReporter) {
     let reflection_v1alpha = reflection_builder(services)
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
-    let router = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .expect("TLS material is checked when loaded (Tls::from_pem)");
+    }
+    let router = server
         .timeout(REQUEST_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -144,20 +169,49 @@ pub async fn serve(
     }
 }
 
-/// A channel to `addr` (`host:port` or a full `http://` URI) that connects on first use
-/// and reconnects by itself: make one per peer and reuse it.
+/// A channel to `addr` (`host:port` or a full URI) that connects on first use and
+/// reconnects by itself: make one per peer and reuse it.
+///
+/// With the process's TLS setting, the server's certificate must verify for the host in
+/// `addr`, which proves cluster membership but not role: dial a known peer with
+/// [`lazy_channel_to`].
 pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+    lazy_channel_with_tls(
+        addr,
+        crate::tls::installed().map(|tls| tls.client_config(None)),
+    )
+}
+
+/// A [`lazy_channel`] to a peer that must be `server`: with the process's TLS setting,
+/// the handshake fails unless the server's certificate is `server`'s
+/// ([`crate::tls::server_name`]), whatever address it answers on.
+pub fn lazy_channel_to(
+    addr: &str,
+    server: &crate::identity::Principal,
+) -> Result<Channel, tonic::transport::Error> {
+    lazy_channel_with_tls(
+        addr,
+        crate::tls::installed().map(|tls| tls.client_config(Some(server))),
+    )
+}
+
+/// [`lazy_channel`] with an explicit TLS choice instead of the process's: `https://` with
+/// `tls`, `http://` without (any scheme in `addr` is replaced accordingly).
+pub fn lazy_channel_with_tls(
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 #[cfg(test)]
@@ -234,6 +288,60 @@ mod tests {
     fn sorted(mut names: Vec<String>) -> Vec<String> {
         names.sort();
         names
+    }
+
+    /// Over mutual TLS a call succeeds only when the client presents a certificate of the
+    /// cluster CA and the server proves the principal the client expects.
+    #[tokio::test]
+    async fn mutual_tls_checks_both_sides() {
+        use crate::identity::Principal;
+        use crate::tls::test::TestCa;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let ca = TestCa::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let shop = ca.tls(&Principal::Shop);
+        let (router, _health) = router_with_tls(&[], Some(shop.server_config()));
+        let (_stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(router, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        let gateway = ca.tls(&Principal::Gateway);
+        let stranger = TestCa::new().tls(&Principal::Gateway);
+        let ca_only = ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca.pem))
+            .domain_name("shop.concord");
+        let cases = [
+            (
+                "expects the shop",
+                Some(gateway.client_config(Some(&Principal::Shop))),
+                true,
+            ),
+            (
+                "verifies the address",
+                Some(gateway.client_config(None)),
+                true,
+            ),
+            (
+                "expects the registry",
+                Some(gateway.client_config(Some(&Principal::Registry))),
+                false,
+            ),
+            ("no client certificate", Some(ca_only), false),
+            (
+                "another CA",
+                Some(stranger.client_config(Some(&Principal::Shop))),
+                false,
+            ),
+            ("plaintext", None, false),
+        ];
+        for (case, tls, ok) in cases {
+            let channel = lazy_channel_with_tls(&addr, tls).expect("channel");
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await;
+            assert_eq!(reply.is_ok(), ok, "{case}: {reply:?}");
+        }
     }
 
     /// Both reflection versions list exactly the services a server was built with, plus

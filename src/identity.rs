@@ -271,15 +271,53 @@ pub fn authenticate_metadata(
     }
 }
 
-/// The principal a request proves: the one its credential header proves.
+/// The principal a request proves: the one its client certificate names when the
+/// connection is mutual TLS, else the one its credential header proves.
 ///
-/// This is the one entry point servers call; mutual TLS adds the client certificate as a
-/// second source of proof here.
+/// This is the one entry point servers call. See [`authenticate_parts`].
 pub fn authenticate<T>(
     request: &tonic::Request<T>,
     verifier: &Verifier,
 ) -> Result<Principal, AuthError> {
-    authenticate_metadata(request.metadata(), verifier)
+    let peer_certs = request.peer_certs();
+    authenticate_parts(
+        request.metadata(),
+        peer_certs.as_deref().map(Vec::as_slice),
+        verifier,
+    )
+}
+
+/// [`authenticate`] over its parts: the request's metadata and the client's certificate
+/// chain (leaf first) when the connection is mutual TLS.
+///
+/// With a certificate, the principal is its SPIFFE id (rustls has verified the chain
+/// against the cluster CA before any request arrives) and `verifier` is not consulted; a
+/// credential header sent as well must name the same principal, else `PERMISSION_DENIED`
+/// (its MAC is not checked: the certificate is the proof, and a shop holding only its own
+/// credential could not check another principal's anyway). Without a certificate, the
+/// credential header is the proof ([`authenticate_metadata`]).
+pub fn authenticate_parts(
+    metadata: &MetadataMap,
+    peer_certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    verifier: &Verifier,
+) -> Result<Principal, AuthError> {
+    let Some(leaf) = peer_certs.and_then(<[_]>::first) else {
+        return authenticate_metadata(metadata, verifier);
+    };
+    let principal = crate::tls::principal_of_certificate(leaf)?;
+    if let Some(value) = metadata.get(CREDENTIAL_HEADER) {
+        let value = value
+            .to_str()
+            .map_err(|_| AuthError::Malformed("the credential header is not ASCII".to_owned()))?;
+        let claimed = Credential::parse(value)?;
+        if claimed.principal != principal {
+            return Err(AuthError::Forbidden(format!(
+                "the credential names {} but the client certificate names {principal}",
+                claimed.principal
+            )));
+        }
+    }
+    Ok(principal)
 }
 
 #[cfg(test)]
@@ -382,6 +420,84 @@ mod tests {
         assert_ne!(
             secret.issue(Principal::Node("shop".into())).token(),
             shop.token()
+        );
+    }
+
+    /// With a client certificate the principal is the certificate's; a credential header
+    /// must agree with it (PERMISSION_DENIED otherwise), and a certificate without a
+    /// Concord identity is refused even with a valid credential.
+    #[test]
+    fn client_certificates_name_the_principal() {
+        use crate::tls::test::TestCa;
+        let ca = TestCa::new();
+        let node1 = Principal::Node("node-1".into());
+        let node1_cert = ca.issue(&node1).der;
+        let anonymous_cert = ca
+            .issue_sans(vec![rcgen::SanType::DnsName(
+                "node-1.node.concord".try_into().expect("ia5"),
+            )])
+            .der;
+        let by_secret = Verifier::Secret(secret());
+        let with = |credential: Option<&Credential>| {
+            let mut metadata = MetadataMap::new();
+            if let Some(credential) = credential {
+                credential.attach_to(&mut metadata);
+            }
+            metadata
+        };
+        let node1_credential = secret().issue(node1.clone());
+        let node2_credential = secret().issue(Principal::Node("node-2".into()));
+        let forged = Credential::parse(&format!("shop:{}", "0".repeat(64))).expect("parse");
+        let cases: Vec<(&str, MetadataMap, Option<_>, Result<Principal, AuthError>)> =
+            vec![
+            ("certificate alone", with(None), Some(&node1_cert), Ok(node1.clone())),
+            (
+                "certificate and its own credential",
+                with(Some(&node1_credential)),
+                Some(&node1_cert),
+                Ok(node1.clone()),
+            ),
+            (
+                "certificate and another node's valid credential",
+                with(Some(&node2_credential)),
+                Some(&node1_cert),
+                Err(AuthError::Forbidden(
+                    "the credential names node/node-2 but the client certificate names node/node-1"
+                        .into(),
+                )),
+            ),
+            (
+                "certificate and a forged role credential",
+                with(Some(&forged)),
+                Some(&node1_cert),
+                Err(AuthError::Forbidden(
+                    "the credential names shop but the client certificate names node/node-1"
+                        .into(),
+                )),
+            ),
+            (
+                "no certificate: the credential decides",
+                with(Some(&node2_credential)),
+                None,
+                Ok(Principal::Node("node-2".into())),
+            ),
+        ];
+        for (case, metadata, cert, want) in cases {
+            let chain = cert.map(std::slice::from_ref);
+            assert_eq!(
+                authenticate_parts(&metadata, chain, &by_secret),
+                want,
+                "{case}"
+            );
+        }
+        let refused = authenticate_parts(
+            &with(Some(&node1_credential)),
+            Some(std::slice::from_ref(&anonymous_cert)),
+            &by_secret,
+        );
+        assert!(
+            matches!(refused, Err(AuthError::Malformed(_))),
+            "{refused:?}"
         );
     }
 

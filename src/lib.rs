@@ -8,7 +8,8 @@
 //! - [`error`]: the single mapping from a crate's error categories to `tonic::Status`;
 //!   [`grpc_utf8`]: non-UTF-8 request strings answered `INVALID_ARGUMENT` on every server.
 //! - [`auth`]: bearer tokens (admin, oracle); [`identity`]: who is calling inside the
-//!   cluster (principals, credentials); [`secrets`]: the cluster's secrets on disk.
+//!   cluster (principals, credentials, client certificates); [`tls`]: mutual TLS between
+//!   processes; [`secrets`]: the cluster's secrets on disk.
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
 //! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
@@ -25,3 +26,4 @@ pub mod secrets;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

@@ -56,11 +56,19 @@ impl Member {
     /// A member dialling `address` lazily (nothing is connected until the first call).
     pub fn new(node_id: impl Into<NodeId>, address: impl Into<String>) -> Result<Self> {
         let address = address.into();
-        let channel = concord::grpc::lazy_channel(&address)
-            .map_err(|e| Error::Config(format!("bad node address {address:?}: {e}")))?;
+        let node_id = node_id.into();
+        // Over TLS the node must prove it is this node id (its certificate), so no other
+        // node's answers are ever scored as this one's.
+        let channel = if concord::identity::valid_node_id(&node_id) {
+            let node = concord::identity::Principal::Node(node_id.clone());
+            concord::grpc::lazy_channel_to(&address, &node)
+        } else {
+            concord::grpc::lazy_channel(&address)
+        }
+        .map_err(|e| Error::Config(format!("bad node address {address:?}: {e}")))?;
         let client = PredictorClient::new(channel);
         Ok(Member {
-            node_id: node_id.into(),
+            node_id,
             address,
             batcher: Batcher::spawn(client.clone()),
             client,

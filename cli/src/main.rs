@@ -5,6 +5,7 @@
 //! `CONCORD_*` environment variable. `main` stays thin: parse, set up tracing, dispatch.
 
 mod bench;
+mod certs;
 mod roles;
 mod simulate;
 mod status;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Launch and supervise the whole cluster (registry, nodes, aggregator, shops, gateway).
     Up(up::Args),
+    /// Make (or reuse) a development CA and per-process certificates for mutual TLS.
+    Certs(certs::Args),
     /// Print the registry's view of the cluster.
     Status(status::Args),
     /// Load a server and print throughput and latency percentiles.
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Certs(args) => certs::run(args),
             Command::Status(args) => status::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Aggregator(args) => roles::aggregator::run(args).await,

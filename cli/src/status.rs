@@ -8,11 +8,17 @@ pub struct Args {
     /// Registry to ask.
     #[arg(long, env = "CONCORD_REGISTRY", default_value = concord::config::DEFAULT_REGISTRY_ADDR)]
     pub registry: String,
+    /// Mutual TLS towards the registry: any cluster certificate will do.
+    #[command(flatten)]
+    pub tls: crate::roles::TlsArgs,
 }
 
 /// Prints every live instance the registry knows.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = concord::grpc::lazy_channel(&args.registry)?;
+    args.tls
+        .install(None, None, None, &[args.registry.as_str()])?;
+    let channel =
+        concord::grpc::lazy_channel_to(&args.registry, &concord::identity::Principal::Registry)?;
     let mut client = RegistryClient::new(channel);
     let list = tokio::time::timeout(
         std::time::Duration::from_secs(3),

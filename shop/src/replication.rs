@@ -712,7 +712,9 @@ pub enum Fence {
 /// with a term above `our_term` (instances at `own_address` are ignored).
 pub async fn check_fence(registry: &str, service: &str, own_address: &str, our_term: u64) -> Fence {
     use concord::pb::registry::v1::{registry_client::RegistryClient, ResolveRequest};
-    let Ok(channel) = concord::grpc::lazy_channel(registry) else {
+    let Ok(channel) =
+        concord::grpc::lazy_channel_to(registry, &concord::identity::Principal::Registry)
+    else {
         return Fence::Unknown;
     };
     let request = ResolveRequest {
@@ -1166,7 +1168,9 @@ async fn follow_once(
     use pb::replicate_response::Kind;
     let unavailable =
         |e: &dyn std::fmt::Display| ShopError::Unavailable(format!("primary {primary}: {e}"));
-    let channel = concord::grpc::lazy_channel(primary).map_err(|e| unavailable(&e))?;
+    // Over TLS the primary must prove it is a shop (its certificate), not just answer.
+    let channel = concord::grpc::lazy_channel_to(primary, &concord::identity::Principal::Shop)
+        .map_err(|e| unavailable(&e))?;
     let mut client = ReplicationClient::new(channel);
     let store = Arc::clone(&rep.store);
     let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);

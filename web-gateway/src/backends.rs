@@ -117,7 +117,9 @@ pub struct Backends {
     shop: ServiceWatch,
     aggregator: ServiceWatch,
     predictor: ServiceWatch,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// One channel per (service, address): the service decides whom the server must prove
+    /// to be over TLS.
+    channels: Mutex<HashMap<(String, String), Channel>>,
 }
 
 impl Backends {
@@ -128,7 +130,11 @@ impl Backends {
         };
         Ok(Arc::new(Self {
             registry_addr: registry_addr.to_owned(),
-            registry: concord::grpc::lazy_channel(registry_addr).map_err(bad)?,
+            registry: concord::grpc::lazy_channel_to(
+                registry_addr,
+                &concord::identity::Principal::Registry,
+            )
+            .map_err(bad)?,
             shop: ServiceWatch::spawn(registry_addr, SHOP).map_err(bad)?,
             aggregator: ServiceWatch::spawn(registry_addr, AGGREGATOR).map_err(bad)?,
             predictor: ServiceWatch::spawn(registry_addr, PREDICTOR).map_err(bad)?,
@@ -177,19 +183,33 @@ impl Backends {
             .collect()
     }
 
-    /// The cached channel to `addr`, created (lazily connected) on first use.
-    pub fn channel(&self, addr: &str) -> Result<Channel, Error> {
+    /// The cached channel to `service` at `addr`, created (lazily connected) on first use.
+    ///
+    /// Over TLS the server must prove it is `service`'s principal (a shop, the aggregator)
+    /// before any request, so a bearer token never reaches an impostor registered at a
+    /// shop's name.
+    pub fn channel(&self, service: &str, addr: &str) -> Result<Channel, Error> {
         // Short critical section without .await: a std Mutex is right here.
         let mut channels = self.channels.lock().expect("channel cache lock poisoned");
-        if let Some(channel) = channels.get(addr) {
+        let key = (service.to_owned(), addr.to_owned());
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = concord::grpc::lazy_channel(addr).map_err(|err| {
+        let server = match service {
+            SHOP => Some(concord::identity::Principal::Shop),
+            AGGREGATOR => Some(concord::identity::Principal::Aggregator),
+            _ => None,
+        };
+        let channel = match &server {
+            Some(server) => concord::grpc::lazy_channel_to(addr, server),
+            None => concord::grpc::lazy_channel(addr),
+        }
+        .map_err(|err| {
             Error::Backend(Status::unavailable(format!(
                 "registered address {addr:?} is not dialable: {err}"
             )))
         })?;
-        channels.insert(addr.to_owned(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -212,7 +232,7 @@ impl Backends {
         let mut tried: Vec<String> = Vec::with_capacity(MAX_ATTEMPTS);
         let mut addr = first;
         loop {
-            let channel = self.channel(&addr)?;
+            let channel = self.channel(service, &addr)?;
             let status = match rpc(channel).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,

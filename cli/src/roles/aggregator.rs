@@ -62,6 +62,9 @@ pub struct Args {
     /// Where the stored secrets are.
     #[command(flatten)]
     pub secrets: super::SecretsSource,
+    /// Mutual TLS (or plaintext, loopback only unless --insecure).
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 impl Args {
@@ -110,6 +113,12 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
     let listen = args.listen;
+    args.tls.install(
+        Some(&concord::identity::Principal::Aggregator),
+        args.credential.as_ref(),
+        Some(listen),
+        &[args.registry.as_str()],
+    )?;
     let config = args.into_config()?;
     let listener = super::bind_and_announce("aggregator", listen).await?;
     concord_aggregator::serve(config, listener, shutdown).await?;

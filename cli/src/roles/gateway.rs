@@ -41,11 +41,22 @@ pub struct Args {
     /// Most HTTP connections open at once (past it the listener stops accepting).
     #[arg(long, env = "CONCORD_GATEWAY_MAX_CONNECTIONS", default_value_t = concord_web_gateway::edge::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Mutual TLS towards the gRPC backends (the HTTP listener stays HTTP); plaintext
+    /// only to a loopback registry unless --insecure.
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// Serves the gateway until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
+    // The listener is HTTP for browsers, not a cluster link: only the dials are checked.
+    args.tls.install(
+        Some(&concord::identity::Principal::Gateway),
+        args.credential.as_ref(),
+        None,
+        &[args.registry.as_str()],
+    )?;
     let config = concord_web_gateway::Config {
         registry_addr: args.registry,
         call_timeout: args.call_timeout,

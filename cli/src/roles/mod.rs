@@ -12,6 +12,7 @@ pub mod shop;
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use concord::identity::{Credential, Principal};
 use tokio::net::TcpListener;
 
 /// Binds `addr` and announces the address actually bound.
@@ -57,4 +58,176 @@ impl SecretsSource {
 /// Parses a `--credential` value.
 pub fn parse_credential(text: &str) -> Result<concord::identity::Credential, String> {
     concord::identity::Credential::parse(text).map_err(|err| err.to_string())
+}
+
+/// The mutual-TLS flags every role takes (flattened into its `Args`).
+///
+/// With all three files the process serves mutual TLS and dials its peers over TLS with
+/// its certificate ([`concord::tls`]); with none it speaks plaintext, which is allowed only
+/// over loopback unless `--insecure` says otherwise.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// This process's certificate (PEM), naming its principal (`concord certs` makes them).
+    #[arg(long, env = "CONCORD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CONCORD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present certificates it signed.
+    #[arg(long, env = "CONCORD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plaintext gRPC to or from a non-loopback address (no TLS flags).
+    #[arg(long, env = "CONCORD_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// The TLS files, if all three were given; an error if only some were.
+    pub fn files(&self) -> anyhow::Result<Option<concord::tls::TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(concord::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "--tls-cert, --tls-key and --tls-ca go together: give all three or none"
+            ),
+        }
+    }
+
+    /// Sets up this process's TLS before it listens or dials anything.
+    ///
+    /// With TLS files: loads and checks them, checks the certificate names `principal`
+    /// (when the role has one) and agrees with `credential`, and installs them for every
+    /// server and channel of the process. Without: refuses plaintext gRPC on a
+    /// non-loopback `listen` address or towards a non-loopback address in `dials` (the
+    /// registry, a primary), unless `--insecure`.
+    pub fn install(
+        &self,
+        principal: Option<&Principal>,
+        credential: Option<&Credential>,
+        listen: Option<SocketAddr>,
+        dials: &[&str],
+    ) -> anyhow::Result<()> {
+        let Some(files) = self.files()? else {
+            return self.check_plaintext(listen, dials);
+        };
+        let tls = concord::tls::Tls::load(&files)?;
+        if let Some(principal) = principal {
+            anyhow::ensure!(
+                tls.principal() == principal,
+                "the certificate {} names {} but this process runs as {principal}",
+                files.cert.display(),
+                tls.principal()
+            );
+        }
+        if let Some(credential) = credential {
+            anyhow::ensure!(
+                credential.principal() == tls.principal(),
+                "--credential names {} but the certificate {} names {}",
+                credential.principal(),
+                files.cert.display(),
+                tls.principal()
+            );
+        }
+        tracing::info!(principal = %tls.principal(), "mutual TLS on every gRPC link");
+        concord::tls::install(tls)?;
+        Ok(())
+    }
+
+    fn check_plaintext(&self, listen: Option<SocketAddr>, dials: &[&str]) -> anyhow::Result<()> {
+        let exposed = listen
+            .filter(|addr| !addr.ip().is_loopback())
+            .map(|addr| format!("listen on {addr}"))
+            .into_iter()
+            .chain(
+                dials
+                    .iter()
+                    .filter(|addr| !is_loopback(addr))
+                    .map(|addr| format!("dial {addr}")),
+            )
+            .collect::<Vec<_>>();
+        if exposed.is_empty() {
+            return Ok(());
+        }
+        let what = exposed.join(" and ");
+        if self.insecure {
+            tracing::warn!(links = %what, "plaintext gRPC beyond loopback (--insecure)");
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to {what} in plaintext (not a loopback address): give --tls-cert, \
+             --tls-key and --tls-ca (`concord certs --out DIR` makes development ones), or pass \
+             --insecure to accept unauthenticated, unencrypted traffic across hosts"
+        )
+    }
+}
+
+/// Whether `addr` (`host:port`, optionally with a scheme) is certainly on this machine:
+/// a loopback IP or `localhost`. Any other host name counts as remote.
+pub fn is_loopback(addr: &str) -> bool {
+    let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    if let Ok(socket) = authority.parse::<SocketAddr>() {
+        return socket.ip().is_loopback();
+    }
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loopback IPs and `localhost` are local; every other address or host name is not.
+    #[test]
+    fn loopback_addresses() {
+        for (addr, local) in [
+            ("127.0.0.1:50050", true),
+            ("127.0.0.2:1", true),
+            ("[::1]:50050", true),
+            ("localhost:50050", true),
+            ("http://127.0.0.1:50050", true),
+            ("https://localhost:1/", true),
+            ("0.0.0.0:50050", false),
+            ("10.0.0.5:50050", false),
+            ("registry.example:50050", false),
+            ("localhost.evil.example:1", false),
+        ] {
+            assert_eq!(is_loopback(addr), local, "{addr}");
+        }
+    }
+
+    /// Without TLS, a non-loopback listen or dial needs --insecure; loopback never does.
+    #[test]
+    fn plaintext_only_on_loopback() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let strict = TlsArgs::default();
+        let insecure = TlsArgs {
+            insecure: true,
+            ..TlsArgs::default()
+        };
+        for (args, listen, dials, ok) in [
+            (&strict, Some(local), vec!["127.0.0.1:50050"], true),
+            (&strict, Some(public), vec![], false),
+            (&strict, Some(local), vec!["10.0.0.5:50050"], false),
+            (&strict, None, vec!["localhost:1"], true),
+            (&insecure, Some(public), vec!["10.0.0.5:50050"], true),
+        ] {
+            let got = args.check_plaintext(listen, &dials);
+            assert_eq!(got.is_ok(), ok, "{listen:?} {dials:?}: {got:?}");
+            if let Err(err) = got {
+                assert!(err.to_string().contains("--insecure"), "{err}");
+            }
+        }
+    }
 }

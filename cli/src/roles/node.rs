@@ -48,6 +48,9 @@ pub struct Args {
     /// <principal>` prints one; `concord up` hands each child its own).
     #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
     pub credential: Option<concord::identity::Credential>,
+    /// Mutual TLS (or plaintext, loopback only unless --insecure).
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 impl Args {
@@ -94,6 +97,17 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
     let listen = args.listen;
+    let principal = concord::identity::Principal::Node(args.id.clone());
+    let dials: Vec<&str> = Some(args.registry.as_str())
+        .filter(|r| *r != "none")
+        .into_iter()
+        .collect();
+    args.tls.install(
+        Some(&principal),
+        args.credential.as_ref(),
+        Some(listen),
+        &dials,
+    )?;
     let config = args.into_config()?;
     let listener = super::bind_and_announce("node", listen).await?;
     concord_node::serve(config, listener, shutdown).await?;

@@ -17,6 +17,9 @@ pub struct Args {
     /// Data directory whose `secrets/` holds the cluster secret when none is given.
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Mutual TLS (or plaintext, loopback only unless --insecure).
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 impl Args {
@@ -42,6 +45,9 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = concord_registry::Config::new(args.cluster_secret()?);
     let shutdown = concord::shutdown::signal();
+    let principal = concord::identity::Principal::Registry;
+    args.tls
+        .install(Some(&principal), None, Some(args.listen), &[])?;
     let listener = super::bind_and_announce("registry", args.listen).await?;
     concord_registry::serve(config, listener, shutdown).await?;
     Ok(())

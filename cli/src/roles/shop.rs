@@ -58,11 +58,24 @@ pub struct Args {
     /// <principal>` prints one; `concord up` hands each child its own).
     #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
     pub credential: Option<concord::identity::Credential>,
+    /// Mutual TLS (or plaintext, loopback only unless --insecure).
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// Serves the shop until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
+    let dials: Vec<&str> = [args.registry.as_deref(), args.replica_of.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    args.tls.install(
+        Some(&concord::identity::Principal::Shop),
+        args.credential.as_ref(),
+        Some(args.listen),
+        &dials,
+    )?;
     let admin_token = match args.admin_token {
         Some(token) => token,
         None => args.secrets.load()?.admin_token,

@@ -101,7 +101,7 @@ pub async fn snapshot(backends: &Backends) -> ClusterStatus {
     };
     let shops = futures::future::join_all(shop_instances.iter().map(|instance| async move {
         let probe = async {
-            let channel = backends.channel(&instance.address)?;
+            let channel = backends.channel(crate::backends::SHOP, &instance.address)?;
             let mut request = tonic::Request::new(GetReplicationStatusRequest {});
             request.set_timeout(STATUS_PROBE_TIMEOUT);
             let reply = ReplicationClient::new(channel)

@@ -151,7 +151,7 @@ impl LedgerFollower {
     /// Opens `WatchEvents` on the first aggregator that accepts it.
     async fn open(&self) -> Option<Streaming<WatchEventsResponse>> {
         for addr in self.backends.aggregator_candidates() {
-            let Ok(channel) = self.backends.channel(&addr) else {
+            let Ok(channel) = self.backends.channel(crate::backends::AGGREGATOR, &addr) else {
                 continue;
             };
             let request = WatchEventsRequest {
