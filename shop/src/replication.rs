@@ -21,6 +21,20 @@
 //! LSN read before the scan; entries are full-value puts/deletes, so redoing them over the
 //! fuzzy copy converges to the primary's state.
 //!
+//! **Who may replicate.** Both ends of `Replicate` prove they are a shop with the shop
+//! credential, checked against this process's own (`Verifier::Own`): the replica attaches
+//! it to the call and the primary authenticates it before reading the Hello (anyone else
+//! gets UNAUTHENTICATED / PERMISSION_DENIED and nothing is sent); the primary attaches it
+//! to the response's initial metadata and the follower checks it before installing any
+//! snapshot or entry. A shop without a credential refuses every stream both ways.
+//!
+//! **Protocol errors** close the stream and change nothing: an ack beyond the highest LSN
+//! sent on that stream (`Acks`: acks count only from the current stream and within what it
+//! was sent, with checked arithmetic), anything but an ack after the Hello
+//! (INVALID_ARGUMENT), and a Hello whose term is above the primary's own — the term the
+//! registry accepted from it (FAILED_PRECONDITION; the primary does not step down: only
+//! the registry's word, seen by the failover watch, makes it do that).
+//!
 //! **Modes and what they promise** (primary; "acknowledged" = the client got an OK):
 //! - `none`: acknowledged after the local fsync. Survives a crash of the process (same
 //!   disk); nothing survives the loss of the disk.

@@ -63,19 +63,20 @@ async fn open(
     Stream { out_tx, reply }
 }
 
-/// Everything the primary sent until the stream ended or `quiet` passed without a
-/// message, and the status it ended with (`None`: still open / ended OK).
+/// Everything the primary sent within `within` (or until the stream ended), and the
+/// status it ended with (`None`: still open / ended OK).
 async fn drain(
     stream: &mut Stream,
-    quiet: Duration,
+    within: Duration,
 ) -> (Vec<pb::ReplicateResponse>, Option<Status>) {
     let inbound = match &mut stream.reply {
         Ok(inbound) => inbound,
         Err(status) => return (Vec::new(), Some(status.clone())),
     };
+    let deadline = tokio::time::Instant::now() + within;
     let mut got = Vec::new();
     loop {
-        match tokio::time::timeout(quiet, inbound.message()).await {
+        match tokio::time::timeout_at(deadline, inbound.message()).await {
             Ok(Ok(Some(message))) => got.push(message),
             Ok(Ok(None)) | Err(_) => return (got, None),
             Ok(Err(status)) => return (got, Some(status)),
