@@ -90,6 +90,14 @@ struct ShopSpec {
     args: Vec<String>,
 }
 
+/// The shop credential of this test's cluster, as `--credential` takes it.
+fn shop_credential() -> String {
+    concord::identity::ClusterSecret::new("shop-failover-test-secret")
+        .expect("secret")
+        .issue(concord::identity::Principal::Shop)
+        .encode()
+}
+
 impl ShopSpec {
     /// `mode` none|async|sync, `loss` fail|degrade, `replica_of` = (primary, replica id).
     fn new(
@@ -117,6 +125,8 @@ impl ShopSpec {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Shops replicate only with a shop: both hold the same cluster's shop credential.
+        args.extend(["--credential".to_string(), shop_credential()]);
         if let Some((primary, id)) = replica_of {
             args.extend(["--replica-of", primary, "--replica-id", id].map(String::from));
         }

@@ -137,6 +137,25 @@ impl Config {
                 ));
             }
         }
+        // Without a credential a shop can neither register (the registry refuses anonymous
+        // registrations) nor prove itself to a replication peer: fail now, not silently.
+        if self.credential.is_none() {
+            let needs = if self.registry_addr.is_some() {
+                Some("registers with a registry")
+            } else if self.replication.primary_addr.is_some() {
+                Some("follows a primary")
+            } else if self.replication.mode != ReplicationMode::None {
+                Some("expects a replica")
+            } else {
+                None
+            };
+            if let Some(needs) = needs {
+                return Err(ShopError::invalid(format!(
+                    "this shop {needs}, so it needs its credential (--credential / \
+                     CONCORD_CREDENTIAL; `concord up` hands it one)"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -162,6 +181,12 @@ pub async fn serve(
         ..StoreConfig::new(config.data_dir.clone())
     };
     let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&store_config)).await??);
+    if config.credential.is_none() {
+        tracing::warn!(
+            "shop has no credential: it refuses every Replicate stream and follows no primary \
+             (standalone only; set --credential / CONCORD_CREDENTIAL)"
+        );
+    }
     if config.admin_token == concord::config::DEV_ADMIN_TOKEN {
         tracing::warn!("shop runs with the development admin token; set CONCORD_ADMIN_TOKEN");
     }
@@ -172,6 +197,7 @@ pub async fn serve(
         Arc::clone(&store),
         replication,
         address.clone(),
+        config.credential.clone(),
         stop_rx.clone(),
     );
     let mut tasks = vec![tokio::spawn(replication::run_follower(Arc::clone(
@@ -364,6 +390,15 @@ mod tests {
     #[test]
     fn config_validation_table() {
         assert!(Config::new("/tmp/x").validate().is_ok());
+        let credential = concord::identity::ClusterSecret::new("s")
+            .expect("secret")
+            .issue(concord::identity::Principal::Shop);
+        let replicating = Config {
+            registry_addr: Some("127.0.0.1:1".into()),
+            credential: Some(credential),
+            ..Config::new("/tmp/x")
+        };
+        assert!(replicating.validate().is_ok());
         type Break = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(&str, Break)> = vec![
             ("empty token", Box::new(|c| c.admin_token = " ".into())),
@@ -380,6 +415,18 @@ mod tests {
             (
                 "empty primary",
                 Box::new(|c| c.replication.primary_addr = Some(String::new())),
+            ),
+            (
+                "registry without credential",
+                Box::new(|c| c.registry_addr = Some("127.0.0.1:1".into())),
+            ),
+            (
+                "replica without credential",
+                Box::new(|c| c.replication.primary_addr = Some("127.0.0.1:1".into())),
+            ),
+            (
+                "sync primary without credential",
+                Box::new(|c| c.replication.mode = ReplicationMode::Sync),
             ),
         ];
         for (label, breaks) in cases {

@@ -21,6 +21,20 @@
 //! LSN read before the scan; entries are full-value puts/deletes, so redoing them over the
 //! fuzzy copy converges to the primary's state.
 //!
+//! **Who may replicate.** Both ends of `Replicate` prove they are a shop with the shop
+//! credential, checked against this process's own (`Verifier::Own`): the replica attaches
+//! it to the call and the primary authenticates it before reading the Hello (anyone else
+//! gets UNAUTHENTICATED / PERMISSION_DENIED and nothing is sent); the primary attaches it
+//! to the response's initial metadata and the follower checks it before installing any
+//! snapshot or entry. A shop without a credential refuses every stream both ways.
+//!
+//! **Protocol errors** close the stream and change nothing: an ack beyond the highest LSN
+//! sent on that stream (`Acks`: acks count only from the current stream and within what it
+//! was sent, with checked arithmetic), anything but an ack after the Hello
+//! (INVALID_ARGUMENT), and a Hello whose term is above the primary's own — the term the
+//! registry accepted from it (FAILED_PRECONDITION; the primary does not step down: only
+//! the registry's word, seen by the failover watch, makes it do that).
+//!
 //! **Modes and what they promise** (primary; "acknowledged" = the client got an OK):
 //! - `none`: acknowledged after the local fsync. Survives a crash of the process (same
 //!   disk); nothing survives the loss of the disk.
@@ -127,6 +141,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+
+use concord::identity::{Credential, Principal, Verifier};
 
 use crate::error::{Result, ShopError};
 use crate::store::Store;
@@ -245,12 +261,66 @@ pub enum Role {
 /// The replica's cumulative acks, and the sync writes waiting for them. Each waiter is
 /// filed under its LSN and woken only by the ack that covers it (a watch channel would wake
 /// every waiting write on every ack, most of them for nothing).
+///
+/// An ack counts only if it is genuine: it comes from the current stream (a superseded or
+/// closed stream's acks are refused) and names an LSN that stream was actually sent (or
+/// that its Hello proved the replica already holds). Anything else is an [`AckError`], a
+/// protocol error that closes the stream and changes nothing here. So `acked` never
+/// exceeds what this primary has shipped to a shop that proved itself, and a dead or
+/// forged stream can never satisfy a sync write. `acked` itself outlives its stream (it
+/// only covers LSNs already genuinely acked: the WAL trimming floor and the status keep
+/// it) and is reset when this process becomes the primary again ([`Acks::reset`]), since
+/// an ack from an earlier reign may name LSNs that no longer hold the same writes.
 #[derive(Default)]
 struct Acks {
-    /// Highest LSN the replica acked; only grows. Written under `waiters`' lock.
+    /// Highest LSN genuinely acked; only grows until [`Acks::reset`]. Written under the lock.
     acked: AtomicU64,
-    waiters:
-        std::sync::Mutex<std::collections::BTreeMap<Lsn, Vec<tokio::sync::oneshot::Sender<()>>>>,
+    state: std::sync::Mutex<AckState>,
+}
+
+/// [`Acks`]' lock-protected part.
+#[derive(Default)]
+struct AckState {
+    /// The stream whose acks count, if one is open.
+    stream: Option<StreamAcks>,
+    /// Highest stream generation ever opened: an older one can never become current.
+    newest: u64,
+    /// Sync writes waiting, by the LSN they need acked.
+    waiters: std::collections::BTreeMap<Lsn, Vec<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// What one stream may ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamAcks {
+    /// The stream (`Replicator::stream_generation`).
+    generation: u64,
+    /// Highest LSN sent on it (or proved held by its Hello): its acks may not exceed this.
+    sent: Lsn,
+}
+
+/// Why an ack was refused; each closes the stream it came on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum AckError {
+    /// The stream is not (or no longer) the current one.
+    #[error("this replication stream was superseded or closed; its acks no longer count")]
+    NotCurrent,
+    /// The ack names an LSN this stream was never sent.
+    #[error("protocol error: ack of LSN {lsn} is beyond the highest LSN sent on this stream ({sent}); closing the stream")]
+    BeyondSent {
+        /// What the peer acked.
+        lsn: Lsn,
+        /// The most it could have acked.
+        sent: Lsn,
+    },
+}
+
+impl From<AckError> for Status {
+    fn from(err: AckError) -> Self {
+        match err {
+            AckError::NotCurrent => Status::aborted(err.to_string()),
+            AckError::BeyondSent { .. } => Status::invalid_argument(err.to_string()),
+        }
+    }
 }
 
 /// Waiters kept before abandoned ones (timed-out writes) are swept out.
@@ -261,47 +331,102 @@ impl Acks {
         self.acked.load(Ordering::Acquire)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::BTreeMap<Lsn, Vec<tokio::sync::oneshot::Sender<()>>>,
-    > {
-        // Only plain inserts and removals happen under the lock: a poisoned map is intact.
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        // Only plain field updates, inserts and removals happen under the lock: a poisoned
+        // state is intact.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a cumulative ack and wakes the writes it covers.
-    fn note(&self, lsn: Lsn) {
+    /// Makes `generation` the stream whose acks count (nothing sent on it yet), unless a
+    /// newer one was opened already; the previous stream's acks stop counting.
+    fn open(&self, generation: u64) {
+        let mut state = self.lock();
+        if generation > state.newest {
+            state.newest = generation;
+            state.stream = Some(StreamAcks {
+                generation,
+                sent: 0,
+            });
+        }
+    }
+
+    /// Records that `generation` is about to be sent (or holds) everything up to `lsn`;
+    /// call it *before* the message leaves, so the ack can never arrive first.
+    /// `false` if the stream is no longer current (stop shipping on it).
+    fn sent(&self, generation: u64, lsn: Lsn) -> bool {
+        let mut state = self.lock();
+        match &mut state.stream {
+            Some(stream) if stream.generation == generation => {
+                stream.sent = stream.sent.max(lsn);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stream `generation` ended: its acks no longer count.
+    fn close(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.stream.is_some_and(|s| s.generation == generation) {
+            state.stream = None;
+        }
+    }
+
+    /// This process (again) became the primary: forget every ack and stream of before.
+    fn reset(&self) {
+        let mut state = self.lock();
+        state.stream = None;
+        self.acked.store(0, Ordering::Release);
+    }
+
+    /// Records a cumulative ack from stream `generation` and wakes the writes it covers;
+    /// refuses (changing nothing) an ack from a stream that is not current or beyond what
+    /// that stream was sent.
+    fn note(&self, generation: u64, lsn: Lsn) -> std::result::Result<(), AckError> {
         let covered = {
-            let mut waiters = self.lock();
+            let mut state = self.lock();
+            let sent = match state.stream {
+                Some(stream) if stream.generation == generation => stream.sent,
+                _ => return Err(AckError::NotCurrent),
+            };
+            if lsn > sent {
+                return Err(AckError::BeyondSent { lsn, sent });
+            }
             if lsn <= self.acked() {
-                return;
+                return Ok(());
             }
             self.acked.store(lsn, Ordering::Release);
-            let above = waiters.split_off(&(lsn + 1));
-            std::mem::replace(&mut *waiters, above)
+            // Everything at or below `lsn` is covered; `lsn + 1` cannot overflow (`lsn` ≤
+            // an LSN that was sent), but an overflow would only mean "every waiter".
+            match lsn.checked_add(1) {
+                Some(above) => {
+                    let rest = state.waiters.split_off(&above);
+                    std::mem::replace(&mut state.waiters, rest)
+                }
+                None => std::mem::take(&mut state.waiters),
+            }
         };
         for tx in covered.into_values().flatten() {
             let _ = tx.send(());
         }
+        Ok(())
     }
 
     /// `true` once the replica has acked `lsn`; `false` if the replicator went away first.
     async fn wait_for(&self, lsn: Lsn) -> bool {
         let rx = {
-            let mut waiters = self.lock();
+            let mut state = self.lock();
             if self.acked() >= lsn {
                 return true;
             }
-            if waiters.len() >= ACK_WAITERS_SWEEP_AT {
-                waiters.retain(|_, txs| {
+            if state.waiters.len() >= ACK_WAITERS_SWEEP_AT {
+                state.waiters.retain(|_, txs| {
                     txs.retain(|tx| !tx.is_closed());
                     !txs.is_empty()
                 });
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
-            waiters.entry(lsn).or_default().push(tx);
+            state.waiters.entry(lsn).or_default().push(tx);
             rx
         };
         rx.await.is_ok()
@@ -320,6 +445,9 @@ pub struct Replicator {
     primary_last_lsn: AtomicU64,
     stream_generation: AtomicU64,
     stop_rx: watch::Receiver<bool>,
+    /// This shop's credential: proves it to the primary it follows, and checks that a
+    /// replica (or the primary) is a shop too. `None`: no replication either way.
+    credential: Option<Credential>,
     /// The primary's registry lease, once registered: writes stop before it may expire.
     lease: std::sync::OnceLock<LeaseGuard>,
 }
@@ -337,12 +465,14 @@ struct LeaseGuard {
 }
 
 impl Replicator {
-    /// Creates the state; `address` is this process's advertised address; `stop_rx`
-    /// turns true on shutdown.
+    /// Creates the state; `address` is this process's advertised address; `credential`
+    /// is this shop's identity (module docs, "Who may replicate"); `stop_rx` turns true on
+    /// shutdown.
     pub fn new(
         store: Arc<Store>,
         config: ReplicationConfig,
         address: String,
+        credential: Option<Credential>,
         stop_rx: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let role = match &config.primary_addr {
@@ -361,6 +491,7 @@ impl Replicator {
             primary_last_lsn: AtomicU64::new(0),
             stream_generation: AtomicU64::new(0),
             stop_rx,
+            credential,
             lease: std::sync::OnceLock::new(),
         })
     }
@@ -453,11 +584,28 @@ impl Replicator {
             if !primary {
                 self.store.fence_writes(true);
             }
+            if primary {
+                // Acks from an earlier reign as primary say nothing about this one's LSNs.
+                self.acks.reset();
+            }
             *current = role;
             if primary {
                 self.store.fence_writes(false);
             }
             true
+        })
+    }
+
+    /// This shop's credential, or `Unauthenticated` when it has none (then it neither
+    /// serves nor follows a replication stream).
+    fn must_credential(&self) -> Result<&Credential> {
+        self.credential.as_ref().ok_or_else(|| {
+            ShopError::Unauthenticated(
+                "this shop has no credential, so it can neither prove it is a shop nor check \
+                 that its replication peer is one: replication refused (start it with \
+                 --credential)"
+                    .into(),
+            )
         })
     }
 
@@ -663,10 +811,6 @@ impl Replicator {
         }
         Ok(trimmed)
     }
-
-    fn note_ack(&self, lsn: Lsn) {
-        self.acks.note(lsn);
-    }
 }
 
 /// Trims the WAL every [`WAL_TRIM_INTERVAL`] by [`Replicator::wal_trim_floor`], and once
@@ -866,8 +1010,14 @@ fn needs_snapshot(store: &Store, hello: &pb::Hello) -> Result<bool> {
     }
 }
 
-/// Streams a fuzzy snapshot (module docs); returns the LSN to resume after.
-async fn send_snapshot(store: &Arc<Store>, out: &Outbound) -> Result<Lsn> {
+/// Streams a fuzzy snapshot (module docs) on stream `generation`; returns the LSN to
+/// resume after.
+async fn send_snapshot(
+    store: &Arc<Store>,
+    acks: &Acks,
+    generation: u64,
+    out: &Outbound,
+) -> Result<Lsn> {
     use pb::replicate_response::Kind;
     let snap_lsn = store.last_lsn()?;
     let term = store.term();
@@ -901,6 +1051,11 @@ async fn send_snapshot(store: &Arc<Store>, out: &Outbound) -> Result<Lsn> {
         }
     }
     let lsn_term = store.term_at(snap_lsn)?.unwrap_or(term);
+    if !acks.sent(generation, snap_lsn) {
+        return Err(ShopError::Unavailable(
+            "a newer replication stream replaced this one during the snapshot".into(),
+        ));
+    }
     out.send(response(Kind::SnapshotEnd(pb::SnapshotEnd {
         lsn: snap_lsn,
         lsn_term,
@@ -926,8 +1081,13 @@ async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation:
     };
     match snapshot {
         // Same history up to applied_lsn: the replica already holds it durably.
-        Ok(Ok(false)) => rep.note_ack(pos),
-        Ok(Ok(true)) => match send_snapshot(&store, &out).await {
+        Ok(Ok(false)) => {
+            if rep.acks.sent(generation, pos) {
+                // In range by construction: `pos` is at most our last LSN.
+                let _ = rep.acks.note(generation, pos);
+            }
+        }
+        Ok(Ok(true)) => match send_snapshot(&store, &rep.acks, generation, &out).await {
             Ok(lsn) => pos = lsn,
             Err(e) => {
                 tracing::warn!(error = %e, "snapshot failed");
@@ -973,7 +1133,7 @@ async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation:
             // The entries after `pos` were trimmed meanwhile (e.g. during a long snapshot):
             // the replica cannot apply a gap, so it gets a snapshot instead.
             tracing::info!(replica = %hello.replica_id, pos, "WAL trimmed past the replica; sending a snapshot");
-            match send_snapshot(&store, &out).await {
+            match send_snapshot(&store, &rep.acks, generation, &out).await {
                 Ok(lsn) => pos = lsn,
                 Err(e) => {
                     tracing::warn!(error = %e, "snapshot failed");
@@ -984,6 +1144,9 @@ async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation:
         }
         if let Some(last) = entries.last() {
             pos = last.lsn;
+            if !rep.acks.sent(generation, pos) {
+                break; // superseded or closed
+            }
             let batch = pb::WalBatch {
                 entries: entries.into_iter().map(entry_to_pb).collect(),
             };
@@ -1005,19 +1168,25 @@ async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation:
                 }
             }
             _ = stopped(&mut stop_rx) => break,
+            // The response stream ended (a protocol error, or the replica went away).
+            _ = out.closed() => break,
         }
     }
+    rep.acks.close(generation);
     if rep.stream_generation.load(Ordering::Acquire) == generation {
         rep.peer_connected.store(false, Ordering::Release);
     }
     tracing::info!(replica = %hello.replica_id, pos, "replica stream ended");
 }
 
-/// Primary side: reads the replica's acks.
+/// Primary side: reads the replica's acks. A protocol error (an ack the stream may not
+/// make, or anything but an ack after the Hello) changes nothing, goes to `failed_tx` —
+/// which ends the response stream with that status, nothing more is sent — and stops.
 async fn read_acks(
     rep: Arc<Replicator>,
     mut inbound: tonic::Streaming<pb::ReplicateRequest>,
     generation: u64,
+    failed_tx: tokio::sync::oneshot::Sender<Status>,
 ) {
     let mut stop_rx = rep.stop_rx.clone();
     loop {
@@ -1025,20 +1194,67 @@ async fn read_acks(
             m = inbound.message() => m,
             _ = stopped(&mut stop_rx) => break,
         };
-        match msg {
+        let refused = match msg {
             Ok(Some(pb::ReplicateRequest {
                 kind: Some(pb::replicate_request::Kind::Ack(ack)),
-            })) => rep.note_ack(ack.durable_lsn),
-            Ok(Some(_)) => tracing::debug!("ignoring unexpected replica message"),
+            })) => match rep.acks.note(generation, ack.durable_lsn) {
+                Ok(()) => continue,
+                Err(e) => Status::from(e),
+            },
+            Ok(Some(_)) => Status::invalid_argument(
+                "protocol error: only Acks may follow the Hello; closing the stream",
+            ),
             Ok(None) => break,
             Err(status) => {
                 tracing::debug!(%status, "replica stream broke");
                 break;
             }
-        }
+        };
+        tracing::warn!(generation, status = %refused.message(), "replication stream closed");
+        let _ = failed_tx.send(refused);
+        break;
     }
+    rep.acks.close(generation);
     if rep.stream_generation.load(Ordering::Acquire) == generation {
         rep.peer_connected.store(false, Ordering::Release);
+    }
+}
+
+/// The primary's half of one `Replicate` stream: what [`ship`] queues, cut short by a
+/// protocol error [`read_acks`] found — the error is the next and last item, so nothing
+/// queued behind it is sent.
+struct Outgoing {
+    messages: ReceiverStream<std::result::Result<pb::ReplicateResponse, Status>>,
+    /// Resolves with the status to close the stream with (dropped: no error).
+    failed_rx: Option<tokio::sync::oneshot::Receiver<Status>>,
+    /// The error was sent: the stream is over.
+    done: bool,
+}
+
+impl Stream for Outgoing {
+    type Item = std::result::Result<pb::ReplicateResponse, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(failed_rx) = &mut this.failed_rx {
+            match Pin::new(failed_rx).poll(cx) {
+                Poll::Ready(Ok(status)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(Err(_)) => this.failed_rx = None,
+                Poll::Pending => {}
+            }
+        }
+        Pin::new(&mut this.messages).poll_next(cx)
     }
 }
 
@@ -1066,6 +1282,14 @@ impl Replication for ReplicationService {
         &self,
         request: Request<tonic::Streaming<pb::ReplicateRequest>>,
     ) -> std::result::Result<Response<Self::ReplicateStream>, Status> {
+        // Only a shop may read the WAL or ack writes: nothing is read or sent before this.
+        let own = self.rep.must_credential().map_err(Status::from)?;
+        let principal = concord::identity::authenticate(&request, &Verifier::Own(own.clone()))?;
+        if principal != Principal::Shop {
+            return Err(Status::permission_denied(format!(
+                "{principal} may not replicate the shop; only a shop may"
+            )));
+        }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::ReplicateRequest {
@@ -1080,21 +1304,43 @@ impl Replication for ReplicationService {
         crate::validate::replica_id(&hello.replica_id)?;
         let term = self.rep.store.term();
         if hello.term > term {
-            // Someone has seen a newer primary than us: we must not ship anything.
-            self.rep.set_role_if(Role::Replica(String::new()), |_| true);
-            return Err(ShopError::precondition(format!(
-                "replica has seen term {} > our term {term}; stepping down",
+            // Our term is the one the registry accepted from us (writes need that). A
+            // newer one counts only once the registry accepted it, and then the failover
+            // watch steps us down; a peer's word is not enough.
+            tracing::warn!(
+                replica = %hello.replica_id,
+                claimed = hello.term,
+                term,
+                "replica claims a term above ours; refusing the stream, not stepping down"
+            );
+            return Err(Status::failed_precondition(format!(
+                "protocol error: the replica claims term {} above this primary's term {term}; \
+                 a primary steps down only when the registry accepts a newer primary",
                 hello.term
-            ))
-            .into());
+            )));
         }
         self.rep.check_writable()?;
         let generation = self.rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.rep.acks.open(generation);
         self.rep.peer_connected.store(true, Ordering::Release);
         let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(ship(Arc::clone(&self.rep), hello, out_tx, generation));
-        tokio::spawn(read_acks(Arc::clone(&self.rep), inbound, generation));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        tokio::spawn(read_acks(
+            Arc::clone(&self.rep),
+            inbound,
+            generation,
+            failed_tx,
+        ));
+        let outgoing = Outgoing {
+            messages: ReceiverStream::new(out_rx),
+            failed_rx: Some(failed_rx),
+            done: false,
+        };
+        let mut response = Response::new(Box::pin(outgoing) as Self::ReplicateStream);
+        // The primary proves to the replica that it is a shop too (`follow_once`).
+        own.attach_to(response.metadata_mut());
+        Ok(response)
     }
 
     async fn get_replication_status(
@@ -1187,11 +1433,30 @@ async fn follow_once(
         })
         .await
         .map_err(|_| ShopError::internal("outbound channel closed"))?;
-    let mut inbound = client
-        .replicate(ReceiverStream::new(out_rx))
+    let own = rep.must_credential()?;
+    let mut request = Request::new(ReceiverStream::new(out_rx));
+    own.attach(&mut request);
+    let response = client
+        .replicate(request)
         .await
-        .map_err(|s| unavailable(&s))?
-        .into_inner();
+        .map_err(|s| unavailable(&s))?;
+    // The primary must prove it is a shop before anything it sends is installed: a
+    // snapshot from anyone else would replace this replica's data.
+    match concord::identity::authenticate_metadata(response.metadata(), &Verifier::Own(own.clone()))
+    {
+        Ok(Principal::Shop) => {}
+        Ok(other) => {
+            return Err(ShopError::Unauthenticated(format!(
+                "{primary} proved it is {other}, not a shop; not following it"
+            )))
+        }
+        Err(e) => {
+            return Err(ShopError::Unauthenticated(format!(
+                "{primary} did not prove it is a shop ({e}); nothing it sends is installed"
+            )))
+        }
+    }
+    let mut inbound = response.into_inner();
     rep.peer_connected.store(true, Ordering::Release);
     tracing::info!(%primary, applied_lsn, "following primary");
     let mut stop_rx = rep.stop_rx.clone();
@@ -1409,4 +1674,155 @@ fn primary_term(metadata: &HashMap<String, String>) -> Option<u64> {
         return None;
     }
     metadata.get("term")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step of an [`Acks`] script and what it must give.
+    enum Op {
+        Open(u64),
+        Sent(u64, Lsn, bool),
+        Note(u64, Lsn, std::result::Result<(), AckError>),
+        Close(u64),
+        Reset,
+        Acked(Lsn),
+    }
+    use Op::*;
+
+    fn beyond(lsn: Lsn, sent: Lsn) -> std::result::Result<(), AckError> {
+        Err(AckError::BeyondSent { lsn, sent })
+    }
+
+    const NOT_CURRENT: std::result::Result<(), AckError> = Err(AckError::NotCurrent);
+
+    /// Acks count only from the current stream and up to what it was sent; every refusal
+    /// leaves the acked LSN as it was; nothing overflows.
+    #[test]
+    fn acks_are_validated_per_stream() {
+        let cases: Vec<(&str, Vec<Op>)> = vec![
+            (
+                "genuine cumulative acks advance, never go back",
+                vec![
+                    Open(1),
+                    Sent(1, 5, true),
+                    Note(1, 3, Ok(())),
+                    Acked(3),
+                    Note(1, 5, Ok(())),
+                    Note(1, 4, Ok(())),
+                    Acked(5),
+                ],
+            ),
+            (
+                "an ack beyond what was sent is refused and changes nothing",
+                vec![
+                    Open(1),
+                    Sent(1, 5, true),
+                    Note(1, 2, Ok(())),
+                    Note(1, 6, beyond(6, 5)),
+                    Note(1, 1 << 62, beyond(1 << 62, 5)),
+                    Acked(2),
+                ],
+            ),
+            (
+                "u64::MAX before anything was sent: refused, no overflow",
+                vec![Open(1), Note(1, u64::MAX, beyond(u64::MAX, 0)), Acked(0)],
+            ),
+            (
+                "no stream open: nothing counts",
+                vec![Note(1, 0, NOT_CURRENT), Sent(1, 5, false), Acked(0)],
+            ),
+            (
+                "a superseded stream's acks no longer count",
+                vec![
+                    Open(1),
+                    Sent(1, 5, true),
+                    Open(2),
+                    Note(1, 5, NOT_CURRENT),
+                    Sent(1, 6, false),
+                    Note(2, 5, beyond(5, 0)),
+                    Acked(0),
+                ],
+            ),
+            (
+                "a closed stream's acks no longer count",
+                vec![
+                    Open(1),
+                    Sent(1, 5, true),
+                    Note(1, 4, Ok(())),
+                    Close(1),
+                    Note(1, 5, NOT_CURRENT),
+                    Acked(4),
+                ],
+            ),
+            (
+                "an older stream never becomes current again",
+                vec![Open(2), Open(1), Sent(1, 5, false), Sent(2, 5, true)],
+            ),
+            (
+                "closing an old stream leaves the current one",
+                vec![
+                    Open(1),
+                    Open(2),
+                    Sent(2, 3, true),
+                    Close(1),
+                    Note(2, 3, Ok(())),
+                ],
+            ),
+            (
+                "what was sent only grows",
+                vec![
+                    Open(1),
+                    Sent(1, 5, true),
+                    Sent(1, 3, true),
+                    Note(1, 5, Ok(())),
+                ],
+            ),
+            (
+                "a new reign forgets every ack and stream",
+                vec![
+                    Open(1),
+                    Sent(1, 5, true),
+                    Note(1, 5, Ok(())),
+                    Acked(5),
+                    Reset,
+                    Acked(0),
+                    Note(1, 5, NOT_CURRENT),
+                ],
+            ),
+        ];
+        for (label, ops) in cases {
+            let acks = Acks::default();
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    Open(g) => acks.open(g),
+                    Sent(g, lsn, want) => assert_eq!(acks.sent(g, lsn), want, "{label} #{step}"),
+                    Note(g, lsn, want) => assert_eq!(acks.note(g, lsn), want, "{label} #{step}"),
+                    Close(g) => acks.close(g),
+                    Reset => acks.reset(),
+                    Acked(want) => assert_eq!(acks.acked(), want, "{label} #{step}"),
+                }
+            }
+        }
+    }
+
+    /// A waiting sync write is woken by the genuine ack that covers it, never by a refused
+    /// one.
+    #[tokio::test]
+    async fn only_a_genuine_ack_wakes_a_sync_write() {
+        let acks = Acks::default();
+        acks.open(1);
+        assert!(acks.sent(1, 2));
+        let waiter = acks.wait_for(3);
+        tokio::pin!(waiter);
+        assert!(futures::poll!(&mut waiter).is_pending());
+        assert!(acks.note(1, 1 << 62).is_err());
+        assert!(acks.note(1, u64::MAX).is_err());
+        assert!(acks.note(1, 2).is_ok());
+        assert!(futures::poll!(&mut waiter).is_pending());
+        assert!(acks.sent(1, 3));
+        assert!(acks.note(1, 3).is_ok());
+        assert_eq!(futures::poll!(&mut waiter), std::task::Poll::Ready(true));
+    }
 }

@@ -17,6 +17,11 @@ use tonic::transport::Channel;
 /// Admin token used by every test server.
 pub const ADMIN: &str = "test-admin-token";
 
+/// The shop credential every test shop holds (the test cluster secret's `shop`).
+pub fn shop_credential() -> concord::identity::Credential {
+    concord_testkit::credential(concord::identity::Principal::Shop)
+}
+
 /// A running shop.
 pub struct TestShop {
     /// Bound address.
@@ -27,7 +32,8 @@ pub struct TestShop {
     task: Option<JoinHandle<concord_shop::Result<()>>>,
 }
 
-/// Starts a shop; `configure` adjusts the default config (data dir already set).
+/// Starts a shop holding [`shop_credential`]; `configure` adjusts the default config (data
+/// dir already set).
 pub async fn start(data_dir: &std::path::Path, configure: impl FnOnce(&mut Config)) -> TestShop {
     concord::telemetry::init_for_tests();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -36,9 +42,7 @@ pub async fn start(data_dir: &std::path::Path, configure: impl FnOnce(&mut Confi
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::new(data_dir);
     config.admin_token = ADMIN.to_string();
-    config.credential = Some(concord_testkit::credential(
-        concord::identity::Principal::Shop,
-    ));
+    config.credential = Some(shop_credential());
     configure(&mut config);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(concord_shop::serve(config, listener, async move {

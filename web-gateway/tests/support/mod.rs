@@ -397,6 +397,11 @@ impl TestShop {
     }
 }
 
+/// The credential every test shop holds: shops replicate only with each other.
+pub fn shop_credential() -> concord::identity::Credential {
+    concord_testkit::credential(concord::identity::Principal::Shop)
+}
+
 /// Starts the real shop on port 0 as a standalone primary, registered at `registry_addr`.
 pub async fn start_shop(registry_addr: &str) -> Result<TestShop> {
     start_shop_with(registry_addr, concord_shop::ReplicationConfig::default()).await
@@ -412,8 +417,8 @@ pub async fn start_shop_with(
         admin_token: ADMIN.into(),
         registry_addr: Some(registry_addr.to_owned()),
         lease_ttl: Duration::from_secs(1),
+        credential: Some(shop_credential()),
         replication,
-        credential: Some(concord_testkit::credential(Principal::Shop)),
         ..concord_shop::Config::new(dir.path().join("shop"))
     };
     let server =
@@ -432,8 +437,8 @@ pub async fn start_unregistered_shop(
     let config = concord_shop::Config {
         admin_token: ADMIN.into(),
         registry_addr: None,
+        credential: Some(shop_credential()),
         replication,
-        credential: Some(concord_testkit::credential(Principal::Shop)),
         ..concord_shop::Config::new(dir.path().join("shop"))
     };
     let server = Running::spawn_on(addr, |listener, shutdown| {
