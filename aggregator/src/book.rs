@@ -2,16 +2,17 @@
 //! path (`Predict`) and the `Staking` service.
 //!
 //! The consensus path uses it in three steps:
-//! 1. [`StakeBook::standings`] before the fan-out: every known node's account (new nodes
-//!    are opened with the default stake and trust 0.5). Call a node only if
-//!    [`should_ask`]`(policy, account.ejected)`.
+//! 1. [`StakeBook::standings`] before the fan-out: every node's account, or `None` for a
+//!    node that never staked (nothing is opened on first sight: such a node has no
+//!    weight under `trust` and `stake` and is not asked; see [`crate::ledger`]). Call a
+//!    node only if [`should_ask`]`(policy, ejected)`.
 //! 2. Fan out with a deadline; keep the answers that arrived in time.
 //! 3. [`StakeBook::conclude`]: combine them under the policy (see [`crate::policy`]) and
 //!    remember each node's label under the request id, so `ReportOutcome` can score
 //!    exactly the nodes that answered in time.
 //!
-//! Failure behaviour: a ledger error in step 1 fails the request (`INTERNAL`); step 3
-//! never touches the disk.
+//! Failure behaviour: a ledger error in step 1 fails the request (`INTERNAL`); neither
+//! step 1 nor step 3 writes to the disk.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,15 +66,10 @@ impl StakeBook {
         &self.recent
     }
 
-    /// Accounts of `node_ids`, in order, opening new ones. Known accounts are read inline
-    /// (a few reads of sled's in-memory cache, cheaper than a hop to the blocking pool on
-    /// every Predict); opening accounts writes and flushes, so it runs on the blocking pool.
-    pub async fn standings(&self, node_ids: Vec<NodeId>) -> Result<Vec<Account>, LedgerError> {
-        if let Some(accounts) = self.ledger.existing_accounts(&node_ids)? {
-            return Ok(accounts);
-        }
-        let ledger = self.ledger.clone();
-        blocking(move || ledger.ensure_accounts(&node_ids)).await
+    /// Accounts of `node_ids`, in order; `None` for a node that never staked. Reads only
+    /// (a few reads of sled's in-memory cache, cheap enough inline on every Predict).
+    pub fn standings(&self, node_ids: &[NodeId]) -> Result<Vec<Option<Account>>, LedgerError> {
+        self.ledger.accounts(node_ids)
     }
 
     /// Combines the in-time `answers` under `policy` and remembers them for scoring.
@@ -148,17 +144,24 @@ mod tests {
         }
     }
 
-    /// Standings → conclude → report: the nodes that answered are scored, once.
+    /// Standings → conclude → report: the nodes that answered are scored, once; standings
+    /// open no account for a node that never staked.
     #[tokio::test]
     async fn predict_then_report() {
         let book = StakeBook::new(
             Ledger::temporary(ScoringParams::default()).expect("ledger"),
             RecentRequests::default(),
         );
-        let accounts = book
-            .standings(vec!["a".into(), "b".into(), "late".into()])
-            .await
-            .expect("standings");
+        for id in ["a", "b", "late"] {
+            book.ledger().stake(id, 1000).expect("stake");
+        }
+        let accounts: Vec<Account> = book
+            .standings(&["a".into(), "b".into(), "late".into(), "sybil".into()])
+            .expect("standings")
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(accounts.len(), 3, "a node that never staked has no account");
         assert!(accounts
             .iter()
             .all(|a| should_ask(Policy::Stake, a.ejected)));
@@ -192,5 +195,6 @@ mod tests {
         assert_eq!(got, vec![("a", 1, true), ("b", 0, false)]);
         let late = book.ledger().account("late").expect("get").expect("exists");
         assert_eq!((late.stake, late.right + late.wrong), (1000, 0));
+        assert_eq!(book.ledger().account("sybil").expect("get"), None);
     }
 }

@@ -7,7 +7,8 @@
 //!    standing (trust, stake, ejected) in the ledger through the [`StakeBook`], whatever
 //!    the policy: the reply reports every node's real trust and stake at combination
 //!    time, and only the *weighting* differs by policy (`mean` weighs every answer 1 and
-//!    asks ejected nodes too; `trust`/`stake` skip them). An aggregator without a ledger
+//!    asks ejected nodes too; `trust`/`stake` skip them, and every node that never staked,
+//!    which has no account and therefore no stake). An aggregator without a ledger
 //!    (mean only) has no standing to report and shows [`NO_LEDGER_STANDING`].
 //! 3. Fan out to the asked nodes with the deadline ([`crate::fanout`]).
 //! 4. Fewer answers than the quorum → `UNAVAILABLE`, naming how many answered. The quorum
@@ -92,9 +93,20 @@ pub struct Standing {
     pub trust: Trust,
     /// Tokens staked.
     pub stake: Stake,
-    /// Out of the weighted consensus.
+    /// Out of the weighted consensus (ejected, or never staked).
     pub ejected: bool,
+    /// Whether the node has a stake account at all; `false` for a node that never staked.
+    pub staked: bool,
 }
+
+/// The standing of a node that never staked: no account, so no stake and no weight under
+/// `trust` and `stake` (it is not asked); `mean` still counts it (see [`crate::policy`]).
+pub const UNSTAKED_STANDING: Standing = Standing {
+    trust: INITIAL_TRUST,
+    stake: 0,
+    ejected: true,
+    staked: false,
+};
 
 /// What an aggregator *without* a ledger reports for every node (trust 0.5, stake 0): it
 /// has no accounts, and `mean` does not need any. With a ledger every policy reports
@@ -103,6 +115,7 @@ pub const NO_LEDGER_STANDING: Standing = Standing {
     trust: INITIAL_TRUST,
     stake: 0,
     ejected: false,
+    staked: false,
 };
 
 /// What became of one node's part in a request.
@@ -114,7 +127,7 @@ pub enum VoteStatus {
     TimedOut,
     /// The call failed; ignored.
     Failed,
-    /// Ejected from the weighted consensus; not asked.
+    /// Ejected from the weighted consensus, or never staked; not asked.
     Ejected,
 }
 
@@ -353,14 +366,18 @@ impl Aggregator {
     async fn standings(&self, members: &[Member]) -> Result<Vec<Standing>> {
         match &self.book {
             Some(book) => {
-                let ids = members.iter().map(|m| m.node_id.clone()).collect();
-                let accounts = book.standings(ids).await?;
+                let ids: Vec<NodeId> = members.iter().map(|m| m.node_id.clone()).collect();
+                let accounts = book.standings(&ids)?;
                 Ok(accounts
                     .iter()
-                    .map(|a| Standing {
-                        trust: a.trust(),
-                        stake: a.stake,
-                        ejected: a.ejected,
+                    .map(|a| match a {
+                        Some(a) => Standing {
+                            trust: a.trust(),
+                            stake: a.stake,
+                            ejected: a.ejected,
+                            staked: true,
+                        },
+                        None => UNSTAKED_STANDING,
                     })
                     .collect())
             }
@@ -513,7 +530,11 @@ pub fn decide(
             trust: standing.trust,
             stake: standing.stake,
             weight: 0.0,
-            error: Some("ejected: stake below the minimum".into()),
+            error: Some(if standing.staked {
+                "ejected: stake below the minimum".into()
+            } else {
+                "not staked: no stake account (a node joins by staking with its credential)".into()
+            }),
         });
     }
     Ok(Decision {
@@ -666,6 +687,7 @@ mod tests {
                             trust: 0.1,
                             stake: 1,
                             ejected: true,
+                            staked: true,
                         },
                     )
                 })
@@ -706,28 +728,37 @@ mod tests {
         assert_eq!(d.votes[1].error.as_deref(), Some("invalid probabilities"));
     }
 
-    /// Ejected nodes are listed, not asked, and carry their standing.
+    /// Ejected and never-staked nodes are listed, not asked, and carry their standing.
     #[tokio::test]
     async fn ejected_listed() {
         let member = Member::new("poor", "127.0.0.1:1").unwrap();
+        let sybil = Member::new("sybil", "127.0.0.1:2").unwrap();
         let standing = Standing {
             trust: 0.1,
             stake: 5,
             ejected: true,
+            staked: true,
         };
         let d = decide(
             "r".into(),
             Policy::Stake,
             vec![answered("a", [1.0, 0.0, 0.0])],
-            vec![(member, standing)],
+            vec![(member, standing), (sybil, UNSTAKED_STANDING)],
             1,
             DEADLINE,
             |_, a| combine(Policy::Mean, a),
         )
         .unwrap();
-        assert_eq!((d.asked, d.votes.len()), (1, 2));
+        assert_eq!((d.asked, d.votes.len()), (1, 3));
         assert_eq!(d.votes[1].status, VoteStatus::Ejected);
         assert_eq!((d.votes[1].trust, d.votes[1].stake), (0.1, 5));
+        assert!(d.votes[1].error.as_deref().unwrap().starts_with("ejected"));
+        assert_eq!((d.votes[2].stake, d.votes[2].weight), (0, 0.0));
+        assert!(d.votes[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("not staked"));
     }
 
     /// A policy other than mean needs a ledger; bad knobs are refused.

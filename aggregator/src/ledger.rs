@@ -17,8 +17,23 @@
 //!
 //! # Events and the hash chain
 //!
-//! Kinds: `grant` (default stake for a node seen for the first time), `stake`, `unstake`,
-//! `reward`, `slash`, `eject`, `rejoin`. Events are numbered `1, 2, 3, …` without gaps.
+//! Kinds: `stake`, `unstake`, `reward`, `slash`, `eject`, `rejoin`, and the legacy
+//! `grant`. Events are numbered `1, 2, 3, …` without gaps.
+//!
+//! # Accounts are opened by staking, never on first sight
+//!
+//! A node id the ledger has never seen has **no account**: no stake, no trust, no weight
+//! under `trust` and `stake` (the aggregator does not even ask it), and scoring skips it.
+//! The only way in is a `Stake` — which the Staking service accepts only with that node's
+//! credential — and the account counts once that stake reaches `min_stake` (a smaller
+//! first stake opens the account already ejected). So registering new node ids mints
+//! nothing and buys no influence (a sybil attack costs real deposits, and every deposit
+//! is recorded). `concord node --initial-stake N` is how a node pays its own start-up
+//! stake, once ([`Ledger::open_with_stake`] refuses an account that exists).
+//!
+//! `grant` (the default stake minted for a node on first sight) is no longer written;
+//! ledgers written before still verify — a `grant` may only be an account's first
+//! event — and count it in `minted`.
 //! `hash = SHA-256(canonical bytes of every other field, including prev_hash)` and
 //! `prev_hash` is the previous event's hash (64 zeros for event 1). See [`event_hash`].
 //!
@@ -28,7 +43,7 @@
 //! ledger contains no floating-point value and replays are exact.
 //!
 //! ```text
-//! minted    = Σ grant + Σ reward          (tokens created by the ledger)
+//! minted    = Σ grant + Σ reward          (tokens created by the ledger; grant: legacy)
 //! burned    = Σ slash                      (tokens destroyed by the ledger)
 //! deposited = Σ stake,  withdrawn = Σ unstake   (tokens moved in/out by nodes)
 //!
@@ -46,13 +61,13 @@
 //!   [`MAX_SUPPLY`] aborts the transaction ([`LedgerError::WouldOverflow`],
 //!   `FAILED_PRECONDITION`: it depends on the ledger's state, like an unstake above the
 //!   balance, and may succeed after unstakes or slashes). Nothing is written either way,
-//!   not even the `grant` of a new account.
+//!   not even a new account.
 //! - A reward is capped at the headroom left under [`MAX_SUPPLY`] for the supply and for
 //!   the cumulative `minted` total (possibly 0, logged as a warning) instead of wrapping,
 //!   panicking or failing the scoring; the event records the amount actually minted, so
 //!   the books still balance. Once `minted` reaches the ceiling no reward is paid again.
-//! - A grant, unstake or slash that would push a *cumulative* total (minted, withdrawn,
-//!   burned) past `u64::MAX` aborts with [`LedgerError::WouldOverflow`]; that takes more
+//! - An unstake or slash that would push a *cumulative* total (withdrawn, burned) past
+//!   `u64::MAX` aborts with [`LedgerError::WouldOverflow`]; that takes more
 //!   than 1.8·10¹⁹ tokens moved, and is a limit, not a silent error.
 //! - [`Ledger::verify`] replays the totals with the same checks, so a log whose totals
 //!   ever left that range (e.g. one written before these checks) is reported, not
@@ -67,8 +82,9 @@
 //! # Eject rule
 //!
 //! After a slash or unstake leaves `stake < min_stake`, an `eject` event follows in the
-//! same transaction. After a `stake` call lifts an ejected node to `≥ min_stake`, a
-//! `rejoin` event follows. Rewards alone never rejoin a node.
+//! same transaction; so does a first `stake` below the minimum (the account opens
+//! ejected). After a `stake` call lifts an ejected node to `≥ min_stake`, a `rejoin`
+//! event follows. Rewards alone never rejoin a node.
 //!
 //! Non-goals: the `scored` tree is never pruned (one small key per scored request);
 //! there is no multi-node replication of the ledger. The chain detects edits, deletions
@@ -125,6 +141,9 @@ pub enum LedgerError {
     /// The account does not exist.
     #[error("no account for node {}", concord::error::quote(.0))]
     NotFound(NodeId),
+    /// [`Ledger::open_with_stake`] for a node that already has an account; nothing written.
+    #[error("node {} already has an account; nothing staked", concord::error::quote(.0))]
+    AccountExists(NodeId),
     /// Unstake larger than the balance: stakes never go negative.
     #[error("insufficient stake: node {} has {stake}, asked to withdraw {requested}", concord::error::quote(.node_id))]
     InsufficientStake {
@@ -192,6 +211,20 @@ impl Account {
     pub fn trust(&self) -> Trust {
         self.trust_ppb as f64 / TRUST_SCALE as f64
     }
+
+    /// The state of an account before its first event: nothing staked, trust 0.5. Not
+    /// stored until an event (the first `stake`) is appended for it.
+    fn unopened(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            stake: 0,
+            trust_ppb: trust_to_ppb(INITIAL_TRUST),
+            ejected: false,
+            right: 0,
+            wrong: 0,
+            last_seq: 0,
+        }
+    }
 }
 
 /// Converts a float trust to the stored integer form.
@@ -226,7 +259,8 @@ pub fn next_trust_ppb(trust_ppb: u64, correct: bool, alpha: f64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    /// Account opened with the default stake (minted).
+    /// Legacy: the default stake minted for a node on first sight. No longer written
+    /// (accounts open with a credentialed `Stake`); kept so older ledgers still verify.
     Grant,
     /// Node deposited tokens.
     Stake,
@@ -292,7 +326,8 @@ impl Event {
 /// Running totals, kept in the head so `verify` can check them against a replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
-    /// Σ grant.
+    /// Σ grant (legacy ledgers only; 0 in a ledger opened since grants ended).
+    #[serde(default)]
     pub granted: u64,
     /// Σ reward.
     pub rewarded: u64,
@@ -505,7 +540,6 @@ struct Tx<'a> {
     accounts: &'a TransactionalTree,
     events: &'a TransactionalTree,
     meta: &'a TransactionalTree,
-    params: &'a ScoringParams,
     head: Head,
     appended: Vec<Event>,
     at_ms: u64,
@@ -516,7 +550,6 @@ impl<'a> Tx<'a> {
         accounts: &'a TransactionalTree,
         events: &'a TransactionalTree,
         meta: &'a TransactionalTree,
-        params: &'a ScoringParams,
     ) -> TxResult<Self> {
         let head = match meta.get(HEAD_KEY)? {
             Some(b) => decode("head", &b).map_err(ConflictableTransactionError::Abort)?,
@@ -526,7 +559,6 @@ impl<'a> Tx<'a> {
             accounts,
             events,
             meta,
-            params,
             head,
             appended: Vec::new(),
             at_ms: now_ms(),
@@ -546,28 +578,6 @@ impl<'a> Tx<'a> {
         let bytes = encode(account).map_err(ConflictableTransactionError::Abort)?;
         self.accounts.insert(account.node_id.as_bytes(), bytes)?;
         Ok(())
-    }
-
-    /// Loads the account, opening it with a `grant` event if the node is new.
-    fn get_or_open(&mut self, node_id: &str) -> TxResult<Account> {
-        if let Some(a) = self.get(node_id)? {
-            return Ok(a);
-        }
-        let mut a = Account {
-            node_id: node_id.to_string(),
-            stake: self.params.default_stake,
-            trust_ppb: trust_to_ppb(INITIAL_TRUST),
-            ejected: false,
-            right: 0,
-            wrong: 0,
-            last_seq: 0,
-        };
-        self.append(EventKind::Grant, &mut a, self.params.default_stake, None)?;
-        if below_minimum(a.stake, self.params.min_stake) {
-            a.ejected = true;
-            self.append(EventKind::Eject, &mut a, 0, None)?;
-        }
-        Ok(a)
     }
 
     /// Appends an event describing `account`'s state *after* the change.
@@ -682,7 +692,7 @@ impl Ledger {
     ) -> Result<(T, Vec<Event>), LedgerError> {
         let (out, events) = (&self.accounts, &self.events, &self.meta, &self.scored).transaction(
             |(accounts, events, meta, scored)| {
-                let mut tx = Tx::begin(accounts, events, meta, &self.params)?;
+                let mut tx = Tx::begin(accounts, events, meta)?;
                 let out = f(&mut tx, scored)?;
                 let appended = tx.commit()?;
                 Ok((out, appended))
@@ -706,43 +716,10 @@ impl Ledger {
             .transpose()
     }
 
-    /// The accounts of `node_ids` in order, opening (granting) any that are new.
-    pub fn ensure_accounts(&self, node_ids: &[NodeId]) -> Result<Vec<Account>, LedgerError> {
-        if let Some(accounts) = self.existing_accounts(node_ids)? {
-            return Ok(accounts);
-        }
-        for id in node_ids {
-            check_node_id(id)?;
-        }
-        let (accounts, events) = self.transact(|tx, _| {
-            let mut v = Vec::with_capacity(node_ids.len());
-            for id in node_ids {
-                let a = tx.get_or_open(id)?;
-                tx.put(&a)?;
-                v.push(a);
-            }
-            Ok(v)
-        })?;
-        for e in events.iter().filter(|e| e.kind == EventKind::Grant) {
-            tracing::info!(node = %e.node_id, stake = e.amount, "stake account opened");
-        }
-        Ok(accounts)
-    }
-
-    /// Accounts of `node_ids`, in order, when every one of them exists; `None` otherwise.
-    /// Reads only: no transaction, no flush.
-    pub fn existing_accounts(
-        &self,
-        node_ids: &[NodeId],
-    ) -> Result<Option<Vec<Account>>, LedgerError> {
-        let mut out = Vec::with_capacity(node_ids.len());
-        for id in node_ids {
-            match self.account(id)? {
-                Some(a) => out.push(a),
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(out))
+    /// The accounts of `node_ids`, in order; `None` for a node that never staked. Reads
+    /// only: no transaction, no flush, nothing opened (an unknown node gets no account).
+    pub fn accounts(&self, node_ids: &[NodeId]) -> Result<Vec<Option<Account>>, LedgerError> {
+        node_ids.iter().map(|id| self.account(id)).collect()
     }
 
     /// Every account, ordered by node id.
@@ -804,13 +781,35 @@ impl Ledger {
             .map(|b| seq_from(&b)))
     }
 
-    /// Node adds `amount` tokens to its own stake (opening the account if new). Rejoins
-    /// consensus if it was ejected and is now at or above the minimum.
+    /// Node adds `amount` tokens to its own stake, opening its account if it has none (the
+    /// only way an account is ever opened). Rejoins consensus if it was ejected and is now
+    /// at or above the minimum; a new account whose first stake is below the minimum opens
+    /// ejected.
     ///
     /// `amount` must be in `1..=MAX_STAKE_PER_CALL` ([`LedgerError::InvalidArgument`]);
     /// if the account, a total or the supply would pass [`MAX_SUPPLY`] the call fails
     /// with [`LedgerError::WouldOverflow`] and writes nothing.
     pub fn stake(&self, node_id: &str, amount: Stake) -> Result<AccountChange, LedgerError> {
+        self.deposit(node_id, amount, false)
+    }
+
+    /// [`Ledger::stake`] only for a node without an account: a node's start-up stake,
+    /// paid at most once however often it restarts or retries. A node that already has
+    /// an account gets [`LedgerError::AccountExists`] and nothing is written.
+    pub fn open_with_stake(
+        &self,
+        node_id: &str,
+        amount: Stake,
+    ) -> Result<AccountChange, LedgerError> {
+        self.deposit(node_id, amount, true)
+    }
+
+    fn deposit(
+        &self,
+        node_id: &str,
+        amount: Stake,
+        only_if_new: bool,
+    ) -> Result<AccountChange, LedgerError> {
         check_node_id(node_id)?;
         if amount == 0 || amount > MAX_STAKE_PER_CALL {
             return Err(LedgerError::InvalidArgument(format!(
@@ -819,7 +818,13 @@ impl Ledger {
         }
         let min = self.params.min_stake;
         let result = self.transact(|tx, _| {
-            let mut a = tx.get_or_open(node_id)?;
+            let (mut a, opened) = match tx.get(node_id)? {
+                Some(_) if only_if_new => {
+                    return abort(LedgerError::AccountExists(node_id.to_string()))
+                }
+                Some(a) => (a, false),
+                None => (Account::unopened(node_id), true),
+            };
             a.stake = match a.stake.checked_add(amount) {
                 Some(s) => s,
                 None => {
@@ -831,18 +836,34 @@ impl Ledger {
                 }
             };
             tx.append(EventKind::Stake, &mut a, amount, None)?;
-            if a.ejected && !below_minimum(a.stake, min) {
-                a.ejected = false;
-                tx.append(EventKind::Rejoin, &mut a, 0, None)?;
+            match (a.ejected, below_minimum(a.stake, min)) {
+                (true, false) => {
+                    a.ejected = false;
+                    tx.append(EventKind::Rejoin, &mut a, 0, None)?;
+                }
+                // Only a new account can be below the minimum and not yet ejected.
+                (false, true) => {
+                    a.ejected = true;
+                    tx.append(EventKind::Eject, &mut a, 0, None)?;
+                }
+                _ => {}
             }
             tx.put(&a)?;
-            Ok(a)
+            Ok((a, opened))
         });
-        let (account, events) = result.inspect_err(|e| {
+        let ((account, opened), events) = result.inspect_err(|e| {
             if matches!(e, LedgerError::WouldOverflow(_)) {
                 tracing::warn!(node = node_id, amount, error = %e, "stake refused: would overflow");
             }
         })?;
+        if opened {
+            tracing::info!(
+                node = node_id,
+                stake = account.stake,
+                ejected = account.ejected,
+                "stake account opened"
+            );
+        }
         log_events(&events);
         Ok(AccountChange { account, events })
     }
@@ -884,8 +905,10 @@ impl Ledger {
     }
 
     /// Scores one request: each `(node, correct)` once (duplicates ignored), all in one
-    /// transaction together with the `scored` marker. A second call for the same request
-    /// fails with [`LedgerError::AlreadyScored`] and changes nothing.
+    /// transaction together with the `scored` marker. A node without an account (it never
+    /// staked; only `mean` asks it) is skipped: nothing to reward or slash, and no account
+    /// is opened for it. A second call for the same request fails with
+    /// [`LedgerError::AlreadyScored`] and changes nothing.
     pub fn score(
         &self,
         request_id: &str,
@@ -912,7 +935,9 @@ impl Ledger {
             }
             let mut changes = Vec::with_capacity(outcomes.len());
             for (node_id, correct) in outcomes.iter().map(|o| (&o.0, o.1)) {
-                let mut a = tx.get_or_open(node_id)?;
+                let Some(mut a) = tx.get(node_id)? else {
+                    continue;
+                };
                 let trust_before = a.trust();
                 let stake_before = a.stake;
                 a.trust_ppb = next_trust_ppb(a.trust_ppb, correct, p.alpha);
@@ -1047,8 +1072,11 @@ impl Ledger {
                 ));
                 break;
             }
+            // An account opens with its first event: a `stake` (or, in a legacy ledger, a
+            // `grant`); a `grant` never comes later.
             let fresh = !nodes.contains_key(&e.node_id);
-            if fresh != (e.kind == EventKind::Grant) {
+            let opens = matches!(e.kind, EventKind::Grant | EventKind::Stake);
+            if (fresh && !opens) || (!fresh && e.kind == EventKind::Grant) {
                 problem = Some(fail(
                     at,
                     node,
@@ -1063,6 +1091,15 @@ impl Ledger {
                     ),
                 ));
                 break;
+            }
+            if fresh {
+                nodes.insert(
+                    e.node_id.clone(),
+                    Replayed {
+                        trust_ppb: trust_to_ppb(INITIAL_TRUST),
+                        ..Replayed::default()
+                    },
+                );
             }
             let n = nodes.entry(e.node_id.clone()).or_default();
             let step = match e.kind {
@@ -1234,9 +1271,6 @@ fn log_events(events: &[Event]) {
             EventKind::Rejoin => {
                 tracing::info!(node = %e.node_id, seq = e.seq, stake = e.stake_after, "node rejoined consensus")
             }
-            EventKind::Grant => {
-                tracing::info!(node = %e.node_id, seq = e.seq, stake = e.stake_after, "stake account opened")
-            }
             _ => {
                 tracing::debug!(node = %e.node_id, seq = e.seq, kind = e.kind.as_str(), amount = e.amount, stake = e.stake_after, "ledger event")
             }
@@ -1253,29 +1287,106 @@ mod tests {
         ScoringParams::default()
     }
 
-    fn ids(v: &[&str]) -> Vec<NodeId> {
-        v.iter().map(|s| s.to_string()).collect()
+    /// Opens each account the way a node does: by staking 1000 for itself.
+    fn fund(l: &Ledger, nodes: &[&str]) {
+        for n in nodes {
+            l.stake(n, 1000).expect("stake");
+        }
     }
 
-    /// New nodes get the default stake and trust 0.5, recorded as grant events.
+    impl Ledger {
+        /// Writes what the code before "no mint on first sight" wrote when it first saw a
+        /// node: a `grant` of `amount` opening the account (a legacy ledger).
+        fn legacy_grant(&self, node_id: &str, amount: Stake) -> Account {
+            let (a, _) = self
+                .transact(|tx, _| {
+                    let mut a = Account::unopened(node_id);
+                    a.stake = amount;
+                    tx.append(EventKind::Grant, &mut a, amount, None)?;
+                    tx.put(&a)?;
+                    Ok(a)
+                })
+                .expect("legacy grant");
+            a
+        }
+    }
+
+    /// Attack (sybils): a node the ledger has never seen gets nothing — reading its
+    /// standing or scoring its answers opens no account and mints nothing; only a stake
+    /// opens it (ejected while below the minimum), and `open_with_stake` pays once.
     #[test]
-    fn new_accounts_are_granted() {
+    fn unknown_nodes_get_no_account() {
         let l = Ledger::temporary(params()).expect("open");
-        let a = l.ensure_accounts(&ids(&["n1", "n2"])).expect("ensure");
-        assert_eq!(a.len(), 2);
-        assert!(a
+        let sybils: Vec<NodeId> = (0..100).map(|i| format!("sybil-{i}")).collect();
+        assert!(l
+            .accounts(&sybils)
+            .expect("read")
             .iter()
-            .all(|a| a.stake == 1000 && a.trust() == 0.5 && !a.ejected));
-        // Idempotent: a second call opens nothing.
-        l.ensure_accounts(&ids(&["n1", "n2"])).expect("ensure");
-        assert_eq!(l.head().expect("head").seq, 2);
-        assert!(l.verify().expect("verify").ok());
+            .all(Option::is_none));
+        let outcomes: Vec<_> = sybils.iter().map(|n| (n.clone(), true)).collect();
+        assert_eq!(l.score("r1", &outcomes).expect("score"), vec![]);
+        assert_eq!(l.head().expect("head").seq, 0, "nothing written");
+        assert!(l.list_accounts().expect("list").is_empty());
+
+        // A first stake below the minimum opens the account ejected; more stake rejoins.
+        let c = l.stake("n1", 50).expect("stake");
+        let kinds: Vec<_> = c.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![EventKind::Stake, EventKind::Eject]);
+        assert_eq!((c.account.stake, c.account.ejected), (50, true));
+        assert_eq!(c.account.trust(), 0.5);
+        let c = l.stake("n1", 50).expect("stake");
+        assert!(!c.account.ejected, "{c:?}");
+
+        // The start-up stake is paid once, whatever happens afterwards.
+        let c = l.open_with_stake("n2", 1000).expect("open");
+        assert_eq!((c.account.stake, c.events.len()), (1000, 1));
+        let head = l.head().expect("head");
+        assert_eq!(
+            l.open_with_stake("n2", 1000),
+            Err(LedgerError::AccountExists("n2".into()))
+        );
+        assert_eq!(
+            l.head().expect("head"),
+            head,
+            "a refused open writes nothing"
+        );
+        let r = l.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        assert_eq!((r.replayed.minted(), r.replayed.deposited), (0, 1100));
+    }
+
+    /// A ledger written before grants ended (accounts opened by `grant`) still verifies,
+    /// keeps working, and counts its grants as minted; a `grant` anywhere but an
+    /// account's first event is flagged.
+    #[test]
+    fn legacy_grants_still_verify() {
+        let l = Ledger::temporary(params()).expect("open");
+        l.legacy_grant("old", 1000);
+        fund(&l, &["new"]);
+        l.score("r", &[("old".into(), true), ("new".into(), false)])
+            .expect("score");
+        l.stake("old", 5).expect("stake");
+        l.unstake("new", 100).expect("unstake");
+        let r = l.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        assert_eq!(r.replayed.granted, 1000);
+        assert_eq!(r.replayed.minted(), 1010);
+        assert_eq!(r.stake_sum, 1015 + 800);
+        // A grant for an account that is already open is not something the old code wrote.
+        l.legacy_grant("new", 1);
+        let bad = l
+            .verify()
+            .expect("verify")
+            .first_inconsistency
+            .expect("flagged");
+        assert!(bad.message.contains("already opened"), "{bad:?}");
     }
 
     /// Reward and slash follow the formula; trust follows the EMA.
     #[test]
     fn scoring_applies_formula() {
         let l = Ledger::temporary(params()).expect("open");
+        fund(&l, &["good", "bad"]);
         let c = l
             .score(
                 "r1",
@@ -1293,7 +1404,7 @@ mod tests {
         assert!((c[1].trust_after - 0.45).abs() < 1e-9);
         let r = l.verify().expect("verify");
         assert!(r.ok(), "{:?}", r.first_inconsistency);
-        assert_eq!(r.replayed.minted(), 2010);
+        assert_eq!((r.replayed.minted(), r.replayed.deposited), (10, 2000));
         assert_eq!(r.replayed.burned, 100);
         assert_eq!(r.stake_sum, 1910);
     }
@@ -1302,6 +1413,7 @@ mod tests {
     #[test]
     fn second_score_is_rejected() {
         let l = Ledger::temporary(params()).expect("open");
+        fund(&l, &["n"]);
         l.score("r1", &[("n".into(), true)]).expect("first");
         let head = l.head().expect("head");
         let err = l.score("r1", &[("n".into(), true)]).expect_err("second");
@@ -1314,6 +1426,7 @@ mod tests {
     #[test]
     fn concurrent_scores_count_once() {
         let l = Ledger::temporary(params()).expect("open");
+        fund(&l, &["a", "b"]);
         let threads = 8;
         let barrier = Arc::new(Barrier::new(threads));
         let handles: Vec<_> = (0..threads)
@@ -1346,7 +1459,7 @@ mod tests {
     #[test]
     fn zero_stake_cannot_go_negative() {
         let l = Ledger::temporary(params()).expect("open");
-        l.ensure_accounts(&ids(&["n"])).expect("ensure");
+        fund(&l, &["n"]);
         let a = l.unstake("n", 1000).expect("unstake all").account;
         assert_eq!((a.stake, a.ejected), (0, true));
         let err = l.unstake("n", 1).expect_err("negative");
@@ -1385,46 +1498,53 @@ mod tests {
 
     /// Stake amounts are bounded per call (INVALID_ARGUMENT) and can never push an
     /// account, a total or the supply past u64::MAX (WOULD_OVERFLOW); a refused Stake
-    /// writes nothing, not even the grant of a new account (table-driven).
+    /// writes nothing, not even a new account (table-driven). Balances near the ceiling
+    /// come from legacy grants: staking alone takes ~18 000 maximal calls to get there.
     #[test]
     fn stake_never_overflows() {
-        // (default stake, accounts opened first, stake node, amount, expected outcome)
+        // (legacy accounts opened first, stake node, amount, expected outcome)
         #[derive(Debug, PartialEq)]
         enum Want {
             Ok(Stake),
             Invalid,
             Overflow(&'static str),
         }
-        let near = u64::MAX - 5;
-        let half = u64::MAX / 2;
-        let cases: Vec<(Stake, &[&str], &str, Stake, Want)> = vec![
-            (1000, &["a"], "a", 0, Want::Invalid),
-            (1000, &["a"], "a", MAX_STAKE_PER_CALL + 1, Want::Invalid),
-            (1000, &["a"], "a", u64::MAX, Want::Invalid),
+        const NEAR: Stake = u64::MAX - 5;
+        const HALF: Stake = u64::MAX / 2;
+        type Case = (&'static [(&'static str, Stake)], &'static str, Stake, Want);
+        let cases: Vec<Case> = vec![
+            (&[("a", 1000)], "a", 0, Want::Invalid),
+            (&[("a", 1000)], "a", MAX_STAKE_PER_CALL + 1, Want::Invalid),
+            (&[("a", 1000)], "a", u64::MAX, Want::Invalid),
+            (&[], "new", MAX_STAKE_PER_CALL + 1, Want::Invalid),
             (
-                1000,
-                &["a"],
+                &[("a", 1000)],
                 "a",
                 MAX_STAKE_PER_CALL,
                 Want::Ok(1000 + MAX_STAKE_PER_CALL),
             ),
+            (&[], "new", MAX_STAKE_PER_CALL, Want::Ok(MAX_STAKE_PER_CALL)),
             // The account itself would pass u64::MAX.
-            (near, &["a"], "a", 6, Want::Overflow("largest balance")),
-            (near, &["a"], "a", 5, Want::Ok(u64::MAX)),
+            (&[("a", NEAR)], "a", 6, Want::Overflow("largest balance")),
+            (&[("a", NEAR)], "a", 5, Want::Ok(u64::MAX)),
             // Each account fits, the sum of all stakes would not.
-            (half, &["a", "b"], "a", 2, Want::Overflow("total stake")),
-            (half, &["a", "b"], "a", 1, Want::Ok(half + 1)),
-            // A new node: its grant plus the stake would pass the ceiling; no grant stays.
-            (near, &["a"], "new", 1, Want::Overflow("total")),
+            (
+                &[("a", HALF), ("b", HALF)],
+                "a",
+                2,
+                Want::Overflow("total stake"),
+            ),
+            (&[("a", HALF), ("b", HALF)], "a", 1, Want::Ok(HALF + 1)),
+            // A new node's first stake would pass the ceiling: no account is opened.
+            (&[("a", NEAR)], "new", 6, Want::Overflow("total stake")),
+            (&[("a", NEAR)], "new", 5, Want::Ok(5)),
         ];
-        for (default_stake, open, node, amount, want) in cases {
-            let what = format!("{default_stake} {open:?} {node} {amount}");
-            let l = Ledger::temporary(ScoringParams {
-                default_stake,
-                ..params()
-            })
-            .expect("open");
-            l.ensure_accounts(&ids(open)).expect("ensure");
+        for (open, node, amount, want) in cases {
+            let what = format!("{open:?} {node} {amount}");
+            let l = Ledger::temporary(params()).expect("open");
+            for (id, stake) in open {
+                l.legacy_grant(id, *stake);
+            }
             let head = l.head().expect("head");
             let events = event_count(&l);
             match (l.stake(node, amount), want) {
@@ -1455,12 +1575,12 @@ mod tests {
     #[test]
     fn rewards_are_capped_at_the_supply_ceiling() {
         let l = Ledger::temporary(ScoringParams {
-            default_stake: u64::MAX / 2,
             reward: 10,
             ..params()
         })
         .expect("open");
-        l.ensure_accounts(&ids(&["a", "b"])).expect("ensure");
+        l.legacy_grant("a", u64::MAX / 2);
+        l.legacy_grant("b", u64::MAX / 2);
         // Supply is u64::MAX - 1: one token of headroom left.
         let rounds = [("r1", 1, u64::MAX / 2 + 1), ("r2", 0, u64::MAX / 2 + 1)];
         for (request, reward, stake) in rounds {
@@ -1548,7 +1668,7 @@ mod tests {
     #[test]
     fn eject_and_rejoin() {
         let l = Ledger::temporary(params()).expect("open");
-        l.ensure_accounts(&ids(&["n"])).expect("ensure");
+        fund(&l, &["n"]);
         l.unstake("n", 850).expect("unstake"); // 150
         let c = l.score("r1", &[("n".into(), false)]).expect("score"); // 150-15=135
         assert!(!c[0].ejected);
@@ -1568,7 +1688,7 @@ mod tests {
         use EventKind::*;
         assert_eq!(
             kinds,
-            vec![Grant, Unstake, Slash, Unstake, Eject, Reward, Stake, Rejoin]
+            vec![Stake, Unstake, Slash, Unstake, Eject, Reward, Stake, Rejoin]
         );
         assert!(l.verify().expect("verify").ok());
     }
@@ -1577,8 +1697,7 @@ mod tests {
     #[test]
     fn paging() {
         let l = Ledger::temporary(params()).expect("open");
-        l.ensure_accounts(&ids(&["a", "b", "c", "d", "e"]))
-            .expect("ensure");
+        fund(&l, &["a", "b", "c", "d", "e"]);
         let (p1, next) = l.events_page(0, 2, None).expect("page");
         assert_eq!(p1.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         let (p2, next) = l.events_page(next.expect("more"), 2, None).expect("page");
@@ -1642,7 +1761,7 @@ mod tests {
         ];
         for (name, tamper, seq) in cases {
             let l = Ledger::temporary(params()).expect("open");
-            l.ensure_accounts(&ids(&["a", "b"])).expect("ensure");
+            fund(&l, &["a", "b"]);
             l.score("r", &[("a".into(), true), ("b".into(), false)])
                 .expect("score");
             assert!(l.verify().expect("verify").ok());
@@ -1662,6 +1781,7 @@ mod tests {
         let path = dir.path().join("ledger");
         {
             let l = Ledger::open(&path, params()).expect("open");
+            fund(&l, &["a", "b"]);
             l.score("r", &[("a".into(), true), ("b".into(), false)])
                 .expect("score");
             l.stake("b", 7).expect("stake");
@@ -1702,6 +1822,6 @@ mod tests {
         let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|e| e.kind)
             .collect();
-        assert_eq!(kinds, vec![EventKind::Grant, EventKind::Stake]);
+        assert_eq!(kinds, vec![EventKind::Stake, EventKind::Eject]);
     }
 }

@@ -344,12 +344,16 @@ mod tests {
         assert_eq!(m.lookup_at("a", t0).expect("a").answers[0].label, 1);
     }
 
-    /// Report scores right and wrong nodes, then says "already reported" on a repeat.
+    /// Report scores right and wrong nodes (not one that never staked), then says
+    /// "already reported" on a repeat.
     #[test]
     fn report_once() {
         let ledger = Ledger::temporary(ScoringParams::default()).expect("ledger");
+        for n in ["right", "wrong"] {
+            ledger.stake(n, 1000).expect("stake");
+        }
         let m = RecentRequests::default();
-        m.record("r", req(&[("right", 1), ("wrong", 2)]));
+        m.record("r", req(&[("right", 1), ("wrong", 2), ("never-staked", 1)]));
         let report = report_outcome(&ledger, &m, "r", 1).expect("report");
         assert_eq!(report.consensus_correct, Some(true));
         let ReportResult::Scored(c) = report.result else {
@@ -359,7 +363,8 @@ mod tests {
             c.iter()
                 .map(|c| (c.predicted_label, c.change.correct))
                 .collect::<Vec<_>>(),
-            vec![(1, true), (2, false)]
+            vec![(1, true), (2, false)],
+            "a node that never staked is not scored"
         );
         let again = report_outcome(&ledger, &m, "r", 1).expect("report");
         assert!(matches!(again.result, ReportResult::AlreadyReported { .. }));
@@ -367,6 +372,7 @@ mod tests {
             ledger.account("right").expect("get").expect("exists").stake,
             1010
         );
+        assert_eq!(ledger.account("never-staked").expect("get"), None);
         assert!(matches!(
             report_outcome(&ledger, &m, "nope", 1),
             Err(OutcomeError::UnknownRequest { .. })
@@ -385,6 +391,9 @@ mod tests {
     #[test]
     fn concurrent_reports_count_once() {
         let ledger = Ledger::temporary(ScoringParams::default()).expect("ledger");
+        for n in ["a", "b"] {
+            ledger.stake(n, 1000).expect("stake");
+        }
         let m = Arc::new(RecentRequests::default());
         m.record("r", req(&[("a", 0), ("b", 1)]));
         let n = 8;

@@ -10,11 +10,18 @@
 //! Every answer is a probability vector `pᵢ` over the classes. Its *vote* is `argmax pᵢ`
 //! (lowest index on a tie). The raw weight `wᵢ` depends on the policy:
 //!
-//! | policy  | `wᵢ`      | ejected nodes |
-//! |---------|-----------|---------------|
+//! | policy  | `wᵢ`      | ejected or never-staked nodes |
+//! |---------|-----------|-------------------------------|
 //! | `mean`  | `1`       | counted (plain unweighted baseline) |
 //! | `trust` | `tᵢ`      | weight 0 |
 //! | `stake` | `tᵢ · sᵢ` | weight 0 (default policy) |
+//!
+//! A node that never staked has no ledger account (nothing is minted on first sight), so
+//! under `trust` and `stake` it has no weight until a `Stake` made with its credential
+//! lifts it to `min_stake`. `mean` is the unweighted baseline: every answering node counts
+//! equally by definition, so it has **no sybil resistance** — a hundred registered node
+//! ids are a hundred votes. What keeps sybils out of `mean` is the registry, which only
+//! accepts a node id with that node's credential.
 //!
 //! The consensus is `P = Σ wᵢ pᵢ / Σ wᵢ` and its label is `argmax P`. The weight
 //! reported per node is the normalised share `wᵢ / Σ wⱼ` (the shares sum to 1).
@@ -60,7 +67,8 @@ pub const BASIS_POINTS: u64 = 10_000;
 /// How answers are weighted. Chosen per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
-    /// Plain average of every answer; the baseline whose weights ignore trust and stake.
+    /// Plain average of every answer; the baseline whose weights ignore trust and stake
+    /// (and so has no sybil resistance: every registered node counts).
     Mean,
     /// Weight `tᵢ`: history of correctness only.
     Trust,
@@ -304,11 +312,14 @@ pub fn combine(policy: Policy, answers: &[NodeAnswer]) -> Result<Consensus, Poli
     })
 }
 
+/// Stake a node deposits for itself at start-up in `concord up` and the simulations
+/// (`concord node --initial-stake`, whose own default is 0). The ledger mints nothing for
+/// a new node: this is a deposit made with the node's credential, paid once.
+pub const DEFAULT_INITIAL_STAKE: Stake = 1_000;
+
 /// Scoring knobs. Defaults are justified by the simulation test in `simulation.rs`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoringParams {
-    /// Stake granted to a node the ledger has never seen.
-    pub default_stake: Stake,
     /// Below this stake a node is ejected from the weighted policies.
     pub min_stake: Stake,
     /// Tokens minted for a right answer.
@@ -322,7 +333,6 @@ pub struct ScoringParams {
 impl Default for ScoringParams {
     fn default() -> Self {
         Self {
-            default_stake: 1_000,
             min_stake: 100,
             reward: 10,
             slash_bps: 1_000,
@@ -341,12 +351,6 @@ impl ScoringParams {
             return Err(format!(
                 "slash fraction must be at most {BASIS_POINTS} basis points, got {}",
                 self.slash_bps
-            ));
-        }
-        if self.min_stake > self.default_stake {
-            return Err(format!(
-                "min stake {} exceeds the default stake {}: every new node would start ejected",
-                self.min_stake, self.default_stake
             ));
         }
         Ok(())
@@ -595,10 +599,6 @@ mod tests {
             },
             ScoringParams {
                 slash_bps: 10_001,
-                ..Default::default()
-            },
-            ScoringParams {
-                min_stake: 2_000,
                 ..Default::default()
             },
         ];

@@ -79,18 +79,20 @@ impl AggregatorConfig {
         }
     }
 
-    /// The default knobs with a ledger at `path` (development secrets).
-    pub fn with_ledger(registry: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+    /// The default knobs with a ledger at `path`, checking credentials and the oracle
+    /// token against `auth`.
+    pub fn with_ledger(
+        registry: impl Into<String>,
+        path: impl Into<PathBuf>,
+        auth: StakingAuth,
+    ) -> Self {
         AggregatorConfig {
             registry: registry.into(),
             consensus: ConsensusConfig::default(),
             ledger: Some(LedgerConfig {
                 path: path.into(),
                 params: ScoringParams::default(),
-                auth: StakingAuth {
-                    cluster_secret: concord::config::DEV_CLUSTER_SECRET.to_owned(),
-                    oracle_token: concord::config::DEV_ORACLE_TOKEN.to_owned(),
-                },
+                auth,
                 recent_capacity: DEFAULT_CAPACITY,
                 recent_ttl: DEFAULT_TTL,
             }),

@@ -1,7 +1,8 @@
 //! Socket-free simulation of consensus + scoring, the library half of `concord simulate`.
 //!
-//! [`run_rounds`] plays one policy against a real [`Ledger`] (temporary sled db): each
-//! round gets the true label and every node's answer from a caller-supplied source, drops
+//! [`run_rounds`] plays one policy against a real [`Ledger`] (temporary sled db). Every
+//! node first stakes its initial stake itself, as `concord node --initial-stake` does (the
+//! ledger mints nothing for a new node); then each round gets the true label and every node's answer from a caller-supplied source, drops
 //! the answers of nodes the policy would not ask (ejected nodes under `trust`/`stake`),
 //! combines the rest with [`StakeBook::conclude`] exactly like the aggregator, and reports
 //! the true label through [`StakeBook::report_outcome`]'s blocking twin. [`run`] does that
@@ -16,8 +17,8 @@
 //!
 //! Deterministic for a given seed (a private SplitMix64, no global RNG).
 //!
-//! Figures with the default knobs (α = 0.1, reward 10, slash 10 %, min stake 100,
-//! 300 rounds, seeds 1, 2, 3, 42, 2026):
+//! Figures with the default knobs (α = 0.1, reward 10, slash 10 %, min stake 100, every
+//! node staking 1000 for itself at the start, 300 rounds, seeds 1, 2, 3, 42, 2026):
 //! - 2 honest (95 %) + 3 colluding inverted: `mean` 0.00 in every seed; `stake` over the
 //!   last 100 rounds 0.96–1.00 (overall 0.977–0.993); `trust` 0.99–1.00. Liars fall
 //!   under the minimum after 22 wrong answers (1000·0.9²² < 100), are ejected, no longer
@@ -35,9 +36,13 @@
 use std::time::Duration;
 
 use crate::book::StakeBook;
+use crate::ledger::Account;
 use crate::ledger::{Ledger, LedgerError};
 use crate::outcomes::{report_outcome, OutcomeError, RecentRequests};
-use crate::policy::{should_ask, Label, NodeAnswer, NodeId, Policy, ScoringParams, Stake};
+use crate::policy::{
+    should_ask, Label, NodeAnswer, NodeId, Policy, ScoringParams, Stake, DEFAULT_INITIAL_STAKE,
+    INITIAL_TRUST,
+};
 
 /// How a synthetic node answers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +68,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Scoring knobs for the ledger.
     pub params: ScoringParams,
+    /// What every node stakes for itself before the first round.
+    pub initial_stake: Stake,
 }
 
 impl SimConfig {
@@ -78,6 +85,7 @@ impl SimConfig {
             nodes,
             seed,
             params: ScoringParams::default(),
+            initial_stake: DEFAULT_INITIAL_STAKE,
         }
     }
 }
@@ -180,14 +188,39 @@ fn peaked(classes: u32, label: u32, peak: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Plays `rounds` rounds of `policy` for `node_ids` on a fresh temporary ledger; `play`
-/// supplies each round. Blocking (ledger flushes).
+/// A node's account, or what a node that never staked looks like (stake 0, trust 0.5,
+/// out of the weighted policies).
+fn account_or_unstaked(node_id: &str, account: Option<Account>) -> Account {
+    account.unwrap_or_else(|| Account {
+        node_id: node_id.to_string(),
+        stake: 0,
+        trust_ppb: crate::ledger::trust_to_ppb(INITIAL_TRUST),
+        ejected: true,
+        right: 0,
+        wrong: 0,
+        last_seq: 0,
+    })
+}
+
+/// Every node's account (or its unstaked stand-in), in order.
+fn standings(book: &StakeBook, node_ids: &[NodeId]) -> Result<Vec<Account>, LedgerError> {
+    Ok(node_ids
+        .iter()
+        .zip(book.standings(node_ids)?)
+        .map(|(id, a)| account_or_unstaked(id, a))
+        .collect())
+}
+
+/// Plays `rounds` rounds of `policy` for `node_ids` on a fresh temporary ledger, after
+/// each node staked `initial_stake` for itself (0: nobody stakes); `play` supplies each
+/// round. Blocking (ledger flushes).
 pub fn run_rounds(
     node_ids: &[NodeId],
     policy: Policy,
     rounds: usize,
     window: usize,
     params: ScoringParams,
+    initial_stake: Stake,
     mut play: impl FnMut(usize) -> Round,
 ) -> Result<PolicyRun, SimError> {
     if node_ids.is_empty() {
@@ -197,7 +230,12 @@ pub fn run_rounds(
         Ledger::temporary(params)?,
         RecentRequests::new(rounds.max(1), Duration::from_secs(3600)),
     );
-    let initial = book.ledger().ensure_accounts(node_ids)?;
+    if initial_stake > 0 {
+        for id in node_ids {
+            book.ledger().stake(id, initial_stake)?;
+        }
+    }
+    let initial = standings(&book, node_ids)?;
     let window_start = rounds.saturating_sub(window);
     let (mut right, mut window_right) = (0usize, 0usize);
     for round in 0..rounds {
@@ -209,7 +247,7 @@ pub fn run_rounds(
                 node_ids.len()
             )));
         }
-        let accounts = book.ledger().ensure_accounts(node_ids)?;
+        let accounts = standings(&book, node_ids)?;
         let answers: Vec<NodeAnswer> = accounts
             .into_iter()
             .zip(answers)
@@ -237,7 +275,7 @@ pub fn run_rounds(
         }
         report_outcome(book.ledger(), book.recent(), &request_id, truth)?;
     }
-    let finals = book.ledger().ensure_accounts(node_ids)?;
+    let finals = standings(&book, node_ids)?;
     Ok(PolicyRun {
         policy,
         accuracy: right as f64 / rounds.max(1) as f64,
@@ -281,6 +319,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
                 config.rounds,
                 config.window,
                 config.params,
+                config.initial_stake,
                 |_| {
                     let truth = rng.below(classes);
                     let answers = config
@@ -372,12 +411,18 @@ mod tests {
     #[test]
     fn malformed_round_is_rejected() {
         let ids = vec!["a".to_string(), "b".to_string()];
-        let err = run_rounds(&ids, Policy::Mean, 1, 1, ScoringParams::default(), |_| {
-            Round {
+        let err = run_rounds(
+            &ids,
+            Policy::Mean,
+            1,
+            1,
+            ScoringParams::default(),
+            DEFAULT_INITIAL_STAKE,
+            |_| Round {
                 truth: 0,
                 answers: vec![None],
-            }
-        });
+            },
+        );
         assert!(matches!(err, Err(SimError::Config(_))));
     }
 }

@@ -2,19 +2,26 @@
 //! calls the ledger ([`crate::ledger`]) and the outcome memory ([`crate::outcomes`]) and
 //! converts replies. No ledger logic lives here.
 //!
-//! Authentication (`authorization: Bearer <token>`):
-//! - `Stake`/`Unstake` need the credential of the node named in the request,
-//!   `hex(HMAC-SHA256(cluster_secret, node_id))` ([`concord::auth::node_credential`]).
-//!   No token, or a token that is nobody's credential → `UNAUTHENTICATED`; the credential
-//!   of another known node, or the oracle token → `PERMISSION_DENIED`.
-//! - `ReportOutcome` needs the oracle token (same two codes).
+//! Authentication:
+//! - `Stake`/`Unstake` need the cluster credential of the node named in the request
+//!   (metadata `x-concord-credential: node/<id>:<hex>`, checked by
+//!   [`concord::identity::authenticate`] against the cluster secret). No credential, a
+//!   malformed one or one that does not verify → `UNAUTHENTICATED`; a valid credential of
+//!   another principal (another node, the gateway, …) → `PERMISSION_DENIED`, naming both.
+//!   Staking is the only way a node gets an account: nothing is minted for a node id the
+//!   ledger has never seen, so whoever registers new node ids gains no stake and no weight
+//!   (see [`crate::ledger`]). `only_if_new` makes a node's start-up stake idempotent.
+//! - `ReportOutcome` needs the oracle token (`authorization: Bearer <token>`): none or a
+//!   wrong one → `UNAUTHENTICATED`, unless the caller proved another identity with a valid
+//!   credential → `PERMISSION_DENIED`.
 //! - Reads (`GetAccount`, `ListAccounts`, `ListEvents`, `WatchEvents`, `VerifyLedger`)
 //!   are public.
 //!
 //! Error mapping (the single place, via [`concord::error::Classify`]): invalid input →
 //! `INVALID_ARGUMENT` (including a stake above
 //! [`MAX_STAKE_PER_CALL`](crate::ledger::MAX_STAKE_PER_CALL) per call, wrong in any
-//! state); unknown account, unknown or expired request → `NOT_FOUND`; unstake above the
+//! state); unknown account, unknown or expired request → `NOT_FOUND`; an `only_if_new`
+//! stake for an existing account → `ALREADY_EXISTS`; unstake above the
 //! balance, or a stake that would push the account, a ledger total or the supply past
 //! `u64::MAX` → `FAILED_PRECONDITION` (both depend on the ledger's current state, not
 //! only on the request, and nothing is written); storage failure or corrupt record →
@@ -32,10 +39,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
-use concord::auth::{bearer_token, verify_node_credential, AuthError};
+use concord::auth::AuthError;
 use concord::error::{quote, to_status, Classify, ErrorKind};
+use concord::identity::{authenticate_metadata, ClusterSecret, Principal, Verifier};
 use concord::pb::stake::v1 as pb;
 use concord::pb::stake::v1::staking_server::{Staking, StakingServer};
 use tokio::net::TcpListener;
@@ -62,8 +69,8 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Secrets the service checks tokens against.
 #[derive(Clone)]
 pub struct StakingAuth {
-    /// Key of the per-node credentials.
-    pub cluster_secret: String,
+    /// Key of every cluster credential; `Stake`/`Unstake` need the node's own.
+    pub cluster_secret: ClusterSecret,
     /// Token `ReportOutcome` requires.
     pub oracle_token: String,
 }
@@ -102,7 +109,9 @@ impl Classify for LedgerError {
             LedgerError::InsufficientStake { .. } | LedgerError::WouldOverflow(_) => {
                 ErrorKind::FailedPrecondition
             }
-            LedgerError::AlreadyScored { .. } => ErrorKind::AlreadyExists,
+            LedgerError::AlreadyScored { .. } | LedgerError::AccountExists(_) => {
+                ErrorKind::AlreadyExists
+            }
             LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorKind::Internal,
         }
     }
@@ -137,7 +146,8 @@ fn status<E: Classify>(e: E) -> Status {
 #[derive(Debug)]
 pub struct StakingService {
     book: StakeBook,
-    auth: Arc<StakingAuth>,
+    verifier: Verifier,
+    oracle_token: String,
     stop_rx: watch::Receiver<bool>,
 }
 
@@ -146,7 +156,8 @@ impl StakingService {
     pub fn new(book: StakeBook, auth: StakingAuth, stop_rx: watch::Receiver<bool>) -> Self {
         Self {
             book,
-            auth: Arc::new(auth),
+            verifier: Verifier::Secret(auth.cluster_secret),
+            oracle_token: auth.oracle_token,
             stop_rx,
         }
     }
@@ -156,67 +167,32 @@ impl StakingService {
         StakingServer::new(self)
     }
 
-    /// `Ok` if the bearer token is `node_id`'s credential.
+    /// `Ok` if the request proves `node_id`'s own principal with its cluster credential.
     fn authorize_node(&self, metadata: &MetadataMap, node_id: &str) -> Result<(), AccessError> {
-        let token = bearer_token(metadata).ok_or(AuthError::Missing)?;
-        if verify_node_credential(&self.auth.cluster_secret, node_id, token) {
-            return Ok(());
-        }
-        match self.identify(token) {
-            Some(who) => Err(AccessError::Denied(format!(
-                "{who} may not act for node {}",
-                quote(node_id)
+        let principal = authenticate_metadata(metadata, &self.verifier)?;
+        match principal.node_id() {
+            Some(id) if id == node_id => Ok(()),
+            _ => Err(AccessError::Denied(format!(
+                "{} may not stake or unstake for {}",
+                principal,
+                quote(&Principal::Node(node_id.to_owned()).name())
             ))),
-            None => Err(AuthError::Invalid.into()),
         }
     }
 
     /// `Ok` if the bearer token is the oracle token.
     fn authorize_oracle(&self, metadata: &MetadataMap) -> Result<(), AccessError> {
-        match concord::auth::require_token(metadata, &self.auth.oracle_token) {
+        match concord::auth::require_token(metadata, &self.oracle_token) {
             Ok(()) => Ok(()),
-            Err(AuthError::Invalid) => {
-                let token = bearer_token(metadata).unwrap_or_default();
-                match self.identify(token) {
-                    Some(who) => Err(AccessError::Denied(format!(
-                        "{who} may not report outcomes; the oracle token is required"
-                    ))),
-                    None => Err(AuthError::Invalid.into()),
-                }
-            }
-            Err(e) => Err(e.into()),
+            // A caller who proved another identity is known but not allowed.
+            Err(e) => match authenticate_metadata(metadata, &self.verifier) {
+                Ok(principal) => Err(AccessError::Denied(format!(
+                    "{principal} may not report outcomes; the oracle token is required"
+                ))),
+                Err(_) => Err(e.into()),
+            },
         }
     }
-
-    /// Who a valid token belongs to: the oracle or a known node (for PERMISSION_DENIED).
-    fn identify(&self, token: &str) -> Option<String> {
-        if token.is_empty() {
-            return None;
-        }
-        if constant_time_eq(token, &self.auth.oracle_token) {
-            return Some("the oracle".into());
-        }
-        // Few accounts (one per node): a scan on the failure path only.
-        let accounts = match self.book.ledger().list_accounts() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list accounts while checking a token");
-                return None;
-            }
-        };
-        accounts
-            .into_iter()
-            .find(|a| verify_node_credential(&self.auth.cluster_secret, &a.node_id, token))
-            .map(|a| format!("node {}", quote(&a.node_id)))
-    }
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
@@ -231,11 +207,18 @@ impl Staking for StakingService {
         check_node_id(&request.get_ref().node_id).map_err(status)?;
         self.authorize_node(request.metadata(), &request.get_ref().node_id)
             .map_err(status)?;
-        let pb::StakeRequest { node_id, amount } = request.into_inner();
+        let pb::StakeRequest {
+            node_id,
+            amount,
+            only_if_new,
+        } = request.into_inner();
         let ledger = self.book.ledger().clone();
-        let change = blocking(move || ledger.stake(&node_id, amount))
-            .await
-            .map_err(status)?;
+        let change = blocking(move || match only_if_new {
+            true => ledger.open_with_stake(&node_id, amount),
+            false => ledger.stake(&node_id, amount),
+        })
+        .await
+        .map_err(status)?;
         tracing::info!(node = %change.account.node_id, amount, stake = change.account.stake, "staked");
         Ok(Response::new(pb::StakeResponse {
             account: Some(account_to_pb(&change.account)),

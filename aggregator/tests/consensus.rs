@@ -374,21 +374,25 @@ async fn bad_input() {
 }
 
 /// With a ledger, the default policy is stake: votes carry each node's trust (0.5) and
-/// stake (the default grant), and the weights still sum to 1.
+/// the stake it deposited for itself, and the weights still sum to 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stake_policy_with_ledger() {
     let registry = concord_testkit::registry().await;
-    let _nodes: Vec<NodeProcess> = default_fleet()
+    let configs: Vec<NodeConfig> = default_fleet().into_iter().take(3).collect();
+    let ids: Vec<String> = configs.iter().map(|c| c.node_id.clone()).collect();
+    let _nodes: Vec<NodeProcess> = configs
         .into_iter()
-        .take(3)
         .map(|c| NodeProcess::start(registered(c, registry.addr)))
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let aggregator = concord_testkit::aggregator(AggregatorConfig::with_ledger(
         registry.addr.to_string(),
         dir.path().join("ledger"),
+        concord_testkit::staking_auth(),
     ))
     .await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
     let mut agg = client(aggregator.addr);
     let reply = until_ready(&mut agg, 3).await;
     assert_eq!(reply.policy, PbPolicy::Stake as i32);
@@ -413,7 +417,9 @@ async fn every_policy_reports_ledger_standing() {
     // ledger: one right answer (trust 0.55, +10) and a deposit of 35 (stake 1045).
     {
         let ledger = Ledger::open(&path, ScoringParams::default()).expect("ledger");
-        ledger.ensure_accounts(&ids).expect("accounts");
+        for id in &ids {
+            ledger.stake(id, 1000).expect("stake");
+        }
         let outcomes: Vec<(String, bool)> = ids.iter().map(|id| (id.clone(), true)).collect();
         ledger.score("warm-up", &outcomes).expect("score");
         for id in &ids {
@@ -427,6 +433,7 @@ async fn every_policy_reports_ledger_standing() {
     let aggregator = concord_testkit::aggregator(AggregatorConfig::with_ledger(
         registry.addr.to_string(),
         path,
+        concord_testkit::staking_auth(),
     ))
     .await;
     let mut agg = client(aggregator.addr);

@@ -74,9 +74,15 @@ async fn throughput() {
         nodes.push(concord_testkit::node(config).await);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let config =
-        AggregatorConfig::with_ledger(registry.addr.to_string(), dir.path().join("ledger"));
+    let config = AggregatorConfig::with_ledger(
+        registry.addr.to_string(),
+        dir.path().join("ledger"),
+        concord_testkit::staking_auth(),
+    );
     let aggregator = concord_testkit::aggregator(config).await;
+    let ids: Vec<String> = default_fleet().into_iter().map(|c| c.node_id).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     report(

@@ -5,20 +5,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use concord::auth::{attach_bearer, node_credential};
+use concord::identity::{ClusterSecret, Credential, Principal};
 use concord::pb::stake::v1::{
     self as pb, staking_client::StakingClient, GetAccountRequest, ListAccountsRequest,
     ListEventsRequest, ReportOutcomeRequest, StakeRequest, UnstakeRequest, VerifyLedgerRequest,
     WatchEventsRequest,
 };
 use concord_aggregator::book::StakeBook;
+use concord_aggregator::ledger::{event_hash, Account, Event, EventKind, Head, TRUST_SCALE};
 use concord_aggregator::outcomes::{RecentRequests, DEFAULT_TTL};
 use concord_aggregator::policy::{NodeAnswer, Policy, ScoringParams};
-use concord_aggregator::staking::{serve_staking, StakingAuth};
-use concord_testkit::Running;
+use concord_aggregator::staking::serve_staking;
+use concord_testkit::{credential, Running, ORACLE_TOKEN as ORACLE};
 use tonic::{transport::Channel, Code, Request};
 
-const SECRET: &str = "test-cluster-secret";
-const ORACLE: &str = "test-oracle-token";
+/// The public secret every `concord up` cluster used before secrets were random.
+const OLD_DEV_SECRET: &str = "concord-dev-cluster-secret";
 
 /// A Staking server in this process; `stop` shuts it down and joins it.
 struct TestStaking {
@@ -33,10 +35,7 @@ impl TestStaking {
 
     async fn start_with(db: &Path, params: ScoringParams) -> Self {
         let book = StakeBook::open(db, params, 1000, DEFAULT_TTL).expect("open ledger");
-        let auth = StakingAuth {
-            cluster_secret: SECRET.into(),
-            oracle_token: ORACLE.into(),
-        };
+        let auth = concord_testkit::staking_auth();
         let served = book.clone();
         let server =
             Running::spawn(|listener, shutdown| serve_staking(served, auth, listener, shutdown))
@@ -48,14 +47,17 @@ impl TestStaking {
         StakingClient::new(self.server.channel())
     }
 
-    /// Simulates a consensus request that `answers` (node, label) took part in.
+    /// Simulates a consensus request that `answers` (node, label) took part in; a node
+    /// without an account first stakes 1000 for itself.
     fn record(&self, request_id: &str, answers: &[(&str, usize)]) {
-        let ids: Vec<String> = answers.iter().map(|(n, _)| n.to_string()).collect();
-        let accounts = self.book.ledger().ensure_accounts(&ids).expect("accounts");
         let answers: Vec<NodeAnswer> = answers
             .iter()
-            .zip(accounts)
-            .map(|((_, label), a)| {
+            .map(|(node, label)| {
+                let ledger = self.book.ledger();
+                let a = match ledger.account(node).expect("read") {
+                    Some(a) => a,
+                    None => ledger.stake(node, 1000).expect("stake").account,
+                };
                 let mut p = vec![0.1; 3];
                 p[*label] = 0.8;
                 NodeAnswer {
@@ -83,6 +85,53 @@ fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("ledger")
 }
 
+/// Writes a ledger the way the code before "no mint on first sight" left it: each
+/// account opened by a `grant` event (trust 0.5), in one sled batch.
+fn write_legacy_ledger(path: &Path, grants: &[(String, u64)]) {
+    let db = sled::open(path).expect("open raw");
+    let accounts = db.open_tree("accounts").expect("tree");
+    let events = db.open_tree("events").expect("tree");
+    let meta = db.open_tree("meta").expect("tree");
+    let mut head = Head::default();
+    for (node, amount) in grants {
+        let mut e = Event {
+            seq: head.seq + 1,
+            kind: EventKind::Grant,
+            node_id: node.clone(),
+            amount: *amount,
+            stake_after: *amount,
+            trust_after_ppb: TRUST_SCALE / 2,
+            request_id: None,
+            at_ms: 0,
+            prev_hash: head.hash.clone(),
+            hash: String::new(),
+        };
+        e.hash = event_hash(&e);
+        let account = Account {
+            node_id: node.clone(),
+            stake: *amount,
+            trust_ppb: TRUST_SCALE / 2,
+            ejected: false,
+            right: 0,
+            wrong: 0,
+            last_seq: e.seq,
+        };
+        events
+            .insert(e.seq.to_be_bytes(), serde_json::to_vec(&e).expect("json"))
+            .expect("event");
+        accounts
+            .insert(node.as_bytes(), serde_json::to_vec(&account).expect("json"))
+            .expect("account");
+        head.totals.granted += amount;
+        head.seq = e.seq;
+        head.hash = e.hash;
+    }
+    meta.insert("head", serde_json::to_vec(&head).expect("json"))
+        .expect("head");
+    db.flush().expect("flush");
+}
+
+/// `msg` with the oracle-style bearer token `token`, if any.
 fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
     let mut req = Request::new(msg);
     if let Some(t) = token {
@@ -91,13 +140,37 @@ fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
     req
 }
 
-fn stake_req(node: &str, amount: u64, token: Option<&str>) -> Request<StakeRequest> {
-    with_token(
+/// `msg` carrying the cluster credential `cred`, if any.
+fn as_node<T>(msg: T, cred: Option<&Credential>) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(c) = cred {
+        c.attach(&mut req);
+    }
+    req
+}
+
+fn node(id: &str) -> Credential {
+    credential(Principal::Node(id.into()))
+}
+
+fn stake_req(node: &str, amount: u64, cred: Option<&Credential>) -> Request<StakeRequest> {
+    as_node(
         StakeRequest {
             node_id: node.into(),
             amount,
+            only_if_new: false,
         },
-        token,
+        cred,
+    )
+}
+
+fn unstake_req(node: &str, amount: u64, cred: Option<&Credential>) -> Request<UnstakeRequest> {
+    as_node(
+        UnstakeRequest {
+            node_id: node.into(),
+            amount,
+        },
+        cred,
     )
 }
 
@@ -111,65 +184,198 @@ fn report_req(request_id: &str, label: u32, token: Option<&str>) -> Request<Repo
     )
 }
 
-/// Stake/Unstake need the caller's own credential: none or garbage is UNAUTHENTICATED,
-/// another node's credential or the oracle token is PERMISSION_DENIED.
+async fn account(client: &mut StakingClient<Channel>, node: &str) -> Option<pb::Account> {
+    match client
+        .get_account(GetAccountRequest {
+            node_id: node.into(),
+        })
+        .await
+    {
+        Ok(reply) => reply.into_inner().account,
+        Err(status) if status.code() == Code::NotFound => None,
+        Err(status) => panic!("GetAccount {node}: {status:?}"),
+    }
+}
+
+async fn head_seq(client: &mut StakingClient<Channel>) -> u64 {
+    client
+        .list_accounts(ListAccountsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .totals
+        .expect("totals")
+        .events
+}
+
+/// Stake/Unstake need the caller's own cluster credential (x-concord-credential): none,
+/// garbage, the old bearer form or a credential under another secret is UNAUTHENTICATED;
+/// another principal's valid credential is PERMISSION_DENIED. The first stake opens the
+/// account (below the minimum: ejected); nothing is granted.
 #[tokio::test]
 async fn stake_requires_own_credential() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestStaking::start(&db_path(&dir)).await;
     let mut client = server.client();
-    let n1 = node_credential(SECRET, "n1");
-    let n2 = node_credential(SECRET, "n2");
-    // n2 exists so its credential is recognisable.
-    client
-        .stake(stake_req("n2", 1, Some(&n2)))
-        .await
-        .expect("n2 stakes");
-    let wrong_secret = node_credential("other-secret", "n1");
-    let cases = [
-        (None, Code::Unauthenticated),
-        (Some("garbage"), Code::Unauthenticated),
-        (Some(wrong_secret.as_str()), Code::Unauthenticated),
-        (Some(n2.as_str()), Code::PermissionDenied),
-        (Some(ORACLE), Code::PermissionDenied),
+    let n1 = node("n1");
+    let other_secret = ClusterSecret::new("other-secret")
+        .expect("secret")
+        .issue(Principal::Node("n1".into()));
+    let cases: Vec<(&str, Option<Credential>, Option<String>, Code)> = vec![
+        ("nothing", None, None, Code::Unauthenticated),
+        (
+            "old bearer form of n1's MAC",
+            None,
+            Some(node_credential(concord_testkit::CLUSTER_SECRET, "n1")),
+            Code::Unauthenticated,
+        ),
+        (
+            "oracle token",
+            None,
+            Some(ORACLE.into()),
+            Code::Unauthenticated,
+        ),
+        (
+            "another secret",
+            Some(other_secret),
+            None,
+            Code::Unauthenticated,
+        ),
+        ("node n2", Some(node("n2")), None, Code::PermissionDenied),
+        (
+            "the gateway",
+            Some(credential(Principal::Gateway)),
+            None,
+            Code::PermissionDenied,
+        ),
     ];
-    for (token, code) in cases {
-        let err = client
-            .stake(stake_req("n1", 5, token))
-            .await
-            .expect_err("refused");
-        assert_eq!(err.code(), code, "stake with {token:?}: {err:?}");
-        let err = client
-            .unstake(with_token(
-                UnstakeRequest {
-                    node_id: "n1".into(),
-                    amount: 5,
-                },
-                token,
-            ))
-            .await
-            .expect_err("refused");
-        assert_eq!(err.code(), code, "unstake with {token:?}: {err:?}");
+    for (what, cred, bearer, code) in cases {
+        let mut stake = stake_req("n1", 5, cred.as_ref());
+        let mut unstake = unstake_req("n1", 5, cred.as_ref());
+        if let Some(token) = &bearer {
+            attach_bearer(&mut stake, token);
+            attach_bearer(&mut unstake, token);
+        }
+        let err = client.stake(stake).await.expect_err("refused");
+        assert_eq!(err.code(), code, "stake with {what}: {err:?}");
+        let err = client.unstake(unstake).await.expect_err("refused");
+        assert_eq!(err.code(), code, "unstake with {what}: {err:?}");
     }
+    let garbage = {
+        let mut req = stake_req("n1", 5, None);
+        req.metadata_mut()
+            .insert("x-concord-credential", "garbage".parse().expect("ascii"));
+        req
+    };
+    let err = client.stake(garbage).await.expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     // Nothing was written for n1 by the refused calls.
-    let err = client
-        .get_account(GetAccountRequest {
-            node_id: "n1".into(),
-        })
-        .await
-        .expect_err("unknown");
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(account(&mut client, "n1").await, None);
+    assert_eq!(head_seq(&mut client).await, 0);
 
     let reply = client
         .stake(stake_req("n1", 5, Some(&n1)))
         .await
         .expect("own credential")
         .into_inner();
-    let account = reply.account.expect("account");
-    assert_eq!((account.stake, account.trust), (1005, 0.5));
+    let opened = reply.account.expect("account");
+    assert_eq!((opened.stake, opened.trust, opened.ejected), (5, 0.5, true));
     let kinds: Vec<_> = reply.events.iter().map(|e| e.kind()).collect();
-    // The first call for a new node also opens its account (GRANT of the default stake).
-    assert_eq!(kinds, vec![pb::EventKind::Grant, pb::EventKind::Stake]);
+    // The first call opens the account with what was staked: 5 is below the minimum.
+    assert_eq!(kinds, vec![pb::EventKind::Stake, pb::EventKind::Eject]);
+    server.stop().await;
+}
+
+/// Attack (impostor): with node-2's valid credential, a Stake or Unstake for node-1 is
+/// PERMISSION_DENIED naming both principals, and node-1's account is untouched.
+#[tokio::test]
+async fn impostor_cannot_move_another_nodes_stake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    for id in ["node-1", "node-2"] {
+        client
+            .stake(stake_req(id, 1000, Some(&node(id))))
+            .await
+            .expect("own stake");
+    }
+    let before = account(&mut client, "node-1").await;
+    let seq = head_seq(&mut client).await;
+    let impostor = node("node-2");
+    let err = client
+        .unstake(unstake_req("node-1", 1000, Some(&impostor)))
+        .await
+        .expect_err("impostor unstake");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("node/node-2") && err.message().contains("node/node-1"),
+        "{err:?}"
+    );
+    let err = client
+        .stake(stake_req("node-1", 1, Some(&impostor)))
+        .await
+        .expect_err("impostor stake");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(account(&mut client, "node-1").await, before);
+    assert_eq!(head_seq(&mut client).await, seq, "nothing written");
+    server.stop().await;
+}
+
+/// Attack (public secret): a credential computed from the old public development secret
+/// ("concord-dev-cluster-secret"), sent as the credential header or the old bearer
+/// token, is UNAUTHENTICATED by an aggregator with a real secret; node-5 keeps its stake.
+#[tokio::test]
+async fn credential_from_the_public_dev_secret_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    client
+        .stake(stake_req("node-5", 1000, Some(&node("node-5"))))
+        .await
+        .expect("own stake");
+    let before = account(&mut client, "node-5").await;
+    let forged = ClusterSecret::new(OLD_DEV_SECRET)
+        .expect("secret")
+        .issue(Principal::Node("node-5".into()));
+    let mut unstake = unstake_req("node-5", 1000, Some(&forged));
+    attach_bearer(&mut unstake, forged.token());
+    let err = client.unstake(unstake).await.expect_err("forged");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = client
+        .stake(stake_req("node-5", 1, Some(&forged)))
+        .await
+        .expect_err("forged");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(account(&mut client, "node-5").await, before);
+    server.stop().await;
+}
+
+/// `only_if_new` (a node's start-up stake) opens an account once: a second call, as after
+/// a restart or a retry, is ALREADY_EXISTS and writes nothing.
+#[tokio::test]
+async fn start_up_stake_is_paid_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestStaking::start(&db_path(&dir)).await;
+    let mut client = server.client();
+    let open = || {
+        as_node(
+            StakeRequest {
+                node_id: "node-1".into(),
+                amount: 1000,
+                only_if_new: true,
+            },
+            Some(&node("node-1")),
+        )
+    };
+    let reply = client.stake(open()).await.expect("open").into_inner();
+    assert_eq!(reply.account.expect("account").stake, 1000);
+    let err = client.stake(open()).await.expect_err("second");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(
+        account(&mut client, "node-1").await.expect("account").stake,
+        1000
+    );
+    assert_eq!(head_seq(&mut client).await, 1);
     server.stop().await;
 }
 
@@ -180,22 +386,13 @@ async fn unstake_never_goes_negative() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestStaking::start(&db_path(&dir)).await;
     let mut client = server.client();
-    let cred = node_credential(SECRET, "n1");
+    let cred = node("n1");
     client
-        .stake(stake_req("n1", 1, Some(&cred)))
+        .stake(stake_req("n1", 1000, Some(&cred)))
         .await
         .expect("open");
-    let unstake = |amount| {
-        with_token(
-            UnstakeRequest {
-                node_id: "n1".into(),
-                amount,
-            },
-            Some(&cred),
-        )
-    };
     let reply = client
-        .unstake(unstake(1001))
+        .unstake(unstake_req("n1", 1000, Some(&cred)))
         .await
         .expect("to zero")
         .into_inner();
@@ -203,9 +400,15 @@ async fn unstake_never_goes_negative() {
     assert_eq!((account.stake, account.ejected), (0, true));
     let kinds: Vec<_> = reply.events.iter().map(|e| e.kind()).collect();
     assert_eq!(kinds, vec![pb::EventKind::Unstake, pb::EventKind::Eject]);
-    let err = client.unstake(unstake(1)).await.expect_err("negative");
+    let err = client
+        .unstake(unstake_req("n1", 1, Some(&cred)))
+        .await
+        .expect_err("negative");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = client.unstake(unstake(0)).await.expect_err("zero");
+    let err = client
+        .unstake(unstake_req("n1", 0, Some(&cred)))
+        .await
+        .expect_err("zero");
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
         .stake(stake_req("n1", 0, Some(&cred)))
@@ -226,24 +429,19 @@ async fn unstake_never_goes_negative() {
 
 /// Large stakes never overflow silently: above the per-call maximum is INVALID_ARGUMENT,
 /// past u64::MAX for an account or the total is FAILED_PRECONDITION, a refused Stake
-/// writes no event (not even a new account's grant), and the totals that ListAccounts
-/// and VerifyLedger report are exact (the review saw them capped at u64::MAX).
+/// writes no event (not even a new account), and the totals that ListAccounts and
+/// VerifyLedger report are exact (the review saw them capped at u64::MAX). The balance
+/// near the ceiling comes from a legacy ledger (a `grant`), which also shows that old
+/// ledgers are still served and verified.
 #[tokio::test]
 async fn large_stakes_are_refused_and_totals_stay_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // New accounts start 5 tokens below the ceiling, so overflow is one call away.
+    // n1 was granted 5 tokens below the ceiling, so overflow is one call away.
     let near = u64::MAX - 5;
-    let server = TestStaking::start_with(
-        &db_path(&dir),
-        ScoringParams {
-            default_stake: near,
-            ..ScoringParams::default()
-        },
-    )
-    .await;
+    write_legacy_ledger(&db_path(&dir), &[("n1".into(), near)]);
+    let server = TestStaking::start(&db_path(&dir)).await;
     let mut client = server.client();
-    let n1 = node_credential(SECRET, "n1");
-    let n2 = node_credential(SECRET, "n2");
+    let (n1, n2) = (node("n1"), node("n2"));
     let verify = |mut client: StakingClient<Channel>| async move {
         client
             .verify_ledger(VerifyLedgerRequest {})
@@ -262,18 +460,21 @@ async fn large_stakes_are_refused_and_totals_stay_exact() {
             "per call",
         ),
         ("n1", &n1, 6, Code::FailedPrecondition, "largest balance"),
+        // n2's first stake would take the total past u64::MAX: no account is opened.
+        ("n2", &n2, 6, Code::FailedPrecondition, "total"),
     ];
     for (node, cred, amount, code, fragment) in refused {
         let err = client
             .stake(stake_req(node, amount, Some(cred)))
             .await
             .expect_err("refused");
-        assert_eq!(err.code(), code, "{amount}: {err:?}");
+        assert_eq!(err.code(), code, "{node} {amount}: {err:?}");
         assert!(err.message().contains(fragment), "{amount}: {err:?}");
         let report = verify(client.clone()).await;
         assert!(report.ok, "{report:?}");
-        assert_eq!(report.events_checked, 0, "nothing written: {report:?}");
+        assert_eq!(report.events_checked, 1, "nothing written: {report:?}");
     }
+    assert_eq!(account(&mut client, "n2").await, None);
     // Exactly up to the ceiling is fine, and reported exactly.
     let reply = client
         .stake(stake_req("n1", 5, Some(&n1)))
@@ -281,20 +482,6 @@ async fn large_stakes_are_refused_and_totals_stay_exact() {
         .expect("fits")
         .into_inner();
     assert_eq!(reply.account.expect("account").stake, u64::MAX);
-    // n2's grant alone would take the total past u64::MAX: refused, no account opened.
-    let err = client
-        .stake(stake_req("n2", 1, Some(&n2)))
-        .await
-        .expect_err("total overflow");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("total"), "{err:?}");
-    let err = client
-        .get_account(GetAccountRequest {
-            node_id: "n2".into(),
-        })
-        .await
-        .expect_err("no account");
-    assert_eq!(err.code(), Code::NotFound);
     let list = client
         .list_accounts(ListAccountsRequest {})
         .await
@@ -327,11 +514,9 @@ async fn report_outcome_scores_once() {
     server.record("req-1", &[("good", 2), ("bad", 0), ("good2", 2)]);
     let mut client = server.client();
 
-    let node = node_credential(SECRET, "good");
     for (token, code) in [
         (None, Code::Unauthenticated),
         (Some("nope"), Code::Unauthenticated),
-        (Some(node.as_str()), Code::PermissionDenied),
     ] {
         let err = client
             .report_outcome(report_req("req-1", 2, token))
@@ -339,6 +524,18 @@ async fn report_outcome_scores_once() {
             .expect_err("refused");
         assert_eq!(err.code(), code, "{token:?}");
     }
+    // A node that proved who it is still may not report outcomes.
+    let err = client
+        .report_outcome(as_node(
+            ReportOutcomeRequest {
+                request_id: "req-1".into(),
+                true_label: 2,
+            },
+            Some(&node("good")),
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -423,11 +620,11 @@ async fn list_and_watch_events() {
     let mut client = server.client();
     for n in ["a", "b", "c"] {
         client
-            .stake(stake_req(n, 1, Some(&node_credential(SECRET, n))))
+            .stake(stake_req(n, 1, Some(&node(n))))
             .await
             .expect("stake");
     }
-    // 6 events: grant+stake for each node.
+    // 6 events: stake+eject for each node (1 token is below the minimum).
     let mut seqs = Vec::new();
     let mut after = 0;
     loop {
@@ -479,7 +676,7 @@ async fn list_and_watch_events() {
     assert_eq!(next_event(&mut watch).await.seq, 6);
     let mut writer = server.client();
     writer
-        .stake(stake_req("a", 2, Some(&node_credential(SECRET, "a"))))
+        .stake(stake_req("a", 2, Some(&node("a"))))
         .await
         .expect("stake");
     let live = next_event(&mut watch).await;
@@ -496,23 +693,28 @@ async fn list_and_watch_events() {
 #[tokio::test]
 async fn lagging_watcher_sees_every_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // 1500 accounts already open (legacy grants: one fast batch instead of 1500 flushes).
+    let ids: Vec<String> = (0..1500).map(|i| format!("node-{i:04}")).collect();
+    let grants: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), 1000)).collect();
+    write_legacy_ledger(&db_path(&dir), &grants);
     let server = TestStaking::start(&db_path(&dir)).await;
     let mut client = server.client();
     let mut watch = client
-        .watch_events(WatchEventsRequest { after_seq: 0 })
+        .watch_events(WatchEventsRequest { after_seq: 1500 })
         .await
         .expect("watch")
         .into_inner();
     // Make sure the watcher is live before the burst.
+    server.book.ledger().stake("first", 1000).expect("first");
+    assert_eq!(next_event(&mut watch).await.seq, 1501);
+    // One scoring of all 1500 nodes: 1500 events in one commit.
+    let outcomes: Vec<(String, bool)> = ids.iter().map(|id| (id.clone(), true)).collect();
     server
         .book
         .ledger()
-        .ensure_accounts(&["first".to_string()])
-        .expect("first");
-    assert_eq!(next_event(&mut watch).await.seq, 1);
-    let ids: Vec<String> = (0..1500).map(|i| format!("node-{i:04}")).collect();
-    server.book.ledger().ensure_accounts(&ids).expect("burst");
-    for want in 2..=1501 {
+        .score("burst", &outcomes)
+        .expect("burst");
+    for want in 1502..=3001 {
         assert_eq!(next_event(&mut watch).await.seq, want);
     }
     drop(watch);
@@ -543,7 +745,7 @@ async fn stakes_survive_restart() {
         .await
         .expect("report");
     client
-        .stake(stake_req("b", 50, Some(&node_credential(SECRET, "b"))))
+        .stake(stake_req("b", 50, Some(&node("b"))))
         .await
         .expect("stake");
     let before = client

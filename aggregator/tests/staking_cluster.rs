@@ -26,7 +26,7 @@ const ROUNDS: usize = 40;
 
 fn oracle<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
-    attach_bearer(&mut req, concord::config::DEV_ORACLE_TOKEN);
+    attach_bearer(&mut req, concord_testkit::ORACLE_TOKEN);
     req
 }
 
@@ -51,19 +51,26 @@ async fn liars_are_slashed_and_ejected_end_to_end() {
         c.behaviour = Behaviour::Inverted;
     }
     let liars: Vec<String> = configs[2..].iter().map(|c| c.node_id.clone()).collect();
+    let ids: Vec<String> = configs.iter().map(|c| c.node_id.clone()).collect();
     let mut nodes = Vec::new();
     for c in configs {
         nodes.push(concord_testkit::node(registered(c, registry.addr)).await);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config =
-        AggregatorConfig::with_ledger(registry.addr.to_string(), dir.path().join("ledger"));
+    let mut config = AggregatorConfig::with_ledger(
+        registry.addr.to_string(),
+        dir.path().join("ledger"),
+        concord_testkit::staking_auth(),
+    );
     // Once the three liars are ejected only two nodes are asked; the quorum must allow it.
     config.consensus = ConsensusConfig {
         min_answers: 2,
         ..config.consensus
     };
     let aggregator = concord_testkit::aggregator(config).await;
+    // Every node stakes 1000 for itself, as `concord node --initial-stake 1000` does.
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
     let channel = aggregator.channel();
     let mut agg = PredictorClient::new(channel.clone());
     let mut staking = StakingClient::new(channel);

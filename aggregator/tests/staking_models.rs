@@ -2,7 +2,7 @@
 //! the default fleet of five, three of them `inverted` (colluding), 300 rounds of Iris
 //! flowers through the policy + ledger logic, with the default scoring knobs.
 
-use concord_aggregator::policy::{Policy, ScoringParams};
+use concord_aggregator::policy::{Policy, ScoringParams, DEFAULT_INITIAL_STAKE};
 use concord_aggregator::simulation::{run_rounds, PolicyRun, Round};
 use concord_node::{default_fleet, Behaviour, Iris, Node};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -37,6 +37,7 @@ fn play(policy: Policy, faulty: usize, seed: u64) -> (PolicyRun, Vec<bool>) {
         ROUNDS,
         WINDOW,
         ScoringParams::default(),
+        DEFAULT_INITIAL_STAKE,
         |_| {
             let row = rng.gen_range(0..iris.len());
             let sample: Vec<f64> = iris.features().row(row).to_vec();

@@ -3,7 +3,11 @@
 //! Starts a registry, the five default nodes (the last `--faulty` of them with
 //! `--faulty-behaviour`, colluding `inverted` by default) and, for each policy, a fresh
 //! aggregator with a fresh ledger — all in this process but talking gRPC over loopback,
-//! exactly as in `concord up`. Each round sends one hold-out row (the shared 30 % no node
+//! exactly as in `concord up`. The run has its own random cluster secret and oracle token;
+//! on each fresh ledger every node first stakes
+//! [`DEFAULT_INITIAL_STAKE`](concord_aggregator::policy::DEFAULT_INITIAL_STAKE) for itself
+//! with its credential, as `concord node --initial-stake` does (nothing is minted for a
+//! new node). Each round sends one hold-out row (the shared 30 % no node
 //! trained on; reshuffled every pass) to the aggregator, reports the true label to the
 //! oracle (`ReportOutcome`), and records every node's stake and trust.
 //!
@@ -20,11 +24,18 @@ use std::{
 };
 
 use anyhow::Context;
+use concord::identity::{ClusterSecret, Principal};
 use concord::pb::{
     predict::v1::{predictor_client::PredictorClient, Policy as PbPolicy, PredictRequest},
-    stake::v1::{staking_client::StakingClient, ListAccountsRequest, ReportOutcomeRequest},
+    stake::v1::{
+        staking_client::StakingClient, ListAccountsRequest, ReportOutcomeRequest, StakeRequest,
+    },
 };
-use concord_aggregator::{policy::Policy, AggregatorConfig};
+use concord_aggregator::{
+    policy::{Policy, DEFAULT_INITIAL_STAKE},
+    staking::StakingAuth,
+    AggregatorConfig,
+};
 use concord_node::{Behaviour, Iris};
 use plotters::prelude::*;
 use rand::{seq::SliceRandom, SeedableRng};
@@ -116,8 +127,6 @@ impl InProcess {
     }
 }
 
-const ORACLE_TOKEN: &str = concord::config::DEV_ORACLE_TOKEN;
-
 /// Runs the simulation and prints the report.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let fleet = concord_node::default_fleet();
@@ -128,8 +137,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
 
-    // A throwaway secret: the simulation's processes all live in this one.
-    let secret = concord::identity::ClusterSecret::new(concord::secrets::random_token())?;
+    // A throwaway secret and oracle token: the simulation's processes all live in this one.
+    let secret = ClusterSecret::new(concord::secrets::random_token())?;
+    let oracle_token = concord::secrets::random_token();
     let registry_config = concord_registry::Config::new(secret.clone());
     let registry = InProcess::start("registry".into(), |listener, stop_rx| {
         concord_registry::serve(registry_config, listener, async {
@@ -148,9 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         behaviours.insert(config.node_id.clone(), config.behaviour);
         config.registry = Some(registry_addr.clone());
-        config.credential = Some(secret.issue(concord::identity::Principal::Node(
-            config.node_id.to_string(),
-        )));
+        config.credential = Some(secret.issue(Principal::Node(config.node_id.clone())));
         nodes.push(
             InProcess::start(config.node_id.clone(), move |listener, stop_rx| {
                 concord_node::serve(config, listener, async {
@@ -177,10 +185,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for policy in &args.policies {
         let ledger_dir = tempfile::tempdir()?;
-        let mut config =
-            AggregatorConfig::with_ledger(registry_addr.clone(), ledger_dir.path().join("ledger"));
+        let mut config = AggregatorConfig::with_ledger(
+            registry_addr.clone(),
+            ledger_dir.path().join("ledger"),
+            StakingAuth {
+                cluster_secret: secret.clone(),
+                oracle_token: oracle_token.clone(),
+            },
+        );
         config.consensus.default_policy = *policy;
-        config.credential = Some(secret.issue(concord::identity::Principal::Aggregator));
+        config.credential = Some(secret.issue(Principal::Aggregator));
         let aggregator = InProcess::start("aggregator".into(), |listener, stop_rx| {
             concord_aggregator::serve(config, listener, async {
                 let _ = stop_rx.await;
@@ -190,6 +204,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let channel = concord::grpc::lazy_channel(&aggregator.addr.to_string())?;
         let mut predictor = PredictorClient::new(channel.clone());
         let mut staking = StakingClient::new(channel);
+        for node_id in behaviours.keys() {
+            let mut stake = tonic::Request::new(StakeRequest {
+                node_id: node_id.clone(),
+                amount: DEFAULT_INITIAL_STAKE,
+                only_if_new: true,
+            });
+            secret
+                .issue(Principal::Node(node_id.clone()))
+                .attach(&mut stake);
+            staking
+                .stake(stake)
+                .await
+                .with_context(|| format!("{node_id} stakes {DEFAULT_INITIAL_STAKE}"))?;
+        }
         wait_for_nodes(&mut predictor, behaviours.len()).await?;
 
         let mut run = PolicyRun {
@@ -212,7 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         request_id: reply.request_id,
                         true_label: u32::try_from(truth)?,
                     });
-                    concord::auth::attach_bearer(&mut report, ORACLE_TOKEN);
+                    concord::auth::attach_bearer(&mut report, &oracle_token);
                     staking
                         .report_outcome(report)
                         .await
@@ -331,9 +359,9 @@ fn print_report(args: &Args, runs: &[PolicyRun], behaviours: &BTreeMap<String, B
     }
 }
 
-/// Final stake as a percentage of the stake every node started with (the grant).
+/// Final stake as a percentage of the stake every node started with (its own deposit).
 fn start_share(history: &[(u64, f64)]) -> f64 {
-    let start = concord_aggregator::policy::ScoringParams::default().default_stake as f64;
+    let start = DEFAULT_INITIAL_STAKE as f64;
     history.last().map_or(0.0, |l| l.0 as f64 / start * 100.0)
 }
 

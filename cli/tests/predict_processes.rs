@@ -6,25 +6,38 @@ mod common;
 use std::time::Duration;
 
 use common::{run_grpcurl, Process};
+use concord::identity::{ClusterSecret, Principal};
 use concord::pb::predict::v1::{
     predictor_client::PredictorClient, Policy, PredictRequest, VoteStatus,
 };
 
+/// The cluster secret of these processes (tests only).
+const CLUSTER_SECRET: &str = "predict-processes-test-secret";
+
+/// A registry, `nodes` nodes that each stake 1000 for themselves with their credential
+/// (the ledger grants nothing), and the aggregator.
 fn start_cluster(nodes: usize) -> (Process, Vec<Process>, Process, tempfile::TempDir) {
+    let secret = ClusterSecret::new(CLUSTER_SECRET).expect("secret");
     let registry = Process::spawn(&["registry", "--listen", "127.0.0.1:0"]);
     let registry_addr = registry.addr.to_string();
     let nodes: Vec<Process> = (1..=nodes)
         .map(|n| {
+            let id = format!("node-{n}");
+            let credential = secret.issue(Principal::Node(id.clone())).encode();
             Process::spawn(&[
                 "node",
                 "--listen",
                 "127.0.0.1:0",
                 "--id",
-                &format!("node-{n}"),
+                &id,
                 "--preset",
                 &n.to_string(),
                 "--registry",
                 &registry_addr,
+                "--credential",
+                &credential,
+                "--initial-stake",
+                "1000",
             ])
         })
         .collect();
@@ -40,14 +53,25 @@ fn start_cluster(nodes: usize) -> (Process, Vec<Process>, Process, tempfile::Tem
         "2",
         "--ledger-path",
         ledger.to_str().expect("utf-8 path"),
+        "--cluster-secret",
+        CLUSTER_SECRET,
     ]);
     (registry, nodes, aggregator, data)
 }
 
 async fn wait_for_answers(client: &mut PredictorClient<tonic::transport::Channel>, want: u32) {
+    wait_for_answers_under(client, want, request()).await;
+}
+
+/// Polls `probe` until `want` nodes answer it (under `stake`: until they have staked).
+async fn wait_for_answers_under(
+    client: &mut PredictorClient<tonic::transport::Channel>,
+    want: u32,
+    probe: PredictRequest,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let reply = client.predict(request()).await;
+        let reply = client.predict(probe.clone()).await;
         if let Ok(reply) = reply {
             if reply.get_ref().answered == want {
                 return;
@@ -76,7 +100,12 @@ async fn grpcurl_predicts_on_a_node_and_on_the_aggregator() {
     let mut client = PredictorClient::new(
         concord::grpc::lazy_channel(&aggregator.addr.to_string()).expect("channel"),
     );
-    wait_for_answers(&mut client, 3).await;
+    // Under stake a node answers only once its initial stake has landed.
+    let staked = PredictRequest {
+        policy: Policy::Stake as i32,
+        ..request()
+    };
+    wait_for_answers_under(&mut client, 3, staked).await;
 
     let body = r#"{"features":[6.3,3.3,6.0,2.5]}"#;
     let node_reply = run_grpcurl(

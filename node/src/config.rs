@@ -35,8 +35,11 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Lease TTL requested from the registry.
     pub lease_ttl: Duration,
-    /// Credential this process proves its identity with (registry, peers).
+    /// Credential this process proves its identity with (registry, peers, `Stake`).
     pub credential: Option<concord::identity::Credential>,
+    /// Tokens the node stakes for itself at start-up if it has no stake account yet (0:
+    /// none). Needs a registry (to find the aggregator) and the credential.
+    pub initial_stake: u64,
 }
 
 impl NodeConfig {
@@ -51,6 +54,7 @@ impl NodeConfig {
             advertise: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
             credential: None,
+            initial_stake: 0,
         }
     }
 
@@ -64,6 +68,28 @@ impl NodeConfig {
         }
         if self.lease_ttl.is_zero() {
             return Err(Error::Config("lease TTL must be positive".into()));
+        }
+        if self.initial_stake > 0 {
+            if self.registry.is_none() {
+                return Err(Error::Config(
+                    "an initial stake needs a registry to find the aggregator".into(),
+                ));
+            }
+            match &self.credential {
+                None => {
+                    return Err(Error::Config(
+                        "an initial stake needs the node's credential (--credential)".into(),
+                    ))
+                }
+                Some(c) if c.principal().node_id() != Some(self.node_id.as_str()) => {
+                    return Err(Error::Config(format!(
+                        "the credential is {}'s, not node/{}'s",
+                        c.principal(),
+                        self.node_id
+                    )))
+                }
+                Some(_) => {}
+            }
         }
         self.model.validate()
     }

@@ -13,6 +13,7 @@
 //! - a trained node, independent of gRPC → `node.rs`
 //! - pb ↔ domain → `convert.rs`; tonic handlers → `service.rs`
 //! - lifecycle (serve, register, shut down) → `server.rs`; errors → `error.rs`
+//! - the start-up stake a node pays for itself once (`--initial-stake`) → `stake.rs`
 //!
 //! Non-goals: online learning, model persistence, datasets other than Iris.
 
@@ -25,6 +26,7 @@ mod model;
 mod node;
 mod server;
 mod service;
+pub mod stake;
 
 pub use behaviour::Behaviour;
 pub use config::{default_fleet, NodeConfig, NodeId, DEFAULT_MAX_BATCH};

@@ -7,8 +7,11 @@
 //! 3. If a registry is configured, register as service [`PREDICTOR_SERVICE`] with the
 //!    node id and model description in the metadata, and keep the lease alive in the
 //!    background (re-registering after a registry restart, see `concord::discovery`).
-//! 4. When `shutdown` resolves: mark NOT_SERVING, deregister (bounded, best effort) so
-//!    the aggregator stops calling, then drain in-flight calls (bounded grace period).
+//! 4. With an initial stake configured, a task stakes it for the node once (see
+//!    [`crate::stake`]); the node serves meanwhile.
+//! 5. When `shutdown` resolves: mark NOT_SERVING, stop the stake task, deregister
+//!    (bounded, best effort) so the aggregator stops calling, then drain in-flight calls
+//!    (bounded grace period) and join the stake task.
 //!
 //! Failure behaviour: if the registry is unreachable the node still serves and keeps
 //! retrying registration; a killed node's lease simply expires after its TTL.
@@ -26,6 +29,7 @@ use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::service::NodeService;
+use crate::stake::stake_at_start;
 
 /// Registry service name under which nodes publish themselves.
 pub const PREDICTOR_SERVICE: &str = "predictor";
@@ -74,6 +78,18 @@ pub async fn serve(
         None => None,
     };
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stake_task = match (&config.registry, &config.credential) {
+        (Some(registry), Some(credential)) if config.initial_stake > 0 => {
+            let (registry, credential) = (registry.clone(), credential.clone());
+            let (node_id, amount) = (node.id().to_owned(), config.initial_stake);
+            Some(tokio::spawn(async move {
+                stake_at_start(&registry, &node_id, &credential, amount, stop_rx).await
+            }))
+        }
+        _ => None,
+    };
+
     let (router, health) =
         concord::grpc::router(&[concord::pb::predict::v1::predictor_server::SERVICE_NAME]);
     health.set_serving::<PredictorServer<NodeService>>().await;
@@ -85,13 +101,18 @@ pub async fn serve(
         health
             .set_not_serving::<PredictorServer<NodeService>>()
             .await;
+        let _ = stop_tx.send(true);
         if let Some(keeper) = keeper {
             keeper.deregister().await;
         }
     };
-    concord::grpc::serve(router, listener, stop)
-        .await
-        .map_err(|e| Error::Internal(format!("server failed: {e}")))
+    let served = concord::grpc::serve(router, listener, stop).await;
+    if let Some(task) = stake_task {
+        if let Err(err) = task.await {
+            tracing::error!(%err, "initial stake task failed");
+        }
+    }
+    served.map_err(|e| Error::Internal(format!("server failed: {e}")))
 }
 
 /// The address to publish: the configured one, else the bound one, with an unspecified

@@ -22,7 +22,8 @@ use std::{
 };
 
 use concord::identity::{ClusterSecret, Credential, Principal};
-use concord_aggregator::AggregatorConfig;
+use concord::pb::stake::v1::{staking_client::StakingClient, StakeRequest};
+use concord_aggregator::{staking::StakingAuth, AggregatorConfig};
 use concord_node::NodeConfig;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -146,6 +147,37 @@ pub fn cluster_secret() -> ClusterSecret {
 /// `principal`'s credential under [`CLUSTER_SECRET`].
 pub fn credential(principal: Principal) -> Credential {
     cluster_secret().issue(principal)
+}
+
+/// The oracle token of every in-process test aggregator ([`staking_auth`]).
+pub const ORACLE_TOKEN: &str = "concord-test-oracle-token";
+
+/// What a test aggregator's Staking service checks: [`CLUSTER_SECRET`] for node
+/// credentials, [`ORACLE_TOKEN`] for `ReportOutcome`.
+pub fn staking_auth() -> StakingAuth {
+    StakingAuth {
+        cluster_secret: cluster_secret(),
+        oracle_token: ORACLE_TOKEN.to_owned(),
+    }
+}
+
+/// Each node in `node_ids` stakes `amount` for itself with its own credential, through
+/// the Staking service on `staking` — what `concord node --initial-stake` does at
+/// start-up (the ledger mints nothing for a node it has never seen). Panics on failure.
+pub async fn stake_nodes(staking: Channel, node_ids: &[&str], amount: u64) {
+    let mut client = StakingClient::new(staking);
+    for id in node_ids {
+        let mut request = tonic::Request::new(StakeRequest {
+            node_id: (*id).to_owned(),
+            amount,
+            only_if_new: false,
+        });
+        credential(Principal::Node((*id).to_owned())).attach(&mut request);
+        client
+            .stake(request)
+            .await
+            .unwrap_or_else(|status| panic!("{id} stakes {amount}: {status:?}"));
+    }
 }
 
 /// A real registry checking credentials against [`cluster_secret`], on `127.0.0.1:0`.

@@ -1014,7 +1014,7 @@ async fn consensus_round_trip_through_http() -> Result<()> {
     let events_total = stakes["totals"]["events"].as_u64().context("events")?;
     assert!(
         events_total >= 6,
-        "3 grants and 3 rewards at least: {stakes}"
+        "3 stakes and 3 rewards at least: {stakes}"
     );
     let page: Value = h
         .get("/api/ledger/events?page_size=1000")

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use concord::identity::ClusterSecret;
 use concord_aggregator::{
     policy::{slash_bps_from_fraction, Policy, ScoringParams},
     staking::StakingAuth,
@@ -38,9 +39,6 @@ pub struct Args {
     /// Directory of the stake ledger (sled).
     #[arg(long, env = "CONCORD_LEDGER_PATH", default_value = "./data/ledger")]
     pub ledger_path: PathBuf,
-    /// Tokens a node the ledger has never seen starts with.
-    #[arg(long, default_value_t = ScoringParams::default().default_stake)]
-    pub default_stake: u64,
     /// Below this stake a node is ejected from the trust and stake policies.
     #[arg(long, default_value_t = ScoringParams::default().min_stake)]
     pub min_stake: u64,
@@ -80,7 +78,15 @@ impl Args {
             }
         };
         let slash_bps = slash_bps_from_fraction(self.slash_fraction).map_err(anyhow::Error::msg)?;
-        let mut config = AggregatorConfig::with_ledger(self.registry, self.ledger_path);
+        let mut config = AggregatorConfig::with_ledger(
+            self.registry,
+            self.ledger_path,
+            StakingAuth {
+                cluster_secret: ClusterSecret::new(cluster_secret)
+                    .map_err(|e| anyhow::anyhow!("--cluster-secret: {e}"))?,
+                oracle_token,
+            },
+        );
         config.consensus = ConsensusConfig {
             deadline: self.deadline,
             min_answers: self.min_answers,
@@ -92,15 +98,10 @@ impl Args {
         if let Some(ledger) = config.ledger.as_mut() {
             *ledger = LedgerConfig {
                 params: ScoringParams {
-                    default_stake: self.default_stake,
                     min_stake: self.min_stake,
                     reward: self.reward,
                     slash_bps,
                     alpha: self.trust_alpha,
-                },
-                auth: StakingAuth {
-                    cluster_secret,
-                    oracle_token,
                 },
                 ..ledger.clone()
             };

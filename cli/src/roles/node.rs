@@ -51,6 +51,11 @@ pub struct Args {
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
+    /// Tokens this node stakes for itself at start-up, with its credential, if the
+    /// aggregator's ledger has no account for it yet (paid once, never on a restart). The
+    /// ledger grants nothing: a node with no stake has no weight under trust and stake.
+    #[arg(long, env = "CONCORD_INITIAL_STAKE", default_value_t = 0)]
+    pub initial_stake: u64,
 }
 
 impl Args {
@@ -88,6 +93,7 @@ impl Args {
         config.advertise = self.advertise;
         config.lease_ttl = self.lease_ttl;
         config.credential = self.credential;
+        config.initial_stake = self.initial_stake;
         config.validate()?;
         Ok(config)
     }

@@ -499,9 +499,21 @@ pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsen
     let mut config = concord_aggregator::AggregatorConfig::with_ledger(
         registry_addr.to_owned(),
         dir.path().join("ledger"),
+        concord_aggregator::staking::StakingAuth {
+            oracle_token: concord::config::DEV_ORACLE_TOKEN.to_owned(),
+            ..concord_testkit::staking_auth()
+        },
     );
     config.credential = Some(concord_testkit::credential(Principal::Aggregator));
     let aggregator = concord_testkit::aggregator(config).await;
+    // The ledger mints nothing for a new node: each stakes for itself, as in `concord up`.
+    let ids: Vec<String> = concord_node::default_fleet()
+        .into_iter()
+        .take(n)
+        .map(|c| c.node_id)
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
     Ok(TestConsensus {
         nodes,
         aggregator,
