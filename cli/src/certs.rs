@@ -100,7 +100,6 @@ impl Pki {
 
 /// The PKI `concord up --tls` needs under `<data_dir>/certs`: registry, aggregator, shop,
 /// gateway and each of `node_ids`, naming only loopback hosts.
-#[allow(dead_code)] // The entry point for `concord up --tls` (cli/src/up.rs).
 pub fn ensure_dev_pki(data_dir: &Path, node_ids: &[String]) -> anyhow::Result<Pki> {
     ensure_pki(&data_dir.join("certs"), &principals(node_ids), &[])
 }

@@ -62,6 +62,14 @@ pub struct Args {
     /// Oracle token (default: `<data-dir>/secrets/oracle-token`, created at random).
     #[arg(long, env = "CONCORD_ORACLE_TOKEN", hide_env_values = true)]
     pub oracle_token: Option<String>,
+    /// Tokens each node stakes for itself on its first start (the ledger mints nothing
+    /// for a node it has never seen: without a stake it has no weight).
+    #[arg(long, env = "CONCORD_INITIAL_STAKE", default_value_t = concord_aggregator::policy::DEFAULT_INITIAL_STAKE)]
+    pub initial_stake: u64,
+    /// Mutual TLS on every gRPC link: a development CA and one certificate per process
+    /// are made under `<data-dir>/certs/` (reused after), and each child gets its own.
+    #[arg(long, env = "CONCORD_TLS")]
+    pub tls: bool,
 }
 
 /// The cluster's secrets: the files under `data_dir` (created when missing), each
@@ -194,21 +202,40 @@ fn plan(
         args.nodes
     );
     let cluster_secret = ClusterSecret::new(secrets.cluster_secret.clone())?;
-    let credential = |principal: Principal| {
-        (
-            "CONCORD_CREDENTIAL".to_owned(),
-            cluster_secret.issue(principal).encode(),
-        )
+    let node_ids: Vec<String> = (1..=args.nodes).map(|n| format!("node-{n}")).collect();
+    let pki = match args.tls {
+        true => Some(crate::certs::ensure_dev_pki(&args.data_dir, &node_ids)?),
+        false => None,
     };
     let secret_env = |name: &str, value: &str| (name.to_owned(), value.to_owned());
-    let child =
-        |name: String, role: &str, args: Vec<String>, env: Vec<(String, String)>| ChildSpec {
+    // Every child gets its principal's credential (the registry checks, it does not call)
+    // and, with --tls, its principal's certificate.
+    let child = |name: String,
+                 role: &str,
+                 principal: Principal,
+                 mut args: Vec<String>,
+                 mut env: Vec<(String, String)>|
+     -> anyhow::Result<ChildSpec> {
+        if principal != Principal::Registry {
+            env.push((
+                "CONCORD_CREDENTIAL".to_owned(),
+                cluster_secret.issue(principal.clone()).encode(),
+            ));
+        }
+        if let Some(pki) = &pki {
+            args.extend(
+                pki.args(&principal)
+                    .ok_or_else(|| anyhow::anyhow!("no certificate made for {principal}"))?,
+            );
+        }
+        Ok(ChildSpec {
             name,
             role: role.into(),
             program: program.to_path_buf(),
             args,
             env,
-        };
+        })
+    };
     let registry_addr = ports.addr(concord::config::DEFAULT_REGISTRY_ADDR)?;
     let registry = registry_addr.to_string();
 
@@ -226,6 +253,7 @@ fn plan(
         services.push(child(
             id.clone(),
             "node",
+            Principal::Node(id.clone()),
             strings(&[
                 "node",
                 "--listen",
@@ -238,15 +266,18 @@ fn plan(
                 &behaviour,
                 "--registry",
                 &registry,
+                "--initial-stake",
+                &args.initial_stake.to_string(),
             ]),
-            vec![credential(Principal::Node(id.clone()))],
-        ));
+            Vec::new(),
+        )?);
     }
 
     let aggregator_addr = ports.addr(concord::config::DEFAULT_AGGREGATOR_ADDR)?;
     services.push(child(
         "aggregator".into(),
         "aggregator",
+        Principal::Aggregator,
         strings(&[
             "aggregator",
             "--listen",
@@ -257,20 +288,17 @@ fn plan(
             &args.data_dir.join("ledger").to_string_lossy(),
         ]),
         vec![
-            credential(Principal::Aggregator),
             secret_env("CONCORD_CLUSTER_SECRET", &secrets.cluster_secret),
             secret_env("CONCORD_ORACLE_TOKEN", &secrets.oracle_token),
         ],
-    ));
+    )?);
 
-    let shop_env = vec![
-        credential(Principal::Shop),
-        secret_env("CONCORD_ADMIN_TOKEN", &secrets.admin_token),
-    ];
+    let shop_env = vec![secret_env("CONCORD_ADMIN_TOKEN", &secrets.admin_token)];
     let shop_addr = ports.addr(concord::config::DEFAULT_SHOP_PRIMARY_ADDR)?;
     services.push(child(
         "shop-1".into(),
         "shop",
+        Principal::Shop,
         strings(&[
             "shop",
             "--listen",
@@ -283,12 +311,13 @@ fn plan(
             &args.data_dir.join("shop-1").to_string_lossy(),
         ]),
         shop_env.clone(),
-    ));
+    )?);
     if args.replication != "none" {
         let replica_addr = ports.addr(concord::config::DEFAULT_SHOP_REPLICA_ADDR)?;
         services.push(child(
             "shop-2".into(),
             "shop",
+            Principal::Shop,
             strings(&[
                 "shop",
                 "--listen",
@@ -305,13 +334,14 @@ fn plan(
                 &args.data_dir.join("shop-2").to_string_lossy(),
             ]),
             shop_env,
-        ));
+        )?);
     }
 
     let gateway_addr = ports.addr(concord::config::DEFAULT_GATEWAY_ADDR)?;
     services.push(child(
         "gateway".into(),
         "gateway",
+        Principal::Gateway,
         strings(&[
             "gateway",
             "--listen",
@@ -319,18 +349,19 @@ fn plan(
             "--registry",
             &registry,
         ]),
-        vec![credential(Principal::Gateway)],
-    ));
+        Vec::new(),
+    )?);
 
     let registry_tier = vec![child(
         "registry".into(),
         "registry",
+        Principal::Registry,
         strings(&["registry", "--listen", &registry]),
         vec![secret_env(
             "CONCORD_CLUSTER_SECRET",
             &secrets.cluster_secret,
         )],
-    )];
+    )?];
     Ok((registry_addr, vec![registry_tier, services]))
 }
 
