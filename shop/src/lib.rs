@@ -26,10 +26,10 @@ mod cart;
 mod catalog;
 mod convert;
 mod error;
-mod group_commit;
 mod keys;
 mod order;
 mod replication;
+mod segments;
 mod service;
 mod shop;
 mod store;
@@ -49,14 +49,17 @@ pub use cart::{CartItem, CartLine, CartView};
 pub use catalog::{NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
 pub use convert::PRIMARY_HINT_HEADER;
 pub use error::{Result, ShopError};
-pub use group_commit::{GroupCommitStats, DEFAULT_LINGER};
 pub use keys::{OrderId, ProductId};
 pub use order::{Order, OrderLine, OrderPage, OrderStatus, Placed};
 pub use replication::{
     OnReplicaLoss, ReplicationConfig, ReplicationMode, Replicator, Role, DEFAULT_SYNC_TIMEOUT,
 };
+pub use segments::{Recovered, SegmentLog, DEFAULT_SEGMENT_BYTES};
 pub use shop::Shop;
-pub use store::{Applied, Committed, Store, StoreConfig, Written};
+pub use store::{
+    Applied, Committed, GroupCommitStats, Store, StoreConfig, Written, DEFAULT_LINGER,
+    ID_TERM_STRIDE, WAL_DIR,
+};
 pub use validate::{
     DEFAULT_CURRENCY, DEFAULT_PAGE_SIZE, MAX_CART_LINES, MAX_DESCRIPTION_CHARS, MAX_FILTER_CHARS,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_LINE_QUANTITY, MAX_NAME_CHARS, MAX_PAGE_SIZE, MAX_PRICE_MINOR,
@@ -262,7 +265,7 @@ pub async fn serve(
         .await;
     let router = router
         .add_service(ShopServer::new(service::ShopService::new(
-            Shop::new(Arc::clone(&store))?,
+            Shop::with_linger(Arc::clone(&store), config.commit_linger)?,
             Arc::clone(&replicator),
             config.admin_token.clone(),
         )))
