@@ -4,17 +4,13 @@
 //! flush runs, so it must not sit on an async worker). Writes are validated on the
 //! caller's task (the domain's `*_op` functions), then queued to ONE writer thread through
 //! a bounded queue ([`WRITE_QUEUE_CAPACITY`]; a full queue makes the caller wait, it never
-//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]), runs the
-//! whole batch in ONE sled transaction ([`Store::transact_batch`]: each write keeps its own
-//! LSN and WAL entry and fails alone), flushes once, and only then replies to every caller
-//! of the batch: group commit without a hand-off; writes that arrive during the fsync
-//! form the next batch.
-//!
-//! Why one transaction per batch: sled 0.34 rolls its log buffer twice per transaction,
-//! and each roll is a `pwrite` + `sync_file_range` handed to sled's I/O threads (whose
-//! queue wakes all of them). One transaction per write spent about half the server's CPU
-//! there; see README "Measurements". If the flush fails, every write of the batch fails
-//! with `Unavailable` (committed in memory, not acknowledged).
+//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]) and runs
+//! it as ONE batch of the store's write path ([`Store::transact_batch`]: each write keeps
+//! its own LSN and WAL entry and fails alone; the batch is appended to the WAL with one
+//! `fdatasync`, then applied to sled), and only then replies to every caller of the
+//! batch: group commit without a hand-off; writes that arrive during the sync form the
+//! next batch. If the WAL write fails, every write of the batch fails with `Unavailable`
+//! (nothing applied, nothing acknowledged) and the store refuses writes until restarted.
 //!
 //! A method returning `Ok(Written { lsn, .. })` means the write is on disk; `lsn: None`
 //! means it changed nothing. Errors never leave partial writes behind. The writer thread
