@@ -185,6 +185,9 @@ struct Checkpoint {
     db: sled::Db,
     applied: AtomicU64,
     checkpointed: AtomicU64,
+    /// Set when `meta` changed outside the write path (trimming): flush even without new
+    /// applied writes.
+    dirty: AtomicBool,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -193,7 +196,8 @@ impl Checkpoint {
     /// Flushes sled if something was applied since the last checkpoint.
     fn run_once(&self) -> Result<()> {
         let applied = self.applied.load(Ordering::Acquire);
-        if applied > self.checkpointed.load(Ordering::Acquire) {
+        let dirty = self.dirty.swap(false, Ordering::AcqRel);
+        if dirty || applied > self.checkpointed.load(Ordering::Acquire) {
             self.db.flush()?;
             self.checkpointed.fetch_max(applied, Ordering::AcqRel);
         }
@@ -312,6 +316,7 @@ impl Store {
             db: db.clone(),
             applied: AtomicU64::new(applied),
             checkpointed: AtomicU64::new(applied),
+            dirty: AtomicBool::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
@@ -607,9 +612,9 @@ impl Store {
         self.check_intact()?;
         let last = self.last_lsn()?;
         let fresh: Vec<WalEntry> = entries.iter().filter(|e| e.lsn > last).cloned().collect();
-        let Some(first) = fresh.first() else {
+        if fresh.is_empty() {
             return Ok(Applied::Skipped(entries.last().map_or(last, |e| e.lsn)));
-        };
+        }
         for (i, entry) in fresh.iter().enumerate() {
             if entry.lsn != last + 1 + i as u64 {
                 return Err(ShopError::precondition(format!(
@@ -619,7 +624,6 @@ impl Store {
                 )));
             }
         }
-        let _ = first;
         self.commit_entries(&fresh)?;
         Ok(Applied::Applied(fresh.last().expect("not empty").lsn))
     }
@@ -683,6 +687,7 @@ impl Store {
         let mut trimmed = 0;
         if target > first && last > 0 {
             self.meta().insert(META_WAL_FIRST, &target.to_be_bytes())?;
+            self.checkpoint.dirty.store(true, Ordering::Release);
             self.wal_first.store(target, Ordering::Release);
             trimmed = (target - first) as usize;
         }

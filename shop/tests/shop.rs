@@ -285,7 +285,7 @@ async fn place_order_is_idempotent() {
     let lsn = shop.last_lsn().await;
     let second = c.place_order(place()).await.unwrap().into_inner();
     assert!(second.replayed);
-    let (first_write, second_write) = (first.write.clone().unwrap(), second.write.unwrap());
+    let (first_write, second_write) = (first.write.unwrap(), second.write.unwrap());
     assert_eq!(
         (second_write.lsn, second_write.term),
         (first_write.lsn, first_write.term),
