@@ -37,7 +37,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for d in pg1 pg2; do as_pg "$PGBIN/pg_ctl" -D "$WORK/$d" -m immediate stop >/dev/null 2>&1 || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -63,10 +63,9 @@ EOF
 echo "host replication all 127.0.0.1/32 trust" >>"$WORK/pg1/pg_hba.conf"
 as_pg "$PGBIN/pg_ctl" -D "$WORK/pg1" -l "$WORK/pg1.log" -w start >/dev/null
 as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P1" -U postgres -D "$WORK/pg2" -R -X stream >/dev/null
-cat >>"$WORK/pg2/postgresql.conf" <<EOF
-port = $P2
-primary_conninfo = 'host=127.0.0.1 port=$P1 user=postgres application_name=standby1'
-EOF
+echo "port = $P2" >>"$WORK/pg2/postgresql.conf"
+# postgresql.auto.conf (written by -R) wins over postgresql.conf: name the standby there.
+echo "primary_conninfo = 'host=127.0.0.1 port=$P1 user=postgres application_name=standby1'" >>"$WORK/pg2/postgresql.auto.conf"
 psql_p1() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$P1" -U postgres -qAtX -c "$1"; }
 psql_p1 "CREATE TABLE products (id bigserial PRIMARY KEY, name text NOT NULL, price_minor bigint NOT NULL, stock bigint NOT NULL)"
 echo "INSERT INTO products (name, price_minor, stock) VALUES ('bench product', 100, 10);" >"$WORK/insert.sql"
@@ -76,7 +75,7 @@ pg_mode() { # none | sync
   if [ "$1" = sync ]; then
     as_pg "$PGBIN/pg_ctl" -D "$WORK/pg2" -l "$WORK/pg2.log" -w start >/dev/null 2>&1 || true
     psql_p1 "ALTER SYSTEM SET synchronous_standby_names = 'standby1'" && psql_p1 "SELECT pg_reload_conf()" >/dev/null
-    for _ in $(seq 100); do
+    for _ in $(seq 300); do
       [ "$(psql_p1 "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming'")" = 1 ] && return
       sleep 0.1
     done
