@@ -7,17 +7,21 @@
 //! 2. the domain (`catalog`, `cart`, `order`) validates the input (`validate`, `keys`)
 //!    *before* touching storage and returns the write as a `WriteOp`, which `shop` queues
 //!    for its single writer thread (reads run on the blocking pool);
-//! 3. the writer runs everything queued in ONE `store` transaction; each write records
-//!    its puts/deletes into its own `wal` entry under the next gap-free LSN, and one that
-//!    fails is rolled back to its savepoint without touching the others;
-//! 4. the writer flushes once per batch (group commit: one fsync covers every write
-//!    queued meanwhile) and only then replies; other `transact` callers use the
-//!    `group_commit` flusher;
+//! 3. the writer takes everything queued as ONE batch of the `store`'s write path: each
+//!    write runs against the trees plus the batch's pending changes and records its
+//!    puts/deletes as one `wal` entry under the next gap-free LSN (one that fails is rolled
+//!    back to its savepoint without touching the others);
+//! 4. the batch's entries are appended to the WAL segment files (`segments`) with ONE
+//!    `fdatasync` (group commit; the WAL is the log of record), then applied to the sled
+//!    trees (flushed in the background: a checkpoint) and published to the shipper, and
+//!    only then does the writer reply;
 //! 5. `replication` completes it per mode (sync waits for the replica's ack) and the reply
 //!    carries `WriteInfo { lsn, replicated, degraded, term }`.
 //!
 //! Failure behaviour: a rejected request changes nothing; a crash loses no acknowledged
-//! write and never leaves half an order (sled recovers transactions atomically). See each
+//! write and never leaves half an order (start-up replays the WAL above sled's checkpoint;
+//! a torn record at the WAL's tail was never acknowledged and is dropped, a corrupt one
+//! before it stops start-up). See each
 //! module's docs for its invariants; `replication` states what each mode promises, the
 //! failover timing, the split-brain fence and the WAL trimming rule. Non-goals:
 //! multi-replica quorums.
@@ -26,10 +30,10 @@ mod cart;
 mod catalog;
 mod convert;
 mod error;
-mod group_commit;
 mod keys;
 mod order;
 mod replication;
+mod segments;
 mod service;
 mod shop;
 mod store;
@@ -49,14 +53,17 @@ pub use cart::{CartItem, CartLine, CartView};
 pub use catalog::{NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
 pub use convert::PRIMARY_HINT_HEADER;
 pub use error::{Result, ShopError};
-pub use group_commit::{GroupCommitStats, DEFAULT_LINGER};
 pub use keys::{OrderId, ProductId};
 pub use order::{Order, OrderLine, OrderPage, OrderStatus, Placed};
 pub use replication::{
     OnReplicaLoss, ReplicationConfig, ReplicationMode, Replicator, Role, DEFAULT_SYNC_TIMEOUT,
 };
+pub use segments::{Recovered, SegmentLog, DEFAULT_SEGMENT_BYTES};
 pub use shop::Shop;
-pub use store::{Applied, Committed, Store, StoreConfig, Written};
+pub use store::{
+    Applied, Committed, GroupCommitStats, Store, StoreConfig, Written, DEFAULT_LINGER,
+    ID_TERM_STRIDE, WAL_DIR,
+};
 pub use validate::{
     DEFAULT_CURRENCY, DEFAULT_PAGE_SIZE, MAX_CART_LINES, MAX_DESCRIPTION_CHARS, MAX_FILTER_CHARS,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_LINE_QUANTITY, MAX_NAME_CHARS, MAX_PAGE_SIZE, MAX_PRICE_MINOR,
@@ -288,7 +295,7 @@ pub async fn serve(
         .await;
     let router = router
         .add_service(ShopServer::new(service::ShopService::new(
-            Shop::new(Arc::clone(&store))?,
+            Shop::with_linger(Arc::clone(&store), config.commit_linger)?,
             Arc::clone(&replicator),
             config.admin_token.clone(),
         )))

@@ -128,8 +128,12 @@ pub struct Order {
     pub created_at_ms: i64,
     /// Last status change, ms since the Unix epoch.
     pub updated_at_ms: i64,
-    /// LSN of the placing write (a replay waits for it to be durable).
+    /// LSN of the placing write (a replayed PlaceOrder reports it).
     pub placed_lsn: Lsn,
+    /// Term the order was placed in (a replayed PlaceOrder reports it; 0 for orders
+    /// stored before this field existed).
+    #[serde(default)]
+    pub placed_term: u64,
 }
 
 /// Result of PlaceOrder.
@@ -242,6 +246,7 @@ pub fn place_op(user: String, idempotency_key: String) -> Result<impl WriteOp<Pl
             created_at_ms: tx.now_ms(),
             updated_at_ms: tx.now_ms(),
             placed_lsn: tx.lsn()?,
+            placed_term: tx.term(),
         };
         save(tx, &order)?;
         tx.put(

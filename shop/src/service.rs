@@ -226,15 +226,18 @@ impl ShopApi for ShopService {
         self.replicator.check_writable()?;
         let r = request.into_inner();
         let written = self.shop.place_order(r.user_id, r.idempotency_key).await?;
-        // A replay reports lsn 0 but must not be acknowledged before the original is
-        // (replicated) either: finish it at the original order's LSN.
+        // A replay reports the LSN and term the order was first placed in, and is not
+        // acknowledged before the original is (replicated): finish it at that LSN.
         let write = if written.value.replayed {
-            let mut info = self
-                .replicator
-                .finish_write(Some(written.value.order.placed_lsn), written.term)
-                .await?;
-            info.lsn = 0;
-            info
+            let order = &written.value.order;
+            let term = if order.placed_term == 0 {
+                written.term
+            } else {
+                order.placed_term
+            };
+            self.replicator
+                .finish_write(Some(order.placed_lsn), term)
+                .await?
         } else {
             self.finish(&written).await?
         };

@@ -4,17 +4,13 @@
 //! flush runs, so it must not sit on an async worker). Writes are validated on the
 //! caller's task (the domain's `*_op` functions), then queued to ONE writer thread through
 //! a bounded queue ([`WRITE_QUEUE_CAPACITY`]; a full queue makes the caller wait, it never
-//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]), runs the
-//! whole batch in ONE sled transaction ([`Store::transact_batch`]: each write keeps its own
-//! LSN and WAL entry and fails alone), flushes once, and only then replies to every caller
-//! of the batch: group commit without a hand-off; writes that arrive during the fsync
-//! form the next batch.
-//!
-//! Why one transaction per batch: sled 0.34 rolls its log buffer twice per transaction,
-//! and each roll is a `pwrite` + `sync_file_range` handed to sled's I/O threads (whose
-//! queue wakes all of them). One transaction per write spent about half the server's CPU
-//! there; see README "Measurements". If the flush fails, every write of the batch fails
-//! with `Unavailable` (committed in memory, not acknowledged).
+//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]) and runs
+//! it as ONE batch of the store's write path ([`Store::transact_batch`]: each write keeps
+//! its own LSN and WAL entry and fails alone; the batch is appended to the WAL with one
+//! `fdatasync`, then applied to sled), and only then replies to every caller of the
+//! batch: group commit without a hand-off; writes that arrive during the sync form the
+//! next batch. If the WAL write fails, every write of the batch fails with `Unavailable`
+//! (nothing applied, nothing acknowledged) and the store refuses writes until restarted.
 //!
 //! A method returning `Ok(Written { lsn, .. })` means the write is on disk; `lsn: None`
 //! means it changed nothing. Errors never leave partial writes behind. The writer thread
@@ -22,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -100,10 +97,17 @@ impl Drop for Writer {
 }
 
 /// The writer thread's loop (module docs).
-fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>) {
+fn run_writer(
+    store: &Store,
+    write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>,
+    linger: Duration,
+) {
     let mut batch: Vec<Box<dyn QueuedWrite>> = Vec::with_capacity(MAX_WRITE_BATCH);
     while let Some(first) = write_rx.blocking_recv() {
         batch.push(first);
+        if !linger.is_zero() {
+            std::thread::sleep(linger);
+        }
         while batch.len() < MAX_WRITE_BATCH {
             match write_rx.try_recv() {
                 Ok(write) => batch.push(write),
@@ -123,33 +127,21 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>
             term,
             writes: outcomes,
         } = outcomes.unwrap_or_else(|e| {
-            tracing::error!(error = %e, batch = batch.len(), "batch transaction failed");
+            tracing::error!(error = %e, batch = batch.len(), "batch commit failed");
             BatchOutcome {
                 term: store.term(),
                 writes: vec![Err(e); batch.len()],
             }
         });
-        let max_lsn = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().ok().copied().flatten())
-            .max();
-        let flushed = match max_lsn {
-            Some(lsn) => store.flush_through(lsn, batch.len()),
-            None => Ok(()),
-        };
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, batch = batch.len(), "batch flush failed");
-        }
         for (write, outcome) in batch.drain(..).zip(outcomes) {
-            // The write's own error stands; a committed write is only as good as the flush.
-            write.finish(outcome.and_then(|lsn| flushed.clone().map(|()| lsn)), term);
+            write.finish(outcome, term);
         }
     }
     let stats = store.commit_stats();
     tracing::info!(
-        flushes = stats.flushes,
+        syncs = stats.flushes,
         writes = stats.writes,
-        flush_ms = stats.flush_micros / 1000,
+        sync_ms = stats.flush_micros / 1000,
         "shop writer stopped"
     );
 }
@@ -157,16 +149,22 @@ fn run_writer(store: &Store, write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>
 impl Shop {
     /// Opens the store at `config.path`.
     pub fn open(config: &StoreConfig) -> Result<Self> {
-        Self::new(Arc::new(Store::open(config)?))
+        Self::with_linger(Arc::new(Store::open(config)?), config.linger)
     }
 
     /// Wraps an already open store and starts its writer thread.
     pub fn new(store: Arc<Store>) -> Result<Self> {
+        Self::with_linger(store, crate::store::DEFAULT_LINGER)
+    }
+
+    /// [`new`](Self::new) with a group-commit linger: the writer waits this long after the
+    /// first queued write before it takes the batch.
+    pub fn with_linger(store: Arc<Store>, linger: Duration) -> Result<Self> {
         let (write_tx, mut write_rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let writer_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("shop-writer".into())
-            .spawn(move || run_writer(&writer_store, &mut write_rx))
+            .spawn(move || run_writer(&writer_store, &mut write_rx, linger))
             .map_err(|e| ShopError::internal(format!("cannot start writer thread: {e}")))?;
         let writer = Writer {
             write_tx: Some(write_tx),
@@ -189,7 +187,11 @@ impl Shop {
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
     {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || op(&store)).await?
+        tokio::task::spawn_blocking(move || {
+            let _view = store.read_view();
+            op(&store)
+        })
+        .await?
     }
 
     /// Queues a validated write and waits until it is durable (or failed).
@@ -285,14 +287,9 @@ impl Shop {
         user: String,
         idempotency_key: String,
     ) -> Result<Written<Placed>> {
-        let written = self.write(order::place_op(user, idempotency_key)?).await?;
-        if written.value.replayed {
-            self.store
-                .durable_ticket(written.value.order.placed_lsn)
-                .wait()
-                .await?;
-        }
-        Ok(written)
+        // A replay found the order in the trees, and nothing is applied there before its
+        // WAL record is durable: the original is durable too.
+        self.write(order::place_op(user, idempotency_key)?).await
     }
 
     /// Reads an order.

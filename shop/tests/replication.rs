@@ -233,7 +233,8 @@ async fn promote_replica() {
 
 /// After a failover the old primary rejoins as a replica; its unreplicated write (same
 /// LSN, older term) is detected as divergence and replaced by a snapshot of the new
-/// primary.
+/// primary. The new primary never issues the lost write's id again: it answers NOT_FOUND
+/// on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diverged_old_primary_gets_snapshot() {
     let (dir, primary, replica) = start_pair(ReplicationMode::Async, OnReplicaLoss::Fail).await;
@@ -256,7 +257,21 @@ async fn diverged_old_primary_gets_snapshot() {
         .unwrap();
     let mut np = new_primary.client();
     let fresh = create(&mut np, "Written in term 2", 100, 5).await;
-    assert_eq!(fresh.id, lost.id, "same id/LSN, different history");
+    assert_ne!(
+        fresh.id, lost.id,
+        "a new term must not issue a lost write's id again"
+    );
+    let missing = np
+        .get_product(pb::GetProductRequest {
+            id: lost.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.code(),
+        Code::NotFound,
+        "a lost id is gone, not reused"
+    );
 
     let np_addr = new_primary.addr.to_string();
     let old = start(&dir.path().join("primary"), |c| {
@@ -289,6 +304,11 @@ async fn diverged_old_primary_gets_snapshot() {
     .await
     .unwrap();
     assert_eq!(old.status().await.term, 2);
+    let missing = o
+        .get_product(pb::GetProductRequest { id: lost.id })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
     // Writing more on the new primary keeps flowing after the snapshot.
     create(&mut np, "After snapshot", 1, 1).await;
     assert!(caught_up(&new_primary, &old).await);

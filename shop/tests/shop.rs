@@ -285,7 +285,12 @@ async fn place_order_is_idempotent() {
     let lsn = shop.last_lsn().await;
     let second = c.place_order(place()).await.unwrap().into_inner();
     assert!(second.replayed);
-    assert_eq!(second.write.unwrap().lsn, 0);
+    let (first_write, second_write) = (first.write.unwrap(), second.write.unwrap());
+    assert_eq!(
+        (second_write.lsn, second_write.term),
+        (first_write.lsn, first_write.term),
+        "a replay reports the LSN and term the order was placed in"
+    );
     assert_eq!(second.order, first.order);
     assert_eq!(shop.last_lsn().await, lsn, "a replay writes nothing");
     c.add_cart_item(add(1)).await.unwrap();
