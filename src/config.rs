@@ -1,4 +1,4 @@
-//! Defaults every role shares (the port plan in README's table, tokens for a laptop demo) and small
+//! Defaults every role shares (the port plan in README's table, the lease TTL) and small
 //! helpers to bind and announce a listener.
 //!
 //! Each binary's own `Config` struct lives with its crate; this module holds only what is
@@ -21,14 +21,6 @@ pub const DEFAULT_SHOP_PRIMARY_ADDR: &str = "127.0.0.1:50060";
 pub const DEFAULT_SHOP_REPLICA_ADDR: &str = "127.0.0.1:50061";
 /// Default web gateway address.
 pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:8080";
-
-/// Admin token used when none is configured. Fine on a laptop; set `CONCORD_ADMIN_TOKEN`
-/// anywhere else (the servers log a warning when they run with it).
-pub const DEV_ADMIN_TOKEN: &str = "concord-dev-admin";
-/// Oracle token used when none is configured (see [`DEV_ADMIN_TOKEN`]).
-pub const DEV_ORACLE_TOKEN: &str = "concord-dev-oracle";
-/// Cluster secret used when none is configured (see [`DEV_ADMIN_TOKEN`]).
-pub const DEV_CLUSTER_SECRET: &str = "concord-dev-cluster-secret";
 
 /// Lease TTL services register with by default: failover notices a dead primary within it.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);

@@ -106,7 +106,8 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            admin_token: concord::config::DEV_ADMIN_TOKEN.to_string(),
+            // Random: nobody can administer a shop whose token was not configured.
+            admin_token: concord::secrets::random_token(),
             registry_addr: None,
             advertise_addr: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
@@ -193,9 +194,6 @@ pub async fn serve(
             "shop has no credential: it refuses every Replicate stream and follows no primary \
              (standalone only; set --credential / CONCORD_CREDENTIAL)"
         );
-    }
-    if config.admin_token == concord::config::DEV_ADMIN_TOKEN {
-        tracing::warn!("shop runs with the development admin token; set CONCORD_ADMIN_TOKEN");
     }
     let replication = fence(&config, &store, &address).await?;
     let fenced = replication.primary_addr.as_deref() == Some("");

@@ -310,7 +310,7 @@ async fn journey(
         t.starts_with(&format!("{NODES}/{NODES} nodes answered"))
     })
     .await?;
-    fill(client, "#oracle-token", concord::config::DEV_ORACLE_TOKEN).await?;
+    fill(client, "#oracle-token", concord_testkit::ORACLE_TOKEN).await?;
     click(client, "[data-testid=report-label][data-label='0']").await?;
     wait_text(client, "#outcome-result", |t| {
         t.contains("Consensus was right")

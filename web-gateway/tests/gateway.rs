@@ -989,7 +989,7 @@ async fn consensus_round_trip_through_http() -> Result<()> {
     let report = || {
         h.http
             .post(h.url("/api/outcomes"))
-            .bearer_auth(concord::config::DEV_ORACLE_TOKEN)
+            .bearer_auth(concord_testkit::ORACLE_TOKEN)
             .json(&outcome)
             .send()
     };

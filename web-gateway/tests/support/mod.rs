@@ -499,10 +499,7 @@ pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsen
     let mut config = concord_aggregator::AggregatorConfig::with_ledger(
         registry_addr.to_owned(),
         dir.path().join("ledger"),
-        concord_aggregator::staking::StakingAuth {
-            oracle_token: concord::config::DEV_ORACLE_TOKEN.to_owned(),
-            ..concord_testkit::staking_auth()
-        },
+        concord_testkit::staking_auth(),
     );
     config.credential = Some(concord_testkit::credential(Principal::Aggregator));
     let aggregator = concord_testkit::aggregator(config).await;
