@@ -5,14 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run_grpcurl, Process};
+// The cluster secret of these processes: the one `common::command` gives the registry.
+use common::{run_grpcurl, Process, CLUSTER_SECRET};
 use concord::identity::{ClusterSecret, Principal};
 use concord::pb::predict::v1::{
     predictor_client::PredictorClient, Policy, PredictRequest, VoteStatus,
 };
-
-/// The cluster secret of these processes (tests only).
-const CLUSTER_SECRET: &str = "predict-processes-test-secret";
 
 /// A registry, `nodes` nodes that each stake 1000 for themselves with their credential
 /// (the ledger grants nothing), and the aggregator.

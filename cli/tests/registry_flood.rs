@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Process;
+use common::{eventually, Process};
 use concord::{
     identity::{ClusterSecret, Principal},
     pb::{
@@ -50,22 +50,6 @@ async fn status(addr: &str) -> Option<pb::GetReplicationStatusResponse> {
         .await
         .ok()
         .map(tonic::Response::into_inner)
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 /// One flood registration: `credential` None = anonymous.

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{product, Process};
+use common::{eventually, product, Process};
 use concord::pb::registry::v1::registry_client::RegistryClient;
 use concord::pb::registry::v1::ResolveRequest;
 use concord::pb::shop::v1 as pb;
@@ -144,21 +144,6 @@ async fn status(addr: &str) -> Option<pb::GetReplicationStatusResponse> {
         .await
         .ok()
         .map(tonic::Response::into_inner)
-}
-
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 /// `(address, role, term)` of every registered shop.

@@ -229,3 +229,19 @@ pub async fn orders_of(
         .into_inner()
         .orders
 }
+
+/// Polls `check` every 20 ms until it holds (true) or `timeout` passes (false).
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
