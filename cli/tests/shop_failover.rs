@@ -90,12 +90,10 @@ struct ShopSpec {
     args: Vec<String>,
 }
 
-/// The shop credential of this test's cluster, as `--credential` takes it.
+/// The shop credential of this test's cluster (the harness's secret, which its registry
+/// checks), as `--credential` takes it.
 fn shop_credential() -> String {
-    concord::identity::ClusterSecret::new("shop-failover-test-secret")
-        .expect("secret")
-        .issue(concord::identity::Principal::Shop)
-        .encode()
+    common::credential(concord::identity::Principal::Shop).encode()
 }
 
 impl ShopSpec {
