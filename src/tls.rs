@@ -238,10 +238,11 @@ pub fn installed() -> Option<&'static Tls> {
     PROCESS_TLS.get()
 }
 
-/// Installs rustls's `ring` provider as the process default, once. tonic's server side
+/// Installs rustls's `ring` provider as the process default, once (idempotent; a test whose
+/// binary also links another provider calls it before any TLS client). tonic's server side
 /// takes the default provider, and with another provider compiled in (a dev-dependency's
 /// `aws-lc-rs`) rustls could not choose one by itself.
-fn ensure_crypto_provider() {
+pub fn ensure_crypto_provider() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // Err only when another provider was installed first, which is just as good.

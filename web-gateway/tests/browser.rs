@@ -411,6 +411,9 @@ async fn ui_journey_in_headless_chromium() -> Result<()> {
         .await
         .context("the consensus never had all nodes")?;
 
+    // The WebDriver client's rustls and our tonic's link two crypto providers into this
+    // binary; pick ours before any TLS client exists.
+    concord::tls::ensure_crypto_provider();
     let driver = Chromedriver::start(&driver_path).await?;
     let profile = tempfile::tempdir()?;
     let client = driver.client(profile.path()).await?;

@@ -839,7 +839,9 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
 }
 
 /// A write sent to a replica (the registry still lists it as primary) is re-sent to the
-/// primary it names, even a plain non-idempotent write: the replica did nothing.
+/// primary it names, even a plain non-idempotent write: the replica did nothing. The hint is
+/// followed only to a shop the registry lists: the request carries the admin token, and a
+/// hint is a claim inside a message.
 #[tokio::test]
 async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
     let h = Harness::start().await?;
@@ -854,6 +856,34 @@ async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
         )
         .await?;
     assert_eq!(wait_until_served(&h, "/api/products").await?.status(), 200);
+
+    // The hinted primary is not in the registry: the token is not sent there.
+    let response = h
+        .http
+        .post(h.url("/api/products"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "Mug", "price_minor": 500, "stock": 3}))
+        .send()
+        .await?;
+    assert_eq!(
+        response.status(),
+        503,
+        "an unlisted hinted primary is never called"
+    );
+
+    // Listed (the registry's view is stale: it calls it a replica), the hint is followed.
+    let _listed = h
+        .register(
+            "shop",
+            &primary.server.addr.to_string(),
+            &[("role", "replica"), ("term", "1")],
+        )
+        .await?;
+    poll_json(&h, "/api/services/shop", |_, v| {
+        v["instances"].as_array().map(Vec::len) == Some(2)
+    })
+    .await
+    .context("the gateway never saw both shops")?;
 
     let response = h
         .http
