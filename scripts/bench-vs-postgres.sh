@@ -92,6 +92,16 @@ pg_run() { # concurrency -> tps
 }
 
 # ---- Concord shops: none, sync pair, async pair ----
+# A throwaway cluster: random secrets under $WORK/cluster/secrets, every shop holds the shop
+# credential (shops replicate only with a shop), the bench the admin token (environment,
+# not arguments).
+mkdir -p -m 700 "$WORK/cluster/secrets"
+for f in cluster-secret admin-token oracle-token; do
+  (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$WORK/cluster/secrets/$f")
+done
+CONCORD_CREDENTIAL=$("$CONCORD" token credential shop --data-dir "$WORK/cluster")
+CONCORD_ADMIN_TOKEN=$("$CONCORD" token admin --data-dir "$WORK/cluster")
+export CONCORD_CREDENTIAL CONCORD_ADMIN_TOKEN
 start_shop() { # name port args...
   local name=$1 port=$2; shift 2
   "$CONCORD" shop --listen "127.0.0.1:$port" --data-dir "$WORK/$name" "$@" >"$WORK/$name.log" 2>&1 &
