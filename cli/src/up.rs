@@ -80,12 +80,7 @@ pub fn cluster_secrets(
     admin_token: Option<String>,
     oracle_token: Option<String>,
 ) -> anyhow::Result<Secrets> {
-    let stored = Secrets::load_or_create(data_dir).map_err(|err| {
-        anyhow::anyhow!(
-            "cannot read or create the secrets in {}: {err}",
-            concord::secrets::dir(data_dir).display()
-        )
-    })?;
+    let stored = crate::roles::stored_secrets(data_dir)?;
     let secrets = Secrets {
         cluster_secret: cluster_secret.unwrap_or(stored.cluster_secret),
         admin_token: admin_token.unwrap_or(stored.admin_token),

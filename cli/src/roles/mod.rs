@@ -42,17 +42,22 @@ pub struct SecretsSource {
 impl SecretsSource {
     /// The stored secrets (created when missing); logs where they came from.
     pub fn load(&self) -> anyhow::Result<concord::secrets::Secrets> {
-        let dir = concord::secrets::dir(&self.cluster_data_dir);
-        let secrets =
-            concord::secrets::Secrets::load_or_create(&self.cluster_data_dir).map_err(|err| {
-                anyhow::anyhow!(
-                    "cannot read or create the secrets in {}: {err}",
-                    dir.display()
-                )
-            })?;
-        tracing::info!(dir = %dir.display(), "using the cluster secrets stored on disk");
-        Ok(secrets)
+        stored_secrets(&self.cluster_data_dir)
     }
+}
+
+/// The secrets stored under `data_dir` (created at random when missing, as `concord up`
+/// does); logs where they came from, never their values.
+pub fn stored_secrets(data_dir: &std::path::Path) -> anyhow::Result<concord::secrets::Secrets> {
+    let dir = concord::secrets::dir(data_dir);
+    let secrets = concord::secrets::Secrets::load_or_create(data_dir).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read or create the secrets in {}: {err}",
+            dir.display()
+        )
+    })?;
+    tracing::info!(dir = %dir.display(), "using the cluster secrets stored on disk");
+    Ok(secrets)
 }
 
 /// Parses a `--credential` value.

@@ -30,13 +30,7 @@ impl Args {
             tracing::info!("cluster secret from --cluster-secret / CONCORD_CLUSTER_SECRET");
             return Ok(ClusterSecret::new(secret.as_str())?);
         }
-        let secrets = concord::secrets::Secrets::load_or_create(&self.data_dir).map_err(|err| {
-            anyhow::anyhow!(
-                "cannot read or create the secrets in {}: {err}",
-                concord::secrets::dir(&self.data_dir).display()
-            )
-        })?;
-        tracing::info!(dir = %concord::secrets::dir(&self.data_dir).display(), "cluster secret from the data directory");
+        let secrets = super::stored_secrets(&self.data_dir)?;
         Ok(ClusterSecret::new(secrets.cluster_secret)?)
     }
 }
