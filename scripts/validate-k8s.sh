@@ -34,7 +34,8 @@ secrets_args=()
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 if [ -n "$concord" ]; then
-  CONCORD_BIN="$concord" deploy/kubernetes/make-secrets.sh --data-dir "$tmp/data" >"$tmp/secrets.yaml"
+  CONCORD_BIN="$concord" deploy/kubernetes/make-secrets.sh --data-dir "$tmp/data" --tls \
+    >"$tmp/secrets.yaml"
   secrets_args=(--secrets "$tmp/secrets.yaml")
 elif [ "${CI:-}" = "true" ]; then
   echo "validate-k8s: no concord binary to generate the Secrets with (build it first)" >&2

@@ -14,19 +14,24 @@
 # cluster's admin token. Credentials are derived by `concord token credential`, the one
 # implementation of the derivation. Nothing is written to the repository.
 #
-# Usage: make-secrets.sh [--data-dir DIR] [--namespace NS] [--nodes N] | kubectl apply -f -
+# --tls adds each role's certificate for mutual TLS (the mtls/ variant): `tls.crt`,
+# `tls.key` and `ca.crt`, made by `concord certs` in <data-dir>/certs/ (reused when there).
+#
+# Usage: make-secrets.sh [--data-dir DIR] [--namespace NS] [--nodes N] [--tls] | kubectl apply -f -
 # The `concord` binary: $CONCORD_BIN, else `concord` on PATH.
 set -euo pipefail
 
 data_dir=./data/k8s
 namespace=concord
 nodes=5
+tls=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-dir) data_dir="$2"; shift 2 ;;
     --namespace) namespace="$2"; shift 2 ;;
     --nodes) nodes="$2"; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --tls) tls=true; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "make-secrets.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,25 +56,36 @@ for name in cluster-secret admin-token oracle-token; do
 done
 read_secret() { tr -d ' \n' < "$secrets/$1"; }
 credential() { "$concord" token credential "$1" --data-dir "$data_dir"; }
+certs="$data_dir/certs"
+if [ "$tls" = true ]; then
+  RUST_LOG=warn "$concord" certs --out "$certs" --nodes "$nodes" >/dev/null
+fi
 
-# One Secret; the remaining arguments are key=value pairs (hex and `principal:hex` only,
-# so a double-quoted YAML scalar needs no escaping).
+# One Secret: its name, the file stem of its certificate in $certs (with --tls), then
+# key=value pairs (hex and `principal:hex` only, so a double-quoted YAML scalar needs no
+# escaping). PEM files go base64-encoded under `data`.
 secret() {
-  local name="$1"; shift
+  local name="$1" cert="$2"; shift 2
   printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\n' "$name" "$namespace"
   printf '  labels:\n    app.kubernetes.io/name: concord\ntype: Opaque\nstringData:\n'
   local pair
   for pair in "$@"; do
     printf '  %s: "%s"\n' "${pair%%=*}" "${pair#*=}"
   done
+  if [ "$tls" = true ] && [ -n "$cert" ]; then
+    printf 'data:\n'
+    printf '  tls.crt: %s\n' "$(base64 -w0 < "$certs/$cert.pem")"
+    printf '  tls.key: %s\n' "$(base64 -w0 < "$certs/$cert.key")"
+    printf '  ca.crt: %s\n' "$(base64 -w0 < "$certs/ca.pem")"
+  fi
 }
 
 cluster_secret="$(read_secret cluster-secret)"
-secret concord-registry "cluster-secret=$cluster_secret"
-secret concord-aggregator "cluster-secret=$cluster_secret" \
+secret concord-registry registry "cluster-secret=$cluster_secret"
+secret concord-aggregator aggregator "cluster-secret=$cluster_secret" \
   "oracle-token=$(read_secret oracle-token)" "credential=$(credential aggregator)"
-secret concord-shop "admin-token=$(read_secret admin-token)" "credential=$(credential shop)"
-secret concord-gateway "credential=$(credential gateway)"
+secret concord-shop shop "admin-token=$(read_secret admin-token)" "credential=$(credential shop)"
+secret concord-gateway gateway "credential=$(credential gateway)"
 for n in $(seq 1 "$nodes"); do
-  secret "concord-node-$n" "credential=$(credential "node/node-$n")"
+  secret "concord-node-$n" "node.node-$n" "credential=$(credential "node/node-$n")"
 done

@@ -20,7 +20,8 @@ that does not exist) would only show up when someone deploys. This script catche
    variable and `--flag` is one the role reads (parsed from `cli/src/roles/`), every
    container has resource requests and limits, runs non-root on a read-only root file
    system without privileges, and has liveness and readiness probes (native gRPC for the
-   gRPC roles).
+   gRPC roles; a TCP check only where the role runs mutual TLS, which the kubelet's gRPC
+   probe cannot pass).
 
 Exit status 1 with one line per problem when anything fails.
 """
@@ -44,7 +45,7 @@ import yaml
 OLDEST_KUBERNETES = "1.29.0"
 
 # The kustomizations to render, relative to deploy/kubernetes.
-KUSTOMIZATIONS = [".", "base", "etcd", "external-etcd"]
+KUSTOMIZATIONS = [".", "base", "etcd", "external-etcd", "mtls"]
 
 # Kinds without a namespace (the namespace transformer leaves them alone).
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
@@ -329,6 +330,15 @@ def check_workload(where, obj, ns, configmaps, secret_keys, cli, problems) -> No
         problems.add(where, "no Concord pod talks to the Kubernetes API: "
                             "automountServiceAccountToken: false")
     volumes = {v["name"] for v in pod.get("volumes", [])}
+    for volume in pod.get("volumes", []):
+        source = volume.get("secret")
+        if source is None or secret_keys is None:
+            continue
+        keys = secret_keys.get((ns, source["secretName"]), set())
+        for item in source.get("items", []):
+            if item["key"] not in keys:
+                problems.add(where, f"volume {volume['name']}: make-secrets.sh makes no Secret "
+                                    f"{source['secretName']} with key {item['key']}")
     volumes |= {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
     for c in pod.get("containers", []):
         cwhere = f"{where} container {c['name']}"
@@ -406,14 +416,20 @@ def check_concord_container(where, c, cli: RoleCli, problems) -> None:
             problems.add(where, f"concord {role} has no flag --{flag}")
     grpc_port = next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == "grpc"),
                      None)
+    mutual_tls = any(v["name"] == "CONCORD_TLS_CERT" for v in c.get("env", []))
     for probe in ("readinessProbe", "livenessProbe"):
         spec = c.get(probe, {})
-        if role in GRPC_ROLES:
-            if "grpc" not in spec:
-                problems.add(where, f"{probe} must be a native gRPC probe (grpc.health.v1)")
+        if role not in GRPC_ROLES:
+            continue
+        if "grpc" in spec:
+            if mutual_tls:
+                problems.add(where, f"{probe}: the kubelet's gRPC probe cannot pass mutual TLS")
             elif spec["grpc"].get("port") != grpc_port:
                 problems.add(where, f"{probe} probes port {spec['grpc'].get('port')}, "
                                     f"not the grpc port {grpc_port}")
+        elif not (mutual_tls and spec.get("tcpSocket", {}).get("port") in ("grpc", grpc_port)):
+            problems.add(where, f"{probe} must be a native gRPC probe (grpc.health.v1), or a "
+                                "TCP check of the grpc port under mutual TLS")
 
 
 # ---------------------------------------------------------------- main
