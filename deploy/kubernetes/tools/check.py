@@ -87,7 +87,7 @@ def ident(obj: dict) -> str:
 # ---------------------------------------------------------------- rendering
 
 
-def render(folder: Path, problems: Problems) -> list[dict]:
+def render(folder: Path) -> list[dict]:
     """The objects `kustomize build folder` gives, for the features we use."""
     kfile = folder / "kustomization.yaml"
     docs = load_docs(kfile)
@@ -105,7 +105,7 @@ def render(folder: Path, problems: Problems) -> list[dict]:
     for entry in k.get("resources", []):
         path = folder / entry
         if path.is_dir():
-            objects.extend(render(path, problems))
+            objects.extend(render(path))
         elif path.is_file():
             objects.extend(load_docs(path))
         else:
@@ -458,7 +458,7 @@ def main() -> int:
     for rel in KUSTOMIZATIONS:
         folder = root / rel
         try:
-            objects = render(folder, problems)
+            objects = render(folder)
         except (ValueError, OSError, yaml.YAMLError, jsonpatch.JsonPatchException,
                 jsonpatch.JsonPointerException) as err:
             problems.add(rel, f"cannot render: {err}")
