@@ -420,10 +420,10 @@ def check_concord_container(where, c, cli: RoleCli, problems) -> None:
     grpc_port = next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == "grpc"),
                      None)
     mutual_tls = any(v["name"] == "CONCORD_TLS_CERT" for v in c.get("env", []))
-    for probe in ("readinessProbe", "livenessProbe"):
-        spec = c.get(probe, {})
-        if role not in GRPC_ROLES:
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe not in c or role not in GRPC_ROLES:
             continue
+        spec = c[probe]
         if "grpc" in spec:
             if mutual_tls:
                 problems.add(where, f"{probe}: the kubelet's gRPC probe cannot pass mutual TLS")
