@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README.md, and what .ci/run calls): installs what the tests need
 # when it is missing, then checks formatting, the proto lint, clippy and rustdoc with
-# warnings as errors, and runs every test.
+# warnings as errors, runs every test and validates the Kubernetes manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,5 +53,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 
 log "cargo test"
 cargo test --workspace
+
+# After the tests: they built target/debug/concord, which generates the Secrets checked.
+log "Kubernetes manifests (offline: schemas, references, house rules)"
+scripts/validate-k8s.sh
 
 log "disk used by target/: $(du -sh target 2>/dev/null | cut -f1)"
