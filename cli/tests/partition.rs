@@ -68,7 +68,7 @@ impl Cluster {
     /// rather than refusing, so writes can go on while alpha is away). `None` when this
     /// machine cannot make namespaces (see [`Network::create`]).
     async fn start(mode: &str) -> Option<Cluster> {
-        let net = Network::create(&["registry", "alpha", "beta"])?;
+        let net = Network::create(&["registry", "alpha", "beta", "gateway"])?;
         let registry = net.spawn(
             "registry",
             &["registry", "--listen", &net.listen("registry")],
@@ -588,7 +588,6 @@ async fn registry_outage(mode: &str, outage: Duration) {
 
 /// Registry unreachable for 5 s, sync mode: no promotion, no loss (issue 15's split brain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails today: the replica promotes after a registry outage (issue 15); enabled by the fix"]
 async fn registry_outage_5s_sync() {
     registry_outage("sync", Duration::from_secs(5)).await;
 }
@@ -596,7 +595,131 @@ async fn registry_outage_5s_sync() {
 /// Registry unreachable for 5 s, async mode: no promotion, so no loss even without the
 /// replica's ack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails today: the replica promotes after a registry outage (issue 15); enabled by the fix"]
 async fn registry_outage_5s_async() {
     registry_outage("async", Duration::from_secs(5)).await;
+}
+
+/// Registry unreachable for 30 s (many lease TTLs), sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_outage_30s_sync() {
+    registry_outage("sync", Duration::from_secs(30)).await;
+}
+
+/// Registry unreachable for 30 s, async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_outage_30s_async() {
+    registry_outage("async", Duration::from_secs(30)).await;
+}
+
+/// One HTTP/1.1 exchange with the gateway (the test has no HTTP client crate; the
+/// gateway's HTTP is plain): (status, `Retry-After` header if any).
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("the gateway did not answer in time")
+        .expect("HTTP exchange with the gateway failed");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let retry_after = response
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().to_owned())
+        });
+    (status, retry_after)
+}
+
+/// The gateway cut off from the primary but not from the replica: writes through it get
+/// 503 with `Retry-After` (try again soon), never a success from the replica, and they
+/// succeed again after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_cut_off_from_the_primary() {
+    let Some(cluster) = Cluster::start("sync").await else {
+        return;
+    };
+    let registry = cluster.registry.addr.to_string();
+    let gateway = cluster.net.spawn(
+        "gateway",
+        &[
+            "gateway",
+            "--listen",
+            &cluster.net.listen("gateway"),
+            "--registry",
+            &registry,
+        ],
+        &[],
+    );
+    let body =
+        |name: &str| format!(r#"{{"name":"{name}","price_minor":100,"currency":"EUR","stock":1}}"#);
+    let ready = eventually(WAIT, || async {
+        http_post(gateway.addr, "/api/products", ADMIN, &body("before"))
+            .await
+            .0
+            == 201
+    })
+    .await;
+    assert!(
+        ready,
+        "the gateway never created a product through the primary"
+    );
+    cluster.net.cut("gateway", "alpha");
+    let mut refused = 0;
+    for i in 0..5 {
+        let (status, retry_after) = http_post(
+            gateway.addr,
+            "/api/products",
+            ADMIN,
+            &body(&format!("during-{i}")),
+        )
+        .await;
+        assert_eq!(
+            status, 503,
+            "write {i} through a gateway cut off from the primary"
+        );
+        assert!(retry_after.is_some(), "a 503 without Retry-After");
+        refused += 1;
+    }
+    cluster.net.heal();
+    let back = eventually(WAIT, || async {
+        http_post(gateway.addr, "/api/products", ADMIN, &body("after"))
+            .await
+            .0
+            == 201
+    })
+    .await;
+    assert!(
+        back,
+        "writes through the gateway did not come back after the heal"
+    );
+    let replica = status(&cluster.beta()).await.expect("beta's status");
+    assert_eq!(
+        replica.role,
+        pb::Role::Replica as i32,
+        "beta must still be the replica"
+    );
+    eprintln!("gateway cut off from the primary: {refused} writes refused with 503 + Retry-After");
+    drop(gateway);
 }
