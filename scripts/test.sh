@@ -22,13 +22,18 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   export GRPCURL
 fi
 
-# Chromium and chromedriver (Debian) for the browser test of the web UI.
-if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
-  log "installing chromium and chromium-driver (apt)"
+# Debian packages: Chromium and chromedriver for the browser test of the web UI; iptables
+# for the partition tests (they cut links between network namespaces with DROP rules).
+APT_PACKAGES=()
+command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || APT_PACKAGES+=(chromium-driver)
+command -v iptables >/dev/null 2>&1 || APT_PACKAGES+=(iptables)
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
+  log "installing ${APT_PACKAGES[*]} (apt)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
 fi
 
 # buf (npm @bufbuild/buf) for the proto lint, kept under target/ so it is rebuilt per clone.

@@ -358,6 +358,12 @@ pub struct ServiceWatch {
     task: JoinHandle<()>,
 }
 
+/// How long a Watch stream may go without an answered ping before it counts as broken:
+/// well under the ¾ of a lease TTL (default 2 s) a registry needs to go silent before it
+/// can expire anyone's lease, so the stream is always known dead before such news could
+/// arrive on it.
+pub const WATCH_LIVENESS: Duration = Duration::from_millis(400);
+
 /// One instance set and the Watch stream it came from.
 #[derive(Clone, Debug, Default)]
 pub struct WatchSnapshot {
@@ -371,10 +377,15 @@ pub struct WatchSnapshot {
 }
 
 impl ServiceWatch {
-    /// Starts watching `service` at the registry at `registry_addr`.
+    /// Starts watching `service` at the registry at `registry_addr`. A registry that stops
+    /// answering pings for [`WATCH_LIVENESS`] ends the stream (a new one opens when it is
+    /// back), so a snapshot never carries news the registry queued while cut off.
     pub fn spawn(registry_addr: &str, service: &str) -> Result<Self, tonic::transport::Error> {
-        let channel =
-            crate::grpc::lazy_channel_to(registry_addr, &crate::identity::Principal::Registry)?;
+        let channel = crate::grpc::watch_channel_to(
+            registry_addr,
+            &crate::identity::Principal::Registry,
+            WATCH_LIVENESS,
+        )?;
         let (snapshots_tx, snapshots_rx) = watch::channel(WatchSnapshot::default());
         let task = tokio::spawn(watch_loop(
             RegistryClient::new(channel),

@@ -201,12 +201,41 @@ pub fn lazy_channel_with_tls(
     addr: &str,
     tls: Option<ClientTlsConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
+    channel(addr, tls, KEEPALIVE_INTERVAL)
+}
+
+/// A [`lazy_channel_to`] for a long-lived stream whose silence means something (the
+/// registry's Watch): it pings the server every `ping_every` and drops the connection —
+/// failing its streams — when a ping goes unanswered for as long. Without this a cut-off
+/// registry looks like a quiet one, and the news it queued during the cut (leases it
+/// expired because it heard nobody) arrives after the heal as if it were current.
+pub fn watch_channel_to(
+    addr: &str,
+    server: &crate::identity::Principal,
+    ping_every: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    channel(
+        addr,
+        crate::tls::installed().map(|tls| tls.client_config(Some(server))),
+        ping_every,
+    )
+}
+
+/// How often an idle channel pings its server (HTTP/2 keepalive).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+fn channel(
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+    ping_every: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_interval(ping_every)
+        .keep_alive_timeout(ping_every.max(Duration::from_millis(100)))
         .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls)?;

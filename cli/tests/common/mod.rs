@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -34,8 +36,15 @@ impl Process {
 
     /// Like [`Process::spawn`], with extra environment variables.
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
-        let mut child = command(args)
-            .envs(env.iter().copied())
+        let mut command = command(args);
+        command.envs(env.iter().copied());
+        Self::spawn_command(command, args)
+    }
+
+    /// Starts `command` (a `concord` invocation with `args`, perhaps wrapped) and waits
+    /// for its listening line.
+    pub fn spawn_command(mut command: Command, args: &[&str]) -> Process {
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn concord");

@@ -1,0 +1,725 @@
+//! Network partitions between real hosts, under a 16-writer load.
+//!
+//! Every process runs on its own "host" (a network namespace, [`common::netns`]): the
+//! registry, shop `alpha` (the first primary) and shop `beta` (its replica). The test
+//! process plays the clients from outside. Links are cut with silent packet drops while
+//! every process keeps running — the case a kill -9 test cannot reach: a primary that is
+//! alive but cut off, a registry that disappears and comes back.
+//!
+//! The promise checked in every case: **no acknowledged write is lost and two shops never
+//! acknowledge at once.** Each acknowledgement carries the term that accepted it
+//! (`WriteInfo.term`); the clients record when it arrived and from which host. An ack of
+//! an older term arriving after an ack of a newer one means two primaries accepted writes
+//! in overlapping windows (split brain). Each case prints acknowledged writes, lost writes
+//! and the longest pause between two acknowledgements.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use common::netns::Network;
+use common::{eventually, product, Process};
+use concord::pb::registry::v1::registry_client::RegistryClient;
+use concord::pb::registry::v1::ResolveRequest;
+use concord::pb::shop::v1 as pb;
+use concord::pb::shop::v1::replication_client::ReplicationClient;
+use concord::pb::shop::v1::shop_client::ShopClient;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const ADMIN: &str = "partition-test-admin";
+const WRITERS: usize = 16;
+/// The shops' lease TTL (the default): a primary cut off from the registry stops
+/// accepting writes within ¾ of it.
+const TTL: Duration = Duration::from_secs(2);
+/// Scheduling slack on a loaded 2-core machine for the "stops within ¾ TTL" check.
+const SLACK: Duration = Duration::from_millis(500);
+/// A client call that gets no answer within this is given up (the host may be cut off).
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for anything that should happen (start-up, promotion, rejoin).
+const WAIT: Duration = Duration::from_secs(30);
+
+fn channel(addr: &str) -> Channel {
+    concord::grpc::lazy_channel(addr).expect("channel")
+}
+
+fn admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = common::with_bearer(message, ADMIN);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+/// Registry, two shops, and where things are.
+struct Cluster {
+    // Field order = drop order: processes die before their namespaces go.
+    alpha: Process,
+    beta: Process,
+    registry: Process,
+    net: Network,
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Cluster {
+    /// Starts the registry, `alpha` (primary, `mode`, refuses sync writes without its
+    /// replica) and `beta` (replica of alpha; once promoted it degrades to local-only
+    /// rather than refusing, so writes can go on while alpha is away). `None` when this
+    /// machine cannot make namespaces (see [`Network::create`]).
+    async fn start(mode: &str) -> Option<Cluster> {
+        let net = Network::create(&["registry", "alpha", "beta", "gateway"])?;
+        let registry = net.spawn(
+            "registry",
+            &["registry", "--listen", &net.listen("registry")],
+            &[],
+        );
+        let registry_addr = registry.addr.to_string();
+        let dirs = (tempdir(), tempdir());
+        let credential = common::credential(concord::identity::Principal::Shop).encode();
+        let shop_args = |host: &str, dir: &tempfile::TempDir, loss: &str| -> Vec<String> {
+            [
+                "shop",
+                "--listen",
+                &net.listen(host),
+                "--data-dir",
+                dir.path().to_str().expect("utf-8 temp path"),
+                "--admin-token",
+                ADMIN,
+                "--registry",
+                &registry_addr,
+                "--replication",
+                mode,
+                "--on-replica-loss",
+                loss,
+                "--credential",
+                &credential,
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let alpha_args = shop_args("alpha", &dirs.0, "fail");
+        let alpha = net.spawn("alpha", &strs(&alpha_args), &[]);
+        let mut beta_args = shop_args("beta", &dirs.1, "degrade");
+        beta_args.extend(
+            [
+                "--replica-of",
+                &alpha.addr.to_string(),
+                "--replica-id",
+                "beta",
+            ]
+            .map(String::from),
+        );
+        let beta = net.spawn("beta", &strs(&beta_args), &[]);
+        let cluster = Cluster {
+            alpha,
+            beta,
+            registry,
+            net,
+            dirs,
+        };
+        cluster.wait_paired().await;
+        Some(cluster)
+    }
+
+    fn alpha(&self) -> String {
+        self.alpha.addr.to_string()
+    }
+
+    fn beta(&self) -> String {
+        self.beta.addr.to_string()
+    }
+
+    /// Waits until beta streams from alpha and the registry lists alpha as primary.
+    async fn wait_paired(&self) {
+        let (alpha, beta) = (self.alpha(), self.beta());
+        let paired = eventually(WAIT, || async {
+            let replicating = status(&beta).await.is_some_and(|s| {
+                s.role == pb::Role::Replica as i32 && s.primary_address == alpha && s.caught_up
+            });
+            replicating
+                && primary(&self.registry.addr.to_string()).await.map(|p| p.0)
+                    == Some(alpha.clone())
+        })
+        .await;
+        assert!(paired, "alpha and beta did not pair up");
+    }
+
+    /// Waits until `replica` follows `primary` and has applied all of it (writes stopped).
+    async fn wait_converged(&self, primary: &str, replica: &str) {
+        let converged = eventually(WAIT, || async {
+            let (Some(p), Some(r)) = (status(primary).await, status(replica).await) else {
+                return false;
+            };
+            r.role == pb::Role::Replica as i32
+                && r.primary_address == primary
+                && p.role == pb::Role::Primary as i32
+                && r.last_lsn == p.last_lsn
+        })
+        .await;
+        assert!(converged, "{replica} did not converge on {primary}");
+    }
+
+    /// Stops both shops and compares their data (`Store::digest` of each directory).
+    async fn assert_same_data(mut self) {
+        self.alpha.terminate(Duration::from_secs(10));
+        self.beta.terminate(Duration::from_secs(10));
+        let digest = |dir: std::path::PathBuf| {
+            tokio::task::spawn_blocking(move || {
+                concord_shop::Store::open(&concord_shop::StoreConfig::new(dir))
+                    .expect("open a stopped shop's store")
+                    .digest()
+                    .expect("digest")
+            })
+        };
+        let a = digest(self.dirs.0.path().to_owned())
+            .await
+            .expect("digest task");
+        let b = digest(self.dirs.1.path().to_owned())
+            .await
+            .expect("digest task");
+        assert_eq!(a, b, "alpha and beta hold different data after the heal");
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+async fn status(addr: &str) -> Option<pb::GetReplicationStatusResponse> {
+    let mut request = tonic::Request::new(pb::GetReplicationStatusRequest {});
+    request.set_timeout(CALL_TIMEOUT);
+    tokio::time::timeout(
+        CALL_TIMEOUT,
+        ReplicationClient::new(channel(addr)).get_replication_status(request),
+    )
+    .await
+    .ok()?
+    .ok()
+    .map(tonic::Response::into_inner)
+}
+
+/// The registered primary with the highest term: (address, term).
+async fn primary(registry: &str) -> Option<(String, u64)> {
+    let mut request = tonic::Request::new(ResolveRequest {
+        service: "shop".into(),
+    });
+    request.set_timeout(CALL_TIMEOUT);
+    let instances = tokio::time::timeout(
+        CALL_TIMEOUT,
+        RegistryClient::new(channel(registry)).resolve(request),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .into_inner()
+    .instances;
+    instances
+        .into_iter()
+        .filter(|i| i.metadata.get("role").is_some_and(|r| r == "primary"))
+        .filter_map(|i| {
+            let term = i.metadata.get("term")?.parse().ok()?;
+            Some((i.address, term))
+        })
+        .max_by_key(|(_, term)| *term)
+}
+
+/// One acknowledged CreateProduct.
+#[derive(Clone, Debug)]
+struct Ack {
+    host: String,
+    term: u64,
+    id: String,
+    name: String,
+    at: Instant,
+}
+
+/// The clients: 16 writers that follow the registry's primary.
+struct Load {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    unexpected: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(registry: String, first_primary: String) -> Load {
+        let target = Arc::new(RwLock::new(first_primary));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let unexpected = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = vec![tokio::spawn(follow_primary(
+            registry,
+            Arc::clone(&target),
+            Arc::clone(&stop),
+        ))];
+        for w in 0..WRITERS {
+            tasks.push(tokio::spawn(writer(
+                w,
+                Arc::clone(&target),
+                Arc::clone(&acks),
+                Arc::clone(&unexpected),
+                Arc::clone(&stop),
+            )));
+        }
+        Load {
+            acks,
+            unexpected,
+            stop,
+            tasks,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acks.lock().expect("acks").len()
+    }
+
+    async fn finish(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("a writer did not stop")
+                .expect("writer");
+        }
+        let unexpected = self.unexpected.lock().expect("errors");
+        assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
+        let mut acks = std::mem::take(&mut *self.acks.lock().expect("acks"));
+        acks.sort_by_key(|a| a.at);
+        acks
+    }
+}
+
+/// Keeps `target` on the registry's current primary (when the registry answers).
+async fn follow_primary(registry: String, target: Arc<RwLock<String>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some((addr, _)) = primary(&registry).await {
+            *target.write().expect("target") = addr;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn writer(
+    w: usize,
+    target: Arc<RwLock<String>>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    unexpected: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut clients: std::collections::HashMap<String, ShopClient<Channel>> = Default::default();
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let host = target.read().expect("target").clone();
+        let client = clients
+            .entry(host.clone())
+            .or_insert_with(|| ShopClient::new(channel(&host)));
+        let name = format!("w{w}-{i}");
+        let reply = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.create_product(admin(product(&name, 1))),
+        )
+        .await;
+        match reply {
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                let id = reply.product.expect("product").id;
+                let term = reply.write.expect("write info").term;
+                acks.lock().expect("acks").push(Ack {
+                    host,
+                    term,
+                    id,
+                    name,
+                    at: Instant::now(),
+                });
+            }
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    Code::Unavailable
+                        | Code::Unknown
+                        | Code::Cancelled
+                        | Code::DeadlineExceeded
+                        | Code::FailedPrecondition
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(s)) => unexpected.lock().expect("errors").push(format!("{s:?}")),
+            Err(_elapsed) => {}
+        }
+    }
+}
+
+/// What a case saw.
+struct Verdict {
+    acked: usize,
+    lost: usize,
+    /// Longest gap between two acknowledgements after `from`.
+    pause: Duration,
+}
+
+/// Checks the promise over `acks` against the data on `final_primary`: nothing lost, one
+/// host per term, and no ack of an older term after an ack of a newer one.
+async fn verify(acks: &[Ack], final_primary: &str, from: Instant) -> Verdict {
+    let mut host_of_term = std::collections::HashMap::new();
+    let mut newest_term = 0;
+    for ack in acks {
+        let host = host_of_term
+            .entry(ack.term)
+            .or_insert_with(|| ack.host.clone());
+        assert_eq!(
+            *host, ack.host,
+            "two hosts acknowledged writes in term {}",
+            ack.term
+        );
+        assert!(
+            ack.term >= newest_term,
+            "split brain: {} acknowledged in term {} after a term-{newest_term} acknowledgement",
+            ack.host,
+            ack.term
+        );
+        newest_term = ack.term;
+    }
+    let client = ShopClient::new(channel(final_primary));
+    let lost: Vec<&Ack> = futures::stream::iter(acks)
+        .map(|ack| {
+            let mut c = client.clone();
+            async move {
+                let found = c
+                    .get_product(pb::GetProductRequest { id: ack.id.clone() })
+                    .await
+                    .is_ok_and(|r| r.into_inner().product.is_some_and(|p| p.name == ack.name));
+                (!found).then_some(ack)
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|m| async move { m })
+        .collect()
+        .await;
+    let pause = acks
+        .iter()
+        .filter(|a| a.at >= from)
+        .map(|a| a.at)
+        .fold((from, Duration::ZERO), |(prev, gap), at| {
+            (at, gap.max(at.duration_since(prev)))
+        })
+        .1;
+    Verdict {
+        acked: acks.len(),
+        lost: lost.len(),
+        pause,
+    }
+}
+
+/// Lets the load run until it has acknowledged `more` further writes.
+async fn run_for(load: &Load, more: usize) {
+    let target = load.acked() + more;
+    assert!(
+        eventually(WAIT, || async { load.acked() >= target }).await,
+        "the load stalled at {} acknowledged writes",
+        load.acked()
+    );
+}
+
+/// The primary cut off from everything (registry, replica, clients) for longer than its
+/// lease: it stops acknowledging, beta is promoted, nothing acknowledged is lost, and after
+/// the heal alpha rejoins as beta's replica with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primary_cut_off_from_everything() {
+    let Some(cluster) = Cluster::start("sync").await else {
+        return;
+    };
+    let registry = cluster.registry.addr.to_string();
+    let load = Load::start(registry.clone(), cluster.alpha());
+    run_for(&load, 500).await;
+    let cut_at = Instant::now();
+    cluster.net.isolate("alpha");
+    let promoted = eventually(WAIT, || async {
+        primary(&registry)
+            .await
+            .is_some_and(|(addr, term)| addr == cluster.beta() && term >= 2)
+    })
+    .await;
+    assert!(promoted, "beta was not promoted while alpha was cut off");
+    run_for(&load, 300).await;
+    cluster.net.heal();
+    assert!(
+        eventually(WAIT, || async {
+            status(&cluster.alpha()).await.is_some_and(|s| {
+                s.role == pb::Role::Replica as i32 && s.primary_address == cluster.beta()
+            })
+        })
+        .await,
+        "alpha did not rejoin as beta's replica after the heal"
+    );
+    run_for(&load, 200).await;
+    let acks = load.finish().await;
+    let last_alpha = acks
+        .iter()
+        .rev()
+        .find(|a| a.host == cluster.alpha())
+        .map(|a| a.at);
+    let verdict = verify(&acks, &cluster.beta(), cut_at).await;
+    eprintln!(
+        "primary cut off from everything: {} acknowledged, {} lost, pause {} ms, alpha's last ack {:?} after the cut",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        last_alpha.map(|t| t.saturating_duration_since(cut_at))
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    cluster
+        .wait_converged(&cluster.beta(), &cluster.alpha())
+        .await;
+    cluster.assert_same_data().await;
+}
+
+/// The primary cut off from the registry only (it still reaches its replica and the
+/// clients): it stops acknowledging within ¾ TTL, beta is promoted only after that, never
+/// two shops acknowledging at once, nothing lost, alpha rejoins after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primary_cut_off_from_the_registry_only() {
+    let Some(cluster) = Cluster::start("sync").await else {
+        return;
+    };
+    let registry = cluster.registry.addr.to_string();
+    let load = Load::start(registry.clone(), cluster.alpha());
+    run_for(&load, 500).await;
+    let cut_at = Instant::now();
+    cluster.net.cut("alpha", "registry");
+    let promoted = eventually(WAIT, || async {
+        primary(&registry)
+            .await
+            .is_some_and(|(addr, term)| addr == cluster.beta() && term >= 2)
+    })
+    .await;
+    assert!(
+        promoted,
+        "beta was not promoted while alpha was cut off from the registry"
+    );
+    run_for(&load, 300).await;
+    cluster.net.heal();
+    assert!(
+        eventually(WAIT, || async {
+            status(&cluster.alpha()).await.is_some_and(|s| {
+                s.role == pb::Role::Replica as i32 && s.primary_address == cluster.beta()
+            })
+        })
+        .await,
+        "alpha did not rejoin as beta's replica after the heal"
+    );
+    run_for(&load, 200).await;
+    let acks = load.finish().await;
+    let last_alpha = acks
+        .iter()
+        .rev()
+        .find(|a| a.host == cluster.alpha())
+        .map(|a| a.at.saturating_duration_since(cut_at));
+    let verdict = verify(&acks, &cluster.beta(), cut_at).await;
+    eprintln!(
+        "primary cut off from the registry: {} acknowledged, {} lost, pause {} ms, alpha's last ack {:?} after the cut",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        last_alpha
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    let limit = TTL * 3 / 4 + SLACK;
+    assert!(
+        last_alpha.is_some_and(|d| d <= limit),
+        "alpha acknowledged {last_alpha:?} after losing the registry (limit {limit:?})"
+    );
+    cluster
+        .wait_converged(&cluster.beta(), &cluster.alpha())
+        .await;
+    cluster.assert_same_data().await;
+}
+
+/// The registry cut off from everyone for `outage` while the primary and its replica stay
+/// connected: nobody is promoted, nothing acknowledged is lost, never two shops
+/// acknowledging; prints the write pause.
+async fn registry_outage(mode: &str, outage: Duration) {
+    let Some(cluster) = Cluster::start(mode).await else {
+        return;
+    };
+    let registry = cluster.registry.addr.to_string();
+    let term = status(&cluster.alpha()).await.expect("alpha's status").term;
+    let load = Load::start(registry.clone(), cluster.alpha());
+    run_for(&load, 500).await;
+    let cut_at = Instant::now();
+    cluster.net.isolate("registry");
+    tokio::time::sleep(outage).await;
+    cluster.net.heal();
+    // Give a late decision time to show itself, under load.
+    tokio::time::sleep(TTL * 2).await;
+    run_for(&load, 300).await;
+    let acks = load.finish().await;
+    let verdict = verify(&acks, &cluster.alpha(), cut_at).await;
+    let (alpha, beta) = (
+        status(&cluster.alpha()).await,
+        status(&cluster.beta()).await,
+    );
+    eprintln!(
+        "registry cut off for {outage:?} ({mode}): {} acknowledged, {} lost, pause {} ms, terms alpha {:?} beta {:?}",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        alpha.as_ref().map(|s| (s.role, s.term)),
+        beta.as_ref().map(|s| (s.role, s.term)),
+    );
+    assert!(
+        alpha.is_some_and(|s| s.role == pb::Role::Primary as i32 && s.term == term)
+            && beta.is_some_and(|s| s.role == pb::Role::Replica as i32),
+        "a registry outage changed the primary although alpha never failed"
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    cluster
+        .wait_converged(&cluster.alpha(), &cluster.beta())
+        .await;
+    cluster.assert_same_data().await;
+}
+
+/// Registry unreachable for 5 s, sync mode: no promotion, no loss (issue 15's split brain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_outage_5s_sync() {
+    registry_outage("sync", Duration::from_secs(5)).await;
+}
+
+/// Registry unreachable for 5 s, async mode: no promotion, so no loss even without the
+/// replica's ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_outage_5s_async() {
+    registry_outage("async", Duration::from_secs(5)).await;
+}
+
+/// Registry unreachable for 30 s (many lease TTLs), sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_outage_30s_sync() {
+    registry_outage("sync", Duration::from_secs(30)).await;
+}
+
+/// Registry unreachable for 30 s, async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_outage_30s_async() {
+    registry_outage("async", Duration::from_secs(30)).await;
+}
+
+/// One HTTP/1.1 exchange with the gateway (the test has no HTTP client crate; the
+/// gateway's HTTP is plain): (status, `Retry-After` header if any).
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("the gateway did not answer in time")
+        .expect("HTTP exchange with the gateway failed");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let retry_after = response
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().to_owned())
+        });
+    (status, retry_after)
+}
+
+/// The gateway cut off from the primary but not from the replica: writes through it get
+/// 503 with `Retry-After` (try again soon), never a success from the replica, and they
+/// succeed again after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_cut_off_from_the_primary() {
+    let Some(cluster) = Cluster::start("sync").await else {
+        return;
+    };
+    let registry = cluster.registry.addr.to_string();
+    let gateway = cluster.net.spawn(
+        "gateway",
+        &[
+            "gateway",
+            "--listen",
+            &cluster.net.listen("gateway"),
+            "--registry",
+            &registry,
+        ],
+        &[],
+    );
+    let body =
+        |name: &str| format!(r#"{{"name":"{name}","price_minor":100,"currency":"EUR","stock":1}}"#);
+    let ready = eventually(WAIT, || async {
+        http_post(gateway.addr, "/api/products", ADMIN, &body("before"))
+            .await
+            .0
+            == 201
+    })
+    .await;
+    assert!(
+        ready,
+        "the gateway never created a product through the primary"
+    );
+    cluster.net.cut("gateway", "alpha");
+    let mut refused = 0;
+    for i in 0..5 {
+        let (status, retry_after) = http_post(
+            gateway.addr,
+            "/api/products",
+            ADMIN,
+            &body(&format!("during-{i}")),
+        )
+        .await;
+        assert_eq!(
+            status, 503,
+            "write {i} through a gateway cut off from the primary"
+        );
+        assert!(retry_after.is_some(), "a 503 without Retry-After");
+        refused += 1;
+    }
+    cluster.net.heal();
+    let back = eventually(WAIT, || async {
+        http_post(gateway.addr, "/api/products", ADMIN, &body("after"))
+            .await
+            .0
+            == 201
+    })
+    .await;
+    assert!(
+        back,
+        "writes through the gateway did not come back after the heal"
+    );
+    let replica = status(&cluster.beta()).await.expect("beta's status");
+    assert_eq!(
+        replica.role,
+        pb::Role::Replica as i32,
+        "beta must still be the replica"
+    );
+    eprintln!("gateway cut off from the primary: {refused} writes refused with 503 + Retry-After");
+    drop(gateway);
+}
