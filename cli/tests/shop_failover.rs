@@ -457,6 +457,13 @@ async fn failover_round(mode: &str, kill_after: Duration) -> Round {
     wait_replicating(&registry, &primary, &replica).await;
 
     let load = Load::start(&primary_addr, WRITERS).await;
+    // The kill moment counts from the first acknowledgement: on a loaded machine the
+    // writers may need longer than `kill_after` just to connect.
+    let started = eventually(WAIT, || async {
+        !load.log.lock().expect("lock").acked.is_empty()
+    })
+    .await;
+    assert!(started, "the load made no progress before the kill");
     tokio::time::sleep(kill_after).await;
     // Read the lag as close to the kill as possible; writes acknowledged from here on
     // are counted separately (they may have committed after the status was computed).
