@@ -142,6 +142,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use concord::claim::PrimaryClaim;
 use concord::identity::{Credential, Principal, Verifier};
 
 use crate::error::{Result, ShopError};
@@ -621,14 +622,12 @@ impl Replicator {
 
     /// Registry metadata for the current role and term.
     pub fn registry_metadata(&self) -> HashMap<String, String> {
-        let role = match self.role() {
-            Role::Primary => "primary",
-            Role::Replica(_) => "replica",
-        };
-        HashMap::from([
-            ("role".to_string(), role.to_string()),
-            ("term".to_string(), self.store.term().to_string()),
-        ])
+        let term = self.store.term();
+        match self.role() {
+            Role::Primary => PrimaryClaim::primary(term),
+            Role::Replica(_) => PrimaryClaim::replica(term),
+        }
+        .to_metadata()
     }
 
     /// `Ok` on the primary; `NotPrimary(primary address)` on a replica.
@@ -1667,13 +1666,9 @@ pub async fn run_failover_watch(rep: Arc<Replicator>, registry_addr: String, ser
     }
 }
 
-/// The term a registry entry claims the primary role for: `Some` when its metadata (as
-/// [`Replicator::registry_metadata`] publishes it) says `role=primary` with a valid `term`.
+/// The term a registry entry claims the primary role for ([`PrimaryClaim`]'s one rule).
 fn primary_term(metadata: &HashMap<String, String>) -> Option<u64> {
-    if metadata.get("role").map(String::as_str) != Some("primary") {
-        return None;
-    }
-    metadata.get("term")?.parse().ok()
+    PrimaryClaim::primary_term_of(metadata)
 }
 
 #[cfg(test)]
