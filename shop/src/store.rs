@@ -66,6 +66,12 @@ const META_LAST_LSN: &[u8] = b"last_lsn";
 const META_TERM: &[u8] = b"term";
 /// `meta` key: the WAL's logical start after trimming (entries below it are gone).
 const META_WAL_FIRST: &[u8] = b"wal_first";
+/// `meta` key: (term, LSN), the highest LSN the replica durably acked while this process
+/// was the primary of that term (module docs of `replication`, "WAL trimming").
+const META_REPLICA_ACKED: &[u8] = b"replica_acked";
+/// `meta` key: (term, LSN), the current term began on this process after that LSN (its
+/// promotion).
+const META_TERM_START: &[u8] = b"term_start";
 /// Directory of the WAL segments inside the store's directory.
 pub const WAL_DIR: &str = "wal";
 /// Default group-commit linger (the writer takes what is queued and goes).
@@ -450,6 +456,62 @@ impl Store {
         self.db.flush()?;
         self.term.store(term, Ordering::Release);
         Ok(())
+    }
+
+    /// Takes `term` as a newly promoted primary: persists it and records that it begins
+    /// after the current last LSN (the promotion LSN), flushed together. Returns that LSN.
+    pub fn begin_term(&self, term: u64) -> Result<Lsn> {
+        let start = self.last_lsn()?;
+        self.meta()
+            .insert(META_TERM_START, &term_lsn_bytes(term, start))?;
+        self.set_term(term)?;
+        Ok(start)
+    }
+
+    /// The LSN the current term began after on this process, if it was promoted into it.
+    pub fn promotion_lsn(&self) -> Result<Option<Lsn>> {
+        let term = self.term();
+        Ok(read_term_lsn(self.meta().get(META_TERM_START)?.as_deref())?
+            .filter(|(t, _)| *t == term)
+            .map(|(_, lsn)| lsn))
+    }
+
+    /// Records that the replica durably acked `lsn` while this process is the primary of
+    /// `term` (kept across restarts, so WAL trimming after a restart keeps what the replica
+    /// still needs). Only grows within a term; durable with the next checkpoint (a crash
+    /// can only bring back an older value, which trims less).
+    pub fn record_replica_acked(&self, term: u64, lsn: Lsn) -> Result<()> {
+        let mut failed = None;
+        self.meta().fetch_and_update(META_REPLICA_ACKED, |old| {
+            let keep = match read_term_lsn(old) {
+                Ok(Some((t, l))) => t == term && l >= lsn,
+                Ok(None) => false,
+                Err(e) => {
+                    failed = Some(e);
+                    return old.map(|b| b.to_vec());
+                }
+            };
+            if keep {
+                old.map(|b| b.to_vec())
+            } else {
+                Some(term_lsn_bytes(term, lsn).to_vec())
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.checkpoint.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The highest LSN the replica acked while this process was the primary of `term`
+    /// (0 when none was recorded in that term).
+    pub fn replica_acked(&self, term: u64) -> Result<Lsn> {
+        Ok(
+            read_term_lsn(self.meta().get(META_REPLICA_ACKED)?.as_deref())?
+                .filter(|(t, _)| *t == term)
+                .map_or(0, |(_, lsn)| lsn),
+        )
     }
 
     /// Watches the last committed LSN (the WAL shipper waits on it for new entries).
@@ -999,6 +1061,28 @@ pub fn decode_json<T: DeserializeOwned>(tree: TreeName, bytes: &[u8]) -> Result<
 }
 
 /// Reads a big-endian u64 value (absent = 0).
+/// A (term, LSN) pair as stored in `meta`: two big-endian u64s.
+fn term_lsn_bytes(term: u64, lsn: Lsn) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&term.to_be_bytes());
+    bytes[8..].copy_from_slice(&lsn.to_be_bytes());
+    bytes
+}
+
+/// Reads a (term, LSN) pair written by [`term_lsn_bytes`]; `None` when absent.
+fn read_term_lsn(bytes: Option<&[u8]>) -> Result<Option<(u64, Lsn)>> {
+    let Some(b) = bytes else {
+        return Ok(None);
+    };
+    if b.len() != 16 {
+        return Err(ShopError::internal(format!(
+            "a (term, LSN) record has {} bytes, not 16",
+            b.len()
+        )));
+    }
+    Ok(Some((read_u64(Some(&b[..8]))?, read_u64(Some(&b[8..]))?)))
+}
+
 fn read_u64(bytes: Option<&[u8]>) -> Result<u64> {
     match bytes {
         None => Ok(0),
@@ -1321,6 +1405,50 @@ mod tests {
         assert_eq!(target.dump().unwrap(), source.dump().unwrap());
         assert_eq!(target.last_lsn().unwrap(), 2);
         assert_eq!(target.durable_lsn(), 2);
+    }
+
+    /// The replica's persisted ack only grows within a term, belongs to its term, and
+    /// survives a reopen; a promotion records where its term began.
+    #[test]
+    fn replica_ack_and_promotion_lsn_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig::new(dir.path().join("db"));
+        {
+            let store = Store::open(&config).expect("open");
+            assert_eq!(store.replica_acked(1).expect("read"), 0);
+            assert_eq!(store.promotion_lsn().expect("read"), None);
+            for (term, lsn, want_1, want_2) in
+                [(1, 5, 5, 0), (1, 3, 5, 0), (1, 9, 9, 0), (2, 4, 0, 4)]
+            {
+                store.record_replica_acked(term, lsn).expect("record");
+                assert_eq!(
+                    store.replica_acked(1).expect("read"),
+                    want_1,
+                    "{term}/{lsn}"
+                );
+                assert_eq!(
+                    store.replica_acked(2).expect("read"),
+                    want_2,
+                    "{term}/{lsn}"
+                );
+            }
+            put(&store, b"a", b"1").expect("put");
+            let start = store.last_lsn().expect("lsn");
+            assert_eq!(store.begin_term(3).expect("promote"), start);
+            assert_eq!(store.promotion_lsn().expect("read"), Some(start));
+            store.record_replica_acked(3, 7).expect("record");
+            drop(store);
+        }
+        let store = Store::open(&config).expect("reopen");
+        assert_eq!(store.term(), 3);
+        assert_eq!(store.replica_acked(3).expect("read"), 7);
+        assert!(store.promotion_lsn().expect("read").is_some());
+        store.set_term(4).expect("follow a newer primary");
+        assert_eq!(
+            store.promotion_lsn().expect("read"),
+            None,
+            "not promoted into term 4"
+        );
     }
 
     /// Trimming deletes only entries below the bound, never the last one, and the store

@@ -228,7 +228,84 @@ async fn promote_replica() {
         .unwrap();
     assert_eq!(write.term, 2);
     assert_eq!(write.lsn, lsn + 1);
+    let status = replica.status().await;
+    assert_eq!(
+        status.promotion_lsn, lsn,
+        "term 2 began after the replica's last LSN"
+    );
+    assert_eq!(status.first_wal_lsn, 1);
     replica.stop().await;
+}
+
+/// Issue 14 item 4: the replica's ack is persisted on the primary. A primary restarted
+/// while its replica is away goes on trimming its WAL up to the replica's last ack — not
+/// past it (the replica resumes from its LSN, no snapshot) and not stuck below it (an
+/// in-memory ack would be forgotten by the restart and pin the WAL where it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_replica_ack_survives_a_primary_restart() {
+    const RETAIN: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let (p_dir, r_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let start_primary = || {
+        start(&p_dir, |c| {
+            c.replication.mode = ReplicationMode::Async;
+            c.replication.wal_retain = Some(RETAIN);
+        })
+    };
+    let start_replica = |primary: &TestShop| {
+        let primary = primary.addr.to_string();
+        start(&r_dir, move |c| c.replication.primary_addr = Some(primary))
+    };
+    let create_n = |shop: &TestShop, from: usize, n: usize| {
+        let mut c = shop.client();
+        async move {
+            for i in from..from + n {
+                create(&mut c, &format!("Item {i}"), 100, 1).await;
+            }
+        }
+    };
+
+    // The replica acks 20 entries and goes away; the primary stops at once, before a
+    // trimming pass could move past what the retention keeps.
+    let primary = start_primary().await;
+    let replica = start_replica(&primary).await;
+    create_n(&primary, 0, 20).await;
+    assert!(caught_up(&primary, &replica).await);
+    let acked = primary.last_lsn().await;
+    assert!(
+        eventually(CATCH_UP, || async {
+            primary.status().await.replica_acked_lsn >= acked
+        })
+        .await
+    );
+    replica.stop().await;
+    primary.stop().await;
+
+    // Restarted, alone, 30 more writes: trimming reaches the persisted ack, no further.
+    let primary = start_primary().await;
+    create_n(&primary, 20, 30).await;
+    assert!(
+        eventually(CATCH_UP, || async {
+            primary.status().await.first_wal_lsn == acked
+        })
+        .await,
+        "the restarted primary trims up to the replica's persisted ack: first WAL LSN {} (acked {acked})",
+        primary.status().await.first_wal_lsn
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        primary.status().await.first_wal_lsn,
+        acked,
+        "trimmed past the ack"
+    );
+
+    // The replica resumes from its LSN: no snapshot (its own WAL still starts at 1).
+    let replica = start_replica(&primary).await;
+    assert!(caught_up(&primary, &replica).await);
+    replica.stop().await;
+    primary.stop().await;
+    let (first, _, _) = inspect(r_dir.clone()).await;
+    assert_eq!(first, Some(1), "the replica caught up without a snapshot");
 }
 
 /// After a failover the old primary rejoins as a replica; its unreplicated write (same

@@ -129,8 +129,13 @@
 //! a replica that was away resumes from its LSN; a new or wiped replica, or one whose
 //! position was trimmed meanwhile (e.g. it acked on another process before a failover, or
 //! the WAL moved past it during a long snapshot), gets a snapshot — the shipper also
-//! falls back to a snapshot when it finds a gap after its position. The acked LSN lives in
-//! memory: after a primary restart nothing is trimmed until the replica acks again. A
+//! falls back to a snapshot when it finds a gap after its position. The acked LSN is
+//! persisted in sled's `meta` with the term it was acked in (`Store::record_replica_acked`,
+//! durable with the next checkpoint): after a primary restart trimming goes on up to the
+//! replica's last ack of that term, never past it, so a replica that was away through the
+//! restart resumes from its LSN without a snapshot. A promotion starts a new term, whose
+//! acks start from nothing. `GetReplicationStatus` shows `first_wal_lsn` and the
+//! `promotion_lsn` of the current term. A
 //! replica that never comes back pins the WAL in `sync`/`async` mode (restart with
 //! `--replication none` to release it). Trims are not flushed themselves; a crash can
 //! only bring trimmed entries back.

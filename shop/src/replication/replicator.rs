@@ -19,7 +19,7 @@ use concord::pb::shop::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use super::acks::Acks;
+use super::acks::{AckError, Acks};
 use super::role::Role;
 use super::{now_ms, stopped, OnReplicaLoss, ReplicationConfig, ReplicationMode};
 use super::{WAL_TRIM_INTERVAL, WAL_TRIM_MAX_PER_PASS};
@@ -357,16 +357,28 @@ impl Replicator {
         Ok(new_term)
     }
 
-    /// Stores `term` and takes writes in it (a claim the registry accepted, or `Promote`).
+    /// Stores `term` with its promotion LSN and takes writes in it (a claim the registry
+    /// accepted, or `Promote`).
     pub(super) async fn become_primary(&self, term: Term) -> Result<()> {
-        self.raise_term(term).await?;
+        let store = Arc::clone(&self.store);
+        let promotion_lsn = self
+            .spawn_blocking(move || store.begin_term(term))
+            .await??;
         self.set_claim(None);
         self.set_role_if(Role::Primary { term }, |_| true);
-        tracing::info!(
-            term,
-            last_lsn = self.store.last_lsn()?,
-            "promoted to primary"
-        );
+        tracing::info!(term, promotion_lsn, "promoted to primary");
+        Ok(())
+    }
+
+    /// Records a replica's cumulative ack from stream `generation` (module docs of
+    /// `acks.rs`) and, on the primary, persists the acked LSN for WAL trimming.
+    pub(super) fn note_ack(&self, generation: u64, lsn: Lsn) -> std::result::Result<(), AckError> {
+        self.acks.note(generation, lsn)?;
+        if let Role::Primary { term } = self.role() {
+            if let Err(e) = self.store.record_replica_acked(term, self.acks.acked()) {
+                tracing::error!(error = %e, lsn, "cannot record the replica's ack; trimming keeps more WAL");
+            }
+        }
         Ok(())
     }
 
@@ -466,23 +478,29 @@ impl Replicator {
             primary_address,
             address: self.address.clone(),
             first_wal_lsn: self.store.first_wal_lsn()?.unwrap_or(0),
+            promotion_lsn: self.store.promotion_lsn()?.unwrap_or(0),
         })
     }
 
     /// WAL entries with an LSN below the returned one may be deleted (module docs, "WAL
     /// trimming"): everything but the last `retain` entries, and on a primary that expects
-    /// a replica nothing from the highest LSN the replica acked on. The acked entry itself
-    /// is kept because a reconnecting replica's `Hello` names it and the divergence check
+    /// a replica nothing from the highest LSN the replica acked on (in this process's life
+    /// or, persisted, in an earlier one of the same term). The acked entry itself is kept because a reconnecting replica's `Hello` names it and the divergence check
     /// reads its term.
     pub fn wal_trim_floor(&self, retain: u64) -> Result<Lsn> {
         let last = self.store.last_lsn()?;
         let keep_tail_from = last.saturating_sub(retain.max(1)) + 1;
-        let expects_replica = self.role().is_primary() && self.config.mode != ReplicationMode::None;
-        Ok(if expects_replica {
-            keep_tail_from.min(self.acks.acked())
-        } else {
-            keep_tail_from
-        })
+        let role = self.role();
+        if !role.is_primary() || self.config.mode == ReplicationMode::None {
+            return Ok(keep_tail_from);
+        }
+        // After a restart nothing is acked in memory yet: the persisted ack of this term
+        // still says what the replica holds.
+        let acked = self
+            .acks
+            .acked()
+            .max(self.store.replica_acked(role.term())?);
+        Ok(keep_tail_from.min(acked))
     }
 
     /// One trimming pass (blocking: sled I/O).

@@ -123,7 +123,7 @@ pub(super) async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, 
         Ok(Ok(false)) => {
             if rep.acks.sent(generation, pos) {
                 // In range by construction: `pos` is at most our last LSN.
-                let _ = rep.acks.note(generation, pos);
+                let _ = rep.note_ack(generation, pos);
             }
         }
         Ok(Ok(true)) => match send_snapshot(&store, &rep.acks, generation, &out).await {
@@ -234,7 +234,7 @@ pub(super) async fn read_acks(
         let refused = match msg {
             Ok(Some(pb::ReplicateRequest {
                 kind: Some(pb::replicate_request::Kind::Ack(ack)),
-            })) => match rep.acks.note(generation, ack.durable_lsn) {
+            })) => match rep.note_ack(generation, ack.durable_lsn) {
                 Ok(()) => continue,
                 Err(e) => Status::from(e),
             },
