@@ -59,6 +59,7 @@ pub use replication::{
     OnReplicaLoss, ReplicationConfig, ReplicationMode, Replicator, Role, DEFAULT_SYNC_TIMEOUT,
 };
 pub use segments::{Recovered, SegmentLog, DEFAULT_SEGMENT_BYTES};
+pub use service::{APPLIED_LSN_HEADER, DURABLE_LSN_HEADER};
 pub use shop::Shop;
 pub use store::{
     Applied, Committed, GroupCommitStats, Store, StoreConfig, Written, DEFAULT_LINGER,

@@ -256,6 +256,10 @@ pub struct Store {
     /// The last committed entries ([`WAL_TAIL_CAPACITY`] at most, consecutive LSNs), so the
     /// shipper sends fresh commits from memory instead of reading the WAL files back.
     tail: Mutex<VecDeque<WalEntry>>,
+    /// Replica side: entries durable in the WAL but not yet applied to the trees
+    /// ([`Store::append_replicated`]); applied by [`Store::apply_replicated`], or before
+    /// anything else takes the writer lock to write.
+    unapplied: Mutex<VecDeque<WalEntry>>,
 }
 
 /// Most entries [`Store::wal_tail_since`] keeps in memory.
@@ -352,6 +356,7 @@ impl Store {
             writes_fenced: AtomicBool::new(false),
             committed_tx,
             tail: Mutex::new(VecDeque::with_capacity(WAL_TAIL_CAPACITY)),
+            unapplied: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -566,6 +571,8 @@ impl Store {
                 })
             }
         };
+        // A replica promoted with entries still unapplied: they come first.
+        self.apply_unapplied()?;
         let tx = Tx::new(self, term, self.last_lsn()? + 1, now_unix_ms());
         let mut writes = Vec::with_capacity(n);
         for i in 0..n {
@@ -672,6 +679,7 @@ impl Store {
     pub fn apply_wal_entries_flushed(&self, entries: &[WalEntry]) -> Result<Applied> {
         let _writer = lock(&self.writer);
         self.check_intact()?;
+        self.apply_unapplied()?;
         let last = self.last_lsn()?;
         let fresh: Vec<WalEntry> = entries.iter().filter(|e| e.lsn > last).cloned().collect();
         if fresh.is_empty() {
@@ -688,6 +696,82 @@ impl Store {
         }
         self.commit_entries(&fresh)?;
         Ok(Applied::Applied(fresh.last().expect("not empty").lsn))
+    }
+
+    /// Replica pipelining, first half: appends the primary's consecutive `entries` to this
+    /// store's WAL with one sync and returns at once, without applying them (module docs of
+    /// `replication`, "Stream"). Entries at or below the durable LSN are skipped
+    /// (re-delivery); a gap refuses the batch and changes nothing. `Applied(last durable
+    /// LSN)`, or `Skipped` when nothing was new. The entries are applied by
+    /// [`Store::apply_replicated`] (or before the next local write); a crash before that
+    /// replays them from the WAL at start-up.
+    pub fn append_replicated(&self, entries: &[WalEntry]) -> Result<Applied> {
+        let _writer = lock(&self.writer);
+        self.check_intact()?;
+        let durable = self.durable_lsn();
+        let fresh: Vec<WalEntry> = entries
+            .iter()
+            .filter(|e| e.lsn > durable)
+            .cloned()
+            .collect();
+        let Some(last) = fresh.last().map(|e| e.lsn) else {
+            return Ok(Applied::Skipped(entries.last().map_or(durable, |e| e.lsn)));
+        };
+        for (i, entry) in fresh.iter().enumerate() {
+            if entry.lsn != durable + 1 + i as u64 {
+                return Err(ShopError::precondition(format!(
+                    "WAL gap: store is durable at LSN {}, entry has LSN {}",
+                    durable + i as u64,
+                    entry.lsn
+                )));
+            }
+        }
+        let started = Instant::now();
+        if let Err(e) = lock(&self.log).append(&fresh) {
+            self.broken.store(true, Ordering::Release);
+            tracing::error!(error = %e, "WAL append failed; refusing writes until restart");
+            return Err(e);
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .writes
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        self.counters
+            .sync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.durable.fetch_max(last, Ordering::AcqRel);
+        lock(&self.unapplied).extend(fresh);
+        Ok(Applied::Applied(last))
+    }
+
+    /// Replica pipelining, second half: applies every entry [`Store::append_replicated`]
+    /// made durable to the trees; returns the applied LSN.
+    pub fn apply_replicated(&self) -> Result<Lsn> {
+        let _writer = lock(&self.writer);
+        self.apply_unapplied()?;
+        self.last_lsn()
+    }
+
+    /// Applies the durable but unapplied entries. Caller holds the writer lock.
+    fn apply_unapplied(&self) -> Result<()> {
+        let entries: Vec<WalEntry> = lock(&self.unapplied).drain(..).collect();
+        let Some(last) = entries.last().map(|e| e.lsn) else {
+            return Ok(());
+        };
+        {
+            let _view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            for entry in &entries {
+                if let Err(e) = apply_to_trees(&self.trees, entry) {
+                    // Durable in the WAL: a restart replays it. Until then stop writing.
+                    self.broken.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+            self.meta().insert(META_LAST_LSN, &last.to_be_bytes())?;
+            self.checkpoint.applied.store(last, Ordering::Release);
+        }
+        self.publish_committed(&entries);
+        Ok(())
     }
 
     /// [`apply_wal_entries_flushed`](Self::apply_wal_entries_flushed) in the
@@ -802,6 +886,7 @@ impl Store {
     }
 
     fn set_positions(&self, lsn: Lsn) {
+        lock(&self.unapplied).clear();
         self.checkpoint.applied.store(lsn, Ordering::Release);
         self.checkpoint.checkpointed.store(lsn, Ordering::Release);
         self.durable.store(lsn, Ordering::Release);
@@ -1405,6 +1490,68 @@ mod tests {
         assert_eq!(target.dump().unwrap(), source.dump().unwrap());
         assert_eq!(target.last_lsn().unwrap(), 2);
         assert_eq!(target.durable_lsn(), 2);
+    }
+
+    /// Replica pipelining: appended entries are durable (and survive a crash before they
+    /// are applied: start-up replays them) but only applied by `apply_replicated` or by the
+    /// next local write; re-delivery is skipped, a gap refused, and the result equals the
+    /// primary.
+    #[test]
+    fn appended_entries_are_durable_before_they_are_applied() {
+        let (_d1, primary) = temp_store();
+        for i in 0..10u8 {
+            put(&primary, &[b'k', i], &[i]).unwrap();
+        }
+        let entries = primary.wal_since(0, 100).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig::new(dir.path().join("db"));
+        {
+            let replica = Store::open(&config).expect("open");
+            assert_eq!(
+                replica.append_replicated(&entries[..6]).unwrap(),
+                Applied::Applied(6)
+            );
+            assert_eq!(replica.durable_lsn(), 6);
+            assert_eq!(
+                replica.last_lsn().unwrap(),
+                0,
+                "not applied on the ack path"
+            );
+            assert_eq!(replica.apply_replicated().unwrap(), 6);
+            let mut gapped = entries[6..].to_vec();
+            gapped.remove(1);
+            assert!(matches!(
+                replica.append_replicated(&gapped),
+                Err(ShopError::FailedPrecondition(_))
+            ));
+            assert_eq!(
+                replica.append_replicated(&entries[4..8]).unwrap(),
+                Applied::Applied(8)
+            );
+            assert_eq!(
+                replica.append_replicated(&entries[..8]).unwrap(),
+                Applied::Skipped(8)
+            );
+            // Closed with 7 and 8 in the WAL only, as a crash before the apply leaves them.
+            drop(replica);
+        }
+        let replica = Store::open(&config).expect("reopen replays the WAL");
+        assert_eq!(replica.last_lsn().unwrap(), 8);
+        replica.append_replicated(&entries[8..]).unwrap();
+        assert_eq!(replica.last_lsn().unwrap(), 8);
+        // A promoted replica's first local write applies what is pending first.
+        let written = put(&replica, b"new", b"1").unwrap();
+        assert_eq!(written, Some(11));
+        for i in 0..10u8 {
+            assert_eq!(
+                replica
+                    .tree(TreeName::Carts)
+                    .get([b'k', i])
+                    .unwrap()
+                    .as_deref(),
+                Some(&[i][..])
+            );
+        }
     }
 
     /// The replica's persisted ack only grows within a term, belongs to its term, and

@@ -530,3 +530,41 @@ async fn wal_trimming_respects_the_replica_and_falls_back_to_a_snapshot() {
     );
     assert!(p_first > Some(1));
 }
+
+/// Issue 14 item 2: a replica acks what is durable and applies off the ack path; its
+/// status and its reads report the applied LSN as well as the durable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reports_applied_and_durable_lsns() {
+    let (_dir, primary, replica) = start_pair(ReplicationMode::Sync, OnReplicaLoss::Fail).await;
+    let mut p = primary.client();
+    let mut product = None;
+    for i in 0..20 {
+        product = Some(create(&mut p, &format!("Item {i}"), 100, 1).await);
+    }
+    let want = primary.last_lsn().await;
+    assert!(caught_up(&primary, &replica).await);
+    let s = replica.status().await;
+    assert_eq!((s.applied_lsn, s.durable_lsn), (want, want), "{s:?}");
+    let ps = primary.status().await;
+    assert_eq!(
+        (ps.applied_lsn, ps.durable_lsn, ps.replica_acked_lsn),
+        (want, want, want)
+    );
+    let read = replica
+        .client()
+        .get_product(pb::GetProductRequest {
+            id: product.expect("created").id,
+        })
+        .await
+        .expect("read on the replica");
+    let header = |name| {
+        read.metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(header(concord_shop::APPLIED_LSN_HEADER), Some(want));
+    assert_eq!(header(concord_shop::DURABLE_LSN_HEADER), Some(want));
+    replica.stop().await;
+    primary.stop().await;
+}

@@ -73,7 +73,13 @@ async fn follow_once(
     let mut client = ReplicationClient::new(channel);
     let store = Arc::clone(&rep.store);
     let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-    let applied_lsn = store.last_lsn()?;
+    // The Hello names what this replica holds: everything durable, applied first (an
+    // earlier session's applier may still be behind), so the divergence check covers it.
+    let applied_lsn = {
+        let store = Arc::clone(&store);
+        rep.spawn_blocking(move || store.apply_replicated())
+            .await??
+    };
     let hello = pb::Hello {
         replica_id: rep.config.replica_id.clone(),
         applied_lsn,
@@ -113,13 +119,16 @@ async fn follow_once(
     rep.following.store(true, Ordering::Release);
     tracing::info!(%primary, applied_lsn, "following primary");
     let mut stop_rx = rep.stop_rx.clone();
-    // Entry batches are applied on a blocking thread, one apply in flight at a time;
-    // whatever arrives meanwhile waits in `pending` and goes into the next apply as ONE
-    // transaction and ONE flush, so receiving overlaps applying and a busy stream costs
-    // one fsync per apply, not per message.
+    // Pipelining (issue 14 item 2): received batches are appended to this store's WAL on
+    // a blocking thread, one sync in flight at a time; whatever arrives meanwhile waits in
+    // `pending` and goes into the next append as ONE sync, so receiving overlaps syncing.
+    // The durable LSN is acked at once; applying to the trees happens off the ack path, in
+    // the session's applier task (`run_applier`), which the ack only wakes.
     let mut pending: Vec<WalEntry> = Vec::new();
     let mut applying = false;
     let (applied_tx, mut applied_rx) = mpsc::channel::<Result<Lsn>>(1);
+    let (apply_tx, apply_rx) = watch::channel(0);
+    rep.spawn(run_applier(Arc::clone(rep), apply_rx));
     loop {
         if !applying && !pending.is_empty() {
             applying = true;
@@ -127,7 +136,7 @@ async fn follow_once(
             let store = Arc::clone(&store);
             let applied_tx = applied_tx.clone();
             rep.spawn_blocking(move || {
-                let _ = applied_tx.blocking_send(apply_and_flush(&store, &entries));
+                let _ = applied_tx.blocking_send(append_durable(&store, &entries));
             });
         }
         let msg = tokio::select! {
@@ -135,7 +144,7 @@ async fn follow_once(
             applied = applied_rx.recv(), if applying => {
                 applying = false;
                 let lsn = applied.ok_or_else(|| ShopError::internal("apply task vanished"))??;
-                if !ack_applied(rep, &out_tx, lsn).await {
+                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
                     return Ok(());
                 }
                 continue;
@@ -166,7 +175,7 @@ async fn follow_once(
                     .recv()
                     .await
                     .ok_or_else(|| ShopError::internal("apply task vanished"))??;
-                if !ack_applied(rep, &out_tx, lsn).await {
+                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
                     return Ok(());
                 }
             }
@@ -174,9 +183,9 @@ async fn follow_once(
                 let entries = std::mem::take(&mut pending);
                 let store = Arc::clone(&store);
                 let lsn = rep
-                    .spawn_blocking(move || apply_and_flush(&store, &entries))
+                    .spawn_blocking(move || append_durable(&store, &entries))
                     .await??;
-                if !ack_applied(rep, &out_tx, lsn).await {
+                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
                     return Ok(());
                 }
             }
@@ -223,31 +232,58 @@ async fn follow_once(
             }
         };
         if let Some(lsn) = durable {
-            if !ack_applied(rep, &out_tx, lsn).await {
+            if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
                 return Ok(());
             }
         }
     }
 }
 
-/// Replica side: applies a run of received entries in one transaction and flushes it on
-/// the calling (blocking) thread; returns the store's LSN, now durable.
-fn apply_and_flush(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
-    store.apply_wal_entries_flushed(entries)?;
-    store.last_lsn()
+/// Replica side: appends a run of received entries to the WAL with one sync on the
+/// calling (blocking) thread, without applying them; returns the durable LSN.
+fn append_durable(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
+    store.append_replicated(entries)?;
+    Ok(store.durable_lsn())
 }
 
-/// Replica side: records that the store is durable at `lsn` and acks it to the primary.
+/// Replica side: applies what is durable to the trees whenever `durable_rx` moves, off
+/// the ack path; ends (after a last apply) when the session drops its sender, or on an
+/// apply error (the store then refuses writes until restarted; start-up replays the WAL).
+async fn run_applier(rep: Arc<Replicator>, mut durable_rx: watch::Receiver<Lsn>) {
+    loop {
+        let more = durable_rx.changed().await.is_ok();
+        let store = Arc::clone(&rep.store);
+        match rep.spawn_blocking(move || store.apply_replicated()).await {
+            Ok(Ok(applied)) => {
+                if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
+                    rep.caught_up.store(true, Ordering::Release);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "applying replicated entries failed");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "apply task failed");
+                return;
+            }
+        }
+        if !more {
+            return;
+        }
+    }
+}
+
+/// Replica side: acks the durable `lsn` to the primary and wakes the applier.
 /// `false` when the stream is gone.
-async fn ack_applied(
+async fn ack_durable(
     rep: &Replicator,
     out_tx: &mpsc::Sender<pb::ReplicateRequest>,
+    apply_tx: &watch::Sender<Lsn>,
     lsn: Lsn,
 ) -> bool {
-    if lsn >= rep.primary_last_lsn.load(Ordering::Acquire) {
-        rep.caught_up.store(true, Ordering::Release);
-    }
     rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
+    apply_tx.send_replace(lsn);
     let ack = pb::ReplicateRequest {
         kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
             durable_lsn: lsn,

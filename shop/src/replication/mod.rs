@@ -22,10 +22,15 @@
 //! its WAL is gone, the replica is ahead of it, or the replica's entry at `applied_lsn`
 //! has another term (divergence after a failover). Then it ships `WalBatch`es of at most
 //! [`WAL_BATCH_MAX`] entries as they commit, and a `Heartbeat` every
-//! [`HEARTBEAT_INTERVAL`] when idle. The replica applies each entry through
-//! `Store::apply_wal_entries` (one transaction per batch; idempotent, in LSN order, refuses
-//! gaps), waits for the group
-//! flush, and acks the highest durable LSN (acks are cumulative, one per batch).
+//! [`HEARTBEAT_INTERVAL`] when idle. The replica pipelines: it appends what it
+//! received to its own WAL with one sync (`Store::append_replicated`: idempotent, in LSN
+//! order, refuses gaps; whatever arrives during a sync goes into the next one, so receiving
+//! overlaps syncing), acks the highest durable LSN at once (acks are cumulative, one per
+//! sync), and applies to the data off the ack path (`Store::apply_replicated`, woken by the
+//! ack). A crash between the sync and the apply is replayed from the WAL at start-up; a
+//! promoted replica applies what is pending before its first write. Reads report the LSN
+//! they reflect (`x-concord-applied-lsn`, and `x-concord-durable-lsn`), and
+//! `GetReplicationStatus` reports `applied_lsn` and `durable_lsn`.
 //! The snapshot is fuzzy (taken while writes continue) and followed by the WAL from the
 //! LSN read before the scan; entries are full-value puts/deletes, so redoing them over the
 //! fuzzy copy converges to the primary's state.
@@ -53,8 +58,8 @@
 //!   lost are exactly those above the replica's acked LSN: at most `lag_entries` as read
 //!   at that moment (`cli/tests/shop_failover.rs` checks lost ≤ lag read just before the
 //!   kill + writes acknowledged after that read).
-//! - `sync`: acknowledged only once the replica has acked the LSN, i.e. applied *and*
-//!   fsynced it: zero acknowledged-write loss when either process dies (checked over 10
+//! - `sync`: acknowledged only once the replica has acked the LSN, i.e. fsynced it to its
+//!   WAL (applied a moment later; a replica read right after the ack may not show it yet): zero acknowledged-write loss when either process dies (checked over 10
 //!   SIGKILLs under load). If the replica does not ack within `sync_timeout` the call fails
 //!   with UNAVAILABLE (the write is committed on the primary but not acknowledged — a
 //!   retry of PlaceOrder with the same key is safe), unless `--on-replica-loss degrade`,

@@ -278,6 +278,13 @@ impl Replicator {
         }
     }
 
+    /// The applied and durable LSNs of this process (what its reads reflect, what its WAL
+    /// holds).
+    pub fn positions(&self) -> (Lsn, Lsn) {
+        let applied = self.store.last_lsn().unwrap_or(0);
+        (applied, self.store.durable_lsn().max(applied))
+    }
+
     /// Whether a replica or the primary is connected, as seen from this process's side:
     /// the primary asks its current stream, a replica its follower.
     pub fn peer_connected(&self) -> bool {
@@ -479,6 +486,8 @@ impl Replicator {
             address: self.address.clone(),
             first_wal_lsn: self.store.first_wal_lsn()?.unwrap_or(0),
             promotion_lsn: self.store.promotion_lsn()?.unwrap_or(0),
+            applied_lsn: last_lsn,
+            durable_lsn: self.store.durable_lsn(),
         })
     }
 
