@@ -12,9 +12,11 @@
 //!   processes; [`secrets`]: the cluster's secrets on disk.
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
+//! - [`claim`]: the `role`/`term` a shop publishes in the registry, parsed by one rule.
 //! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
 
 pub mod auth;
+pub mod claim;
 pub mod config;
 pub mod discovery;
 pub mod error;

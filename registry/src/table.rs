@@ -72,7 +72,12 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use concord::{error::quote, identity::Principal, pb::registry::v1::Instance};
+use concord::{
+    claim::{PrimaryClaim, ROLE_PRIMARY},
+    error::quote,
+    identity::Principal,
+    pb::registry::v1::Instance,
+};
 
 use crate::RegistryError;
 
@@ -112,10 +117,8 @@ pub const AGGREGATOR_SERVICE: &str = "aggregator";
 pub const GATEWAY_SERVICE: &str = "gateway";
 /// Metadata key naming a prediction node (`concord_node::METADATA_NODE_ID`).
 pub const METADATA_NODE_ID: &str = "node_id";
-/// Metadata key of a shop's role (`primary` or `replica`).
-pub const METADATA_ROLE: &str = "role";
-/// Metadata key of the term a shop claims or follows.
-pub const METADATA_TERM: &str = "term";
+/// Metadata keys of a shop's role and term, parsed by [`PrimaryClaim`].
+pub use concord::claim::{METADATA_ROLE, METADATA_TERM};
 
 struct Lease {
     /// What is published: `lease_id` is always empty here.
@@ -439,12 +442,13 @@ impl LeaseTable {
         if *owner != Principal::Shop {
             return;
         }
-        let Some(term) = metadata
-            .get(METADATA_TERM)
-            .and_then(|t| t.parse::<u64>().ok())
-        else {
+        // A replica that names no term follows nothing known yet: it must not pin term 0.
+        let Ok(Some(PrimaryClaim { term, .. })) = PrimaryClaim::parse(metadata) else {
             return;
         };
+        if !metadata.contains_key(METADATA_TERM) {
+            return;
+        }
         let known = self
             .terms
             .entry(service.to_owned())
@@ -562,7 +566,7 @@ pub fn authorize(
             ));
         }
     }
-    if metadata.get(METADATA_ROLE).map(String::as_str) == Some("primary")
+    if metadata.get(METADATA_ROLE).map(String::as_str) == Some(ROLE_PRIMARY)
         && *owner != Principal::Shop
     {
         return forbidden("may not claim role=primary: only a shop may".into());
@@ -570,20 +574,12 @@ pub fn authorize(
     Ok(())
 }
 
-/// The term a metadata set claims the primary role for: `None` when it does not say
-/// `role=primary`; a missing `term` counts as 0; a `term` that is not a u64 is refused.
+/// The term a metadata set claims the primary role for (`None` when it claims none), by
+/// the one rule of [`PrimaryClaim::parse`]; a claim that does not parse is refused.
 fn primary_claim(metadata: &HashMap<String, String>) -> Result<Option<u64>, RegistryError> {
-    if metadata.get(METADATA_ROLE).map(String::as_str) != Some("primary") {
-        return Ok(None);
-    }
-    match metadata.get(METADATA_TERM) {
-        None => Ok(Some(0)),
-        Some(term) => term.parse().map(Some).map_err(|_| {
-            RegistryError::InvalidArgument(format!(
-                "metadata term {term:?} of a primary is not a non-negative integer"
-            ))
-        }),
-    }
+    PrimaryClaim::parse(metadata)
+        .map(|claim| claim.and_then(|c| c.primary_term()))
+        .map_err(|err| RegistryError::InvalidArgument(err.to_string()))
 }
 
 /// Checks a service name: 1..=64 bytes of `[A-Za-z0-9._-]`.

@@ -59,6 +59,7 @@ pub use replication::{
     OnReplicaLoss, ReplicationConfig, ReplicationMode, Replicator, Role, DEFAULT_SYNC_TIMEOUT,
 };
 pub use segments::{Recovered, SegmentLog, DEFAULT_SEGMENT_BYTES};
+pub use service::{APPLIED_LSN_HEADER, DURABLE_LSN_HEADER};
 pub use shop::Shop;
 pub use store::{
     Applied, Committed, GroupCommitStats, Store, StoreConfig, Written, DEFAULT_LINGER,
@@ -195,24 +196,23 @@ pub async fn serve(
              (standalone only; set --credential / CONCORD_CREDENTIAL)"
         );
     }
-    let replication = fence(&config, &store, &address).await?;
-    let fenced = replication.primary_addr.as_deref() == Some("");
+    let role = fence(&config, &store, &address).await?;
+    let fenced = role.is_fenced();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let replicator = Replicator::new(
         Arc::clone(&store),
-        replication,
+        config.replication.clone(),
+        role,
         address.clone(),
         config.credential.clone(),
         stop_rx.clone(),
     );
-    let mut tasks = vec![tokio::spawn(replication::run_follower(Arc::clone(
-        &replicator,
-    )))];
+    replicator.spawn(replication::run_follower(Arc::clone(&replicator)));
     if let Some(retain) = config.replication.wal_retain {
-        tasks.push(tokio::spawn(replication::run_wal_trimmer(
+        replicator.spawn(replication::run_wal_trimmer(
             Arc::clone(&replicator),
             retain,
-        )));
+        ));
     }
 
     let keeper = match &config.registry_addr {
@@ -237,48 +237,46 @@ pub async fn serve(
             if !keeper.wait_registered(REGISTER_WAIT).await {
                 tracing::warn!(%registry, "not registered yet; writes wait for the lease");
             }
-            tasks.push(tokio::spawn(replication::run_failover_watch(
+            replicator.spawn(replication::run_failover_watch(
                 Arc::clone(&replicator),
                 registry.clone(),
                 SERVICE_NAME.to_string(),
-            )));
+                replication::KeeperFeed {
+                    accepted: keeper.accepted_metadata(),
+                    rejected: keeper.rejections(),
+                },
+            ));
             if fenced {
-                tasks.push(tokio::spawn(replication::run_fence(
+                replicator.spawn(replication::run_fence(
                     Arc::clone(&replicator),
                     registry.clone(),
                     SERVICE_NAME.to_string(),
-                )));
+                ));
             }
             Some(Arc::new(keeper))
         }
         None => None,
     };
     if let Some(keeper) = &keeper {
-        // Republish role/term whenever they change (a replica's term also moves with its
-        // primary's heartbeats, hence the tick), and step down when a claim is refused.
+        // Republish role/term (or a pending claim) whenever they change (a replica's term
+        // also moves with its primary's heartbeats, hence the tick as a backstop).
         let keeper = Arc::clone(keeper);
         let rep = Arc::clone(&replicator);
         let mut role_rx = replicator.subscribe_role();
-        let mut rejected_rx = keeper.rejections();
+        let mut claim_rx = replicator.subscribe_claim();
         let mut tick = tokio::time::interval(METADATA_REFRESH);
         let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        replicator.spawn(async move {
             loop {
                 tokio::select! {
                     changed = role_rx.changed() => if changed.is_err() { return },
+                    changed = claim_rx.changed() => if changed.is_err() { return },
                     _ = tick.tick() => {}
-                    changed = rejected_rx.changed() => {
-                        if changed.is_err() { return }
-                        let rejection = rejected_rx.borrow_and_update().clone();
-                        if let Some(rejection) = rejection {
-                            rep.claim_refused(&rejection.metadata, &rejection.message);
-                        }
-                    }
                     _ = replication::stopped(&mut stop) => return,
                 }
                 keeper.set_metadata(rep.registry_metadata());
             }
-        }));
+        });
     }
 
     let (router, health) = concord::grpc::router(&[
@@ -309,11 +307,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     })
     .await;
-    for task in tasks {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "shop background task failed");
-        }
-    }
+    replicator.join_tasks().await;
     if let Some(keeper) = keeper {
         match Arc::try_unwrap(keeper) {
             Ok(keeper) => keeper.deregister().await,
@@ -328,31 +322,31 @@ pub async fn serve(
 /// The split-brain fence (see `replication`, "Fence"): a process configured as primary
 /// with a registry asks the registry before taking any write. A registered primary with
 /// a higher term than our stored one → start as its replica (adopting its term); no
-/// answer → start fenced (`primary_addr = Some("")`: a replica of nobody, refusing
-/// writes) and let `run_fence` retry; otherwise start as primary. Returns the replication
-/// settings to start with.
-async fn fence(config: &Config, store: &Arc<Store>, address: &str) -> Result<ReplicationConfig> {
-    let mut replication = config.replication.clone();
+/// answer → start fenced (refusing writes) and let `run_fence` retry; otherwise start as
+/// primary. Returns the role to start in.
+async fn fence(config: &Config, store: &Arc<Store>, address: &str) -> Result<Role> {
+    let role = Replicator::initial_role(&config.replication, store.term());
     let Some(registry) = &config.registry_addr else {
-        return Ok(replication);
+        return Ok(role);
     };
-    if replication.primary_addr.is_some() {
-        return Ok(replication);
+    if !role.is_primary() {
+        return Ok(role);
     }
-    match replication::check_fence(registry, SERVICE_NAME, address, store.term()).await {
-        replication::Fence::Clear => {}
-        replication::Fence::Follow { primary, term } => {
-            tracing::warn!(%primary, term, our_term = store.term(), "a newer primary is registered; starting as its replica");
-            let s = Arc::clone(store);
-            tokio::task::spawn_blocking(move || s.set_term(term)).await??;
-            replication.primary_addr = Some(primary);
-        }
-        replication::Fence::Unknown => {
-            tracing::warn!(%registry, "registry unreachable; refusing writes until it answers");
-            replication.primary_addr = Some(String::new());
-        }
-    }
-    Ok(replication)
+    Ok(
+        match replication::check_fence(registry, SERVICE_NAME, address, store.term()).await {
+            replication::Fence::Clear => role,
+            replication::Fence::Follow { primary, term } => {
+                tracing::warn!(%primary, term, our_term = store.term(), "a newer primary is registered; starting as its replica");
+                let s = Arc::clone(store);
+                tokio::task::spawn_blocking(move || s.set_term(term)).await??;
+                Role::Replica { primary, term }
+            }
+            replication::Fence::Unknown => {
+                tracing::warn!(%registry, "registry unreachable; refusing writes until it answers");
+                Role::Fenced { term: store.term() }
+            }
+        },
+    )
 }
 
 /// Longest time shutdown waits for the last in-flight users of the store (replication

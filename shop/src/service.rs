@@ -20,6 +20,13 @@ use crate::replication::Replicator;
 use crate::shop::Shop;
 use crate::store::Written;
 
+/// Reply metadata of every read: the LSN applied to the data before the read ran, so the
+/// read reflects at least every write up to it. On a replica it may trail the durable LSN
+/// (entries are acked once durable and applied off the ack path).
+pub const APPLIED_LSN_HEADER: &str = "x-concord-applied-lsn";
+/// Reply metadata of every read: the LSN durable in this process's WAL when the read ran.
+pub const DURABLE_LSN_HEADER: &str = "x-concord-durable-lsn";
+
 /// The Shop service.
 pub struct ShopService {
     shop: Shop,
@@ -40,6 +47,20 @@ impl ShopService {
 
     fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         concord::auth::require_token(request.metadata(), &self.admin_token).map_err(Status::from)
+    }
+
+    /// This process's applied and durable LSNs, read before a read runs.
+    fn read_positions(&self) -> (u64, u64) {
+        self.replicator.positions()
+    }
+
+    /// A read's reply, with the positions it reflects ([`APPLIED_LSN_HEADER`]).
+    fn read_reply<T>(positions: (u64, u64), reply: T) -> Response<T> {
+        let mut response = Response::new(reply);
+        let metadata = response.metadata_mut();
+        metadata.insert(APPLIED_LSN_HEADER, positions.0.into());
+        metadata.insert(DURABLE_LSN_HEADER, positions.1.into());
+        response
     }
 
     /// Completes a durable local write: replication per mode, then the `WriteInfo`.
@@ -80,11 +101,15 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let positions = self.read_positions();
         let id = convert::product_id(&request.get_ref().id)?;
         let product = self.shop.get_product(id).await?;
-        Ok(Response::new(pb::GetProductResponse {
-            product: Some(product.into()),
-        }))
+        Ok(Self::read_reply(
+            positions,
+            pb::GetProductResponse {
+                product: Some(product.into()),
+            },
+        ))
     }
 
     async fn update_product(
@@ -130,6 +155,7 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let positions = self.read_positions();
         let r = request.into_inner();
         let page = self
             .shop
@@ -139,10 +165,13 @@ impl ShopApi for ShopService {
                 name_contains: r.name_contains,
             })
             .await?;
-        Ok(Response::new(pb::ListProductsResponse {
-            products: page.products.into_iter().map(Into::into).collect(),
-            next_page_token: page.next_page_token,
-        }))
+        Ok(Self::read_reply(
+            positions,
+            pb::ListProductsResponse {
+                products: page.products.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token,
+            },
+        ))
     }
 
     async fn add_cart_item(
@@ -200,10 +229,14 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::GetCartRequest>,
     ) -> Result<Response<pb::GetCartResponse>, Status> {
+        let positions = self.read_positions();
         let cart = self.shop.get_cart(request.into_inner().user_id).await?;
-        Ok(Response::new(pb::GetCartResponse {
-            cart: Some(cart.into()),
-        }))
+        Ok(Self::read_reply(
+            positions,
+            pb::GetCartResponse {
+                cart: Some(cart.into()),
+            },
+        ))
     }
 
     async fn clear_cart(
@@ -253,26 +286,34 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let positions = self.read_positions();
         let id = convert::order_id(&request.get_ref().order_id)?;
         let order = self.shop.get_order(id).await?;
-        Ok(Response::new(pb::GetOrderResponse {
-            order: Some(order.into()),
-        }))
+        Ok(Self::read_reply(
+            positions,
+            pb::GetOrderResponse {
+                order: Some(order.into()),
+            },
+        ))
     }
 
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let positions = self.read_positions();
         let r = request.into_inner();
         let page = self
             .shop
             .list_orders(r.user_id, r.page_size, r.page_token)
             .await?;
-        Ok(Response::new(pb::ListOrdersResponse {
-            orders: page.orders.into_iter().map(Into::into).collect(),
-            next_page_token: page.next_page_token,
-        }))
+        Ok(Self::read_reply(
+            positions,
+            pb::ListOrdersResponse {
+                orders: page.orders.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token,
+            },
+        ))
     }
 
     async fn update_order_status(

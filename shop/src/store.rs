@@ -66,6 +66,12 @@ const META_LAST_LSN: &[u8] = b"last_lsn";
 const META_TERM: &[u8] = b"term";
 /// `meta` key: the WAL's logical start after trimming (entries below it are gone).
 const META_WAL_FIRST: &[u8] = b"wal_first";
+/// `meta` key: (term, LSN), the highest LSN the replica durably acked while this process
+/// was the primary of that term (module docs of `replication`, "WAL trimming").
+const META_REPLICA_ACKED: &[u8] = b"replica_acked";
+/// `meta` key: (term, LSN), the current term began on this process after that LSN (its
+/// promotion).
+const META_TERM_START: &[u8] = b"term_start";
 /// Directory of the WAL segments inside the store's directory.
 pub const WAL_DIR: &str = "wal";
 /// Default group-commit linger (the writer takes what is queued and goes).
@@ -250,6 +256,10 @@ pub struct Store {
     /// The last committed entries ([`WAL_TAIL_CAPACITY`] at most, consecutive LSNs), so the
     /// shipper sends fresh commits from memory instead of reading the WAL files back.
     tail: Mutex<VecDeque<WalEntry>>,
+    /// Replica side: entries durable in the WAL but not yet applied to the trees
+    /// ([`Store::append_replicated`]); applied by [`Store::apply_replicated`], or before
+    /// anything else takes the writer lock to write.
+    unapplied: Mutex<VecDeque<WalEntry>>,
 }
 
 /// Most entries [`Store::wal_tail_since`] keeps in memory.
@@ -346,6 +356,7 @@ impl Store {
             writes_fenced: AtomicBool::new(false),
             committed_tx,
             tail: Mutex::new(VecDeque::with_capacity(WAL_TAIL_CAPACITY)),
+            unapplied: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -452,6 +463,62 @@ impl Store {
         Ok(())
     }
 
+    /// Takes `term` as a newly promoted primary: persists it and records that it begins
+    /// after the current last LSN (the promotion LSN), flushed together. Returns that LSN.
+    pub fn begin_term(&self, term: u64) -> Result<Lsn> {
+        let start = self.last_lsn()?;
+        self.meta()
+            .insert(META_TERM_START, &term_lsn_bytes(term, start))?;
+        self.set_term(term)?;
+        Ok(start)
+    }
+
+    /// The LSN the current term began after on this process, if it was promoted into it.
+    pub fn promotion_lsn(&self) -> Result<Option<Lsn>> {
+        let term = self.term();
+        Ok(read_term_lsn(self.meta().get(META_TERM_START)?.as_deref())?
+            .filter(|(t, _)| *t == term)
+            .map(|(_, lsn)| lsn))
+    }
+
+    /// Records that the replica durably acked `lsn` while this process is the primary of
+    /// `term` (kept across restarts, so WAL trimming after a restart keeps what the replica
+    /// still needs). Only grows within a term; durable with the next checkpoint (a crash
+    /// can only bring back an older value, which trims less).
+    pub fn record_replica_acked(&self, term: u64, lsn: Lsn) -> Result<()> {
+        let mut failed = None;
+        self.meta().fetch_and_update(META_REPLICA_ACKED, |old| {
+            let keep = match read_term_lsn(old) {
+                Ok(Some((t, l))) => t == term && l >= lsn,
+                Ok(None) => false,
+                Err(e) => {
+                    failed = Some(e);
+                    return old.map(|b| b.to_vec());
+                }
+            };
+            if keep {
+                old.map(|b| b.to_vec())
+            } else {
+                Some(term_lsn_bytes(term, lsn).to_vec())
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.checkpoint.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The highest LSN the replica acked while this process was the primary of `term`
+    /// (0 when none was recorded in that term).
+    pub fn replica_acked(&self, term: u64) -> Result<Lsn> {
+        Ok(
+            read_term_lsn(self.meta().get(META_REPLICA_ACKED)?.as_deref())?
+                .filter(|(t, _)| *t == term)
+                .map_or(0, |(_, lsn)| lsn),
+        )
+    }
+
     /// Watches the last committed LSN (the WAL shipper waits on it for new entries).
     pub fn subscribe(&self) -> watch::Receiver<Lsn> {
         self.committed_tx.subscribe()
@@ -504,6 +571,8 @@ impl Store {
                 })
             }
         };
+        // A replica promoted with entries still unapplied: they come first.
+        self.apply_unapplied()?;
         let tx = Tx::new(self, term, self.last_lsn()? + 1, now_unix_ms());
         let mut writes = Vec::with_capacity(n);
         for i in 0..n {
@@ -610,6 +679,7 @@ impl Store {
     pub fn apply_wal_entries_flushed(&self, entries: &[WalEntry]) -> Result<Applied> {
         let _writer = lock(&self.writer);
         self.check_intact()?;
+        self.apply_unapplied()?;
         let last = self.last_lsn()?;
         let fresh: Vec<WalEntry> = entries.iter().filter(|e| e.lsn > last).cloned().collect();
         if fresh.is_empty() {
@@ -626,6 +696,82 @@ impl Store {
         }
         self.commit_entries(&fresh)?;
         Ok(Applied::Applied(fresh.last().expect("not empty").lsn))
+    }
+
+    /// Replica pipelining, first half: appends the primary's consecutive `entries` to this
+    /// store's WAL with one sync and returns at once, without applying them (module docs of
+    /// `replication`, "Stream"). Entries at or below the durable LSN are skipped
+    /// (re-delivery); a gap refuses the batch and changes nothing. `Applied(last durable
+    /// LSN)`, or `Skipped` when nothing was new. The entries are applied by
+    /// [`Store::apply_replicated`] (or before the next local write); a crash before that
+    /// replays them from the WAL at start-up.
+    pub fn append_replicated(&self, entries: &[WalEntry]) -> Result<Applied> {
+        let _writer = lock(&self.writer);
+        self.check_intact()?;
+        let durable = self.durable_lsn();
+        let fresh: Vec<WalEntry> = entries
+            .iter()
+            .filter(|e| e.lsn > durable)
+            .cloned()
+            .collect();
+        let Some(last) = fresh.last().map(|e| e.lsn) else {
+            return Ok(Applied::Skipped(entries.last().map_or(durable, |e| e.lsn)));
+        };
+        for (i, entry) in fresh.iter().enumerate() {
+            if entry.lsn != durable + 1 + i as u64 {
+                return Err(ShopError::precondition(format!(
+                    "WAL gap: store is durable at LSN {}, entry has LSN {}",
+                    durable + i as u64,
+                    entry.lsn
+                )));
+            }
+        }
+        let started = Instant::now();
+        if let Err(e) = lock(&self.log).append(&fresh) {
+            self.broken.store(true, Ordering::Release);
+            tracing::error!(error = %e, "WAL append failed; refusing writes until restart");
+            return Err(e);
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .writes
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        self.counters
+            .sync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.durable.fetch_max(last, Ordering::AcqRel);
+        lock(&self.unapplied).extend(fresh);
+        Ok(Applied::Applied(last))
+    }
+
+    /// Replica pipelining, second half: applies every entry [`Store::append_replicated`]
+    /// made durable to the trees; returns the applied LSN.
+    pub fn apply_replicated(&self) -> Result<Lsn> {
+        let _writer = lock(&self.writer);
+        self.apply_unapplied()?;
+        self.last_lsn()
+    }
+
+    /// Applies the durable but unapplied entries. Caller holds the writer lock.
+    fn apply_unapplied(&self) -> Result<()> {
+        let entries: Vec<WalEntry> = lock(&self.unapplied).drain(..).collect();
+        let Some(last) = entries.last().map(|e| e.lsn) else {
+            return Ok(());
+        };
+        {
+            let _view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            for entry in &entries {
+                if let Err(e) = apply_to_trees(&self.trees, entry) {
+                    // Durable in the WAL: a restart replays it. Until then stop writing.
+                    self.broken.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+            self.meta().insert(META_LAST_LSN, &last.to_be_bytes())?;
+            self.checkpoint.applied.store(last, Ordering::Release);
+        }
+        self.publish_committed(&entries);
+        Ok(())
     }
 
     /// [`apply_wal_entries_flushed`](Self::apply_wal_entries_flushed) in the
@@ -740,6 +886,7 @@ impl Store {
     }
 
     fn set_positions(&self, lsn: Lsn) {
+        lock(&self.unapplied).clear();
         self.checkpoint.applied.store(lsn, Ordering::Release);
         self.checkpoint.checkpointed.store(lsn, Ordering::Release);
         self.durable.store(lsn, Ordering::Release);
@@ -999,6 +1146,28 @@ pub fn decode_json<T: DeserializeOwned>(tree: TreeName, bytes: &[u8]) -> Result<
 }
 
 /// Reads a big-endian u64 value (absent = 0).
+/// A (term, LSN) pair as stored in `meta`: two big-endian u64s.
+fn term_lsn_bytes(term: u64, lsn: Lsn) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&term.to_be_bytes());
+    bytes[8..].copy_from_slice(&lsn.to_be_bytes());
+    bytes
+}
+
+/// Reads a (term, LSN) pair written by [`term_lsn_bytes`]; `None` when absent.
+fn read_term_lsn(bytes: Option<&[u8]>) -> Result<Option<(u64, Lsn)>> {
+    let Some(b) = bytes else {
+        return Ok(None);
+    };
+    if b.len() != 16 {
+        return Err(ShopError::internal(format!(
+            "a (term, LSN) record has {} bytes, not 16",
+            b.len()
+        )));
+    }
+    Ok(Some((read_u64(Some(&b[..8]))?, read_u64(Some(&b[8..]))?)))
+}
+
 fn read_u64(bytes: Option<&[u8]>) -> Result<u64> {
     match bytes {
         None => Ok(0),
@@ -1321,6 +1490,112 @@ mod tests {
         assert_eq!(target.dump().unwrap(), source.dump().unwrap());
         assert_eq!(target.last_lsn().unwrap(), 2);
         assert_eq!(target.durable_lsn(), 2);
+    }
+
+    /// Replica pipelining: appended entries are durable (and survive a crash before they
+    /// are applied: start-up replays them) but only applied by `apply_replicated` or by the
+    /// next local write; re-delivery is skipped, a gap refused, and the result equals the
+    /// primary.
+    #[test]
+    fn appended_entries_are_durable_before_they_are_applied() {
+        let (_d1, primary) = temp_store();
+        for i in 0..10u8 {
+            put(&primary, &[b'k', i], &[i]).unwrap();
+        }
+        let entries = primary.wal_since(0, 100).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig::new(dir.path().join("db"));
+        {
+            let replica = Store::open(&config).expect("open");
+            assert_eq!(
+                replica.append_replicated(&entries[..6]).unwrap(),
+                Applied::Applied(6)
+            );
+            assert_eq!(replica.durable_lsn(), 6);
+            assert_eq!(
+                replica.last_lsn().unwrap(),
+                0,
+                "not applied on the ack path"
+            );
+            assert_eq!(replica.apply_replicated().unwrap(), 6);
+            let mut gapped = entries[6..].to_vec();
+            gapped.remove(1);
+            assert!(matches!(
+                replica.append_replicated(&gapped),
+                Err(ShopError::FailedPrecondition(_))
+            ));
+            assert_eq!(
+                replica.append_replicated(&entries[4..8]).unwrap(),
+                Applied::Applied(8)
+            );
+            assert_eq!(
+                replica.append_replicated(&entries[..8]).unwrap(),
+                Applied::Skipped(8)
+            );
+            // Closed with 7 and 8 in the WAL only, as a crash before the apply leaves them.
+            drop(replica);
+        }
+        let replica = Store::open(&config).expect("reopen replays the WAL");
+        assert_eq!(replica.last_lsn().unwrap(), 8);
+        replica.append_replicated(&entries[8..]).unwrap();
+        assert_eq!(replica.last_lsn().unwrap(), 8);
+        // A promoted replica's first local write applies what is pending first.
+        let written = put(&replica, b"new", b"1").unwrap();
+        assert_eq!(written, Some(11));
+        for i in 0..10u8 {
+            assert_eq!(
+                replica
+                    .tree(TreeName::Carts)
+                    .get([b'k', i])
+                    .unwrap()
+                    .as_deref(),
+                Some(&[i][..])
+            );
+        }
+    }
+
+    /// The replica's persisted ack only grows within a term, belongs to its term, and
+    /// survives a reopen; a promotion records where its term began.
+    #[test]
+    fn replica_ack_and_promotion_lsn_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig::new(dir.path().join("db"));
+        {
+            let store = Store::open(&config).expect("open");
+            assert_eq!(store.replica_acked(1).expect("read"), 0);
+            assert_eq!(store.promotion_lsn().expect("read"), None);
+            for (term, lsn, want_1, want_2) in
+                [(1, 5, 5, 0), (1, 3, 5, 0), (1, 9, 9, 0), (2, 4, 0, 4)]
+            {
+                store.record_replica_acked(term, lsn).expect("record");
+                assert_eq!(
+                    store.replica_acked(1).expect("read"),
+                    want_1,
+                    "{term}/{lsn}"
+                );
+                assert_eq!(
+                    store.replica_acked(2).expect("read"),
+                    want_2,
+                    "{term}/{lsn}"
+                );
+            }
+            put(&store, b"a", b"1").expect("put");
+            let start = store.last_lsn().expect("lsn");
+            assert_eq!(store.begin_term(3).expect("promote"), start);
+            assert_eq!(store.promotion_lsn().expect("read"), Some(start));
+            store.record_replica_acked(3, 7).expect("record");
+            drop(store);
+        }
+        let store = Store::open(&config).expect("reopen");
+        assert_eq!(store.term(), 3);
+        assert_eq!(store.replica_acked(3).expect("read"), 7);
+        assert!(store.promotion_lsn().expect("read").is_some());
+        store.set_term(4).expect("follow a newer primary");
+        assert_eq!(
+            store.promotion_lsn().expect("read"),
+            None,
+            "not promoted into term 4"
+        );
     }
 
     /// Trimming deletes only entries below the bound, never the last one, and the store

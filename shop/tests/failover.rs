@@ -365,3 +365,50 @@ async fn registry_restart_does_not_promote_the_replica() {
     replica.stop().await;
     registry.stop().await;
 }
+
+/// Issue 15: connection state is per side. The primary steps down (a shop promoted by the
+/// admin claims the next term) and follows the new primary, while a replica of its own is
+/// still streaming from it; when that old stream ends, the healthy stream to the new
+/// primary must still report `peer_connected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_stream_ending_leaves_the_new_one_connected() {
+    let registry = TestRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), registered(registry.addr)).await;
+    // c follows a and knows no registry: it stays on a after a steps down.
+    let c = start_replica_of(&a, &dir.path().join("c"), |_| {}).await;
+    assert!(eventually(WAIT, || async { a.status().await.peer_connected }).await);
+    // b is registered but follows nobody reachable until the admin promotes it.
+    let b = start(&dir.path().join("b"), |cfg| {
+        registered(registry.addr)(cfg);
+        cfg.replication.mode = concord_shop::ReplicationMode::None;
+        cfg.replication.primary_addr = Some("127.0.0.1:9".into());
+    })
+    .await;
+    let promoted = b
+        .replication()
+        .promote(harness::admin(pb::PromoteRequest { expected_term: 0 }))
+        .await
+        .expect("promote b")
+        .into_inner();
+    assert_eq!(promoted.term, 2);
+    let b_addr = b.addr.to_string();
+    assert!(
+        eventually(WAIT, || async {
+            let s = a.status().await;
+            s.role == pb::Role::Replica as i32 && s.primary_address == b_addr && s.peer_connected
+        })
+        .await,
+        "a did not step down and connect to b"
+    );
+    c.stop().await; // ends a's old stream to c
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let s = a.status().await;
+    assert!(
+        s.peer_connected && s.primary_address == b_addr,
+        "a's dying stream to c cleared the state of its stream to b: {s:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+    registry.stop().await;
+}

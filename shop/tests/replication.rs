@@ -228,7 +228,84 @@ async fn promote_replica() {
         .unwrap();
     assert_eq!(write.term, 2);
     assert_eq!(write.lsn, lsn + 1);
+    let status = replica.status().await;
+    assert_eq!(
+        status.promotion_lsn, lsn,
+        "term 2 began after the replica's last LSN"
+    );
+    assert_eq!(status.first_wal_lsn, 1);
     replica.stop().await;
+}
+
+/// Issue 14 item 4: the replica's ack is persisted on the primary. A primary restarted
+/// while its replica is away goes on trimming its WAL up to the replica's last ack — not
+/// past it (the replica resumes from its LSN, no snapshot) and not stuck below it (an
+/// in-memory ack would be forgotten by the restart and pin the WAL where it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_replica_ack_survives_a_primary_restart() {
+    const RETAIN: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let (p_dir, r_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let start_primary = || {
+        start(&p_dir, |c| {
+            c.replication.mode = ReplicationMode::Async;
+            c.replication.wal_retain = Some(RETAIN);
+        })
+    };
+    let start_replica = |primary: &TestShop| {
+        let primary = primary.addr.to_string();
+        start(&r_dir, move |c| c.replication.primary_addr = Some(primary))
+    };
+    let create_n = |shop: &TestShop, from: usize, n: usize| {
+        let mut c = shop.client();
+        async move {
+            for i in from..from + n {
+                create(&mut c, &format!("Item {i}"), 100, 1).await;
+            }
+        }
+    };
+
+    // The replica acks 20 entries and goes away; the primary stops at once, before a
+    // trimming pass could move past what the retention keeps.
+    let primary = start_primary().await;
+    let replica = start_replica(&primary).await;
+    create_n(&primary, 0, 20).await;
+    assert!(caught_up(&primary, &replica).await);
+    let acked = primary.last_lsn().await;
+    assert!(
+        eventually(CATCH_UP, || async {
+            primary.status().await.replica_acked_lsn >= acked
+        })
+        .await
+    );
+    replica.stop().await;
+    primary.stop().await;
+
+    // Restarted, alone, 30 more writes: trimming reaches the persisted ack, no further.
+    let primary = start_primary().await;
+    create_n(&primary, 20, 30).await;
+    assert!(
+        eventually(CATCH_UP, || async {
+            primary.status().await.first_wal_lsn == acked
+        })
+        .await,
+        "the restarted primary trims up to the replica's persisted ack: first WAL LSN {} (acked {acked})",
+        primary.status().await.first_wal_lsn
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        primary.status().await.first_wal_lsn,
+        acked,
+        "trimmed past the ack"
+    );
+
+    // The replica resumes from its LSN: no snapshot (its own WAL still starts at 1).
+    let replica = start_replica(&primary).await;
+    assert!(caught_up(&primary, &replica).await);
+    replica.stop().await;
+    primary.stop().await;
+    let (first, _, _) = inspect(r_dir.clone()).await;
+    assert_eq!(first, Some(1), "the replica caught up without a snapshot");
 }
 
 /// After a failover the old primary rejoins as a replica; its unreplicated write (same
@@ -452,4 +529,42 @@ async fn wal_trimming_respects_the_replica_and_falls_back_to_a_snapshot() {
         "the fresh replica's WAL starts after its snapshot"
     );
     assert!(p_first > Some(1));
+}
+
+/// Issue 14 item 2: a replica acks what is durable and applies off the ack path; its
+/// status and its reads report the applied LSN as well as the durable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reports_applied_and_durable_lsns() {
+    let (_dir, primary, replica) = start_pair(ReplicationMode::Sync, OnReplicaLoss::Fail).await;
+    let mut p = primary.client();
+    let mut product = None;
+    for i in 0..20 {
+        product = Some(create(&mut p, &format!("Item {i}"), 100, 1).await);
+    }
+    let want = primary.last_lsn().await;
+    assert!(caught_up(&primary, &replica).await);
+    let s = replica.status().await;
+    assert_eq!((s.applied_lsn, s.durable_lsn), (want, want), "{s:?}");
+    let ps = primary.status().await;
+    assert_eq!(
+        (ps.applied_lsn, ps.durable_lsn, ps.replica_acked_lsn),
+        (want, want, want)
+    );
+    let read = replica
+        .client()
+        .get_product(pb::GetProductRequest {
+            id: product.expect("created").id,
+        })
+        .await
+        .expect("read on the replica");
+    let header = |name| {
+        read.metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(header(concord_shop::APPLIED_LSN_HEADER), Some(want));
+    assert_eq!(header(concord_shop::DURABLE_LSN_HEADER), Some(want));
+    replica.stop().await;
+    primary.stop().await;
 }

@@ -39,6 +39,7 @@ use std::{
 };
 
 use concord::{
+    claim::PrimaryClaim,
     discovery::{ServiceWatch, WatchSnapshot},
     pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest},
 };
@@ -55,12 +56,9 @@ pub const AGGREGATOR: &str = "aggregator";
 pub const PREDICTOR: &str = "predictor";
 /// Name under which the configured registry itself is reported.
 pub const REGISTRY: &str = "registry";
-/// Metadata key of a shop instance's role.
-pub const ROLE_KEY: &str = "role";
-/// Metadata key of a shop instance's term.
-pub const TERM_KEY: &str = "term";
-/// `role` value of the shop primary.
-pub const ROLE_PRIMARY: &str = "primary";
+/// Metadata keys of a shop instance's role and term and the primary's role value (parsed
+/// by [`PrimaryClaim`]).
+pub use concord::claim::{METADATA_ROLE as ROLE_KEY, METADATA_TERM as TERM_KEY, ROLE_PRIMARY};
 /// Status metadata a replica attaches to a refused write, naming the primary.
 pub const PRIMARY_HINT: &str = "x-concord-primary";
 /// Metadata key of the request id forwarded to backends.
@@ -387,18 +385,18 @@ pub fn order_shop_instances(instances: &[Instance]) -> Vec<String> {
     ranked.into_iter().map(|r| r.3.address.clone()).collect()
 }
 
-/// Whether a shop instance says it is the primary.
+/// Whether a shop instance validly claims the primary role ([`PrimaryClaim`]).
 pub fn is_primary(instance: &Instance) -> bool {
-    instance.metadata.get(ROLE_KEY).map(String::as_str) == Some(ROLE_PRIMARY)
+    PrimaryClaim::primary_term_of(&instance.metadata).is_some()
 }
 
-/// A shop instance's published term (0 when absent or unparsable).
+/// A shop instance's published term, primary or replica (0 when it publishes no valid
+/// claim; the registry refuses invalid ones).
 pub fn term_of(instance: &Instance) -> u64 {
-    instance
-        .metadata
-        .get(TERM_KEY)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0)
+    match PrimaryClaim::parse(&instance.metadata) {
+        Ok(Some(claim)) => claim.term,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,293 @@
+//! The replica's side: follow the primary the role names, reconnecting with backoff;
+//! install a snapshot when sent one, apply WAL batches, ack what is durable.
+//!
+//! Why it runs as one loop per session: a session belongs to one primary. When the role
+//! names another primary (or none) the session ends and the next one starts; a term raised
+//! by the primary's own heartbeat does not end it. The follower alone writes its
+//! connection flag, so nothing the primary side does (a stepped-down primary's streams
+//! ending) can make a healthy follower report itself disconnected.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use concord::identity::{Principal, Verifier};
+use concord::pb::shop::v1 as pb;
+use concord::pb::shop::v1::replication_client::ReplicationClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+
+use super::convert::{entry_from_pb, mutation_from_pb};
+use super::role::Role;
+use super::{stopped, Replicator, RECONNECT_BACKOFF, STREAM_CHANNEL_CAPACITY};
+use crate::error::{Result, ShopError};
+use crate::store::Store;
+use crate::wal::{Lsn, WalEntry};
+
+/// Replica side: while this process is a replica, follow the primary (reconnecting with
+/// backoff); returns on shutdown.
+pub async fn run_follower(rep: Arc<Replicator>) {
+    let mut stop_rx = rep.stop_rx.clone();
+    let mut role_rx = rep.subscribe_role();
+    let mut backoff = RECONNECT_BACKOFF.0;
+    loop {
+        if *stop_rx.borrow() {
+            return;
+        }
+        let role = role_rx.borrow_and_update().clone();
+        let Role::Replica { primary, .. } = role else {
+            tokio::select! {
+                _ = role_rx.changed() => continue,
+                _ = stopped(&mut stop_rx) => return,
+            }
+        };
+        match follow_once(&rep, &primary, &mut role_rx).await {
+            Ok(()) => backoff = RECONNECT_BACKOFF.0,
+            Err(e) => {
+                tracing::warn!(%primary, error = %e, "replication stream failed; reconnecting")
+            }
+        }
+        rep.following.store(false, Ordering::Release);
+        rep.caught_up.store(false, Ordering::Release);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(&mut stop_rx) => return,
+        }
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+    }
+}
+
+/// One replication session with `primary`; returns when the stream ends, the role
+/// changes or on shutdown.
+async fn follow_once(
+    rep: &Arc<Replicator>,
+    primary: &str,
+    role_rx: &mut watch::Receiver<Role>,
+) -> Result<()> {
+    use pb::replicate_response::Kind;
+    let unavailable =
+        |e: &dyn std::fmt::Display| ShopError::Unavailable(format!("primary {primary}: {e}"));
+    // Over TLS the primary must prove it is a shop (its certificate), not just answer.
+    let channel =
+        concord::grpc::lazy_channel_to(primary, &Principal::Shop).map_err(|e| unavailable(&e))?;
+    let mut client = ReplicationClient::new(channel);
+    let store = Arc::clone(&rep.store);
+    let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+    // The Hello names what this replica holds: everything durable, applied first (an
+    // earlier session's applier may still be behind), so the divergence check covers it.
+    let applied_lsn = {
+        let store = Arc::clone(&store);
+        rep.spawn_blocking(move || store.apply_replicated())
+            .await??
+    };
+    let hello = pb::Hello {
+        replica_id: rep.config.replica_id.clone(),
+        applied_lsn,
+        term: store.term(),
+        applied_term: store.term_at(applied_lsn)?.unwrap_or(0),
+    };
+    out_tx
+        .send(pb::ReplicateRequest {
+            kind: Some(pb::replicate_request::Kind::Hello(hello)),
+        })
+        .await
+        .map_err(|_| ShopError::internal("outbound channel closed"))?;
+    let own = rep.must_credential()?;
+    let mut request = Request::new(ReceiverStream::new(out_rx));
+    own.attach(&mut request);
+    let response = client
+        .replicate(request)
+        .await
+        .map_err(|s| unavailable(&s))?;
+    // The primary must prove it is a shop before anything it sends is installed: a
+    // snapshot from anyone else would replace this replica's data.
+    match concord::identity::authenticate_metadata(response.metadata(), &Verifier::Own(own.clone()))
+    {
+        Ok(Principal::Shop) => {}
+        Ok(other) => {
+            return Err(ShopError::Unauthenticated(format!(
+                "{primary} proved it is {other}, not a shop; not following it"
+            )))
+        }
+        Err(e) => {
+            return Err(ShopError::Unauthenticated(format!(
+                "{primary} did not prove it is a shop ({e}); nothing it sends is installed"
+            )))
+        }
+    }
+    let mut inbound = response.into_inner();
+    rep.following.store(true, Ordering::Release);
+    tracing::info!(%primary, applied_lsn, "following primary");
+    let mut stop_rx = rep.stop_rx.clone();
+    // Pipelining (issue 14 item 2): received batches are appended to this store's WAL on
+    // a blocking thread, one sync in flight at a time; whatever arrives meanwhile waits in
+    // `pending` and goes into the next append as ONE sync, so receiving overlaps syncing.
+    // The durable LSN is acked at once; applying to the trees happens off the ack path, in
+    // the session's applier task (`run_applier`), which the ack only wakes.
+    let mut pending: Vec<WalEntry> = Vec::new();
+    let mut applying = false;
+    let (applied_tx, mut applied_rx) = mpsc::channel::<Result<Lsn>>(1);
+    let (apply_tx, apply_rx) = watch::channel(0);
+    rep.spawn(run_applier(Arc::clone(rep), apply_rx));
+    loop {
+        if !applying && !pending.is_empty() {
+            applying = true;
+            let entries = std::mem::take(&mut pending);
+            let store = Arc::clone(&store);
+            let applied_tx = applied_tx.clone();
+            rep.spawn_blocking(move || {
+                let _ = applied_tx.blocking_send(append_durable(&store, &entries));
+            });
+        }
+        let msg = tokio::select! {
+            m = inbound.message() => m.map_err(|s| unavailable(&s))?,
+            applied = applied_rx.recv(), if applying => {
+                applying = false;
+                let lsn = applied.ok_or_else(|| ShopError::internal("apply task vanished"))??;
+                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            changed = role_rx.changed() => {
+                // A heartbeat raising the term changes the role too: only another primary
+                // (or none) ends this session.
+                let same = changed.is_ok()
+                    && role_rx.borrow_and_update().maybe_primary() == Some(primary);
+                if same {
+                    continue;
+                }
+                return Ok(());
+            }
+            _ = stopped(&mut stop_rx) => return Ok(()),
+        };
+        let Some(pb::ReplicateResponse { kind: Some(kind) }) = msg else {
+            if msg.is_none() {
+                return Ok(());
+            }
+            continue;
+        };
+        if !matches!(kind, Kind::Entries(_) | Kind::Heartbeat(_)) {
+            // A snapshot replaces the store: everything received before it lands first.
+            if applying {
+                applying = false;
+                let lsn = applied_rx
+                    .recv()
+                    .await
+                    .ok_or_else(|| ShopError::internal("apply task vanished"))??;
+                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+                    return Ok(());
+                }
+            }
+            if !pending.is_empty() {
+                let entries = std::mem::take(&mut pending);
+                let store = Arc::clone(&store);
+                let lsn = rep
+                    .spawn_blocking(move || append_durable(&store, &entries))
+                    .await??;
+                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+                    return Ok(());
+                }
+            }
+        }
+        let durable = match kind {
+            Kind::Entries(batch) => {
+                for entry in batch.entries {
+                    pending.push(entry_from_pb(entry)?);
+                }
+                None
+            }
+            Kind::SnapshotBegin(begin) => {
+                tracing::info!(lsn = begin.lsn, term = begin.term, "receiving snapshot");
+                let store = Arc::clone(&store);
+                rep.spawn_blocking(move || store.begin_snapshot()).await??;
+                None
+            }
+            Kind::SnapshotChunk(chunk) => {
+                let mutations = chunk
+                    .mutations
+                    .into_iter()
+                    .map(mutation_from_pb)
+                    .collect::<Result<Vec<_>>>()?;
+                let store = Arc::clone(&store);
+                rep.spawn_blocking(move || store.apply_snapshot_chunk(&mutations))
+                    .await??;
+                None
+            }
+            Kind::SnapshotEnd(end) => {
+                let store = Arc::clone(&store);
+                rep.spawn_blocking(move || store.finish_snapshot(end.lsn, end.lsn_term))
+                    .await??;
+                tracing::info!(lsn = end.lsn, "snapshot installed");
+                Some(end.lsn)
+            }
+            Kind::Heartbeat(hb) => {
+                rep.primary_last_lsn
+                    .fetch_max(hb.last_lsn, Ordering::AcqRel);
+                rep.observe_term(hb.term).await?;
+                let applied = store.last_lsn()?;
+                rep.caught_up
+                    .store(applied >= hb.last_lsn, Ordering::Release);
+                None
+            }
+        };
+        if let Some(lsn) = durable {
+            if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Replica side: appends a run of received entries to the WAL with one sync on the
+/// calling (blocking) thread, without applying them; returns the durable LSN.
+fn append_durable(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
+    store.append_replicated(entries)?;
+    Ok(store.durable_lsn())
+}
+
+/// Replica side: applies what is durable to the trees whenever `durable_rx` moves, off
+/// the ack path; ends (after a last apply) when the session drops its sender, or on an
+/// apply error (the store then refuses writes until restarted; start-up replays the WAL).
+async fn run_applier(rep: Arc<Replicator>, mut durable_rx: watch::Receiver<Lsn>) {
+    loop {
+        let more = durable_rx.changed().await.is_ok();
+        let store = Arc::clone(&rep.store);
+        match rep.spawn_blocking(move || store.apply_replicated()).await {
+            Ok(Ok(applied)) => {
+                if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
+                    rep.caught_up.store(true, Ordering::Release);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "applying replicated entries failed");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "apply task failed");
+                return;
+            }
+        }
+        if !more {
+            return;
+        }
+    }
+}
+
+/// Replica side: acks the durable `lsn` to the primary and wakes the applier.
+/// `false` when the stream is gone.
+async fn ack_durable(
+    rep: &Replicator,
+    out_tx: &mpsc::Sender<pb::ReplicateRequest>,
+    apply_tx: &watch::Sender<Lsn>,
+    lsn: Lsn,
+) -> bool {
+    rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
+    apply_tx.send_replace(lsn);
+    let ack = pb::ReplicateRequest {
+        kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
+            durable_lsn: lsn,
+        })),
+    };
+    out_tx.send(ack).await.is_ok()
+}
