@@ -32,6 +32,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{table::validate_service, LeaseTable, EXPIRY_TICK};
 
+/// A gap between two sweeps that means the registry process itself was stalled.
+const STALL: Duration = Duration::from_millis(500);
+
 /// Messages a slow watcher may have queued before its task waits.
 const WATCH_CHANNEL_CAPACITY: usize = 16;
 
@@ -83,14 +86,29 @@ impl Shared {
     }
 }
 
-/// Sweeps expired leases every [`EXPIRY_TICK`] until shutdown.
+/// Sweeps expired leases every [`EXPIRY_TICK`] until shutdown. A sweep that comes more
+/// than [`STALL`] after the previous one means this process was stalled (stopped,
+/// starved, suspended): it could not have seen renewals meanwhile, so every lease gets a
+/// fresh TTL instead of expiring; while the table counts itself isolated (nobody reached
+/// it for half a TTL) nothing expires (see `table`, "A silent registry expires nothing").
 pub(crate) async fn sweep_expired(shared: Arc<Shared>, mut stop_rx: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let gone = shared.update(|table| table.expire(Instant::now()));
+                let now = Instant::now();
+                let gap = now.saturating_duration_since(last_sweep);
+                last_sweep = now;
+                if gap > STALL {
+                    tracing::warn!(gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX), "registry was stalled; every lease gets a fresh TTL");
+                    shared.update(|table| table.grace(now));
+                    continue;
+                }
+                let gone = shared.update(|table| {
+                    if table.is_isolated(now) { Vec::new() } else { table.expire(now) }
+                });
                 for instance in gone {
                     tracing::info!(service = %instance.service, address = %instance.address, "lease expired");
                 }
