@@ -13,11 +13,13 @@
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
 //! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
+//! - [`etcd`]: a minimal client of etcd's v3 API, for the registry's etcd store.
 
 pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod etcd;
 pub mod grpc;
 pub mod grpc_utf8;
 pub mod identity;
