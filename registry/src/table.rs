@@ -545,6 +545,48 @@ impl LeaseTable {
         }
     }
 
+    /// Puts back a lease read from a shared store (the etcd store rebuilds a table from
+    /// etcd before each change, so the same rules decide): live for `ttl` from `now`,
+    /// listed after every lease restored before it.
+    pub(crate) fn restore(
+        &mut self,
+        lease_id: String,
+        instance: Instance,
+        owner: Principal,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        self.next_order += 1;
+        self.leases.insert(
+            lease_id,
+            Lease {
+                instance,
+                owner,
+                expires_at: now + ttl,
+                ttl,
+                order: self.next_order,
+            },
+        );
+    }
+
+    /// Puts back the highest primary term known for `service` and whose claim it was.
+    pub(crate) fn restore_term(&mut self, service: &str, term: u64, holder: Option<String>) {
+        self.terms
+            .insert(service.to_owned(), KnownTerm { term, holder });
+    }
+
+    /// The highest primary term known for `service` and the address whose claim it was.
+    pub(crate) fn known_term(&self, service: &str) -> Option<(u64, Option<String>)> {
+        self.terms
+            .get(service)
+            .map(|known| (known.term, known.holder.clone()))
+    }
+
+    /// The ids of every lease in the table.
+    pub(crate) fn lease_ids(&self) -> std::collections::HashSet<String> {
+        self.leases.keys().cloned().collect()
+    }
+
     /// Drops every lease that expired at or before `now`; returns the expired instances.
     pub fn expire(&mut self, now: Instant) -> Vec<Instance> {
         let expired: Vec<String> = self
@@ -680,7 +722,8 @@ pub fn validate_service(service: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
-fn check_lease_id(lease_id: &str) -> Result<(), RegistryError> {
+/// Refuses a lease id longer than any the registry hands out.
+pub(crate) fn check_lease_id(lease_id: &str) -> Result<(), RegistryError> {
     if lease_id.len() > MAX_LEASE_ID_BYTES {
         return Err(RegistryError::InvalidArgument(format!(
             "lease id is {} bytes; the limit is {MAX_LEASE_ID_BYTES}",
