@@ -855,28 +855,14 @@ pub enum Fence {
 /// Asks the registry once whether another `service` instance is registered as primary
 /// with a term above `our_term` (instances at `own_address` are ignored).
 pub async fn check_fence(registry: &str, service: &str, own_address: &str, our_term: u64) -> Fence {
-    use concord::pb::registry::v1::{registry_client::RegistryClient, ResolveRequest};
-    let Ok(channel) =
-        concord::grpc::lazy_channel_to(registry, &concord::identity::Principal::Registry)
-    else {
+    // `registry` may list several registries: the first that answers decides.
+    let Ok(registries) = concord::discovery::Registries::connect(registry) else {
         return Fence::Unknown;
     };
-    let request = ResolveRequest {
-        service: service.to_string(),
-    };
-    let reply = tokio::time::timeout(
-        FENCE_LOOKUP_TIMEOUT,
-        RegistryClient::new(channel).resolve(request),
-    )
-    .await;
-    let instances = match reply {
-        Ok(Ok(reply)) => reply.into_inner().instances,
-        Ok(Err(status)) => {
+    let instances = match registries.resolve(service, FENCE_LOOKUP_TIMEOUT).await {
+        Ok(instances) => instances,
+        Err(status) => {
             tracing::warn!(%registry, %status, "registry lookup failed; writes fenced");
-            return Fence::Unknown;
-        }
-        Err(_) => {
-            tracing::warn!(%registry, "registry lookup timed out; writes fenced");
             return Fence::Unknown;
         }
     };
