@@ -16,6 +16,28 @@ use concord::etcd::{local_member_args, Etcd, LocalMember};
 /// How long a new cluster may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The etcd binary (`$CONCORD_ETCD` or `etcd`) if it runs; `None` with a message when it
+/// does not, outside CI; a panic in CI (`CI=true`).
+pub fn etcd_binary() -> Option<String> {
+    let binary = std::env::var("CONCORD_ETCD").unwrap_or_else(|_| "etcd".to_owned());
+    let runs = Command::new(&binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if runs {
+        return Some(binary);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(
+        !ci,
+        "`{binary}` is missing in CI: install Debian's etcd-server"
+    );
+    eprintln!("SKIPPED: no `{binary}` binary (apt-get install etcd-server) — not in CI");
+    None
+}
+
 /// A running etcd cluster; every member is killed on drop.
 pub struct EtcdCluster {
     members: Vec<LocalMember>,
@@ -27,22 +49,7 @@ impl EtcdCluster {
     /// Starts a cluster of `size` members and waits until it answers; `None` (with a
     /// message) when there is no `etcd` binary outside CI.
     pub async fn start(size: usize) -> Option<Self> {
-        let binary = std::env::var("CONCORD_ETCD").unwrap_or_else(|_| "etcd".to_owned());
-        if Command::new(&binary)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            assert!(
-                !ci,
-                "`{binary}` is missing in CI: install Debian's etcd-server"
-            );
-            eprintln!("SKIPPED: no `{binary}` binary (apt-get install etcd-server) — not in CI");
-            return None;
-        }
+        let binary = etcd_binary()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
