@@ -640,3 +640,52 @@ async fn watch_loop(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry list splits on commas, trims spaces and drops empty entries.
+    #[test]
+    fn registry_addrs_table() {
+        let cases: &[(&str, &[&str])] = &[
+            ("127.0.0.1:1", &["127.0.0.1:1"]),
+            ("127.0.0.1:1,127.0.0.1:2", &["127.0.0.1:1", "127.0.0.1:2"]),
+            (" a:1 , b:2 ,", &["a:1", "b:2"]),
+            ("", &[]),
+        ];
+        for (list, want) in cases {
+            assert_eq!(registry_addrs(list), *want, "{list:?}");
+        }
+    }
+
+    /// A retry goes out at once to each other registry, and backs off once every one of
+    /// them failed in a row; an answer starts the count again; one registry always backs off.
+    #[test]
+    fn hops_back_off_after_a_full_round() {
+        let mut hops = Hops::new(2);
+        assert!(hops.failed(true), "first move: retry at once");
+        assert!(!hops.failed(true), "both failed in a row: back off");
+        assert!(hops.failed(true));
+        hops.answered();
+        assert!(hops.failed(true));
+        assert!(!hops.failed(false), "no move, no hurry");
+        let mut alone = Hops::new(1);
+        assert!(!alone.failed(true));
+    }
+
+    /// `failed` moves on from the registry that failed only, so that two callers noticing
+    /// the same failure move once, not twice.
+    #[tokio::test]
+    async fn failed_moves_once_per_failure() {
+        let registries = Registries::connect("127.0.0.1:1,127.0.0.1:2,127.0.0.1:3").expect("list");
+        assert_eq!(registries.len(), 3);
+        assert_eq!(registries.current().1, "127.0.0.1:1");
+        assert!(registries.failed(0));
+        assert!(registries.failed(0), "a second report of the same failure");
+        assert_eq!(registries.current().1, "127.0.0.1:2");
+        registries.failed(1);
+        registries.failed(2);
+        assert_eq!(registries.current().1, "127.0.0.1:1", "round and round");
+    }
+}

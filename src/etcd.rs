@@ -383,8 +383,8 @@ pub const LOCAL_HEARTBEAT_MS: u64 = 50;
 /// See [`LOCAL_HEARTBEAT_MS`].
 pub const LOCAL_ELECTION_TIMEOUT_MS: u64 = 500;
 
-/// The `etcd` (3.4+) arguments that start `member` of the new cluster `all`, with its data
-/// in `data_dir`.
+/// The `etcd` (3.4+) arguments that start `member` of the new cluster `all` (of which only
+/// names and peer addresses are read), with its data in `data_dir`.
 pub fn local_member_args(
     member: &LocalMember,
     all: &[LocalMember],
