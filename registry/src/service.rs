@@ -14,12 +14,7 @@
 //! ends it; a store that cannot answer ends the stream with `UNAVAILABLE`, and the client
 //! reopens it, possibly at another registry).
 
-use std::{
-    collections::HashMap,
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use concord::identity::{authenticate, Principal, Verifier};
 use concord::pb::registry::v1::{
@@ -76,11 +71,12 @@ impl Shared {
 pub(crate) async fn sweep_expired(shared: Arc<MemoryStore>, mut stop_rx: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sweep = Instant::now();
+    // tokio's clock (the same as std's outside tests), so a test can pause and jump it.
+    let mut last_sweep = tokio::time::Instant::now().into_std();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = Instant::now();
+                let now = tokio::time::Instant::now().into_std();
                 let gap = now.saturating_duration_since(last_sweep);
                 last_sweep = now;
                 if gap > STALL {
@@ -258,4 +254,50 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stalled registry process (here: the clock jumps 3 TTLs between two sweeps) gives
+    /// every lease a fresh TTL instead of expiring it; a holder that then stays silent
+    /// expires one TTL later.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_gives_every_lease_a_fresh_ttl() {
+        let memory = Arc::new(MemoryStore::new());
+        let ttl = Duration::from_secs(1);
+        let start = tokio::time::Instant::now().into_std();
+        memory
+            .update(|table| {
+                table.register(
+                    &Principal::Gateway,
+                    "gateway",
+                    "127.0.0.1:1",
+                    HashMap::new(),
+                    ttl,
+                    start,
+                )
+            })
+            .expect("register");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(sweep_expired(memory.clone(), stop_rx));
+        tokio::time::sleep(EXPIRY_TICK).await;
+        // The stall: no sweep for 3 s.
+        tokio::time::advance(ttl * 3).await;
+        tokio::time::sleep(EXPIRY_TICK * 2).await;
+        assert_eq!(
+            memory.table().resolve("gateway").len(),
+            1,
+            "expired after a stall"
+        );
+        // Silent for a whole TTL after it: gone.
+        tokio::time::sleep(ttl + EXPIRY_TICK * 2).await;
+        assert!(
+            memory.table().resolve("gateway").is_empty(),
+            "grace is one TTL, not forever"
+        );
+        stop_tx.send(true).expect("sweeper listens");
+        sweeper.await.expect("sweeper ends");
+    }
 }
