@@ -393,22 +393,26 @@ impl LeaseTable {
             };
             Some((other.address.clone(), their_term))
         });
-        if let Some((holder, their_term)) = holder {
-            if their_term >= term {
+        if let Some((holder, their_term)) = &holder {
+            if *their_term >= term {
                 return Err(RegistryError::PrimaryTaken(format!(
                     "{service} already has a primary for term {their_term} at {holder}; \
                      a primary claim needs a higher term than {their_term}, or follow {holder}"
                 )));
             }
-            // The claim is a lease the registry honours: no promotion past a live primary.
-            return Err(RegistryError::PrimaryTaken(format!(
+        }
+        // The claim is a lease the registry honours: no promotion past a live primary (after
+        // the term checks below, so that a jump is still told the term it should claim).
+        let honour_live_primary = || match &holder {
+            Some((holder, their_term)) => Err(RegistryError::PrimaryTaken(format!(
                 "primary claim for term {term} refused: the primary of term {their_term} at \
                  {holder} holds a live lease; a new term may be claimed only once that lease \
                  expired or its holder stepped down"
-            )));
-        }
+            ))),
+            None => Ok(()),
+        };
         let Some(known) = self.terms.get(service) else {
-            return Ok(());
+            return honour_live_primary();
         };
         let next = known.term.checked_add(1);
         let renewal = term == known.term
@@ -417,7 +421,7 @@ impl LeaseTable {
                 .as_deref()
                 .is_none_or(|holder| holder == address);
         if Some(term) == next || renewal {
-            return Ok(());
+            return honour_live_primary();
         }
         let expected = match next {
             Some(next) => format!("term {next}"),
