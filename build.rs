@@ -1,5 +1,7 @@
 //! Compiles every `.proto` under `proto/` once, in pure Rust (`protox`, no system `protoc`),
 //! into the `concord::pb` stubs, and writes the descriptor set that server reflection serves.
+//! The etcd subset under `proto/etcd/` is compiled apart, client only, and kept out of that
+//! descriptor set: it is etcd's API (for the registry's etcd store), not Concord's.
 
 use std::{env, path::PathBuf};
 
@@ -10,6 +12,11 @@ const PROTO_FILES: &[&str] = &[
     "proto/concord/stake/v1/stake.proto",
     "proto/concord/shop/v1/shop.proto",
     "proto/concord/shop/v1/replication.proto",
+];
+/// etcd's v3 API, the subset `concord::etcd` uses.
+const ETCD_PROTO_FILES: &[&str] = &[
+    "proto/etcd/mvccpb/kv_subset.proto",
+    "proto/etcd/etcdserverpb/rpc_subset.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,5 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+
+    let etcd = protox::compile(ETCD_PROTO_FILES, [PROTO_ROOT])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(etcd)?;
     Ok(())
 }

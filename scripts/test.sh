@@ -36,6 +36,16 @@ if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
 fi
 
+# etcd (Debian: etcd-server) for the registry's etcd store and `concord up --control-plane
+# etcd`; in CI (CI=true) the tests fail without it instead of skipping.
+if ! command -v etcd >/dev/null 2>&1; then
+  log "installing etcd-server (apt)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
+fi
+
 # buf (npm @bufbuild/buf) for the proto lint, kept under target/ so it is rebuilt per clone.
 BUF=target/tools/node_modules/.bin/buf
 if [ ! -x "$BUF" ]; then

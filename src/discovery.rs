@@ -6,9 +6,23 @@
 //! registry knows every live process again within one heartbeat; a broken `Watch` stream is
 //! reopened with capped exponential backoff. While the registry is unreachable a watcher
 //! keeps the last set it saw (stale but usable) rather than emptying it.
+//!
+//! **Several registries.** Every registry address these take may be a comma-separated list
+//! (`--registry a,b`, [`Registries`]). Calls go to the registry that answered last; one that
+//! stops answering (no answer within [`CALL_TIMEOUT`], `UNAVAILABLE`, a broken stream) is
+//! left for the next one at once. The keeper keeps its lease id when it moves: with the
+//! registries sharing one etcd the lease lives in etcd, so the next registry renews it (no
+//! re-registration storm, no gap in which watchers see the instance vanish, no spurious
+//! failover); registries with in-memory stores do not share leases, so the next one answers
+//! `NOT_FOUND` and the keeper registers again, as after a restart. A watcher that moves opens
+//! a new stream (its [`WatchSnapshot::stream`] moves on).
 
 use std::{
     collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -29,6 +43,160 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Time limit of one Register/KeepAlive/Deregister call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The addresses in a registry list (`a,b`, spaces allowed).
+pub fn registry_addrs(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|addr| !addr.is_empty())
+        .collect()
+}
+
+/// Clients of every registry in a list, and which one answered last; cheap to clone (the
+/// clones share the choice).
+#[derive(Clone)]
+pub struct Registries {
+    clients: Arc<[(String, RegistryClient<Channel>)]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Registries {
+    /// Lazy channels to every registry in `list` (module docs, "Several registries").
+    pub fn connect(list: &str) -> Result<Self, tonic::transport::Error> {
+        Self::connect_with(list, |addr| {
+            crate::grpc::lazy_channel_to(addr, &crate::identity::Principal::Registry)
+        })
+    }
+
+    /// Like [`connect`](Self::connect), with channels that ping every registry every
+    /// [`WATCH_LIVENESS`] and drop a connection whose ping goes unanswered as long: for
+    /// Watch streams, whose silence must not pass for "nothing changed".
+    pub fn connect_watching(list: &str) -> Result<Self, tonic::transport::Error> {
+        Self::connect_with(list, |addr| {
+            crate::grpc::watch_channel_to(
+                addr,
+                &crate::identity::Principal::Registry,
+                WATCH_LIVENESS,
+            )
+        })
+    }
+
+    fn connect_with(
+        list: &str,
+        channel: impl Fn(&str) -> Result<Channel, tonic::transport::Error>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut clients = Vec::new();
+        for addr in registry_addrs(list) {
+            clients.push((addr.to_owned(), RegistryClient::new(channel(addr)?)));
+        }
+        if clients.is_empty() {
+            // An empty list dials nothing that answers; keep the old error for it.
+            clients.push((list.to_owned(), RegistryClient::new(channel(list)?)));
+        }
+        Ok(Self {
+            clients: clients.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// How many registries the list has.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether the list is empty (never: [`Registries::connect`] keeps at least one).
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The registry to call now: its index, address and client.
+    pub fn current(&self) -> (usize, &str, RegistryClient<Channel>) {
+        let index = self.current.load(Ordering::Relaxed) % self.clients.len();
+        let (addr, client) = &self.clients[index];
+        (index, addr, client.clone())
+    }
+
+    /// Registry `index` stopped answering: move on to the next one, unless someone already
+    /// did. Returns whether there is another registry to try.
+    pub fn failed(&self, index: usize) -> bool {
+        let next = (index + 1) % self.clients.len();
+        if self
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && next != index
+        {
+            tracing::warn!(from = %self.clients[index].0, to = %self.clients[next].0, "registry stopped answering; moving to the next");
+        }
+        self.clients.len() > 1
+    }
+
+    /// `Resolve(service)` at the first registry that answers within `timeout`, starting
+    /// with the current one; the last error when none does.
+    pub async fn resolve(
+        &self,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Instance>, tonic::Status> {
+        let mut last = tonic::Status::unavailable("no registry configured");
+        for _ in 0..self.clients.len() {
+            let (index, addr, mut client) = self.current();
+            let request = crate::pb::registry::v1::ResolveRequest {
+                service: service.to_owned(),
+            };
+            match tokio::time::timeout(timeout, client.resolve(request)).await {
+                Ok(Ok(reply)) => return Ok(reply.into_inner().instances),
+                Ok(Err(status)) if !stopped_answering(&status) => return Err(status),
+                Ok(Err(status)) => last = status,
+                Err(_) => {
+                    last =
+                        tonic::Status::deadline_exceeded(format!("registry {addr} did not answer"))
+                }
+            }
+            self.failed(index);
+        }
+        Err(last)
+    }
+}
+
+/// Counts moves from registry to registry since the last answer, so that a retry goes out
+/// at once to each other registry but backs off once all of them failed in a row.
+struct Hops {
+    count: usize,
+    registries: usize,
+}
+
+impl Hops {
+    fn new(registries: usize) -> Self {
+        Self {
+            count: 0,
+            registries,
+        }
+    }
+
+    /// A call failed and `moved` says whether it moved to another registry; true when the
+    /// retry may go out at once (not every registry has failed in a row yet).
+    fn failed(&mut self, moved: bool) -> bool {
+        if !moved {
+            return false;
+        }
+        self.count += 1;
+        !self.count.is_multiple_of(self.registries)
+    }
+
+    fn answered(&mut self) {
+        self.count = 0;
+    }
+}
+
+/// Whether a failed call means the registry (or its store) stopped answering, so that the
+/// next registry should be tried, rather than an answer every registry would repeat.
+fn stopped_answering(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
 
 /// What to publish in the registry.
 #[derive(Clone, Debug)]
@@ -79,13 +247,13 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// Starts registering `registration` with the registry at `registry_addr`.
+    /// Starts registering `registration` with the registry at `registry_addr` (or the
+    /// first of a comma-separated list that answers: module docs, "Several registries").
     pub fn spawn(
         registry_addr: &str,
         registration: Registration,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel =
-            crate::grpc::lazy_channel_to(registry_addr, &crate::identity::Principal::Registry)?;
+        let registries = Registries::connect(registry_addr)?;
         let (metadata_tx, metadata_rx) = watch::channel(registration.metadata.clone());
         let (lease_tx, lease_rx) = watch::channel(None);
         let (valid_until_tx, valid_until_rx) = watch::channel(None);
@@ -93,7 +261,7 @@ impl LeaseKeeper {
         let (rejected_tx, rejected_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(keep_alive_loop(
-            RegistryClient::new(channel),
+            registries,
             registration,
             metadata_rx,
             LeaseState {
@@ -214,7 +382,7 @@ impl LeaseState {
 }
 
 async fn keep_alive_loop(
-    mut client: RegistryClient<Channel>,
+    registries: Registries,
     registration: Registration,
     mut metadata_rx: watch::Receiver<HashMap<String, String>>,
     state: LeaseState,
@@ -229,6 +397,9 @@ async fn keep_alive_loop(
     // refused, never silently dropped.
     let mut retry_soon = false;
     let mut unconfirmed: Option<HashMap<String, String>> = None;
+    // The last KeepAlive went unanswered and the next goes to another registry.
+    let mut moved_on = false;
+    let mut hops = Hops::new(registries.len());
     loop {
         let Some(lease_id) = lease.clone() else {
             let metadata = metadata_rx.borrow_and_update().clone();
@@ -239,9 +410,20 @@ async fn keep_alive_loop(
                 ttl_ms: u64::try_from(registration.ttl.as_millis()).unwrap_or(u64::MAX),
             };
             let sent = Instant::now();
+            let (index, _, mut client) = registries.current();
             let result = tokio::select! {
                 r = tokio::time::timeout(CALL_TIMEOUT, client.register(registration.request(request))) => r,
                 _ = &mut stop_rx => return,
+            };
+            let moved = match &result {
+                Ok(Err(status)) if stopped_answering(status) => {
+                    hops.failed(registries.failed(index))
+                }
+                Err(_) => hops.failed(registries.failed(index)),
+                _ => {
+                    hops.answered();
+                    false
+                }
             };
             match result {
                 Ok(Ok(reply)) => {
@@ -258,23 +440,34 @@ async fn keep_alive_loop(
                         state.rejected(&registration.service, metadata, &status);
                     }
                     tracing::warn!(service = %registration.service, %status, "register failed; retrying");
-                    if wait_or_stop(backoff, &mut stop_rx).await {
-                        return;
+                    if !moved {
+                        if wait_or_stop(backoff, &mut stop_rx).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(_) => {
                     tracing::warn!(service = %registration.service, "register timed out; retrying");
-                    if wait_or_stop(backoff, &mut stop_rx).await {
-                        return;
+                    if !moved {
+                        if wait_or_stop(backoff, &mut stop_rx).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
             continue;
         };
 
-        let wait = if retry_soon { backoff } else { renew_every };
+        // Right after moving to another registry the retry goes out at once.
+        let wait = if retry_soon && moved_on {
+            Duration::ZERO
+        } else if retry_soon {
+            backoff
+        } else {
+            renew_every
+        };
         let metadata = tokio::select! {
             () = tokio::time::sleep(wait) => unconfirmed.take(),
             changed = metadata_rx.changed() => match changed {
@@ -287,6 +480,7 @@ async fn keep_alive_loop(
             },
             _ = &mut stop_rx => {
                 let request = DeregisterRequest { lease_id: lease_id.clone() };
+                let (_, _, mut client) = registries.current();
                 match tokio::time::timeout(CALL_TIMEOUT, client.deregister(registration.request(request))).await {
                     Ok(Ok(_)) => tracing::info!(service = %registration.service, lease = %lease_id, "deregistered"),
                     Ok(Err(status)) => tracing::warn!(%status, "deregister failed"),
@@ -300,12 +494,21 @@ async fn keep_alive_loop(
             metadata: metadata.clone().map(|entries| Metadata { entries }),
         };
         let sent = Instant::now();
-        match tokio::time::timeout(
+        let (index, _, mut client) = registries.current();
+        let result = tokio::time::timeout(
             CALL_TIMEOUT,
             client.keep_alive(registration.request(request)),
         )
-        .await
-        {
+        .await;
+        moved_on = match &result {
+            Ok(Err(status)) if stopped_answering(status) => hops.failed(registries.failed(index)),
+            Err(_) => hops.failed(registries.failed(index)),
+            _ => {
+                hops.answered();
+                false
+            }
+        };
+        match result {
             Ok(Ok(_)) => {
                 retry_soon = false;
                 backoff = MIN_BACKOFF;
@@ -377,21 +580,14 @@ pub struct WatchSnapshot {
 }
 
 impl ServiceWatch {
-    /// Starts watching `service` at the registry at `registry_addr`. A registry that stops
-    /// answering pings for [`WATCH_LIVENESS`] ends the stream (a new one opens when it is
-    /// back), so a snapshot never carries news the registry queued while cut off.
+    /// Starts watching `service` at the registry at `registry_addr` (or a list: module
+    /// docs, "Several registries"). A registry that stops answering pings for
+    /// [`WATCH_LIVENESS`] ends the stream (a new one opens when one answers), so a snapshot
+    /// never carries news a registry queued while cut off.
     pub fn spawn(registry_addr: &str, service: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = crate::grpc::watch_channel_to(
-            registry_addr,
-            &crate::identity::Principal::Registry,
-            WATCH_LIVENESS,
-        )?;
+        let registries = Registries::connect_watching(registry_addr)?;
         let (snapshots_tx, snapshots_rx) = watch::channel(WatchSnapshot::default());
-        let task = tokio::spawn(watch_loop(
-            RegistryClient::new(channel),
-            service.to_owned(),
-            snapshots_tx,
-        ));
+        let task = tokio::spawn(watch_loop(registries, service.to_owned(), snapshots_tx));
         Ok(Self { snapshots_rx, task })
     }
 
@@ -414,16 +610,19 @@ impl Drop for ServiceWatch {
 }
 
 async fn watch_loop(
-    mut client: RegistryClient<Channel>,
+    registries: Registries,
     service: String,
     snapshots_tx: watch::Sender<WatchSnapshot>,
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut stream_count = 0u64;
+    let mut hops = Hops::new(registries.len());
     loop {
         let request = WatchRequest {
             service: service.clone(),
         };
+        let (index, _, mut client) = registries.current();
+        let mut moved = false;
         match client.watch(request).await {
             Ok(response) => {
                 stream_count += 1;
@@ -432,6 +631,7 @@ async fn watch_loop(
                     match stream.message().await {
                         Ok(Some(update)) => {
                             backoff = MIN_BACKOFF;
+                            hops.answered();
                             tracing::debug!(%service, instances = update.instances.len(), revision = update.revision, "instance set changed");
                             snapshots_tx.send_replace(WatchSnapshot {
                                 stream: stream_count,
@@ -444,17 +644,74 @@ async fn watch_loop(
                         }
                         Err(status) => {
                             tracing::warn!(%service, %status, "watch stream failed; reopening");
+                            moved =
+                                hops.failed(stopped_answering(&status) && registries.failed(index));
                             break;
                         }
                     }
                 }
             }
-            Err(status) => tracing::debug!(%service, %status, "cannot open watch; retrying"),
+            Err(status) => {
+                tracing::debug!(%service, %status, "cannot open watch; retrying");
+                moved = hops.failed(stopped_answering(&status) && registries.failed(index));
+            }
         }
         if snapshots_tx.is_closed() {
             return;
         }
+        if moved {
+            continue;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry list splits on commas, trims spaces and drops empty entries.
+    #[test]
+    fn registry_addrs_table() {
+        let cases: &[(&str, &[&str])] = &[
+            ("127.0.0.1:1", &["127.0.0.1:1"]),
+            ("127.0.0.1:1,127.0.0.1:2", &["127.0.0.1:1", "127.0.0.1:2"]),
+            (" a:1 , b:2 ,", &["a:1", "b:2"]),
+            ("", &[]),
+        ];
+        for (list, want) in cases {
+            assert_eq!(registry_addrs(list), *want, "{list:?}");
+        }
+    }
+
+    /// A retry goes out at once to each other registry, and backs off once every one of
+    /// them failed in a row; an answer starts the count again; one registry always backs off.
+    #[test]
+    fn hops_back_off_after_a_full_round() {
+        let mut hops = Hops::new(2);
+        assert!(hops.failed(true), "first move: retry at once");
+        assert!(!hops.failed(true), "both failed in a row: back off");
+        assert!(hops.failed(true));
+        hops.answered();
+        assert!(hops.failed(true));
+        assert!(!hops.failed(false), "no move, no hurry");
+        let mut alone = Hops::new(1);
+        assert!(!alone.failed(true));
+    }
+
+    /// `failed` moves on from the registry that failed only, so that two callers noticing
+    /// the same failure move once, not twice.
+    #[tokio::test]
+    async fn failed_moves_once_per_failure() {
+        let registries = Registries::connect("127.0.0.1:1,127.0.0.1:2,127.0.0.1:3").expect("list");
+        assert_eq!(registries.len(), 3);
+        assert_eq!(registries.current().1, "127.0.0.1:1");
+        assert!(registries.failed(0));
+        assert!(registries.failed(0), "a second report of the same failure");
+        assert_eq!(registries.current().1, "127.0.0.1:2");
+        registries.failed(1);
+        registries.failed(2);
+        assert_eq!(registries.current().1, "127.0.0.1:1", "round and round");
     }
 }

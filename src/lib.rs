@@ -14,12 +14,14 @@
 //!   registry restart) and one that watches a service's instance set.
 //! - [`claim`]: the `role`/`term` a shop publishes in the registry, parsed by one rule.
 //! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
+//! - [`etcd`]: a minimal client of etcd's v3 API, for the registry's etcd store.
 
 pub mod auth;
 pub mod claim;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod etcd;
 pub mod grpc;
 pub mod grpc_utf8;
 pub mod identity;

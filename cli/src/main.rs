@@ -6,6 +6,7 @@
 
 mod bench;
 mod certs;
+mod control_plane;
 mod roles;
 mod simulate;
 mod status;
@@ -52,6 +53,9 @@ enum Command {
     Registry(roles::registry::Args),
     /// Print the admin or oracle token, or a principal's credential.
     Token(token::Args),
+    /// Run one etcd member for `concord up --control-plane etcd` (internal).
+    #[command(hide = true)]
+    EtcdMember(control_plane::MemberArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Registry(args) => roles::registry::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::EtcdMember(args) => control_plane::run_member(args).await,
         }
     })
 }

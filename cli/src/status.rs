@@ -17,8 +17,14 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.tls
         .install(None, None, None, &[args.registry.as_str()])?;
-    let channel =
-        concord::grpc::lazy_channel_to(&args.registry, &concord::identity::Principal::Registry)?;
+    let channel = concord::grpc::lazy_channel_to(
+        // Of a list (`a,b`), the first registry: they all see the same leases.
+        concord::discovery::registry_addrs(&args.registry)
+            .first()
+            .copied()
+            .unwrap_or(&args.registry),
+        &concord::identity::Principal::Registry,
+    )?;
     let mut client = RegistryClient::new(channel);
     let list = tokio::time::timeout(
         std::time::Duration::from_secs(3),

@@ -331,9 +331,10 @@ fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
     command.spawn()
 }
 
+/// Makes the child get SIGKILL when this process dies (Linux), so it is never orphaned.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
     // which is async-signal-safe; it touches no memory shared with the parent.
     unsafe {
@@ -344,8 +345,9 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// Makes the child die with this process: a no-op off Linux.
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}
+pub(crate) fn die_with_parent(_command: &mut Command) {}
 
 /// Echoes a child's output, prefixed with its name; stdout also carries the ready line.
 async fn pump(

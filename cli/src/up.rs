@@ -2,7 +2,9 @@
 //! same binary.
 //!
 //! Start order: the registry first (everyone else registers with it), then every other
-//! role at once. Stop order is the reverse. Addresses follow the default port plan
+//! role at once. With `--control-plane etcd`, a 3-member etcd cluster comes before two
+//! registries that keep their leases in it, and every process is given both registries
+//! (`crate::control_plane`). Stop order is the reverse. Addresses follow the default port plan
 //! (`concord::config`, README's table of processes), or, with
 //! `--auto-ports`, free ports picked at start-up (tests, or two clusters side by side); a
 //! restarted child gets the same address it had, so peers never need to be told.
@@ -70,6 +72,25 @@ pub struct Args {
     /// are made under `<data-dir>/certs/` (reused after), and each child gets its own.
     #[arg(long, env = "CONCORD_TLS")]
     pub tls: bool,
+    /// Where the registry keeps its leases: `embedded` (one registry, in memory: nothing
+    /// to install) or `etcd` (a fresh 3-member etcd cluster on loopback, data under
+    /// `<data-dir>/etcd/`, and two registries on it; needs Debian's `etcd-server`).
+    #[arg(
+        long,
+        env = "CONCORD_CONTROL_PLANE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub control_plane: ControlPlane,
+}
+
+/// Where `concord up`'s registry keeps its leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlPlane {
+    /// One registry, leases in memory.
+    Embedded,
+    /// Two registries on a 3-member etcd cluster.
+    Etcd,
 }
 
 /// The cluster's secrets: the files under `data_dir` (created when missing), each
@@ -151,6 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let (registry_addr, tiers) = plan(&args, &program, &ports, &secrets)?;
+    let registry_addr = registry_addr.as_str();
 
     let mut running: Vec<Supervised> = Vec::new();
     for tier in tiers {
@@ -183,13 +205,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The children to start, tier by tier (each tier waits for the previous one), and the
-/// registry's address.
+/// registry address (a comma-separated list with several registries).
 fn plan(
     args: &Args,
     program: &std::path::Path,
     ports: &PortPlan,
     secrets: &Secrets,
-) -> anyhow::Result<(SocketAddr, Vec<Vec<ChildSpec>>)> {
+) -> anyhow::Result<(String, Vec<Vec<ChildSpec>>)> {
     anyhow::ensure!(
         args.faulty <= args.nodes,
         "--faulty {} is more than --nodes {}",
@@ -232,7 +254,15 @@ fn plan(
         })
     };
     let registry_addr = ports.addr(concord::config::DEFAULT_REGISTRY_ADDR)?;
-    let registry = registry_addr.to_string();
+    let mut registry_addrs = vec![registry_addr];
+    if args.control_plane == ControlPlane::Etcd {
+        registry_addrs.push(ports.addr(crate::control_plane::DEFAULT_SECOND_REGISTRY_ADDR)?);
+    }
+    let registry = registry_addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
 
     let mut services = Vec::new();
     let fleet_size = concord_node::default_fleet().len();
@@ -347,17 +377,89 @@ fn plan(
         Vec::new(),
     )?);
 
-    let registry_tier = vec![child(
-        "registry".into(),
-        "registry",
-        Principal::Registry,
-        strings(&["registry", "--listen", &registry]),
+    let registry_env = || {
         vec![secret_env(
             "CONCORD_CLUSTER_SECRET",
             &secrets.cluster_secret,
-        )],
-    )?];
-    Ok((registry_addr, vec![registry_tier, services]))
+        )]
+    };
+    if args.control_plane == ControlPlane::Embedded {
+        let registry_tier = vec![child(
+            "registry".into(),
+            "registry",
+            Principal::Registry,
+            strings(&["registry", "--listen", &registry]),
+            registry_env(),
+        )?];
+        return Ok((registry, vec![registry_tier, services]));
+    }
+
+    // --control-plane etcd: a fresh etcd cluster, then two registries on it.
+    let etcd_dir = args.data_dir.join("etcd");
+    if etcd_dir.exists() {
+        std::fs::remove_dir_all(&etcd_dir)?;
+    }
+    let mut members = Vec::new();
+    for (i, port) in crate::control_plane::DEFAULT_CLIENT_PORTS
+        .iter()
+        .enumerate()
+    {
+        members.push(concord::etcd::LocalMember {
+            name: format!("etcd-{}", i + 1),
+            client: ports.addr(&format!("127.0.0.1:{port}"))?,
+            peer: ports.addr(&format!("127.0.0.1:{}", port + 10))?,
+        });
+    }
+    let initial_cluster = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    let endpoints = members
+        .iter()
+        .map(|m| m.client.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcd_tier = members
+        .iter()
+        .map(|m| ChildSpec {
+            name: m.name.clone(),
+            role: "etcd".into(),
+            program: program.to_path_buf(),
+            args: strings(&[
+                "etcd-member",
+                "--name",
+                &m.name,
+                "--client",
+                &m.client.to_string(),
+                "--initial-cluster",
+                &initial_cluster,
+                "--data-dir",
+                &etcd_dir.join(&m.name).display().to_string(),
+            ]),
+            env: Vec::new(),
+        })
+        .collect();
+    let registry_tier = registry_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            child(
+                format!("registry-{}", i + 1),
+                "registry",
+                Principal::Registry,
+                strings(&[
+                    "registry",
+                    "--listen",
+                    &addr.to_string(),
+                    "--etcd",
+                    &endpoints,
+                ]),
+                registry_env(),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((registry, vec![etcd_tier, registry_tier, services]))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -377,7 +479,7 @@ async fn stop_all(mut running: Vec<Supervised>) {
     }
 }
 
-fn print_table(running: &[Supervised], registry_addr: SocketAddr) {
+fn print_table(running: &[Supervised], registry_addr: &str) {
     println!();
     println!(
         "{:<14} {:<11} {:<22} {:>8}",

@@ -68,7 +68,12 @@ pub async fn stake_at_start(
     amount: u64,
     mut stop_rx: watch::Receiver<bool>,
 ) -> StakeOutcome {
-    let registry = match concord::grpc::lazy_channel(registry) {
+    // Of a registry list, the first: a one-time stake needs no failover between them.
+    let first = concord::discovery::registry_addrs(registry)
+        .first()
+        .copied()
+        .unwrap_or(registry);
+    let registry = match concord::grpc::lazy_channel(first) {
         Ok(channel) => RegistryClient::new(channel),
         Err(err) => {
             tracing::error!(%err, "bad registry address; the initial stake is not paid");

@@ -24,6 +24,10 @@ pub enum RegistryError {
     /// A cap on instances or leases is reached.
     #[error("{0}")]
     Exhausted(String),
+    /// The store (etcd) cannot be reached or stays contended: try again, or another
+    /// registry.
+    #[error("the registry's store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Classify for RegistryError {
@@ -36,6 +40,7 @@ impl Classify for RegistryError {
             }
             RegistryError::Forbidden(_) => ErrorKind::PermissionDenied,
             RegistryError::Exhausted(_) => ErrorKind::ResourceExhausted,
+            RegistryError::Unavailable(_) => ErrorKind::Unavailable,
         }
     }
 }

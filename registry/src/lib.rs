@@ -6,9 +6,14 @@
 //! instance set on every change, so clients (the aggregator, the gateway, a shop replica)
 //! react to failures without polling.
 //!
-//! State is in memory only, on purpose: after a restart every live process's next
-//! `KeepAlive` gets `NOT_FOUND` and it registers again (see `concord::discovery`), so the
-//! registry heals within one heartbeat and has nothing to corrupt on `kill -9`.
+//! **Store.** By default state is in memory only, on purpose: after a restart every live
+//! process's next `KeepAlive` gets `NOT_FOUND` and it registers again (see
+//! `concord::discovery`), so the registry heals within one heartbeat and has nothing to
+//! corrupt on `kill -9`; a registry that was stalled or cut off expires nobody for it (see
+//! `table`). With [`Config::etcd`] the leases live in etcd instead (`etcd_store`): several
+//! registry instances then serve one cluster, a client that moves from one to another keeps
+//! its lease, and primary claims are etcd transactions, so two instances can never accept
+//! two primaries for one term.
 //!
 //! **Identity.** Every Register, KeepAlive and Deregister carries a cluster credential
 //! (`x-concord-credential`), checked against the cluster secret in [`Config`]; the
@@ -18,13 +23,17 @@
 //! primary-term arbitration and the caps that keep every `List`/`Watch` answer under the
 //! 4 MiB message limit.
 //!
-//! Expiry is checked every [`EXPIRY_TICK`], so an instance may outlive its TTL by up to that.
+//! In memory, expiry is checked every [`EXPIRY_TICK`], so an instance may outlive its TTL by
+//! up to that; in etcd, etcd expires leases.
 //!
-//! Modules: `table` is the lease table (pure, time passed in), `service` the gRPC face,
-//! `error` the error categories.
+//! Modules: `table` is the lease table and its rules (pure, time passed in), `store` the
+//! choice of store, `etcd_store` the etcd one, `service` the gRPC face, `error` the error
+//! categories.
 
 mod error;
+mod etcd_store;
 mod service;
+mod store;
 mod table;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -33,6 +42,7 @@ use concord::{identity::ClusterSecret, pb::registry::v1::registry_server::Regist
 use tokio::net::TcpListener;
 
 pub use error::RegistryError;
+pub use etcd_store::{LeaseRecord, TermRecord, DEFAULT_ROOT as DEFAULT_ETCD_ROOT};
 pub use table::{
     authorize, LeaseTable, MAX_INSTANCES, MAX_INSTANCES_PER_SERVICE, MAX_LEASES_PER_PRINCIPAL,
     MAX_LEASES_PER_PRINCIPAL_PER_SERVICE, MAX_METADATA_TOTAL_BYTES, MAX_TTL, METADATA_NODE_ID,
@@ -48,12 +58,52 @@ pub struct Config {
     /// The secret every caller's credential is checked against (required: there is no
     /// public default).
     pub cluster_secret: ClusterSecret,
+    /// Keep the leases in this etcd cluster instead of in memory.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// Where in etcd the registry keeps its leases.
+#[derive(Clone)]
+pub struct EtcdConfig {
+    /// A client of the etcd cluster (every member's client address).
+    pub client: concord::etcd::Etcd,
+    /// The key prefix (one per Concord cluster sharing an etcd), ending in `/`.
+    pub root: String,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.client.endpoints())
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl EtcdConfig {
+    /// The members at `endpoints` (`host:port`), under [`DEFAULT_ETCD_ROOT`]; refuses an
+    /// unusable endpoint (members are dialled later, lazily).
+    pub fn new(endpoints: &[String]) -> Result<Self, concord::etcd::EtcdError> {
+        Ok(Self {
+            client: concord::etcd::Etcd::connect(endpoints)?,
+            root: DEFAULT_ETCD_ROOT.to_owned(),
+        })
+    }
 }
 
 impl Config {
-    /// A registry checking credentials against `cluster_secret`.
+    /// A registry checking credentials against `cluster_secret`, leases in memory.
     pub fn new(cluster_secret: ClusterSecret) -> Self {
-        Self { cluster_secret }
+        Self {
+            cluster_secret,
+            etcd: None,
+        }
+    }
+
+    /// The same, with the leases in etcd.
+    pub fn with_etcd(mut self, etcd: EtcdConfig) -> Self {
+        self.etcd = Some(etcd);
+        self
     }
 }
 
@@ -64,11 +114,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (store, task) = match &config.etcd {
+        None => {
+            let memory = Arc::new(store::MemoryStore::new());
+            let sweeper = tokio::spawn(service::sweep_expired(memory.clone(), stop_rx.clone()));
+            (store::Store::Memory(memory), sweeper)
+        }
+        Some(etcd) => {
+            let (store, follower) =
+                etcd_store::EtcdStore::start(etcd.client.clone(), &etcd.root, stop_rx.clone());
+            tracing::info!(endpoints = ?etcd.client.endpoints(), root = %etcd.root, "registry keeps its leases in etcd");
+            (store::Store::Etcd(store), follower)
+        }
+    };
     let state = Arc::new(service::Shared::new(
+        store,
         concord::identity::Verifier::Secret(config.cluster_secret),
-        stop_rx.clone(),
+        stop_rx,
     ));
-    let sweeper = tokio::spawn(service::sweep_expired(state.clone(), stop_rx));
     let (router, health) =
         concord::grpc::router(&[concord::pb::registry::v1::registry_server::SERVICE_NAME]);
     health
@@ -81,8 +144,8 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     })
     .await;
-    if let Err(err) = sweeper.await {
-        tracing::error!(%err, "expiry sweeper failed");
+    if let Err(err) = task.await {
+        tracing::error!(%err, "registry store task failed");
     }
     result
 }

@@ -7,18 +7,14 @@
 //! principal may do. Resolve, Watch and List only read, are open to any caller, and never
 //! carry lease ids.
 //!
-//! The table sits behind a std `Mutex` (short critical sections, never held across an
-//! `.await`). Every change publishes the new revision on a `watch` channel; each `Watch`
-//! stream has its own task that recomputes its service's set on a new revision and sends it
-//! only when it differs from the last one sent, through a bounded channel (a client that
-//! does not read stalls only its own task; a closed channel ends it).
+//! The leases live in a [`Store`] (in memory, or etcd). Every change moves the store's
+//! change counter; each `Watch` stream has its own task that re-resolves its service when
+//! it moves and sends the set only when it differs from the last one sent, through a
+//! bounded channel (a client that does not read stalls only its own task; a closed channel
+//! ends it; a store that cannot answer ends the stream with `UNAVAILABLE`, and the client
+//! reopens it, possibly at another registry).
 
-use std::{
-    collections::HashMap,
-    pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use concord::identity::{authenticate, Principal, Verifier};
 use concord::pb::registry::v1::{
@@ -30,25 +26,30 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
-use crate::{table::validate_service, LeaseTable, EXPIRY_TICK};
+use crate::{
+    store::{MemoryStore, NewLease, Store},
+    table::validate_service,
+    EXPIRY_TICK,
+};
+
+/// A gap between two sweeps that means the registry process itself was stalled.
+const STALL: Duration = Duration::from_millis(500);
 
 /// Messages a slow watcher may have queued before its task waits.
 const WATCH_CHANNEL_CAPACITY: usize = 16;
 
 /// State shared by the service, the sweeper and the watch tasks.
 pub(crate) struct Shared {
-    table: Mutex<LeaseTable>,
+    store: Store,
     verifier: Verifier,
-    revision_tx: watch::Sender<u64>,
     stop_rx: watch::Receiver<bool>,
 }
 
 impl Shared {
-    pub(crate) fn new(verifier: Verifier, stop_rx: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(store: Store, verifier: Verifier, stop_rx: watch::Receiver<bool>) -> Self {
         Self {
-            table: Mutex::new(LeaseTable::new()),
+            store,
             verifier,
-            revision_tx: watch::channel(0).0,
             stop_rx,
         }
     }
@@ -60,37 +61,32 @@ impl Shared {
             Status::from(err)
         })
     }
-
-    fn table(&self) -> MutexGuard<'_, LeaseTable> {
-        // A panic while holding the lock cannot leave the table half-changed (each
-        // method validates before mutating), so a poisoned lock is safe to reuse.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `change` on the table and tells watchers if the revision moved.
-    fn update<T>(&self, change: impl FnOnce(&mut LeaseTable) -> T) -> T {
-        let (result, revision) = {
-            let mut table = self.table();
-            let result = change(&mut table);
-            (result, table.revision())
-        };
-        self.revision_tx.send_if_modified(|current| {
-            let moved = *current != revision;
-            *current = revision;
-            moved
-        });
-        result
-    }
 }
 
-/// Sweeps expired leases every [`EXPIRY_TICK`] until shutdown.
-pub(crate) async fn sweep_expired(shared: Arc<Shared>, mut stop_rx: watch::Receiver<bool>) {
+/// Sweeps expired leases every [`EXPIRY_TICK`] until shutdown. A sweep that comes more
+/// than [`STALL`] after the previous one means this process was stalled (stopped,
+/// starved, suspended): it could not have seen renewals meanwhile, so every lease gets a
+/// fresh TTL instead of expiring; while the table counts itself isolated (nobody reached
+/// it for half a TTL) nothing expires (see `table`, "A silent registry expires nothing").
+pub(crate) async fn sweep_expired(shared: Arc<MemoryStore>, mut stop_rx: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // tokio's clock (the same as std's outside tests), so a test can pause and jump it.
+    let mut last_sweep = tokio::time::Instant::now().into_std();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let gone = shared.update(|table| table.expire(Instant::now()));
+                let now = tokio::time::Instant::now().into_std();
+                let gap = now.saturating_duration_since(last_sweep);
+                last_sweep = now;
+                if gap > STALL {
+                    tracing::warn!(gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX), "registry was stalled; every lease gets a fresh TTL");
+                    shared.update(|table| table.grace(now));
+                    continue;
+                }
+                let gone = shared.update(|table| {
+                    if table.is_isolated(now) { Vec::new() } else { table.expire(now) }
+                });
                 for instance in gone {
                     tracing::info!(service = %instance.service, address = %instance.address, "lease expired");
                 }
@@ -122,20 +118,22 @@ impl Registry for RegistryService {
         let caller = self.shared.caller(&request)?;
         let req = request.into_inner();
         let ttl = Duration::from_millis(req.ttl_ms);
-        let instance = self.shared.update(|table| {
-            table.register(
-                &caller,
-                &req.service,
-                &req.address,
-                req.metadata,
+        let instance = self
+            .shared
+            .store
+            .register(NewLease {
+                owner: &caller,
+                service: &req.service,
+                address: &req.address,
+                metadata: req.metadata,
                 ttl,
-                Instant::now(),
-            )
-        })?;
+            })
+            .await?;
         tracing::info!(service = %instance.service, address = %instance.address, principal = %caller, ttl_ms = req.ttl_ms, "instance registered");
         Ok(Response::new(RegisterResponse {
             lease_id: instance.lease_id,
-            ttl_ms: req.ttl_ms,
+            ttl_ms: u64::try_from(instance.expires_at_unix_ms - instance.registered_at_unix_ms)
+                .unwrap_or(req.ttl_ms),
             expires_at_unix_ms: instance.expires_at_unix_ms,
         }))
     }
@@ -149,7 +147,9 @@ impl Registry for RegistryService {
         let metadata: Option<HashMap<String, String>> = req.metadata.map(|m| m.entries);
         let instance = self
             .shared
-            .update(|table| table.keep_alive(&caller, &req.lease_id, metadata, Instant::now()))?;
+            .store
+            .keep_alive(&caller, &req.lease_id, metadata)
+            .await?;
         tracing::trace!(lease = %req.lease_id, "lease renewed");
         Ok(Response::new(KeepAliveResponse {
             ttl_ms: u64::try_from(instance.expires_at_unix_ms - now_ms()).unwrap_or(0),
@@ -163,9 +163,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<DeregisterResponse>, Status> {
         let caller = self.shared.caller(&request)?;
         let req = request.into_inner();
-        let instance = self
-            .shared
-            .update(|table| table.deregister(&caller, &req.lease_id))?;
+        let instance = self.shared.store.deregister(&caller, &req.lease_id).await?;
         tracing::info!(service = %instance.service, address = %instance.address, principal = %caller, "instance deregistered");
         Ok(Response::new(DeregisterResponse {}))
     }
@@ -176,7 +174,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<ResolveResponse>, Status> {
         let req = request.into_inner();
         validate_service(&req.service)?;
-        let instances = self.shared.table().resolve(&req.service);
+        let (instances, _) = self.shared.store.resolve(&req.service).await?;
         Ok(Response::new(ResolveResponse { instances }))
     }
 
@@ -196,30 +194,34 @@ impl Registry for RegistryService {
     }
 
     async fn list(&self, _request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let table = self.shared.table();
+        let (instances, revision) = self.shared.store.list().await?;
         Ok(Response::new(ListResponse {
-            instances: table.list(),
-            revision: table.revision(),
+            instances,
+            revision,
         }))
     }
 }
 
-/// Sends `service`'s instance set now and after every change, until the client goes away
-/// or the server stops.
+/// Sends `service`'s instance set now and after every change, until the client goes away,
+/// the store cannot answer, or the server stops.
 async fn feed_watch(
     shared: Arc<Shared>,
     service: String,
     updates_tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
-    let mut revision_rx = shared.revision_tx.subscribe();
+    let mut changes_rx = shared.store.changes();
     let mut stop_rx = shared.stop_rx.clone();
     // Compared without expiry times, which move on every renewal and are not a change.
     let mut last_sent: Option<Vec<Instance>> = None;
     loop {
-        revision_rx.borrow_and_update();
-        let (instances, revision) = {
-            let table = shared.table();
-            (table.resolve(&service), table.revision())
+        changes_rx.borrow_and_update();
+        let (instances, revision) = match shared.store.resolve(&service).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(%service, %err, "watch ends: the store cannot answer");
+                let _ = updates_tx.send(Err(Status::from(err))).await;
+                return;
+            }
         };
         let visible: Vec<Instance> = instances
             .iter()
@@ -240,7 +242,7 @@ async fn feed_watch(
             last_sent = Some(visible);
         }
         tokio::select! {
-            changed = revision_rx.changed() => if changed.is_err() { return },
+            changed = changes_rx.changed() => if changed.is_err() { return },
             _ = stop_rx.wait_for(|stop| *stop) => return,
             () = updates_tx.closed() => return,
         }
@@ -252,4 +254,50 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stalled registry process (here: the clock jumps 3 TTLs between two sweeps) gives
+    /// every lease a fresh TTL instead of expiring it; a holder that then stays silent
+    /// expires one TTL later.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_gives_every_lease_a_fresh_ttl() {
+        let memory = Arc::new(MemoryStore::new());
+        let ttl = Duration::from_secs(1);
+        let start = tokio::time::Instant::now().into_std();
+        memory
+            .update(|table| {
+                table.register(
+                    &Principal::Gateway,
+                    "gateway",
+                    "127.0.0.1:1",
+                    HashMap::new(),
+                    ttl,
+                    start,
+                )
+            })
+            .expect("register");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(sweep_expired(memory.clone(), stop_rx));
+        tokio::time::sleep(EXPIRY_TICK).await;
+        // The stall: no sweep for 3 s.
+        tokio::time::advance(ttl * 3).await;
+        tokio::time::sleep(EXPIRY_TICK * 2).await;
+        assert_eq!(
+            memory.table().resolve("gateway").len(),
+            1,
+            "expired after a stall"
+        );
+        // Silent for a whole TTL after it: gone.
+        tokio::time::sleep(ttl + EXPIRY_TICK * 2).await;
+        assert!(
+            memory.table().resolve("gateway").is_empty(),
+            "grace is one TTL, not forever"
+        );
+        stop_tx.send(true).expect("sweeper listens");
+        sweeper.await.expect("sweeper ends");
+    }
 }

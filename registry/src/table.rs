@@ -26,8 +26,10 @@
 //! **Primary claims.** An instance whose metadata says `role=primary` claims to be its
 //! service's primary for the `term` it names (missing = 0). The table is the arbiter:
 //! 1. a claim is refused while another live primary of the service, at another address,
-//!    holds the same or a higher term (one primary per term; a process restarted at its
-//!    own address may renew its own claim);
+//!    holds a lease, whatever its term: the claim is a lease the registry honours, so no
+//!    replica is promoted past a primary that still renews (one primary per term, and no
+//!    term + 1 while term's holder lives; a process restarted at its own address may renew
+//!    its own claim);
 //! 2. a claim must be for exactly `current + 1`, where `current` is the highest term the
 //!    table has accepted for the service (or learned from a live shop registration's
 //!    `term` while it had accepted none, e.g. replicas after a registry restart); the
@@ -40,6 +42,17 @@
 //! So two replicas that promote themselves at once cannot both win the same term: the
 //! second gets `FAILED_PRECONDITION` and must not take writes (the shop only takes writes
 //! once the registry has accepted its claim). A shop's promotion goes T → T+1.
+//!
+//! **A silent registry expires nothing** ([`LeaseTable::is_isolated`], [`LeaseTable::heard`],
+//! [`LeaseTable::grace`]). A lease expires because its holder stopped renewing, but the
+//! table cannot tell that from *its own* links being cut or its process being stalled: then
+//! every holder looks dead at once, and expiring them (issue 15: the registry cut off for
+//! 5 s) lets a replica promote past a primary that never died. So when the table holds
+//! leases at two or more addresses and has heard from nobody for half the shortest TTL, it
+//! counts itself isolated and expires nothing; the first call after that, or a stall of the
+//! sweeper itself, gives every lease a fresh TTL from that moment, so only holders that then
+//! stay silent expire, one TTL later. Cost: a lease may outlive its holder by up to the
+//! longest renewal period among the other holders plus one TTL when everyone else is quiet.
 //!
 //! **Bounds.** So that `List` and every `Watch` message stay under the 4 MiB gRPC message
 //! limit ([`concord::grpc::MAX_MESSAGE_BYTES`]) whatever is registered, the table holds at
@@ -160,6 +173,9 @@ pub struct LeaseTable {
     terms: HashMap<String, KnownTerm>,
     revision: u64,
     next_order: u64,
+    /// When a client last reached the table (Register or KeepAlive), to tell the registry's
+    /// own isolation from its clients' deaths.
+    last_heard: Option<Instant>,
 }
 
 impl LeaseTable {
@@ -196,6 +212,7 @@ impl LeaseTable {
             )));
         }
         authorize(owner, service, &metadata)?;
+        self.heard(now);
         let replaced = self.check_node_place(service, address, &metadata, now)?;
         self.check_primary_claim(service, address, None, &metadata, now)?;
         self.check_caps(owner, service, &replaced, now)?;
@@ -242,6 +259,7 @@ impl LeaseTable {
         now: Instant,
     ) -> Result<Instance, RegistryError> {
         check_lease_id(lease_id)?;
+        self.heard(now);
         let (service, address) = match self.leases.get(lease_id) {
             Some(lease) if lease.is_live(now) && lease.owner == *owner => (
                 lease.instance.service.clone(),
@@ -376,16 +394,28 @@ impl LeaseTable {
             } else {
                 return None;
             };
-            (their_term >= term).then(|| (other.address.clone(), their_term))
+            Some((other.address.clone(), their_term))
         });
-        if let Some((holder, their_term)) = holder {
-            return Err(RegistryError::PrimaryTaken(format!(
-                "{service} already has a primary for term {their_term} at {holder}; \
-                 a primary claim needs a higher term than {their_term}, or follow {holder}"
-            )));
+        if let Some((holder, their_term)) = &holder {
+            if *their_term >= term {
+                return Err(RegistryError::PrimaryTaken(format!(
+                    "{service} already has a primary for term {their_term} at {holder}; \
+                     a primary claim needs a higher term than {their_term}, or follow {holder}"
+                )));
+            }
         }
+        // The claim is a lease the registry honours: no promotion past a live primary (after
+        // the term checks below, so that a jump is still told the term it should claim).
+        let honour_live_primary = || match &holder {
+            Some((holder, their_term)) => Err(RegistryError::PrimaryTaken(format!(
+                "primary claim for term {term} refused: the primary of term {their_term} at \
+                 {holder} holds a live lease; a new term may be claimed only once that lease \
+                 expired or its holder stepped down"
+            ))),
+            None => Ok(()),
+        };
         let Some(known) = self.terms.get(service) else {
-            return Ok(());
+            return honour_live_primary();
         };
         let next = known.term.checked_add(1);
         let renewal = term == known.term
@@ -394,7 +424,7 @@ impl LeaseTable {
                 .as_deref()
                 .is_none_or(|holder| holder == address);
         if Some(term) == next || renewal {
-            return Ok(());
+            return honour_live_primary();
         }
         let expected = match next {
             Some(next) => format!("term {next}"),
@@ -478,6 +508,91 @@ impl LeaseTable {
             .ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_owned()))?;
         self.revision += 1;
         Ok(lease.instance)
+    }
+
+    /// Records that a client reached the table at `now`. If the table had been isolated
+    /// (module docs, "A silent registry expires nothing"), every lease first gets a fresh
+    /// TTL; returns whether it did.
+    pub fn heard(&mut self, now: Instant) -> bool {
+        let isolated = self.is_isolated(now);
+        if isolated {
+            self.grace(now);
+        }
+        self.last_heard = Some(now);
+        isolated
+    }
+
+    /// Whether the table has heard from nobody for half its shortest lease TTL while it
+    /// holds leases at two or more addresses: their silence then says more about the
+    /// registry's own links than about their holders, so nothing may expire.
+    pub fn is_isolated(&self, now: Instant) -> bool {
+        let Some(last_heard) = self.last_heard else {
+            return false;
+        };
+        let Some(shortest) = self.leases.values().map(|lease| lease.ttl).min() else {
+            return false;
+        };
+        let mut addresses = self.leases.values().map(|l| l.instance.address.as_str());
+        let first = addresses.next();
+        if addresses.all(|address| Some(address) == first) {
+            return false;
+        }
+        now.saturating_duration_since(last_heard) >= shortest / 2
+    }
+
+    /// Gives every lease a fresh TTL from `now` (never a shorter one): after the registry
+    /// was stalled or cut off it could not have seen the renewals, so it may not expire
+    /// anything for that silence.
+    pub fn grace(&mut self, now: Instant) {
+        let wall = unix_ms();
+        for lease in self.leases.values_mut() {
+            if lease.expires_at < now + lease.ttl {
+                lease.expires_at = now + lease.ttl;
+                lease.instance.expires_at_unix_ms = wall + millis(lease.ttl);
+            }
+        }
+    }
+
+    /// Puts back a lease read from a shared store (the etcd store rebuilds a table from
+    /// etcd before each change, so the same rules decide): live for `ttl` from `now`,
+    /// listed after every lease restored before it.
+    pub(crate) fn restore(
+        &mut self,
+        lease_id: String,
+        instance: Instance,
+        owner: Principal,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        self.next_order += 1;
+        self.leases.insert(
+            lease_id,
+            Lease {
+                instance,
+                owner,
+                expires_at: now + ttl,
+                ttl,
+                order: self.next_order,
+            },
+        );
+    }
+
+    /// Puts back the highest primary term known for `service` and whose claim it was.
+    pub(crate) fn restore_term(&mut self, service: &str, term: u64, holder: Option<String>) {
+        self.terms
+            .insert(service.to_owned(), KnownTerm { term, holder });
+    }
+
+    /// The highest primary term known for `service` and the address whose claim it was.
+    pub(crate) fn known_term(&self, service: &str) -> Option<(u64, Option<String>)> {
+        self.terms
+            .get(service)
+            .map(|known| (known.term, known.holder.clone()))
+    }
+
+    /// The ids of every lease in the table.
+    pub(crate) fn lease_ids(&self) -> std::collections::HashSet<String> {
+        self.leases.keys().cloned().collect()
     }
 
     /// Drops every lease that expired at or before `now`; returns the expired instances.
@@ -607,7 +722,8 @@ pub fn validate_service(service: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
-fn check_lease_id(lease_id: &str) -> Result<(), RegistryError> {
+/// Refuses a lease id longer than any the registry hands out.
+pub(crate) fn check_lease_id(lease_id: &str) -> Result<(), RegistryError> {
     if lease_id.len() > MAX_LEASE_ID_BYTES {
         return Err(RegistryError::InvalidArgument(format!(
             "lease id is {} bytes; the limit is {MAX_LEASE_ID_BYTES}",
@@ -684,6 +800,10 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(2);
+    /// The primary's address in the claim tests.
+    const A: &str = "127.0.0.1:1";
+    /// The replica's address in the claim tests.
+    const B: &str = "127.0.0.1:2";
 
     fn shop() -> Principal {
         Principal::Shop
@@ -711,7 +831,8 @@ mod tests {
     }
 
     /// One primary per term and service: a rival claim for the same or a lower term is
-    /// refused and changes nothing; the next term wins; the holder's own address may
+    /// refused and changes nothing, a higher one too while the primary lives; the next
+    /// term wins once it stepped down; the holder's own address may
     /// register again (a restart); other services do not count; an old term stays refused
     /// after its holders expired.
     #[test]
@@ -758,6 +879,13 @@ mod tests {
             .expect_err("promotion to a held term");
         assert_eq!(table.revision(), revision);
         assert_eq!(table.resolve("shop")[1].metadata, role("replica", "2"));
+        let err = table
+            .keep_alive(&shop(), &b.lease_id, Some(role("primary", "3")), now)
+            .expect_err("no higher term while the primary's lease lives");
+        assert!(err.to_string().contains("holds a live lease"), "{err}");
+        table
+            .keep_alive(&shop(), &a.lease_id, Some(role("replica", "2")), now)
+            .expect("the primary steps down");
         table
             .keep_alive(&shop(), &b.lease_id, Some(role("primary", "3")), now)
             .expect("a higher term wins");
@@ -784,6 +912,7 @@ mod tests {
                 now,
             )
             .expect("another service");
+        table.expire(now + TTL);
         let err = table
             .register(
                 &shop(),
@@ -1054,8 +1183,6 @@ mod tests {
     /// old term.
     #[test]
     fn term_rule_table() {
-        const A: &str = "127.0.0.1:1";
-        const B: &str = "127.0.0.1:2";
         /// (known term and holder, claimed term, claimant, refusal naming this or `None`)
         type Case<'a> = (
             Option<(u64, Option<&'a str>)>,
@@ -1326,6 +1453,7 @@ mod tests {
             "{err}"
         );
         assert!(matches!(err, RegistryError::Exhausted(_)));
+        table.expire(now + TTL);
         table
             .register(&other(), "s", &addr(99), HashMap::new(), TTL, now + TTL)
             .expect("after expiry");
@@ -1446,6 +1574,85 @@ mod tests {
             assert!(list.encoded_len() < concord::grpc::MAX_MESSAGE_BYTES);
             assert!(watch.encoded_len() < concord::grpc::MAX_MESSAGE_BYTES);
         }
+    }
+
+    /// The registry-cut split brain of issue 15, stepped without sockets: primary and
+    /// replica go silent for more than a TTL because the registry was cut off; the table
+    /// holds both leases, the first call after the heal gives every lease a fresh TTL, and
+    /// the replica cannot claim term + 1 while the primary renews; once the primary
+    /// really stops, its lease expires and the claim is accepted.
+    #[test]
+    fn a_cut_off_registry_honours_the_primarys_claim() {
+        let t0 = Instant::now();
+        let mut table = LeaseTable::new();
+        let primary = table
+            .register(&shop(), "shop", A, role("primary", "1"), TTL, t0)
+            .expect("primary");
+        let replica = table
+            .register(&shop(), "shop", B, role("replica", "1"), TTL, t0)
+            .expect("replica");
+        // Cut off for 1.5 TTL: nobody reaches the table.
+        let healed = t0 + TTL * 3 / 2;
+        assert!(table.is_isolated(t0 + TTL / 2));
+        assert!(table.is_isolated(healed));
+        assert_eq!(table.resolve("shop").len(), 2, "nothing expired yet");
+        // The replica's call after the heal: a fresh TTL for both, and its claim refused.
+        let err = table
+            .keep_alive(
+                &shop(),
+                &replica.lease_id,
+                Some(role("primary", "2")),
+                healed,
+            )
+            .expect_err("the primary lives");
+        assert!(err.to_string().contains("holds a live lease"), "{err}");
+        assert!(matches!(err, RegistryError::PrimaryTaken(_)));
+        assert!(table.expire(healed + TTL / 2).is_empty(), "fresh TTLs");
+        table
+            .keep_alive(&shop(), &primary.lease_id, None, healed + TTL / 2)
+            .expect("the primary renews after the heal");
+        // Now the primary dies; the replica keeps renewing, so the table is not isolated.
+        let mut now = healed + TTL / 2;
+        for _ in 0..4 {
+            now += TTL / 3;
+            table
+                .keep_alive(&shop(), &replica.lease_id, None, now)
+                .expect("replica renews");
+            assert!(!table.is_isolated(now));
+            table.expire(now);
+        }
+        assert_eq!(table.resolve("shop").len(), 1, "the primary expired");
+        table
+            .keep_alive(&shop(), &replica.lease_id, Some(role("primary", "2")), now)
+            .expect("term 2 once term 1's holder is gone");
+    }
+
+    /// One holder alone never counts as isolation (its death must expire it), a lease
+    /// table that heard nothing yet neither; grace never shortens a lease.
+    #[test]
+    fn isolation_needs_two_addresses_and_grace_only_extends() {
+        let t0 = Instant::now();
+        let mut table = LeaseTable::new();
+        assert!(!table.is_isolated(t0 + TTL * 10));
+        table
+            .register(&shop(), "shop", A, role("primary", "1"), TTL, t0)
+            .expect("primary");
+        assert!(!table.is_isolated(t0 + TTL * 10));
+        table
+            .register(&other(), "s", B, HashMap::new(), TTL * 10, t0)
+            .expect("a long lease");
+        assert!(!table.is_isolated(t0 + TTL / 4));
+        assert!(table.is_isolated(t0 + TTL / 2));
+        table.grace(t0 + TTL);
+        assert!(table
+            .expire(t0 + TTL * 2 - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(table.expire(t0 + TTL * 2).len(), 1, "only the short lease");
+        assert_eq!(
+            table.resolve("s").len(),
+            1,
+            "the long lease kept its expiry"
+        );
     }
 
     /// Metadata over the total byte limit is refused even when every entry is in bounds.

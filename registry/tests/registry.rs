@@ -297,3 +297,111 @@ async fn bad_input_gets_clear_statuses() {
     assert_eq!(err.code(), Code::InvalidArgument);
     registry.stop().await;
 }
+
+/// `role`/`term` metadata of a shop.
+fn shop_role(role: &str, term: &str) -> HashMap<String, String> {
+    HashMap::from([("role".into(), role.into()), ("term".into(), term.into())])
+}
+
+/// Issue 15's registry-cut split brain: primary and replica cannot reach the registry for
+/// 1.5 TTL (nobody calls it), then come back; watchers never saw the primary vanish, the
+/// replica's term-2 claim is refused while the primary renews, and the primary keeps its
+/// lease.
+#[tokio::test]
+async fn a_cut_off_registry_expires_nobody_and_refuses_the_replicas_claim() {
+    let registry = concord_testkit::registry().await;
+    let mut client = client(&registry);
+    let shop = credential(Principal::Shop);
+    let register = |address: &str, role: &str| RegisterRequest {
+        metadata: shop_role(role, "1"),
+        ..register_request("shop", address, 1000)
+    };
+    let primary = client
+        .register(signed(&shop, register("127.0.0.1:7101", "primary")))
+        .await
+        .expect("primary")
+        .into_inner()
+        .lease_id;
+    let replica = client
+        .register(signed(&shop, register("127.0.0.1:7102", "replica")))
+        .await
+        .expect("replica")
+        .into_inner()
+        .lease_id;
+    let mut watch = client
+        .watch(WatchRequest {
+            service: "shop".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("stream").expect("initial set");
+    assert_eq!(first.instances.len(), 2);
+    for lease_id in [&primary, &replica] {
+        client
+            .keep_alive(signed(
+                &shop,
+                KeepAliveRequest {
+                    lease_id: lease_id.clone(),
+                    metadata: None,
+                },
+            ))
+            .await
+            .expect("renewed before the cut");
+    }
+
+    // The cut: 1.5 TTL without a call. Whatever the watcher hears still has the primary.
+    let cut = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(update) = tokio::time::timeout_at(cut, watch.message()).await {
+        let update = update.expect("stream").expect("message");
+        assert!(
+            update
+                .instances
+                .iter()
+                .any(|i| i.address == "127.0.0.1:7101"),
+            "the primary vanished while the registry was cut off: {:?}",
+            update.instances
+        );
+    }
+
+    // After the heal the replica tries to promote itself, as its failover watch would.
+    let claim = shop_role("primary", "2");
+    let refused = match client
+        .keep_alive(signed(
+            &shop,
+            KeepAliveRequest {
+                lease_id: replica.clone(),
+                metadata: Some(concord::pb::registry::v1::Metadata {
+                    entries: claim.clone(),
+                }),
+            },
+        ))
+        .await
+    {
+        Err(status) if status.code() == Code::NotFound => client
+            .register(signed(
+                &shop,
+                RegisterRequest {
+                    metadata: claim,
+                    ..register_request("shop", "127.0.0.1:7102", 1000)
+                },
+            ))
+            .await
+            .expect_err("the replica's re-registration as term 2"),
+        Err(status) => status,
+        Ok(_) => panic!("the registry accepted term 2 while the term-1 primary lives"),
+    };
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("live lease"), "{refused:?}");
+    client
+        .keep_alive(signed(
+            &shop,
+            KeepAliveRequest {
+                lease_id: primary,
+                metadata: None,
+            },
+        ))
+        .await
+        .expect("the primary still holds its lease");
+    registry.stop().await;
+}

@@ -12,6 +12,10 @@
 //! - [`NodeProcess`] is a node in its own runtime and thread, so a test can `kill -9` it:
 //!   dropping the runtime closes its sockets and nothing deregisters.
 //! - [`process_cpu_seconds`] lets the ignored bench tests report CPU per operation.
+//! - [`etcd::EtcdCluster`] is a real etcd cluster (processes, tempdir) for the registry's
+//!   etcd store; [`registry_on_etcd`] a registry keeping its leases in it.
+
+pub mod etcd;
 
 use std::{
     future::Future,
@@ -183,6 +187,19 @@ pub async fn stake_nodes(staking: Channel, node_ids: &[&str], amount: u64) {
 /// A real registry checking credentials against [`cluster_secret`], on `127.0.0.1:0`.
 pub async fn registry() -> Running<tonic::transport::Error> {
     registry_on(local()).await
+}
+
+/// A real registry keeping its leases in the etcd cluster at `endpoints`, on `127.0.0.1:0`.
+pub async fn registry_on_etcd(endpoints: &[String]) -> Running<tonic::transport::Error> {
+    let etcd = concord_registry::EtcdConfig::new(endpoints).expect("etcd endpoints");
+    Running::spawn(move |listener, shutdown| {
+        concord_registry::serve(
+            concord_registry::Config::new(cluster_secret()).with_etcd(etcd),
+            listener,
+            shutdown,
+        )
+    })
+    .await
 }
 
 /// A real registry on `addr`: a restart on a stopped registry's address, or a registry

@@ -128,8 +128,13 @@ impl Backends {
         };
         Ok(Arc::new(Self {
             registry_addr: registry_addr.to_owned(),
+            // Of a registry list, the first (Resolve/List for the cluster view); the watches
+            // below move between all of them.
             registry: concord::grpc::lazy_channel_to(
-                registry_addr,
+                concord::discovery::registry_addrs(registry_addr)
+                    .first()
+                    .copied()
+                    .unwrap_or(registry_addr),
                 &concord::identity::Principal::Registry,
             )
             .map_err(bad)?,

@@ -150,6 +150,8 @@ impl TlsArgs {
             .chain(
                 dials
                     .iter()
+                    // A registry flag may list several addresses (`a,b`).
+                    .flat_map(|addrs| concord::discovery::registry_addrs(addrs))
                     .filter(|addr| !is_loopback(addr))
                     .map(|addr| format!("dial {addr}")),
             )

@@ -17,6 +17,14 @@ pub struct Args {
     /// Data directory whose `secrets/` holds the cluster secret when none is given.
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Keep leases, instance sets and primary claims in this etcd cluster (comma-separated
+    /// client addresses, `host:port`) instead of in memory; several registries given the
+    /// same endpoints then serve one cluster.
+    #[arg(long, env = "CONCORD_REGISTRY_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The key prefix in etcd (one per Concord cluster sharing an etcd).
+    #[arg(long, env = "CONCORD_REGISTRY_ETCD_ROOT", default_value = concord_registry::DEFAULT_ETCD_ROOT)]
+    pub etcd_root: String,
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
@@ -37,7 +45,12 @@ impl Args {
 
 /// Runs the registry until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = concord_registry::Config::new(args.cluster_secret()?);
+    let mut config = concord_registry::Config::new(args.cluster_secret()?);
+    if !args.etcd.is_empty() {
+        let mut etcd = concord_registry::EtcdConfig::new(&args.etcd)?;
+        etcd.root.clone_from(&args.etcd_root);
+        config = config.with_etcd(etcd);
+    }
     let shutdown = concord::shutdown::signal();
     let principal = concord::identity::Principal::Registry;
     args.tls

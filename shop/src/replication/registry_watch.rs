@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use concord::claim::PrimaryClaim;
 use concord::discovery::Rejection;
-use concord::identity::Principal;
-use concord::pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest};
+use concord::pb::registry::v1::Instance;
 use tokio::sync::watch;
 
 use super::failover::{Action, Event, Failover, LivePrimary, PROMOTION_RETRY_INTERVAL};
@@ -38,29 +37,18 @@ pub enum Fence {
 /// Asks the registry for `service`'s live instances, within [`FENCE_LOOKUP_TIMEOUT`];
 /// `None` when it does not answer.
 async fn resolve(registry: &str, service: &str) -> Option<Vec<Instance>> {
-    let channel = match concord::grpc::lazy_channel_to(registry, &Principal::Registry) {
-        Ok(channel) => channel,
+    // `registry` may list several registries: the first that answers decides.
+    let registries = match concord::discovery::Registries::connect(registry) {
+        Ok(registries) => registries,
         Err(e) => {
             tracing::warn!(%registry, error = %e, "cannot reach the registry");
             return None;
         }
     };
-    let request = ResolveRequest {
-        service: service.to_string(),
-    };
-    let reply = tokio::time::timeout(
-        FENCE_LOOKUP_TIMEOUT,
-        RegistryClient::new(channel).resolve(request),
-    )
-    .await;
-    match reply {
-        Ok(Ok(reply)) => Some(reply.into_inner().instances),
-        Ok(Err(status)) => {
+    match registries.resolve(service, FENCE_LOOKUP_TIMEOUT).await {
+        Ok(instances) => Some(instances),
+        Err(status) => {
             tracing::warn!(%registry, %status, "registry lookup failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(%registry, "registry lookup timed out");
             None
         }
     }

@@ -1,0 +1,159 @@
+//! `concord up --control-plane etcd`: a real 3-member etcd cluster, two registries and the
+//! whole cluster as supervised processes; `kill -9` of one registry costs no lease and no
+//! failover. Skipped with a message when there is no `etcd` binary, except in CI.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{command, follow_stdout, wait_for_line};
+use concord::pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest};
+
+/// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
+fn running_line(line: &str) -> Option<(String, u32, SocketAddr)> {
+    let rest = line.strip_prefix("concord up: ")?;
+    let (name, rest) = rest.split_once(" (")?;
+    let (_, rest) = rest.split_once(") pid ")?;
+    let (pid, addr) = rest.split_once(" running on ")?;
+    Some((
+        name.to_owned(),
+        pid.parse().ok()?,
+        addr.trim().parse().ok()?,
+    ))
+}
+
+/// The shop instances `registry` lists, by address.
+async fn shops(registry: SocketAddr) -> Option<HashMap<String, Instance>> {
+    let channel = concord::grpc::lazy_channel(&registry.to_string()).ok()?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        RegistryClient::new(channel).resolve(ResolveRequest {
+            service: "shop".into(),
+        }),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(
+        reply
+            .into_inner()
+            .instances
+            .into_iter()
+            .map(|i| (i.address.clone(), i))
+            .collect(),
+    )
+}
+
+/// The address and term of the one shop registered as primary.
+fn primary(shops: &HashMap<String, Instance>) -> Option<(String, String)> {
+    let mut primaries = shops
+        .values()
+        .filter(|i| i.metadata.get("role").map(String::as_str) == Some("primary"));
+    let found = primaries.next()?;
+    assert!(primaries.next().is_none(), "two primaries: {shops:?}");
+    Some((found.address.clone(), found.metadata.get("term")?.clone()))
+}
+
+/// kill -9 of the registry every process registered through first: the shops keep their
+/// leases (same registration, never missing from the other registry's view), the primary
+/// and its term stay, and the supervisor brings the registry back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_on_etcd_loses_no_lease_and_fails_nothing_over_when_a_registry_dies() {
+    if concord_testkit::etcd::etcd_binary().is_none() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut up = command(&[
+        "up",
+        "--auto-ports",
+        "--control-plane",
+        "etcd",
+        "--nodes",
+        "1",
+        "--replication",
+        "async",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn concord up");
+    let lines = follow_stdout(&mut up);
+    let mut running = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !["etcd-3", "registry-1", "registry-2", "shop-1", "shop-2"]
+        .iter()
+        .all(|name| running.contains_key(*name))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("cluster up in time");
+        if let Some((name, pid, addr)) = running_line(&line) {
+            running.insert(name, (pid, addr));
+        }
+    }
+    let (registry1_pid, _) = running["registry-1"];
+    let (_, registry2) = running["registry-2"];
+
+    // Both shops registered, one primary.
+    let settle_by = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        match shops(registry2).await {
+            Some(found) if found.len() == 2 && primary(&found).is_some() => break found,
+            _ => {
+                assert!(
+                    Instant::now() < settle_by,
+                    "the shops never registered with a primary"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let primary_before = primary(&before).expect("primary");
+
+    let killed = Command::new("kill")
+        .args(["-9", &registry1_pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let since = Instant::now();
+    // Three shop TTLs (2 s each): same registrations, same primary and term, throughout.
+    while since.elapsed() < Duration::from_secs(6) {
+        let now = shops(registry2).await.expect("registry-2 answers");
+        for (address, instance) in &before {
+            let current = now.get(address).unwrap_or_else(|| {
+                panic!("{address} vanished {:?} after the kill", since.elapsed())
+            });
+            assert_eq!(
+                current.registered_at_unix_ms, instance.registered_at_unix_ms,
+                "{address} registered again (lease lost)"
+            );
+        }
+        assert_eq!(
+            primary(&now),
+            Some(primary_before.clone()),
+            "a failover happened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restarted = wait_for_line(&lines, Duration::from_secs(20), |line| {
+        running_line(line).filter(|(name, _, _)| name == "registry-1")
+    });
+    assert!(
+        restarted.is_some(),
+        "the supervisor restarts the killed registry"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "up did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

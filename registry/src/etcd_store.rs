@@ -1,0 +1,522 @@
+//! The registry's leases in etcd, so that several registry instances serve one cluster and
+//! a client moving from one to another keeps its lease.
+//!
+//! **Layout** (under a root prefix, `/concord/registry/` by default):
+//! - `leases/<id>`: one registration ([`LeaseRecord`]: the published instance, the owner
+//!   principal, the TTL, the etcd lease). The key is attached to its own etcd lease, so
+//!   etcd deletes it when the lease is not kept alive: registry lease ↔ etcd lease. `<id>` is
+//!   the random id the holder renews with (never published); the owner is stored, so a
+//!   lease answers only its owner on every registry instance.
+//! - `terms/<service>`: the highest primary term known and whose claim it was
+//!   ([`TermRecord`]).
+//! - `guard`: rewritten by every change, so one compare on it orders all changes.
+//!
+//! **Changes** (Register, KeepAlive with new metadata): read everything under the root
+//! (linearizable), rebuild a `LeaseTable` from it, let the table decide with its rules
+//! (authorization, one node one place, caps, primary claims), then write the outcome in
+//! one etcd transaction that compares `guard`'s and `terms/<service>`'s mod revisions with
+//! the ones read. If another registry changed anything meanwhile, the compare fails and the
+//! change is decided again on the new state (at most [`MAX_ATTEMPTS`] times, then
+//! `UNAVAILABLE`). So two registry instances racing two claims for one term cannot both
+//! succeed: the second re-reads, sees a live primary, and is refused.
+//!
+//! **Renewals** (KeepAlive without a change) only read the lease's key (owner check) and
+//! renew its etcd lease; nothing is written, so watchers hear nothing. **Expiry** is etcd's:
+//! etcd deletes the key when its lease runs out (the leader keeps time; a new leader gives
+//! every lease a fresh TTL, so an etcd election never expires anyone). **Watch** is an etcd
+//! watch on the root prefix, reopened on another member when it breaks.
+//!
+//! etcd counts TTLs in whole seconds and has a minimum (1.5 × its election timeout): a
+//! lease may get a longer TTL than asked, never a shorter one, and KeepAlive answers the TTL
+//! granted. Published `expires_at_unix_ms` is the expiry at registration (renewals are not
+//! written to etcd); the holder's KeepAlive answer has the current one.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use concord::{
+    etcd::{txn, Etcd, EtcdError, KeyValue, LeaseId},
+    identity::Principal,
+    pb::registry::v1::Instance,
+};
+use prost::Message;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{store::NewLease, table::check_lease_id, LeaseTable, RegistryError};
+
+/// The default root prefix of the registry's keys.
+pub const DEFAULT_ROOT: &str = "/concord/registry/";
+/// How often a change is decided again after another registry changed the state first.
+pub const MAX_ATTEMPTS: usize = 8;
+/// Longest wait before reopening a broken etcd watch.
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One registration as stored in etcd.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseRecord {
+    /// The published instance (`lease_id` empty).
+    #[prost(message, optional, tag = "1")]
+    pub instance: Option<Instance>,
+    /// The owner principal's name (`Principal::name`).
+    #[prost(string, tag = "2")]
+    pub owner: String,
+    /// The TTL asked for, in milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub ttl_ms: u64,
+    /// The etcd lease the key is attached to.
+    #[prost(int64, tag = "4")]
+    pub etcd_lease: i64,
+}
+
+/// The highest primary term known for one service.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TermRecord {
+    /// The term.
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    /// The address whose claim to it was accepted; absent when only learned.
+    #[prost(string, optional, tag = "2")]
+    pub holder: Option<String>,
+}
+
+/// The registry's leases in etcd.
+pub(crate) struct EtcdStore {
+    etcd: Etcd,
+    root: String,
+    changes_rx: watch::Receiver<u64>,
+}
+
+/// Everything under the root, rebuilt as a lease table.
+struct Snapshot {
+    table: LeaseTable,
+    /// `guard`'s mod revision (0 = never written).
+    guard: i64,
+    /// Each `terms/<service>` key's mod revision.
+    term_revisions: HashMap<String, i64>,
+    /// Each lease id's record.
+    records: HashMap<String, LeaseRecord>,
+}
+
+impl EtcdStore {
+    /// A store in the etcd cluster `etcd` under `root`, and the task that follows etcd's
+    /// changes for watchers until `stop_rx` says stop.
+    pub(crate) fn start(
+        etcd: Etcd,
+        root: &str,
+        stop_rx: watch::Receiver<bool>,
+    ) -> (Self, JoinHandle<()>) {
+        let (changes_tx, changes_rx) = watch::channel(0);
+        let follower = tokio::spawn(follow_changes(
+            etcd.clone(),
+            root.as_bytes().to_vec(),
+            changes_tx,
+            stop_rx,
+        ));
+        (
+            Self {
+                etcd,
+                root: root.to_owned(),
+                changes_rx,
+            },
+            follower,
+        )
+    }
+
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes_rx.clone()
+    }
+
+    fn lease_key(&self, lease_id: &str) -> Vec<u8> {
+        format!("{}leases/{lease_id}", self.root).into_bytes()
+    }
+
+    fn term_key(&self, service: &str) -> Vec<u8> {
+        format!("{}terms/{service}", self.root).into_bytes()
+    }
+
+    fn guard_key(&self) -> Vec<u8> {
+        format!("{}guard", self.root).into_bytes()
+    }
+
+    /// Reads everything under the root and rebuilds the table, every lease live for its
+    /// TTL from `now` (etcd has already deleted the expired ones).
+    async fn snapshot(&self, now: Instant) -> Result<Snapshot, RegistryError> {
+        let range = self
+            .etcd
+            .range_prefix(self.root.as_bytes())
+            .await
+            .map_err(unavailable)?;
+        let mut leases: Vec<(i64, String, LeaseRecord)> = Vec::new();
+        let mut snapshot = Snapshot {
+            table: LeaseTable::new(),
+            guard: 0,
+            term_revisions: HashMap::new(),
+            records: HashMap::new(),
+        };
+        for kv in range.kvs {
+            let Some(name) = kv
+                .key
+                .strip_prefix(self.root.as_bytes())
+                .and_then(|k| std::str::from_utf8(k).ok())
+            else {
+                continue;
+            };
+            if name == "guard" {
+                snapshot.guard = kv.mod_revision;
+            } else if let Some(id) = name.strip_prefix("leases/") {
+                if let Some(record) = decode_lease(&kv) {
+                    leases.push((kv.create_revision, id.to_owned(), record));
+                }
+            } else if let Some(service) = name.strip_prefix("terms/") {
+                match TermRecord::decode(kv.value.as_slice()) {
+                    Ok(term) => {
+                        snapshot.table.restore_term(service, term.term, term.holder);
+                        snapshot
+                            .term_revisions
+                            .insert(service.to_owned(), kv.mod_revision);
+                    }
+                    Err(err) => {
+                        tracing::error!(%service, %err, "undecodable term record in etcd; ignored")
+                    }
+                }
+            }
+        }
+        leases.sort_by_key(|(created, _, _)| *created);
+        for (_, id, record) in leases {
+            let Ok(owner) = Principal::parse(&record.owner) else {
+                tracing::error!(lease = %id, owner = %record.owner, "lease record with an unknown owner in etcd; ignored");
+                continue;
+            };
+            let Some(instance) = record.instance.clone() else {
+                continue;
+            };
+            let ttl = Duration::from_millis(record.ttl_ms);
+            snapshot
+                .table
+                .restore(id.clone(), instance, owner, ttl, now);
+            snapshot.records.insert(id, record);
+        }
+        Ok(snapshot)
+    }
+
+    /// The transaction that writes a change decided on `snapshot`: it applies only if
+    /// nothing changed since (the guard and `service`'s term key), and also writes the term
+    /// the table now knows when it moved.
+    fn commit(
+        &self,
+        snapshot: &Snapshot,
+        service: &str,
+        term_before: Option<(u64, Option<String>)>,
+        mut ops: Vec<concord::etcd::pb::etcdserverpb::RequestOp>,
+    ) -> concord::etcd::pb::etcdserverpb::TxnRequest {
+        let term_key = self.term_key(service);
+        let term_after = snapshot.table.known_term(service);
+        if term_after != term_before {
+            if let Some((term, holder)) = term_after {
+                ops.push(txn::put(
+                    &term_key,
+                    TermRecord { term, holder }.encode_to_vec(),
+                    0,
+                ));
+            }
+        }
+        ops.push(txn::put(&self.guard_key(), Vec::new(), 0));
+        let term_revision = snapshot.term_revisions.get(service).copied().unwrap_or(0);
+        txn::when(
+            vec![
+                txn::mod_revision_is(&self.guard_key(), snapshot.guard),
+                txn::mod_revision_is(&term_key, term_revision),
+            ],
+            ops,
+        )
+    }
+
+    pub(crate) async fn register(&self, lease: NewLease<'_>) -> Result<Instance, RegistryError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let now = Instant::now();
+            let mut snapshot = self.snapshot(now).await?;
+            let before = snapshot.table.lease_ids();
+            let term_before = snapshot.table.known_term(lease.service);
+            let mut instance = snapshot.table.register(
+                lease.owner,
+                lease.service,
+                lease.address,
+                lease.metadata.clone(),
+                lease.ttl,
+                now,
+            )?;
+            let replaced: Vec<String> = before
+                .difference(&snapshot.table.lease_ids())
+                .cloned()
+                .collect();
+            let (etcd_lease, granted) = self.etcd.grant(lease.ttl).await.map_err(unavailable)?;
+            let granted = granted.max(lease.ttl);
+            instance.expires_at_unix_ms = instance.registered_at_unix_ms + millis(granted);
+            let record = LeaseRecord {
+                instance: Some(Instance {
+                    lease_id: String::new(),
+                    ..instance.clone()
+                }),
+                owner: lease.owner.name(),
+                ttl_ms: u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX),
+                etcd_lease,
+            };
+            let mut ops = vec![txn::put(
+                &self.lease_key(&instance.lease_id),
+                record.encode_to_vec(),
+                etcd_lease,
+            )];
+            ops.extend(replaced.iter().map(|id| txn::delete(&self.lease_key(id))));
+            let request = self.commit(&snapshot, lease.service, term_before, ops);
+            let committed = self.etcd.txn(request).await;
+            match committed {
+                Ok(reply) if reply.succeeded => {
+                    for id in &replaced {
+                        if let Some(old) = snapshot.records.get(id) {
+                            self.revoke_quietly(old.etcd_lease).await;
+                        }
+                    }
+                    return Ok(instance);
+                }
+                Ok(_) => {
+                    tracing::debug!(service = %lease.service, "registry state changed meanwhile; deciding again");
+                    self.revoke_quietly(etcd_lease).await;
+                }
+                Err(err) => {
+                    self.revoke_quietly(etcd_lease).await;
+                    return Err(unavailable(err));
+                }
+            }
+        }
+        Err(contended())
+    }
+
+    pub(crate) async fn keep_alive(
+        &self,
+        owner: &Principal,
+        lease_id: &str,
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<Instance, RegistryError> {
+        check_lease_id(lease_id)?;
+        let record = self.owned_record(owner, lease_id).await?;
+        let not_found = || RegistryError::LeaseNotFound(lease_id.to_owned());
+        let ttl = self
+            .etcd
+            .keep_alive_once(record.etcd_lease)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(not_found)?;
+        let mut instance = record.instance.clone().ok_or_else(not_found)?;
+        if let Some(metadata) = metadata.filter(|m| *m != instance.metadata) {
+            instance = self.change_metadata(owner, lease_id, metadata).await?;
+        }
+        instance.lease_id = lease_id.to_owned();
+        instance.expires_at_unix_ms = unix_ms() + millis(ttl);
+        Ok(instance)
+    }
+
+    /// Replaces a lease's metadata through the table's rules (a primary claim among them).
+    async fn change_metadata(
+        &self,
+        owner: &Principal,
+        lease_id: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<Instance, RegistryError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let now = Instant::now();
+            let mut snapshot = self.snapshot(now).await?;
+            let Some(record) = snapshot.records.get(lease_id).cloned() else {
+                return Err(RegistryError::LeaseNotFound(lease_id.to_owned()));
+            };
+            let Some(stored) = record.instance.clone() else {
+                return Err(RegistryError::LeaseNotFound(lease_id.to_owned()));
+            };
+            let term_before = snapshot.table.known_term(&stored.service);
+            snapshot
+                .table
+                .keep_alive(owner, lease_id, Some(metadata.clone()), now)?;
+            let instance = Instance {
+                metadata: metadata.clone(),
+                ..stored.clone()
+            };
+            let updated = LeaseRecord {
+                instance: Some(instance.clone()),
+                ..record.clone()
+            };
+            let ops = vec![txn::put(
+                &self.lease_key(lease_id),
+                updated.encode_to_vec(),
+                record.etcd_lease,
+            )];
+            let request = self.commit(&snapshot, &stored.service, term_before, ops);
+            match self.etcd.txn(request).await {
+                Ok(reply) if reply.succeeded => return Ok(instance),
+                Ok(_) => {
+                    tracing::debug!(lease = %lease_id, "registry state changed meanwhile; deciding again");
+                }
+                // The lease ran out between the renewal and the write.
+                Err(EtcdError::Refused(message)) if message.contains("lease not found") => {
+                    return Err(RegistryError::LeaseNotFound(lease_id.to_owned()))
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Err(contended())
+    }
+
+    pub(crate) async fn deregister(
+        &self,
+        owner: &Principal,
+        lease_id: &str,
+    ) -> Result<Instance, RegistryError> {
+        check_lease_id(lease_id)?;
+        let record = self.owned_record(owner, lease_id).await?;
+        self.etcd
+            .revoke(record.etcd_lease)
+            .await
+            .map_err(unavailable)?;
+        record
+            .instance
+            .ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_owned()))
+    }
+
+    /// `lease_id`'s record if `owner` holds it; anyone else's is `LeaseNotFound`, as an
+    /// unknown one.
+    async fn owned_record(
+        &self,
+        owner: &Principal,
+        lease_id: &str,
+    ) -> Result<LeaseRecord, RegistryError> {
+        let not_found = || RegistryError::LeaseNotFound(lease_id.to_owned());
+        if lease_id.is_empty() {
+            return Err(not_found());
+        }
+        let (_, kv) = self
+            .etcd
+            .get(&self.lease_key(lease_id))
+            .await
+            .map_err(unavailable)?;
+        let record = kv.as_ref().and_then(decode_lease).ok_or_else(not_found)?;
+        if record.owner != owner.name() {
+            return Err(not_found());
+        }
+        Ok(record)
+    }
+
+    /// Live instances (of `service`, or all by service name), oldest registration first.
+    pub(crate) async fn instances(
+        &self,
+        service: Option<&str>,
+    ) -> Result<(Vec<Instance>, u64), RegistryError> {
+        let prefix = format!("{}leases/", self.root);
+        let range = self
+            .etcd
+            .range_prefix(prefix.as_bytes())
+            .await
+            .map_err(unavailable)?;
+        let mut found: Vec<(i64, Instance)> = range
+            .kvs
+            .iter()
+            .filter_map(|kv| Some((kv.create_revision, decode_lease(kv)?.instance?)))
+            .filter(|(_, i)| service.is_none_or(|s| i.service == s))
+            .collect();
+        found.sort_by(|(a_created, a), (b_created, b)| {
+            a.service.cmp(&b.service).then(a_created.cmp(b_created))
+        });
+        let revision = u64::try_from(range.revision).unwrap_or(0);
+        Ok((found.into_iter().map(|(_, i)| i).collect(), revision))
+    }
+
+    async fn revoke_quietly(&self, lease: LeaseId) {
+        if let Err(err) = self.etcd.revoke(lease).await {
+            tracing::warn!(lease, %err, "could not revoke an unused etcd lease; it expires on its own");
+        }
+    }
+}
+
+/// Follows every change under `root` with an etcd watch and moves the change counter, until
+/// `stop_rx` says stop. A broken watch is reopened (on another member, if need be) from
+/// the revision after the last one seen, and the counter moves once then, in case changes
+/// were missed.
+async fn follow_changes(
+    etcd: Etcd,
+    root: Vec<u8>,
+    changes_tx: watch::Sender<u64>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut next_revision = 0i64;
+    let mut backoff = concord::discovery::MIN_BACKOFF;
+    loop {
+        match etcd.watch_prefix(&root, next_revision).await {
+            Ok(mut stream) => {
+                changes_tx.send_modify(|c| *c += 1);
+                loop {
+                    tokio::select! {
+                        reply = stream.next() => match reply {
+                            Ok(Some(reply)) => {
+                                backoff = concord::discovery::MIN_BACKOFF;
+                                if let Some(header) = &reply.header {
+                                    next_revision = header.revision + 1;
+                                }
+                                if !reply.events.is_empty() {
+                                    changes_tx.send_modify(|c| *c += 1);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(err) => {
+                                tracing::warn!(%err, "etcd watch broke; reopening");
+                                break;
+                            }
+                        },
+                        _ = stop_rx.wait_for(|stop| *stop) => return,
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot open the etcd watch; retrying");
+                // A compacted start revision: start from now (the counter moves anyway).
+                if matches!(err, EtcdError::Refused(_)) {
+                    next_revision = 0;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop_rx.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(MAX_WATCH_BACKOFF);
+    }
+}
+
+fn decode_lease(kv: &KeyValue) -> Option<LeaseRecord> {
+    match LeaseRecord::decode(kv.value.as_slice()) {
+        Ok(record) => Some(record),
+        Err(err) => {
+            tracing::error!(key = %String::from_utf8_lossy(&kv.key), %err, "undecodable lease record in etcd; ignored");
+            None
+        }
+    }
+}
+
+fn unavailable(err: EtcdError) -> RegistryError {
+    RegistryError::Unavailable(err.to_string())
+}
+
+fn contended() -> RegistryError {
+    RegistryError::Unavailable(format!(
+        "the registry state kept changing during {MAX_ATTEMPTS} attempts; try again"
+    ))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}

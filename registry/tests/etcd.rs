@@ -1,0 +1,279 @@
+//! The registry's etcd store against a real etcd (started by the test on 127.0.0.1 with free
+//! ports, data in a tempdir, killed at the end): two registry instances share one cluster's
+//! leases, claims and watches. Skipped with a message when there is no `etcd` binary,
+//! except in CI.
+
+use std::{collections::HashMap, time::Duration};
+
+use concord::{
+    identity::{Credential, Principal},
+    pb::registry::v1::{
+        registry_client::RegistryClient, DeregisterRequest, KeepAliveRequest, Metadata,
+        RegisterRequest, ResolveRequest, WatchRequest,
+    },
+};
+use concord_testkit::{credential, etcd::EtcdCluster, registry_on_etcd, Running};
+use tonic::{transport::Channel, Code, Request};
+
+/// A client of `registry`.
+fn client(registry: &Running<tonic::transport::Error>) -> RegistryClient<Channel> {
+    RegistryClient::new(registry.channel())
+}
+
+/// `message` carrying `credential`.
+fn signed<T>(credential: &Credential, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    credential.attach(&mut request);
+    request
+}
+
+/// A shop registration at `address` with `role`/`term` metadata.
+fn shop_at(address: &str, role: &str, term: u64, ttl_ms: u64) -> RegisterRequest {
+    RegisterRequest {
+        service: "shop".into(),
+        address: address.into(),
+        metadata: HashMap::from([
+            ("role".into(), role.into()),
+            ("term".into(), term.to_string()),
+        ]),
+        ttl_ms,
+    }
+}
+
+/// The live instances of `service` as `registry` sees them.
+async fn resolve(client: &mut RegistryClient<Channel>, service: &str) -> Vec<String> {
+    client
+        .resolve(ResolveRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("resolve")
+        .into_inner()
+        .instances
+        .into_iter()
+        .map(|i| i.address)
+        .collect()
+}
+
+/// Two registries on one etcd, racing claims for the same term through each: in every
+/// round exactly one is accepted, the other is FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_registries_never_accept_two_primaries_for_one_term() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    for term in 1..=10u64 {
+        let (mut via_a, mut via_b) = (client(&a), client(&b));
+        let (first, second) = tokio::join!(
+            via_a.register(signed(
+                &shop,
+                shop_at("127.0.0.1:7201", "primary", term, 5000)
+            )),
+            via_b.register(signed(
+                &shop,
+                shop_at("127.0.0.1:7202", "primary", term, 5000)
+            )),
+        );
+        let (winner, loser) = match (first, second) {
+            (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won.into_inner(), lost),
+            (Ok(_), Ok(_)) => panic!("two primaries accepted for term {term}"),
+            (Err(x), Err(y)) => panic!("no claim accepted for term {term}: {x:?} / {y:?}"),
+        };
+        assert_eq!(loser.code(), Code::FailedPrecondition, "{loser:?}");
+        let primaries = resolve(&mut client(&b), "shop").await;
+        assert_eq!(primaries.len(), 1, "term {term}: {primaries:?}");
+        // The winner steps away so that the next round can claim term + 1.
+        client(&a)
+            .deregister(signed(
+                &shop,
+                DeregisterRequest {
+                    lease_id: winner.lease_id,
+                },
+            ))
+            .await
+            .expect("deregister through the other registry");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A lease registered through one registry expires in etcd when nobody renews it: the
+/// other registry stops listing it within TTL + etcd's rounding, and KeepAlive is NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expires_in_etcd_when_its_holder_stops_renewing() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let node = credential(Principal::Node("node-1".into()));
+    let lease = client(&a)
+        .register(signed(
+            &node,
+            RegisterRequest {
+                service: "predictor".into(),
+                address: "127.0.0.1:7301".into(),
+                metadata: HashMap::from([("node_id".into(), "node-1".into())]),
+                ttl_ms: 1000,
+            },
+        ))
+        .await
+        .expect("register")
+        .into_inner();
+    // Renewed through the other registry: the lease lives in etcd, not in one registry.
+    let renewed = client(&b)
+        .keep_alive(signed(
+            &node,
+            KeepAliveRequest {
+                lease_id: lease.lease_id.clone(),
+                metadata: None,
+            },
+        ))
+        .await
+        .expect("renew through b")
+        .into_inner();
+    assert!(renewed.ttl_ms >= 900, "{renewed:?}");
+    // Someone else's KeepAlive on it is NOT_FOUND, as on one registry.
+    let thief = client(&b)
+        .keep_alive(signed(
+            &credential(Principal::Shop),
+            KeepAliveRequest {
+                lease_id: lease.lease_id.clone(),
+                metadata: None,
+            },
+        ))
+        .await
+        .expect_err("not the owner");
+    assert_eq!(thief.code(), Code::NotFound);
+    let started = tokio::time::Instant::now();
+    assert_eq!(resolve(&mut client(&b), "predictor").await.len(), 1);
+    loop {
+        if resolve(&mut client(&b), "predictor").await.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lease outlived its TTL by far"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = started.elapsed();
+    println!("lease gone from etcd {waited:?} after its last renewal (TTL 1 s)");
+    assert!(
+        waited >= Duration::from_millis(800),
+        "expired early: {waited:?}"
+    );
+    let err = client(&a)
+        .keep_alive(signed(
+            &node,
+            KeepAliveRequest {
+                lease_id: lease.lease_id,
+                metadata: None,
+            },
+        ))
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The next instance set on `watch`, within 3 s.
+async fn next(
+    watch: &mut tonic::Streaming<concord::pb::registry::v1::WatchResponse>,
+) -> Vec<concord::pb::registry::v1::Instance> {
+    tokio::time::timeout(Duration::from_secs(3), watch.message())
+        .await
+        .expect("an update in time")
+        .expect("stream")
+        .expect("message")
+        .instances
+}
+
+/// A Watch on one registry hears registrations, metadata changes and deregistrations made
+/// through the other, and a term + 1 claim is refused while the primary lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_changes_made_through_the_other_registry() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    let mut watch = client(&b)
+        .watch(WatchRequest {
+            service: "shop".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(next(&mut watch).await.is_empty());
+    let primary = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7401", "primary", 1, 5000)))
+        .await
+        .expect("primary")
+        .into_inner();
+    let seen = next(&mut watch).await;
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].lease_id.is_empty(), "lease ids are not published");
+    let replica = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7402", "replica", 1, 5000)))
+        .await
+        .expect("replica")
+        .into_inner();
+    assert_eq!(next(&mut watch).await.len(), 2);
+    let claim = |lease_id: &str, role: &str, term: u64| KeepAliveRequest {
+        lease_id: lease_id.to_owned(),
+        metadata: Some(Metadata {
+            entries: shop_at("x", role, term, 0).metadata,
+        }),
+    };
+    let refused = client(&b)
+        .keep_alive(signed(&shop, claim(&replica.lease_id, "primary", 2)))
+        .await
+        .expect_err("term 2 while the term-1 primary lives");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("live lease"), "{refused:?}");
+    client(&b)
+        .keep_alive(signed(&shop, claim(&primary.lease_id, "replica", 1)))
+        .await
+        .expect("the primary steps down");
+    let stepped_down = next(&mut watch).await;
+    assert!(stepped_down
+        .iter()
+        .all(|i| i.metadata.get("role").map(String::as_str) == Some("replica")));
+    client(&a)
+        .keep_alive(signed(&shop, claim(&replica.lease_id, "primary", 2)))
+        .await
+        .expect("term 2 once nobody holds term 1");
+    let promoted = next(&mut watch).await;
+    assert_eq!(
+        promoted
+            .iter()
+            .find(|i| i.address == "127.0.0.1:7402")
+            .and_then(|i| i.metadata.get("term"))
+            .map(String::as_str),
+        Some("2")
+    );
+    client(&a)
+        .deregister(signed(
+            &shop,
+            DeregisterRequest {
+                lease_id: primary.lease_id,
+            },
+        ))
+        .await
+        .expect("deregister");
+    assert_eq!(next(&mut watch).await.len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
