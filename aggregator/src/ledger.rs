@@ -73,6 +73,15 @@
 //!   ever left that range (e.g. one written before these checks) is reported, not
 //!   capped.
 //!
+//! # Scoring rule versions
+//!
+//! The amount of a `reward` or `slash` is decided by the scoring rule in force when it was
+//! written (see [`crate::policy`]): v1 burned a flat `slash_bps` share, v2 (since the
+//! adaptive-liar simulations) escalates the share with the node's error rate. Events record
+//! the amounts actually moved, and `verify` replays balances, totals and the chain from
+//! those amounts — not the knobs, which are flags of the aggregator and not stored — so a
+//! ledger written under v1 still verifies under v2, unchanged.
+//!
 //! `verify` also checks, for every event, that the hash recomputes, that it links to its
 //! predecessor, that `stake_after` equals the replayed balance (no step below zero), that
 //! eject/rejoin alternate, and finally that every account record equals its replayed
@@ -104,7 +113,8 @@ use sled::transaction::{
 use tokio::sync::broadcast;
 
 use crate::policy::{
-    below_minimum, slash_amount, update_trust, NodeId, ScoringParams, Stake, Trust, INITIAL_TRUST,
+    below_minimum, slash_amount, slash_rate_bps, update_trust, NodeId, ScoringParams, Stake, Trust,
+    INITIAL_TRUST,
 };
 
 /// Trust is persisted as `round(t · TRUST_SCALE)`: exact integers in the ledger.
@@ -960,8 +970,10 @@ impl Ledger {
                     a.stake += reward;
                     (EventKind::Reward, reward)
                 } else {
+                    // The rate escalates with the record before this answer (rule v2).
+                    let rate = slash_rate_bps(&p, a.right, a.wrong);
                     a.wrong += 1;
-                    let slash = slash_amount(a.stake, p.slash_bps);
+                    let slash = slash_amount(a.stake, rate);
                     a.stake -= slash;
                     (EventKind::Slash, slash)
                 };
@@ -1283,8 +1295,14 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Barrier};
 
+    /// Rule v1's flat 10 % slash: these tests check the ledger's mechanics with round
+    /// numbers; the v2 rate itself is tested in `policy.rs` and `simulation.rs`.
     fn params() -> ScoringParams {
-        ScoringParams::default()
+        ScoringParams {
+            slash_bps: 1_000,
+            escalation_bps: 0,
+            ..ScoringParams::default()
+        }
     }
 
     /// Opens each account the way a node does: by staking 1000 for itself.
