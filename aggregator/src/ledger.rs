@@ -1792,6 +1792,41 @@ mod tests {
         }
     }
 
+    /// Rule v2 in the ledger: each slash of a node escalates with its error rate
+    /// (2 %, then 2.9 %, then 5.3 % of 1000 → 980 → 951 → 900), and a ledger written
+    /// under rule v1 (flat 10 %) still verifies when reopened under v2.
+    #[test]
+    fn slashes_escalate_and_v1_ledgers_still_verify() {
+        let l = Ledger::temporary(ScoringParams::default()).expect("open");
+        fund(&l, &["liar"]);
+        let slashed: Vec<Stake> = (0..3)
+            .map(|i| {
+                let c = l
+                    .score(&format!("r{i}"), &[("liar".into(), false)])
+                    .expect("score");
+                c[0].slashed
+            })
+            .collect();
+        assert_eq!(slashed, vec![20, 29, 51]);
+        assert!(l.verify().expect("verify").ok());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger");
+        {
+            let v1 = Ledger::open(&path, params()).expect("open v1");
+            fund(&v1, &["a", "b"]);
+            for i in 0..5 {
+                v1.score(&format!("r{i}"), &[("a".into(), true), ("b".into(), false)])
+                    .expect("score");
+            }
+        }
+        let v2 = Ledger::open(&path, ScoringParams::default()).expect("reopen under v2");
+        let r = v2.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        v2.score("r5", &[("b".into(), false)]).expect("score");
+        assert!(v2.verify().expect("verify").ok());
+    }
+
     /// Balances, trust and the chain survive closing and reopening the db.
     #[test]
     fn survives_restart() {
