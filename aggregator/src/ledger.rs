@@ -73,6 +73,15 @@
 //!   ever left that range (e.g. one written before these checks) is reported, not
 //!   capped.
 //!
+//! # Scoring rule versions
+//!
+//! The amount of a `reward` or `slash` is decided by the scoring rule in force when it was
+//! written (see [`crate::policy`]): v1 burned a flat `slash_bps` share, v2 (since the
+//! adaptive-liar simulations) escalates the share with the node's error rate. Events record
+//! the amounts actually moved, and `verify` replays balances, totals and the chain from
+//! those amounts — not the knobs, which are flags of the aggregator and not stored — so a
+//! ledger written under v1 still verifies under v2, unchanged.
+//!
 //! `verify` also checks, for every event, that the hash recomputes, that it links to its
 //! predecessor, that `stake_after` equals the replayed balance (no step below zero), that
 //! eject/rejoin alternate, and finally that every account record equals its replayed
@@ -104,7 +113,8 @@ use sled::transaction::{
 use tokio::sync::broadcast;
 
 use crate::policy::{
-    below_minimum, slash_amount, update_trust, NodeId, ScoringParams, Stake, Trust, INITIAL_TRUST,
+    below_minimum, slash_amount, slash_rate_bps, update_trust, NodeId, ScoringParams, Stake, Trust,
+    INITIAL_TRUST,
 };
 
 /// Trust is persisted as `round(t · TRUST_SCALE)`: exact integers in the ledger.
@@ -960,8 +970,10 @@ impl Ledger {
                     a.stake += reward;
                     (EventKind::Reward, reward)
                 } else {
+                    // The rate escalates with the record before this answer (rule v2).
+                    let rate = slash_rate_bps(&p, a.right, a.wrong);
                     a.wrong += 1;
-                    let slash = slash_amount(a.stake, p.slash_bps);
+                    let slash = slash_amount(a.stake, rate);
                     a.stake -= slash;
                     (EventKind::Slash, slash)
                 };
@@ -1283,8 +1295,14 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Barrier};
 
+    /// Rule v1's flat 10 % slash: these tests check the ledger's mechanics with round
+    /// numbers; the v2 rate itself is tested in `policy.rs` and `simulation.rs`.
     fn params() -> ScoringParams {
-        ScoringParams::default()
+        ScoringParams {
+            slash_bps: 1_000,
+            escalation_bps: 0,
+            ..ScoringParams::default()
+        }
     }
 
     /// Opens each account the way a node does: by staking 1000 for itself.
@@ -1772,6 +1790,41 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name}: not detected"));
             assert_eq!(bad.seq, seq, "{name}: {bad:?}");
         }
+    }
+
+    /// Rule v2 in the ledger: each slash of a node escalates with its error rate
+    /// (2 %, then 2.9 %, then 5.3 % of 1000 → 980 → 951 → 900), and a ledger written
+    /// under rule v1 (flat 10 %) still verifies when reopened under v2.
+    #[test]
+    fn slashes_escalate_and_v1_ledgers_still_verify() {
+        let l = Ledger::temporary(ScoringParams::default()).expect("open");
+        fund(&l, &["liar"]);
+        let slashed: Vec<Stake> = (0..3)
+            .map(|i| {
+                let c = l
+                    .score(&format!("r{i}"), &[("liar".into(), false)])
+                    .expect("score");
+                c[0].slashed
+            })
+            .collect();
+        assert_eq!(slashed, vec![20, 29, 51]);
+        assert!(l.verify().expect("verify").ok());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger");
+        {
+            let v1 = Ledger::open(&path, params()).expect("open v1");
+            fund(&v1, &["a", "b"]);
+            for i in 0..5 {
+                v1.score(&format!("r{i}"), &[("a".into(), true), ("b".into(), false)])
+                    .expect("score");
+            }
+        }
+        let v2 = Ledger::open(&path, ScoringParams::default()).expect("reopen under v2");
+        let r = v2.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        v2.score("r5", &[("b".into(), false)]).expect("score");
+        assert!(v2.verify().expect("verify").ok());
     }
 
     /// Balances, trust and the chain survive closing and reopening the db.

@@ -429,9 +429,10 @@ mod tests {
             ledger.account("a").expect("get").expect("exists").stake,
             1010
         );
+        // One mistake of a new account: the base rate, 2 % (rule v2).
         assert_eq!(
             ledger.account("b").expect("get").expect("exists").stake,
-            900
+            980
         );
     }
 }

@@ -40,8 +40,23 @@
 //!
 //! - Trust is an exponential moving average of correctness, `t₀ = 0.5`:
 //!   right: `t ← t + α(1 − t)`, wrong: `t ← t(1 − α)`. It stays in `[0, 1]`.
-//! - Right: `s ← s + reward`. Wrong: `s ← s − ⌈s · slash_bps / 10 000⌉` (never below 0;
-//!   the ceiling makes a small stake reach 0 instead of stalling at a remainder).
+//! - Right: `s ← s + reward`. Wrong: `s ← s − ⌈s · f / 10 000⌉` (never below 0; the
+//!   ceiling makes a small stake reach 0 instead of stalling at a remainder). The slash
+//!   rate `f` escalates with the node's error rate `e = wrong / (right + wrong + 20)`,
+//!   counted before this answer (rule v2, [`slash_rate_bps`]):
+//!   `f = slash_bps + escalation_bps · e²`, at most 10 000 — by default 2 % + 4·e².
+//!
+//!   Why (rule v1 was a flat 10 %): a node's stake settles where what it earns equals
+//!   what it loses, `reward · p = (1 − p) · f · s`. With a flat `f`, a liar right 76 % of
+//!   the time (`intermittent:0.2`) settles at a third of its deposit and keeps a third of
+//!   its weight; and an honest node's stake jumps by 10 % at each of its rare mistakes,
+//!   so two equally good honest nodes drift apart (2–3× in 600 rounds) and the heavier
+//!   one's mistakes carry the consensus. Escalating with `e²` separates the two cases:
+//!   an honest node at 95 % pays about 3 % per mistake (smooth, near-linear growth), the
+//!   intermittent liar about 25 % and falls under `min_stake`; a sleeper that turns
+//!   liar sees its rate climb with every lie. The `e` has a prior of 20 answers so a
+//!   new account's first mistakes are not an error rate of 1. Figures: `simulation.rs`
+//!   and docs/ARCHITECTURE.md ("Adaptive liars").
 //! - A node with `s < min_stake` is ejected from the weighted policies until it stakes
 //!   again (the `Stake` call, not a reward, brings it back).
 //!
@@ -317,6 +332,14 @@ pub fn combine(policy: Policy, answers: &[NodeAnswer]) -> Result<Consensus, Poli
 /// a new node: this is a deposit made with the node's credential, paid once.
 pub const DEFAULT_INITIAL_STAKE: Stake = 1_000;
 
+/// Answers of benefit of the doubt in the error rate of [`slash_rate_bps`]: a new
+/// account's few early mistakes do not count as a high error rate.
+pub const ERROR_RATE_PRIOR: u64 = 20;
+
+/// Largest [`ScoringParams::escalation_bps`]: ten times the stake at an error rate of 1,
+/// so the escalation alone reaches the whole stake at an error rate of about 0.32.
+pub const MAX_ESCALATION_BPS: u64 = 10 * BASIS_POINTS;
+
 /// Scoring knobs. Defaults are justified by the simulation test in `simulation.rs`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoringParams {
@@ -326,6 +349,9 @@ pub struct ScoringParams {
     pub reward: Stake,
     /// Share of the current stake burned for a wrong answer, in basis points (1/10 000).
     pub slash_bps: u64,
+    /// Extra slash at an error rate of 1, scaled by the squared error rate, in basis
+    /// points (0: a flat rate, rule v1); see [`slash_rate_bps`].
+    pub escalation_bps: u64,
     /// EMA rate of the trust update, in `(0, 1]`.
     pub alpha: f64,
 }
@@ -335,7 +361,8 @@ impl Default for ScoringParams {
         Self {
             min_stake: 100,
             reward: 10,
-            slash_bps: 1_000,
+            slash_bps: 200,
+            escalation_bps: 40_000,
             alpha: 0.1,
         }
     }
@@ -351,6 +378,12 @@ impl ScoringParams {
             return Err(format!(
                 "slash fraction must be at most {BASIS_POINTS} basis points, got {}",
                 self.slash_bps
+            ));
+        }
+        if self.escalation_bps > MAX_ESCALATION_BPS {
+            return Err(format!(
+                "slash escalation must be at most {MAX_ESCALATION_BPS} basis points, got {}",
+                self.escalation_bps
             ));
         }
         Ok(())
@@ -373,6 +406,25 @@ pub fn slash_bps_from_fraction(fraction: f64) -> Result<u64, String> {
     Ok(bps.round() as u64)
 }
 
+/// Converts an escalation factor such as `4.0` (a flag) to basis points, rejecting values
+/// outside `[0, 10]` or finer than one basis point.
+pub fn escalation_bps_from_factor(factor: f64) -> Result<u64, String> {
+    let max = MAX_ESCALATION_BPS as f64 / BASIS_POINTS as f64;
+    if !(0.0..=max).contains(&factor) {
+        return Err(format!(
+            "slash escalation must be in [0, {max}], got {factor}"
+        ));
+    }
+    let bps = factor * BASIS_POINTS as f64;
+    if (bps - bps.round()).abs() > 1e-6 {
+        return Err(format!(
+            "slash escalation {factor} is finer than one basis point"
+        ));
+    }
+    // In [0, MAX_ESCALATION_BPS] after the checks above.
+    Ok(bps.round() as u64)
+}
+
 /// EMA trust update: right `t + α(1 − t)`, wrong `t(1 − α)`; result clamped to `[0, 1]`.
 pub fn update_trust(trust: Trust, correct: bool, alpha: f64) -> Trust {
     let t = if trust.is_finite() {
@@ -386,6 +438,18 @@ pub fn update_trust(trust: Trust, correct: bool, alpha: f64) -> Trust {
         t * (1.0 - alpha)
     };
     next.clamp(0.0, 1.0)
+}
+
+/// Slash rate (basis points) for a node's next wrong answer, given its record *before*
+/// it: `slash_bps + escalation_bps · e²` with `e = wrong / (right + wrong +
+/// ERROR_RATE_PRIOR)`, at most 10 000 (rule v2). Integer arithmetic (rounded down), so
+/// the ledger's amounts are exact.
+pub fn slash_rate_bps(params: &ScoringParams, right: u64, wrong: u64) -> u64 {
+    let answers = u128::from(right) + u128::from(wrong) + u128::from(ERROR_RATE_PRIOR);
+    let wrong = u128::from(wrong);
+    let extra = u128::from(params.escalation_bps) * wrong * wrong / (answers * answers);
+    // extra ≤ escalation_bps because wrong < answers.
+    (params.slash_bps + u64::try_from(extra).unwrap_or(BASIS_POINTS)).min(BASIS_POINTS)
 }
 
 /// Tokens burned for a wrong answer: `⌈stake · bps / 10 000⌉`, at most `stake`.
@@ -582,6 +646,42 @@ mod tests {
         for (stake, bps, want) in cases {
             assert_eq!(slash_amount(stake, bps), want, "{stake} {bps}");
         }
+    }
+
+    /// The slash rate starts at `slash_bps` and escalates with the error rate (table-driven).
+    #[test]
+    fn slash_rate_escalates_with_errors() {
+        let p = ScoringParams::default();
+        let flat = ScoringParams {
+            escalation_bps: 0,
+            ..p
+        };
+        let cases = [
+            // (params, right, wrong, bps)
+            (p, 0, 0, 200),         // first mistake of a new account: the base rate
+            (p, 0, 1, 290),         // e = 1/21: 40 000 / 441 on top
+            (p, 95, 5, 269),        // honest at 95 %: e = 5/120
+            (p, 76, 24, 1_800),     // intermittent liar: e = 24/120
+            (p, 0, 10_000, 10_000), // capped at the whole stake
+            (flat, 76, 24, 200),
+            (flat, 0, 0, 200),
+        ];
+        for (params, right, wrong, want) in cases {
+            assert_eq!(
+                slash_rate_bps(&params, right, wrong),
+                want,
+                "{right}/{wrong} {params:?}"
+            );
+        }
+        assert!(ScoringParams {
+            escalation_bps: MAX_ESCALATION_BPS + 1,
+            ..p
+        }
+        .validate()
+        .is_err());
+        assert_eq!(escalation_bps_from_factor(4.0), Ok(40_000));
+        assert!(escalation_bps_from_factor(10.5).is_err());
+        assert!(escalation_bps_from_factor(0.00001).is_err());
     }
 
     /// The defaults are internally consistent and bad knobs are rejected.

@@ -576,7 +576,8 @@ async fn report_outcome_scores_once() {
         got,
         vec![
             ("good", 2, true, 10, 1010),
-            ("bad", 0, false, -100, 900),
+            // A new account's first mistake costs the base rate, 2 % (rule v2).
+            ("bad", 0, false, -20, 980),
             ("good2", 2, true, 10, 1010)
         ]
     );
@@ -596,7 +597,7 @@ async fn report_outcome_scores_once() {
         .into_inner()
         .account
         .expect("account");
-    assert_eq!((bad.stake, bad.wrong, bad.correct), (900, 1, 0));
+    assert_eq!((bad.stake, bad.wrong, bad.correct), (980, 1, 0));
 
     let err = client
         .report_outcome(report_req("no-such-request", 0, Some(ORACLE)))
@@ -769,7 +770,8 @@ async fn stakes_survive_restart() {
         .iter()
         .map(|a| (a.node_id.as_str(), a.stake))
         .collect();
-    assert_eq!(stakes, vec![("a", 1010), ("b", 950)]);
+    // b: 1000, its first mistake at the 2 % base rate (rule v2), then +50.
+    assert_eq!(stakes, vec![("a", 1010), ("b", 1030)]);
     let totals = after.totals.expect("totals");
     assert_eq!(
         totals.staked as i128,

@@ -38,7 +38,7 @@ fn play(policy: Policy, faulty: usize, seed: u64) -> (PolicyRun, Vec<bool>) {
         WINDOW,
         ScoringParams::default(),
         DEFAULT_INITIAL_STAKE,
-        |_| {
+        |_, _| {
             let row = rng.gen_range(0..iris.len());
             let sample: Vec<f64> = iris.features().row(row).to_vec();
             let truth = u32::try_from(iris.labels()[row]).expect("label fits");
@@ -46,7 +46,7 @@ fn play(policy: Policy, faulty: usize, seed: u64) -> (PolicyRun, Vec<bool>) {
                 .iter()
                 .map(|node| node.predict(&sample).ok().map(|p| p.probabilities.to_vec()))
                 .collect();
-            Round { truth, answers }
+            Round::answers(truth, answers)
         },
     )
     .expect("simulate");

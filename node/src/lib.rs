@@ -8,7 +8,8 @@
 //! Concept → file:
 //! - Iris data, stratified seeded splits, shared hold-out set → `dataset.rs`
 //! - KNN over `linfa-nn`, probabilities, accuracy, input validation → `model.rs`
-//! - fault injection (`honest | random | inverted | slow:<ms>`) → `behaviour.rs`
+//! - fault injection (`honest | random | inverted | slow:<ms>`, and the adaptive liars
+//!   `intermittent:<p> | sleeper:<n> | sybil`) → `behaviour.rs`
 //! - node configuration and the default fleet of five → `config.rs`
 //! - a trained node, independent of gRPC → `node.rs`
 //! - pb ↔ domain → `convert.rs`; tonic handlers → `service.rs`

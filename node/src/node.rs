@@ -9,6 +9,8 @@
 //! Failure behaviour: malformed input is `InvalidArgument` (for a batch, the message names
 //! the first bad row); nothing here panics on outside input.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::behaviour::Behaviour;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
@@ -21,6 +23,8 @@ pub struct Node {
     config: NodeConfig,
     /// The trained model.
     model: KnnModel,
+    /// Samples answered so far (a `sleeper`'s clock).
+    answered: AtomicU64,
 }
 
 impl Node {
@@ -28,14 +32,18 @@ impl Node {
     pub fn new(config: NodeConfig) -> Result<Self> {
         config.validate()?;
         let model = KnnModel::train(config.model.clone())?;
-        Ok(Node { config, model })
+        Ok(Node {
+            config,
+            model,
+            answered: AtomicU64::new(0),
+        })
     }
 
     /// The node's answer for one sample: the model's prediction distorted by the
     /// configured behaviour. Does not apply the delay (see [`Node::delay`]).
     pub fn predict(&self, sample: &[f64]) -> Result<Prediction> {
         let honest = self.model.predict(sample)?;
-        Ok(self.distort(honest))
+        Ok(self.distort(sample, honest))
     }
 
     /// Answers every row, in order; rejects an empty batch, one above the configured
@@ -56,7 +64,7 @@ impl Node {
         }
         rows.enumerate()
             .map(|(i, row)| match self.model.predict(row) {
-                Ok(honest) => Ok(self.distort(honest)),
+                Ok(honest) => Ok(self.distort(row, honest)),
                 Err(Error::InvalidArgument(msg)) => {
                     Err(Error::InvalidArgument(format!("row {i}: {msg}")))
                 }
@@ -92,10 +100,18 @@ impl Node {
         self.config.behaviour
     }
 
-    fn distort(&self, honest: Prediction) -> Prediction {
+    fn distort(&self, sample: &[f64], honest: Prediction) -> Prediction {
         match self.config.behaviour {
             Behaviour::Honest | Behaviour::Slow(_) => honest,
-            faulty => faulty.apply(honest, &mut rand::thread_rng()),
+            faulty => {
+                // Relaxed: the count only orders this node's own answers.
+                let answered = if faulty.counts_answers() {
+                    self.answered.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    0
+                };
+                faulty.apply(sample, answered, honest, &mut rand::thread_rng())
+            }
         }
     }
 }
@@ -158,5 +174,22 @@ mod tests {
         let start = tokio::time::Instant::now();
         node(Behaviour::Honest).delay().await;
         assert_eq!(start.elapsed().as_millis(), 0);
+    }
+
+    /// A sleeper node answers honestly for its first n samples (batch rows count), then
+    /// inverts.
+    #[test]
+    fn sleeper_node_turns_after_n_answers() {
+        let n = node(Behaviour::Sleeper(3));
+        assert_eq!(n.predict(&SETOSA).unwrap().label, 0);
+        let batch = n
+            .predict_batch([&SETOSA[..], &SETOSA[..]].into_iter())
+            .unwrap();
+        assert_eq!(
+            batch.iter().map(|p| p.label).collect::<Vec<_>>(),
+            vec![0, 0]
+        );
+        assert_eq!(n.predict(&SETOSA).unwrap().label, 1);
+        assert_eq!(n.predict(&SETOSA).unwrap().label, 1);
     }
 }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use concord::identity::ClusterSecret;
 use concord_aggregator::{
-    policy::{slash_bps_from_fraction, Policy, ScoringParams},
+    policy::{escalation_bps_from_factor, slash_bps_from_fraction, Policy, ScoringParams},
     staking::StakingAuth,
     AggregatorConfig, ConsensusConfig, LedgerConfig,
 };
@@ -45,9 +45,13 @@ pub struct Args {
     /// Tokens minted for a right answer.
     #[arg(long, default_value_t = ScoringParams::default().reward)]
     pub reward: u64,
-    /// Share of the current stake slashed for a wrong answer (0..1).
-    #[arg(long, default_value_t = 0.1)]
+    /// Share of the current stake slashed for a wrong answer (0..1), before escalation.
+    #[arg(long, default_value_t = ScoringParams::default().slash_bps as f64 / 10_000.0)]
     pub slash_fraction: f64,
+    /// Extra share slashed, times the node's squared error rate (0..10; 0 = flat slashing,
+    /// rule v1). See aggregator/src/policy.rs.
+    #[arg(long, default_value_t = ScoringParams::default().escalation_bps as f64 / 10_000.0)]
+    pub slash_escalation: f64,
     /// Trust EMA rate α (0..1].
     #[arg(long, default_value_t = ScoringParams::default().alpha)]
     pub trust_alpha: f64,
@@ -78,6 +82,8 @@ impl Args {
             }
         };
         let slash_bps = slash_bps_from_fraction(self.slash_fraction).map_err(anyhow::Error::msg)?;
+        let escalation_bps =
+            escalation_bps_from_factor(self.slash_escalation).map_err(anyhow::Error::msg)?;
         let mut config = AggregatorConfig::with_ledger(
             self.registry,
             self.ledger_path,
@@ -101,6 +107,7 @@ impl Args {
                     min_stake: self.min_stake,
                     reward: self.reward,
                     slash_bps,
+                    escalation_bps,
                     alpha: self.trust_alpha,
                 },
                 ..ledger.clone()

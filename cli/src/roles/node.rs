@@ -32,7 +32,8 @@ pub struct Args {
     /// Seed of this node's training split.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// honest, random, inverted or slow:<ms> (fault injection for demos and tests).
+    /// honest, random, inverted, slow:<ms>, intermittent:<p>, sleeper:<n> or sybil (fault
+    /// injection for demos and tests; see node/src/behaviour.rs).
     #[arg(long, env = "CONCORD_NODE_BEHAVIOUR", default_value = "honest")]
     pub behaviour: Behaviour,
     /// Registry to register with (`none` runs unregistered).
