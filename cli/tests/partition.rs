@@ -1,7 +1,8 @@
 //! Network partitions between real hosts, under a 16-writer load.
 //!
 //! Every process runs on its own "host" (a network namespace, [`common::netns`]): the
-//! registry, shop `alpha` (the first primary) and shop `beta` (its replica). The test
+//! registry (or three etcd members and two registries on them), shop `alpha` (the first
+//! primary) and shop `beta` (its replica). The test
 //! process plays the clients from outside. Links are cut with silent packet drops while
 //! every process keeps running — the case a kill -9 test cannot reach: a primary that is
 //! alive but cut off, a registry that disappears and comes back.
@@ -57,9 +58,21 @@ struct Cluster {
     // Field order = drop order: processes die before their namespaces go.
     alpha: Process,
     beta: Process,
-    registry: Process,
+    registries: Vec<Process>,
+    /// etcd members and their data (etcd control plane only).
+    _etcd: (Vec<common::netns::RawProcess>, Option<tempfile::TempDir>),
     net: Network,
     dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// Where the registry keeps its state.
+#[derive(Clone, Copy, PartialEq)]
+enum ControlPlane {
+    /// One `concord registry` in memory, on host `registry` (the embedded default).
+    Memory,
+    /// A 3-member etcd cluster on hosts `etcd1..3` and two `concord registry --etcd` on
+    /// hosts `reg1`, `reg2`; every shop is given both registries.
+    Etcd,
 }
 
 impl Cluster {
@@ -68,13 +81,78 @@ impl Cluster {
     /// rather than refusing, so writes can go on while alpha is away). `None` when this
     /// machine cannot make namespaces (see [`Network::create`]).
     async fn start(mode: &str) -> Option<Cluster> {
-        let net = Network::create(&["registry", "alpha", "beta", "gateway"])?;
-        let registry = net.spawn(
-            "registry",
-            &["registry", "--listen", &net.listen("registry")],
-            &[],
-        );
-        let registry_addr = registry.addr.to_string();
+        Self::start_with(mode, ControlPlane::Memory).await
+    }
+
+    async fn start_with(mode: &str, plane: ControlPlane) -> Option<Cluster> {
+        let (net, etcd, registries) = match plane {
+            ControlPlane::Memory => {
+                let net = Network::create(&["registry", "alpha", "beta", "gateway"])?;
+                let registry = net.spawn(
+                    "registry",
+                    &["registry", "--listen", &net.listen("registry")],
+                    &[],
+                );
+                (net, (Vec::new(), None), vec![registry])
+            }
+            ControlPlane::Etcd => {
+                let etcd_binary = concord_testkit::etcd::etcd_binary()?;
+                let net =
+                    Network::create(&["etcd1", "etcd2", "etcd3", "reg1", "reg2", "alpha", "beta"])?;
+                // Fixed etcd ports are safe here: each member has its own namespace and
+                // address, which no other test shares.
+                let members: Vec<concord::etcd::LocalMember> = (1..=3)
+                    .map(|i| {
+                        let ip = net.host(&format!("etcd{i}")).ip;
+                        concord::etcd::LocalMember {
+                            name: format!("m{i}"),
+                            client: std::net::SocketAddr::from((ip, 2379)),
+                            peer: std::net::SocketAddr::from((ip, 2380)),
+                        }
+                    })
+                    .collect();
+                let data = tempdir();
+                let etcd: Vec<_> = members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let args = concord::etcd::local_member_args(
+                            m,
+                            &members,
+                            &data.path().join(&m.name),
+                        );
+                        net.spawn_raw(&format!("etcd{}", i + 1), &etcd_binary, &args)
+                    })
+                    .collect();
+                let endpoints = members
+                    .iter()
+                    .map(|m| m.client.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let registries = ["reg1", "reg2"]
+                    .iter()
+                    .map(|host| {
+                        net.spawn(
+                            host,
+                            &[
+                                "registry",
+                                "--listen",
+                                &net.listen(host),
+                                "--etcd",
+                                &endpoints,
+                            ],
+                            &[],
+                        )
+                    })
+                    .collect();
+                (net, (etcd, Some(data)), registries)
+            }
+        };
+        let registry_addr = registries
+            .iter()
+            .map(|r: &Process| r.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let dirs = (tempdir(), tempdir());
         let credential = common::credential(concord::identity::Principal::Shop).encode();
         let shop_args = |host: &str, dir: &tempfile::TempDir, loss: &str| -> Vec<String> {
@@ -114,12 +192,22 @@ impl Cluster {
         let cluster = Cluster {
             alpha,
             beta,
-            registry,
+            registries,
+            _etcd: etcd,
             net,
             dirs,
         };
         cluster.wait_paired().await;
         Some(cluster)
+    }
+
+    /// The registry list the shops were given (`a` or `a,b`).
+    fn registry(&self) -> String {
+        self.registries
+            .iter()
+            .map(|r| r.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn alpha(&self) -> String {
@@ -137,9 +225,7 @@ impl Cluster {
             let replicating = status(&beta).await.is_some_and(|s| {
                 s.role == pb::Role::Replica as i32 && s.primary_address == alpha && s.caught_up
             });
-            replicating
-                && primary(&self.registry.addr.to_string()).await.map(|p| p.0)
-                    == Some(alpha.clone())
+            replicating && primary(&self.registry()).await.map(|p| p.0) == Some(alpha.clone())
         })
         .await;
         assert!(paired, "alpha and beta did not pair up");
@@ -203,29 +289,33 @@ async fn status(addr: &str) -> Option<pb::GetReplicationStatusResponse> {
     .map(tonic::Response::into_inner)
 }
 
-/// The registered primary with the highest term: (address, term).
-async fn primary(registry: &str) -> Option<(String, u64)> {
-    let mut request = tonic::Request::new(ResolveRequest {
-        service: "shop".into(),
-    });
-    request.set_timeout(CALL_TIMEOUT);
-    let instances = tokio::time::timeout(
-        CALL_TIMEOUT,
-        RegistryClient::new(channel(registry)).resolve(request),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .into_inner()
-    .instances;
-    instances
-        .into_iter()
-        .filter(|i| i.metadata.get("role").is_some_and(|r| r == "primary"))
-        .filter_map(|i| {
-            let term = i.metadata.get("term")?.parse().ok()?;
-            Some((i.address, term))
-        })
-        .max_by_key(|(_, term)| *term)
+/// The registered primary with the highest term: (address, term), from the first
+/// registry in the list `registries` that answers.
+async fn primary(registries: &str) -> Option<(String, u64)> {
+    for registry in registries.split(',') {
+        let mut request = tonic::Request::new(ResolveRequest {
+            service: "shop".into(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let Ok(Ok(reply)) = tokio::time::timeout(
+            CALL_TIMEOUT,
+            RegistryClient::new(channel(registry)).resolve(request),
+        )
+        .await
+        else {
+            continue;
+        };
+        return reply
+            .into_inner()
+            .instances
+            .into_iter()
+            .filter_map(|i| {
+                let term = concord::claim::PrimaryClaim::primary_term_of(&i.metadata)?;
+                Some((i.address, term))
+            })
+            .max_by_key(|(_, term)| *term);
+    }
+    None
 }
 
 /// One acknowledged CreateProduct.
@@ -436,7 +526,7 @@ async fn primary_cut_off_from_everything() {
     let Some(cluster) = Cluster::start("sync").await else {
         return;
     };
-    let registry = cluster.registry.addr.to_string();
+    let registry = cluster.registry();
     let load = Load::start(registry.clone(), cluster.alpha());
     run_for(&load, 500).await;
     let cut_at = Instant::now();
@@ -489,7 +579,7 @@ async fn primary_cut_off_from_the_registry_only() {
     let Some(cluster) = Cluster::start("sync").await else {
         return;
     };
-    let registry = cluster.registry.addr.to_string();
+    let registry = cluster.registry();
     let load = Load::start(registry.clone(), cluster.alpha());
     run_for(&load, 500).await;
     let cut_at = Instant::now();
@@ -546,15 +636,21 @@ async fn primary_cut_off_from_the_registry_only() {
 /// connected: nobody is promoted, nothing acknowledged is lost, never two shops
 /// acknowledging; prints the write pause.
 async fn registry_outage(mode: &str, outage: Duration) {
-    let Some(cluster) = Cluster::start(mode).await else {
+    control_plane_outage(mode, ControlPlane::Memory, "registry", outage).await;
+}
+
+/// Host `host` of the control plane (`plane`) cut off from everyone for `outage` while the
+/// primary and its replica stay connected: the checks of [`registry_outage`].
+async fn control_plane_outage(mode: &str, plane: ControlPlane, host: &str, outage: Duration) {
+    let Some(cluster) = Cluster::start_with(mode, plane).await else {
         return;
     };
-    let registry = cluster.registry.addr.to_string();
+    let registry = cluster.registry();
     let term = status(&cluster.alpha()).await.expect("alpha's status").term;
     let load = Load::start(registry.clone(), cluster.alpha());
     run_for(&load, 500).await;
     let cut_at = Instant::now();
-    cluster.net.isolate("registry");
+    cluster.net.isolate(host);
     tokio::time::sleep(outage).await;
     cluster.net.heal();
     // Give a late decision time to show itself, under load.
@@ -567,7 +663,7 @@ async fn registry_outage(mode: &str, outage: Duration) {
         status(&cluster.beta()).await,
     );
     eprintln!(
-        "registry cut off for {outage:?} ({mode}): {} acknowledged, {} lost, pause {} ms, terms alpha {:?} beta {:?}",
+        "{host} cut off for {outage:?} ({mode}): {} acknowledged, {} lost, pause {} ms, terms alpha {:?} beta {:?}",
         verdict.acked,
         verdict.lost,
         verdict.pause.as_millis(),
@@ -609,6 +705,26 @@ async fn registry_outage_30s_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn registry_outage_30s_async() {
     registry_outage("async", Duration::from_secs(30)).await;
+}
+
+/// One etcd member (of 3) cut off for 5 s under the registries on etcd: writes go on, no
+/// failover, nothing lost; prints the write pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_member_outage_5s() {
+    control_plane_outage("sync", ControlPlane::Etcd, "etcd1", Duration::from_secs(5)).await;
+}
+
+/// One of two registries (on etcd) cut off for 5 s: the shops move to the other and keep
+/// their leases, so there is no failover and (the goal) no write pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_registry_outage_5s_on_etcd() {
+    control_plane_outage("sync", ControlPlane::Etcd, "reg1", Duration::from_secs(5)).await;
+}
+
+/// One of two registries (on etcd) cut off for 5 s in async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_registry_outage_5s_on_etcd_async() {
+    control_plane_outage("async", ControlPlane::Etcd, "reg1", Duration::from_secs(5)).await;
 }
 
 /// One HTTP/1.1 exchange with the gateway (the test has no HTTP client crate; the
@@ -660,7 +776,7 @@ async fn gateway_cut_off_from_the_primary() {
     let Some(cluster) = Cluster::start("sync").await else {
         return;
     };
-    let registry = cluster.registry.addr.to_string();
+    let registry = cluster.registry();
     let gateway = cluster.net.spawn(
         "gateway",
         &[

@@ -181,6 +181,20 @@ impl Network {
         Process::spawn_command(command, args)
     }
 
+    /// Starts `program args…` (not `concord`: etcd, say) on host `name`; the handle kills
+    /// it on drop. Its output is discarded.
+    pub fn spawn_raw(&self, name: &str, program: &str, args: &[String]) -> RawProcess {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.host(name).netns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} on {name}: {e}"));
+        RawProcess(child)
+    }
+
     /// `host:0` for `--listen`.
     pub fn listen(&self, name: &str) -> String {
         SocketAddr::from((self.host(name).ip, 0)).to_string()
@@ -249,6 +263,16 @@ impl Network {
                 ],
             );
         }
+    }
+}
+
+/// A non-`concord` process on a host, SIGKILLed on drop.
+pub struct RawProcess(std::process::Child);
+
+impl Drop for RawProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
