@@ -19,6 +19,11 @@
 //!   with an account map which ids exist and when they were placed; NOT_FOUND tells a
 //!   customer nothing about other customers.
 //!
+//! A customer write first asks whether this process takes writes, then checks the
+//! session: a replica's refusal (which did nothing and names the primary) must not depend
+//! on whether the account has reached the replica yet, so a client or the gateway can
+//! follow it to the primary, which has the account.
+//!
 //! The admin token reads every cart and order (GetCart/ListOrders naming any user,
 //! GetOrder, ListAllOrders) but changes no cart and places no order: those act for a
 //! customer, who signs in.
@@ -245,8 +250,8 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::AddCartItemRequest>,
     ) -> Result<Response<pb::AddCartItemResponse>, Status> {
-        let user = self.customer(&request, &request.get_ref().user_id).await?;
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let product = convert::product_id(&r.product_id)?;
         let written = self.shop.add_cart_item(user, product, r.quantity).await?;
@@ -261,8 +266,8 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::SetCartItemQuantityRequest>,
     ) -> Result<Response<pb::SetCartItemQuantityResponse>, Status> {
-        let user = self.customer(&request, &request.get_ref().user_id).await?;
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let product = convert::product_id(&r.product_id)?;
         let written = self
@@ -280,8 +285,8 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::RemoveCartItemRequest>,
     ) -> Result<Response<pb::RemoveCartItemResponse>, Status> {
-        let user = self.customer(&request, &request.get_ref().user_id).await?;
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let product = convert::product_id(&r.product_id)?;
         let written = self.shop.remove_cart_item(user, product).await?;
@@ -307,8 +312,8 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::ClearCartRequest>,
     ) -> Result<Response<pb::ClearCartResponse>, Status> {
-        let user = self.customer(&request, &request.get_ref().user_id).await?;
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let written = self.shop.clear_cart(user).await?;
         let write = self.finish(&written).await?;
         Ok(Response::new(pb::ClearCartResponse {
@@ -321,8 +326,8 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
-        let user = self.customer(&request, &request.get_ref().user_id).await?;
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let written = self.shop.place_order(user, r.idempotency_key).await?;
         // A replay reports the LSN and term the order was first placed in, and is not
