@@ -251,6 +251,7 @@ fn survived<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> Option<T> {
 /// iteration) until the server fails a call (it was killed) or `stop` is set.
 async fn writer(
     addr: String,
+    run: String,
     worker: usize,
     hot: String,
     log: Arc<Mutex<Log>>,
@@ -271,7 +272,7 @@ async fn writer(
             .ack(Write::Product { id, name }, created.write);
         let Some(signed_up) = survived(
             c.sign_up(pb::SignUpRequest {
-                username: format!("u{worker}-{i}"),
+                username: format!("u{run}-{worker}-{i}"),
                 password: "correct horse battery".into(),
             })
             .await,
@@ -337,10 +338,13 @@ impl Load {
             .id;
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Usernames are unique per load: one cluster may see several loads.
+        let run = concord::secrets::random_token()[..8].to_string();
         let tasks = (0..writers)
             .map(|w| {
                 tokio::spawn(writer(
                     addr.to_string(),
+                    run.clone(),
                     w,
                     hot.clone(),
                     Arc::clone(&log),

@@ -471,3 +471,28 @@ impl ShopApi for ShopService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session acts for its own user (named or not), never for anyone else.
+    #[test]
+    fn acting_for_table() {
+        let me = UserId(7);
+        let cases = [
+            ("", Some("u-000000000007")),
+            ("u-000000000007", Some("u-000000000007")),
+            ("u-7", None), // the same number spelled differently is another key: refused
+            ("u-000000000008", None),
+            ("alice", None),
+        ];
+        for (named, want) in cases {
+            match (acting_for(me, named), want) {
+                (Ok(got), Some(want)) => assert_eq!(got, want, "{named:?}"),
+                (Err(ShopError::PermissionDenied(_)), None) => {}
+                (got, want) => panic!("{named:?}: {got:?}, want {want:?}"),
+            }
+        }
+    }
+}
