@@ -1,5 +1,6 @@
 //! The cluster's secrets on disk: the cluster secret (every credential derives from it),
-//! the admin token and the oracle token.
+//! the admin token, the oracle token and the session key (customer session tokens are
+//! signed with it; only the shops hold it, so sessions survive a failover between them).
 //!
 //! There are no built-in secrets: a public default is no secret. The first `concord up`
 //! (or any role started without the secret it needs) creates random ones in
@@ -22,8 +23,10 @@ pub const CLUSTER_SECRET_FILE: &str = "cluster-secret";
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// File name of the oracle token.
 pub const ORACLE_TOKEN_FILE: &str = "oracle-token";
+/// File name of the shops' session-signing key.
+pub const SESSION_KEY_FILE: &str = "session-key";
 
-/// The three secrets of one cluster.
+/// The secrets of one cluster.
 #[derive(Clone)]
 pub struct Secrets {
     /// Key of every credential.
@@ -32,6 +35,8 @@ pub struct Secrets {
     pub admin_token: String,
     /// `ReportOutcome`.
     pub oracle_token: String,
+    /// Signs customer session tokens (the shops only).
+    pub session_key: String,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -58,6 +63,7 @@ impl Secrets {
             cluster_secret: load_or_create_one(&dir.join(CLUSTER_SECRET_FILE))?,
             admin_token: load_or_create_one(&dir.join(ADMIN_TOKEN_FILE))?,
             oracle_token: load_or_create_one(&dir.join(ORACLE_TOKEN_FILE))?,
+            session_key: load_or_create_one(&dir.join(SESSION_KEY_FILE))?,
         })
     }
 
@@ -68,6 +74,7 @@ impl Secrets {
             cluster_secret: read_one(&dir.join(CLUSTER_SECRET_FILE))?,
             admin_token: read_one(&dir.join(ADMIN_TOKEN_FILE))?,
             oracle_token: read_one(&dir.join(ORACLE_TOKEN_FILE))?,
+            session_key: read_one(&dir.join(SESSION_KEY_FILE))?,
         })
     }
 }
@@ -132,6 +139,7 @@ mod tests {
         let first = Secrets::load_or_create(data.path()).expect("create");
         assert_eq!(first.cluster_secret.len(), 64);
         assert_ne!(first.admin_token, first.oracle_token);
+        assert_ne!(first.session_key, first.admin_token);
         let again = Secrets::load_or_create(data.path()).expect("reuse");
         assert_eq!(again.admin_token, first.admin_token);
         assert_eq!(again.cluster_secret, first.cluster_secret);
@@ -140,7 +148,12 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
-        for file in [CLUSTER_SECRET_FILE, ADMIN_TOKEN_FILE, ORACLE_TOKEN_FILE] {
+        for file in [
+            CLUSTER_SECRET_FILE,
+            ADMIN_TOKEN_FILE,
+            ORACLE_TOKEN_FILE,
+            SESSION_KEY_FILE,
+        ] {
             let mode = fs::metadata(dir(data.path()).join(file))
                 .expect("file")
                 .permissions()

@@ -8,7 +8,8 @@
 //!
 //! Targets: `predict` (Predictor.Predict with rotating Iris rows, against a node or the
 //! aggregator), `shop-create` (CreateProduct) and `shop-order` (AddCartItem, then a timed
-//! PlaceOrder per iteration, one user per worker).
+//! PlaceOrder per iteration, one customer account per worker, signed up before the clock
+//! starts; every call carries its session token, so the session check is measured too).
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +22,7 @@ use concord::pb::{
     predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest},
     shop::v1::{
         shop_client::ShopClient, AddCartItemRequest, CreateProductRequest, PlaceOrderRequest,
+        SignUpRequest,
     },
 };
 use hdrhistogram::Histogram;
@@ -189,32 +191,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 "order" => {
                     let product_id = create_bench_product(&channels[0], &token).await?;
+                    let run = std::process::id();
+                    let sessions = sign_up_bench_users(&channels[0], run, load.concurrency).await?;
                     let report = drive(&load, |worker| {
                         let client = ShopClient::new(channels[worker % channels.len()].clone());
                         let product_id = product_id.clone();
-                        let run = std::process::id();
+                        let session = sessions[worker].clone();
                         let mut i = 0u64;
                         move || {
                             i += 1;
                             let mut client = client.clone();
-                            let user_id = format!("bench-{run}-{worker}");
                             let key = format!("bench-{run}-{worker}-{i}");
-                            let product_id = product_id.clone();
+                            let mut add = tonic::Request::new(AddCartItemRequest {
+                                user_id: String::new(),
+                                product_id: product_id.clone(),
+                                quantity: 1,
+                            });
+                            concord::auth::attach_bearer(&mut add, &session);
+                            let mut place = tonic::Request::new(PlaceOrderRequest {
+                                user_id: String::new(),
+                                idempotency_key: key,
+                            });
+                            concord::auth::attach_bearer(&mut place, &session);
                             async move {
-                                client
-                                    .add_cart_item(AddCartItemRequest {
-                                        user_id: user_id.clone(),
-                                        product_id,
-                                        quantity: 1,
-                                    })
-                                    .await?;
-                                client
-                                    .place_order(PlaceOrderRequest {
-                                        user_id,
-                                        idempotency_key: key,
-                                    })
-                                    .await
-                                    .map(|_| ())
+                                client.add_cart_item(add).await?;
+                                client.place_order(place).await.map(|_| ())
                             }
                         }
                     })
@@ -244,6 +245,31 @@ async fn create_bench_product(channel: &Channel, token: &str) -> anyhow::Result<
         .product
         .ok_or_else(|| anyhow::anyhow!("CreateProduct returned no product"))?;
     Ok(product.id)
+}
+
+/// Signs up one customer per worker (concurrently; the shop bounds the hashing) and
+/// returns their session tokens, in worker order.
+async fn sign_up_bench_users(
+    channel: &Channel,
+    run: u32,
+    workers: usize,
+) -> anyhow::Result<Vec<String>> {
+    let password = concord::secrets::random_token();
+    let sign_ups = (0..workers).map(|worker| {
+        let mut client = ShopClient::new(channel.clone());
+        let request = SignUpRequest {
+            username: format!("bench-{run}-{worker}"),
+            password: password.clone(),
+        };
+        async move {
+            let reply = client.sign_up(request).await?.into_inner();
+            reply
+                .session
+                .map(|s| s.token)
+                .ok_or_else(|| anyhow::anyhow!("SignUp returned no session"))
+        }
+    });
+    futures::future::try_join_all(sign_ups).await
 }
 
 fn channels(load: &Load) -> anyhow::Result<Vec<Channel>> {

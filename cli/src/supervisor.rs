@@ -80,10 +80,11 @@ pub struct ChildSpec {
 
 /// Variables that carry a secret: a child gets only those its spec names, never one
 /// inherited from the launcher's environment (a node must not learn the cluster secret).
-pub const SECRET_ENV_VARS: [&str; 4] = [
+pub const SECRET_ENV_VARS: [&str; 5] = [
     "CONCORD_CLUSTER_SECRET",
     "CONCORD_ADMIN_TOKEN",
     "CONCORD_ORACLE_TOKEN",
+    "CONCORD_SESSION_KEY",
     "CONCORD_CREDENTIAL",
 ];
 

@@ -16,8 +16,9 @@
 //! under `<data-dir>/secrets/` (mode 0600; `concord token` prints them) and every later
 //! start reuses them. Each child gets, in its environment, only what its role needs: the
 //! registry the cluster secret (to check every registration), the aggregator the cluster
-//! secret (to check `Stake` credentials) and the oracle token, the shops the admin token,
-//! and every process its own credential — a node never sees the cluster secret, so it can
+//! secret (to check `Stake` credentials) and the oracle token, the shops the admin token
+//! and the session key (both shops sign and check customer sessions with it, so a session
+//! survives failover; no other role can mint one), and every process its own credential — a node never sees the cluster secret, so it can
 //! speak only for itself.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -106,6 +107,7 @@ pub fn cluster_secrets(
         cluster_secret: cluster_secret.unwrap_or(stored.cluster_secret),
         admin_token: admin_token.unwrap_or(stored.admin_token),
         oracle_token: oracle_token.unwrap_or(stored.oracle_token),
+        session_key: stored.session_key,
     };
     ClusterSecret::new(secrets.cluster_secret.clone())?;
     anyhow::ensure!(
@@ -318,7 +320,10 @@ fn plan(
         ],
     )?);
 
-    let shop_env = vec![secret_env("CONCORD_ADMIN_TOKEN", &secrets.admin_token)];
+    let shop_env = vec![
+        secret_env("CONCORD_ADMIN_TOKEN", &secrets.admin_token),
+        secret_env("CONCORD_SESSION_KEY", &secrets.session_key),
+    ];
     let shop_addr = ports.addr(concord::config::DEFAULT_SHOP_PRIMARY_ADDR)?;
     services.push(child(
         "shop-1".into(),

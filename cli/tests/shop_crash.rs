@@ -1,5 +1,7 @@
 //! `concord shop` killed with SIGKILL during a concurrent write loop, restarted on the same
-//! data directory: every acknowledged write is there and no order is half-applied.
+//! data directory: every acknowledged write is there (accounts included: each order's
+//! customer reads it back with the session issued before the kill) and no order is
+//! half-applied.
 
 mod common;
 
@@ -28,6 +30,8 @@ fn start_shop(dir: &std::path::Path) -> Process {
         dir,
         "--admin-token",
         ADMIN,
+        "--session-key",
+        common::SESSION_KEY,
     ])
 }
 
@@ -43,8 +47,9 @@ fn channel(shop: &Process) -> Channel {
 #[derive(Default)]
 struct Acked {
     products: HashMap<String, String>,
-    orders: HashMap<String, String>,
-    users: Vec<String>,
+    orders: HashMap<String, (String, String)>,
+    /// (user id, session token) of every acknowledged sign-up.
+    users: Vec<(String, String)>,
     max_lsn: u64,
 }
 
@@ -66,26 +71,36 @@ async fn write_loop(
                 .insert(created.product.expect("product").id, name);
             a.max_lsn = a.max_lsn.max(created.write.expect("write").lsn);
         }
-        let user = format!("user-{worker}-{i}");
-        acked.lock().expect("lock").users.push(user.clone());
+        let Ok((user, token)) = common::sign_up(&mut c, &format!("user-{worker}-{i}")).await else {
+            return;
+        };
+        acked
+            .lock()
+            .expect("lock")
+            .users
+            .push((user.clone(), token.clone()));
         let add = pb::AddCartItemRequest {
             user_id: user.clone(),
             product_id: hot.clone(),
             quantity: 1 + (i % 3),
         };
-        if c.add_cart_item(add).await.is_err() {
+        if c.add_cart_item(common::with_bearer(add, &token))
+            .await
+            .is_err()
+        {
             return;
         }
         let place = pb::PlaceOrderRequest {
             user_id: user.clone(),
             idempotency_key: "k".into(),
         };
-        let Ok(placed) = c.place_order(place).await else {
+        let Ok(placed) = c.place_order(common::with_bearer(place, &token)).await else {
             return;
         };
         let placed = placed.into_inner();
         let mut a = acked.lock().expect("lock");
-        a.orders.insert(placed.order.expect("order").id, user);
+        a.orders
+            .insert(placed.order.expect("order").id, (user, token));
         a.max_lsn = a.max_lsn.max(placed.write.expect("write").lsn);
     }
 }
@@ -153,11 +168,14 @@ async fn shop_survives_kill_9_without_losing_acknowledged_writes() {
             .expect("acknowledged product survives");
         assert_eq!(&got.into_inner().product.expect("product").name, name);
     }
-    for (id, user) in &acked.orders {
+    for (id, (user, token)) in &acked.orders {
         let got = c
-            .get_order(pb::GetOrderRequest {
-                order_id: id.clone(),
-            })
+            .get_order(common::with_bearer(
+                pb::GetOrderRequest {
+                    order_id: id.clone(),
+                },
+                token,
+            ))
             .await
             .expect("acknowledged order survives");
         assert_eq!(&got.into_inner().order.expect("order").user_id, user);
@@ -165,13 +183,16 @@ async fn shop_survives_kill_9_without_losing_acknowledged_writes() {
     // No half-applied order: an order exists iff its cart was cleared, and the hot item's
     // stock fell by exactly the units ordered.
     let mut ordered_units = 0;
-    for user in &acked.users {
-        let orders = common::orders_of(&mut c, user).await;
+    for (user, token) in &acked.users {
+        let orders = common::orders_of(&mut c, user, ADMIN).await;
         assert!(orders.len() <= 1, "{user} has {} orders", orders.len());
         let cart = c
-            .get_cart(pb::GetCartRequest {
-                user_id: user.clone(),
-            })
+            .get_cart(common::with_bearer(
+                pb::GetCartRequest {
+                    user_id: user.clone(),
+                },
+                token,
+            ))
             .await
             .expect("cart")
             .into_inner()

@@ -123,8 +123,10 @@ impl ShopSpec {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // Shops replicate only with a shop: both hold the same cluster's shop credential.
+        // Shops replicate only with a shop: both hold the same cluster's shop credential,
+        // and the same session key, so a customer's session survives the failover.
         args.extend(["--credential".to_string(), shop_credential()]);
+        args.extend(["--session-key", common::SESSION_KEY].map(String::from));
         if let Some((primary, id)) = replica_of {
             args.extend(["--replica-of", primary, "--replica-id", id].map(String::from));
         }
@@ -194,6 +196,13 @@ enum Write {
     },
 }
 
+/// A customer the writers signed up: its id and session token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Customer {
+    user: String,
+    token: String,
+}
+
 #[derive(Clone, Debug)]
 struct Acked {
     write: Write,
@@ -207,8 +216,8 @@ struct Acked {
 #[derive(Default)]
 struct Log {
     acked: Vec<Acked>,
-    /// Every PlaceOrder sent, acknowledged or not: (user, idempotency key).
-    orders_sent: Vec<(String, String)>,
+    /// Every PlaceOrder sent, acknowledged or not: (customer, idempotency key).
+    orders_sent: Vec<(Customer, String)>,
 }
 
 impl Log {
@@ -238,10 +247,11 @@ fn survived<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> Option<T> {
     }
 }
 
-/// Loops CreateProduct, AddCartItem + PlaceOrder (unique user and key per iteration)
-/// until the server fails a call (it was killed) or `stop` is set.
+/// Loops CreateProduct, SignUp + AddCartItem + PlaceOrder (a new customer and key per
+/// iteration) until the server fails a call (it was killed) or `stop` is set.
 async fn writer(
     addr: String,
+    run: String,
     worker: usize,
     hot: String,
     log: Arc<Mutex<Log>>,
@@ -260,25 +270,46 @@ async fn writer(
         log.lock()
             .expect("lock")
             .ack(Write::Product { id, name }, created.write);
-        let user = format!("u{worker}-{i}");
+        let Some(signed_up) = survived(
+            c.sign_up(pb::SignUpRequest {
+                username: format!("u{run}-{worker}-{i}"),
+                password: "correct horse battery".into(),
+            })
+            .await,
+        ) else {
+            return;
+        };
+        let customer = Customer {
+            user: signed_up.account.expect("account").user_id,
+            token: signed_up.session.expect("session").token,
+        };
+        let user = customer.user.clone();
         let key = format!("k{worker}-{i}");
         let add = pb::AddCartItemRequest {
             user_id: user.clone(),
             product_id: hot.clone(),
             quantity: 1 + (i as i64 % 3),
         };
-        if survived(c.add_cart_item(add).await).is_none() {
+        if survived(
+            c.add_cart_item(common::with_bearer(add, &customer.token))
+                .await,
+        )
+        .is_none()
+        {
             return;
         }
         log.lock()
             .expect("lock")
             .orders_sent
-            .push((user.clone(), key.clone()));
+            .push((customer.clone(), key.clone()));
         let place = pb::PlaceOrderRequest {
             user_id: user.clone(),
             idempotency_key: key.clone(),
         };
-        let Some(placed) = survived(c.place_order(place).await) else {
+        let Some(placed) = survived(
+            c.place_order(common::with_bearer(place, &customer.token))
+                .await,
+        ) else {
             return;
         };
         let id = placed.order.expect("order").id;
@@ -307,10 +338,13 @@ impl Load {
             .id;
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Usernames are unique per load: one cluster may see several loads.
+        let run = concord::secrets::random_token()[..8].to_string();
         let tasks = (0..writers)
             .map(|w| {
                 tokio::spawn(writer(
                     addr.to_string(),
+                    run.clone(),
                     w,
                     hot.clone(),
                     Arc::clone(&log),
@@ -361,7 +395,7 @@ async fn present(mut c: ShopClient<Channel>, write: Write) -> bool {
             .await
             .is_ok_and(|r| r.into_inner().product.is_some_and(|p| p.name == name)),
         Write::Order { id, user, .. } => c
-            .get_order(pb::GetOrderRequest { order_id: id })
+            .get_order(admin(pb::GetOrderRequest { order_id: id }))
             .await
             .is_ok_and(|r| r.into_inner().order.is_some_and(|o| o.user_id == user)),
     }
@@ -383,7 +417,9 @@ async fn missing(addr: &str, acked: &[Acked]) -> Vec<Acked> {
 
 /// Exactly-once orders on `addr`: every PlaceOrder sent is retried with its key; an
 /// acknowledged (and present) order must come back as the same order with
-/// `replayed = true`, and afterwards no user has more than one order.
+/// `replayed = true`, and afterwards no user has more than one order. (An unacknowledged
+/// order's customer may itself be lost in an async failover: its retry is then
+/// UNAUTHENTICATED, one of the allowed failures.)
 async fn check_exactly_once(addr: &str, log: &Log, lost: &[Acked]) {
     let c = shop_client(addr);
     let acked: std::collections::HashMap<(String, String), String> = log
@@ -397,14 +433,18 @@ async fn check_exactly_once(addr: &str, log: &Log, lost: &[Acked]) {
         .collect();
     let acked = &acked;
     futures::stream::iter(log.orders_sent.iter().cloned())
-        .for_each_concurrent(CHECK_CONCURRENCY, |(user, key)| {
+        .for_each_concurrent(CHECK_CONCURRENCY, |(customer, key)| {
             let mut c = c.clone();
             async move {
+                let user = customer.user.clone();
                 let retried = c
-                    .place_order(pb::PlaceOrderRequest {
-                        user_id: user.clone(),
-                        idempotency_key: key.clone(),
-                    })
+                    .place_order(common::with_bearer(
+                        pb::PlaceOrderRequest {
+                            user_id: user.clone(),
+                            idempotency_key: key.clone(),
+                        },
+                        &customer.token,
+                    ))
                     .await;
                 if let Some(id) = acked.get(&(user.clone(), key.clone())) {
                     let retried = retried
@@ -415,7 +455,7 @@ async fn check_exactly_once(addr: &str, log: &Log, lost: &[Acked]) {
                 }
                 // Not acknowledged: the retry may replay (it committed and replicated),
                 // place it now, or fail (the cart line never reached the new primary).
-                let orders = common::orders_of(&mut c, &user).await;
+                let orders = common::orders_of(&mut c, &user, ADMIN).await;
                 assert!(orders.len() <= 1, "{user} has {} orders", orders.len());
                 if let Some(id) = acked.get(&(user.clone(), key)) {
                     assert_eq!(orders.len(), 1, "{user}: acknowledged order {id} missing");

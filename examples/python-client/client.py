@@ -4,9 +4,11 @@
 Given only the registry's address it:
   1. resolves the shop primary (service "shop", metadata role=primary) and the aggregator
      through the Registry service, waiting (bounded) for them to register;
-  2. creates a product (admin token from $CONCORD_ADMIN_TOKEN), adds it to a new user's
-     cart and places the order with an idempotency key;
-  3. places it again with the same key and checks the shop replays the same order;
+  2. creates a product (admin token from $CONCORD_ADMIN_TOKEN), signs a new customer up,
+     signs in again (the session token goes in `authorization: Bearer` metadata), adds
+     the product to the customer's cart and places the order with an idempotency key;
+  3. places it again with the same key and checks the shop replays the same order, and
+     checks that a call without the session is refused (UNAUTHENTICATED);
   4. asks the aggregator for the consensus prediction of one flower and prints each node's
      vote.
 
@@ -111,12 +113,30 @@ def shop_flow(shop, timeout, admin_token):
     product = created.product
     print(f"created product {product.id} ({product.name}, stock {product.stock})")
 
-    user_id = f"py-{run_id}"
+    # A customer account: sign up, then sign in as a returning customer would. The
+    # password is random per run and never printed.
+    username = f"py-{run_id}"
+    password = uuid.uuid4().hex
+    credentials = shop_pb2.SignUpRequest(username=username, password=password)
+    signed_up = call("SignUp", shop.SignUp, credentials, timeout)
+    signed_in = call(
+        "SignIn",
+        shop.SignIn,
+        shop_pb2.SignInRequest(username=username, password=password),
+        timeout,
+    )
+    user_id = signed_in.account.user_id
+    if user_id != signed_up.account.user_id:
+        raise Failure(f"SignIn: account {user_id!r} is not the one signed up")
+    session = [("authorization", f"Bearer {signed_in.session.token}")]
+    print(f"signed in as {username} (user {user_id})")
+
     added = call(
         "AddCartItem",
         shop.AddCartItem,
         shop_pb2.AddCartItemRequest(user_id=user_id, product_id=product.id, quantity=2),
         timeout,
+        metadata=session,
     )
     print(
         f"cart of {user_id}: {len(added.cart.lines)} line(s), "
@@ -125,7 +145,7 @@ def shop_flow(shop, timeout, admin_token):
 
     key = f"py-order-{run_id}"
     request = shop_pb2.PlaceOrderRequest(user_id=user_id, idempotency_key=key)
-    first = call("PlaceOrder", shop.PlaceOrder, request, timeout)
+    first = call("PlaceOrder", shop.PlaceOrder, request, timeout, metadata=session)
     if not first.order.id:
         raise Failure("PlaceOrder: the reply has no order id")
     if first.replayed:
@@ -135,7 +155,7 @@ def shop_flow(shop, timeout, admin_token):
         f"{first.order.currency}, lsn {first.write.lsn}"
     )
 
-    again = call("PlaceOrder (replay)", shop.PlaceOrder, request, timeout)
+    again = call("PlaceOrder (replay)", shop.PlaceOrder, request, timeout, metadata=session)
     if again.order.id != first.order.id:
         raise Failure(
             f"PlaceOrder replay with key {key!r} returned order {again.order.id!r}, "
@@ -144,6 +164,15 @@ def shop_flow(shop, timeout, admin_token):
     if not again.replayed:
         raise Failure("PlaceOrder replay: replayed flag not set")
     print(f"replayed order id matches: {again.order.id} (replayed, lsn {again.write.lsn})")
+
+    try:
+        shop.GetOrder(shop_pb2.GetOrderRequest(order_id=first.order.id), timeout=timeout)
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+            raise Failure(f"GetOrder without a session: {err.code().name}") from err
+        print("without a session the order is refused: UNAUTHENTICATED")
+    else:
+        raise Failure("GetOrder without a session returned someone's order")
     return first.order.id
 
 

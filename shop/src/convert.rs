@@ -7,6 +7,7 @@
 use concord::error::{Classify, ErrorKind};
 use concord::pb::shop::v1 as pb;
 
+use crate::account::Account;
 use crate::cart::{CartLine, CartView};
 use crate::catalog::Product;
 use crate::error::ShopError;
@@ -22,6 +23,8 @@ impl Classify for ShopError {
                 ErrorKind::FailedPrecondition
             }
             ShopError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            ShopError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            ShopError::AlreadyExists(_) => ErrorKind::AlreadyExists,
             ShopError::Unavailable(_) | ShopError::Fenced(_) => ErrorKind::Unavailable,
             ShopError::Internal(_) => ErrorKind::Internal,
         }
@@ -73,6 +76,14 @@ pub fn order_status_from_pb(raw: i32) -> Result<OrderStatus, ShopError> {
     }
 }
 
+/// Converts a status filter: UNSPECIFIED means "every status" (`None`).
+pub fn status_filter_from_pb(raw: i32) -> Result<Option<OrderStatus>, ShopError> {
+    if raw == pb::OrderStatus::Unspecified as i32 {
+        return Ok(None);
+    }
+    order_status_from_pb(raw).map(Some)
+}
+
 /// The proto value of a status.
 pub fn order_status_to_pb(status: OrderStatus) -> pb::OrderStatus {
     match status {
@@ -87,6 +98,26 @@ pub fn order_status_to_pb(status: OrderStatus) -> pb::OrderStatus {
 fn to_i64(v: u64) -> i64 {
     // Stock is bounded by MAX_STOCK (plus cancelled restocks): far below i64::MAX.
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Never carries the password hash.
+impl From<Account> for pb::Account {
+    fn from(a: Account) -> Self {
+        pb::Account {
+            user_id: a.id.to_string(),
+            username: a.username,
+            created_at_unix_ms: a.created_at_ms,
+        }
+    }
+}
+
+impl From<crate::session::Issued> for pb::Session {
+    fn from(s: crate::session::Issued) -> Self {
+        pb::Session {
+            token: s.token,
+            expires_at_unix_ms: s.expires_at_ms,
+        }
+    }
 }
 
 impl From<Product> for pb::Product {
@@ -190,6 +221,11 @@ mod tests {
                 ShopError::Unauthenticated("x".into()),
                 Code::Unauthenticated,
             ),
+            (
+                ShopError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
+            (ShopError::AlreadyExists("x".into()), Code::AlreadyExists),
             (ShopError::Unavailable("x".into()), Code::Unavailable),
             (ShopError::internal("x"), Code::Internal),
         ];

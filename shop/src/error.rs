@@ -4,7 +4,8 @@
 //! request (`InvalidArgument`), a missing entity (`NotFound`), a request that is valid but
 //! not in the current state (`FailedPrecondition`: empty cart, not enough stock, illegal
 //! order transition, idempotency key reused for another cart), a missing or wrong admin
-//! token (`Unauthenticated`), a transient storage or shutdown problem (`Unavailable`) and
+//! token or session (`Unauthenticated`), a signed-in customer acting for someone else
+//! (`PermissionDenied`), a username that is taken (`AlreadyExists`), a transient storage or shutdown problem (`Unavailable`) and
 //! a broken invariant or corrupt record (`Internal`). The mapping to `tonic::Status`
 //! lives in one place (`convert`), never in handlers.
 
@@ -34,9 +35,15 @@ pub enum ShopError {
     /// `x-concord-primary`, so a client knows the write may be sent elsewhere.
     #[error("unavailable: {0}")]
     Fenced(String),
-    /// The admin token is missing or wrong.
+    /// The admin token or session token is missing, wrong or expired.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The caller is signed in but may not act for the user it named.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The thing to create exists already (a username that is taken).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// Storage is shutting down or could not flush; the write was not acknowledged.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -9,6 +9,9 @@
 //!   reverse range scan inside that prefix. User ids cannot contain 0x00 (validated).
 //! - `idempotency`: `user ‖ 0x00 ‖ key` → order id.
 //! - `carts`: user → JSON.
+//! - `accounts`: user id (u64 BE) → account JSON (username, password hash).
+//! - `usernames`: lower-cased username → user id (u64 BE); makes usernames unique
+//!   regardless of case.
 //!
 //! External ids are `p-` / `o-` followed by the decimal id zero-padded to 12 digits; the
 //! parser accepts 1..=20 digits after the prefix and nothing else, so anything malformed
@@ -91,6 +94,14 @@ id_type!(
     "o-"
 );
 
+id_type!(
+    /// Identifies a customer account; allocated from a replicated counter, never reused (so
+    /// a session token for an account lost in an async failover names nobody).
+    UserId,
+    "user",
+    "u-"
+);
+
 /// Separator between a user id and the rest of a composite key.
 const SEP: u8 = 0;
 
@@ -120,6 +131,14 @@ pub fn idempotency_key(user: &str, key: &str) -> Vec<u8> {
 pub const LAST_PRODUCT_ID: &[u8] = b"last_product_id";
 /// `counters` key of the last allocated order id.
 pub const LAST_ORDER_ID: &[u8] = b"last_order_id";
+
+/// `counters` key of the last allocated user id.
+pub const LAST_USER_ID: &[u8] = b"last_user_id";
+
+/// `usernames` key of a username: lower case, so `Alice` and `alice` are one account.
+pub fn username_key(username: &str) -> Vec<u8> {
+    username.to_ascii_lowercase().into_bytes()
+}
 
 /// Parses an optional page token (empty = first page) into the id to continue after.
 pub fn page_after<T: FromStr<Err = ShopError>>(token: &str) -> Result<Option<T>> {

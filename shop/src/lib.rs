@@ -26,15 +26,18 @@
 //! failover timing, the split-brain fence and the WAL trimming rule. Non-goals:
 //! multi-replica quorums.
 
+mod account;
 mod cart;
 mod catalog;
 mod convert;
 mod error;
 mod keys;
 mod order;
+mod password;
 mod replication;
 mod segments;
 mod service;
+mod session;
 mod shop;
 mod store;
 mod validate;
@@ -49,17 +52,20 @@ use concord::pb::shop::v1::replication_server::ReplicationServer;
 use concord::pb::shop::v1::shop_server::ShopServer;
 use tokio::net::TcpListener;
 
+pub use account::Account;
 pub use cart::{CartItem, CartLine, CartView};
 pub use catalog::{NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
 pub use convert::PRIMARY_HINT_HEADER;
 pub use error::{Result, ShopError};
-pub use keys::{OrderId, ProductId};
+pub use keys::{OrderId, ProductId, UserId};
 pub use order::{Order, OrderLine, OrderPage, OrderStatus, Placed};
+pub use password::{Password, MAX_CONCURRENT_HASHES};
 pub use replication::{
     OnReplicaLoss, ReplicationConfig, ReplicationMode, Replicator, Role, DEFAULT_SYNC_TIMEOUT,
 };
 pub use segments::{Recovered, SegmentLog, DEFAULT_SEGMENT_BYTES};
 pub use service::{APPLIED_LSN_HEADER, DURABLE_LSN_HEADER};
+pub use session::{Sessions, DEFAULT_SESSION_TTL, MIN_SESSION_KEY_BYTES};
 pub use shop::Shop;
 pub use store::{
     Applied, Committed, GroupCommitStats, Store, StoreConfig, Written, DEFAULT_LINGER,
@@ -67,8 +73,9 @@ pub use store::{
 };
 pub use validate::{
     DEFAULT_CURRENCY, DEFAULT_PAGE_SIZE, MAX_CART_LINES, MAX_DESCRIPTION_CHARS, MAX_FILTER_CHARS,
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_LINE_QUANTITY, MAX_NAME_CHARS, MAX_PAGE_SIZE, MAX_PRICE_MINOR,
-    MAX_REPLICA_ID_CHARS, MAX_SCAN_PER_PAGE, MAX_STOCK, MAX_USER_ID_BYTES,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_LINE_QUANTITY, MAX_NAME_CHARS, MAX_PAGE_SIZE,
+    MAX_PASSWORD_CHARS, MAX_PRICE_MINOR, MAX_REPLICA_ID_CHARS, MAX_SCAN_PER_PAGE, MAX_STOCK,
+    MAX_USERNAME_BYTES, MAX_USER_ID_BYTES, MIN_PASSWORD_CHARS, MIN_USERNAME_BYTES,
 };
 pub use wal::{Lsn, Mutation, TreeName, WalEntry};
 
@@ -88,6 +95,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bearer token for product mutations and Promote.
     pub admin_token: String,
+    /// Key session tokens are signed with (HS256), shared by both shops so sessions
+    /// survive failover; `None` = a random key per process start (logged: sessions then
+    /// die with the process and are refused by its peer).
+    pub session_key: Option<String>,
+    /// How long a session token is accepted after sign-in.
+    pub session_ttl: Duration,
     /// Registry to register with (and watch, for failover); `None` = standalone.
     pub registry_addr: Option<String>,
     /// Address published in the registry; defaults to the listener's address.
@@ -109,6 +122,8 @@ impl Config {
             data_dir: data_dir.into(),
             // Random: nobody can administer a shop whose token was not configured.
             admin_token: concord::secrets::random_token(),
+            session_key: None,
+            session_ttl: DEFAULT_SESSION_TTL,
             registry_addr: None,
             advertise_addr: None,
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
@@ -124,6 +139,16 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.admin_token.trim().is_empty() {
             return Err(ShopError::invalid("the admin token must not be empty"));
+        }
+        if let Some(key) = &self.session_key {
+            if key.len() < MIN_SESSION_KEY_BYTES {
+                return Err(ShopError::invalid(format!(
+                    "the session key must be at least {MIN_SESSION_KEY_BYTES} bytes"
+                )));
+            }
+        }
+        if self.session_ttl.is_zero() {
+            return Err(ShopError::invalid("the session TTL must be positive"));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ShopError::invalid("the data directory must be set"));
@@ -294,6 +319,7 @@ pub async fn serve(
             Shop::with_linger(Arc::clone(&store), config.commit_linger)?,
             Arc::clone(&replicator),
             config.admin_token.clone(),
+            sessions(&config)?,
         )))
         .add_service(ReplicationServer::new(
             replication::ReplicationService::new(
@@ -317,6 +343,22 @@ pub async fn serve(
     drop(replicator);
     close_store(store).await;
     served.map_err(|e| ShopError::Unavailable(format!("gRPC server: {e}")))
+}
+
+/// The session signer of this process: the configured key, or a random one (logged).
+fn sessions(config: &Config) -> Result<Sessions> {
+    let key = match &config.session_key {
+        Some(key) => key.clone(),
+        None => {
+            tracing::warn!(
+                "no session key configured (--session-key / CONCORD_SESSION_KEY): using a \
+                 random one, so sessions end when this shop stops and its peer refuses them \
+                 after a failover"
+            );
+            concord::secrets::random_token()
+        }
+    };
+    Sessions::new(key.as_bytes(), config.session_ttl)
 }
 
 /// The split-brain fence (see `replication`, "Fence"): a process configured as primary
@@ -401,6 +443,14 @@ mod tests {
         type Break = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(&str, Break)> = vec![
             ("empty token", Box::new(|c| c.admin_token = " ".into())),
+            (
+                "short session key",
+                Box::new(|c| c.session_key = Some("short".into())),
+            ),
+            (
+                "zero session TTL",
+                Box::new(|c| c.session_ttl = Duration::ZERO),
+            ),
             ("empty dir", Box::new(|c| c.data_dir = PathBuf::new())),
             ("zero ttl", Box::new(|c| c.lease_ttl = Duration::ZERO)),
             (

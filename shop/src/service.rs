@@ -7,6 +7,26 @@
 //! outcome in `WriteInfo`. Product mutations and order status changes also need the admin
 //! bearer token, checked before anything else: a customer may place and read orders, but
 //! only the shop's operator may mark one paid, shipped or cancelled (restocking).
+//!
+//! Who the caller is ([`Caller`]) comes from the one `authorization: Bearer` entry: the
+//! admin token (constant-time compare), else a session token (`session`) whose account
+//! must exist. Cart and order calls then act only for that account:
+//! - no token, or one that is forged, expired or names no account → UNAUTHENTICATED;
+//! - a request `user_id` that is not the session's → PERMISSION_DENIED (empty = the
+//!   session's own);
+//! - someone else's order by id → NOT_FOUND with the same message as an unknown id. Why
+//!   not PERMISSION_DENIED: order ids are sequential, so a distinct answer would let anyone
+//!   with an account map which ids exist and when they were placed; NOT_FOUND tells a
+//!   customer nothing about other customers.
+//!
+//! A customer write first asks whether this process takes writes, then checks the
+//! session: a replica's refusal (which did nothing and names the primary) must not depend
+//! on whether the account has reached the replica yet, so a client or the gateway can
+//! follow it to the primary, which has the account.
+//!
+//! The admin token reads every cart and order (GetCart/ListOrders naming any user,
+//! GetOrder, ListAllOrders) but changes no cart and places no order: those act for a
+//! customer, who signs in.
 
 use std::sync::Arc;
 
@@ -14,9 +34,15 @@ use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::shop_server::Shop as ShopApi;
 use tonic::{Request, Response, Status};
 
+use concord::error::quote;
+
 use crate::catalog::{NewProduct, ProductPatch, ProductQuery};
 use crate::convert;
+use crate::error::ShopError;
+use crate::keys::UserId;
+use crate::password::Password;
 use crate::replication::Replicator;
+use crate::session::Sessions;
 use crate::shop::Shop;
 use crate::store::Written;
 
@@ -27,21 +53,37 @@ pub const APPLIED_LSN_HEADER: &str = "x-concord-applied-lsn";
 /// Reply metadata of every read: the LSN durable in this process's WAL when the read ran.
 pub const DURABLE_LSN_HEADER: &str = "x-concord-durable-lsn";
 
+/// Who sent a request, from its bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// The shop's operator (the admin token).
+    Admin,
+    /// A signed-in customer.
+    Customer(UserId),
+}
+
 /// The Shop service.
 pub struct ShopService {
     shop: Shop,
     replicator: Arc<Replicator>,
     admin_token: String,
+    sessions: Sessions,
 }
 
 impl ShopService {
     /// A service over `shop`, gated by `replicator`, with product mutations and order
-    /// status changes requiring `admin_token`.
-    pub fn new(shop: Shop, replicator: Arc<Replicator>, admin_token: String) -> Self {
+    /// status changes requiring `admin_token` and customer calls a session of `sessions`.
+    pub fn new(
+        shop: Shop,
+        replicator: Arc<Replicator>,
+        admin_token: String,
+        sessions: Sessions,
+    ) -> Self {
         Self {
             shop,
             replicator,
             admin_token,
+            sessions,
         }
     }
 
@@ -63,6 +105,65 @@ impl ShopService {
         response
     }
 
+    /// The admin or the customer whose valid session the request carries.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, ShopError> {
+        let token = concord::auth::bearer_token(request.metadata()).ok_or_else(|| {
+            ShopError::Unauthenticated(
+                "sign in first: send metadata 'authorization: Bearer <session token>'".into(),
+            )
+        })?;
+        if concord::auth::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
+            return Ok(Caller::Admin);
+        }
+        let user = self.sessions.verify(token)?;
+        match self.shop.get_account(user).await {
+            Ok(_) => Ok(Caller::Customer(user)),
+            Err(ShopError::NotFound(_)) => Err(ShopError::Unauthenticated(
+                "the session's account does not exist; sign up or sign in again".into(),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The signed-in customer a cart write or order placement acts for (the admin token
+    /// changes no customer's cart).
+    async fn customer<T>(&self, request: &Request<T>, named: &str) -> Result<String, ShopError> {
+        match self.caller(request).await? {
+            Caller::Customer(user) => acting_for(user, named),
+            Caller::Admin => Err(ShopError::PermissionDenied(
+                "the admin token places no orders and changes no cart; sign in as the customer"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Whose cart or orders a read shows: the session's own, or any user the admin names.
+    async fn reader<T>(&self, request: &Request<T>, named: &str) -> Result<String, ShopError> {
+        match self.caller(request).await? {
+            Caller::Customer(user) => acting_for(user, named),
+            Caller::Admin if named.is_empty() => Err(ShopError::invalid(
+                "user_id must be set when reading with the admin token",
+            )),
+            Caller::Admin => Ok(named.to_string()),
+        }
+    }
+}
+
+/// `user`'s id when the request names nobody or `user` itself; PERMISSION_DENIED when it
+/// names someone else.
+fn acting_for(user: UserId, named: &str) -> Result<String, ShopError> {
+    let own = user.to_string();
+    if named.is_empty() || named == own {
+        Ok(own)
+    } else {
+        Err(ShopError::PermissionDenied(format!(
+            "this session is {own}'s; it may not act for user {}",
+            quote(named)
+        )))
+    }
+}
+
+impl ShopService {
     /// Completes a durable local write: replication per mode, then the `WriteInfo`.
     async fn finish<T>(&self, written: &Written<T>) -> Result<pb::WriteInfo, Status> {
         Ok(self
@@ -179,12 +280,10 @@ impl ShopApi for ShopService {
         request: Request<pb::AddCartItemRequest>,
     ) -> Result<Response<pb::AddCartItemResponse>, Status> {
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let product = convert::product_id(&r.product_id)?;
-        let written = self
-            .shop
-            .add_cart_item(r.user_id, product, r.quantity)
-            .await?;
+        let written = self.shop.add_cart_item(user, product, r.quantity).await?;
         let write = self.finish(&written).await?;
         Ok(Response::new(pb::AddCartItemResponse {
             cart: Some(written.value.into()),
@@ -197,11 +296,12 @@ impl ShopApi for ShopService {
         request: Request<pb::SetCartItemQuantityRequest>,
     ) -> Result<Response<pb::SetCartItemQuantityResponse>, Status> {
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let product = convert::product_id(&r.product_id)?;
         let written = self
             .shop
-            .set_cart_item_quantity(r.user_id, product, r.quantity)
+            .set_cart_item_quantity(user, product, r.quantity)
             .await?;
         let write = self.finish(&written).await?;
         Ok(Response::new(pb::SetCartItemQuantityResponse {
@@ -215,9 +315,10 @@ impl ShopApi for ShopService {
         request: Request<pb::RemoveCartItemRequest>,
     ) -> Result<Response<pb::RemoveCartItemResponse>, Status> {
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
         let product = convert::product_id(&r.product_id)?;
-        let written = self.shop.remove_cart_item(r.user_id, product).await?;
+        let written = self.shop.remove_cart_item(user, product).await?;
         let write = self.finish(&written).await?;
         Ok(Response::new(pb::RemoveCartItemResponse {
             cart: Some(written.value.into()),
@@ -229,8 +330,9 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::GetCartRequest>,
     ) -> Result<Response<pb::GetCartResponse>, Status> {
+        let user = self.reader(&request, &request.get_ref().user_id).await?;
         let positions = self.read_positions();
-        let cart = self.shop.get_cart(request.into_inner().user_id).await?;
+        let cart = self.shop.get_cart(user).await?;
         Ok(Self::read_reply(
             positions,
             pb::GetCartResponse {
@@ -244,7 +346,8 @@ impl ShopApi for ShopService {
         request: Request<pb::ClearCartRequest>,
     ) -> Result<Response<pb::ClearCartResponse>, Status> {
         self.replicator.check_writable()?;
-        let written = self.shop.clear_cart(request.into_inner().user_id).await?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
+        let written = self.shop.clear_cart(user).await?;
         let write = self.finish(&written).await?;
         Ok(Response::new(pb::ClearCartResponse {
             cart: Some(written.value.into()),
@@ -257,8 +360,9 @@ impl ShopApi for ShopService {
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         self.replicator.check_writable()?;
+        let user = self.customer(&request, &request.get_ref().user_id).await?;
         let r = request.into_inner();
-        let written = self.shop.place_order(r.user_id, r.idempotency_key).await?;
+        let written = self.shop.place_order(user, r.idempotency_key).await?;
         // A replay reports the LSN and term the order was first placed in, and is not
         // acknowledged before the original is (replicated): finish it at that LSN.
         let write = if written.value.replayed {
@@ -286,9 +390,15 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let positions = self.read_positions();
         let id = convert::order_id(&request.get_ref().order_id)?;
         let order = self.shop.get_order(id).await?;
+        if let Caller::Customer(user) = caller {
+            if order.user_id != user.to_string() {
+                return Err(crate::order::not_found(id).into());
+            }
+        }
         Ok(Self::read_reply(
             positions,
             pb::GetOrderResponse {
@@ -301,11 +411,12 @@ impl ShopApi for ShopService {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let user = self.reader(&request, &request.get_ref().user_id).await?;
         let positions = self.read_positions();
         let r = request.into_inner();
         let page = self
             .shop
-            .list_orders(r.user_id, r.page_size, r.page_token)
+            .list_orders(user, r.page_size, r.page_token)
             .await?;
         Ok(Self::read_reply(
             positions,
@@ -332,5 +443,97 @@ impl ShopApi for ShopService {
             order: Some(written.value.into()),
             write: Some(write),
         }))
+    }
+
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<Response<pb::SignUpResponse>, Status> {
+        self.replicator.check_writable()?;
+        let r = request.into_inner();
+        let written = self
+            .shop
+            .sign_up(r.username, Password::new(r.password))
+            .await?;
+        let write = self.finish(&written).await?;
+        let session = self.sessions.issue(written.value.id)?;
+        tracing::info!(user = %written.value.id, lsn = ?written.lsn, "account created");
+        Ok(Response::new(pb::SignUpResponse {
+            account: Some(written.value.into()),
+            session: Some(session.into()),
+            write: Some(write),
+        }))
+    }
+
+    async fn sign_in(
+        &self,
+        request: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
+        let r = request.into_inner();
+        let account = self
+            .shop
+            .sign_in(r.username, Password::new(r.password))
+            .await?;
+        let session = self.sessions.issue(account.id)?;
+        tracing::debug!(user = %account.id, "signed in");
+        Ok(Response::new(pb::SignInResponse {
+            account: Some(account.into()),
+            session: Some(session.into()),
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let Caller::Customer(user) = self.caller(&request).await? else {
+            return Err(ShopError::invalid("the admin token has no account; sign in").into());
+        };
+        let account = self.shop.get_account(user).await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account.into()),
+        }))
+    }
+
+    async fn list_all_orders(
+        &self,
+        request: Request<pb::ListAllOrdersRequest>,
+    ) -> Result<Response<pb::ListAllOrdersResponse>, Status> {
+        self.require_admin(&request)?;
+        let r = request.into_inner();
+        let status = convert::status_filter_from_pb(r.status)?;
+        let page = self
+            .shop
+            .list_all_orders(status, r.page_size, r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListAllOrdersResponse {
+            orders: page.orders.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session acts for its own user (named or not), never for anyone else.
+    #[test]
+    fn acting_for_table() {
+        let me = UserId(7);
+        let cases = [
+            ("", Some("u-000000000007")),
+            ("u-000000000007", Some("u-000000000007")),
+            ("u-7", None), // the same number spelled differently is another key: refused
+            ("u-000000000008", None),
+            ("alice", None),
+        ];
+        for (named, want) in cases {
+            match (acting_for(me, named), want) {
+                (Ok(got), Some(want)) => assert_eq!(got, want, "{named:?}"),
+                (Err(ShopError::PermissionDenied(_)), None) => {}
+                (got, want) => panic!("{named:?}: {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -22,11 +22,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::account::{self, Account};
 use crate::cart::{self, CartView};
 use crate::catalog::{self, NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
 use crate::error::{Result, ShopError};
-use crate::keys::{OrderId, ProductId};
+use crate::keys::{OrderId, ProductId, UserId};
 use crate::order::{self, Order, OrderPage, OrderStatus, Placed};
+use crate::password::{Hasher, Password};
 use crate::store::{BatchOutcome, Store, StoreConfig, Tx, TxResult, WriteOp, Written};
 use crate::wal::Lsn;
 
@@ -76,6 +78,8 @@ impl<T: Send + 'static, F: WriteOp<T>> QueuedWrite for Queued<T, F> {
 pub struct Shop {
     store: Arc<Store>,
     writer: Arc<Writer>,
+    /// Password hashing, bounded (see `password`).
+    hasher: Hasher,
 }
 
 /// The writer thread; dropping the last handle closes the queue and joins the thread, so
@@ -173,6 +177,7 @@ impl Shop {
         Ok(Self {
             store,
             writer: Arc::new(writer),
+            hasher: Hasher::default(),
         })
     }
 
@@ -306,6 +311,45 @@ impl Shop {
     ) -> Result<OrderPage> {
         self.read(move |s| order::list_for_user(s, &user, page_size, &page_token))
             .await
+    }
+
+    /// Lists one page of every customer's orders, newest first, optionally one status.
+    pub async fn list_all_orders(
+        &self,
+        status: Option<OrderStatus>,
+        page_size: u32,
+        page_token: String,
+    ) -> Result<OrderPage> {
+        self.read(move |s| order::list_all(s, status, page_size, &page_token))
+            .await
+    }
+
+    /// Creates an account: the password is hashed (bounded, off the async workers) before
+    /// the write is queued, so the writer never waits on Argon2.
+    pub async fn sign_up(&self, username: String, password: Password) -> Result<Written<Account>> {
+        crate::validate::username(&username)?;
+        let hash = self.hasher.hash(password).await?;
+        self.write(account::sign_up_op(username, hash)?).await
+    }
+
+    /// The account `username` names if `password` is its password. A wrong password and an
+    /// unknown (or malformed) username are the same `Unauthenticated`, after the same work.
+    pub async fn sign_in(&self, username: String, password: Password) -> Result<Account> {
+        let found = self
+            .read(move |s| account::find_by_username(s, &username))
+            .await?;
+        let phc = found.as_ref().map(|a| a.password_hash.clone());
+        match (self.hasher.verify(phc, password).await?, found) {
+            (true, Some(account)) => Ok(account),
+            _ => Err(ShopError::Unauthenticated(
+                "wrong username or password".into(),
+            )),
+        }
+    }
+
+    /// Reads an account.
+    pub async fn get_account(&self, id: UserId) -> Result<Account> {
+        self.read(move |s| account::get(s, id)).await
     }
 
     /// Moves an order through the status machine.

@@ -37,6 +37,14 @@ pub const MAX_LINE_QUANTITY: i64 = 10_000;
 pub const MAX_CART_LINES: usize = 100;
 /// Longest user id, in bytes (ASCII letters, digits and `-_.@`).
 pub const MAX_USER_ID_BYTES: usize = 64;
+/// Shortest username, in bytes.
+pub const MIN_USERNAME_BYTES: usize = 3;
+/// Longest username, in bytes (the user id alphabet: ASCII letters, digits and `-_.@`).
+pub const MAX_USERNAME_BYTES: usize = 64;
+/// Shortest password, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password, in characters: bounds the hashing work one request can ask for.
+pub const MAX_PASSWORD_CHARS: usize = 128;
 /// Longest replica id a `Replicate` stream may introduce itself with, in characters.
 pub const MAX_REPLICA_ID_CHARS: usize = 64;
 /// Longest idempotency key, in bytes (printable ASCII, no spaces).
@@ -196,6 +204,38 @@ pub fn user_id(value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Validates a username: the user id alphabet (no 0x00, nothing ambiguous), at least
+/// [`MIN_USERNAME_BYTES`] long.
+pub fn username(value: &str) -> Result<()> {
+    if value.len() < MIN_USERNAME_BYTES || value.len() > MAX_USERNAME_BYTES {
+        return Err(ShopError::invalid(format!(
+            "username must be {MIN_USERNAME_BYTES}..={MAX_USERNAME_BYTES} characters long"
+        )));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+    {
+        return Err(ShopError::invalid(format!(
+            "username {} may only contain ASCII letters, digits and -_.@",
+            quote(value)
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a new password's length (any characters; never quoted back, never logged).
+pub fn password(value: &str) -> Result<()> {
+    let chars = value.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
+        return Err(ShopError::invalid(format!(
+            "password must be {MIN_PASSWORD_CHARS}..={MAX_PASSWORD_CHARS} characters long \
+             (it has {chars})"
+        )));
+    }
+    Ok(())
+}
+
 /// Validates the id a replica introduces itself with (logged, so bounded).
 pub fn replica_id(value: &str) -> Result<()> {
     text("replica id", value, MAX_REPLICA_ID_CHARS, true)
@@ -252,6 +292,27 @@ mod tests {
             ("price max", price_minor(MAX_PRICE_MINOR).map(drop), true),
             ("price negative", price_minor(-1).map(drop), false),
             ("price absurd", price_minor(i64::MAX).map(drop), false),
+            ("username ok", username("ann.lee@example"), true),
+            ("username short", username("an"), false),
+            (
+                "username long",
+                username(&"a".repeat(MAX_USERNAME_BYTES + 1)),
+                false,
+            ),
+            ("username space", username("ann lee"), false),
+            ("username nul", username("ann\0x"), false),
+            (
+                "password min",
+                password(&"p".repeat(MIN_PASSWORD_CHARS)),
+                true,
+            ),
+            ("password unicode", password("ünïcödé€"), true),
+            ("password short", password("1234567"), false),
+            (
+                "password long",
+                password(&"p".repeat(MAX_PASSWORD_CHARS + 1)),
+                false,
+            ),
             ("currency EUR", currency("EUR"), true),
             ("currency USD", currency("USD"), true),
             ("currency JPY", currency("JPY"), true),

@@ -50,17 +50,23 @@ pub enum TreeName {
     Idempotency = 4,
     /// Id counters (last product / order id) that must replicate with the data.
     Counters = 5,
+    /// User id (u64 BE) → account JSON (username, Argon2 password hash).
+    Accounts = 6,
+    /// Lower-cased username → user id (u64 BE).
+    Usernames = 7,
 }
 
 impl TreeName {
     /// All logged trees, in discriminant order (the store opens them in this order).
-    pub const ALL: [TreeName; 6] = [
+    pub const ALL: [TreeName; 8] = [
         TreeName::Products,
         TreeName::Carts,
         TreeName::Orders,
         TreeName::UserOrders,
         TreeName::Idempotency,
         TreeName::Counters,
+        TreeName::Accounts,
+        TreeName::Usernames,
     ];
 
     /// The sled tree name.
@@ -72,6 +78,8 @@ impl TreeName {
             TreeName::UserOrders => "user_orders",
             TreeName::Idempotency => "idempotency",
             TreeName::Counters => "counters",
+            TreeName::Accounts => "accounts",
+            TreeName::Usernames => "usernames",
         }
     }
 
@@ -318,7 +326,7 @@ mod tests {
             assert_eq!(TreeName::ALL[t.index()], t);
             assert_eq!(TreeName::from_name(t.as_str()).unwrap(), t);
         }
-        assert!(TreeName::from_id(6).is_err());
+        assert!(TreeName::from_id(8).is_err());
         assert!(TreeName::from_name("wal").is_err());
     }
 }

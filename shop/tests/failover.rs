@@ -12,7 +12,8 @@ use harness::{create, eventually, registered, start, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The scenario in the module docs, end to end over a real registry.
+/// The scenario in the module docs, end to end over a real registry; a customer who
+/// signed up on the old primary keeps her account and her session on the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_takes_over_and_old_primary_follows() {
     let registry = TestRegistry::start().await;
@@ -29,6 +30,7 @@ async fn replica_takes_over_and_old_primary_follows() {
 
     let mut p = primary.client();
     let before = create(&mut p, "Before failover", 100, 1).await;
+    let ada = harness::sign_up(&mut p, "ada").await;
     let want = primary.last_lsn().await;
     assert!(eventually(WAIT, || async { replica.status().await.last_lsn >= want }).await);
 
@@ -55,6 +57,25 @@ async fn replica_takes_over_and_old_primary_follows() {
     );
     let mut r = replica.client();
     let after = create(&mut r, "After failover", 100, 1).await;
+    // Her session from the old primary works on the new one (shared key, replicated
+    // account), her name is still taken, and she can sign in there.
+    harness::add_to_cart(&mut r, &ada, after.id.clone(), 1).await;
+    let order = harness::place_order(&mut r, &ada, "after-failover".into()).await;
+    assert_eq!(order.user_id, ada.id);
+    let taken = r
+        .sign_up(pb::SignUpRequest {
+            username: "ADA".into(),
+            password: harness::PASSWORD.into(),
+        })
+        .await
+        .expect_err("the account replicated");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists);
+    r.sign_in(pb::SignInRequest {
+        username: "ada".into(),
+        password: harness::PASSWORD.into(),
+    })
+    .await
+    .expect("sign in on the new primary");
 
     // The old primary comes back (configured as a primary, term 1), sees term 2, follows.
     let old = start(&dir.path().join("a"), with_registry).await;

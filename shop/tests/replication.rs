@@ -47,12 +47,16 @@ async fn async_replica_catches_up_and_refuses_writes() {
     let (_dir, primary, replica) = start_pair(ReplicationMode::Async, OnReplicaLoss::Fail).await;
     let mut p = primary.client();
     let tea = create(&mut p, "Tea", 250, 10).await;
-    add_to_cart(&mut p, "ann".into(), tea.id.clone(), 2).await;
+    let ann = harness::sign_up(&mut p, "ann").await;
+    add_to_cart(&mut p, &ann, tea.id.clone(), 2).await;
     let order = p
-        .place_order(pb::PlaceOrderRequest {
-            user_id: "ann".into(),
-            idempotency_key: "k".into(),
-        })
+        .place_order(harness::as_user(
+            &ann,
+            pb::PlaceOrderRequest {
+                user_id: ann.id.clone(),
+                idempotency_key: "k".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -63,15 +67,55 @@ async fn async_replica_catches_up_and_refuses_writes() {
     );
 
     let mut r = replica.client();
+    // The account replicated: the replica signs ann in, and the two shops share the
+    // session key, so its token works on the primary too (and the primary's on the replica).
+    let on_replica_session = r
+        .sign_in(pb::SignInRequest {
+            username: "ann".into(),
+            password: harness::PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let ann_via_replica = harness::User {
+        id: ann.id.clone(),
+        token: on_replica_session.token,
+    };
+    let cart = p
+        .get_cart(harness::as_user(
+            &ann_via_replica,
+            pb::GetCartRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cart.cart.unwrap().user_id, ann.id);
+    let err = r
+        .sign_up(pb::SignUpRequest {
+            username: "zoe".into(),
+            password: harness::PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "sign-up is a write: {err:?}"
+    );
     let on_replica = get_product(&mut r, tea.id.clone()).await;
     let on_primary = get_product(&mut p, tea.id.clone()).await;
     assert_eq!(on_replica, on_primary);
     assert_eq!(on_replica.stock, 8);
     let o = order.order.unwrap();
     assert_eq!(
-        r.get_order(pb::GetOrderRequest {
-            order_id: o.id.clone()
-        })
+        r.get_order(harness::as_user(
+            &ann,
+            pb::GetOrderRequest {
+                order_id: o.id.clone()
+            }
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use concord::pb::shop::v1 as pb;
 use harness::{
-    add_to_cart, admin, create, get_order, get_product, new_product, place_order, start,
+    add_to_cart, admin, as_user, create, get_order, get_product, new_product, place_order, sign_up,
+    start,
 };
 use tonic::Code;
 
@@ -83,10 +84,11 @@ async fn full_flow() {
     assert_eq!(spoons.products.len(), 10);
 
     // Cart: merge, set, remove, totals at current prices.
-    let user = "alice".to_string();
-    add_to_cart(&mut c, user.clone(), tea.id.clone(), 1).await;
-    add_to_cart(&mut c, user.clone(), tea.id.clone(), 2).await;
-    let cart = add_to_cart(&mut c, user.clone(), mug.id.clone(), 1)
+    let alice = sign_up(&mut c, "alice").await;
+    let user = alice.id.clone();
+    add_to_cart(&mut c, &alice, tea.id.clone(), 1).await;
+    add_to_cart(&mut c, &alice, tea.id.clone(), 2).await;
+    let cart = add_to_cart(&mut c, &alice, mug.id.clone(), 1)
         .await
         .cart
         .unwrap();
@@ -94,24 +96,33 @@ async fn full_flow() {
     assert_eq!(cart.lines[0].quantity, 3);
     assert_eq!(cart.total_minor, 3 * 500 + 1200);
     assert_eq!(cart.currency, "EUR");
-    c.set_cart_item_quantity(pb::SetCartItemQuantityRequest {
-        user_id: user.clone(),
-        product_id: mug.id.clone(),
-        quantity: 2,
-    })
+    c.set_cart_item_quantity(as_user(
+        &alice,
+        pb::SetCartItemQuantityRequest {
+            user_id: user.clone(),
+            product_id: mug.id.clone(),
+            quantity: 2,
+        },
+    ))
     .await
     .unwrap();
-    add_to_cart(&mut c, user.clone(), "p-000000000003".into(), 1).await;
-    c.remove_cart_item(pb::RemoveCartItemRequest {
-        user_id: user.clone(),
-        product_id: "p-000000000003".into(),
-    })
+    add_to_cart(&mut c, &alice, "p-000000000003".into(), 1).await;
+    c.remove_cart_item(as_user(
+        &alice,
+        pb::RemoveCartItemRequest {
+            user_id: String::new(), // empty: the session's own
+            product_id: "p-000000000003".into(),
+        },
+    ))
     .await
     .unwrap();
     let cart = c
-        .get_cart(pb::GetCartRequest {
-            user_id: user.clone(),
-        })
+        .get_cart(as_user(
+            &alice,
+            pb::GetCartRequest {
+                user_id: user.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -121,10 +132,13 @@ async fn full_flow() {
 
     // Order: snapshot, stock decrement, cart cleared.
     let placed = c
-        .place_order(pb::PlaceOrderRequest {
-            user_id: user.clone(),
-            idempotency_key: "checkout-1".into(),
-        })
+        .place_order(as_user(
+            &alice,
+            pb::PlaceOrderRequest {
+                user_id: user.clone(),
+                idempotency_key: "checkout-1".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -136,9 +150,9 @@ async fn full_flow() {
     let tea_now = get_product(&mut c, tea.id.clone()).await;
     assert_eq!(tea_now.stock, 17);
     let cart = c
-        .get_cart(pb::GetCartRequest {
+        .get_cart(admin(pb::GetCartRequest {
             user_id: user.clone(),
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -155,12 +169,26 @@ async fn full_flow() {
     .unwrap();
     let fetched = get_order(&mut c, order.id.clone()).await;
     assert_eq!(fetched, order);
+    let own = c
+        .get_order(as_user(
+            &alice,
+            pb::GetOrderRequest {
+                order_id: order.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.order.unwrap(), order);
     let listed = c
-        .list_orders(pb::ListOrdersRequest {
-            user_id: user.clone(),
-            page_size: 0,
-            page_token: String::new(),
-        })
+        .list_orders(as_user(
+            &alice,
+            pb::ListOrdersRequest {
+                user_id: user.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -237,8 +265,9 @@ async fn order_status_change_needs_admin_token() {
     let shop = start(dir.path(), |_| {}).await;
     let mut c = shop.client();
     let p = create(&mut c, "Tea", 300, 10).await;
-    add_to_cart(&mut c, "eve".into(), p.id.clone(), 1).await;
-    let order = place_order(&mut c, "eve".into(), "eve-1".into()).await;
+    let eve = sign_up(&mut c, "eve").await;
+    add_to_cart(&mut c, &eve, p.id.clone(), 1).await;
+    let order = place_order(&mut c, &eve, "eve-1".into()).await;
     let lsn = shop.last_lsn().await;
     let paid = || pb::UpdateOrderStatusRequest {
         order_id: order.id.clone(),
@@ -250,6 +279,15 @@ async fn order_status_change_needs_admin_token() {
     concord::auth::attach_bearer(&mut wrong, "nope");
     let err = c.update_order_status(wrong).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c
+        .update_order_status(as_user(&eve, paid()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a customer's session is no admin token"
+    );
     assert_eq!(shop.last_lsn().await, lsn, "nothing written");
     let unchanged = get_order(&mut c, order.id.clone()).await;
     assert_eq!(unchanged.status, pb::OrderStatus::Pending as i32);
@@ -271,15 +309,26 @@ async fn place_order_is_idempotent() {
     let shop = start(dir.path(), |_| {}).await;
     let mut c = shop.client();
     let p = create(&mut c, "Tea", 300, 10).await;
-    let add = |q| pb::AddCartItemRequest {
-        user_id: "bob".into(),
-        product_id: p.id.clone(),
-        quantity: q,
+    let bob = sign_up(&mut c, "bob").await;
+    let add = |q| {
+        as_user(
+            &bob,
+            pb::AddCartItemRequest {
+                user_id: bob.id.clone(),
+                product_id: p.id.clone(),
+                quantity: q,
+            },
+        )
     };
     c.add_cart_item(add(2)).await.unwrap();
-    let place = || pb::PlaceOrderRequest {
-        user_id: "bob".into(),
-        idempotency_key: "k-1".into(),
+    let place = || {
+        as_user(
+            &bob,
+            pb::PlaceOrderRequest {
+                user_id: bob.id.clone(),
+                idempotency_key: "k-1".into(),
+            },
+        )
     };
     let first = c.place_order(place()).await.unwrap().into_inner();
     let lsn = shop.last_lsn().await;
@@ -311,13 +360,19 @@ async fn reused_long_idempotency_key_is_quoted_within_bound() {
     let p = create(&mut c, "Tea", 300, 10).await;
     let key = format!("{}{}", "a".repeat(64), "b".repeat(64));
     assert_eq!(key.len(), 128, "the longest key validation allows");
-    let place = || pb::PlaceOrderRequest {
-        user_id: "bob".into(),
-        idempotency_key: key.clone(),
+    let bob = sign_up(&mut c, "bob").await;
+    let place = || {
+        as_user(
+            &bob,
+            pb::PlaceOrderRequest {
+                user_id: bob.id.clone(),
+                idempotency_key: key.clone(),
+            },
+        )
     };
-    add_to_cart(&mut c, "bob".into(), p.id.clone(), 1).await;
+    add_to_cart(&mut c, &bob, p.id.clone(), 1).await;
     c.place_order(place()).await.unwrap();
-    add_to_cart(&mut c, "bob".into(), p.id.clone(), 2).await;
+    add_to_cart(&mut c, &bob, p.id.clone(), 2).await;
     let err = c.place_order(place()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains(&"a".repeat(64)), "{}", err.message());
@@ -326,28 +381,37 @@ async fn reused_long_idempotency_key_is_quoted_within_bound() {
     shop.stop().await;
 }
 
-/// 200 concurrent PlaceOrder calls from different users race for 10 units: exactly 10
-/// orders, stock 0, the rest FAILED_PRECONDITION.
+/// 60 concurrent PlaceOrder calls from different signed-in users race for 10 units:
+/// exactly 10 orders, stock 0, the rest FAILED_PRECONDITION.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversell_race() {
     let dir = tempfile::tempdir().unwrap();
     let shop = start(dir.path(), |_| {}).await;
     let mut c = shop.client();
     let hot = create(&mut c, "Limited edition", 9_900, 10).await;
-    for u in 0..200 {
-        add_to_cart(&mut c, format!("user{u}"), hot.id.clone(), 1).await;
+    // 60, not 200: every racer signs up first, and each sign-up is one Argon2 hash.
+    const RACERS: usize = 60;
+    let mut users = Vec::new();
+    for u in 0..RACERS {
+        let user = sign_up(&mut c, &format!("user{u}")).await;
+        add_to_cart(&mut c, &user, hot.id.clone(), 1).await;
+        users.push(user);
     }
-    let barrier = Arc::new(tokio::sync::Barrier::new(200));
-    let calls: Vec<_> = (0..200)
-        .map(|u| {
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let calls: Vec<_> = users
+        .into_iter()
+        .map(|user| {
             let mut c = c.clone();
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                c.place_order(pb::PlaceOrderRequest {
-                    user_id: format!("user{u}"),
-                    idempotency_key: "buy".into(),
-                })
+                c.place_order(as_user(
+                    &user,
+                    pb::PlaceOrderRequest {
+                        user_id: user.id.clone(),
+                        idempotency_key: "buy".into(),
+                    },
+                ))
                 .await
             })
         })
@@ -378,9 +442,9 @@ async fn status_machine_table() {
     for from in all {
         for to in all {
             n += 1;
-            let user = format!("u{n}");
-            add_to_cart(&mut c, user.clone(), p.id.clone(), 1).await;
-            let order = place_order(&mut c, user, "k".into()).await;
+            let user = sign_up(&mut c, &format!("user{n}")).await;
+            add_to_cart(&mut c, &user, p.id.clone(), 1).await;
+            let order = place_order(&mut c, &user, "k".into()).await;
             let path: &[pb::OrderStatus] = match from {
                 Paid => &[Paid],
                 Shipped => &[Paid, Shipped],
@@ -444,14 +508,23 @@ async fn bad_input_table() {
     let shop = start(dir.path(), |_| {}).await;
     let mut c = shop.client();
     let p = create(&mut c, "Tea", 100, 3).await;
-    add_to_cart(&mut c, "eve".into(), p.id.clone(), 1).await;
+    let eve = sign_up(&mut c, "eve").await;
+    let zed = sign_up(&mut c, "zed").await;
+    add_to_cart(&mut c, &eve, p.id.clone(), 1).await;
     let lsn = shop.last_lsn().await;
 
     let id = p.id.clone();
-    let add = move |user: &str, product: &str, quantity: i64| pb::AddCartItemRequest {
-        user_id: user.into(),
-        product_id: product.into(),
-        quantity,
+    let eve_id = eve.id.clone();
+    let add = |user: &str, product: &str, quantity: i64| {
+        let user = if user == "eve" { eve_id.as_str() } else { user };
+        as_user(
+            &eve,
+            pb::AddCartItemRequest {
+                user_id: user.into(),
+                product_id: product.into(),
+                quantity,
+            },
+        )
     };
     let create_req =
         |name: &str, price: i64, stock: i64, currency: &str| pb::CreateProductRequest {
@@ -602,70 +675,91 @@ async fn bad_input_table() {
     );
     case!(
         "bad user",
-        Code::InvalidArgument,
+        Code::PermissionDenied,
         c.add_cart_item(add("eve\n", &id, 1))
     );
     case!(
-        "empty user",
+        "admin reads without a user",
         Code::InvalidArgument,
-        c.get_cart(pb::GetCartRequest {
+        c.get_cart(admin(pb::GetCartRequest {
             user_id: String::new()
-        })
+        }))
     );
     case!(
         "set missing line",
         Code::NotFound,
-        c.set_cart_item_quantity(pb::SetCartItemQuantityRequest {
-            user_id: "zed".into(),
-            product_id: id.clone(),
-            quantity: 1
-        })
+        c.set_cart_item_quantity(as_user(
+            &zed,
+            pb::SetCartItemQuantityRequest {
+                user_id: zed.id.clone(),
+                product_id: id.clone(),
+                quantity: 1
+            }
+        ))
     );
     case!(
         "remove missing line",
         Code::NotFound,
-        c.remove_cart_item(pb::RemoveCartItemRequest {
-            user_id: "zed".into(),
-            product_id: id.clone()
-        })
+        c.remove_cart_item(as_user(
+            &zed,
+            pb::RemoveCartItemRequest {
+                user_id: zed.id.clone(),
+                product_id: id.clone()
+            }
+        ))
     );
     case!(
         "empty cart order",
         Code::FailedPrecondition,
-        c.place_order(pb::PlaceOrderRequest {
-            user_id: "zed".into(),
-            idempotency_key: "k".into()
-        })
+        c.place_order(as_user(
+            &zed,
+            pb::PlaceOrderRequest {
+                user_id: zed.id.clone(),
+                idempotency_key: "k".into()
+            }
+        ))
     );
     case!(
         "empty key",
         Code::InvalidArgument,
-        c.place_order(pb::PlaceOrderRequest {
-            user_id: "eve".into(),
-            idempotency_key: String::new()
-        })
+        c.place_order(as_user(
+            &eve,
+            pb::PlaceOrderRequest {
+                user_id: eve.id.clone(),
+                idempotency_key: String::new()
+            }
+        ))
     );
     case!(
         "long key",
         Code::InvalidArgument,
-        c.place_order(pb::PlaceOrderRequest {
-            user_id: "eve".into(),
-            idempotency_key: "k".repeat(129)
-        })
+        c.place_order(as_user(
+            &eve,
+            pb::PlaceOrderRequest {
+                user_id: eve.id.clone(),
+                idempotency_key: "k".repeat(129)
+            }
+        ))
     );
     case!(
         "unknown order",
         Code::NotFound,
-        c.get_order(pb::GetOrderRequest {
-            order_id: "o-5".into()
-        })
+        c.get_order(as_user(
+            &eve,
+            pb::GetOrderRequest {
+                order_id: "o-5".into()
+            }
+        ))
     );
     case!(
         "malformed order",
         Code::InvalidArgument,
-        c.get_order(pb::GetOrderRequest {
-            order_id: "5".into()
-        })
+        c.get_order(as_user(
+            &eve,
+            pb::GetOrderRequest {
+                order_id: "5".into()
+            }
+        ))
     );
     case!(
         "bad page token",
@@ -678,20 +772,26 @@ async fn bad_input_table() {
     case!(
         "bad orders token",
         Code::InvalidArgument,
-        c.list_orders(pb::ListOrdersRequest {
-            user_id: "eve".into(),
-            page_size: 1,
-            page_token: "p-1".into()
-        })
+        c.list_orders(as_user(
+            &eve,
+            pb::ListOrdersRequest {
+                user_id: eve.id.clone(),
+                page_size: 1,
+                page_token: "p-1".into()
+            }
+        ))
     );
     // Huge values: refused, and never echoed back whole (a 16 KB header limit must do).
     let huge = "9".repeat(3 * 1024 * 1024);
     case!(
         "huge order id",
         Code::InvalidArgument,
-        c.get_order(pb::GetOrderRequest {
-            order_id: format!("o-{huge}")
-        })
+        c.get_order(as_user(
+            &eve,
+            pb::GetOrderRequest {
+                order_id: format!("o-{huge}")
+            }
+        ))
     );
     case!(
         "huge page token",
@@ -709,9 +809,9 @@ async fn bad_input_table() {
     case!(
         "huge user id",
         Code::InvalidArgument,
-        c.get_cart(pb::GetCartRequest {
+        c.get_cart(admin(pb::GetCartRequest {
             user_id: huge.clone()
-        })
+        }))
     );
     case!(
         "huge currency",

@@ -385,9 +385,10 @@ impl From<shop::Order> for Order {
 }
 
 /// Body of `POST /api/orders` (the key comes in the `Idempotency-Key` header).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct NewOrder {
-    /// Whose cart to check out.
+    /// Whose cart to check out: the session's own (empty or absent), never someone else's.
+    #[serde(default)]
     pub user_id: String,
 }
 
@@ -422,7 +423,8 @@ pub struct NewOrderStatus {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct OrderQuery {
-    /// Whose orders.
+    /// Whose orders: the session's own when empty or absent; any user's with the admin token.
+    #[serde(default)]
     pub user_id: String,
     /// Orders per page, 1..=500 (0 or absent means 50).
     #[serde(default)]
@@ -439,6 +441,73 @@ pub struct OrderPage {
     pub orders: Vec<Order>,
     /// Token for the next page; empty on the last.
     pub next_page_token: String,
+}
+
+/// Query of `GET /api/admin/orders`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AllOrdersQuery {
+    /// Only orders in this status (absent: all).
+    #[serde(default)]
+    pub status: Option<OrderStatus>,
+    /// Orders per page, 1..=500 (0 or absent means 50).
+    #[serde(default)]
+    pub page_size: u32,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    pub page_token: String,
+}
+
+// ---------------------------------------------------------------- accounts
+
+/// Body of `POST /api/signup` and `POST /api/signin`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Credentials {
+    /// Username: 3..=64 characters of `[A-Za-z0-9._@-]` (any case at sign-in).
+    pub username: String,
+    /// Password: 8..=128 characters.
+    pub password: String,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A customer account (never its password).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CustomerAccount {
+    /// Opaque id (`u-…`): the `user_id` of the account's carts and orders.
+    pub user_id: String,
+    /// Name chosen at sign-up.
+    pub username: String,
+    /// Creation time, ms since the epoch.
+    pub created_at_unix_ms: i64,
+}
+
+impl From<shop::Account> for CustomerAccount {
+    fn from(a: shop::Account) -> Self {
+        Self {
+            user_id: a.user_id,
+            username: a.username,
+            created_at_unix_ms: a.created_at_unix_ms,
+        }
+    }
+}
+
+/// Reply of sign-up and sign-in: the account; the session itself travels only in the
+/// `HttpOnly` cookie, out of reach of page scripts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SignedIn {
+    /// The account signed in.
+    pub account: CustomerAccount,
+    /// When the session ends, ms since the epoch.
+    pub expires_at_unix_ms: i64,
 }
 
 // ---------------------------------------------------------------- predict

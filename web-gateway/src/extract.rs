@@ -1,7 +1,7 @@
 //! Request extractors whose rejections are the gateway's [`Error`], so a malformed body,
 //! query or path is a `400` JSON error carrying the parser's reason (and an oversized body
 //! a `413`), never axum's plain-text default; plus the per-call context (request id,
-//! bearer token passed through, deadline) and the `Idempotency-Key` header.
+//! bearer token or session cookie passed through, deadline) and the `Idempotency-Key` header.
 
 use axum::{
     extract::{FromRequest, FromRequestParts},
@@ -41,10 +41,12 @@ impl FromRequestParts<AppState> for CallContext {
             .map(str::to_owned);
         // Only a bearer token is passed through; any other scheme is dropped, so a route
         // that needs a token answers 401 from the backend rather than the gateway guessing.
+        // Without one, the session cookie's token is sent as the bearer (see `session`).
         let bearer = parts
             .headers
             .get(AUTHORIZATION)
-            .and_then(|value| bearer_token(value.to_str().ok()));
+            .and_then(|value| bearer_token(value.to_str().ok()))
+            .or_else(|| crate::session::from_headers(&parts.headers));
         Ok(CallContext {
             request_id,
             bearer,

@@ -30,8 +30,11 @@
 //! server stops accepting and gives open requests [`SHUTDOWN_GRACE`] to finish, then drops
 //! the connections still open.
 //!
-//! Non-goals: authentication of its own (bearer tokens are passed through to the services
-//! that check them), TLS, caching of replies.
+//! Customer sessions: sign-up and sign-in keep the shop's session token in an `HttpOnly`,
+//! `SameSite=Strict` cookie that every call forwards as the bearer token ([`session`]).
+//!
+//! Non-goals: authentication of its own (bearer tokens and the session cookie are passed
+//! through to the services that check them), TLS, caching of replies.
 
 pub mod backends;
 pub mod dto;
@@ -39,6 +42,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod session;
 pub mod state;
 
 use std::{
@@ -101,6 +105,9 @@ pub struct Config {
     pub credential: Option<concord::identity::Credential>,
     /// Header-read timeout and connection limit of the HTTP listener ([`edge`]).
     pub limits: edge::Limits,
+    /// Mark the session cookie `Secure`: set it when browsers reach the gateway over
+    /// HTTPS (a TLS-terminating proxy in front), or they would not send the cookie back.
+    pub secure_cookies: bool,
 }
 
 impl Default for Config {
@@ -114,6 +121,7 @@ impl Default for Config {
             lease_ttl: concord::config::DEFAULT_LEASE_TTL,
             credential: None,
             limits: edge::Limits::default(),
+            secure_cookies: false,
         }
     }
 }
@@ -177,6 +185,7 @@ pub async fn serve(
         cluster_refresh: config.cluster_refresh,
         shutdown_rx,
         openapi_json: Arc::new(openapi_json),
+        secure_cookies: config.secure_cookies,
     };
 
     let request_id = HeaderName::from_static(extract::REQUEST_ID);

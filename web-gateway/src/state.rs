@@ -19,6 +19,8 @@ pub struct AppState {
     pub shutdown_rx: watch::Receiver<bool>,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi_json: Arc<String>,
+    /// Whether the session cookie is marked `Secure` (HTTPS in front of the gateway).
+    pub secure_cookies: bool,
 }
 
 impl AppState {

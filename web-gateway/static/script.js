@@ -85,8 +85,61 @@ function money(minor, currency) {
   return `${(minor / 100).toFixed(2)} ${currency || ""}`.trim();
 }
 
-function userId() {
-  return $("user-id").value.trim();
+// ------------------------------------------------------------------ account
+//
+// The session lives in an HttpOnly cookie this script cannot read: it only learns who is
+// signed in from /api/account and the sign-in replies. Cart and order calls use the
+// account's own paths (/api/carts/me, /api/orders) and the browser sends the cookie.
+
+let account = null;
+
+function renderAccount() {
+  const signedIn = account !== null;
+  $("account-name").textContent = signedIn ? account.username : "not signed in";
+  $("account-name").dataset.userId = signedIn ? account.user_id : "";
+  for (const id of ["username", "password", "sign-in", "sign-up"]) $(id).hidden = signedIn;
+  $("sign-out").hidden = !signedIn;
+}
+
+async function loadAccount() {
+  try {
+    account = await api("GET", "/api/account");
+  } catch (_) {
+    account = null; // 401: not signed in (or the session expired)
+  }
+  renderAccount();
+  refreshUser();
+}
+
+async function signIn(kind) {
+  const body = { username: $("username").value.trim(), password: $("password").value };
+  try {
+    const reply = await api("POST", kind === "up" ? "/api/signup" : "/api/signin", body);
+    account = reply.account;
+    $("password").value = "";
+    showError("account-error", null);
+  } catch (err) {
+    showError("account-error", err);
+  }
+  renderAccount();
+  refreshUser();
+}
+
+async function signOut() {
+  try {
+    await api("POST", "/api/signout");
+  } catch (err) {
+    showError("account-error", err);
+  }
+  account = null;
+  renderAccount();
+  refreshUser();
+}
+
+function needAccount(errorId) {
+  if (account) return true;
+  showError(errorId, new Error("Sign in or sign up first."));
+  return false;
 }
 
 function newIdempotencyKey() {
@@ -136,10 +189,12 @@ function renderProducts(products) {
 // ------------------------------------------------------------------ cart
 
 async function loadCart() {
-  const user = userId();
-  if (!user) return;
+  if (!account) {
+    renderCart({ lines: [], total_minor: 0, currency: "" });
+    return;
+  }
   try {
-    renderCart(await api("GET", `/api/carts/${encodeURIComponent(user)}`));
+    renderCart(await api("GET", "/api/carts/me"));
     showError("cart-error", null);
   } catch (err) {
     showError("cart-error", err);
@@ -169,13 +224,9 @@ function renderCart(cart) {
 }
 
 async function cartWrite(method, suffix, body) {
-  const user = userId();
-  if (!user) {
-    showError("cart-error", new Error("Enter a user id first."));
-    return;
-  }
+  if (!needAccount("cart-error")) return;
   try {
-    const reply = await api(method, `/api/carts/${encodeURIComponent(user)}${suffix}`, body);
+    const reply = await api(method, `/api/carts/me${suffix}`, body);
     if (reply.cart) renderCart(reply.cart);
     showError("cart-error", null);
   } catch (err) {
@@ -192,15 +243,11 @@ function addToCart(productId, quantity) {
 let pendingCheckoutKey = null;
 
 async function checkout() {
-  const user = userId();
   showMessage("checkout-result", "");
-  if (!user) {
-    showError("cart-error", new Error("Enter a user id first."));
-    return;
-  }
+  if (!needAccount("cart-error")) return;
   pendingCheckoutKey = pendingCheckoutKey || newIdempotencyKey();
   try {
-    const reply = await api("POST", "/api/orders", { user_id: user },
+    const reply = await api("POST", "/api/orders", {},
       { "idempotency-key": pendingCheckoutKey });
     pendingCheckoutKey = null;
     const order = reply.order || {};
@@ -219,10 +266,12 @@ async function checkout() {
 // ------------------------------------------------------------------ orders
 
 async function loadOrders() {
-  const user = userId();
-  if (!user) return;
+  if (!account) {
+    renderOrders([]);
+    return;
+  }
   try {
-    const page = await api("GET", `/api/orders?user_id=${encodeURIComponent(user)}&page_size=50`);
+    const page = await api("GET", "/api/orders?page_size=50");
     renderOrders(page.orders);
     showError("orders-error", null);
   } catch (err) {
@@ -653,7 +702,12 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     loadProducts();
   });
-  $("user-id").addEventListener("change", refreshUser);
+  $("account-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn("in");
+  });
+  $("sign-up").addEventListener("click", () => signIn("up"));
+  $("sign-out").addEventListener("click", signOut);
   $("checkout").addEventListener("click", checkout);
   $("cart-clear").addEventListener("click", () => cartWrite("DELETE", ""));
   $("pf-create").addEventListener("click", () => adminAction("create"));
@@ -665,7 +719,7 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   $("ledger-verify").addEventListener("click", verifyLedger);
   loadProducts();
-  refreshUser();
+  loadAccount();
   loadStakes();
   drawChart();
   connectEvents();

@@ -1,6 +1,6 @@
 //! Drives the UI in headless Chromium (fantoccini over chromedriver) against a real
 //! cluster on loopback: registry, gateway, a shop primary with an async replica, the five
-//! default prediction nodes and the aggregator. The journey: admin form, cart, checkout,
+//! default prediction nodes and the aggregator. The journey: admin form, sign-up, cart, checkout,
 //! order history with the stock decremented, order status, prediction with five vote rows,
 //! outcome report, ledger chart, then the shop primary is killed (no deregistration) and the
 //! cluster panel must show the replica promoted to primary at term 2.
@@ -274,6 +274,23 @@ async fn journey(
     click(client, "#pf-create").await?;
     wait_text(client, "#admin-result", |t| t.starts_with("Created p-")).await?;
 
+    // Without an account the cart refuses; sign up (the session is an HttpOnly cookie).
+    wait_text(client, "#account-name", |t| t == "not signed in").await?;
+    fill(client, "#username", "alice").await?;
+    fill(client, "#password", "correct horse battery").await?;
+    click(client, "#sign-up").await?;
+    wait_text(client, "#account-name", |t| t == "alice").await?;
+    let cookie_visible: serde_json::Value = client
+        .execute(
+            "return document.cookie.includes('concord_session');",
+            vec![],
+        )
+        .await?;
+    anyhow::ensure!(
+        cookie_visible == false,
+        "the session cookie must be HttpOnly"
+    );
+
     // Cart: two units of it.
     wait_exactly(client, "[data-testid=product-row]", 1).await?;
     wait_text(client, "[data-testid=product-stock]", |t| {
@@ -386,6 +403,14 @@ async fn journey(
     )
     .await?;
     wait_exactly(client, "#shop-error:not([hidden])", 0).await?;
+
+    // The session survives the failover (both shops share the key) and sign-out ends it.
+    client.refresh().await?;
+    wait_text(client, "#account-name", |t| t == "alice").await?;
+    wait_exactly(client, "[data-testid=order-row]", 1).await?;
+    click(client, "#sign-out").await?;
+    wait_text(client, "#account-name", |t| t == "not signed in").await?;
+    wait_exactly(client, "[data-testid=order-row]", 0).await?;
     drop(primary.dir);
     Ok(())
 }

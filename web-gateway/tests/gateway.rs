@@ -419,6 +419,11 @@ async fn openapi_documents_every_route() -> Result<()> {
         ("get", "/api/orders"),
         ("get", "/api/orders/{order_id}"),
         ("put", "/api/orders/{order_id}/status"),
+        ("get", "/api/admin/orders"),
+        ("post", "/api/signup"),
+        ("post", "/api/signin"),
+        ("post", "/api/signout"),
+        ("get", "/api/account"),
         ("get", "/api/predict"),
         ("post", "/api/predict"),
         ("post", "/api/outcomes"),
@@ -563,29 +568,41 @@ async fn shop_round_trip_through_http() -> Result<()> {
         .await?;
     assert_eq!(page["products"].as_array().map(Vec::len), Some(1));
 
+    let alice = sign_up(&h, "alice").await?;
     let response = h
         .http
-        .post(h.url("/api/carts/alice/items"))
+        .post(h.url("/api/carts/me/items"))
+        .header("cookie", &alice.cookie)
         .json(&serde_json::json!({"product_id": id, "quantity": 2}))
         .send()
         .await?;
     assert_eq!(response.status(), 200);
     let response = h
         .http
-        .put(h.url(&format!("/api/carts/alice/items/{id}")))
+        .put(h.url(&format!("/api/carts/{}/items/{id}", alice.user_id)))
+        .header("cookie", &alice.cookie)
         .json(&serde_json::json!({"quantity": 3}))
         .send()
         .await?;
     assert_eq!(response.status(), 200);
-    let cart: Value = h.get("/api/carts/alice").await?.json().await?;
+    let get_as = |path: String, cookie: String| {
+        let request = h.http.get(h.url(&path)).header("cookie", cookie);
+        async move { Ok::<_, anyhow::Error>(request.send().await?) }
+    };
+    let cart: Value = get_as("/api/carts/me".into(), alice.cookie.clone())
+        .await?
+        .json()
+        .await?;
     assert_eq!(cart["total_minor"], 3750);
     assert_eq!(cart["lines"][0]["quantity"], 3);
+    assert_eq!(cart["user_id"], alice.user_id.as_str());
 
     let place = || {
         h.http
             .post(h.url("/api/orders"))
+            .header("cookie", &alice.cookie)
             .header("idempotency-key", "checkout-1")
-            .json(&serde_json::json!({"user_id": "alice"}))
+            .json(&serde_json::json!({}))
             .send()
     };
     let response = place().await?;
@@ -603,7 +620,10 @@ async fn shop_round_trip_through_http() -> Result<()> {
     assert_eq!(replay["replayed"], true);
     assert_eq!(replay["order"]["id"], order_id.as_str());
 
-    let cart: Value = h.get("/api/carts/alice").await?.json().await?;
+    let cart: Value = get_as("/api/carts/me".into(), alice.cookie.clone())
+        .await?
+        .json()
+        .await?;
     assert_eq!(
         cart["lines"],
         serde_json::json!([]),
@@ -612,10 +632,12 @@ async fn shop_round_trip_through_http() -> Result<()> {
     let product: Value = h.get(&format!("/api/products/{id}")).await?.json().await?;
     assert_eq!(product["stock"], 7, "placing takes stock");
 
-    let orders: Value = h.get("/api/orders?user_id=alice").await?.json().await?;
+    let orders: Value = get_as("/api/orders".into(), alice.cookie.clone())
+        .await?
+        .json()
+        .await?;
     assert_eq!(orders["orders"].as_array().map(Vec::len), Some(1));
-    let order: Value = h
-        .get(&format!("/api/orders/{order_id}"))
+    let order: Value = get_as(format!("/api/orders/{order_id}"), alice.cookie.clone())
         .await?
         .json()
         .await?;
@@ -639,8 +661,15 @@ async fn shop_round_trip_through_http() -> Result<()> {
         .send()
         .await?;
     expect_error(response, 401, "unauthenticated").await?;
-    let order: Value = h
-        .get(&format!("/api/orders/{order_id}"))
+    let response = h
+        .http
+        .put(&status_url)
+        .header("cookie", &alice.cookie)
+        .json(&serde_json::json!({"status": "paid"}))
+        .send()
+        .await?;
+    expect_error(response, 401, "unauthenticated").await?;
+    let order: Value = get_as(format!("/api/orders/{order_id}"), alice.cookie.clone())
         .await?
         .json()
         .await?;
@@ -664,8 +693,18 @@ async fn shop_round_trip_through_http() -> Result<()> {
         .await?;
     expect_error(response, 409, "failed_precondition").await?;
 
-    expect_error(h.get("/api/orders/o-999999").await?, 404, "not_found").await?;
-    expect_error(h.get("/api/orders/bogus").await?, 400, "invalid_argument").await?;
+    expect_error(
+        get_as("/api/orders/o-999999".into(), alice.cookie.clone()).await?,
+        404,
+        "not_found",
+    )
+    .await?;
+    expect_error(
+        get_as("/api/orders/bogus".into(), alice.cookie.clone()).await?,
+        400,
+        "invalid_argument",
+    )
+    .await?;
     let response = h
         .http
         .delete(h.url(&format!("/api/products/{id}")))
@@ -687,6 +726,190 @@ async fn shop_round_trip_through_http() -> Result<()> {
         "{view}"
     );
     assert_eq!(view["shops"][0]["replication"]["role"], "primary", "{view}");
+
+    shop.stop().await?;
+    h.stop().await
+}
+
+/// Customer accounts over HTTP: the session cookie's attributes, 409 for a taken name, 401
+/// for a wrong password or no session, 403 for another user's cart, 404 for another
+/// customer's order, cross-site cookie writes refused, sign-out, and the admin's list.
+#[tokio::test]
+async fn accounts_through_http() -> Result<()> {
+    let h = Harness::start().await?;
+    let shop = start_shop(&h.registry_addr()).await?;
+    assert_eq!(wait_until_served(&h, "/api/products").await?.status(), 200);
+    let response = h
+        .http
+        .post(h.url("/api/products"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "Tea", "price_minor": 300, "stock": 9}))
+        .send()
+        .await?;
+    let created: Value = response.json().await?;
+    let id = created["product"]["id"].as_str().context("id")?.to_owned();
+
+    let response = h
+        .http
+        .post(h.url("/api/signup"))
+        .json(&serde_json::json!({"username": "Alice", "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .context("set-cookie")?
+        .to_owned();
+    for want in [
+        "concord_session=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(set_cookie.contains(want), "{want} in {set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    let body: Value = response.json().await?;
+    assert_eq!(body["account"]["username"], "Alice");
+    assert!(body.get("token").is_none() && !body.to_string().contains(PASSWORD));
+    let alice = Customer {
+        user_id: body["account"]["user_id"]
+            .as_str()
+            .context("id")?
+            .to_owned(),
+        cookie: set_cookie.split(';').next().unwrap_or_default().to_owned(),
+    };
+
+    let response = h
+        .http
+        .post(h.url("/api/signup"))
+        .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await?;
+    expect_error(response, 409, "already_exists").await?;
+    let response = h
+        .http
+        .post(h.url("/api/signin"))
+        .json(&serde_json::json!({"username": "alice", "password": "not the password"}))
+        .send()
+        .await?;
+    expect_error(response, 401, "unauthenticated").await?;
+    let response = h
+        .http
+        .post(h.url("/api/signin"))
+        .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let fresh = session_cookie(&response).context("sign-in sets the cookie")?;
+    let me: Value = h
+        .http
+        .get(h.url("/api/account"))
+        .header("cookie", &fresh)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(me["user_id"], alice.user_id.as_str());
+    expect_error(h.get("/api/account").await?, 401, "unauthenticated").await?;
+    expect_error(h.get("/api/carts/me").await?, 401, "unauthenticated").await?;
+
+    let response = h
+        .http
+        .post(h.url("/api/carts/me/items"))
+        .header("cookie", &alice.cookie)
+        .json(&serde_json::json!({"product_id": id, "quantity": 1}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    // The same cookie write from another site's page is refused before the shop sees it.
+    let response = h
+        .http
+        .post(h.url("/api/carts/me/items"))
+        .header("cookie", &alice.cookie)
+        .header("sec-fetch-site", "cross-site")
+        .json(&serde_json::json!({"product_id": id, "quantity": 1}))
+        .send()
+        .await?;
+    expect_error(response, 403, "permission_denied").await?;
+    let response = h
+        .http
+        .post(h.url("/api/orders"))
+        .header("cookie", &alice.cookie)
+        .header("idempotency-key", "a-1")
+        .json(&serde_json::json!({}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let placed: Value = response.json().await?;
+    let order_id = placed["order"]["id"].as_str().context("order")?.to_owned();
+
+    let bob = sign_up(&h, "bob").await?;
+    let as_bob = |path: String| {
+        h.http
+            .get(h.url(&path))
+            .header("cookie", &bob.cookie)
+            .send()
+    };
+    expect_error(
+        as_bob(format!("/api/orders/{order_id}")).await?,
+        404,
+        "not_found",
+    )
+    .await?;
+    expect_error(
+        as_bob(format!("/api/carts/{}", alice.user_id)).await?,
+        403,
+        "permission_denied",
+    )
+    .await?;
+    expect_error(
+        as_bob(format!("/api/orders?user_id={}", alice.user_id)).await?,
+        403,
+        "permission_denied",
+    )
+    .await?;
+    let response = h
+        .http
+        .post(h.url("/api/orders"))
+        .header("cookie", &bob.cookie)
+        .header("idempotency-key", "steal")
+        .json(&serde_json::json!({"user_id": alice.user_id}))
+        .send()
+        .await?;
+    expect_error(response, 403, "permission_denied").await?;
+
+    let all: Value = h
+        .http
+        .get(h.url("/api/admin/orders?status=pending"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(all["orders"][0]["id"], order_id.as_str(), "{all}");
+    let response = as_bob("/api/admin/orders".into()).await?;
+    expect_error(response, 401, "unauthenticated").await?;
+
+    let response = h
+        .http
+        .post(h.url("/api/signout"))
+        .header("cookie", &alice.cookie)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 204);
+    let cleared = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        cleared.starts_with("concord_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
 
     shop.stop().await?;
     h.stop().await
@@ -766,9 +989,13 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await?;
     let id = created["product"]["id"].as_str().context("id")?.to_owned();
+    // Bob's session is signed by the primary; both shops share the key, so it stays valid
+    // after the failover (his account replicated like every write).
+    let bob = sign_up(&h, "bob").await?;
     let add = |quantity: i64| {
         h.http
-            .post(h.url("/api/carts/bob/items"))
+            .post(h.url("/api/carts/me/items"))
+            .header("cookie", &bob.cookie)
             .json(&serde_json::json!({"product_id": id, "quantity": quantity}))
             .send()
     };
@@ -776,8 +1003,15 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     let place = |key: &'static str| {
         h.http
             .post(h.url("/api/orders"))
+            .header("cookie", &bob.cookie)
             .header("idempotency-key", key)
-            .json(&serde_json::json!({"user_id": "bob"}))
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let get_bobs = |path: String| {
+        h.http
+            .get(h.url(&path))
+            .header("cookie", &bob.cookie)
             .send()
     };
     let response = place("bob-1").await?;
@@ -806,7 +1040,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
         primary.server.abort();
         // The registry still lists the dead primary first (its lease has up to 1 s left):
         // the read fails there with UNAVAILABLE and is retried on the replica.
-        let response = h.get(&order_path).await?;
+        let response = get_bobs(order_path.clone()).await?;
         assert_eq!(response.status(), 200, "read retried on the replica");
         // A write has nowhere to go until the replica promotes itself: 503, not 409.
         let response = place("bob-during-failover").await?;
@@ -814,7 +1048,8 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     } else {
         primary.stop().await?;
     }
-    poll_json(&h, &order_path, |status, _| status == 200).await?;
+    poll_json(&h, "/api/products", |status, _| status == 200).await?;
+    assert_eq!(get_bobs(order_path.clone()).await?.status(), 200);
     let view = poll_json(&h, "/api/cluster", |_, v| {
         v["primary"] == replica_addr.as_str() && v["term"].as_u64() > Some(1)
     })
@@ -831,7 +1066,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     assert_eq!(response.status(), 201);
     let second: Value = response.json().await?;
     assert_ne!(second["order"]["id"], order_id.as_str());
-    let orders: Value = h.get("/api/orders?user_id=bob").await?.json().await?;
+    let orders: Value = get_bobs("/api/orders".into()).await?.json().await?;
     assert_eq!(orders["orders"].as_array().map(Vec::len), Some(2));
 
     replica.stop().await?;
@@ -895,9 +1130,11 @@ async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
     assert_eq!(response.status(), 201, "created on the hinted primary");
     let created: Value = response.json().await?;
     let id = created["product"]["id"].as_str().context("id")?.to_owned();
+    let carol = sign_up(&h, "carol").await?;
     let response = h
         .http
-        .post(h.url("/api/carts/carol/items"))
+        .post(h.url("/api/carts/me/items"))
+        .header("cookie", &carol.cookie)
         .json(&serde_json::json!({"product_id": id, "quantity": 1}))
         .send()
         .await?;

@@ -41,6 +41,10 @@ pub struct Args {
     /// Most HTTP connections open at once (past it the listener stops accepting).
     #[arg(long, env = "CONCORD_GATEWAY_MAX_CONNECTIONS", default_value_t = concord_web_gateway::edge::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Mark the customer session cookie `Secure` (browsers reach the gateway over HTTPS,
+    /// through a TLS-terminating proxy).
+    #[arg(long, env = "CONCORD_GATEWAY_SECURE_COOKIES")]
+    pub secure_cookies: bool,
     /// Mutual TLS towards the gRPC backends (the HTTP listener stays HTTP); plaintext
     /// only to a loopback registry unless --insecure.
     #[command(flatten)]
@@ -70,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             body_read_timeout: args.body_read_timeout,
             max_connections: args.max_connections,
         },
+        secure_cookies: args.secure_cookies,
     };
     config.validate()?;
     let listener = super::bind_and_announce("gateway", args.listen).await?;

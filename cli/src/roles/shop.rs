@@ -16,6 +16,14 @@ pub struct Args {
     /// Token product mutations and Promote require (default: the cluster's stored one).
     #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Key customer session tokens are signed with; both shops of a cluster need the same
+    /// one (`concord up` hands it over). Without it: a random key per start, so sessions
+    /// end with the process and the peer refuses them after a failover.
+    #[arg(long, env = "CONCORD_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
+    /// How long a customer session token is accepted after sign-in.
+    #[arg(long, default_value = "720m", value_parser = crate::up::parse_duration)]
+    pub session_ttl: Duration,
     /// Where the stored secrets are.
     #[command(flatten)]
     pub secrets: super::SecretsSource,
@@ -82,6 +90,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut config = concord_shop::Config::new(args.data_dir);
     config.admin_token = admin_token;
+    config.session_key = args.session_key;
+    config.session_ttl = args.session_ttl;
     config.registry_addr = args.registry;
     config.advertise_addr = args.advertise;
     config.lease_ttl = args.lease_ttl;

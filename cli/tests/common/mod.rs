@@ -222,21 +222,46 @@ pub fn product(name: &str, stock: i64) -> concord::pb::shop::v1::CreateProductRe
     }
 }
 
-/// A user's orders (first page of 10, newest first); panics on an error status.
+/// A user's orders (first page of 10, newest first), read with `token` (the user's
+/// session or the admin token); panics on an error status.
 pub async fn orders_of(
     client: &mut concord::pb::shop::v1::shop_client::ShopClient<tonic::transport::Channel>,
     user: &str,
+    token: &str,
 ) -> Vec<concord::pb::shop::v1::Order> {
     client
-        .list_orders(concord::pb::shop::v1::ListOrdersRequest {
-            user_id: user.to_string(),
-            page_size: 10,
-            page_token: String::new(),
-        })
+        .list_orders(with_bearer(
+            concord::pb::shop::v1::ListOrdersRequest {
+                user_id: user.to_string(),
+                page_size: 10,
+                page_token: String::new(),
+            },
+            token,
+        ))
         .await
         .expect("list orders")
         .into_inner()
         .orders
+}
+
+/// Session key the test shops share (sessions survive their restarts and failovers).
+pub const SESSION_KEY: &str = "cli-test-session-key-cli-test-session-key";
+
+/// Signs up `username` and returns its (user id, session token), or the error status.
+pub async fn sign_up(
+    client: &mut concord::pb::shop::v1::shop_client::ShopClient<tonic::transport::Channel>,
+    username: &str,
+) -> Result<(String, String), tonic::Status> {
+    let reply = client
+        .sign_up(concord::pb::shop::v1::SignUpRequest {
+            username: username.to_string(),
+            password: "correct horse battery".into(),
+        })
+        .await?
+        .into_inner();
+    let user = reply.account.map(|a| a.user_id).unwrap_or_default();
+    let token = reply.session.map(|s| s.token).unwrap_or_default();
+    Ok((user, token))
 }
 
 /// Polls `check` every 20 ms until it holds (true) or `timeout` passes (false).

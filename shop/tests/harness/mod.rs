@@ -14,8 +14,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+/// The Shop client the tests use.
+pub type Client = ShopClient<Channel>;
+
 /// Admin token used by every test server.
 pub const ADMIN: &str = "test-admin-token";
+
+/// Session key every test shop signs with (so sessions survive a failover between them).
+pub const SESSION_KEY: &str = "test-session-key-test-session-key-0123";
 
 /// The shop credential every test shop holds (the test cluster secret's `shop`).
 pub fn shop_credential() -> concord::identity::Credential {
@@ -42,6 +48,7 @@ pub async fn start(data_dir: &std::path::Path, configure: impl FnOnce(&mut Confi
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::new(data_dir);
     config.admin_token = ADMIN.to_string();
+    config.session_key = Some(SESSION_KEY.to_string());
     config.credential = Some(shop_credential());
     configure(&mut config);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -108,19 +115,57 @@ pub async fn get_product(client: &mut ShopClient<Channel>, id: String) -> pb::Pr
         .expect("a product in the reply")
 }
 
-/// Adds `quantity` of a product to a user's cart; panics on an error status.
+/// A signed-in customer: the account's id and a session token.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// `Account.user_id` (`u-…`).
+    pub id: String,
+    /// Session token (JWT).
+    pub token: String,
+}
+
+/// Password every test account signs up with.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Signs `username` up (and so in); panics on an error status.
+pub async fn sign_up(client: &mut ShopClient<Channel>, username: &str) -> User {
+    let reply = client
+        .sign_up(pb::SignUpRequest {
+            username: username.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("sign up")
+        .into_inner();
+    User {
+        id: reply.account.expect("account").user_id,
+        token: reply.session.expect("session").token,
+    }
+}
+
+/// Wraps a message with `user`'s session token.
+pub fn as_user<T>(user: &User, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    concord::auth::attach_bearer(&mut request, &user.token);
+    request
+}
+
+/// Adds `quantity` of a product to `user`'s cart; panics on an error status.
 pub async fn add_to_cart(
     client: &mut ShopClient<Channel>,
-    user_id: String,
+    user: &User,
     product_id: String,
     quantity: i64,
 ) -> pb::AddCartItemResponse {
     client
-        .add_cart_item(pb::AddCartItemRequest {
-            user_id,
-            product_id,
-            quantity,
-        })
+        .add_cart_item(as_user(
+            user,
+            pb::AddCartItemRequest {
+                user_id: user.id.clone(),
+                product_id,
+                quantity,
+            },
+        ))
         .await
         .expect("add to cart")
         .into_inner()
@@ -176,17 +221,20 @@ where
     false
 }
 
-/// Places `user_id`'s cart as an order under `idempotency_key`; panics on failure.
+/// Places `user`'s cart as an order under `idempotency_key`; panics on failure.
 pub async fn place_order(
     client: &mut ShopClient<Channel>,
-    user_id: String,
+    user: &User,
     idempotency_key: String,
 ) -> pb::Order {
     client
-        .place_order(pb::PlaceOrderRequest {
-            user_id,
-            idempotency_key,
-        })
+        .place_order(as_user(
+            user,
+            pb::PlaceOrderRequest {
+                user_id: user.id.clone(),
+                idempotency_key,
+            },
+        ))
         .await
         .expect("place order")
         .into_inner()
@@ -194,10 +242,10 @@ pub async fn place_order(
         .expect("order in reply")
 }
 
-/// Fetches an order that must exist.
+/// Fetches an order that must exist, with the admin token.
 pub async fn get_order(client: &mut ShopClient<Channel>, order_id: String) -> pb::Order {
     client
-        .get_order(pb::GetOrderRequest { order_id })
+        .get_order(admin(pb::GetOrderRequest { order_id }))
         .await
         .expect("get order")
         .into_inner()

@@ -5,6 +5,7 @@
 //! Handlers only convert: HTTP → protobuf request, call through [`crate::backends`],
 //! protobuf reply → JSON ([`crate::dto`]). Errors go through [`crate::error::Error`].
 
+pub mod accounts;
 pub mod cluster;
 pub mod consensus;
 pub mod events;
@@ -13,7 +14,7 @@ pub mod ui;
 
 use axum::{http::Uri, Router};
 use utoipa::{
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -27,6 +28,7 @@ use crate::{error::Error, state::AppState};
     modifiers(&BearerAuth),
     tags(
         (name = "shop", description = "Products, carts and orders (Shop service)"),
+        (name = "accounts", description = "Customer sign-up, sign-in and sign-out; the session lives in the `concord_session` cookie"),
         (name = "consensus", description = "Predictions, outcomes, stakes and the ledger (aggregator)"),
         (name = "cluster", description = "Registry lookups, cluster status, live events"),
         (name = "ui", description = "Greeting, static UI, this document"),
@@ -34,7 +36,8 @@ use crate::{error::Error, state::AppState};
 )]
 struct ApiDoc;
 
-/// Declares the `bearer` security scheme the admin and oracle routes use.
+/// Declares the `bearer` security scheme the admin and oracle routes use, and the
+/// `session` cookie scheme of the customer routes.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -43,6 +46,13 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::session::SESSION_COOKIE,
+                "Set by /api/signup and /api/signin (HttpOnly, SameSite=Strict)",
+            ))),
         );
     }
 }
@@ -67,6 +77,11 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(shop::place_order, shop::list_orders))
         .routes(routes!(shop::get_order))
         .routes(routes!(shop::update_order_status))
+        .routes(routes!(shop::list_all_orders))
+        .routes(routes!(accounts::sign_up))
+        .routes(routes!(accounts::sign_in))
+        .routes(routes!(accounts::sign_out))
+        .routes(routes!(accounts::get_account))
         .routes(routes!(consensus::predict_query, consensus::predict_body))
         .routes(routes!(consensus::report_outcome))
         .routes(routes!(consensus::list_stakes))

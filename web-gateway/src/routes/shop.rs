@@ -5,6 +5,12 @@
 //! `Idempotency-Key`, is retried after `UNAVAILABLE`. Product mutations and order status
 //! changes pass the caller's `Authorization: Bearer` header through to the shop, which
 //! checks the admin token (UNAUTHENTICATED → 401).
+//!
+//! Carts and orders belong to the signed-in customer: the session (cookie or bearer) goes
+//! to the shop, which answers 401 without one, 403 for another user's `user_id` and 404
+//! for another customer's order. `{user_id}` may be `me`, the session's own account, which
+//! is what the UI uses. The admin token reads any user's cart and orders and lists them all
+//! (`/api/admin/orders`).
 
 use std::future::Future;
 
@@ -15,9 +21,9 @@ use tonic::transport::Channel;
 use crate::{
     backends::{Access, CallContext, SHOP},
     dto::{
-        Cart, CartQuantity, CartWrite, NewCartItem, NewOrder, NewOrderStatus, NewProduct, Order,
-        OrderPage, OrderPlaced, OrderQuery, OrderWrite, Product, ProductPage, ProductPatch,
-        ProductQuery, ProductWrite, WriteResult,
+        AllOrdersQuery, Cart, CartQuantity, CartWrite, NewCartItem, NewOrder, NewOrderStatus,
+        NewProduct, Order, OrderPage, OrderPlaced, OrderQuery, OrderWrite, Product, ProductPage,
+        ProductPatch, ProductQuery, ProductWrite, WriteResult,
     },
     error::{Error, ErrorBody},
     extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey},
@@ -25,7 +31,11 @@ use crate::{
 };
 
 /// Calls the shop with the retry rule of `access`.
-async fn shop_call<T, F, Fut>(state: &AppState, access: Access, mut rpc: F) -> Result<T, Error>
+pub(crate) async fn shop_call<T, F, Fut>(
+    state: &AppState,
+    access: Access,
+    mut rpc: F,
+) -> Result<T, Error>
 where
     F: FnMut(ShopClient<Channel>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -39,8 +49,20 @@ where
         .await
 }
 
+/// The `user_id` to send for a path's `{user_id}`: `me` is the session's own (empty).
+fn path_user(user_id: String) -> String {
+    if user_id == ME {
+        String::new()
+    } else {
+        user_id
+    }
+}
+
+/// Path segment naming the signed-in customer's own cart.
+pub const ME: &str = "me";
+
 /// A missing message field in a reply is a backend bug, reported as such.
-fn must<T>(field: Option<T>, what: &str) -> Result<T, Error> {
+pub(crate) fn must<T>(field: Option<T>, what: &str) -> Result<T, Error> {
     field.ok_or_else(|| {
         Error::Backend(tonic::Status::internal(format!(
             "shop reply without {what}"
@@ -157,15 +179,17 @@ pub async fn delete_product(
 }
 
 /// Returns a user's cart priced at current prices (empty when the user has none).
-#[utoipa::path(get, path = "/api/carts/{user_id}", tag = "shop",
-    params(("user_id" = String, Path, description = "User id")),
+#[utoipa::path(get, path = "/api/carts/{user_id}", tag = "shop", security(("session" = []), ("bearer" = [])),
+    params(("user_id" = String, Path, description = "User id, or `me` for the signed-in customer")),
     responses((status = 200, body = Cart), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn get_cart(
     State(state): State<AppState>,
     ctx: CallContext,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<Cart>, Error> {
-    let message = pb::GetCartRequest { user_id };
+    let message = pb::GetCartRequest {
+        user_id: path_user(user_id),
+    };
     let reply = shop_call(&state, Access::Read, |mut c| {
         let request = ctx.request(message.clone());
         async move { c.get_cart(request).await }
@@ -175,15 +199,17 @@ pub async fn get_cart(
 }
 
 /// Empties a user's cart.
-#[utoipa::path(delete, path = "/api/carts/{user_id}", tag = "shop",
-    params(("user_id" = String, Path, description = "User id")),
+#[utoipa::path(delete, path = "/api/carts/{user_id}", tag = "shop", security(("session" = []), ("bearer" = [])),
+    params(("user_id" = String, Path, description = "User id, or `me` for the signed-in customer")),
     responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn clear_cart(
     State(state): State<AppState>,
     ctx: CallContext,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<CartWrite>, Error> {
-    let message = pb::ClearCartRequest { user_id };
+    let message = pb::ClearCartRequest {
+        user_id: path_user(user_id),
+    };
     let reply = shop_call(&state, Access::Write, |mut c| {
         let request = ctx.request(message.clone());
         async move { c.clear_cart(request).await }
@@ -196,8 +222,8 @@ pub async fn clear_cart(
 }
 
 /// Adds units of a product to a user's cart.
-#[utoipa::path(post, path = "/api/carts/{user_id}/items", tag = "shop", request_body = NewCartItem,
-    params(("user_id" = String, Path, description = "User id")),
+#[utoipa::path(post, path = "/api/carts/{user_id}/items", tag = "shop", security(("session" = []), ("bearer" = [])), request_body = NewCartItem,
+    params(("user_id" = String, Path, description = "User id, or `me` for the signed-in customer")),
     responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn add_cart_item(
     State(state): State<AppState>,
@@ -206,7 +232,7 @@ pub async fn add_cart_item(
     ApiJson(body): ApiJson<NewCartItem>,
 ) -> Result<Json<CartWrite>, Error> {
     let message = pb::AddCartItemRequest {
-        user_id,
+        user_id: path_user(user_id),
         product_id: body.product_id,
         quantity: body.quantity,
     };
@@ -222,8 +248,8 @@ pub async fn add_cart_item(
 }
 
 /// Sets the quantity of a product already in the cart.
-#[utoipa::path(put, path = "/api/carts/{user_id}/items/{product_id}", tag = "shop", request_body = CartQuantity,
-    params(("user_id" = String, Path, description = "User id"), ("product_id" = String, Path, description = "Product id")),
+#[utoipa::path(put, path = "/api/carts/{user_id}/items/{product_id}", tag = "shop", security(("session" = []), ("bearer" = [])), request_body = CartQuantity,
+    params(("user_id" = String, Path, description = "User id, or `me` for the signed-in customer"), ("product_id" = String, Path, description = "Product id")),
     responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn set_cart_item(
     State(state): State<AppState>,
@@ -232,7 +258,7 @@ pub async fn set_cart_item(
     ApiJson(body): ApiJson<CartQuantity>,
 ) -> Result<Json<CartWrite>, Error> {
     let message = pb::SetCartItemQuantityRequest {
-        user_id,
+        user_id: path_user(user_id),
         product_id,
         quantity: body.quantity,
     };
@@ -248,8 +274,8 @@ pub async fn set_cart_item(
 }
 
 /// Removes a product from the cart.
-#[utoipa::path(delete, path = "/api/carts/{user_id}/items/{product_id}", tag = "shop",
-    params(("user_id" = String, Path, description = "User id"), ("product_id" = String, Path, description = "Product id")),
+#[utoipa::path(delete, path = "/api/carts/{user_id}/items/{product_id}", tag = "shop", security(("session" = []), ("bearer" = [])),
+    params(("user_id" = String, Path, description = "User id, or `me` for the signed-in customer"), ("product_id" = String, Path, description = "Product id")),
     responses((status = 200, body = CartWrite), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn remove_cart_item(
     State(state): State<AppState>,
@@ -257,7 +283,7 @@ pub async fn remove_cart_item(
     ApiPath((user_id, product_id)): ApiPath<(String, String)>,
 ) -> Result<Json<CartWrite>, Error> {
     let message = pb::RemoveCartItemRequest {
-        user_id,
+        user_id: path_user(user_id),
         product_id,
     };
     let reply = shop_call(&state, Access::Write, |mut c| {
@@ -271,9 +297,9 @@ pub async fn remove_cart_item(
     }))
 }
 
-/// Checks out a user's cart. The `Idempotency-Key` header is required: the same key
+/// Checks out the signed-in customer's cart. The `Idempotency-Key` header is required: the same key
 /// returns the same order, so the gateway may retry it on another instance.
-#[utoipa::path(post, path = "/api/orders", tag = "shop", request_body = NewOrder,
+#[utoipa::path(post, path = "/api/orders", tag = "shop", security(("session" = []), ("bearer" = [])), request_body = NewOrder,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key, 1..=128 characters")),
     responses((status = 201, body = OrderPlaced), (status = 200, description = "Replay of an earlier placement", body = OrderPlaced),
         (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
@@ -307,8 +333,9 @@ pub async fn place_order(
     ))
 }
 
-/// Lists a user's orders, newest first.
-#[utoipa::path(get, path = "/api/orders", tag = "shop", params(OrderQuery),
+/// Lists the signed-in customer's orders (or, with the admin token, a named user's),
+/// newest first.
+#[utoipa::path(get, path = "/api/orders", tag = "shop", security(("session" = []), ("bearer" = [])), params(OrderQuery),
     responses((status = 200, body = OrderPage), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn list_orders(
     State(state): State<AppState>,
@@ -332,7 +359,7 @@ pub async fn list_orders(
 }
 
 /// Returns one order.
-#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "shop",
+#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "shop", security(("session" = []), ("bearer" = [])),
     params(("order_id" = String, Path, description = "Order id")),
     responses((status = 200, body = Order), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn get_order(
@@ -373,5 +400,34 @@ pub async fn update_order_status(
     Ok(Json(OrderWrite {
         order: reply.order.map(Into::into),
         write: reply.write.map(Into::into),
+    }))
+}
+
+/// Lists every customer's orders, newest first, optionally one status (admin bearer token
+/// passed through; the shop answers 401 without it).
+#[utoipa::path(get, path = "/api/admin/orders", tag = "shop", params(AllOrdersQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = OrderPage), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn list_all_orders(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    ApiQuery(query): ApiQuery<AllOrdersQuery>,
+) -> Result<Json<OrderPage>, Error> {
+    let message = pb::ListAllOrdersRequest {
+        page_size: query.page_size,
+        page_token: query.page_token,
+        status: query
+            .status
+            .map_or(pb::OrderStatus::Unspecified, pb::OrderStatus::from)
+            .into(),
+    };
+    let reply = shop_call(&state, Access::Read, |mut c| {
+        let request = ctx.request(message.clone());
+        async move { c.list_all_orders(request).await }
+    })
+    .await?;
+    Ok(Json(OrderPage {
+        orders: reply.orders.into_iter().map(Order::from).collect(),
+        next_page_token: reply.next_page_token,
     }))
 }

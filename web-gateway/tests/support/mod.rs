@@ -379,6 +379,54 @@ pub async fn wait_until_served(h: &Harness, path: &str) -> Result<reqwest::Respo
 
 /// The admin token the test shop accepts.
 pub const ADMIN: &str = "test-admin";
+/// Session key every test shop signs customer sessions with (shared, as in a cluster).
+pub const SESSION_KEY: &str = "test-session-key-test-session-key-0123";
+/// Password of every test customer.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A signed-in customer: the account id and the `Cookie` header value to send.
+pub struct Customer {
+    /// `u-…`.
+    pub user_id: String,
+    /// `concord_session=<token>`.
+    pub cookie: String,
+}
+
+/// The `name=value` part of a `Set-Cookie` header of `response`, for the session cookie.
+pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("concord_session="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+/// Signs `username` up through `POST /api/signup`; the reply's cookie is the session.
+pub async fn sign_up(h: &Harness, username: &str) -> Result<Customer> {
+    let response = h
+        .http
+        .post(h.url("/api/signup"))
+        .json(&serde_json::json!({"username": username, "password": PASSWORD}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 201,
+        "sign-up answered {}",
+        response.status()
+    );
+    let cookie = session_cookie(&response).context("no session cookie")?;
+    let body: serde_json::Value = response.json().await?;
+    Ok(Customer {
+        user_id: body["account"]["user_id"]
+            .as_str()
+            .context("user id")?
+            .to_owned(),
+        cookie,
+    })
+}
 
 /// A real shop (standalone primary, no replica) in a temp dir, registered in the registry.
 pub struct TestShop {
@@ -415,6 +463,7 @@ pub async fn start_shop_with(
     let dir = tempfile::tempdir()?;
     let config = concord_shop::Config {
         admin_token: ADMIN.into(),
+        session_key: Some(SESSION_KEY.into()),
         registry_addr: Some(registry_addr.to_owned()),
         lease_ttl: Duration::from_secs(1),
         credential: Some(shop_credential()),
@@ -436,6 +485,7 @@ pub async fn start_unregistered_shop(
     let dir = tempfile::tempdir()?;
     let config = concord_shop::Config {
         admin_token: ADMIN.into(),
+        session_key: Some(SESSION_KEY.into()),
         registry_addr: None,
         credential: Some(shop_credential()),
         replication,
