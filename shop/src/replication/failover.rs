@@ -28,9 +28,9 @@
 //!   claim to its term, e.g. after a registry outage a newer primary exists): step down to
 //!   fenced ([`Action::StepDown`]) and promote again only from a newer set than the one it
 //!   lost on, which lacks the winner the registry already holds.
-//! - **Terms never skip or repeat.** The next claim is one above the highest of our term
-//!   and the last refused claim (a refusal while no primary was visible means the registry
-//!   knows that term is taken); seeing a primary forgets the refusal.
+//! - **Terms never climb without end.** The next claim is our term + 1, or + 2 when + 1 was
+//!   just refused while no primary was visible (the registry knows that term as taken);
+//!   seeing a primary forgets the refusal.
 //!
 //! Non-goals: time. The core never sleeps; `RetryLater` asks the driver for a
 //! [`Event::RetryDue`] after [`PROMOTION_RETRY_INTERVAL`].
@@ -189,7 +189,7 @@ impl Failover {
             Event::ClaimRefused(term) => {
                 if self.claiming == Some(term) {
                     self.claiming = None;
-                    self.refused = Some(self.refused.map_or(term, |r| r.max(term)));
+                    self.refused = Some(term);
                     let mut actions = vec![Action::WithdrawClaim];
                     actions.extend(self.retry());
                     return actions;
@@ -244,9 +244,16 @@ impl Failover {
         !role.is_primary() && self.claiming.is_none()
     }
 
-    /// The term of the next claim: above our term and above the last refused claim.
+    /// The term of the next claim: the one after ours, or one further if exactly that one
+    /// was just refused while no primary was visible (the registry knows it as taken by a
+    /// holder that is gone). Never further: a registry that keeps refusing makes the claims
+    /// alternate between two terms instead of climbing without end.
     fn next_claim(&self, role: &Role) -> Option<Term> {
-        role.term().max(self.refused.unwrap_or(0)).checked_add(1)
+        let next = role.term().checked_add(1)?;
+        match self.refused {
+            Some(refused) if refused == next => next.checked_add(1),
+            _ => Some(next),
+        }
     }
 
     /// `Follow` when `newest` is a primary this process must follow and does not yet.
@@ -386,6 +393,20 @@ mod tests {
                     (replica("a", 1), Event::RetryDue, vec![Resolve]),
                     (replica("a", 1), resolved(&[]), vec![Claim(3)]),
                     (replica("a", 1), Event::ClaimAccepted(3), vec![BecomePrimary(3)]),
+                ],
+            ),
+            (
+                "a registry that keeps refusing: claims alternate, they never climb",
+                vec![
+                    (replica("a", 1), watched(1, &[("a", 1)]), vec![]),
+                    (replica("a", 1), watched(1, &[]), vec![Resolve]),
+                    (replica("a", 1), resolved(&[]), vec![Claim(2)]),
+                    (replica("a", 1), Event::ClaimRefused(2), vec![WithdrawClaim, RetryLater]),
+                    (replica("a", 1), Event::RetryDue, vec![Resolve]),
+                    (replica("a", 1), resolved(&[]), vec![Claim(3)]),
+                    (replica("a", 1), Event::ClaimRefused(3), vec![WithdrawClaim, RetryLater]),
+                    (replica("a", 1), Event::RetryDue, vec![Resolve]),
+                    (replica("a", 1), resolved(&[]), vec![Claim(2)]),
                 ],
             ),
             (

@@ -111,10 +111,12 @@
 //! the metadata the registry last *accepted* from it says `role=primary` with its current
 //! term (`LeaseKeeper::accepted_metadata`), so two replicas promoting at once (or after a
 //! forged registration with a high term expired) cannot both accept writes: the loser's
-//! claim is refused, it never took a write, it fences itself (writes UNAVAILABLE) and the
-//! failover watch makes it follow the winner, or promote again with a higher term if the
-//! winner vanished. A refused term is never claimed again while no primary is visible, and
-//! a primary whose held claim was refused promotes again only from a newer instance set
+//! claim is refused while it is still a replica (a claim is published before the role
+//! changes), so it never took a write: it withdraws the claim, stays the replica of whom it
+//! followed, follows the winner once it sees it, or claims again later if the winner
+//! vanished. A replica whose claim was refused while no primary was visible claims
+//! one term further next time (the registry knows that term as taken), and a primary whose
+//! held claim was refused promotes again only from a newer instance set
 //! than the one it lost on (which lacked the winner). A claim whose KeepAlive got no answer
 //! is re-sent until accepted or refused.
 //!
