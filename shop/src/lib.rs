@@ -87,6 +87,8 @@ const REGISTER_WAIT: Duration = Duration::from_secs(1);
 /// How often the registry metadata (role, term) is compared with the process's own and
 /// republished when it differs.
 const METADATA_REFRESH: Duration = Duration::from_secs(1);
+/// How often the Shop service's health (readiness) follows the role and catch-up state.
+const READINESS_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Settings of one shop process (primary or replica).
 #[derive(Debug, Clone)]
@@ -308,9 +310,39 @@ pub async fn serve(
         concord::pb::shop::v1::shop_server::SERVICE_NAME,
         concord::pb::shop::v1::replication_server::SERVICE_NAME,
     ]);
-    health
-        .set_serving::<ShopServer<service::ShopService>>()
-        .await;
+    // Readiness: the Shop service is SERVING only while this process is a primary or a
+    // caught-up replica (`Replicator::ready`), so a Kubernetes readiness probe or any other
+    // `grpc.health.v1` client keeps traffic off a replica still catching up. Replication
+    // stays SERVING: its peer must reach it to catch up.
+    {
+        let rep = Arc::clone(&replicator);
+        let mut stop = stop_rx.clone();
+        let health = health.clone();
+        replicator.spawn(async move {
+            let mut tick = tokio::time::interval(READINESS_INTERVAL);
+            let mut ready = None;
+            loop {
+                let now = rep.ready();
+                if ready != Some(now) {
+                    ready = Some(now);
+                    if now {
+                        health
+                            .set_serving::<ShopServer<service::ShopService>>()
+                            .await;
+                    } else {
+                        health
+                            .set_not_serving::<ShopServer<service::ShopService>>()
+                            .await;
+                    }
+                    tracing::info!(ready = now, role = ?rep.role(), "shop readiness");
+                }
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = replication::stopped(&mut stop) => return,
+                }
+            }
+        });
+    }
     health
         .set_serving::<ReplicationServer<replication::ReplicationService>>()
         .await;

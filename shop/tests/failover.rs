@@ -365,7 +365,14 @@ async fn registry_restart_does_not_promote_the_replica() {
 /// admin claims the next term) and follows the new primary, while a replica of its own is
 /// still streaming from it; when that old stream ends, the healthy stream to the new
 /// primary must still report `peer_connected`.
+///
+/// Ignored since the registry honours a live primary's lease (issue 15): the admin
+/// promotion of `b` this test uses to make `a` step down is now refused while `a` lives,
+/// so `a` never steps down. The per-side connection state stays covered by the
+/// replicator's unit test; this end-to-end case needs a step-down through a partition
+/// (`cli/tests/partition.rs`) instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "its admin promotion past a live primary is refused now (issue 15); see the doc comment"]
 async fn an_old_stream_ending_leaves_the_new_one_connected() {
     let registry = TestRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -612,3 +612,57 @@ async fn replica_reports_applied_and_durable_lsns() {
     replica.stop().await;
     primary.stop().await;
 }
+
+/// The Shop service's `grpc.health.v1` status at `shop`.
+async fn shop_health(shop: &TestShop) -> i32 {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    HealthClient::new(shop.channel())
+        .check(HealthCheckRequest {
+            service: concord::pb::shop::v1::shop_server::SERVICE_NAME.into(),
+        })
+        .await
+        .map_or(-1, |r| r.into_inner().status)
+}
+
+/// Readiness: a replica that cannot reach its primary reports the Shop service
+/// NOT_SERVING (it would serve stale reads); once caught up with a real primary it is
+/// SERVING, like the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_only_once_caught_up() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    // An address nothing listens on (bound, then released).
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free address")
+        .to_string();
+    let orphan = start(&dir.path().join("orphan"), |c| {
+        c.replication.primary_addr = Some(nowhere);
+        c.replication.replica_id = "r0".into();
+    })
+    .await;
+    assert!(
+        eventually(CATCH_UP, || async {
+            shop_health(&orphan).await == ServingStatus::NotServing as i32
+        })
+        .await,
+        "a replica that never reached its primary reports SERVING"
+    );
+    orphan.stop().await;
+
+    let (_dir, primary, replica) = start_pair(ReplicationMode::Sync, OnReplicaLoss::Fail).await;
+    let mut client = primary.client();
+    create(&mut client, "ready", 100, 1).await;
+    assert!(
+        caught_up(&primary, &replica).await,
+        "replica did not catch up"
+    );
+    assert!(
+        eventually(CATCH_UP, || async {
+            shop_health(&replica).await == ServingStatus::Serving as i32
+        })
+        .await,
+        "a caught-up replica is not SERVING"
+    );
+    assert_eq!(shop_health(&primary).await, ServingStatus::Serving as i32);
+}

@@ -285,6 +285,18 @@ impl Replicator {
         (applied, self.store.durable_lsn().max(applied))
     }
 
+    /// Whether this process should get client traffic (`grpc.health.v1` readiness of the
+    /// Shop service): a primary that takes writes, or a replica that has caught up with its
+    /// primary. A replica still catching up would serve stale reads, and a fenced process
+    /// takes no writes, so neither is ready.
+    pub fn ready(&self) -> bool {
+        match self.role() {
+            Role::Primary { .. } => true,
+            Role::Replica { .. } => self.caught_up.load(Ordering::Acquire),
+            Role::Fenced { .. } => false,
+        }
+    }
+
     /// Whether a replica or the primary is connected, as seen from this process's side:
     /// the primary asks its current stream, a replica its follower.
     pub fn peer_connected(&self) -> bool {
