@@ -12,15 +12,19 @@
 //!   processes; [`secrets`]: the cluster's secrets on disk.
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
-//! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
+//! - [`metrics`], [`grpc_metrics`]: the Prometheus page every process serves and the
+//!   per-method gRPC families; [`telemetry`]: `RUST_LOG` logs, W3C trace context, OTLP.
+//! - [`config`], [`shutdown`]: defaults, signals.
 
 pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod grpc_utf8;
 pub mod identity;
+pub mod metrics;
 pub mod pb;
 pub mod secrets;
 pub mod shutdown;
