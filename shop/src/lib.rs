@@ -25,12 +25,16 @@
 //! module's docs for its invariants; `replication` states what each mode promises, the
 //! failover timing, the split-brain fence and the WAL trimming rule. Non-goals:
 //! multi-replica quorums.
+//!
+//! Observability: `metrics` puts role, term, LSNs, lag and the WAL sync histograms on the
+//! process's Prometheus page, read at scrape time from `GetReplicationStatus`'s source.
 
 mod cart;
 mod catalog;
 mod convert;
 mod error;
 mod keys;
+pub mod metrics;
 mod order;
 mod replication;
 mod segments;
@@ -205,6 +209,7 @@ pub async fn serve(
         config.credential.clone(),
         stop_rx.clone(),
     );
+    metrics::ShopCollector::register(&replicator, &store);
     let mut tasks = vec![tokio::spawn(replication::run_follower(Arc::clone(
         &replicator,
     )))];

@@ -13,6 +13,9 @@
 //!   dropping the runtime closes its sockets and nothing deregisters.
 //! - [`process_cpu_seconds`] lets the ignored bench tests report CPU per operation.
 
+/// Scraping `/metrics` pages.
+pub mod metrics;
+
 use std::{
     future::Future,
     net::SocketAddr,
