@@ -21,9 +21,10 @@
 //! Expiry is checked every [`EXPIRY_TICK`], so an instance may outlive its TTL by up to that.
 //!
 //! Modules: `table` is the lease table (pure, time passed in), `service` the gRPC face,
-//! `error` the error categories.
+//! `metrics` the Prometheus families (leases, watchers), `error` the error categories.
 
 mod error;
+mod metrics;
 mod service;
 mod table;
 
@@ -68,6 +69,7 @@ pub async fn serve(
         concord::identity::Verifier::Secret(config.cluster_secret),
         stop_rx.clone(),
     ));
+    metrics::RegistryCollector::register(&state);
     let sweeper = tokio::spawn(service::sweep_expired(state.clone(), stop_rx));
     let (router, health) =
         concord::grpc::router(&[concord::pb::registry::v1::registry_server::SERVICE_NAME]);

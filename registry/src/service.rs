@@ -67,6 +67,17 @@ impl Shared {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every live instance and the table's revision, for the metrics page.
+    pub(crate) fn snapshot(&self) -> (Vec<Instance>, u64) {
+        let table = self.table();
+        (table.list(), table.revision())
+    }
+
+    /// Open `Watch` streams (each holds one subscription to the revision).
+    pub(crate) fn watchers(&self) -> usize {
+        self.revision_tx.receiver_count()
+    }
+
     /// Runs `change` on the table and tells watchers if the revision moved.
     fn update<T>(&self, change: impl FnOnce(&mut LeaseTable) -> T) -> T {
         let (result, revision) = {
@@ -92,6 +103,7 @@ pub(crate) async fn sweep_expired(shared: Arc<Shared>, mut stop_rx: watch::Recei
             _ = tick.tick() => {
                 let gone = shared.update(|table| table.expire(Instant::now()));
                 for instance in gone {
+                    crate::metrics::lease_expired();
                     tracing::info!(service = %instance.service, address = %instance.address, "lease expired");
                 }
             }
