@@ -1,7 +1,9 @@
 //! Scraping a real `/metrics` page in tests: serve the process's page on a free port, `GET`
-//! it over HTTP/1.1, and parse it strictly with `prometheus-parse`.
+//! it over HTTP/1.1, and parse it strictly
+//! ([`Page::parse`]: the format's grammar, including braces and escapes in label values,
+//! which `prometheus-parse` mishandles).
 
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -42,22 +44,69 @@ pub async fn scrape(addr: SocketAddr) -> Page {
     Page::parse(&scrape_path(addr, concord::metrics::METRICS_PATH).await)
 }
 
+/// One sample line of a page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name as written (`…_total`, `…_bucket`, …).
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
 /// A parsed page and its text (for failure messages).
 pub struct Page {
     /// The page as served.
     pub text: String,
-    /// Its samples.
-    pub scrape: prometheus_parse::Scrape,
+    /// Every sample, in page order.
+    pub samples: Vec<Sample>,
 }
 
 impl Page {
-    /// Parses `text`, panicking on malformed exposition.
+    /// Parses `text` strictly as the Prometheus text format (0.0.4): every line is a
+    /// `# HELP`, a `# TYPE` with a known type, or a sample of a declared family with
+    /// well-formed labels (quoted, escaped values) and a number; panics otherwise.
     pub fn parse(text: &str) -> Page {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            .unwrap_or_else(|err| panic!("unparseable metrics page: {err}\n{text}"));
+        let mut families: BTreeMap<String, String> = BTreeMap::new();
+        let mut samples = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let fail = |why: &str| -> ! { panic!("line {}: {why}: {line:?}\n{text}", n + 1) };
+            if line.is_empty() || line.starts_with("# HELP ") {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or_else(|| fail("TYPE"));
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    fail("unknown type");
+                }
+                if families.insert(name.to_owned(), kind.to_owned()).is_some() {
+                    fail("family declared twice");
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                fail("unknown comment");
+            }
+            let sample = parse_sample(line).unwrap_or_else(|why| fail(why));
+            let declared = families.iter().any(|(family, kind)| {
+                let suffixes: &[&str] = match kind.as_str() {
+                    "histogram" => &["_bucket", "_sum", "_count"],
+                    "summary" => &["", "_sum", "_count"],
+                    _ => &[""],
+                };
+                suffixes
+                    .iter()
+                    .any(|suffix| sample.name == format!("{family}{suffix}"))
+            });
+            if !declared {
+                fail("sample of an undeclared family");
+            }
+            samples.push(sample);
+        }
         Page {
             text: text.to_owned(),
-            scrape,
+            samples,
         }
     }
 
@@ -70,27 +119,99 @@ impl Page {
 
     /// [`Page::value`], or `None` when absent.
     pub fn maybe_value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.scrape
-            .samples
+        self.samples
             .iter()
-            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match &s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => *v,
-                prometheus_parse::Value::Histogram(buckets) => {
-                    buckets.last().map_or(0.0, |b| b.count)
-                }
-                prometheus_parse::Value::Summary(_) => f64::NAN,
+            .find(|s| {
+                s.name == metric
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
+            .map(|s| s.value)
     }
+}
 
-    /// Every sample of `metric`, with its labels.
-    pub fn samples(&self, metric: &str) -> Vec<&prometheus_parse::Sample> {
-        self.scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == metric)
-            .collect()
+/// `name{k="v",…} value`, strictly.
+fn parse_sample(line: &str) -> Result<Sample, &'static str> {
+    let name_end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("bad metric name");
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = BTreeMap::new();
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = inner.split_once("=\"").ok_or("label without =\"")?;
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err("bad label name");
+            }
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next().ok_or("unterminated label value")? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().ok_or("dangling escape")?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        _ => return Err("bad escape"),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            if labels.insert(key.to_owned(), value).is_some() {
+                return Err("label repeated");
+            }
+            inner = &after[end + 1..];
+            inner = inner.strip_prefix(',').unwrap_or(inner);
+        }
+    }
+    let value_text = rest.strip_prefix(' ').ok_or("no space before the value")?;
+    let value_text = value_text.split(' ').next().unwrap_or_default();
+    let value = match value_text {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        text => text.parse().map_err(|_| "value is not a number")?,
+    };
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Label values may hold braces, commas, escaped quotes; malformed lines are refused.
+    #[test]
+    fn strict_sample_lines() {
+        let page = Page::parse(
+            "# HELP x_total X.\n# TYPE x_total counter\n\
+             x_total{route=\"/a/{id}\",q=\"a,\\\"b\\\"\"} 3\n",
+        );
+        assert_eq!(
+            page.value("x_total", &[("route", "/a/{id}"), ("q", "a,\"b\"")]),
+            3.0
+        );
+        for bad in [
+            "# TYPE x_total counter\nx_total{route=\"/a} 3\n",
+            "# TYPE x_total counter\nx_total 3x\n",
+            "x_total 3\n",
+            "# TYPE x_total counter\nx_total{a=\"1\",a=\"2\"} 3\n",
+        ] {
+            assert!(
+                std::panic::catch_unwind(|| Page::parse(bad)).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
