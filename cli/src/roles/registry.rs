@@ -17,6 +17,9 @@ pub struct Args {
     /// Data directory whose `secrets/` holds the cluster secret when none is given.
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Prometheus metrics listener (off unless given).
+    #[command(flatten)]
+    pub metrics: super::MetricsArgs,
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
@@ -43,6 +46,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     args.tls
         .install(Some(&principal), None, Some(args.listen), &[])?;
     let listener = super::bind_and_announce("registry", args.listen).await?;
-    concord_registry::serve(config, listener, shutdown).await?;
+    let metrics = args.metrics.start("registry").await?;
+    let served = concord_registry::serve(config, listener, shutdown).await;
+    super::stop_metrics(metrics).await;
+    served?;
     Ok(())
 }
