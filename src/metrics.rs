@@ -61,13 +61,15 @@ fn lock() -> std::sync::MutexGuard<'static, Registry> {
 
 /// Adds an event metric (counter, histogram, family) to the process's page, as
 /// `concord_<name>`. Call it once per family per process (hold the metric in a `OnceLock`).
+///
+/// `help` may end in a full stop or not: the encoder adds one.
 pub fn register(name: &str, help: &str, metric: impl Metric) {
-    lock().register(name, help, metric);
+    lock().register(name, help.trim_end_matches('.'), metric);
 }
 
 /// [`register`] with a unit suffix (`_seconds`, `_bytes`).
 pub fn register_with_unit(name: &str, help: &str, unit: Unit, metric: impl Metric) {
-    lock().register_with_unit(name, help, unit, metric);
+    lock().register_with_unit(name, help.trim_end_matches('.'), unit, metric);
 }
 
 /// Adds a collector that reads state at every scrape (see the module doc).
@@ -94,7 +96,7 @@ pub fn encode_gauges<L: EncodeLabelSet>(
     use prometheus_client::metrics::gauge::ConstGauge;
     let mut family = encoder.encode_descriptor(
         name,
-        help,
+        help.trim_end_matches('.'),
         None,
         prometheus_client::metrics::MetricType::Gauge,
     )?;
@@ -115,7 +117,7 @@ pub fn encode_counters<L: EncodeLabelSet>(
     use prometheus_client::metrics::counter::ConstCounter;
     let mut family = encoder.encode_descriptor(
         name,
-        help,
+        help.trim_end_matches('.'),
         None,
         prometheus_client::metrics::MetricType::Counter,
     )?;

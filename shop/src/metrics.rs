@@ -170,13 +170,13 @@ impl Collector for ShopCollector {
         let histograms = store.wal_histograms();
         histograms.sync_seconds.encode(encoder.encode_descriptor(
             "shop_wal_sync",
-            "Time to append one batch to the WAL and sync it.",
+            "Time to append one batch to the WAL and sync it",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?)?;
         histograms.group_size.encode(encoder.encode_descriptor(
             "shop_wal_group_size",
-            "Entries made durable by one WAL sync (group commit).",
+            "Entries made durable by one WAL sync (group commit)",
             None,
             MetricType::Histogram,
         )?)?;
