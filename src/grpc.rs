@@ -2,12 +2,12 @@
 //!
 //! [`router`] gives every server the same limits (request timeout, message sizes via the
 //! generated servers' defaults), a tracing span per request carrying its request id
-//! (`x-request-id` from the client, or a fresh one), `grpc.health.v1.Health`, and server
-//! request metrics per method ([`crate::grpc_metrics`]), the caller's W3C trace context
-//! continued ([`crate::telemetry`]), reflection in both `v1` and `v1alpha` (grpcurl 1.8 only speaks `v1alpha`). Reflection
-//! lists only the services the caller says it serves (plus health and reflection): the
-//! descriptor set holds every Concord service, and advertising one a server does not run
-//! sends clients to an `UNIMPLEMENTED` dead end. Every message type stays describable.
+//! (`x-request-id` from the client, or a fresh one) that continues the caller's W3C trace
+//! context ([`crate::telemetry`]), request metrics per method ([`crate::grpc_metrics`]),
+//! `grpc.health.v1.Health`, and server reflection in both `v1` and `v1alpha` (grpcurl 1.8
+//! only speaks `v1alpha`). Reflection lists only the services the caller says it serves
+//! (plus health and reflection): the descriptor set holds every Concord service, and
+//! advertising one a server does not run sends clients to an `UNIMPLEMENTED` dead end. Every message type stays describable.
 //! Undecodable (non-UTF-8) strings in any request are answered `INVALID_ARGUMENT`
 //! ([`crate::grpc_utf8`]). [`serve`]
 //! runs it on a listener until the shutdown future resolves, then gives in-flight calls a

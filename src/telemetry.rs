@@ -14,8 +14,9 @@
 //! that exports sees its callers' trace ids) and nothing leaves the process. The request
 //! ids (`x-request-id`) stay as they were; a trace id is additional.
 //!
-//! Sampling: parent-based, always on for new traces — a caller that decided not to sample
-//! is obeyed. Failure: an unreachable collector costs dropped spans (the exporter's queue
+//! Sampling: parent-based — a caller's decision (the `traceparent` flags) is obeyed; a
+//! trace that starts here is sampled when this process exports, and otherwise still gets
+//! ids that travel on (unsampled, so recording costs next to nothing on the hot path). Failure: an unreachable collector costs dropped spans (the exporter's queue
 //! is bounded, 2048 spans) and a log line, never a failed request. OTLP runs over plain
 //! HTTP: point it at a collector on loopback or a trusted network.
 
@@ -126,8 +127,14 @@ fn provider(
                 .with_service_name(format!("concord-{service}"))
                 .build(),
         )
+        // New traces are sampled only where they can be exported; a caller's decision
+        // (the `traceparent` flags) is always followed.
         .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-            opentelemetry_sdk::trace::Sampler::AlwaysOn,
+            if exporter.is_some() {
+                opentelemetry_sdk::trace::Sampler::AlwaysOn
+            } else {
+                opentelemetry_sdk::trace::Sampler::AlwaysOff
+            },
         )));
     if let Some(exporter) = exporter {
         builder = builder.with_batch_exporter(exporter);
