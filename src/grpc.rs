@@ -2,11 +2,12 @@
 //!
 //! [`router`] gives every server the same limits (request timeout, message sizes via the
 //! generated servers' defaults), a tracing span per request carrying its request id
-//! (`x-request-id` from the client, or a fresh one), `grpc.health.v1.Health`, and server
-//! reflection in both `v1` and `v1alpha` (grpcurl 1.8 only speaks `v1alpha`). Reflection
-//! lists only the services the caller says it serves (plus health and reflection): the
-//! descriptor set holds every Concord service, and advertising one a server does not run
-//! sends clients to an `UNIMPLEMENTED` dead end. Every message type stays describable.
+//! (`x-request-id` from the client, or a fresh one) that continues the caller's W3C trace
+//! context ([`crate::telemetry`]), request metrics per method ([`crate::grpc_metrics`]),
+//! `grpc.health.v1.Health`, and server reflection in both `v1` and `v1alpha` (grpcurl 1.8
+//! only speaks `v1alpha`). Reflection lists only the services the caller says it serves
+//! (plus health and reflection): the descriptor set holds every Concord service, and
+//! advertising one a server does not run sends clients to an `UNIMPLEMENTED` dead end. Every message type stays describable.
 //! Undecodable (non-UTF-8) strings in any request are answered `INVALID_ARGUMENT`
 //! ([`crate::grpc_utf8`]). [`serve`]
 //! runs it on a listener until the shutdown future resolves, then gives in-flight calls a
@@ -31,8 +32,12 @@ use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 
 /// The server [`router`] builds: tonic's router with the layers every server shares.
-pub type Router =
-    tonic::transport::server::Router<Stack<crate::grpc_utf8::InvalidUtf8Layer, Identity>>;
+pub type Router = tonic::transport::server::Router<
+    Stack<
+        crate::grpc_utf8::InvalidUtf8Layer,
+        Stack<crate::grpc_metrics::GrpcMetricsLayer, Identity>,
+    >,
+>;
 
 /// Longest time a unary call may run on any server.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,7 +68,11 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
-    tracing::debug_span!("grpc", method = %request.uri().path(), request_id = %request_id)
+    let span =
+        tracing::debug_span!("grpc", method = %request.uri().path(), request_id = %request_id);
+    // A caller's W3C `traceparent` makes this call a child of the caller's span.
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 /// Services every server runs besides its own: health and both reflection versions.
@@ -111,6 +120,10 @@ pub fn router_with_tls(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .trace_fn(request_span)
+        // Outermost: counts every call with the status the client finally sees.
+        .layer(crate::grpc_metrics::GrpcMetricsLayer::new(
+            services.iter().copied().chain(COMMON_SERVICES),
+        ))
         // Non-UTF-8 strings in a request: INVALID_ARGUMENT, not tonic's INTERNAL.
         .layer(crate::grpc_utf8::layer())
         .add_service(health_service)

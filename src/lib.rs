@@ -13,7 +13,9 @@
 //! - [`discovery`]: a registry client that keeps a lease alive (re-registering after a
 //!   registry restart) and one that watches a service's instance set.
 //! - [`claim`]: the `role`/`term` a shop publishes in the registry, parsed by one rule.
-//! - [`config`], [`telemetry`], [`shutdown`]: defaults, `RUST_LOG` tracing, signals.
+//! - [`metrics`], [`grpc_metrics`]: the Prometheus page every process serves and the
+//!   per-method gRPC families; [`telemetry`]: `RUST_LOG` logs, W3C trace context, OTLP.
+//! - [`config`], [`shutdown`]: defaults, signals.
 //! - [`etcd`]: a minimal client of etcd's v3 API, for the registry's etcd store.
 
 pub mod auth;
@@ -23,8 +25,10 @@ pub mod discovery;
 pub mod error;
 pub mod etcd;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod grpc_utf8;
 pub mod identity;
+pub mod metrics;
 pub mod pb;
 pub mod secrets;
 pub mod shutdown;

@@ -20,6 +20,9 @@
 //! - Rows of different requests share a call, so one bad row must not sink the others:
 //!   the aggregator validates every row with the node's own `validate_sample` before
 //!   queueing it, so a node never sees a row it would reject.
+//! - Tracing: a batch call carries the W3C trace context of its first row (rows of other
+//!   requests in the same batch are not linked to it); a lone request's call is therefore
+//!   a child of that request's node-call span.
 //! - The task ends when the last handle to its queue is dropped (the node left the
 //!   fleet and no request still holds it); in-flight calls end by their deadline.
 
@@ -56,6 +59,9 @@ struct Pending {
     deadline_at: Instant,
     /// Where the answer goes.
     reply_tx: oneshot::Sender<RowAnswer>,
+    /// The submitting span's W3C trace context: the batch call carries its first row's,
+    /// so a lone request's node call is a child of that request's node-call span.
+    traceparent: Option<String>,
 }
 
 /// Handle to one node's coalescing task; cheap to clone.
@@ -85,6 +91,7 @@ impl Batcher {
             features,
             deadline_at: Instant::now() + deadline,
             reply_tx,
+            traceparent: concord::telemetry::current_traceparent(),
         };
         match self.queue_tx.try_send(pending) {
             Ok(()) => Ok(reply_rx),
@@ -143,6 +150,7 @@ async fn call_batch(client: &mut PredictorClient<Channel>, batch: Vec<Pending>) 
         .unwrap_or_else(Instant::now);
     let mut rows = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
+    let traceparent = batch.first().and_then(|p| p.traceparent.clone());
     for pending in batch {
         rows.push(Row {
             features: pending.features,
@@ -153,6 +161,7 @@ async fn call_batch(client: &mut PredictorClient<Channel>, batch: Vec<Pending>) 
     let timeout = deadline_at.saturating_duration_since(Instant::now());
     let mut request = Request::new(PredictBatchRequest { rows, policy: 0 });
     request.set_timeout(timeout);
+    concord::telemetry::insert_traceparent(request.metadata_mut(), traceparent.as_deref());
     let outcome = match tokio::time::timeout(timeout, client.predict_batch(request)).await {
         Ok(Ok(reply)) => {
             let predictions = reply.into_inner().predictions;

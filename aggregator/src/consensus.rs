@@ -214,10 +214,22 @@ impl Aggregator {
         &self.config
     }
 
+    /// The stake book, when this aggregator has a ledger.
+    pub fn book(&self) -> Option<&StakeBook> {
+        self.book.as_ref()
+    }
+
     /// Consensus for one sample; see the module doc for the steps.
     pub async fn predict(&self, features: &[f64], policy: Option<Policy>) -> Result<Decision> {
         validate_sample(features)?;
         let policy = self.policy(policy)?;
+        let started = std::time::Instant::now();
+        let decision = self.predict_with(features, policy).await;
+        crate::metrics::consensus(policy, started.elapsed(), &decision);
+        decision
+    }
+
+    async fn predict_with(&self, features: &[f64], policy: Policy) -> Result<Decision> {
         let members = self.fleet.members();
         let standings = self.standings(&members).await?;
         let (asked, skipped) = split_asked(policy, &members, &standings);
@@ -272,7 +284,10 @@ impl Aggregator {
             })?;
         }
         let policy = self.policy(policy)?;
-        self.decide_batch(rows, policy, true).await
+        let started = std::time::Instant::now();
+        let decisions = self.decide_batch(rows, policy, true).await;
+        crate::metrics::consensus(policy, started.elapsed(), &decisions);
+        decisions
     }
 
     /// Accuracy of the `mean` consensus of the current fleet on the shared hold-out set,

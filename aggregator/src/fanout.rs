@@ -18,6 +18,10 @@
 //! instances claim the same id (a restarted node whose old lease has not expired yet) the
 //! newest registration wins, so one node never votes twice.
 //!
+//! Observability: every call is one `node_call` span (a child of the request's, carried to
+//! the node as `traceparent`) and is counted in `crate::metrics` (latency, result per
+//! node).
+//!
 //! Non-goals: load balancing, retries (a retry would blow the deadline), hedging.
 
 use std::collections::HashMap;
@@ -34,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Request;
+use tracing::Instrument;
 
 use crate::batcher::Batcher;
 use crate::error::{Error, Result};
@@ -237,7 +242,9 @@ fn instance_node_id(instance: &Instance) -> NodeId {
 /// `deadline`; returns one [`Call`] per member, in member order. Calls go through each
 /// node's [`Batcher`], so concurrent requests share `PredictBatch` RPCs.
 pub async fn ask_all(members: &[Member], features: &[f64], deadline: Duration) -> Vec<Call> {
-    join_all(members.iter().map(|member| async move {
+    join_all(members.iter().map(|member| {
+        let span = node_call_span(member);
+        async move {
         let start = Instant::now();
         let result = match member.batcher.submit(features.to_vec(), deadline) {
             Err(failed) => failed,
@@ -252,6 +259,7 @@ pub async fn ask_all(members: &[Member], features: &[f64], deadline: Duration) -
             },
         };
         let latency = start.elapsed();
+        crate::metrics::node_call(&member.node_id, &result, latency);
         if !matches!(result, CallResult::Answered { .. }) {
             tracing::debug!(node_id = %member.node_id, address = %member.address, ?result, ?latency, "node did not answer");
         }
@@ -261,8 +269,16 @@ pub async fn ask_all(members: &[Member], features: &[f64], deadline: Duration) -
             result,
             latency,
         }
+    }
+        .instrument(span)
     }))
     .await
+}
+
+/// The span of one node call: a child of the request's span, so that in a trace every
+/// node the consensus asked shows as its own span (and the node's server span below it).
+fn node_call_span(member: &Member) -> tracing::Span {
+    tracing::debug_span!("node_call", node_id = %member.node_id, address = %member.address)
 }
 
 /// Asks every member to predict all `rows` in one `PredictBatch` each; a node's result is
@@ -277,7 +293,9 @@ pub async fn ask_all_batch(members: &[Member], rows: &[Row], deadline: Duration)
         });
         request.set_timeout(deadline);
         let expected = rows.len();
+        let span = node_call_span(member);
         async move {
+            concord::telemetry::inject(request.metadata_mut());
             let call = timed(member, deadline, async move {
                 let reply = client.predict_batch(request).await?.into_inner();
                 if reply.predictions.len() != expected {
@@ -303,9 +321,16 @@ pub async fn ask_all_batch(members: &[Member], rows: &[Row], deadline: Duration)
                 },
             }
         }
+        .instrument(span)
     }))
     .await
 }
+
+/// What [`timed`] records for a call that answered (the answer itself is not needed).
+const ANSWERED: CallResult = CallResult::Answered {
+    label: 0,
+    probabilities: Vec::new(),
+};
 
 /// Runs one call with the deadline and classifies the outcome.
 async fn timed<T>(
@@ -320,6 +345,15 @@ async fn timed<T>(
         Err(_) => Err(CallResult::TimedOut),
     };
     let latency = start.elapsed();
+    let answered = ANSWERED;
+    crate::metrics::node_call(
+        &member.node_id,
+        match &result {
+            Ok(_) => &answered,
+            Err(failure) => failure,
+        },
+        latency,
+    );
     if let Err(failure) = &result {
         tracing::debug!(node_id = %member.node_id, address = %member.address, ?failure, ?latency, "node did not answer");
     }

@@ -25,6 +25,7 @@ pub mod convert;
 pub mod error;
 pub mod fanout;
 pub mod ledger;
+pub mod metrics;
 pub mod outcomes;
 pub mod policy;
 mod server;

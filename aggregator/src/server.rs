@@ -135,6 +135,8 @@ pub async fn serve(
         config.consensus.clone(),
     )?);
 
+    crate::metrics::LedgerCollector::register(&aggregator);
+
     // Staking runs only with a ledger; reflection must not list it otherwise.
     let staking = book.zip(config.ledger.as_ref());
     let mut served = vec![concord::pb::predict::v1::predictor_server::SERVICE_NAME];

@@ -25,6 +25,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "concord", version, about)]
 struct Cli {
+    /// Export traces over OTLP/HTTP to this collector (base URL, e.g.
+    /// http://127.0.0.1:4318; `/v1/traces` is appended). Without it, trace context still
+    /// travels between processes but nothing is exported. `concord up` passes it on.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,15 +63,41 @@ enum Command {
     EtcdMember(control_plane::MemberArgs),
 }
 
+impl Command {
+    /// The name this process's traces are exported under (`concord-<name>`).
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "up",
+            Command::Certs(_) => "certs",
+            Command::Status(_) => "status",
+            Command::Bench(_) => "bench",
+            Command::Aggregator(_) => "aggregator",
+            Command::Gateway(_) => "gateway",
+            Command::Node(_) => "node",
+            Command::Shop(_) => "shop",
+            Command::Simulate(_) => "simulate",
+            Command::Registry(_) => "registry",
+            Command::Token(_) => "token",
+            Command::EtcdMember(_) => "etcd-member",
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    concord::telemetry::init();
     let cli = Cli::parse();
+    // Before the runtime: the exporter's blocking HTTP client lives on its own thread.
+    // Dropped last, so spans of the shutdown are flushed too.
+    let _telemetry = concord::telemetry::init_with_otlp(
+        cli.command.service_name(),
+        cli.otlp_endpoint.as_deref(),
+    )?;
+    let otlp_endpoint = cli.otlp_endpoint;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(args, otlp_endpoint).await,
             Command::Certs(args) => certs::run(args),
             Command::Status(args) => status::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -18,7 +18,8 @@
 //!
 //! Each child's stdout and stderr are read line by line and echoed on the supervisor's
 //! stderr, prefixed with the child's name; the line `concord <role> listening on <addr>`
-//! marks the child ready. Children die with the supervisor (PR_SET_PDEATHSIG on Linux), so a
+//! marks the child ready. [`ChildrenCollector`] puts every child's state and restarts on
+//! the launcher's metrics page (`concord up --metrics-addr`). Children die with the supervisor (PR_SET_PDEATHSIG on Linux), so a
 //! killed launcher leaves no orphans behind.
 
 use std::{
@@ -388,6 +389,73 @@ async fn terminate(name: &str, child: &mut Child, timeout: Duration) {
                 tracing::error!(child = name, %err, "SIGKILL failed");
             }
         }
+    }
+}
+
+/// The launcher's Prometheus families, read from the supervisors at scrape time:
+/// `up_child_running{child,role}` (1 while announced) and
+/// `up_child_restarts_total{child,role}`.
+pub struct ChildrenCollector {
+    children: Vec<(ChildSpec, watch::Receiver<ChildStatus>)>,
+}
+
+impl std::fmt::Debug for ChildrenCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildrenCollector")
+            .field("children", &self.children.len())
+            .finish()
+    }
+}
+
+impl ChildrenCollector {
+    /// Puts `running`'s children on the process's metrics page.
+    pub fn register(running: &[Supervised]) {
+        concord::metrics::register_collector(Box::new(ChildrenCollector {
+            children: running
+                .iter()
+                .map(|c| (c.spec.clone(), c.status_receiver()))
+                .collect(),
+        }));
+    }
+}
+
+impl prometheus_client::collector::Collector for ChildrenCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let labels =
+            |spec: &ChildSpec| vec![("child", spec.name.clone()), ("role", spec.role.clone())];
+        let statuses: Vec<_> = self
+            .children
+            .iter()
+            .map(|(spec, status_rx)| (spec, status_rx.borrow().clone()))
+            .collect();
+        let running: Vec<_> = statuses
+            .iter()
+            .map(|(spec, status)| {
+                (
+                    labels(spec),
+                    f64::from(u8::from(status.state == ChildState::Running)),
+                )
+            })
+            .collect();
+        concord::metrics::encode_gauges(
+            &mut encoder,
+            "up_child_running",
+            "1 while the child runs and has announced its address.",
+            &running,
+        )?;
+        let restarts: Vec<_> = statuses
+            .iter()
+            .map(|(spec, status)| (labels(spec), u64::from(status.restarts)))
+            .collect();
+        concord::metrics::encode_counters(
+            &mut encoder,
+            "up_child_restarts",
+            "Times the supervisor restarted the child.",
+            &restarts,
+        )
     }
 }
 

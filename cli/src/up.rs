@@ -11,6 +11,10 @@
 //!
 //! Every child that (re)starts and announces its address prints one line on stdout:
 //! `concord up: <name> (<role>) pid <pid> running on <addr>` — scripts and tests follow it.
+//! Once all are up, one line per child says where its Prometheus metrics are:
+//! `concord up: <name> metrics at http://<addr>/metrics` (a gRPC child's metrics listener is
+//! its gRPC port + [`METRICS_PORT_OFFSET`], or a free port with `--auto-ports`; the
+//! gateway's is its HTTP port). `--otlp-endpoint` is handed to every child.
 //!
 //! Secrets: the first start creates a random cluster secret, admin token and oracle token
 //! under `<data-dir>/secrets/` (mode 0600; `concord token` prints them) and every later
@@ -83,6 +87,11 @@ pub struct Args {
         default_value = "embedded"
     )]
     pub control_plane: ControlPlane,
+    /// Metrics of the launcher itself (each child's restarts and state); every child gets
+    /// its own metrics listener regardless (gRPC port + 1000, or a free port with
+    /// --auto-ports; the gateway serves /metrics on its HTTP port).
+    #[command(flatten)]
+    pub metrics: crate::roles::MetricsArgs,
 }
 
 /// Where `concord up`'s registry keeps its leases.
@@ -93,6 +102,9 @@ pub enum ControlPlane {
     /// Two registries on a 3-member etcd cluster.
     Etcd,
 }
+
+/// Offset from a child's default gRPC port to its default metrics port.
+pub const METRICS_PORT_OFFSET: u16 = 1000;
 
 /// The cluster's secrets: the files under `data_dir` (created when missing), each
 /// overridden by its flag or environment variable when given.
@@ -152,8 +164,9 @@ impl PortPlan {
     }
 }
 
-/// Runs the cluster until Ctrl-C or SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// Runs the cluster until Ctrl-C or SIGTERM; `otlp_endpoint` (the global flag) is passed
+/// to every child.
+pub async fn run(args: Args, otlp_endpoint: Option<String>) -> anyhow::Result<()> {
     let shutdown = concord::shutdown::signal();
     std::fs::create_dir_all(&args.data_dir)?;
     let program = std::env::current_exe()?;
@@ -173,8 +186,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    let (registry_addr, tiers) = plan(&args, &program, &ports, &secrets)?;
+    let (registry_addr, tiers, metrics) =
+        plan(&args, &program, &ports, &secrets, otlp_endpoint.as_deref())?;
     let registry_addr = registry_addr.as_str();
+    let own_metrics = args.metrics.start("up").await?;
 
     let mut running: Vec<Supervised> = Vec::new();
     for tier in tiers {
@@ -192,7 +207,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         running.extend(started);
     }
-    print_table(&running, registry_addr);
+    print_table(&running, registry_addr, &metrics);
+    crate::supervisor::ChildrenCollector::register(&running);
 
     let announcer = tokio::spawn(announce_restarts(
         running
@@ -203,17 +219,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     shutdown.await;
     announcer.abort();
     stop_all(running).await;
+    crate::roles::stop_metrics(own_metrics).await;
     Ok(())
 }
 
-/// The children to start, tier by tier (each tier waits for the previous one), and the
-/// registry address (a comma-separated list with several registries).
+/// Where each child's metrics are: `(child name, URL)`, in start order.
+pub type MetricsPlan = Vec<(String, String)>;
+
+/// The children to start, tier by tier (each tier waits for the previous one), the
+/// registry address (a comma-separated list with several registries) and where each
+/// child serves its metrics.
 fn plan(
     args: &Args,
     program: &std::path::Path,
     ports: &PortPlan,
     secrets: &Secrets,
-) -> anyhow::Result<(String, Vec<Vec<ChildSpec>>)> {
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<(String, Vec<Vec<ChildSpec>>, MetricsPlan)> {
     anyhow::ensure!(
         args.faulty <= args.nodes,
         "--faulty {} is more than --nodes {}",
@@ -227,6 +249,24 @@ fn plan(
         false => None,
     };
     let secret_env = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+    let mut metrics: MetricsPlan = Vec::new();
+    // A gRPC child's metrics listener: its gRPC port + METRICS_PORT_OFFSET by default.
+    let metrics_args = |metrics: &mut MetricsPlan,
+                        name: &str,
+                        grpc_default: &str|
+     -> anyhow::Result<Vec<String>> {
+        let default: SocketAddr = grpc_default.parse()?;
+        let port = default
+            .port()
+            .checked_add(METRICS_PORT_OFFSET)
+            .ok_or_else(|| anyhow::anyhow!("no metrics port above {default}"))?;
+        let addr = ports.addr(&SocketAddr::new(default.ip(), port).to_string())?;
+        metrics.push((
+            name.to_owned(),
+            format!("http://{addr}{}", concord::metrics::METRICS_PATH),
+        ));
+        Ok(strings(&["--metrics-addr", &addr.to_string()]))
+    };
     // Every child gets its principal's credential (the registry checks, it does not call)
     // and, with --tls, its principal's certificate.
     let child = |name: String,
@@ -235,6 +275,12 @@ fn plan(
                  mut args: Vec<String>,
                  mut env: Vec<(String, String)>|
      -> anyhow::Result<ChildSpec> {
+        if let Some(endpoint) = otlp_endpoint {
+            env.push((
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                endpoint.to_owned(),
+            ));
+        }
         if principal != Principal::Registry {
             env.push((
                 "CONCORD_CREDENTIAL".to_owned(),
@@ -277,43 +323,57 @@ fn plan(
             "honest".to_owned()
         };
         let id = format!("node-{n}");
+        let node_metrics = metrics_args(&mut metrics, &id, &format!("127.0.0.1:{default_port}"))?;
         services.push(child(
             id.clone(),
             "node",
             Principal::Node(id.clone()),
-            strings(&[
-                "node",
-                "--listen",
-                &addr.to_string(),
-                "--id",
-                &id,
-                "--preset",
-                &((n - 1) % fleet_size + 1).to_string(),
-                "--behaviour",
-                &behaviour,
-                "--registry",
-                &registry,
-                "--initial-stake",
-                &args.initial_stake.to_string(),
-            ]),
+            [
+                strings(&[
+                    "node",
+                    "--listen",
+                    &addr.to_string(),
+                    "--id",
+                    &id,
+                    "--preset",
+                    &((n - 1) % fleet_size + 1).to_string(),
+                    "--behaviour",
+                    &behaviour,
+                    "--registry",
+                    &registry,
+                    "--initial-stake",
+                    &args.initial_stake.to_string(),
+                ]),
+                node_metrics,
+            ]
+            .concat(),
             Vec::new(),
         )?);
     }
 
     let aggregator_addr = ports.addr(concord::config::DEFAULT_AGGREGATOR_ADDR)?;
+    let aggregator_metrics = metrics_args(
+        &mut metrics,
+        "aggregator",
+        concord::config::DEFAULT_AGGREGATOR_ADDR,
+    )?;
     services.push(child(
         "aggregator".into(),
         "aggregator",
         Principal::Aggregator,
-        strings(&[
-            "aggregator",
-            "--listen",
-            &aggregator_addr.to_string(),
-            "--registry",
-            &registry,
-            "--ledger-path",
-            &args.data_dir.join("ledger").to_string_lossy(),
-        ]),
+        [
+            strings(&[
+                "aggregator",
+                "--listen",
+                &aggregator_addr.to_string(),
+                "--registry",
+                &registry,
+                "--ledger-path",
+                &args.data_dir.join("ledger").to_string_lossy(),
+            ]),
+            aggregator_metrics,
+        ]
+        .concat(),
         vec![
             secret_env("CONCORD_CLUSTER_SECRET", &secrets.cluster_secret),
             secret_env("CONCORD_ORACLE_TOKEN", &secrets.oracle_token),
@@ -325,49 +385,71 @@ fn plan(
         secret_env("CONCORD_SESSION_KEY", &secrets.session_key),
     ];
     let shop_addr = ports.addr(concord::config::DEFAULT_SHOP_PRIMARY_ADDR)?;
+    let shop_metrics = metrics_args(
+        &mut metrics,
+        "shop-1",
+        concord::config::DEFAULT_SHOP_PRIMARY_ADDR,
+    )?;
     services.push(child(
         "shop-1".into(),
         "shop",
         Principal::Shop,
-        strings(&[
-            "shop",
-            "--listen",
-            &shop_addr.to_string(),
-            "--registry",
-            &registry,
-            "--replication",
-            &args.replication,
-            "--data-dir",
-            &args.data_dir.join("shop-1").to_string_lossy(),
-        ]),
-        shop_env.clone(),
-    )?);
-    if args.replication != "none" {
-        let replica_addr = ports.addr(concord::config::DEFAULT_SHOP_REPLICA_ADDR)?;
-        services.push(child(
-            "shop-2".into(),
-            "shop",
-            Principal::Shop,
+        [
             strings(&[
                 "shop",
                 "--listen",
-                &replica_addr.to_string(),
+                &shop_addr.to_string(),
                 "--registry",
                 &registry,
                 "--replication",
                 &args.replication,
-                "--replica-of",
-                &shop_addr.to_string(),
-                "--replica-id",
-                "shop-2",
                 "--data-dir",
-                &args.data_dir.join("shop-2").to_string_lossy(),
+                &args.data_dir.join("shop-1").to_string_lossy(),
             ]),
+            shop_metrics,
+        ]
+        .concat(),
+        shop_env.clone(),
+    )?);
+    if args.replication != "none" {
+        let replica_addr = ports.addr(concord::config::DEFAULT_SHOP_REPLICA_ADDR)?;
+        let replica_metrics = metrics_args(
+            &mut metrics,
+            "shop-2",
+            concord::config::DEFAULT_SHOP_REPLICA_ADDR,
+        )?;
+        services.push(child(
+            "shop-2".into(),
+            "shop",
+            Principal::Shop,
+            [
+                strings(&[
+                    "shop",
+                    "--listen",
+                    &replica_addr.to_string(),
+                    "--registry",
+                    &registry,
+                    "--replication",
+                    &args.replication,
+                    "--replica-of",
+                    &shop_addr.to_string(),
+                    "--replica-id",
+                    "shop-2",
+                    "--data-dir",
+                    &args.data_dir.join("shop-2").to_string_lossy(),
+                ]),
+                replica_metrics,
+            ]
+            .concat(),
             shop_env,
         )?);
     }
 
     let gateway_addr = ports.addr(concord::config::DEFAULT_GATEWAY_ADDR)?;
+    metrics.push((
+        "gateway".to_owned(),
+        format!("http://{gateway_addr}{}", concord::metrics::METRICS_PATH),
+    ));
     services.push(child(
         "gateway".into(),
         "gateway",
@@ -389,14 +471,24 @@ fn plan(
         )]
     };
     if args.control_plane == ControlPlane::Embedded {
+        let registry_metrics = metrics_args(
+            &mut metrics,
+            "registry",
+            concord::config::DEFAULT_REGISTRY_ADDR,
+        )?;
+        metrics.rotate_right(1); // the registry starts first; list it first
         let registry_tier = vec![child(
             "registry".into(),
             "registry",
             Principal::Registry,
-            strings(&["registry", "--listen", &registry]),
+            [
+                strings(&["registry", "--listen", &registry]),
+                registry_metrics,
+            ]
+            .concat(),
             registry_env(),
         )?];
-        return Ok((registry, vec![registry_tier, services]));
+        return Ok((registry, vec![registry_tier, services], metrics));
     }
 
     // --control-plane etcd: a fresh etcd cluster, then two registries on it.
@@ -464,7 +556,7 @@ fn plan(
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((registry, vec![etcd_tier, registry_tier, services]))
+    Ok((registry, vec![etcd_tier, registry_tier, services], metrics))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -484,16 +576,20 @@ async fn stop_all(mut running: Vec<Supervised>) {
     }
 }
 
-fn print_table(running: &[Supervised], registry_addr: &str) {
+fn print_table(running: &[Supervised], registry_addr: &str, metrics: &MetricsPlan) {
     println!();
     println!(
-        "{:<14} {:<11} {:<22} {:>8}",
+        "{:<14} {:<11} {:<22} {:>8}  METRICS",
         "NAME", "ROLE", "ADDRESS", "PID"
     );
     for child in running {
         let status = child.status();
+        let url = metrics
+            .iter()
+            .find(|(name, _)| *name == child.spec.name)
+            .map_or("", |(_, url)| url.as_str());
         println!(
-            "{:<14} {:<11} {:<22} {:>8}",
+            "{:<14} {:<11} {:<22} {:>8}  {url}",
             child.spec.name,
             child.spec.role,
             status.address.map(|a| a.to_string()).unwrap_or_default(),
@@ -504,6 +600,9 @@ fn print_table(running: &[Supervised], registry_addr: &str) {
     println!("cluster up; registry at {registry_addr}. `concord status --registry {registry_addr}` lists live instances. Ctrl-C stops everything.");
     for child in running {
         announce(&child.spec, &child.status());
+    }
+    for (name, url) in metrics {
+        println!("concord up: {name} metrics at {url}");
     }
 }
 

@@ -27,11 +27,12 @@
 //! up to that; in etcd, etcd expires leases.
 //!
 //! Modules: `table` is the lease table and its rules (pure, time passed in), `store` the
-//! choice of store, `etcd_store` the etcd one, `service` the gRPC face, `error` the error
-//! categories.
+//! choice of store, `etcd_store` the etcd one, `service` the gRPC face, `metrics` the
+//! Prometheus families (leases, watchers), `error` the error categories.
 
 mod error;
 mod etcd_store;
+mod metrics;
 mod service;
 mod store;
 mod table;
@@ -132,6 +133,8 @@ pub async fn serve(
         concord::identity::Verifier::Secret(config.cluster_secret),
         stop_rx,
     ));
+    metrics::RegistryCollector::register(&state);
+    let metrics_view = tokio::spawn(service::follow_for_metrics(state.clone()));
     let (router, health) =
         concord::grpc::router(&[concord::pb::registry::v1::registry_server::SERVICE_NAME]);
     health
@@ -146,6 +149,9 @@ pub async fn serve(
     .await;
     if let Err(err) = task.await {
         tracing::error!(%err, "registry store task failed");
+    }
+    if let Err(err) = metrics_view.await {
+        tracing::error!(%err, "registry metrics task failed");
     }
     result
 }

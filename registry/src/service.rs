@@ -14,7 +14,13 @@
 //! ends it; a store that cannot answer ends the stream with `UNAVAILABLE`, and the client
 //! reopens it, possibly at another registry).
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering},
+    sync::Arc,
+    time::Duration,
+};
 
 use concord::identity::{authenticate, Principal, Verifier};
 use concord::pb::registry::v1::{
@@ -43,6 +49,10 @@ pub(crate) struct Shared {
     store: Store,
     verifier: Verifier,
     stop_rx: watch::Receiver<bool>,
+    /// What the metrics page shows ([`Shared::snapshot`]).
+    metrics_view: std::sync::Mutex<(Vec<Instance>, u64)>,
+    /// Open Watch streams.
+    watchers: AtomicUsize,
 }
 
 impl Shared {
@@ -51,6 +61,8 @@ impl Shared {
             store,
             verifier,
             stop_rx,
+            metrics_view: std::sync::Mutex::new((Vec::new(), 0)),
+            watchers: AtomicUsize::new(0),
         }
     }
 
@@ -60,6 +72,20 @@ impl Shared {
             tracing::debug!(%err, "unauthenticated registry call");
             Status::from(err)
         })
+    }
+
+    /// Every live instance and the store revision, as last seen by [`follow_for_metrics`]
+    /// (the metrics page is encoded synchronously; the etcd store answers only async).
+    pub(crate) fn snapshot(&self) -> (Vec<Instance>, u64) {
+        self.metrics_view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Open `Watch` streams.
+    pub(crate) fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
     }
 }
 
@@ -88,6 +114,7 @@ pub(crate) async fn sweep_expired(shared: Arc<MemoryStore>, mut stop_rx: watch::
                     if table.is_isolated(now) { Vec::new() } else { table.expire(now) }
                 });
                 for instance in gone {
+                    crate::metrics::lease_expired();
                     tracing::info!(service = %instance.service, address = %instance.address, "lease expired");
                 }
             }
@@ -202,6 +229,35 @@ impl Registry for RegistryService {
     }
 }
 
+/// Counts an open Watch stream until dropped.
+struct WatcherGuard(Arc<Shared>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps the metrics page's view of the store ([`Shared::snapshot`]) current: reads the
+/// whole instance set after every change, until the server stops.
+pub(crate) async fn follow_for_metrics(shared: Arc<Shared>) {
+    let mut changes_rx = shared.store.changes();
+    let mut stop_rx = shared.stop_rx.clone();
+    loop {
+        changes_rx.borrow_and_update();
+        if let Ok(view) = shared.store.list().await {
+            *shared
+                .metrics_view
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = view;
+        }
+        tokio::select! {
+            changed = changes_rx.changed() => if changed.is_err() { return },
+            _ = stop_rx.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// Sends `service`'s instance set now and after every change, until the client goes away,
 /// the store cannot answer, or the server stops.
 async fn feed_watch(
@@ -211,6 +267,8 @@ async fn feed_watch(
 ) {
     let mut changes_rx = shared.store.changes();
     let mut stop_rx = shared.stop_rx.clone();
+    shared.watchers.fetch_add(1, Ordering::Relaxed);
+    let _open = WatcherGuard(Arc::clone(&shared));
     // Compared without expiry times, which move on every renewal and are not a change.
     let mut last_sent: Option<Vec<Instance>> = None;
     loop {

@@ -25,6 +25,9 @@
 //! module's docs for its invariants; `replication` states what each mode promises, the
 //! failover timing, the split-brain fence and the WAL trimming rule. Non-goals:
 //! multi-replica quorums.
+//!
+//! Observability: `metrics` puts role, term, LSNs, lag and the WAL sync histograms on the
+//! process's Prometheus page, read at scrape time from `GetReplicationStatus`'s source.
 
 mod account;
 mod cart;
@@ -32,6 +35,7 @@ mod catalog;
 mod convert;
 mod error;
 mod keys;
+pub mod metrics;
 mod order;
 mod password;
 mod replication;
@@ -234,6 +238,7 @@ pub async fn serve(
         config.credential.clone(),
         stop_rx.clone(),
     );
+    metrics::ShopCollector::register(&replicator, &store);
     replicator.spawn(replication::run_follower(Arc::clone(&replicator)));
     if let Some(retain) = config.replication.wal_retain {
         replicator.spawn(replication::run_wal_trimmer(

@@ -184,6 +184,8 @@ struct Counters {
     syncs: AtomicU64,
     writes: AtomicU64,
     sync_micros: AtomicU64,
+    /// Per-sync latency and group size for the metrics page.
+    histograms: crate::metrics::WalHistograms,
 }
 
 /// State the checkpointer thread shares with the store.
@@ -408,6 +410,11 @@ impl Store {
         }
     }
 
+    /// WAL sync latency and group size histograms (the metrics page reads them).
+    pub fn wal_histograms(&self) -> &crate::metrics::WalHistograms {
+        &self.counters.histograms
+    }
+
     /// Current term (1 for a fresh store).
     pub fn term(&self) -> u64 {
         self.term.load(Ordering::Acquire)
@@ -622,9 +629,11 @@ impl Store {
         self.counters
             .writes
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         self.counters
             .sync_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.counters.histograms.observe(elapsed, entries.len());
         self.durable.fetch_max(last, Ordering::AcqRel);
         {
             let _view = self.view.write().unwrap_or_else(|p| p.into_inner());

@@ -17,6 +17,9 @@
 
 pub mod etcd;
 
+/// Scraping `/metrics` pages.
+pub mod metrics;
+
 use std::{
     future::Future,
     net::SocketAddr,

@@ -92,7 +92,8 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    /// Wraps `message` in a tonic request carrying the deadline, request id and token.
+    /// Wraps `message` in a tonic request carrying the deadline, request id, token and the
+    /// current span's trace context.
     pub fn request<M>(&self, message: M) -> tonic::Request<M> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
@@ -104,6 +105,8 @@ impl CallContext {
         if let Some(token) = &self.bearer {
             concord::auth::attach_bearer(&mut request, token);
         }
+        // The HTTP request's span: the backend's span becomes its child.
+        concord::telemetry::inject(request.metadata_mut());
         request
     }
 }

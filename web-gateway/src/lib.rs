@@ -18,6 +18,11 @@
 //!    error responses made outside the handlers (axum's `405`, a too-long URI) into the
 //!    same `{"code", "message"}` JSON.
 //!
+//! Observability: a request's W3C `traceparent` header is continued by its span and
+//! forwarded to the backend with the call ([`backends::CallContext::request`]), so a trace
+//! runs browser → gateway → aggregator → nodes. `GET /metrics` serves the process's
+//! Prometheus page, with requests by route template and status ([`metrics`]).
+//!
 //! The gateway registers itself in the registry as service [`SERVICE_NAME`] (a lease
 //! renewed every TTL/3 by a [`LeaseKeeper`], like every other role), so `concord status` and
 //! `/api/cluster` list it; it deregisters when it shuts down. Nothing routes to it through
@@ -41,6 +46,7 @@ pub mod dto;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod routes;
 pub mod session;
 pub mod state;
@@ -195,6 +201,8 @@ pub async fn serve(
     let app = ServiceBuilder::new()
         .layer(RequestBodyDeadlineLayer::new(config.limits.body_read_timeout))
         .map_request(|request: Request<_>| request.map(Body::new))
+        // Every request counted under its final status (see `metrics`).
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(
             TraceLayer::new_for_http()
@@ -204,7 +212,10 @@ pub async fn serve(
                         .get(extract::REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    let span = tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id);
+                    // A browser's or proxy's `traceparent` makes this request part of its trace.
+                    concord::telemetry::continue_trace(&span, request.headers());
+                    span
                 })
                 // Failed replies are logged once, with their cause, by `Error`.
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
@@ -231,7 +242,9 @@ pub async fn serve(
         .layer(edge::csrf_layer())
         .service(
             router
+                .merge(concord::metrics::http_router())
                 .with_state(state)
+                .layer(axum::middleware::from_fn(metrics::route_label))
                 .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
         );
 

@@ -64,6 +64,9 @@ pub struct Args {
     /// Where the stored secrets are.
     #[command(flatten)]
     pub secrets: super::SecretsSource,
+    /// Prometheus metrics listener (off unless given).
+    #[command(flatten)]
+    pub metrics: super::MetricsArgs,
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
@@ -127,8 +130,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(listen),
         &[args.registry.as_str()],
     )?;
+    let metrics = args.metrics.clone();
     let config = args.into_config()?;
     let listener = super::bind_and_announce("aggregator", listen).await?;
-    concord_aggregator::serve(config, listener, shutdown).await?;
+    let metrics = metrics.start("aggregator").await?;
+    let served = concord_aggregator::serve(config, listener, shutdown).await;
+    super::stop_metrics(metrics).await;
+    served?;
     Ok(())
 }

@@ -26,6 +26,68 @@ pub async fn bind_and_announce(role: &str, addr: SocketAddr) -> anyhow::Result<T
     Ok(listener)
 }
 
+/// The `--metrics-addr` flag every gRPC role takes (flattened into its `Args`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off by default; port 0 picks a
+    /// free port). Plain HTTP: bind it to loopback or a monitoring network.
+    #[arg(long, env = "CONCORD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// A running metrics listener; [`MetricsServer::stop`] ends and joins it.
+pub struct MetricsServer {
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl MetricsArgs {
+    /// Binds `--metrics-addr` (if given), prints `concord <role> metrics on <addr>` on
+    /// stdout and serves `GET /metrics` until stopped.
+    pub async fn start(&self, role: &str) -> anyhow::Result<Option<MetricsServer>> {
+        let Some(addr) = self.metrics_addr else {
+            return Ok(None);
+        };
+        let listener = concord::config::bind(addr)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot serve metrics on {addr}: {err}"))?;
+        let bound = listener.local_addr()?;
+        println!("{}", metrics_line(role, bound));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(concord::metrics::serve(listener, async move {
+            let _ = stop_rx.await;
+        }));
+        Ok(Some(MetricsServer { stop_tx, task }))
+    }
+}
+
+impl MetricsServer {
+    /// Stops serving and waits for the listener task.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "metrics listener failed"),
+            Err(err) => tracing::error!(%err, "metrics listener task failed"),
+        }
+    }
+}
+
+/// Stops `server` if there is one (the role's serve has returned).
+pub async fn stop_metrics(server: Option<MetricsServer>) {
+    if let Some(server) = server {
+        server.stop().await;
+    }
+}
+
+/// The line a role prints once its metrics listener is bound.
+pub fn metrics_line(role: &str, addr: SocketAddr) -> String {
+    format!(
+        "concord {role} metrics on http://{addr}{}",
+        concord::metrics::METRICS_PATH
+    )
+}
+
 /// Where a role started by hand finds the cluster's secrets that no flag gave it.
 #[derive(Debug, clap::Args)]
 pub struct SecretsSource {

@@ -49,6 +49,9 @@ pub struct Args {
     /// <principal>` prints one; `concord up` hands each child its own).
     #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
     pub credential: Option<concord::identity::Credential>,
+    /// Prometheus metrics listener (off unless given).
+    #[command(flatten)]
+    pub metrics: super::MetricsArgs,
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
@@ -115,8 +118,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(listen),
         &dials,
     )?;
+    let metrics = args.metrics.clone();
     let config = args.into_config()?;
     let listener = super::bind_and_announce("node", listen).await?;
-    concord_node::serve(config, listener, shutdown).await?;
+    let metrics = metrics.start("node").await?;
+    let served = concord_node::serve(config, listener, shutdown).await;
+    super::stop_metrics(metrics).await;
+    served?;
     Ok(())
 }

@@ -25,6 +25,9 @@ pub struct Args {
     /// The key prefix in etcd (one per Concord cluster sharing an etcd).
     #[arg(long, env = "CONCORD_REGISTRY_ETCD_ROOT", default_value = concord_registry::DEFAULT_ETCD_ROOT)]
     pub etcd_root: String,
+    /// Prometheus metrics listener (off unless given).
+    #[command(flatten)]
+    pub metrics: super::MetricsArgs,
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
@@ -56,6 +59,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     args.tls
         .install(Some(&principal), None, Some(args.listen), &[])?;
     let listener = super::bind_and_announce("registry", args.listen).await?;
-    concord_registry::serve(config, listener, shutdown).await?;
+    let metrics = args.metrics.start("registry").await?;
+    let served = concord_registry::serve(config, listener, shutdown).await;
+    super::stop_metrics(metrics).await;
+    served?;
     Ok(())
 }

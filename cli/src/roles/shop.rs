@@ -66,6 +66,9 @@ pub struct Args {
     /// <principal>` prints one; `concord up` hands each child its own).
     #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
     pub credential: Option<concord::identity::Credential>,
+    /// Prometheus metrics listener (off unless given).
+    #[command(flatten)]
+    pub metrics: super::MetricsArgs,
     /// Mutual TLS (or plaintext, loopback only unless --insecure).
     #[command(flatten)]
     pub tls: super::TlsArgs,
@@ -105,6 +108,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.replication.replica_id = id;
     }
     let listener = super::bind_and_announce("shop", args.listen).await?;
-    concord_shop::serve(config, listener, shutdown).await?;
+    let metrics = args.metrics.start("shop").await?;
+    let served = concord_shop::serve(config, listener, shutdown).await;
+    super::stop_metrics(metrics).await;
+    served?;
     Ok(())
 }
