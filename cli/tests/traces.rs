@@ -66,6 +66,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Sends SIGTERM to the launcher with this pid when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// Parses `concord up: gateway (gateway) pid <pid> running on <addr>`.
 fn gateway_line(line: &str) -> Option<SocketAddr> {
     line.strip_prefix("concord up: gateway (gateway) pid ")?
@@ -126,6 +137,8 @@ async fn one_request_one_trace_across_processes() {
     .spawn()
     .expect("spawn concord up");
     let lines = follow_stdout(&mut up);
+    // Stops the launcher (and so its children) even if an assertion below fails.
+    let guard = KillOnDrop(up.id());
     let gateway =
         wait_for_line(&lines, Duration::from_secs(90), gateway_line).expect("gateway running");
 
@@ -146,7 +159,7 @@ async fn one_request_one_trace_across_processes() {
             .filter(|s| s.trace_id == TRACE_ID && s.service.contains(service) && s.name == name)
             .count()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let spans = received.lock().expect("collector lock").clone();
         let seen = (
@@ -173,9 +186,7 @@ async fn one_request_one_trace_across_processes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status();
+    drop(guard);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while up.try_wait().expect("wait").is_none() {
         assert!(std::time::Instant::now() < deadline, "up did not stop");
