@@ -67,7 +67,7 @@ log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 
 log "cargo test"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 # After the tests: they built target/debug/concord, which generates the Secrets checked.
 log "Kubernetes manifests (offline: schemas, references, house rules)"
