@@ -727,19 +727,41 @@ async fn one_registry_outage_5s_on_etcd_async() {
     control_plane_outage("async", ControlPlane::Etcd, "reg1", Duration::from_secs(5)).await;
 }
 
+/// An HTTP response: status, headers (lower-case names) and body.
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
 /// One HTTP/1.1 exchange with the gateway (the test has no HTTP client crate; the
-/// gateway's HTTP is plain): (status, `Retry-After` header if any).
-async fn http_post(
+/// gateway's HTTP is plain): `extra` header lines end in `\r\n`.
+async fn http(
     addr: std::net::SocketAddr,
+    method: &str,
     path: &str,
-    token: &str,
+    extra: &str,
     body: &str,
-) -> (u16, Option<String>) {
+) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
@@ -752,20 +774,176 @@ async fn http_post(
         .await
         .expect("the gateway did not answer in time")
         .expect("HTTP exchange with the gateway failed");
-    let status = response
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let retry_after = response
+    let headers = head
         .lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
+        .skip(1)
+        .filter_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("retry-after")
-                .then(|| value.trim().to_owned())
-        });
-    (status, retry_after)
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// `POST path` with the bearer `token`: (status, `Retry-After` if any).
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, Option<String>) {
+    let response = http(
+        addr,
+        "POST",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+        body,
+    )
+    .await;
+    let retry_after = response.header("retry-after").map(str::to_owned);
+    (response.status, retry_after)
+}
+
+/// Every role on its own host — three etcd members, two registries, three prediction
+/// nodes, the aggregator, both shops and the gateway — with plaintext gRPC across hosts
+/// (`--insecure`): a prediction and a sync order (sign-up, cart, checkout) work through
+/// the gateway, and the order was on the replica's disk before the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_role_on_its_own_host() {
+    let Some(cluster) = Cluster::start_with("sync", ControlPlane::Etcd).await else {
+        return;
+    };
+    let registry = cluster.registry();
+    let net = &cluster.net;
+    let _nodes: Vec<Process> = (1..=3)
+        .map(|n| {
+            let host = format!("node{n}");
+            let id = format!("node-{n}");
+            net.spawn(
+                &host,
+                &[
+                    "node",
+                    "--listen",
+                    &net.listen(&host),
+                    "--id",
+                    &id,
+                    "--preset",
+                    &n.to_string(),
+                    "--registry",
+                    &registry,
+                    "--initial-stake",
+                    "1000",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let ledger = tempdir();
+    let _aggregator = net.spawn(
+        "aggregator",
+        &[
+            "aggregator",
+            "--listen",
+            &net.listen("aggregator"),
+            "--registry",
+            &registry,
+            "--min-answers",
+            "2",
+            "--ledger-path",
+            ledger.path().join("ledger").to_str().expect("utf-8 path"),
+            "--cluster-secret",
+            common::CLUSTER_SECRET,
+        ],
+        &[],
+    );
+    let gateway = net.spawn(
+        "gateway",
+        &[
+            "gateway",
+            "--listen",
+            &net.listen("gateway"),
+            "--registry",
+            &registry,
+        ],
+        &[],
+    );
+    let predict = "/api/predict?sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2";
+    let predicted = eventually(WAIT, || async {
+        let r = http(gateway.addr, "GET", predict, "", "").await;
+        r.status == 200 && r.json()["answered"].as_u64() == Some(3)
+    })
+    .await;
+    assert!(
+        predicted,
+        "no prediction with all three nodes across the hosts"
+    );
+
+    let product = http(
+        gateway.addr,
+        "POST",
+        "/api/products",
+        &format!("Authorization: Bearer {ADMIN}\r\n"),
+        r#"{"name":"across hosts","price_minor":100,"currency":"EUR","stock":5}"#,
+    )
+    .await;
+    assert_eq!(product.status, 201, "{}", product.body);
+    let product_id = product.json()["product"]["id"]
+        .as_str()
+        .expect("product id")
+        .to_owned();
+    let signup = http(
+        gateway.addr,
+        "POST",
+        "/api/signup",
+        "",
+        r#"{"username":"hostuser","password":"correct horse battery"}"#,
+    )
+    .await;
+    assert_eq!(signup.status, 201, "{}", signup.body);
+    let cookie = signup
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let session = format!("Cookie: {cookie}\r\n");
+    let added = http(
+        gateway.addr,
+        "POST",
+        "/api/carts/me/items",
+        &session,
+        &format!(r#"{{"product_id":"{product_id}","quantity":2}}"#),
+    )
+    .await;
+    assert!(
+        added.status < 300,
+        "add to cart: {} {}",
+        added.status,
+        added.body
+    );
+    let order = http(
+        gateway.addr,
+        "POST",
+        "/api/orders",
+        &format!("{session}Idempotency-Key: across-hosts-1\r\n"),
+        "{}",
+    )
+    .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let write = &order.json()["write"];
+    assert_eq!(
+        write["replicated"], true,
+        "a sync order not on the replica: {write}"
+    );
 }
 
 /// The gateway cut off from the primary but not from the replica: writes through it get

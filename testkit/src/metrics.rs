@@ -1,7 +1,7 @@
 //! Scraping a real `/metrics` page in tests: serve the process's page on a free port, `GET`
-//! it over HTTP/1.1, and parse it strictly
-//! ([`Page::parse`]: the format's grammar, including braces and escapes in label values,
-//! which `prometheus-parse` mishandles).
+//! it over HTTP/1.1, and parse it strictly ([`Page::parse`](crate::metrics::Page::parse):
+//! the format's grammar, including braces and escapes in label values, which
+//! `prometheus-parse` mishandles).
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
