@@ -23,27 +23,20 @@ if ! command -v grpcurl >/dev/null 2>&1; then
 fi
 
 # Debian packages: Chromium and chromedriver for the browser test of the web UI; iptables
-# for the partition tests (they cut links between network namespaces with DROP rules).
+# for the partition tests (they cut links between network namespaces with DROP rules);
+# etcd (etcd-server) for the registry's etcd store and `concord up --control-plane etcd`.
+# In CI (CI=true) the tests that need them fail without them instead of skipping.
 APT_PACKAGES=()
 command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || APT_PACKAGES+=(chromium-driver)
 command -v iptables >/dev/null 2>&1 || APT_PACKAGES+=(iptables)
+command -v etcd >/dev/null 2>&1 || APT_PACKAGES+=(etcd-server)
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   log "installing ${APT_PACKAGES[*]} (apt)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
-fi
-
-# etcd (Debian: etcd-server) for the registry's etcd store and `concord up --control-plane
-# etcd`; in CI (CI=true) the tests fail without it instead of skipping.
-if ! command -v etcd >/dev/null 2>&1; then
-  log "installing etcd-server (apt)"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
 fi
 
 # buf (npm @bufbuild/buf) for the proto lint, kept under target/ so it is rebuilt per clone.

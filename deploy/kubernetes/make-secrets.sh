@@ -4,11 +4,11 @@
 #
 #   concord-registry    cluster-secret                        (checks every registration)
 #   concord-aggregator  cluster-secret, oracle-token, credential
-#   concord-shop        admin-token, credential               (both shops: one principal)
+#   concord-shop        admin-token, session-key, credential  (both shops: one principal)
 #   concord-gateway     credential
 #   concord-node-N      credential of node/node-N             (never the cluster secret)
 #
-# The secrets come from <data-dir>/secrets/ (cluster-secret, admin-token, oracle-token,
+# The secrets come from <data-dir>/secrets/ (cluster-secret, admin-token, oracle-token, session-key,
 # the files `concord up` makes), created at random (mode 0600) when missing, so running it
 # again prints the same Secrets and `concord token admin --data-dir <data-dir>` prints the
 # cluster's admin token. Credentials are derived by `concord token credential`, the one
@@ -48,7 +48,7 @@ secrets="$data_dir/secrets"
 umask 077
 mkdir -p "$secrets"
 chmod 700 "$secrets"
-for name in cluster-secret admin-token oracle-token; do
+for name in cluster-secret admin-token oracle-token session-key; do
   if [ ! -s "$secrets/$name" ]; then
     # 32 random bytes, hex: what `concord up` makes.
     od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$secrets/$name"
@@ -84,7 +84,8 @@ cluster_secret="$(read_secret cluster-secret)"
 secret concord-registry registry "cluster-secret=$cluster_secret"
 secret concord-aggregator aggregator "cluster-secret=$cluster_secret" \
   "oracle-token=$(read_secret oracle-token)" "credential=$(credential aggregator)"
-secret concord-shop shop "admin-token=$(read_secret admin-token)" "credential=$(credential shop)"
+secret concord-shop shop "admin-token=$(read_secret admin-token)" \
+  "session-key=$(read_secret session-key)" "credential=$(credential shop)"
 secret concord-gateway gateway "credential=$(credential gateway)"
 for n in $(seq 1 "$nodes"); do
   secret "concord-node-$n" "node.node-$n" "credential=$(credential "node/node-$n")"

@@ -4,13 +4,16 @@ use std::{collections::HashMap, time::Duration};
 
 use concord::{
     identity::Principal,
-    pb::registry::v1::{registry_client::RegistryClient, RegisterRequest, WatchRequest},
+    pb::registry::v1::{
+        registry_client::RegistryClient, KeepAliveRequest, RegisterRequest, WatchRequest,
+    },
 };
 use concord_testkit::{credential, metrics};
 use tonic::Request;
 
 /// Two live leases and two open watches are on the page; when one lease is left to
-/// expire, the lease gauge drops and the expiry counter moves.
+/// expire while the other is renewed, the lease gauge drops and the expiry counter moves.
+/// (A registry that hears from nobody expires nobody: it may be the one cut off.)
 #[tokio::test]
 async fn leases_watchers_and_expiry() {
     let registry = concord_testkit::registry().await;
@@ -27,6 +30,7 @@ async fn leases_watchers_and_expiry() {
         watch.message().await.expect("stream").expect("initial set");
         watches.push(watch);
     }
+    let mut kept = String::new();
     for (node, ttl_ms) in [("node-1", 60_000), ("node-2", 1_000)] {
         let mut request = Request::new(RegisterRequest {
             service: "predictor".into(),
@@ -35,7 +39,14 @@ async fn leases_watchers_and_expiry() {
             ttl_ms,
         });
         credential(Principal::Node(node.into())).attach(&mut request);
-        client.register(request).await.expect("register");
+        let lease = client
+            .register(request)
+            .await
+            .expect("register")
+            .into_inner();
+        if node == "node-1" {
+            kept = lease.lease_id;
+        }
     }
     let (addr, _stop) = metrics::serve().await;
     let page = metrics::scrape(addr).await;
@@ -55,6 +66,12 @@ async fn leases_watchers_and_expiry() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{}", page.text);
+        let mut renew = Request::new(KeepAliveRequest {
+            lease_id: kept.clone(),
+            metadata: None,
+        });
+        credential(Principal::Node("node-1".into())).attach(&mut renew);
+        client.keep_alive(renew).await.expect("renew node-1");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(watches);

@@ -477,15 +477,16 @@ async fn openapi_documents_every_route() -> Result<()> {
     h.stop().await
 }
 
-/// Registry metadata (`role`, `term`) decides the primary shown in `/api/cluster`, and an
-/// unreachable shop is reported with its error instead of failing the view.
+/// Registry metadata (`role`, `term`) decides the primary shown in `/api/cluster` (the
+/// registry admits one live primary: here a replica at term 1 and the primary of term 2),
+/// and an unreachable shop is reported with its error instead of failing the view.
 #[tokio::test]
 async fn cluster_view_names_highest_term_primary() -> Result<()> {
     let h = Harness::start().await?;
     let old = dead_address().await?;
     let new = dead_address().await?;
     let _a = h
-        .register("shop", &old, &[("role", "primary"), ("term", "1")])
+        .register("shop", &old, &[("role", "replica"), ("term", "1")])
         .await?;
     let _b = h
         .register("shop", &new, &[("role", "primary"), ("term", "2")])
