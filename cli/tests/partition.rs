@@ -97,8 +97,20 @@ impl Cluster {
             }
             ControlPlane::Etcd => {
                 let etcd_binary = concord_testkit::etcd::etcd_binary()?;
-                let net =
-                    Network::create(&["etcd1", "etcd2", "etcd3", "reg1", "reg2", "alpha", "beta"])?;
+                let net = Network::create(&[
+                    "etcd1",
+                    "etcd2",
+                    "etcd3",
+                    "reg1",
+                    "reg2",
+                    "alpha",
+                    "beta",
+                    "node1",
+                    "node2",
+                    "node3",
+                    "aggregator",
+                    "gateway",
+                ])?;
                 // Fixed etcd ports are safe here: each member has its own namespace and
                 // address, which no other test shares.
                 let members: Vec<concord::etcd::LocalMember> = (1..=3)
