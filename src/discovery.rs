@@ -531,17 +531,20 @@ async fn keep_alive_loop(
                 retry_soon = false;
                 state.lost();
             }
+            // A holder retries at least as often as it renews: when a cut-off registry
+            // comes back it gives every lease one fresh grace period, and a holder still
+            // sleeping off a long backoff would let its own lease lapse in it.
             Ok(Err(status)) => {
                 tracing::warn!(service = %registration.service, %status, "keep-alive failed");
                 unconfirmed = metadata;
                 retry_soon = true;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(MAX_BACKOFF).min(renew_every);
             }
             Err(_) => {
                 tracing::warn!(service = %registration.service, "keep-alive timed out");
                 unconfirmed = metadata;
                 retry_soon = true;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(MAX_BACKOFF).min(renew_every);
             }
         }
     }

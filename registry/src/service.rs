@@ -320,7 +320,7 @@ mod tests {
 
     /// A stalled registry process (here: the clock jumps 3 TTLs between two sweeps) gives
     /// every lease a fresh TTL instead of expiring it; a holder that then stays silent
-    /// expires one TTL later.
+    /// expires two TTLs later.
     #[tokio::test(start_paused = true)]
     async fn a_stall_gives_every_lease_a_fresh_ttl() {
         let memory = Arc::new(MemoryStore::new());
@@ -349,11 +349,11 @@ mod tests {
             1,
             "expired after a stall"
         );
-        // Silent for a whole TTL after it: gone.
-        tokio::time::sleep(ttl + EXPIRY_TICK * 2).await;
+        // Silent for the whole grace (two TTLs) after it: gone.
+        tokio::time::sleep(ttl * 2 + EXPIRY_TICK * 2).await;
         assert!(
             memory.table().resolve("gateway").is_empty(),
-            "grace is one TTL, not forever"
+            "grace is two TTLs, not forever"
         );
         stop_tx.send(true).expect("sweeper listens");
         sweeper.await.expect("sweeper ends");

@@ -50,9 +50,9 @@
 //! 5 s) lets a replica promote past a primary that never died. So when the table holds
 //! leases at two or more addresses and has heard from nobody for half the shortest TTL, it
 //! counts itself isolated and expires nothing; the first call after that, or a stall of the
-//! sweeper itself, gives every lease a fresh TTL from that moment, so only holders that then
-//! stay silent expire, one TTL later. Cost: a lease may outlive its holder by up to the
-//! longest renewal period among the other holders plus one TTL when everyone else is quiet.
+//! sweeper itself, gives every lease two fresh TTLs from that moment, so only holders that then
+//! stay silent expire, two TTLs later. Cost: a lease may outlive its holder by up to the
+//! longest renewal period among the other holders plus two TTLs when everyone else is quiet.
 //!
 //! **Bounds.** So that `List` and every `Watch` message stay under the 4 MiB gRPC message
 //! limit ([`concord::grpc::MAX_MESSAGE_BYTES`]) whatever is registered, the table holds at
@@ -95,6 +95,9 @@ use concord::{
 use crate::RegistryError;
 
 /// Shortest TTL a lease may ask for.
+/// TTLs of grace every lease gets when a cut-off or stalled table resumes ([`LeaseTable::grace`]).
+const GRACE_TTLS: u32 = 2;
+
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest TTL a lease may ask for.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -540,15 +543,18 @@ impl LeaseTable {
         now.saturating_duration_since(last_heard) >= shortest / 2
     }
 
-    /// Gives every lease a fresh TTL from `now` (never a shorter one): after the registry
+    /// Gives every lease two fresh TTLs from `now` (never a shorter one): after the registry
     /// was stalled or cut off it could not have seen the renewals, so it may not expire
     /// anything for that silence.
     pub fn grace(&mut self, now: Instant) {
         let wall = unix_ms();
         for lease in self.leases.values_mut() {
-            if lease.expires_at < now + lease.ttl {
-                lease.expires_at = now + lease.ttl;
-                lease.instance.expires_at_unix_ms = wall + millis(lease.ttl);
+            // Two TTLs: links heal one at a time and a holder may be between two retries
+            // when its own comes back, so one TTL from the first call heard is too tight.
+            let grace = lease.ttl * GRACE_TTLS;
+            if lease.expires_at < now + grace {
+                lease.expires_at = now + grace;
+                lease.instance.expires_at_unix_ms = wall + millis(grace);
             }
         }
     }
@@ -1645,9 +1651,9 @@ mod tests {
         assert!(table.is_isolated(t0 + TTL / 2));
         table.grace(t0 + TTL);
         assert!(table
-            .expire(t0 + TTL * 2 - Duration::from_millis(1))
+            .expire(t0 + TTL * 3 - Duration::from_millis(1))
             .is_empty());
-        assert_eq!(table.expire(t0 + TTL * 2).len(), 1, "only the short lease");
+        assert_eq!(table.expire(t0 + TTL * 3).len(), 1, "only the short lease");
         assert_eq!(
             table.resolve("s").len(),
             1,
