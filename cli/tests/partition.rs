@@ -530,82 +530,24 @@ async fn run_for(load: &Load, more: usize) {
     );
 }
 
-/// The primary cut off from everything (registry, replica, clients) for longer than its
-/// lease: it stops acknowledging, beta is promoted, nothing acknowledged is lost, and after
-/// the heal alpha rejoins as beta's replica with the same data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn primary_cut_off_from_everything() {
-    let Some(cluster) = Cluster::start("sync").await else {
-        return;
-    };
+/// Cuts the primary off with `cut` under load (`what` names the case in the output):
+/// beta must be promoted, alpha must rejoin as beta's replica after the heal, nothing
+/// acknowledged may be lost, and both must end with the same data. Returns when alpha's
+/// last acknowledgement arrived, counted from the start of the cut.
+async fn primary_failover(what: &str, cut: impl FnOnce(&Network)) -> Option<Option<Duration>> {
+    let cluster = Cluster::start("sync").await?;
     let registry = cluster.registry();
     let load = Load::start(registry.clone(), cluster.alpha());
     run_for(&load, 500).await;
     let cut_at = Instant::now();
-    cluster.net.isolate("alpha");
+    cut(&cluster.net);
     let promoted = eventually(WAIT, || async {
         primary(&registry)
             .await
             .is_some_and(|(addr, term)| addr == cluster.beta() && term >= 2)
     })
     .await;
-    assert!(promoted, "beta was not promoted while alpha was cut off");
-    run_for(&load, 300).await;
-    cluster.net.heal();
-    assert!(
-        eventually(WAIT, || async {
-            status(&cluster.alpha()).await.is_some_and(|s| {
-                s.role == pb::Role::Replica as i32 && s.primary_address == cluster.beta()
-            })
-        })
-        .await,
-        "alpha did not rejoin as beta's replica after the heal"
-    );
-    run_for(&load, 200).await;
-    let acks = load.finish().await;
-    let last_alpha = acks
-        .iter()
-        .rev()
-        .find(|a| a.host == cluster.alpha())
-        .map(|a| a.at);
-    let verdict = verify(&acks, &cluster.beta(), cut_at).await;
-    eprintln!(
-        "primary cut off from everything: {} acknowledged, {} lost, pause {} ms, alpha's last ack {:?} after the cut",
-        verdict.acked,
-        verdict.lost,
-        verdict.pause.as_millis(),
-        last_alpha.map(|t| t.saturating_duration_since(cut_at))
-    );
-    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
-    cluster
-        .wait_converged(&cluster.beta(), &cluster.alpha())
-        .await;
-    cluster.assert_same_data().await;
-}
-
-/// The primary cut off from the registry only (it still reaches its replica and the
-/// clients): it stops acknowledging within ¾ TTL, beta is promoted only after that, never
-/// two shops acknowledging at once, nothing lost, alpha rejoins after the heal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn primary_cut_off_from_the_registry_only() {
-    let Some(cluster) = Cluster::start("sync").await else {
-        return;
-    };
-    let registry = cluster.registry();
-    let load = Load::start(registry.clone(), cluster.alpha());
-    run_for(&load, 500).await;
-    let cut_at = Instant::now();
-    cluster.net.cut("alpha", "registry");
-    let promoted = eventually(WAIT, || async {
-        primary(&registry)
-            .await
-            .is_some_and(|(addr, term)| addr == cluster.beta() && term >= 2)
-    })
-    .await;
-    assert!(
-        promoted,
-        "beta was not promoted while alpha was cut off from the registry"
-    );
+    assert!(promoted, "beta was not promoted while alpha was {what}");
     run_for(&load, 300).await;
     cluster.net.heal();
     assert!(
@@ -626,22 +568,45 @@ async fn primary_cut_off_from_the_registry_only() {
         .map(|a| a.at.saturating_duration_since(cut_at));
     let verdict = verify(&acks, &cluster.beta(), cut_at).await;
     eprintln!(
-        "primary cut off from the registry: {} acknowledged, {} lost, pause {} ms, alpha's last ack {:?} after the cut",
+        "primary {what}: {} acknowledged, {} lost, pause {} ms, alpha's last ack {:?} after the cut",
         verdict.acked,
         verdict.lost,
         verdict.pause.as_millis(),
         last_alpha
     );
     assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    cluster
+        .wait_converged(&cluster.beta(), &cluster.alpha())
+        .await;
+    cluster.assert_same_data().await;
+    Some(last_alpha)
+}
+
+/// The primary cut off from everything (registry, replica, clients) for longer than its
+/// lease: it stops acknowledging, beta is promoted, nothing acknowledged is lost, and after
+/// the heal alpha rejoins as beta's replica with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primary_cut_off_from_everything() {
+    primary_failover("cut off from everything", |net| net.isolate("alpha")).await;
+}
+
+/// The primary cut off from the registry only (it still reaches its replica and the
+/// clients): it stops acknowledging within ¾ TTL, beta is promoted only after that, never
+/// two shops acknowledging at once, nothing lost, alpha rejoins after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primary_cut_off_from_the_registry_only() {
+    let Some(last_alpha) = primary_failover("cut off from the registry", |net| {
+        net.cut("alpha", "registry")
+    })
+    .await
+    else {
+        return;
+    };
     let limit = TTL * 3 / 4 + SLACK;
     assert!(
         last_alpha.is_some_and(|d| d <= limit),
         "alpha acknowledged {last_alpha:?} after losing the registry (limit {limit:?})"
     );
-    cluster
-        .wait_converged(&cluster.beta(), &cluster.alpha())
-        .await;
-    cluster.assert_same_data().await;
 }
 
 /// The registry cut off from everyone for `outage` while the primary and its replica stay
