@@ -121,7 +121,13 @@ impl Network {
     }
 
     fn usable() -> Result<(), String> {
-        let probe = format!("ccprobe{}", std::process::id());
+        // Unique per call: the tests of one binary probe at the same time.
+        static NEXT_PROBE: AtomicU8 = AtomicU8::new(0);
+        let probe = format!(
+            "ccprobe{}-{}",
+            std::process::id(),
+            NEXT_PROBE.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &probe])?;
         let iptables = run(
             "ip",
