@@ -7,10 +7,16 @@
 //! revoke a lease, range by prefix, a compare-and-swap transaction, watch a prefix.
 //!
 //! **Several endpoints.** [`Etcd`] takes every member's address. A call goes to the member
-//! that answered last; when that member does not answer within [`CALL_TIMEOUT`] or answers
+//! that answered last; when that member does not answer within [`MEMBER_TIMEOUT`] or answers
 //! `UNAVAILABLE` (down, cut off, no leader), the call moves on to the next member, once
 //! around the list. etcd itself makes every write and every (default, linearizable) read
-//! agree on all members, so which member answers does not matter for correctness.
+//! agree on all members, so which member answers does not matter for correctness. The
+//! timeout is short because a member that is cut off says nothing: while the client waits
+//! on it, the leader keeps counting every lease down (a 2 s timeout let 2 s leases lapse
+//! when the member the registries used was a follower cut off from the rest). A watch
+//! follows the calls: when they move to another member, the watch is ended so that its
+//! owner reopens it there, since a member that cannot be reached cannot say it lost its
+//! leader either.
 //!
 //! **Retries and idempotence.** A call that timed out may have been applied. Range, lease
 //! keep-alive and revoke are safe to repeat; a [`Etcd::txn`] is repeated only because the
@@ -21,16 +27,9 @@
 //! Non-goals: TLS and authentication towards etcd (run etcd on loopback or a private
 //! network), auto-sync of the member list, leases longer-lived than one keep-alive call.
 
-use std::{
-    future::Future,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code, Status};
 
@@ -55,8 +54,11 @@ use pb::etcdserverpb::{
 };
 pub use pb::mvccpb::KeyValue;
 
-/// How long one attempt of a call to one member may take before the next member is tried.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt of a call to one member may take before the next member is tried:
+/// far above a healthy member's answer (milliseconds, an fsync included), far below the
+/// registry's shortest lease (1 s), so that a silent member costs a lease renewal
+/// one attempt, not the lease.
+pub const MEMBER_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long dialling a member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Metadata asking a member to end a watch when it loses its leader (etcd's
@@ -104,8 +106,8 @@ pub struct Etcd {
 struct Inner {
     /// Every member: its address and a lazy channel to it.
     members: Vec<(String, Channel)>,
-    /// The member that answered last.
-    current: AtomicUsize,
+    /// The member that answered last; watches end when it changes.
+    current: watch::Sender<usize>,
 }
 
 impl Etcd {
@@ -138,7 +140,7 @@ impl Etcd {
         Ok(Self {
             inner: Arc::new(Inner {
                 members,
-                current: AtomicUsize::new(0),
+                current: watch::Sender::new(0),
             }),
         })
     }
@@ -155,16 +157,27 @@ impl Etcd {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        Ok(self.call_member(what, call).await?.0)
+    }
+
+    /// [`Self::call`], also saying which member answered.
+    async fn call_member<T, F, Fut>(&self, what: &str, call: F) -> Result<(T, usize), EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let members = &self.inner.members;
-        let start = self.inner.current.load(Ordering::Relaxed);
+        let start = *self.inner.current.borrow();
         let mut last = String::new();
         for step in 0..members.len() {
             let index = (start + step) % members.len();
             let (addr, channel) = &members[index];
-            match tokio::time::timeout(CALL_TIMEOUT, call(channel.clone())).await {
+            match tokio::time::timeout(MEMBER_TIMEOUT, call(channel.clone())).await {
                 Ok(Ok(answer)) => {
-                    self.inner.current.store(index, Ordering::Relaxed);
-                    return Ok(answer);
+                    self.inner
+                        .current
+                        .send_if_modified(|current| std::mem::replace(current, index) != index);
+                    return Ok((answer, index));
                 }
                 Ok(Err(status)) if !is_retryable(&status) => {
                     return Err(EtcdError::Refused(format!(
@@ -178,7 +191,7 @@ impl Etcd {
                 }
                 Err(_) => {
                     tracing::debug!(member = %addr, %what, "etcd member timed out; trying the next");
-                    last = format!("{what} at {addr}: no answer within {CALL_TIMEOUT:?}");
+                    last = format!("{what} at {addr}: no answer within {MEMBER_TIMEOUT:?}");
                 }
             }
         }
@@ -305,8 +318,8 @@ impl Etcd {
                 },
             )),
         };
-        let (requests_tx, replies) = self
-            .call("Watch", |channel| {
+        let ((requests_tx, replies), member) = self
+            .call_member("Watch", |channel| {
                 let create = create.clone();
                 async move {
                     // The request side stays open as long as the stream lives: etcd may end
@@ -338,6 +351,8 @@ impl Etcd {
         Ok(WatchStream {
             _requests_tx: requests_tx,
             replies,
+            member,
+            current: self.inner.current.subscribe(),
         })
     }
 }
@@ -347,13 +362,28 @@ pub struct WatchStream {
     /// Kept so that the request side of the stream stays open.
     _requests_tx: mpsc::Sender<WatchRequest>,
     replies: tonic::Streaming<WatchResponse>,
+    /// The member the watch is open on.
+    member: usize,
+    /// The member the client's calls go to.
+    current: watch::Receiver<usize>,
 }
 
 impl WatchStream {
     /// The next batch of changes; `Ok(None)` or an error when the watch ended (the member
-    /// went away, lost its leader, or cancelled it), after which the caller opens a new one.
+    /// went away, lost its leader, or cancelled it, or the client's calls moved to another
+    /// member), after which the caller opens a new one.
     pub async fn next(&mut self) -> Result<Option<WatchResponse>, EtcdError> {
-        match self.replies.message().await {
+        let member = self.member;
+        let reply = tokio::select! {
+            reply = self.replies.message() => reply,
+            moved = self.current.wait_for(|current| *current != member) => {
+                return Err(EtcdError::Unavailable(match moved {
+                    Ok(_) => "the client moved to another member".to_owned(),
+                    Err(_) => "the client was dropped".to_owned(),
+                }));
+            }
+        };
+        match reply {
             Ok(Some(reply)) if reply.canceled => Err(EtcdError::Unavailable(format!(
                 "watch cancelled: {}",
                 reply.cancel_reason
@@ -419,6 +449,9 @@ pub fn local_member_args(
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_owned(), value])
+    // A member back from a partition asks before it disrupts the leader with a higher term
+    // (etcd 3.5's default; 3.4 needs the flag, and Go's boolean flags take `=`).
+    .chain(["--pre-vote=true".to_owned()])
     .collect()
 }
 

@@ -61,6 +61,8 @@ struct Cluster {
     registries: Vec<Process>,
     /// etcd members and their data (etcd control plane only).
     _etcd: (Vec<common::netns::RawProcess>, Option<tempfile::TempDir>),
+    /// The host of the etcd member the registries dial first (etcd control plane only).
+    etcd_dialled: Option<String>,
     net: Network,
     dirs: (tempfile::TempDir, tempfile::TempDir),
 }
@@ -71,8 +73,16 @@ enum ControlPlane {
     /// One `concord registry` in memory, on host `registry` (the embedded default).
     Memory,
     /// A 3-member etcd cluster on hosts `etcd1..3` and two `concord registry --etcd` on
-    /// hosts `reg1`, `reg2`; every shop is given both registries.
-    Etcd,
+    /// hosts `reg1`, `reg2`; every shop is given both registries. The registries list the
+    /// member in the given role first, so they talk to it until it fails them.
+    Etcd(EtcdRole),
+}
+
+/// An etcd member's role in its cluster.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum EtcdRole {
+    Leader,
+    Follower,
 }
 
 impl Cluster {
@@ -85,7 +95,7 @@ impl Cluster {
     }
 
     async fn start_with(mode: &str, plane: ControlPlane) -> Option<Cluster> {
-        let (net, etcd, registries) = match plane {
+        let (net, etcd, registries, etcd_dialled) = match plane {
             ControlPlane::Memory => {
                 let net = Network::create(&["registry", "alpha", "beta", "gateway"])?;
                 let registry = net.spawn(
@@ -93,9 +103,9 @@ impl Cluster {
                     &["registry", "--listen", &net.listen("registry")],
                     &[],
                 );
-                (net, (Vec::new(), None), vec![registry])
+                (net, (Vec::new(), None), vec![registry], None)
             }
-            ControlPlane::Etcd => {
+            ControlPlane::Etcd(dial_first) => {
                 let etcd_binary = concord_testkit::etcd::etcd_binary()?;
                 let net = Network::create(&[
                     "etcd1",
@@ -136,9 +146,13 @@ impl Cluster {
                         net.spawn_raw(&format!("etcd{}", i + 1), &etcd_binary, &args)
                     })
                     .collect();
-                let endpoints = members
-                    .iter()
-                    .map(|m| m.client.to_string())
+                let leader = etcd_leader(&members).await;
+                let first = match dial_first {
+                    EtcdRole::Leader => leader,
+                    EtcdRole::Follower => (leader + 1) % members.len(),
+                };
+                let endpoints = (0..members.len())
+                    .map(|i| members[(first + i) % members.len()].client.to_string())
                     .collect::<Vec<_>>()
                     .join(",");
                 let registries = ["reg1", "reg2"]
@@ -157,7 +171,12 @@ impl Cluster {
                         )
                     })
                     .collect();
-                (net, (etcd, Some(data)), registries)
+                (
+                    net,
+                    (etcd, Some(data)),
+                    registries,
+                    Some(format!("etcd{}", first + 1)),
+                )
             }
         };
         let registry_addr = registries
@@ -206,6 +225,7 @@ impl Cluster {
             beta,
             registries,
             _etcd: etcd,
+            etcd_dialled,
             net,
             dirs,
         };
@@ -613,14 +633,62 @@ async fn primary_cut_off_from_the_registry_only() {
 /// connected: nobody is promoted, nothing acknowledged is lost, never two shops
 /// acknowledging; prints the write pause.
 async fn registry_outage(mode: &str, outage: Duration) {
-    control_plane_outage(mode, ControlPlane::Memory, "registry", outage).await;
+    control_plane_outage(mode, ControlPlane::Memory, Cut::Host("registry"), outage).await;
 }
 
-/// Host `host` of the control plane (`plane`) cut off from everyone for `outage` while the
+/// What a control-plane outage cuts off.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// This host.
+    Host(&'static str),
+    /// The etcd member the registries dial first.
+    DialledEtcdMember,
+}
+
+/// The index of the etcd leader among `members`, read from each member's own
+/// `etcd_server_is_leader` metric once the cluster has elected one.
+async fn etcd_leader(members: &[concord::etcd::LocalMember]) -> usize {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        for (i, member) in members.iter().enumerate() {
+            if etcd_metrics(member.client)
+                .await
+                .is_some_and(|m| m.lines().any(|l| l == "etcd_server_is_leader 1"))
+            {
+                return i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the etcd cluster elected no leader within {WAIT:?}");
+}
+
+/// An etcd member's Prometheus metrics, or `None` if it does not answer (yet).
+async fn etcd_metrics(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(CALL_TIMEOUT, exchange).await.ok()?
+}
+
+/// `cut`, a host of the control plane (`plane`), cut off from everyone for `outage` while the
 /// primary and its replica stay connected: the checks of [`registry_outage`].
-async fn control_plane_outage(mode: &str, plane: ControlPlane, host: &str, outage: Duration) {
+async fn control_plane_outage(mode: &str, plane: ControlPlane, cut: Cut, outage: Duration) {
     let Some(cluster) = Cluster::start_with(mode, plane).await else {
         return;
+    };
+    let host = match cut {
+        Cut::Host(host) => host,
+        Cut::DialledEtcdMember => cluster
+            .etcd_dialled
+            .as_deref()
+            .expect("an etcd control plane"),
     };
     let registry = cluster.registry();
     let term = status(&cluster.alpha()).await.expect("alpha's status").term;
@@ -684,24 +752,57 @@ async fn registry_outage_30s_async() {
     registry_outage("async", Duration::from_secs(30)).await;
 }
 
-/// One etcd member (of 3) cut off for 5 s under the registries on etcd: writes go on, no
-/// failover, nothing lost; prints the write pause.
+/// The etcd leader (of 3 members), which both registries talk to, cut off for 5 s: the
+/// other two elect a new leader (which gives every lease a fresh TTL) and the registries
+/// move to them; writes go on, no failover, nothing lost; prints the write pause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd_member_outage_5s() {
-    control_plane_outage("sync", ControlPlane::Etcd, "etcd1", Duration::from_secs(5)).await;
+async fn etcd_leader_outage_5s() {
+    control_plane_outage(
+        "sync",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// An etcd follower which both registries talk to, cut off for 5 s: the leader keeps
+/// counting the leases down, so the registries must move to another member well within a
+/// TTL (a 2 s attempt timeout let every lease lapse and promoted the replica in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_follower_outage_5s() {
+    control_plane_outage(
+        "sync",
+        ControlPlane::Etcd(EtcdRole::Follower),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 /// One of two registries (on etcd) cut off for 5 s: the shops move to the other and keep
 /// their leases, so there is no failover and (the goal) no write pause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_registry_outage_5s_on_etcd() {
-    control_plane_outage("sync", ControlPlane::Etcd, "reg1", Duration::from_secs(5)).await;
+    control_plane_outage(
+        "sync",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::Host("reg1"),
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 /// One of two registries (on etcd) cut off for 5 s in async mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_registry_outage_5s_on_etcd_async() {
-    control_plane_outage("async", ControlPlane::Etcd, "reg1", Duration::from_secs(5)).await;
+    control_plane_outage(
+        "async",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::Host("reg1"),
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 /// An HTTP response: status, headers (lower-case names) and body.
@@ -797,7 +898,8 @@ async fn http_post(
 /// the gateway, and the order was on the replica's disk before the reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_role_on_its_own_host() {
-    let Some(cluster) = Cluster::start_with("sync", ControlPlane::Etcd).await else {
+    let Some(cluster) = Cluster::start_with("sync", ControlPlane::Etcd(EtcdRole::Leader)).await
+    else {
         return;
     };
     let registry = cluster.registry();

@@ -277,3 +277,28 @@ async fn watch_delivers_changes_made_through_the_other_registry() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A member that stops answering without closing its connections (frozen, as when it is
+/// cut off) costs a call one short attempt: the call is answered by another member, and a
+/// watch open on the silent member ends so that its owner reopens it elsewhere (before,
+/// the watch waited on the silent member for as long as it was silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_member_is_left_by_calls_and_watches() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let client = etcd.client();
+    let mut watch = client.watch_prefix(b"/silent/", 0).await.expect("watch");
+    etcd.freeze(0);
+    let answered = tokio::time::timeout(Duration::from_secs(5), client.get(b"/silent/x")).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+    etcd.thaw(0);
+    assert!(
+        matches!(answered, Ok(Ok(_))),
+        "another member should answer: {answered:?}"
+    );
+    assert!(
+        matches!(ended, Ok(Err(_))),
+        "the watch on the silent member should end: {ended:?}"
+    );
+}

@@ -109,6 +109,24 @@ impl EtcdCluster {
             let _ = child.wait();
         }
     }
+
+    /// Freezes member `i` (SIGSTOP): its connections stay open and nothing answers, as
+    /// when it is cut off from the network.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen member `i` go on (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.children[i] {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+            nix::sys::signal::kill(pid, signal).expect("signal etcd");
+        }
+    }
 }
 
 impl Drop for EtcdCluster {
