@@ -1,5 +1,5 @@
-//! Pins the JSON every route answers, and the schemas of the OpenAPI document, against
-//! `tests/json_shapes.golden.json`: the field names, the value shapes (integers as numbers,
+//! Pins the JSON every route answers, and the schemas and operations of the OpenAPI
+//! document, against `tests/json_shapes.golden.json`: the field names, the value shapes (integers as numbers,
 //! enums as lower-case words, absent messages as `null`) and the values themselves, with
 //! the ones that change from run to run (ids, times, hashes, addresses, latencies) masked
 //! as `"<string>"` / `"<number>"`. The JSON types are derived from the protobuf messages;
@@ -84,7 +84,8 @@ fn schemas_without_prose(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.into_iter()
-                .filter(|(k, _)| k != "description")
+                // Prose is a string; a property named `description` is an object.
+                .filter(|(k, v)| !(k == "description" && v.is_string()))
                 .map(|(k, v)| (k, schemas_without_prose(v)))
                 .collect(),
         ),
@@ -394,11 +395,15 @@ async fn every_route_answers_the_pinned_json() -> Result<()> {
         seen.0.insert(format!("SSE /api/events {kind}"), mask(data));
     }
 
-    // The OpenAPI schemas, without prose.
+    // The OpenAPI schemas and operations (parameters, bodies, replies), without prose.
     let doc: Value = h.get("/api/openapi.json").await?.json().await?;
     seen.0.insert(
         "OpenAPI components.schemas".into(),
         schemas_without_prose(doc["components"]["schemas"].clone()),
+    );
+    seen.0.insert(
+        "OpenAPI paths".into(),
+        schemas_without_prose(doc["paths"].clone()),
     );
 
     consensus.stop().await?;
