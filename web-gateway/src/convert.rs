@@ -68,24 +68,24 @@ mod tests {
     /// this build does not know is `unspecified`.
     #[test]
     fn enum_words() {
-        let order = |status: i32| {
-            to_json(shop::Order {
-                status,
-                ..Default::default()
-            })["status"]
-                .clone()
+        let order = |status| shop::Order {
+            status,
+            ..Default::default()
         };
-        let vote = |status: i32| {
-            to_json(predict::NodeVote {
-                status,
-                ..Default::default()
-            })["status"]
-                .clone()
+        let vote = |status| predict::NodeVote {
+            status,
+            ..Default::default()
         };
         let cases = [
-            (order(shop::OrderStatus::Shipped.into()), "shipped"),
-            (order(99), "unspecified"),
-            (vote(predict::VoteStatus::TimedOut.into()), "timed_out"),
+            (
+                to_json(order(shop::OrderStatus::Shipped.into()))["status"].clone(),
+                "shipped",
+            ),
+            (to_json(order(99))["status"].clone(), "unspecified"),
+            (
+                to_json(vote(predict::VoteStatus::TimedOut.into()))["status"].clone(),
+                "timed_out",
+            ),
             (to_json(predict::Policy::Trust), "trust"),
             (to_json(stake::EventKind::Slash), "slash"),
             (to_json(shop::Role::Replica), "replica"),
