@@ -13,7 +13,9 @@
 //! 3. [`backends`], which picks an instance found through the registry's `Watch` (shop
 //!    writes to the highest-term primary), reuses one cached channel per address, and retries
 //!    once on another instance when that is safe;
-//! 4. the reply converted to JSON by [`dto`], or the error mapped to an HTTP status in the
+//! 4. the reply as JSON — the protobuf message itself, whose serde and OpenAPI derives
+//!    `build.rs` adds, or one of the gateway's own shapes in [`dto`] (mapped in
+//!    [`convert`]) — or the error mapped to an HTTP status in the
 //!    one place that does it, [`error`] — whose [`error::json_errors`] layer also turns
 //!    error responses made outside the handlers (axum's `405`, a too-long URI) into the
 //!    same `{"code", "message"}` JSON.
@@ -42,6 +44,7 @@
 //! through to the services that check them), TLS, caching of replies.
 
 pub mod backends;
+pub mod convert;
 pub mod dto;
 pub mod edge;
 pub mod error;

@@ -15,7 +15,7 @@ use concord::pb::shop::v1 as pb;
 
 use crate::{
     backends::{Access, CallContext},
-    dto::{Credentials, CustomerAccount, SignedIn},
+    dto::{Credentials, SignedIn},
     error::{Error, ErrorBody},
     extract::ApiJson,
     routes::shop::{must, shop_call},
@@ -46,7 +46,7 @@ fn signed_in(
     Ok((
         headers,
         Json(SignedIn {
-            account: account.into(),
+            account,
             expires_at_unix_ms: session.expires_at_unix_ms,
         }),
     ))
@@ -110,16 +110,16 @@ pub async fn sign_out(State(state): State<AppState>) -> Result<(StatusCode, Head
 
 /// The signed-in account (401 without a valid session).
 #[utoipa::path(get, path = "/api/account", tag = "accounts",
-    responses((status = 200, body = CustomerAccount), (status = 401, body = ErrorBody, description = "Not signed in"),
+    responses((status = 200, body = pb::Account), (status = 401, body = ErrorBody, description = "Not signed in"),
         (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn get_account(
     State(state): State<AppState>,
     ctx: CallContext,
-) -> Result<Json<CustomerAccount>, Error> {
+) -> Result<Json<pb::Account>, Error> {
     let reply = shop_call(&state, Access::Read, |mut c| {
         let request = ctx.request(pb::GetAccountRequest {});
         async move { c.get_account(request).await }
     })
     .await?;
-    Ok(Json(must(reply.account, "account")?.into()))
+    Ok(Json(must(reply.account, "account")?))
 }

@@ -16,7 +16,7 @@ use concord::pb::{
 
 use crate::{
     backends::{is_primary, order_shop_instances, term_of, Backends, CallContext, SHOP},
-    dto::{ClusterStatus, Instance, RegistryStatus, ServiceInstances, ShopNode},
+    dto::{ClusterStatus, RegistryStatus, ServiceInstances, ShopNode},
     error::{Error, ErrorBody},
     extract::ApiPath,
     state::AppState,
@@ -45,7 +45,7 @@ pub async fn get_service(
         .into_inner();
     Ok(Json(ServiceInstances {
         service: name,
-        instances: reply.instances.into_iter().map(Instance::from).collect(),
+        instances: reply.instances,
     }))
 }
 
@@ -129,7 +129,7 @@ pub async fn snapshot(backends: &Backends) -> ClusterStatus {
 
     ClusterStatus {
         registry,
-        instances: instances.into_iter().map(Instance::from).collect(),
+        instances,
         shops,
         primary,
         term,

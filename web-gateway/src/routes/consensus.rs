@@ -10,17 +10,14 @@ use std::future::Future;
 
 use axum::{extract::State, Json};
 use concord::pb::{
-    predict::v1::{predictor_client::PredictorClient, PredictRequest},
+    predict::v1::{predictor_client::PredictorClient, PredictRequest, PredictResponse},
     stake::v1::{self as pb, staking_client::StakingClient},
 };
 use tonic::transport::Channel;
 
 use crate::{
     backends::{Access, CallContext, AGGREGATOR},
-    dto::{
-        Account, LedgerEvent, LedgerPage, LedgerQuery, LedgerVerification, Outcome, OutcomeResult,
-        PredictInput, Prediction, Stakes, Totals,
-    },
+    dto::{LedgerQuery, PredictInput},
     error::{Error, ErrorBody},
     extract::{ApiJson, ApiPath, ApiQuery},
     state::AppState,
@@ -46,89 +43,81 @@ async fn predict(
     state: &AppState,
     ctx: &CallContext,
     input: PredictInput,
-) -> Result<Prediction, Error> {
+) -> Result<PredictResponse, Error> {
     let message = PredictRequest::from(input);
     let candidates = state.backends.aggregator_candidates();
-    let reply = state
+    state
         .backends
         .call(AGGREGATOR, candidates, Access::Read, |channel| {
             let request = ctx.request(message.clone());
             async move { PredictorClient::new(channel).predict(request).await }
         })
-        .await?;
-    Ok(reply.into())
+        .await
 }
 
 /// Classifies one flower given as query parameters.
 #[utoipa::path(get, path = "/api/predict", tag = "consensus", params(PredictInput),
-    responses((status = 200, body = Prediction), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = PredictResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn predict_query(
     State(state): State<AppState>,
     ctx: CallContext,
     ApiQuery(input): ApiQuery<PredictInput>,
-) -> Result<Json<Prediction>, Error> {
+) -> Result<Json<PredictResponse>, Error> {
     Ok(Json(predict(&state, &ctx, input).await?))
 }
 
 /// Classifies one flower given as a JSON body.
 #[utoipa::path(post, path = "/api/predict", tag = "consensus", request_body = PredictInput,
-    responses((status = 200, body = Prediction), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = PredictResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn predict_body(
     State(state): State<AppState>,
     ctx: CallContext,
     ApiJson(input): ApiJson<PredictInput>,
-) -> Result<Json<Prediction>, Error> {
+) -> Result<Json<PredictResponse>, Error> {
     Ok(Json(predict(&state, &ctx, input).await?))
 }
 
 /// Reports the true label of a consensus request (oracle bearer token passed through).
-#[utoipa::path(post, path = "/api/outcomes", tag = "consensus", request_body = Outcome,
+#[utoipa::path(post, path = "/api/outcomes", tag = "consensus", request_body = pb::ReportOutcomeRequest,
     security(("bearer" = [])),
-    responses((status = 200, body = OutcomeResult), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = pb::ReportOutcomeResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn report_outcome(
     State(state): State<AppState>,
     ctx: CallContext,
-    ApiJson(body): ApiJson<Outcome>,
-) -> Result<Json<OutcomeResult>, Error> {
-    let message = pb::ReportOutcomeRequest {
-        request_id: body.request_id,
-        true_label: body.true_label,
-    };
+    ApiJson(message): ApiJson<pb::ReportOutcomeRequest>,
+) -> Result<Json<pb::ReportOutcomeResponse>, Error> {
     let reply = staking_call(&state, Access::IdempotentWrite, |mut c| {
         let request = ctx.request(message.clone());
         async move { c.report_outcome(request).await }
     })
     .await?;
-    Ok(Json(reply.into()))
+    Ok(Json(reply))
 }
 
 /// Every node's stake and trust, and the ledger totals.
 #[utoipa::path(get, path = "/api/stakes", tag = "consensus",
-    responses((status = 200, body = Stakes), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = pb::ListAccountsResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn list_stakes(
     State(state): State<AppState>,
     ctx: CallContext,
-) -> Result<Json<Stakes>, Error> {
+) -> Result<Json<pb::ListAccountsResponse>, Error> {
     let reply = staking_call(&state, Access::Read, |mut c| {
         let request = ctx.request(pb::ListAccountsRequest {});
         async move { c.list_accounts(request).await }
     })
     .await?;
-    Ok(Json(Stakes {
-        accounts: reply.accounts.into_iter().map(Account::from).collect(),
-        totals: reply.totals.map(Totals::from).unwrap_or_default(),
-    }))
+    Ok(Json(reply))
 }
 
 /// One node's stake and trust.
 #[utoipa::path(get, path = "/api/stakes/{node_id}", tag = "consensus",
     params(("node_id" = String, Path, description = "Node id")),
-    responses((status = 200, body = Account), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = pb::Account), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn get_stake(
     State(state): State<AppState>,
     ctx: CallContext,
     ApiPath(node_id): ApiPath<String>,
-) -> Result<Json<Account>, Error> {
+) -> Result<Json<pb::Account>, Error> {
     let message = pb::GetAccountRequest { node_id };
     let reply = staking_call(&state, Access::Read, |mut c| {
         let request = ctx.request(message.clone());
@@ -138,17 +127,17 @@ pub async fn get_stake(
     let account = reply.account.ok_or_else(|| {
         Error::Backend(tonic::Status::internal("aggregator reply without account"))
     })?;
-    Ok(Json(account.into()))
+    Ok(Json(account))
 }
 
 /// One page of the hash-chained ledger, in sequence order.
 #[utoipa::path(get, path = "/api/ledger/events", tag = "consensus", params(LedgerQuery),
-    responses((status = 200, body = LedgerPage), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = pb::ListEventsResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn list_ledger_events(
     State(state): State<AppState>,
     ctx: CallContext,
     ApiQuery(query): ApiQuery<LedgerQuery>,
-) -> Result<Json<LedgerPage>, Error> {
+) -> Result<Json<pb::ListEventsResponse>, Error> {
     let message = pb::ListEventsRequest {
         after_seq: query.after_seq,
         page_size: query.page_size,
@@ -159,23 +148,20 @@ pub async fn list_ledger_events(
         async move { c.list_events(request).await }
     })
     .await?;
-    Ok(Json(LedgerPage {
-        events: reply.events.into_iter().map(LedgerEvent::from).collect(),
-        next_after_seq: reply.next_after_seq,
-    }))
+    Ok(Json(reply))
 }
 
 /// Recomputes the ledger's hash chain and balances.
 #[utoipa::path(get, path = "/api/ledger/verify", tag = "consensus",
-    responses((status = 200, body = LedgerVerification), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, body = pb::VerifyLedgerResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
 pub async fn verify_ledger(
     State(state): State<AppState>,
     ctx: CallContext,
-) -> Result<Json<LedgerVerification>, Error> {
+) -> Result<Json<pb::VerifyLedgerResponse>, Error> {
     let reply = staking_call(&state, Access::Read, |mut c| {
         let request = ctx.request(pb::VerifyLedgerRequest {});
         async move { c.verify_ledger(request).await }
     })
     .await?;
-    Ok(Json(reply.into()))
+    Ok(Json(reply))
 }

@@ -4,7 +4,7 @@
 //! - `cluster` (JSON [`ClusterStatus`]): sent at once, then whenever the registry `Watch` of
 //!   "shop", "aggregator" or "predictor" reports a change, and at least every
 //!   `cluster_refresh` so replication lag stays current.
-//! - `ledger` (JSON [`LedgerEvent`], SSE id = its `seq`): the aggregator's
+//! - `ledger` (JSON [`LedgerEvent`], the ledger's `Event` message, SSE id = its `seq`): the aggregator's
 //!   `Staking.WatchEvents`, starting after `?after_seq=` or the browser's `Last-Event-ID`
 //!   (so a reconnecting `EventSource` resumes without gaps or repeats). When the aggregator
 //!   goes away the stream is reopened with capped backoff from the last seq seen, on
@@ -23,7 +23,7 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use concord::pb::stake::v1::{
-    staking_client::StakingClient, WatchEventsRequest, WatchEventsResponse,
+    staking_client::StakingClient, Event as LedgerEvent, WatchEventsRequest, WatchEventsResponse,
 };
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -32,11 +32,7 @@ use tonic::Streaming;
 use utoipa::IntoParams;
 
 use crate::{
-    backends::Backends,
-    dto::{ClusterStatus, LedgerEvent},
-    error::ErrorBody,
-    extract::ApiQuery,
-    routes::cluster,
+    backends::Backends, dto::ClusterStatus, error::ErrorBody, extract::ApiQuery, routes::cluster,
     state::AppState,
 };
 
@@ -130,7 +126,7 @@ impl LedgerFollower {
                     self.backoff = MIN_BACKOFF;
                     if event.seq > self.after_seq {
                         self.after_seq = event.seq;
-                        return event.into();
+                        return event;
                     }
                 }
                 Ok(Some(_)) => {}

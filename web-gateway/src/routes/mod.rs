@@ -3,7 +3,7 @@
 //! `#[utoipa::path]` in one step).
 //!
 //! Handlers only convert: HTTP → protobuf request, call through [`crate::backends`],
-//! protobuf reply → JSON ([`crate::dto`]). Errors go through [`crate::error::Error`].
+//! protobuf reply → JSON (the message itself, or [`crate::dto`] via [`crate::convert`]). Errors go through [`crate::error::Error`].
 
 pub mod accounts;
 pub mod cluster;

@@ -567,3 +567,38 @@ pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsen
         dir,
     })
 }
+
+/// Reads SSE frames from a response until `done` says stop; returns the (event, data, id) seen.
+pub async fn read_sse(
+    response: reqwest::Response,
+    mut done: impl FnMut(&[(String, String, String)]) -> bool,
+) -> Result<Vec<(String, String, String)>> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done(&seen) {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .context("no SSE data before the deadline")?;
+        let Some(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut data, mut id) = (String::new(), String::new(), String::new());
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                }
+            }
+            if !event.is_empty() {
+                seen.push((event, data, id));
+            }
+        }
+    }
+    Ok(seen)
+}
