@@ -199,8 +199,14 @@ pub async fn run(args: Args, otlp_endpoint: Option<String>) -> anyhow::Result<()
     .map_err(|err| anyhow::anyhow!("supervisor admin API: {err}"))?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let (registry_addr, tiers, metrics) =
-        plan(&args, &program, &ports, &secrets, otlp_endpoint.as_deref())?;
+    let (registry_addr, tiers, metrics) = plan(
+        &args,
+        &program,
+        &ports,
+        &secrets,
+        otlp_endpoint.as_deref(),
+        admin_addr,
+    )?;
     let registry_addr = registry_addr.as_str();
     let own_metrics = args.metrics.start("up").await?;
 
@@ -268,6 +274,7 @@ fn plan(
     ports: &PortPlan,
     secrets: &Secrets,
     otlp_endpoint: Option<&str>,
+    admin_addr: SocketAddr,
 ) -> anyhow::Result<(String, Vec<Vec<ChildSpec>>, MetricsPlan)> {
     anyhow::ensure!(
         args.faulty <= args.nodes,
@@ -493,6 +500,8 @@ fn plan(
             &gateway_addr.to_string(),
             "--registry",
             &registry,
+            "--supervisor-addr",
+            &admin_addr.to_string(),
         ]),
         Vec::new(),
     )?);
