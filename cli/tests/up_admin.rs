@@ -52,6 +52,22 @@ async fn http(
     (status, json)
 }
 
+/// The launcher's metrics page.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.expect("read");
+    page
+}
+
 async fn children(addr: SocketAddr) -> Vec<Value> {
     let (status, body) = http(addr, "GET", "/v1/children", Some(TOKEN), None).await;
     assert_eq!(status, 200, "{body}");
@@ -137,6 +153,8 @@ async fn admin_api_orders_reach_real_processes() {
         "3",
         "--replication",
         "none",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--data-dir",
         data.path().to_str().expect("utf-8 path"),
     ])
@@ -146,6 +164,12 @@ async fn admin_api_orders_reach_real_processes() {
     .expect("spawn concord up");
     let lines = follow_stdout(&mut up);
     let mut up = KillOnDrop(up);
+    let metrics: SocketAddr = wait_for_line(&lines, Duration::from_secs(90), |l| {
+        l.strip_prefix("concord up metrics on http://")
+            .and_then(|a| a.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok())
+    })
+    .expect("launcher metrics announced");
     let api: SocketAddr = wait_for_line(&lines, Duration::from_secs(90), |l| {
         l.strip_prefix("concord up: supervisor admin API at http://")
             .and_then(|a| a.trim().parse().ok())
@@ -336,6 +360,17 @@ async fn admin_api_orders_reach_real_processes() {
     );
     let (status, _) = act(api, "node-1", "start", None).await;
     assert_eq!(status, 409, "starting a running child");
+
+    // Every order carried out is counted, by action and child.
+    let page = scrape(metrics).await;
+    for series in [
+        r#"concord_up_admin_actions_total{action="kill",child="node-1"} 1"#,
+        r#"concord_up_admin_actions_total{action="freeze",child="node-1"} 1"#,
+        r#"concord_up_admin_actions_total{action="behaviour",child="node-2"} 2"#,
+        r#"concord_up_admin_actions_total{action="start",child="node-1"} 1"#,
+    ] {
+        assert!(page.contains(series), "{series} missing from:\n{page}");
+    }
 
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &up.0.id().to_string()])
