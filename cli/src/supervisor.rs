@@ -954,4 +954,77 @@ mod tests {
         child.stop().await;
         assert!(started.elapsed() < Duration::from_secs(1), "stop waited");
     }
+
+    /// Orders through a Controller: stop holds the child down past its backoff and a
+    /// second stop is refused; start brings it back; a restart with new arguments runs
+    /// them at once (the spec shows them); kill is a crash that is restarted.
+    #[tokio::test]
+    async fn orders_stop_start_restart_and_kill() {
+        let script = "echo 'concord test listening on 127.0.0.1:4242'; exec sleep 30";
+        let child = Supervised::start(shell("ordered", script), fast_policy());
+        child
+            .wait_running(Duration::from_secs(10))
+            .await
+            .expect("announced");
+        let control = child.controller();
+        let mut status_rx = child.status_receiver();
+        let running_with_new_pid = |old: Option<u32>| {
+            move |s: &ChildStatus| s.state == ChildState::Running && s.pid.is_some() && s.pid != old
+        };
+
+        control.send(Control::Stop).await.expect("stop");
+        assert_eq!(control.status().state, ChildState::Stopped);
+        assert_eq!(control.status().pid, None);
+        tokio::time::sleep(fast_policy().max_backoff * 3).await;
+        assert_eq!(control.status().state, ChildState::Stopped, "held down");
+        assert!(matches!(
+            control.send(Control::Stop).await,
+            Err(ControlError::Already { .. })
+        ));
+        assert!(matches!(
+            control.send(Control::Kill).await,
+            Err(ControlError::NotRunning { .. })
+        ));
+
+        control.send(Control::Start).await.expect("start");
+        let started = tokio::time::timeout(
+            Duration::from_secs(10),
+            status_rx.wait_for(running_with_new_pid(None)),
+        )
+        .await
+        .expect("started in time")
+        .expect("supervisor alive")
+        .clone();
+
+        let mut args = control.spec().args;
+        args[1] = "echo 'concord test listening on 127.0.0.1:4243'; exec sleep 30".into();
+        control
+            .send(Control::Restart(args.clone()))
+            .await
+            .expect("restart");
+        assert_eq!(control.spec().args, args);
+        let restarted = tokio::time::timeout(
+            Duration::from_secs(10),
+            status_rx.wait_for(|s| {
+                running_with_new_pid(started.pid)(s)
+                    && s.address == Some("127.0.0.1:4243".parse().expect("addr"))
+            }),
+        )
+        .await
+        .expect("restarted in time")
+        .expect("supervisor alive")
+        .clone();
+
+        control.send(Control::Kill).await.expect("kill");
+        let revived = tokio::time::timeout(
+            Duration::from_secs(10),
+            status_rx.wait_for(running_with_new_pid(restarted.pid)),
+        )
+        .await
+        .expect("revived in time")
+        .expect("supervisor alive")
+        .clone();
+        assert!(revived.restarts > restarted.restarts, "{revived:?}");
+        child.stop().await;
+    }
 }
