@@ -16,6 +16,11 @@
 //! its gRPC port + [`METRICS_PORT_OFFSET`], or a free port with `--auto-ports`; the
 //! gateway's is its HTTP port). `--otlp-endpoint` is handed to every child.
 //!
+//! Operators (the UI through the gateway, `concord chaos`) give children orders through
+//! the supervisor admin API (`crate::up_admin`): `concord up: supervisor admin API at
+//! http://<addr>` on stdout, the address also in `<data-dir>/supervisor-admin.addr`, and
+//! the gateway gets it as `--supervisor-addr`.
+//!
 //! Secrets: the first start creates a random cluster secret, admin token and oracle token
 //! under `<data-dir>/secrets/` (mode 0600; `concord token` prints them) and every later
 //! start reuses them. Each child gets, in its environment, only what its role needs: the
