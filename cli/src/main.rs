@@ -13,6 +13,7 @@ mod status;
 mod supervisor;
 mod token;
 mod up;
+mod up_admin;
 
 use clap::{Parser, Subcommand};
 

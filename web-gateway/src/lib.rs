@@ -44,6 +44,7 @@
 //! through to the services that check them), TLS, caching of replies.
 
 pub mod backends;
+pub mod cluster_admin;
 pub mod convert;
 pub mod dto;
 pub mod edge;
@@ -117,6 +118,9 @@ pub struct Config {
     /// Mark the session cookie `Secure`: set it when browsers reach the gateway over
     /// HTTPS (a TLS-terminating proxy in front), or they would not send the cookie back.
     pub secure_cookies: bool,
+    /// `concord up`'s supervisor admin API (`host:port`), target of the
+    /// `/api/admin/cluster` controls; `None`: those routes answer 503.
+    pub supervisor_addr: Option<String>,
 }
 
 impl Default for Config {
@@ -131,6 +135,7 @@ impl Default for Config {
             credential: None,
             limits: edge::Limits::default(),
             secure_cookies: false,
+            supervisor_addr: None,
         }
     }
 }
@@ -195,6 +200,11 @@ pub async fn serve(
         shutdown_rx,
         openapi_json: Arc::new(openapi_json),
         secure_cookies: config.secure_cookies,
+        supervisor: config
+            .supervisor_addr
+            .as_deref()
+            .map(|addr| cluster_admin::SupervisorClient::new(addr, config.call_timeout))
+            .transpose()?,
     };
 
     let request_id = HeaderName::from_static(extract::REQUEST_ID);

@@ -21,6 +21,8 @@ pub struct AppState {
     pub openapi_json: Arc<String>,
     /// Whether the session cookie is marked `Secure` (HTTPS in front of the gateway).
     pub secure_cookies: bool,
+    /// `concord up`'s supervisor admin API, when the gateway was told where it is.
+    pub supervisor: Option<crate::cluster_admin::SupervisorClient>,
 }
 
 impl AppState {

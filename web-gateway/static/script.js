@@ -166,11 +166,13 @@ function renderProducts(products) {
   const body = $("product-list");
   body.replaceChildren();
   for (const p of products) {
-    const qty = el("input", { type: "number", min: "1", value: "1", size: "3", "data-testid": "product-qty" });
-    const add = el("button", {
-      "data-testid": "add-to-cart",
-      onclick: () => addToCart(p.id, Number(qty.value)),
-    }, "Add to cart");
+    const inStock = p.stock > 0;
+    const qty = el("input", { type: "number", min: "1", max: String(Math.max(1, p.stock)), value: "1", size: "3", "data-testid": "product-qty" });
+    qty.disabled = !inStock;
+    // Nothing to add when nothing is left: say so instead of offering a doomed button.
+    const add = inStock
+      ? el("button", { "data-testid": "add-to-cart", onclick: () => addToCart(p.id, Number(qty.value)) }, "Add to cart")
+      : el("span", { class: "muted", "data-testid": "out-of-stock" }, "Out of stock");
     const row = el("tr", { "data-testid": "product-row", dataset: { productId: p.id } },
       el("td", { "data-testid": "product-name", title: p.description || "" }, p.name,
         el("span", { class: "muted" }, ` ${p.id}`)),
@@ -459,6 +461,7 @@ async function loadStakes() {
         el("td", {}, a.wrong),
         el("td", {}, a.ejected ? "ejected" : "active")));
     }
+    recordAccuracy(s.accounts);
     const t = s.totals;
     $("totals").textContent =
       `staked ${t.staked} · minted ${t.minted} · burned ${t.burned} · deposited ${t.deposited} · withdrawn ${t.withdrawn} · ${t.events} events`;
@@ -502,76 +505,151 @@ function scheduleChart() {
   });
 }
 
-// Two panels on one canvas: stake (top) and trust 0..1 (bottom), x = ledger sequence.
-function drawChart() {
-  const canvas = $("stake-chart");
-  const ctx = canvas.getContext("2d");
-  const W = canvas.width;
-  const H = canvas.height;
-  const pad = { left: 52, right: 12, top: 14, bottom: 22, gap: 26 };
-  const panelH = (H - pad.top - pad.bottom - pad.gap) / 2;
-  ctx.clearRect(0, 0, W, H);
-  ctx.font = "11px system-ui, sans-serif";
+// ------------------------------------------------------------------ SVG charts
 
-  const nodes = [...history.keys()].sort();
-  let minStake = Infinity;
-  let maxStake = -Infinity;
-  for (const points of history.values()) {
-    for (const p of points) {
-      minStake = Math.min(minStake, p.stake);
-      maxStake = Math.max(maxStake, p.stake);
-    }
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PAGE_START = Date.now();
+// Samples kept per time series (about five minutes at one sample a second).
+const MAX_POINTS = 300;
+
+function svgEl(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Axis ticks at a round step (1, 2 or 5 × 10^k, at least 1 for integers) covering
+// [min, max]: every label differs from its neighbours, however narrow the range.
+function niceScale(min, max, count, integer) {
+  if (!(max > min)) max = min + (integer ? 1 : 0.1);
+  let step = (max - min) / count;
+  const magnitude = 10 ** Math.floor(Math.log10(step));
+  const norm = step / magnitude;
+  step = (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10) * magnitude;
+  if (integer) step = Math.max(1, Math.round(step));
+  const lo = Math.floor(min / step) * step;
+  const hi = Math.max(lo + step, Math.ceil(max / step) * step);
+  const decimals = integer ? 0 : Math.max(0, -Math.floor(Math.log10(step)));
+  const ticks = [];
+  for (let i = 0; lo + i * step <= hi + step / 1e6; i++) ticks.push(lo + i * step);
+  return { lo, hi, ticks, label: (v) => v.toFixed(decimals) };
+}
+
+// Draws `series` ([{name, color, points: [{x, y}]}]) as lines on `svg`. Options: yMin /
+// yMax (fixed range, else the data's), integer (whole-number axis), step (a value holds
+// until the next point), caption(xMin, xMax) under the plot.
+function drawLineChart(svg, series, opts = {}) {
+  const box = svg.viewBox.baseVal;
+  const W = box.width;
+  const H = box.height;
+  const pad = { left: 50, right: 10, top: 8, bottom: 20 };
+  const xs = series.flatMap((s) => s.points.map((p) => p.x));
+  const ys = series.flatMap((s) => s.points.map((p) => p.y));
+  const xMin = xs.length ? Math.min(...xs) : 0;
+  const xMax = xs.length ? Math.max(...xs, xMin + 1) : 1;
+  const scale = niceScale(opts.yMin ?? (ys.length ? Math.min(...ys) : 0),
+    opts.yMax ?? (ys.length ? Math.max(...ys) : 1), 4, opts.integer);
+  const x = (v) => pad.left + ((v - xMin) / (xMax - xMin)) * (W - pad.left - pad.right);
+  const y = (v) => pad.top + (1 - (v - scale.lo) / (scale.hi - scale.lo)) * (H - pad.top - pad.bottom);
+  const parts = [];
+  for (const t of scale.ticks) {
+    parts.push(svgEl("line", { x1: pad.left, x2: W - pad.right, y1: y(t), y2: y(t), class: "grid" }));
+    parts.push(svgEl("text", { x: pad.left - 6, y: y(t) + 4, "text-anchor": "end", class: "tick" }, scale.label(t)));
   }
-  if (!Number.isFinite(minStake)) [minStake, maxStake] = [0, 1];
-  // Zoom on the range that moves, with a margin, so small rewards and slashes are visible.
-  const margin = Math.max(1, (maxStake - minStake) * 0.1);
-  minStake = Math.max(0, minStake - margin);
-  maxStake += margin;
-  const minSeq = 1;
-  const maxSeq = Math.max(lastSeq, 2);
-  const x = (seq) => pad.left + ((seq - minSeq) / (maxSeq - minSeq)) * (W - pad.left - pad.right);
-  const panels = [
-    { title: "stake", top: pad.top, min: minStake, max: maxStake, value: (p) => p.stake, fmt: (v) => Math.round(v) },
-    { title: "trust", top: pad.top + panelH + pad.gap, min: 0, max: 1, value: (p) => p.trust, fmt: (v) => v.toFixed(2) },
-  ];
-  for (const panel of panels) {
-    const y = (v) => panel.top + panelH - ((v - panel.min) / (panel.max - panel.min)) * panelH;
-    ctx.strokeStyle = "#d1d5db";
-    ctx.fillStyle = "#6b7280";
-    ctx.lineWidth = 1;
-    for (let i = 0; i <= 4; i++) {
-      const v = panel.min + ((panel.max - panel.min) * i) / 4;
-      ctx.beginPath();
-      ctx.moveTo(pad.left, y(v));
-      ctx.lineTo(W - pad.right, y(v));
-      ctx.stroke();
-      ctx.fillText(String(panel.fmt(v)), 4, y(v) + 4);
-    }
-    ctx.fillText(panel.title, pad.left + 4, panel.top + 10);
-    nodes.forEach((node, i) => {
-      const points = history.get(node);
-      ctx.strokeStyle = PALETTE[i % PALETTE.length];
-      ctx.lineWidth = 2;
-      ctx.beginPath();
-      points.forEach((p, j) => {
-        // Step line: a value holds until the node's next event; extend to the latest seq.
-        if (j === 0) ctx.moveTo(x(p.seq), y(panel.value(p)));
-        else {
-          ctx.lineTo(x(p.seq), y(panel.value(points[j - 1])));
-          ctx.lineTo(x(p.seq), y(panel.value(p)));
-        }
-      });
-      if (points.length) ctx.lineTo(x(maxSeq), y(panel.value(points[points.length - 1])));
-      ctx.stroke();
+  for (const s of series) {
+    if (!s.points.length) continue;
+    const coords = [];
+    s.points.forEach((p, i) => {
+      if (opts.step && i > 0) coords.push(`${x(p.x)},${y(s.points[i - 1].y)}`);
+      coords.push(`${x(p.x)},${y(p.y)}`);
     });
+    const last = s.points[s.points.length - 1];
+    if (opts.step && last.x < xMax) coords.push(`${x(xMax)},${y(last.y)}`);
+    parts.push(svgEl("polyline", { points: coords.join(" "), stroke: s.color, class: "series", "data-name": s.name }));
   }
-  ctx.fillStyle = "#6b7280";
-  ctx.fillText(`ledger seq ${minSeq}…${maxSeq}`, pad.left, H - 6);
+  if (opts.caption) {
+    parts.push(svgEl("text", { x: pad.left, y: H - 4, class: "tick" }, opts.caption(xMin, xMax)));
+  }
+  svg.replaceChildren(...parts);
+}
 
-  const legend = $("chart-legend");
-  legend.replaceChildren(...nodes.map((node, i) =>
+// One colour per node, stable across the charts and the legend.
+function nodeColor(node) {
+  const nodes = [...new Set([...history.keys(), ...accuracy.keys()])].sort();
+  return PALETTE[Math.max(0, nodes.indexOf(node)) % PALETTE.length];
+}
+
+function seconds(ms) {
+  return (ms - PAGE_START) / 1000;
+}
+
+function timeCaption(xMin, xMax) {
+  return `seconds since the page opened: ${Math.round(xMin)}…${Math.round(xMax)}`;
+}
+
+// node id -> [{x: seconds, y: share right}], from /api/stakes polls.
+const accuracy = new Map();
+
+function recordAccuracy(accounts) {
+  const t = seconds(Date.now());
+  for (const a of accounts) {
+    const scored = a.correct + a.wrong;
+    if (!scored) continue;
+    if (!accuracy.has(a.node_id)) accuracy.set(a.node_id, []);
+    const points = accuracy.get(a.node_id);
+    points.push({ x: t, y: a.correct / scored });
+    if (points.length > MAX_POINTS) points.shift();
+  }
+  scheduleChart();
+}
+
+// Stake and trust by ledger sequence (from the event stream), accuracy over time.
+function drawChart() {
+  const nodes = [...new Set([...history.keys(), ...accuracy.keys()])].sort();
+  const bySeq = (value) => [...history.entries()].map(([node, points]) => ({
+    name: node,
+    color: nodeColor(node),
+    points: points.map((p) => ({ x: p.seq, y: value(p) })),
+  }));
+  const seqCaption = (lo, hi) => `ledger sequence ${Math.round(lo)}…${Math.max(Math.round(hi), lastSeq)}`;
+  drawLineChart($("stake-chart"), bySeq((p) => p.stake), { integer: true, step: true, caption: seqCaption });
+  drawLineChart($("trust-chart"), bySeq((p) => p.trust), { yMin: 0, yMax: 1, step: true, caption: seqCaption });
+  drawLineChart($("accuracy-chart"), [...accuracy.entries()].map(([node, points]) => ({
+    name: node, color: nodeColor(node), points,
+  })), { yMin: 0, yMax: 1, caption: timeCaption });
+  $("chart-legend").replaceChildren(...nodes.map((node) =>
     el("span", { "data-testid": "legend-node", dataset: { nodeId: node } },
-      el("i", { style: { background: PALETTE[i % PALETTE.length] } }), node)));
+      el("i", { style: { background: nodeColor(node) } }), node)));
+}
+
+// Shop address -> [{x: seconds, y: lag entries}], and the term, from the cluster events.
+const lagHistory = new Map();
+const termHistory = [];
+const shopRoles = new Map();
+
+function recordFailover(c) {
+  const t = seconds(Date.now());
+  termHistory.push({ x: t, y: c.term });
+  if (termHistory.length > MAX_POINTS) termHistory.shift();
+  for (const s of c.shops) {
+    if (!s.replication) continue;
+    if (!lagHistory.has(s.address)) lagHistory.set(s.address, []);
+    const points = lagHistory.get(s.address);
+    points.push({ x: t, y: s.replication.lag_entries });
+    if (points.length > MAX_POINTS) points.shift();
+    shopRoles.set(s.address, s.replication.role);
+  }
+  const addresses = [...lagHistory.keys()].sort();
+  const color = (a) => PALETTE[addresses.indexOf(a) % PALETTE.length];
+  drawLineChart($("lag-chart"), addresses.map((a) => ({ name: a, color: color(a), points: lagHistory.get(a) })),
+    { yMin: 0, integer: true, caption: timeCaption });
+  drawLineChart($("term-chart"), [{ name: "term", color: "#111827", points: termHistory }],
+    { integer: true, step: true, caption: timeCaption });
+  $("failover-legend").replaceChildren(...addresses.map((a) =>
+    el("span", { "data-testid": "failover-legend-shop", dataset: { address: a } },
+      el("i", { style: { background: color(a) } }), `${a} (${shopRoles.get(a) || "?"})`),
+  ), el("span", {}, el("i", { style: { background: "#111827" } }), "term"));
 }
 
 async function verifyLedger() {
@@ -599,6 +677,7 @@ function renderCluster(c) {
   reg.className = `pill ${c.registry.up ? "up" : "down"}`;
   $("cluster-primary").textContent = c.primary || "none";
   $("cluster-term").textContent = String(c.term);
+  lastCluster = c;
 
   const live = new Set();
   for (const i of c.instances) {
@@ -622,7 +701,9 @@ function renderCluster(c) {
       el("td", {}, i.service),
       el("td", {}, i.address),
       el("td", { "data-testid": "instance-state" }, up ? (primary ? "up · primary" : "up") : "down"),
-      el("td", { class: "muted" }, labels)));
+      // One chip per label, wrapping anywhere: long values (addresses, ids) stay readable.
+      el("td", { class: "muted labels", title: labels },
+        ...Object.entries(i.metadata || {}).sort().map(([k, v]) => el("span", { class: "label" }, `${k}=${v}`)))));
   }
 
   const shops = $("shop-status");
@@ -648,6 +729,8 @@ function renderCluster(c) {
   if (c.shops.length === 0) {
     shops.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No shop registered.")));
   }
+  recordFailover(c);
+  renderChildren();
 }
 
 // What the lag column says: a primary with no replica connected has nothing to lag
@@ -659,6 +742,131 @@ function shopLag(r) {
     return r.lag_entries > 0 ? `no replica connected (${r.lag_entries} entries waiting)` : "no replica connected";
   }
   return `${r.lag_entries} entries / ${r.lag_ms} ms`;
+}
+
+// ------------------------------------------------------------------ live controls
+//
+// `concord up`'s supervisor, through the gateway (/api/admin/cluster, admin token):
+// kill, freeze/thaw, stop/start a process, turn a node liar and back.
+
+let lastCluster = null;
+let children = [];
+let childrenShown = "";
+
+async function loadChildren() {
+  if (!$("admin-token").value.trim()) return;
+  try {
+    const reply = await api("GET", "/api/admin/cluster", undefined, bearer("admin-token"));
+    children = reply.children;
+    renderChildren();
+    showError("control-error", null);
+  } catch (err) {
+    showError("control-error", err);
+  }
+}
+
+function primaryChild() {
+  const primary = lastCluster && lastCluster.primary;
+  return children.find((c) => c.role === "shop" && c.addr === primary);
+}
+
+function renderChildren() {
+  const primary = primaryChild();
+  // Re-render only on a change: a button being clicked must not be replaced under the pointer.
+  const shown = JSON.stringify([children, primary && primary.name]);
+  if (shown === childrenShown) return;
+  childrenShown = shown;
+  const body = $("children");
+  body.replaceChildren();
+  for (const c of children) {
+    const actions = el("td", { class: "actions" });
+    const button = (action, label, cls, bodyJson) => actions.append(el("button", {
+      class: cls, type: "button", "data-testid": "child-action", dataset: { action },
+      onclick: () => control(c.name, action, bodyJson),
+    }, label));
+    const alive = c.state === "running" || c.state === "starting";
+    if (alive || c.state === "frozen") button("kill", "kill", "danger");
+    if (alive) button("freeze", "freeze", "secondary");
+    if (c.state === "frozen") button("thaw", "thaw", "secondary");
+    if (c.state === "stopped" || c.state === "errored") button("start", "start", "secondary");
+    else button("stop", "stop", "secondary");
+    if (c.role === "node") {
+      if (c.behaviour === "honest") button("liar", "make liar", "danger", { behaviour: "inverted" });
+      else button("honest", "make honest", "secondary", { behaviour: "honest" });
+    }
+    const isPrimary = primary && primary.name === c.name;
+    body.append(el("tr", {
+      "data-testid": "child-row",
+      dataset: { name: c.name, role: c.role, state: c.state, behaviour: c.behaviour || "", restarts: String(c.restarts) },
+      class: `${c.state}${isPrimary ? " primary" : ""}`,
+    },
+      el("td", { title: c.addr || "" }, c.name, el("span", { class: "muted" }, ` ${c.role}${isPrimary ? " · primary" : ""}`)),
+      el("td", { "data-testid": "child-state" }, c.state),
+      el("td", {}, c.pid ?? "—"),
+      el("td", { "data-testid": "child-restarts" }, c.restarts),
+      el("td", { "data-testid": "child-behaviour" }, c.behaviour || ""),
+      actions));
+  }
+}
+
+async function control(name, action, body) {
+  showMessage("control-result", "");
+  const verb = body ? "behaviour" : action;
+  try {
+    const c = await api("POST", `/api/admin/cluster/${encodeURIComponent(name)}/${verb}`, body,
+      bearer("admin-token"));
+    showMessage("control-result", `${name}: ${body ? `behaviour ${c.behaviour}` : action} done (now ${c.state}).`);
+    showError("control-error", null);
+  } catch (err) {
+    showError("control-error", err);
+  }
+  loadChildren();
+}
+
+function controlPrimary(action) {
+  const primary = primaryChild();
+  if (!primary) {
+    showError("control-error", new Error(children.length
+      ? "No shop primary is known right now (failover in progress?)."
+      : "Enter the admin token first: the process list comes from the supervisor."));
+    return;
+  }
+  control(primary.name, action);
+}
+
+// Known iris samples and their true classes, for scored traffic.
+const SAMPLES = [
+  [[5.1, 3.5, 1.4, 0.2], 0],
+  [[7.0, 3.2, 4.7, 1.4], 1],
+  [[6.3, 3.3, 6.0, 2.5], 2],
+  [[4.9, 3.0, 1.4, 0.2], 0],
+  [[6.4, 3.2, 4.5, 1.5], 1],
+  [[5.8, 2.7, 5.1, 1.9], 2],
+];
+let trafficTimer = null;
+let trafficStats = { sent: 0, scored: 0, failed: 0 };
+
+async function trafficTick() {
+  const [features, label] = SAMPLES[trafficStats.sent % SAMPLES.length];
+  trafficStats.sent += 1;
+  try {
+    const [sepal_length, sepal_width, petal_length, petal_width] = features;
+    const p = await api("POST", "/api/predict",
+      { sepal_length, sepal_width, petal_length, petal_width, policy: "stake" });
+    await api("POST", "/api/outcomes", { request_id: p.request_id, true_label: label },
+      bearer("oracle-token"));
+    trafficStats.scored += 1;
+  } catch (err) {
+    trafficStats.failed += 1;
+    $("traffic-status").title = err.message;
+  }
+  const s = trafficStats;
+  $("traffic-status").textContent = `${s.scored} scored, ${s.failed} failed`;
+}
+
+function toggleTraffic() {
+  clearInterval(trafficTimer);
+  trafficTimer = $("traffic").checked ? setInterval(trafficTick, 1000) : null;
 }
 
 // ------------------------------------------------------------------ live events
@@ -718,6 +926,12 @@ document.addEventListener("DOMContentLoaded", () => {
     button.addEventListener("click", () => reportOutcome(Number(button.dataset.label)));
   }
   $("ledger-verify").addEventListener("click", verifyLedger);
+  $("kill-primary").addEventListener("click", () => controlPrimary("kill"));
+  $("freeze-primary").addEventListener("click", () => controlPrimary("freeze"));
+  $("traffic").addEventListener("change", toggleTraffic);
+  $("admin-token").addEventListener("change", loadChildren);
+  setInterval(loadChildren, 1000);
+  setInterval(loadStakes, 2000);
   loadProducts();
   loadAccount();
   loadStakes();

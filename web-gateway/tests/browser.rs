@@ -457,3 +457,311 @@ async fn ui_journey_in_headless_chromium() -> Result<()> {
     h.stop().await?;
     outcome
 }
+
+// ------------------------------------------------------------------ live controls
+
+/// The `concord` binary for the live-controls test: `$CONCORD_BIN`, else `concord` in the
+/// workspace target dir (built by `cargo test --workspace`, or `cargo build -p concord-cli`).
+fn concord_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CONCORD_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = output_dir()
+        .parent()
+        .and_then(Path::parent)
+        .context("target dir")?
+        .join("debug")
+        .join("concord");
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it first (`cargo build -p concord-cli`) or set CONCORD_BIN",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// `concord up` with its gateway's address; killed (with its children) on drop.
+struct Cluster {
+    gateway: String,
+    up: Child,
+    _data: tempfile::TempDir,
+}
+
+/// Starts `concord up` (3 nodes, async replication) and waits for its gateway.
+async fn start_cluster() -> Result<Cluster> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let data = tempfile::tempdir()?;
+    let mut up = Command::new(concord_bin()?)
+        .args([
+            "up",
+            "--auto-ports",
+            "--nodes",
+            "3",
+            "--replication",
+            "async",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("CONCORD_ADMIN_TOKEN", ADMIN)
+        .env("CONCORD_ORACLE_TOKEN", concord_testkit::ORACLE_TOKEN)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting concord up")?;
+    let mut lines = BufReader::new(up.stdout.take().context("stdout")?).lines();
+    let gateway = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("concord up: gateway (gateway) pid ") {
+                if let Some((_, addr)) = rest.split_once(" running on ") {
+                    return Ok(addr.trim().to_owned());
+                }
+            }
+        }
+        bail!("concord up ended before its gateway ran")
+    })
+    .await
+    .context("gateway not running in time")??;
+    // Keep draining stdout so the launcher never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Cluster {
+        gateway: format!("http://{gateway}"),
+        up,
+        _data: data,
+    })
+}
+
+/// Writes a screenshot of the whole page at `width` px to `name` in [`output_dir`]
+/// and checks it is a non-empty PNG.
+async fn screenshot_at(client: &Client, width: u32, name: &str) -> Result<PathBuf> {
+    client.set_window_size(width, 900).await?;
+    let height = client
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await?
+        .as_u64()
+        .context("page height")?;
+    client
+        .set_window_size(width, height as u32 + WINDOW_CHROME_PX)
+        .await?;
+    let png = client.screenshot().await?;
+    anyhow::ensure!(
+        png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{name}: not a PNG screenshot ({} bytes)",
+        png.len()
+    );
+    let dir = output_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, &png)?;
+    Ok(path)
+}
+
+/// Polls a JavaScript expression until it returns true.
+async fn wait_js(client: &Client, what: &str, script: &str, deadline: Duration) -> Result<()> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if client.execute(script, vec![]).await? == serde_json::Value::Bool(true) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > until {
+            bail!("{what}: not true in time ({script})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The live-controls journey against `concord up`.
+async fn live_controls(client: &Client, gateway: &str) -> Result<()> {
+    let http = reqwest::Client::new();
+    // A product with no stock: the list must not offer it for the cart.
+    let created = http
+        .post(format!("{gateway}/api/products"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "Sold out", "price_minor": 100, "currency": "EUR", "stock": 0}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().is_success(),
+        "create product: {}",
+        created.status()
+    );
+    // Scored traffic needs every node staked and answering.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply: serde_json::Value = http
+            .get(format!("{gateway}/api/predict?sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2&policy=stake"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if reply["answered"].as_u64() == Some(3) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never all answered: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    client.goto(gateway).await?;
+    wait_text(client, "#live-status", |t| t == "live").await?;
+    wait_count(
+        client,
+        "[data-testid=product-row] [data-testid=out-of-stock]",
+        1,
+    )
+    .await?;
+    wait_exactly(
+        client,
+        "[data-testid=product-row] [data-testid=add-to-cart]",
+        0,
+    )
+    .await?;
+
+    // Without the token the controls say why; with it the supervised processes appear.
+    click(client, "#kill-primary").await?;
+    wait_text(client, "#control-error", |t| t.contains("admin token")).await?;
+    fill(client, "#admin-token", ADMIN).await?;
+    fill(client, "#oracle-token", concord_testkit::ORACLE_TOKEN).await?;
+    wait_count(client, "[data-testid=child-row]", 8).await?;
+    wait_count(
+        client,
+        "[data-testid=child-row][data-role=node][data-behaviour=honest]",
+        3,
+    )
+    .await?;
+
+    // node-3 turns liar: it restarts inverted, and scored traffic slashes it.
+    click(
+        client,
+        "[data-testid=child-row][data-name=node-3] [data-action=liar]",
+    )
+    .await?;
+    wait_text(client, "#control-result", |t| {
+        t.contains("behaviour inverted")
+    })
+    .await?;
+    let liar =
+        "[data-testid=child-row][data-name=node-3][data-behaviour=inverted][data-state=running]";
+    wait_count(client, liar, 1).await?;
+    click(client, "#traffic").await?;
+    wait_js(
+        client,
+        "the liar loses stake",
+        "const c = document.querySelector('[data-testid=account-row][data-node-id=node-3] [data-testid=account-stake]'); \
+         return !!c && Number(c.textContent) < 1000;",
+        Duration::from_secs(60),
+    )
+    .await?;
+    wait_js(
+        client,
+        "accuracy charted per node, the liar's below 1",
+        "return document.querySelectorAll('#accuracy-chart polyline').length >= 3 \
+         && !!document.querySelector('#accuracy-chart polyline[data-name=node-3]');",
+        UI_DEADLINE,
+    )
+    .await?;
+    // The stake axis never repeats a label.
+    wait_js(
+        client,
+        "distinct stake axis labels",
+        "const t = [...document.querySelectorAll('#stake-chart text.tick')].map(e => e.textContent).filter(s => !s.startsWith('ledger')); \
+         return t.length >= 2 && new Set(t).size === t.length;",
+        UI_DEADLINE,
+    )
+    .await?;
+
+    // Kill node-1: a new process, one restart.
+    click(
+        client,
+        "[data-testid=child-row][data-name=node-1] [data-action=kill]",
+    )
+    .await?;
+    wait_count(
+        client,
+        "[data-testid=child-row][data-name=node-1][data-restarts='1'][data-state=running]",
+        1,
+    )
+    .await?;
+
+    // Freeze the shop primary: the replica takes over at term 2, charted.
+    let old_primary = wait_text(client, "#cluster-primary", |t| t != "none").await?;
+    wait_text(client, "#cluster-term", |t| t == "1").await?;
+    click(client, "#freeze-primary").await?;
+    wait_count(
+        client,
+        "[data-testid=child-row][data-role=shop][data-state=frozen]",
+        1,
+    )
+    .await?;
+    wait_text(client, "#cluster-term", |t| t == "2").await?;
+    wait_text(client, "#cluster-primary", |t| {
+        t != old_primary && t != "none"
+    })
+    .await?;
+    wait_count(client, "#lag-chart polyline", 1).await?;
+    wait_count(client, "#term-chart polyline", 1).await?;
+
+    // The liar turns honest again.
+    click(
+        client,
+        "[data-testid=child-row][data-name=node-3] [data-action=honest]",
+    )
+    .await?;
+    wait_count(
+        client,
+        "[data-testid=child-row][data-name=node-3][data-behaviour=honest]",
+        1,
+    )
+    .await?;
+    click(client, "#traffic").await?;
+
+    let desktop = screenshot_at(client, 1400, "desktop.png").await?;
+    let phone = screenshot_at(client, 390, "phone.png").await?;
+    let overflow = client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await?;
+    let (scroll, inner) = (overflow[0].as_u64(), overflow[1].as_u64());
+    anyhow::ensure!(
+        scroll.is_some() && scroll <= inner,
+        "the page overflows sideways at phone width: scrollWidth {scroll:?} > innerWidth {inner:?}"
+    );
+    tracing::info!(desktop = %desktop.display(), phone = %phone.display(), "screenshots saved");
+    Ok(())
+}
+
+/// From the browser, with the admin token, a user turns a node liar (and watches its
+/// stake and accuracy fall), kills a node, freezes the shop primary (and watches the
+/// failover: term, roles, lag), against a real `concord up`; the page fits a phone's width.
+#[tokio::test]
+async fn live_controls_in_headless_chromium() -> Result<()> {
+    let Some(driver_path) = chromedriver_path() else {
+        if std::env::var_os("CONCORD_SKIP_BROWSER").is_some() {
+            return Ok(());
+        }
+        bail!("chromedriver not found: run scripts/test.sh (it installs chromium and chromium-driver), or set CONCORD_SKIP_BROWSER=1");
+    };
+    let mut cluster = start_cluster().await?;
+    concord::tls::ensure_crypto_provider();
+    let driver = Chromedriver::start(&driver_path).await?;
+    let profile = tempfile::tempdir()?;
+    let client = driver.client(profile.path()).await?;
+    let outcome = live_controls(&client, &cluster.gateway).await;
+    if outcome.is_err() {
+        let _ = screenshot_at(&client, 1400, "live-controls-failure.png").await;
+    }
+    client.close().await?;
+    drop(driver);
+    let _ = cluster.up.kill().await;
+    outcome
+}

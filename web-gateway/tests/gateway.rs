@@ -399,6 +399,8 @@ async fn openapi_documents_every_route() -> Result<()> {
         ("get", "/api/services/{name}"),
         ("get", "/api/cluster"),
         ("get", "/api/events"),
+        ("get", "/api/admin/cluster"),
+        ("post", "/api/admin/cluster/{child}/{action}"),
     ];
     let mut documented = 0;
     for (path, item) in paths {
@@ -423,7 +425,9 @@ async fn openapi_documents_every_route() -> Result<()> {
             .replace("{product_id}", "p-1")
             .replace("{order_id}", "o-1")
             .replace("{node_id}", "node-1")
-            .replace("{name}", "shop");
+            .replace("{name}", "shop")
+            .replace("{child}", "node-1")
+            .replace("{action}", "kill");
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())?;
         let response = h
             .http
@@ -1276,5 +1280,30 @@ async fn consensus_round_trip_through_http() -> Result<()> {
     assert!(kinds.iter().any(|k| k == "reward"), "{kinds:?}");
 
     consensus.stop().await?;
+    h.stop().await
+}
+
+/// Without `--supervisor-addr` the live controls answer 503 with a message that says so,
+/// for reads and orders alike.
+#[tokio::test]
+async fn cluster_controls_without_supervisor_are_503() -> Result<()> {
+    let h = Harness::start().await?;
+    let body = expect_error(h.get("/api/admin/cluster").await?, 503, "unavailable").await?;
+    assert!(
+        body.message.contains("--supervisor-addr"),
+        "{}",
+        body.message
+    );
+    let response = h
+        .http
+        .post(h.url("/api/admin/cluster/node-1/kill"))
+        .send()
+        .await?;
+    let body = expect_error(response, 503, "unavailable").await?;
+    assert!(
+        body.message.contains("--supervisor-addr"),
+        "{}",
+        body.message
+    );
     h.stop().await
 }

@@ -49,6 +49,11 @@ pub struct Args {
     /// only to a loopback registry unless --insecure.
     #[command(flatten)]
     pub tls: super::TlsArgs,
+    /// `concord up`'s supervisor admin API (`host:port`): the UI's live controls (kill,
+    /// freeze, stop/start processes, turn a node liar) are proxied to it; without it
+    /// `/api/admin/cluster` answers 503. `concord up` sets it.
+    #[arg(long, env = "CONCORD_SUPERVISOR_ADDR")]
+    pub supervisor_addr: Option<String>,
 }
 
 /// Serves the gateway until Ctrl-C or SIGTERM.
@@ -75,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_connections: args.max_connections,
         },
         secure_cookies: args.secure_cookies,
+        supervisor_addr: args.supervisor_addr,
     };
     config.validate()?;
     let listener = super::bind_and_announce("gateway", args.listen).await?;

@@ -91,6 +91,8 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::get_service))
         .routes(routes!(cluster::get_cluster))
         .routes(routes!(events::events))
+        .routes(routes!(crate::cluster_admin::list_children))
+        .routes(routes!(crate::cluster_admin::child_action))
         .fallback(no_route)
         .split_for_parts()
 }
