@@ -7,14 +7,22 @@
 //!    of term T lost are at most the lag the primary of T last reported
 //!    (`GetReplicationStatus.lag_entries`) plus the writes it acknowledged after that
 //!    report (the same bound `cli/tests/shop_failover.rs` uses).
-//! 2. **Orders exactly once**: no idempotency key has two orders, and replaying every
+//! 2. **Replicated means replicated**: an ack whose `WriteInfo.replicated` is true claims
+//!    the replica durably held its LSN before the reply, and a primary's
+//!    `replica_acked_lsn` only grows within its reign. So a status read *sent after* that
+//!    ack, from the same primary in the same term with no kill or stop of it in between,
+//!    reporting `replica_acked_lsn` below the ack's LSN proves the claim false — whether
+//!    or not a failover then happens to lose the write. (A replica frozen while the
+//!    primary keeps "replicating" into its socket buffer loses nothing on failover, yet
+//!    the claim was a lie.)
+//! 3. **Orders exactly once**: no idempotency key has two orders, and replaying every
 //!    acknowledged key returns the acknowledged order.
-//! 3. **Stock conserved**: initial stock = final stock + units in live orders.
-//! 4. **One primary per term**: all acks of a term come from one shop, no ack of an older
+//! 4. **Stock conserved**: initial stock = final stock + units in live orders.
+//! 5. **One primary per term**: all acks of a term come from one shop, no ack of an older
 //!    term arrives after one of a newer term, and the registry never listed two primaries
 //!    with the same term.
-//! 5. **The ledger verifies** (`Staking.VerifyLedger`).
-//! 6. **Liars lose stake**: a node turned liar that answered wrongly while lying ends its
+//! 6. **The ledger verifies** (`Staking.VerifyLedger`).
+//! 7. **Liars lose stake**: a node turned liar that answered wrongly while lying ends its
 //!    lie with less stake than it started with.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -65,6 +73,8 @@ pub struct Verdict {
 /// Invariant names, as the verdict table prints them.
 pub const ACKED_WRITES_SURVIVE: &str = "acknowledged writes survive";
 /// See [`ACKED_WRITES_SURVIVE`].
+pub const REPLICATED_CLAIMS_HOLD: &str = "replicated claims hold";
+/// See [`ACKED_WRITES_SURVIVE`].
 pub const ORDERS_EXACTLY_ONCE: &str = "orders exactly once";
 /// See [`ACKED_WRITES_SURVIVE`].
 pub const STOCK_CONSERVED: &str = "stock conserved";
@@ -79,6 +89,7 @@ pub const LIARS_LOSE_STAKE: &str = "liars lose stake";
 pub fn check(history: &History, seen: &Observations) -> Vec<Verdict> {
     vec![
         acked_writes_survive(history, seen),
+        replicated_claims_hold(history),
         orders_exactly_once(history, seen),
         stock_conserved(history, seen),
         one_primary_per_term(history),
@@ -179,7 +190,7 @@ pub fn async_loss_bound(history: &History, term: u64) -> u64 {
     let last_report = history
         .samples
         .iter()
-        .filter_map(|s| s.lag.map(|(t, lag, _)| (s.at_ms, t, lag)))
+        .filter_map(|s| s.status.as_ref().map(|p| (s.at_ms, p.term, p.lag_entries)))
         .filter(|(_, t, _)| *t == term)
         .last();
     let (since, lag) = last_report.map_or((0, 0), |(at, _, lag)| (at, lag));
@@ -204,6 +215,59 @@ fn describe(history: &History, i: usize) -> String {
         w.lsn,
         w.at_ms as f64 / 1000.0
     )
+}
+
+fn replicated_claims_hold(history: &History) -> Verdict {
+    // Times the primary at an address was killed or stopped (a new process forgets acks).
+    let restarts: Vec<u64> = history
+        .faults
+        .iter()
+        .filter(|f| matches!(f.action.as_str(), "kill" | "stop"))
+        .map(|f| f.at_ms)
+        .collect();
+    let claims = history.writes.iter().filter(|w| w.replicated).count();
+    let mut false_claims = Vec::new();
+    for w in history.writes.iter().filter(|w| w.replicated) {
+        let refuted = history.samples.iter().find(|s| {
+            s.at_ms > w.at_ms
+                && !restarts.iter().any(|&r| r >= w.at_ms && r <= s.at_ms)
+                && s.status.as_ref().is_some_and(|p| {
+                    p.addr == w.host && p.term == w.term && p.replica_acked_lsn < w.lsn
+                })
+        });
+        if let Some(sample) = refuted {
+            let acked = sample.status.as_ref().map_or(0, |p| p.replica_acked_lsn);
+            false_claims.push(format!(
+                "LSN {} (term {}) acknowledged as replicated by {} at t={:.1}s, but at t={:.1}s its replica had acked only LSN {acked}",
+                w.lsn,
+                w.term,
+                w.host,
+                w.at_ms as f64 / 1000.0,
+                sample.at_ms as f64 / 1000.0
+            ));
+        }
+    }
+    if claims == 0 {
+        return Verdict {
+            invariant: REPLICATED_CLAIMS_HOLD,
+            outcome: Outcome::Skip,
+            detail: "no write was acknowledged as replicated".into(),
+        };
+    }
+    let ok = false_claims.is_empty();
+    let detail = match ok {
+        true => format!("{claims} acks said replicated; no later status contradicted one"),
+        false => format!(
+            "{} of {claims} replicated claims were false, e.g. {}",
+            false_claims.len(),
+            false_claims
+                .into_iter()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    verdict(REPLICATED_CLAIMS_HOLD, ok, detail)
 }
 
 fn orders_exactly_once(history: &History, seen: &Observations) -> Verdict {
@@ -471,7 +535,9 @@ pub fn failovers(history: &History) -> Vec<Failover> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chaos::history::{FaultEvent, PredictionAck, Sample, StakeSample, WriteAck};
+    use crate::chaos::history::{
+        FaultEvent, PredictionAck, PrimaryStatus, Sample, StakeSample, WriteAck,
+    };
 
     fn product(at_ms: u64, host: &str, term: u64, id: &str) -> WriteAck {
         WriteAck {
@@ -510,7 +576,13 @@ mod tests {
         let lag_sample = Sample {
             at_ms: 30,
             primaries: vec![("a".into(), 1)],
-            lag: Some((1, 1, 5)),
+            status: Some(PrimaryStatus {
+                addr: "a".into(),
+                term: 1,
+                replica_acked_lsn: 20,
+                lag_entries: 1,
+                lag_ms: 5,
+            }),
         };
         let cases: &[(&str, &[&str], Outcome)] = &[
             ("sync", &["p1", "p2"], Outcome::Pass),
@@ -658,6 +730,52 @@ mod tests {
                 ..Observations::default()
             };
             assert_eq!(outcome(&check(&history, &seen), STOCK_CONSERVED), want);
+        }
+    }
+
+    /// A later status of the same primary and term below an ack's LSN refutes its
+    /// "replicated"; a kill in between, another term or an earlier status does not.
+    #[test]
+    fn replicated_claims_table() {
+        let status = |at_ms, addr: &str, term, acked| Sample {
+            at_ms,
+            primaries: vec![(addr.into(), term)],
+            status: Some(PrimaryStatus {
+                addr: addr.into(),
+                term,
+                replica_acked_lsn: acked,
+                lag_entries: 0,
+                lag_ms: 0,
+            }),
+        };
+        let kill = FaultEvent {
+            at_ms: 150,
+            fault: "kill-primary@0ms".into(),
+            action: "kill".into(),
+            target: "shop-1".into(),
+            error: None,
+        };
+        // The ack: LSN 100, term 1, host a, at 100 ms.
+        let cases: Vec<(Sample, Vec<FaultEvent>, Outcome)> = vec![
+            (status(200, "a", 1, 100), vec![], Outcome::Pass),
+            (status(200, "a", 1, 99), vec![], Outcome::Fail),
+            (status(50, "a", 1, 0), vec![], Outcome::Pass),
+            (status(200, "a", 2, 0), vec![], Outcome::Pass),
+            (status(200, "b", 1, 0), vec![], Outcome::Pass),
+            (status(200, "a", 1, 0), vec![kill], Outcome::Pass),
+        ];
+        for (sample, faults, want) in cases {
+            let mut ack = product(100, "a", 1, "p");
+            ack.lsn = 100;
+            let history = History {
+                replication: "sync".into(),
+                writes: vec![ack],
+                samples: vec![sample.clone()],
+                faults,
+                ..History::default()
+            };
+            let got = outcome(&check(&history, &found(&["p"])), REPLICATED_CLAIMS_HOLD);
+            assert_eq!(got, want, "{sample:?}");
         }
     }
 }

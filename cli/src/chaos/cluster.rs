@@ -20,6 +20,8 @@ use super::workload::Tokens;
 const START_WAIT: Duration = Duration::from_secs(90);
 /// How long the launcher gets to stop its children after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long after the registry line the admin API line may still come.
+const ADMIN_GRACE: Duration = Duration::from_secs(5);
 /// The file `concord up` writes its admin API address to.
 pub const ADMIN_ADDR_FILE: &str = "supervisor-admin.addr";
 /// The line prefix `concord up` announces its admin API with.
@@ -31,8 +33,9 @@ const REGISTRY_LINE: &str = "cluster up; registry at ";
 pub struct Cluster {
     /// Registry address (or comma-separated list).
     pub registry: String,
-    /// The supervisor admin API (`ip:port` or URL).
-    pub admin_addr: String,
+    /// The supervisor admin API (`ip:port` or URL); `None` when the launcher has none
+    /// (then only a fault-free run is possible).
+    pub admin_addr: Option<String>,
     /// Admin and oracle tokens.
     pub tokens: Tokens,
     owned: Option<Owned>,
@@ -88,9 +91,7 @@ impl Cluster {
                 if let Some(rest) = line.strip_prefix(ADMIN_LINE) {
                     admin_addr = Some(rest.trim().to_owned());
                 }
-                if registry.is_some()
-                    && (admin_addr.is_some() || data_dir.join(ADMIN_ADDR_FILE).exists())
-                {
+                if registry.is_some() {
                     return Ok::<_, std::io::Error>(true);
                 }
             }
@@ -124,6 +125,18 @@ impl Cluster {
                 return Err(failed(owned, format!("nothing announced in {START_WAIT:?}")).await)
             }
         }
+        // The admin API may be announced after the table; give it a moment.
+        let grace = tokio::time::Instant::now() + ADMIN_GRACE;
+        while admin_addr.is_none() && !data_dir.join(ADMIN_ADDR_FILE).exists() {
+            match tokio::time::timeout_at(grace, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    if let Some(rest) = line.strip_prefix(ADMIN_LINE) {
+                        admin_addr = Some(rest.trim().to_owned());
+                    }
+                }
+                _ => break,
+            }
+        }
         // Keep draining its stdout, or it blocks on a full pipe.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -132,8 +145,8 @@ impl Cluster {
         });
         let registry = registry.unwrap_or_default();
         let admin_addr = match admin_addr {
-            Some(addr) => addr,
-            None => read_admin_addr(&data_dir)?,
+            Some(addr) => Some(addr),
+            None => read_admin_addr(&data_dir).ok(),
         };
         let tokens = tokens_in(&data_dir)?;
         if options.keep_data {
@@ -151,7 +164,7 @@ impl Cluster {
     pub fn in_data_dir(data_dir: &Path, registry: &str) -> anyhow::Result<Cluster> {
         Ok(Cluster {
             registry: registry.to_owned(),
-            admin_addr: read_admin_addr(data_dir)?,
+            admin_addr: Some(read_admin_addr(data_dir)?),
             tokens: tokens_in(data_dir)?,
             owned: None,
         })
@@ -161,7 +174,7 @@ impl Cluster {
     pub fn at(registry: &str, admin_addr: &str, tokens: Tokens) -> Cluster {
         Cluster {
             registry: registry.to_owned(),
-            admin_addr: admin_addr.to_owned(),
+            admin_addr: Some(admin_addr.to_owned()),
             tokens,
             owned: None,
         }

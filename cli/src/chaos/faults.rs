@@ -25,6 +25,9 @@ pub enum FaultKind {
     StopPrimary,
     /// SIGSTOP of the shop replica for the length, then SIGCONT.
     FreezeReplica,
+    /// SIGSTOP of the shop primary for the length (a stalled host: its lease lapses and
+    /// the replica takes over), then SIGCONT (it must step down).
+    FreezePrimary,
     /// kill -9 of a prediction node.
     KillNode,
     /// A node restarted as a liar (`inverted`) for the length, then honest again.
@@ -45,6 +48,11 @@ const MENU: &[(FaultKind, &str, Option<Duration>)] = &[
         FaultKind::FreezeReplica,
         "freeze-replica",
         Some(Duration::from_secs(3)),
+    ),
+    (
+        FaultKind::FreezePrimary,
+        "freeze-primary",
+        Some(Duration::from_secs(4)),
     ),
     (FaultKind::KillNode, "kill-node", None),
     (
@@ -215,7 +223,7 @@ async fn apply(
     let action = match fault.kind {
         FaultKind::KillPrimary | FaultKind::KillNode | FaultKind::RestartRegistry => "kill",
         FaultKind::StopPrimary => "stop",
-        FaultKind::FreezeReplica => "freeze",
+        FaultKind::FreezeReplica | FaultKind::FreezePrimary => "freeze",
         FaultKind::LiarNode => "liar",
     };
     let children = admin
@@ -233,7 +241,9 @@ async fn apply(
         (!names.is_empty()).then(|| names[rng.gen_range(0..names.len())].clone())
     };
     let target = match fault.kind {
-        FaultKind::KillPrimary | FaultKind::StopPrimary => probe.shop_roles(&children).await.0,
+        FaultKind::KillPrimary | FaultKind::StopPrimary | FaultKind::FreezePrimary => {
+            probe.shop_roles(&children).await.0
+        }
         FaultKind::FreezeReplica => probe.shop_roles(&children).await.1,
         FaultKind::KillNode => pick(running("node"), rng),
         FaultKind::LiarNode => pick(
@@ -262,7 +272,9 @@ async fn apply(
             admin.act(&target, Action::Kill).await
         }
         FaultKind::StopPrimary => admin.act(&target, Action::Stop).await,
-        FaultKind::FreezeReplica => admin.act(&target, Action::Freeze).await,
+        FaultKind::FreezeReplica | FaultKind::FreezePrimary => {
+            admin.act(&target, Action::Freeze).await
+        }
         FaultKind::LiarNode => admin.set_behaviour(&target, "inverted").await,
     };
     match result {
@@ -278,7 +290,9 @@ async fn undo(
 ) -> Result<&'static str, (&'static str, String, String)> {
     let (action, result) = match fault.kind {
         FaultKind::StopPrimary => ("start", admin.act(target, Action::Start).await),
-        FaultKind::FreezeReplica => ("thaw", admin.act(target, Action::Thaw).await),
+        FaultKind::FreezeReplica | FaultKind::FreezePrimary => {
+            ("thaw", admin.act(target, Action::Thaw).await)
+        }
         FaultKind::LiarNode => ("honest", admin.set_behaviour(target, "honest").await),
         _ => return Ok("none"),
     };

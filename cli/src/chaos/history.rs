@@ -97,13 +97,27 @@ pub struct PredictionAck {
 /// The cluster as seen from outside at one moment.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Sample {
-    /// When.
+    /// When the probes were sent (a status read after an ack was sent after it).
     pub at_ms: u64,
     /// Every instance the registry listed as `role=primary`: (address, term).
     pub primaries: Vec<(String, u64)>,
-    /// The primary's `GetReplicationStatus`: (term, lag in entries, lag in ms), when it
-    /// answered.
-    pub lag: Option<(u64, u64, u64)>,
+    /// The highest-term primary's `GetReplicationStatus`, when it answered.
+    pub status: Option<PrimaryStatus>,
+}
+
+/// What a primary said about its replication.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PrimaryStatus {
+    /// The primary's address.
+    pub addr: String,
+    /// Its term.
+    pub term: u64,
+    /// Highest LSN the replica durably acked.
+    pub replica_acked_lsn: u64,
+    /// Lag in entries.
+    pub lag_entries: u64,
+    /// Age of the oldest unacknowledged entry.
+    pub lag_ms: u64,
 }
 
 /// A node's stake at one moment.

@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = crate::up::parse_duration)]
     pub duration: Duration,
     /// Fault schedule: `<fault>@<start>[:<length>]`, comma-separated. Faults:
-    /// kill-primary, stop-primary (default 4s), freeze-replica (default 3s), kill-node,
+    /// kill-primary, stop-primary (default 4s), freeze-replica (default 3s),
+    /// freeze-primary (default 4s), kill-node,
     /// liar-node (default 6s), restart-registry. E.g.
     /// `kill-primary@5s,freeze-replica@12s:3s`.
     #[arg(long, env = "CONCORD_CHAOS_FAULTS")]
@@ -149,14 +150,25 @@ async fn run_against(
     schedule: Vec<faults::Fault>,
     cluster: &cluster::Cluster,
 ) -> anyhow::Result<()> {
-    let admin = admin::SupervisorClient::new(&cluster.admin_addr, &cluster.tokens.admin);
-    let children = admin.children().await?;
-    println!(
-        "chaos: supervisor at {} with {} children; registry at {}",
-        cluster.admin_addr,
-        children.len(),
-        cluster.registry
-    );
+    let admin = match &cluster.admin_addr {
+        Some(addr) => {
+            let admin = admin::SupervisorClient::new(addr, &cluster.tokens.admin);
+            let children = admin.children().await?;
+            println!(
+                "chaos: supervisor admin API at {addr} with {} children; registry at {}",
+                children.len(),
+                cluster.registry
+            );
+            Some(admin)
+        }
+        None if schedule.is_empty() => {
+            println!("chaos: no supervisor admin API: a run without faults");
+            None
+        }
+        None => anyhow::bail!(
+            "faults need `concord up`'s supervisor admin API, and this cluster announced none"
+        ),
+    };
     let probe = probe::Probe::new(&cluster.registry);
     let shape = workload::LoadShape {
         writers: args.writers.max(1),
@@ -203,13 +215,15 @@ async fn run_against(
         }
     );
     let until = Instant::now() + args.duration;
-    let injector = tokio::spawn(faults::inject(
-        schedule,
-        admin.clone(),
-        probe.clone(),
-        recorder.clone(),
-        args.seed,
-    ));
+    let injector = admin.map(|admin| {
+        tokio::spawn(faults::inject(
+            schedule,
+            admin,
+            probe.clone(),
+            recorder.clone(),
+            args.seed,
+        ))
+    });
     workload::run(
         probe.clone(),
         cluster.tokens.clone(),
@@ -220,7 +234,10 @@ async fn run_against(
     )
     .await;
     // Faults whose end lies past the workload are undone before checking.
-    if let Err(err) = injector.await {
+    if let Some(Err(err)) = match injector {
+        Some(injector) => Some(injector.await),
+        None => None,
+    } {
         tracing::error!(%err, "the fault injector failed");
     }
     let history = recorder.snapshot();

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::checker::{Failover, Outcome, Verdict};
-use super::history::History;
+use super::history::{History, PrimaryStatus};
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 230.0;
@@ -285,11 +285,15 @@ pub fn render(
         duration_s,
         &faults,
     );
-    let lag_points = |pick: fn((u64, u64, u64)) -> u64| {
+    let lag_points = |pick: fn(&PrimaryStatus) -> u64| {
         history
             .samples
             .iter()
-            .filter_map(|s| s.lag.map(|l| (s.at_ms as f64 / 1000.0, pick(l) as f64)))
+            .filter_map(|s| {
+                s.status
+                    .as_ref()
+                    .map(|l| (s.at_ms as f64 / 1000.0, pick(l) as f64))
+            })
             .collect()
     };
     let lag = chart(
@@ -299,12 +303,12 @@ pub fn render(
             Series {
                 name: "lag (entries)",
                 colour: "#6a4c93",
-                points: lag_points(|l| l.1),
+                points: lag_points(|l| l.lag_entries),
             },
             Series {
                 name: "lag (ms / 100)",
                 colour: "#8ab17d",
-                points: lag_points(|l| l.2 / 100),
+                points: lag_points(|l| l.lag_ms / 100),
             },
         ],
         duration_s,

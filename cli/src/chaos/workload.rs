@@ -21,7 +21,9 @@ use concord::pb::stake::v1::{
 };
 use tonic::Code;
 
-use super::history::{Failure, PredictionAck, Recorder, Sample, StakeSample, WriteAck, Written};
+use super::history::{
+    Failure, PredictionAck, PrimaryStatus, Recorder, Sample, StakeSample, WriteAck, Written,
+};
 use super::probe::Probe;
 
 /// A client call without an answer within this is counted as failed (not acknowledged).
@@ -451,11 +453,12 @@ async fn sample(probe: Probe, target: Arc<RwLock<String>>, recorder: Recorder, u
     let mut last_seen = String::new();
     while Instant::now() < until {
         ticker.tick().await;
+        let at_ms = recorder.now_ms();
         let Some(primaries) = probe.primaries().await else {
             continue;
         };
         let primary = primaries.iter().max_by_key(|(_, t)| *t).cloned();
-        let mut lag = None;
+        let mut status = None;
         if let Some((addr, _)) = &primary {
             // Only a change of the registry's answer moves the writers: a hint they
             // followed since is newer than a stale registry view.
@@ -463,15 +466,22 @@ async fn sample(probe: Probe, target: Arc<RwLock<String>>, recorder: Recorder, u
                 last_seen = addr.clone();
                 *target.write().unwrap_or_else(|e| e.into_inner()) = addr.clone();
             }
-            lag = probe
+            status = probe
                 .replication_status(addr)
                 .await
-                .map(|s| (s.term, s.lag_entries, s.lag_ms));
+                .filter(|s| s.role == pb::Role::Primary as i32)
+                .map(|s| PrimaryStatus {
+                    addr: addr.clone(),
+                    term: s.term,
+                    replica_acked_lsn: s.replica_acked_lsn,
+                    lag_entries: s.lag_entries,
+                    lag_ms: s.lag_ms,
+                });
         }
         let sample = Sample {
-            at_ms: recorder.now_ms(),
+            at_ms,
             primaries,
-            lag,
+            status,
         };
         recorder.record(|h| h.samples.push(sample));
     }
