@@ -191,8 +191,7 @@ pub fn async_loss_bound(history: &History, term: u64) -> u64 {
         .samples
         .iter()
         .filter_map(|s| s.status.as_ref().map(|p| (s.at_ms, p.term, p.lag_entries)))
-        .filter(|(_, t, _)| *t == term)
-        .last();
+        .rfind(|(_, t, _)| *t == term);
     let (since, lag) = last_report.map_or((0, 0), |(at, _, lag)| (at, lag));
     let later = history
         .writes
@@ -456,8 +455,7 @@ fn liars_lose_stake(history: &History) -> Verdict {
         let before = history
             .stakes
             .iter()
-            .filter(|s| s.node == node && s.at_ms <= start.at_ms)
-            .last()
+            .rfind(|s| s.node == node && s.at_ms <= start.at_ms)
             .map(|s| s.stake);
         // Slashing lands when the oracle reports, a moment after the answer: look a
         // little past the end of the lie.
