@@ -14,6 +14,7 @@ mod status;
 mod supervisor;
 mod token;
 mod up;
+mod up_admin;
 
 use clap::{Parser, Subcommand};
 

@@ -16,6 +16,13 @@
 //! node training its model, a replica reconnecting) before the launcher could exit.
 //! [`Supervised::stop`] then stops a child that is still running (SIGTERM, then SIGKILL).
 //!
+//! Operators' orders ([`Control`]: kill, freeze/thaw, stop/start, restart with new
+//! arguments) reach a child through [`Controller`], a channel into the child's own
+//! supervising task: that task alone spawns, signals and re-specs its process, so an order
+//! never races the restart loop (a kill is then just a crash, restarted with the usual
+//! backoff; a child stopped by order stays down until started). `concord up` serves them
+//! over HTTP (`crate::up_admin`).
+//!
 //! Each child's stdout and stderr are read line by line and echoed on the supervisor's
 //! stderr, prefixed with the child's name; the line `concord <role> listening on <addr>`
 //! marks the child ready. [`ChildrenCollector`] puts every child's state and restarts on
@@ -32,7 +39,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
-    sync::watch,
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -90,7 +97,7 @@ pub const SECRET_ENV_VARS: [&str; 5] = [
 ];
 
 /// Where a child is in its life.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildState {
     /// Spawned, not yet announced its address.
     Starting,
@@ -102,6 +109,22 @@ pub enum ChildState {
     Errored,
     /// Stopped on request.
     Stopped,
+    /// Stopped with SIGSTOP on request (still there, answers nothing) until thawed.
+    Frozen,
+}
+
+impl ChildState {
+    /// The state's name in the admin API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildState::Starting => "starting",
+            ChildState::Running => "running",
+            ChildState::Backoff => "backoff",
+            ChildState::Errored => "errored",
+            ChildState::Stopped => "stopped",
+            ChildState::Frozen => "frozen",
+        }
+    }
 }
 
 /// A child's state as the supervisor sees it.
@@ -115,6 +138,9 @@ pub struct ChildStatus {
     pub address: Option<SocketAddr>,
     /// Restarts so far.
     pub restarts: u32,
+    /// Whether the current process announced its address (a thawed child goes back to
+    /// `Running` only if it had).
+    pub announced: bool,
 }
 
 /// What the owner wants from a child's supervisor; only ever moves forward.
@@ -128,11 +154,117 @@ enum Phase {
     Stop,
 }
 
+/// An operator's order for one child, carried out by the child's own supervising task
+/// (so it never races that task's restart loop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// SIGKILL the running process; it is restarted as after any crash.
+    Kill,
+    /// SIGSTOP the running process.
+    Freeze,
+    /// SIGCONT a frozen process.
+    Thaw,
+    /// Stop the process (SIGTERM, then SIGKILL) and keep it down until [`Control::Start`].
+    Stop,
+    /// Start a child that was stopped (or gave up as errored) again.
+    Start,
+    /// Replace the child's arguments and restart it now with them (a child held down
+    /// keeps them for its next start).
+    Restart(Vec<String>),
+}
+
+impl Control {
+    /// The action's name in the admin API, logs and metrics.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Control::Kill => "kill",
+            Control::Freeze => "freeze",
+            Control::Thaw => "thaw",
+            Control::Stop => "stop",
+            Control::Start => "start",
+            Control::Restart(_) => "restart",
+        }
+    }
+}
+
+/// Why an order was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The order needs a running process and there is none.
+    #[error("{child} has no running process (state {state}); start it first")]
+    NotRunning {
+        /// The child.
+        child: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The child is already where the order would put it.
+    #[error("{child} is already {state}")]
+    Already {
+        /// The child.
+        child: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The supervisor has ended (the launcher is shutting down).
+    #[error("{child}'s supervisor has ended (shutting down)")]
+    Gone {
+        /// The child.
+        child: String,
+    },
+}
+
+struct Order {
+    control: Control,
+    reply: oneshot::Sender<Result<(), ControlError>>,
+}
+
+/// A cloneable handle that reads a child's state and spec and gives it orders (the
+/// admin API holds one per child).
+#[derive(Clone)]
+pub struct Controller {
+    /// The child's name.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    status_rx: watch::Receiver<ChildStatus>,
+    spec_rx: watch::Receiver<ChildSpec>,
+    orders: mpsc::Sender<Order>,
+}
+
+impl Controller {
+    /// The latest status.
+    pub fn status(&self) -> ChildStatus {
+        self.status_rx.borrow().clone()
+    }
+
+    /// The spec the child runs with now (or will at its next start).
+    pub fn spec(&self) -> ChildSpec {
+        self.spec_rx.borrow().clone()
+    }
+
+    /// Gives the order and waits until the supervising task carried it out.
+    pub async fn send(&self, control: Control) -> Result<(), ControlError> {
+        let gone = || ControlError::Gone {
+            child: self.name.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.orders
+            .send(Order { control, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
 /// A supervised child.
 pub struct Supervised {
-    /// What runs.
+    /// What runs (as first started: name and role never change; see
+    /// [`Controller::spec`] for the current arguments).
     pub spec: ChildSpec,
     status_rx: watch::Receiver<ChildStatus>,
+    spec_rx: watch::Receiver<ChildSpec>,
+    orders: mpsc::Sender<Order>,
     phase_tx: watch::Sender<Phase>,
     task: JoinHandle<()>,
 }
@@ -145,14 +277,40 @@ impl Supervised {
             pid: None,
             address: None,
             restarts: 0,
+            announced: false,
         });
         let (phase_tx, phase_rx) = watch::channel(Phase::Run);
-        let task = tokio::spawn(run_child(spec.clone(), policy, status_tx, phase_rx));
+        let (spec_tx, spec_rx) = watch::channel(spec.clone());
+        let (orders, orders_rx) = mpsc::channel(8);
+        let task = tokio::spawn(
+            ChildTask {
+                spec: spec.clone(),
+                policy,
+                status_tx,
+                spec_tx,
+                phase_rx,
+                orders: orders_rx,
+            }
+            .run(),
+        );
         Self {
             spec,
             status_rx,
+            spec_rx,
+            orders,
             phase_tx,
             task,
+        }
+    }
+
+    /// A handle for giving the child orders.
+    pub fn controller(&self) -> Controller {
+        Controller {
+            name: self.spec.name.clone(),
+            role: self.spec.role.clone(),
+            status_rx: self.status_rx.clone(),
+            spec_rx: self.spec_rx.clone(),
+            orders: self.orders.clone(),
         }
     }
 
@@ -210,106 +368,324 @@ fn advance(phase: &mut Phase, to: Phase) -> bool {
     }
 }
 
-async fn run_child(
+/// How a run of the process ended.
+enum RunEnd {
+    /// It exited by itself (or by an admin's SIGKILL): a crash, unless shutting down.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The owner stopped it (shutdown): the task ends.
+    Shutdown,
+    /// An admin stopped it: keep it down until started.
+    Held,
+    /// An admin changed its arguments: start it again at once.
+    Respawn,
+}
+
+/// Where the child goes after waiting while down.
+enum Wake {
+    /// Start the process (again).
+    Start,
+    /// The task ends (shutdown).
+    Shutdown,
+}
+
+/// One child's supervising task: the only place its process is spawned, signalled and
+/// its spec changed, so orders and crash handling never race.
+struct ChildTask {
     spec: ChildSpec,
     policy: RestartPolicy,
     status_tx: watch::Sender<ChildStatus>,
-    mut phase_rx: watch::Receiver<Phase>,
-) {
-    let mut backoff = policy.initial_backoff;
-    let mut fast_crashes = 0u32;
-    let mut restarts = 0u32;
-    loop {
-        let started = Instant::now();
-        let mut child = match spawn(&spec) {
-            Ok(child) => child,
-            Err(err) => {
-                tracing::error!(child = %spec.name, %err, "cannot spawn");
-                status_tx.send_modify(|s| s.state = ChildState::Errored);
-                reached(&mut phase_rx, Phase::HoldRestarts).await;
-                return;
-            }
-        };
-        let pid = child.id();
-        status_tx.send_modify(|s| {
-            s.state = ChildState::Starting;
-            s.pid = pid;
-            s.restarts = restarts;
-        });
-        let pumps = [
-            child
-                .stdout
-                .take()
-                .map(|out| tokio::spawn(pump(spec.name.clone(), out, Some(status_tx.clone())))),
-            child
-                .stderr
-                .take()
-                .map(|err| tokio::spawn(pump(spec.name.clone(), err, None))),
-        ];
+    spec_tx: watch::Sender<ChildSpec>,
+    phase_rx: watch::Receiver<Phase>,
+    orders: mpsc::Receiver<Order>,
+}
 
-        let exit = tokio::select! {
-            exit = child.wait() => exit,
-            () = reached(&mut phase_rx, Phase::Stop) => {
-                terminate(&spec.name, &mut child, policy.stop_timeout).await;
-                status_tx.send_modify(|s| { s.state = ChildState::Stopped; s.pid = None; });
+impl ChildTask {
+    async fn run(mut self) {
+        let mut backoff = self.policy.initial_backoff;
+        let mut fast_crashes = 0u32;
+        let mut restarts = 0u32;
+        loop {
+            let started = Instant::now();
+            let mut child = match spawn(&self.spec) {
+                Ok(child) => child,
+                Err(err) => {
+                    tracing::error!(child = %self.spec.name, %err, "cannot spawn");
+                    self.status_tx.send_modify(|s| {
+                        s.state = ChildState::Errored;
+                        s.pid = None;
+                    });
+                    match self.wait_down(ChildState::Errored).await {
+                        Wake::Start => {
+                            (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                            restarts += 1;
+                            continue;
+                        }
+                        Wake::Shutdown => return,
+                    }
+                }
+            };
+            let pid = child.id();
+            self.status_tx.send_modify(|s| {
+                s.state = ChildState::Starting;
+                s.pid = pid;
+                s.restarts = restarts;
+                s.announced = false;
+            });
+            let name = &self.spec.name;
+            let pumps = [
+                child
+                    .stdout
+                    .take()
+                    .map(|out| tokio::spawn(pump(name.clone(), out, Some(self.status_tx.clone())))),
+                child
+                    .stderr
+                    .take()
+                    .map(|err| tokio::spawn(pump(name.clone(), err, None))),
+            ];
+
+            let end = self.watch_process(&mut child).await;
+            for pump in pumps.into_iter().flatten() {
+                let _ = pump.await;
+            }
+            let exit = match end {
+                RunEnd::Shutdown => return,
+                RunEnd::Held => match self.wait_down(ChildState::Stopped).await {
+                    Wake::Start => {
+                        (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                        restarts += 1;
+                        continue;
+                    }
+                    Wake::Shutdown => return,
+                },
+                RunEnd::Respawn => {
+                    restarts += 1;
+                    continue;
+                }
+                RunEnd::Exited(exit) => exit,
+            };
+            let ran = started.elapsed();
+            if *self.phase_rx.borrow() >= Phase::HoldRestarts {
+                // Shutting down (e.g. Ctrl-C reached the whole process group): this exit is
+                // final, not a crash.
+                match exit {
+                    Ok(status) => {
+                        tracing::info!(child = %self.spec.name, pid, %status, "exited during shutdown; not restarted")
+                    }
+                    Err(err) => {
+                        tracing::error!(child = %self.spec.name, %err, "cannot wait for child")
+                    }
+                }
+                self.status_tx.send_modify(|s| {
+                    s.state = ChildState::Stopped;
+                    s.pid = None;
+                });
                 return;
             }
-        };
-        for pump in pumps.into_iter().flatten() {
-            let _ = pump.await;
-        }
-        let ran = started.elapsed();
-        if *phase_rx.borrow() >= Phase::HoldRestarts {
-            // Shutting down (e.g. Ctrl-C reached the whole process group): this exit is
-            // final, not a crash.
             match exit {
                 Ok(status) => {
-                    tracing::info!(child = %spec.name, pid, %status, "exited during shutdown; not restarted")
+                    tracing::warn!(child = %self.spec.name, pid, %status, ran_ms = ran.as_millis() as u64, "child exited")
                 }
-                Err(err) => tracing::error!(child = %spec.name, %err, "cannot wait for child"),
+                Err(err) => tracing::error!(child = %self.spec.name, %err, "cannot wait for child"),
             }
-            status_tx.send_modify(|s| {
-                s.state = ChildState::Stopped;
+            if ran >= self.policy.stable_after {
+                backoff = self.policy.initial_backoff;
+                fast_crashes = 0;
+            } else {
+                fast_crashes += 1;
+            }
+            if fast_crashes >= self.policy.max_fast_crashes {
+                tracing::error!(child = %self.spec.name, fast_crashes, "crashing in a loop; giving up (errored)");
+                self.status_tx.send_modify(|s| {
+                    s.state = ChildState::Errored;
+                    s.pid = None;
+                });
+                match self.wait_down(ChildState::Errored).await {
+                    Wake::Start => {
+                        (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                        restarts += 1;
+                        continue;
+                    }
+                    Wake::Shutdown => return,
+                }
+            }
+            self.status_tx.send_modify(|s| {
+                s.state = ChildState::Backoff;
                 s.pid = None;
             });
-            return;
-        }
-        match exit {
-            Ok(status) => {
-                tracing::warn!(child = %spec.name, pid, %status, ran_ms = ran.as_millis() as u64, "child exited")
+            tracing::info!(child = %self.spec.name, backoff_ms = backoff.as_millis() as u64, "restarting after backoff");
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    () = reached(&mut self.phase_rx, Phase::HoldRestarts) => {
+                        self.status_tx.send_modify(|s| s.state = ChildState::Stopped);
+                        return;
+                    }
+                    Some(order) = self.orders.recv() => {
+                        if order.control == Control::Stop {
+                            let _ = order.reply.send(Ok(()));
+                            self.log_order(&Control::Stop);
+                            self.status_tx.send_modify(|s| s.state = ChildState::Stopped);
+                            match self.wait_down(ChildState::Stopped).await {
+                                Wake::Start => {
+                                    (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                                    break;
+                                }
+                                Wake::Shutdown => return,
+                            }
+                        }
+                        self.answer_while_down(order, ChildState::Backoff);
+                    }
+                }
             }
-            Err(err) => tracing::error!(child = %spec.name, %err, "cannot wait for child"),
+            backoff = (backoff * 2).min(self.policy.max_backoff);
+            restarts += 1;
         }
-        if ran >= policy.stable_after {
-            backoff = policy.initial_backoff;
-            fast_crashes = 0;
-        } else {
-            fast_crashes += 1;
+    }
+
+    /// Waits for the process to exit while carrying out orders.
+    async fn watch_process(&mut self, child: &mut tokio::process::Child) -> RunEnd {
+        let mut frozen = false;
+        loop {
+            tokio::select! {
+                exit = child.wait() => return RunEnd::Exited(exit),
+                () = reached(&mut self.phase_rx, Phase::Stop) => {
+                    terminate(&self.spec.name, child, self.policy.stop_timeout).await;
+                    self.status_tx.send_modify(|s| { s.state = ChildState::Stopped; s.pid = None; });
+                    return RunEnd::Shutdown;
+                }
+                Some(order) = self.orders.recv() => {
+                    let result = match &order.control {
+                        Control::Kill => {
+                            // Even a frozen process dies of SIGKILL; wait() sees the crash.
+                            child.start_kill().map_err(|err| {
+                                tracing::error!(child = %self.spec.name, %err, "SIGKILL failed");
+                                self.not_running()
+                            })
+                        }
+                        Control::Freeze if frozen => Err(self.already(ChildState::Frozen)),
+                        Control::Freeze => signal(child, nix::sys::signal::Signal::SIGSTOP)
+                            .map(|()| {
+                                frozen = true;
+                                self.status_tx.send_modify(|s| s.state = ChildState::Frozen);
+                            })
+                            .map_err(|()| self.not_running()),
+                        Control::Thaw if !frozen => Err(self.already(self.status_tx.borrow().state)),
+                        Control::Thaw => signal(child, nix::sys::signal::Signal::SIGCONT)
+                            .map(|()| {
+                                frozen = false;
+                                self.status_tx.send_modify(|s| {
+                                    s.state = if s.announced { ChildState::Running } else { ChildState::Starting };
+                                });
+                            })
+                            .map_err(|()| self.not_running()),
+                        Control::Start => Err(self.already(self.status_tx.borrow().state)),
+                        Control::Stop | Control::Restart(_) => Ok(()),
+                    };
+                    match (&order.control, result) {
+                        (Control::Stop, _) => {
+                            self.log_order(&order.control);
+                            terminate(&self.spec.name, child, self.policy.stop_timeout).await;
+                            self.status_tx.send_modify(|s| { s.state = ChildState::Stopped; s.pid = None; });
+                            let _ = order.reply.send(Ok(()));
+                            return RunEnd::Held;
+                        }
+                        (Control::Restart(args), _) => {
+                            self.log_order(&order.control);
+                            self.set_args(args.clone());
+                            terminate(&self.spec.name, child, self.policy.stop_timeout).await;
+                            let _ = order.reply.send(Ok(()));
+                            return RunEnd::Respawn;
+                        }
+                        (control, result) => {
+                            if result.is_ok() {
+                                self.log_order(control);
+                            }
+                            let _ = order.reply.send(result);
+                        }
+                    }
+                }
+            }
         }
-        if fast_crashes >= policy.max_fast_crashes {
-            tracing::error!(child = %spec.name, fast_crashes, "crashing in a loop; giving up (errored)");
-            status_tx.send_modify(|s| {
-                s.state = ChildState::Errored;
-                s.pid = None;
-            });
-            reached(&mut phase_rx, Phase::HoldRestarts).await;
-            return;
-        }
-        status_tx.send_modify(|s| {
-            s.state = ChildState::Backoff;
+    }
+
+    /// Waits while the child is down in `state` (stopped by an admin, or errored) until it
+    /// is started again or the launcher shuts down; answers orders meanwhile.
+    async fn wait_down(&mut self, state: ChildState) -> Wake {
+        self.status_tx.send_modify(|s| {
+            s.state = state;
             s.pid = None;
         });
-        tracing::info!(child = %spec.name, backoff_ms = backoff.as_millis() as u64, "restarting after backoff");
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = reached(&mut phase_rx, Phase::HoldRestarts) => {
-                status_tx.send_modify(|s| s.state = ChildState::Stopped);
-                return;
+        loop {
+            tokio::select! {
+                () = reached(&mut self.phase_rx, Phase::HoldRestarts) => {
+                    if state != ChildState::Errored {
+                        self.status_tx.send_modify(|s| s.state = ChildState::Stopped);
+                    }
+                    return Wake::Shutdown;
+                }
+                order = self.orders.recv() => {
+                    let Some(order) = order else {
+                        // Every handle is gone: only a shutdown can come now.
+                        reached(&mut self.phase_rx, Phase::HoldRestarts).await;
+                        return Wake::Shutdown;
+                    };
+                    if order.control == Control::Start {
+                        self.log_order(&order.control);
+                        let _ = order.reply.send(Ok(()));
+                        return Wake::Start;
+                    }
+                    self.answer_while_down(order, state);
+                }
             }
         }
-        backoff = (backoff * 2).min(policy.max_backoff);
-        restarts += 1;
     }
+
+    /// Answers an order that finds no process: new arguments are kept for the next
+    /// start; anything else is refused.
+    fn answer_while_down(&mut self, order: Order, state: ChildState) {
+        let result = match order.control {
+            Control::Restart(ref args) => {
+                self.log_order(&order.control);
+                self.set_args(args.clone());
+                Ok(())
+            }
+            Control::Stop if state == ChildState::Stopped => Err(self.already(state)),
+            Control::Start if state == ChildState::Backoff => Err(self.already(state)),
+            _ => Err(self.not_running()),
+        };
+        let _ = order.reply.send(result);
+    }
+
+    fn set_args(&mut self, args: Vec<String>) {
+        self.spec.args = args;
+        self.spec_tx.send_replace(self.spec.clone());
+    }
+
+    fn log_order(&self, control: &Control) {
+        tracing::info!(who = "admin", action = control.action(), child = %self.spec.name, "carrying out order");
+    }
+
+    fn not_running(&self) -> ControlError {
+        ControlError::NotRunning {
+            child: self.spec.name.clone(),
+            state: self.status_tx.borrow().state.as_str(),
+        }
+    }
+
+    fn already(&self, state: ChildState) -> ControlError {
+        ControlError::Already {
+            child: self.spec.name.clone(),
+            state: state.as_str(),
+        }
+    }
+}
+
+/// Sends `signal` to the child's process; Err when it has already been reaped.
+fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) -> Result<(), ()> {
+    let pid = child.id().ok_or(())?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|_| ())
 }
 
 /// Resolves once the owner asked for `phase` or a later one (or the handle is gone).
@@ -364,8 +740,12 @@ async fn pump(
             concord::config::parse_listening_line(&line),
         ) {
             status_tx.send_modify(|s| {
-                s.state = ChildState::Running;
+                // A frozen child stays frozen; thawing makes it Running (it announced).
+                if s.state == ChildState::Starting {
+                    s.state = ChildState::Running;
+                }
                 s.address = Some(addr);
+                s.announced = true;
             });
         }
         eprintln!("[{name}] {line}");
@@ -379,6 +759,8 @@ async fn terminate(name: &str, child: &mut Child, timeout: Duration) {
         if let Err(err) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
             tracing::warn!(child = name, %err, "SIGTERM failed");
         }
+        // A frozen (SIGSTOPped) child only acts on the SIGTERM once continued.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     }
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => tracing::info!(child = name, %status, "stopped"),

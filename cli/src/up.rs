@@ -92,6 +92,11 @@ pub struct Args {
     /// --auto-ports; the gateway serves /metrics on its HTTP port).
     #[command(flatten)]
     pub metrics: crate::roles::MetricsArgs,
+    /// Where the supervisor admin API listens (kill, freeze, stop/start children, change a
+    /// node's behaviour; needs the admin token). Default: a free port on 127.0.0.1. The
+    /// address is also written to `<data-dir>/supervisor-admin.addr`.
+    #[arg(long, env = "CONCORD_UP_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Where `concord up`'s registry keeps its leases.
@@ -186,6 +191,14 @@ pub async fn run(args: Args, otlp_endpoint: Option<String>) -> anyhow::Result<()
         args.data_dir.display()
     );
 
+    let admin_listener = concord::config::bind(
+        args.admin_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .map_err(|err| anyhow::anyhow!("supervisor admin API: {err}"))?;
+    let admin_addr = admin_listener.local_addr()?;
+
     let (registry_addr, tiers, metrics) =
         plan(&args, &program, &ports, &secrets, otlp_endpoint.as_deref())?;
     let registry_addr = registry_addr.as_str();
@@ -210,6 +223,23 @@ pub async fn run(args: Args, otlp_endpoint: Option<String>) -> anyhow::Result<()
     print_table(&running, registry_addr, &metrics);
     crate::supervisor::ChildrenCollector::register(&running);
 
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(crate::up_admin::serve(
+        admin_listener,
+        crate::up_admin::router(
+            secrets.admin_token.clone(),
+            running.iter().map(Supervised::controller).collect(),
+        ),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    std::fs::write(
+        args.data_dir.join(crate::up_admin::ADDR_FILE),
+        admin_addr.to_string(),
+    )?;
+    println!("concord up: supervisor admin API at http://{admin_addr}");
+
     let announcer = tokio::spawn(announce_restarts(
         running
             .iter()
@@ -218,6 +248,9 @@ pub async fn run(args: Args, otlp_endpoint: Option<String>) -> anyhow::Result<()
     ));
     shutdown.await;
     announcer.abort();
+    let _ = admin_stop.send(());
+    // A browser's keep-alive connection must not hold the shutdown up.
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     stop_all(running).await;
     crate::roles::stop_metrics(own_metrics).await;
     Ok(())
@@ -630,7 +663,9 @@ async fn announce_restarts(
             let mut last = status_rx.borrow_and_update().clone();
             while status_rx.changed().await.is_ok() {
                 let status = status_rx.borrow_and_update().clone();
-                if status.state != last.state || status.pid != last.pid {
+                // A thawed child is the same process coming back: nothing to announce.
+                let thawed = last.state == ChildState::Frozen && status.pid == last.pid;
+                if (status.state != last.state || status.pid != last.pid) && !thawed {
                     match status.state {
                         ChildState::Running => announce(&spec, &status),
                         ChildState::Errored => {
