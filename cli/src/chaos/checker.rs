@@ -376,8 +376,13 @@ fn one_primary_per_term(history: &History) -> Verdict {
         for (addr, term) in &sample.primaries {
             listed.entry(*term).or_default().insert(addr);
         }
-        let mut terms: Vec<u64> = sample.primaries.iter().map(|(_, t)| *t).collect();
-        terms.sort_unstable();
+        // The same address twice is one shop restarted while its old lease lives on.
+        let distinct: BTreeSet<(u64, &str)> = sample
+            .primaries
+            .iter()
+            .map(|(a, t)| (*t, a.as_str()))
+            .collect();
+        let terms: Vec<u64> = distinct.iter().map(|(t, _)| *t).collect();
         if terms.windows(2).any(|w| w[0] == w[1]) {
             problems.push(format!(
                 "the registry listed two primaries of one term at t={:.1}s: {:?}",
@@ -632,6 +637,32 @@ mod tests {
                 ONE_PRIMARY_PER_TERM,
             );
             assert_eq!(got, want, "{writes:?}");
+        }
+        // The registry: one address twice (a restart) is fine, two addresses are not.
+        let listed = |primaries: &[(&str, u64)]| Sample {
+            at_ms: 1,
+            primaries: primaries
+                .iter()
+                .map(|(a, t)| ((*a).to_owned(), *t))
+                .collect(),
+            status: None,
+        };
+        let cases = [
+            (listed(&[("a", 1), ("a", 1)]), Outcome::Pass),
+            (listed(&[("a", 1), ("b", 2)]), Outcome::Pass),
+            (listed(&[("a", 1), ("b", 1)]), Outcome::Fail),
+        ];
+        for (sample, want) in cases {
+            let history = History {
+                replication: "sync".into(),
+                samples: vec![sample.clone()],
+                ..History::default()
+            };
+            let got = outcome(
+                &check(&history, &Observations::default()),
+                ONE_PRIMARY_PER_TERM,
+            );
+            assert_eq!(got, want, "{sample:?}");
         }
     }
 
