@@ -54,6 +54,7 @@ fn clean_chaos_passes_with_a_report() {
         String::from_utf8_lossy(&output.stderr)
     );
     for invariant in [
+        "a primary recovers",
         "acknowledged writes survive",
         "replicated claims hold",
         "orders exactly once",

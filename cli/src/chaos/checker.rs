@@ -3,6 +3,9 @@
 //! ([`Observations`]), never from inside a process. Pure functions, so recorded histories
 //! test them.
 //!
+//! 0. **A primary recovers**: after the run (every fault undone) a shop is the settled
+//!    primary within `observe::SETTLE_WAIT`; without one nothing can be read, and the
+//!    checks that read are skipped.
 //! 1. **Acknowledged writes survive** every failover. Sync: zero loss. Async: the writes
 //!    of term T lost are at most the lag the primary of T last reported
 //!    (`GetReplicationStatus.lag_entries`) plus the writes it acknowledged after that
@@ -32,8 +35,11 @@ use serde::Serialize;
 use super::history::{History, Written};
 
 /// What the cluster shows after the run (gathered by `observe.rs`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Observations {
+    /// The settled primary read from, or why there was none (then nothing below was
+    /// read, and the checks that need the data are skipped).
+    pub final_primary: Result<(String, u64), String>,
     /// Acked product ids found on the final primary with the acked name.
     pub products_found: BTreeSet<String>,
     /// Order ids the final primary holds, by idempotency key (all of them, acked or not).
@@ -46,6 +52,20 @@ pub struct Observations {
     pub ledger: Option<Result<u64, String>>,
     /// Reads that failed, so the verdict can say the evidence is incomplete.
     pub errors: Vec<String>,
+}
+
+impl Default for Observations {
+    fn default() -> Self {
+        Self {
+            final_primary: Err("the cluster was not read".into()),
+            products_found: BTreeSet::new(),
+            orders_by_key: HashMap::new(),
+            replays: HashMap::new(),
+            stock: HashMap::new(),
+            ledger: None,
+            errors: Vec::new(),
+        }
+    }
 }
 
 /// Whether an invariant held.
@@ -71,6 +91,8 @@ pub struct Verdict {
 }
 
 /// Invariant names, as the verdict table prints them.
+pub const PRIMARY_RECOVERS: &str = "a primary recovers";
+/// See [`ACKED_WRITES_SURVIVE`].
 pub const ACKED_WRITES_SURVIVE: &str = "acknowledged writes survive";
 /// See [`ACKED_WRITES_SURVIVE`].
 pub const REPLICATED_CLAIMS_HOLD: &str = "replicated claims hold";
@@ -87,11 +109,34 @@ pub const LIARS_LOSE_STAKE: &str = "liars lose stake";
 
 /// Every verdict, in the order of the module docs.
 pub fn check(history: &History, seen: &Observations) -> Vec<Verdict> {
+    let unread = |invariant: &'static str, why: &str| Verdict {
+        invariant,
+        outcome: Outcome::Skip,
+        detail: format!("not checked: {why}"),
+    };
+    let (recovered, read) = match &seen.final_primary {
+        Ok((addr, term)) => (
+            verdict(PRIMARY_RECOVERS, true, format!("{addr} in term {term}")),
+            true,
+        ),
+        Err(why) => (verdict(PRIMARY_RECOVERS, false, why.clone()), false),
+    };
+    let why = "no settled primary to read";
     vec![
-        acked_writes_survive(history, seen),
+        recovered,
+        match read {
+            true => acked_writes_survive(history, seen),
+            false => unread(ACKED_WRITES_SURVIVE, why),
+        },
         replicated_claims_hold(history),
-        orders_exactly_once(history, seen),
-        stock_conserved(history, seen),
+        match read {
+            true => orders_exactly_once(history, seen),
+            false => unread(ORDERS_EXACTLY_ONCE, why),
+        },
+        match read {
+            true => stock_conserved(history, seen),
+            false => unread(STOCK_CONSERVED, why),
+        },
         one_primary_per_term(history),
         ledger_verifies(seen),
         liars_lose_stake(history),
@@ -559,9 +604,31 @@ mod tests {
 
     fn found(ids: &[&str]) -> Observations {
         Observations {
+            final_primary: Ok(("a".into(), 1)),
             products_found: ids.iter().map(|s| (*s).to_owned()).collect(),
             ..Observations::default()
         }
+    }
+
+    /// Without a settled primary: that is a violation, and the reading checks are skipped.
+    #[test]
+    fn no_primary_fails_and_skips_reads() {
+        let history = History {
+            replication: "sync".into(),
+            writes: vec![product(1, "a", 1, "p")],
+            ..History::default()
+        };
+        let seen = Observations {
+            final_primary: Err("none within 45 s".into()),
+            ..Observations::default()
+        };
+        let verdicts = check(&history, &seen);
+        assert_eq!(outcome(&verdicts, PRIMARY_RECOVERS), Outcome::Fail);
+        assert_eq!(outcome(&verdicts, ACKED_WRITES_SURVIVE), Outcome::Skip);
+        assert_eq!(
+            outcome(&check(&history, &found(&["p"])), PRIMARY_RECOVERS),
+            Outcome::Pass
+        );
     }
 
     fn outcome(verdicts: &[Verdict], name: &str) -> Outcome {
@@ -690,6 +757,7 @@ mod tests {
         ];
         for (ids, replay, want) in cases {
             let seen = Observations {
+                final_primary: Ok(("a".into(), 1)),
                 orders_by_key: [(
                     "k1".to_owned(),
                     ids.iter().map(|s| (*s).to_owned()).collect(),
@@ -755,6 +823,7 @@ mod tests {
         };
         for ((stock, ordered), want) in [((90, 10), Outcome::Pass), ((91, 10), Outcome::Fail)] {
             let seen = Observations {
+                final_primary: Ok(("a".into(), 1)),
                 stock: [("p".to_owned(), (stock, ordered))].into(),
                 ..Observations::default()
             };

@@ -241,9 +241,22 @@ async fn run_against(
         tracing::error!(%err, "the fault injector failed");
     }
     let history = recorder.snapshot();
-    let (primary, term) = observe::settled_primary(&probe).await?;
-    println!("chaos: checking against the final primary {primary} (term {term})");
-    let seen = observe::observe(&probe, &primary, &cluster.tokens, &setup, &history).await?;
+    let seen = match observe::settled_primary(&probe).await {
+        Ok((primary, term)) => {
+            println!("chaos: checking against the final primary {primary} (term {term})");
+            let mut seen =
+                observe::observe(&probe, &primary, &cluster.tokens, &setup, &history).await?;
+            seen.final_primary = Ok((primary, term));
+            seen
+        }
+        Err(err) => {
+            println!("chaos: {err}");
+            checker::Observations {
+                final_primary: Err(err.to_string()),
+                ..checker::Observations::default()
+            }
+        }
+    };
     for error in &seen.errors {
         println!("chaos: warning: {error}");
     }

@@ -22,7 +22,7 @@ use super::probe::Probe;
 use super::workload::{bearer, Setup, Tokens};
 
 /// Longest wait for a settled primary after the run.
-const SETTLE_WAIT: Duration = Duration::from_secs(45);
+pub const SETTLE_WAIT: Duration = Duration::from_secs(45);
 /// Reads in flight at once.
 const READ_CONCURRENCY: usize = 16;
 /// Attempts per read before it counts as unreadable.
