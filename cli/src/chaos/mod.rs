@@ -253,6 +253,7 @@ async fn run_against(
             println!("chaos: {err}");
             checker::Observations {
                 final_primary: Err(err.to_string()),
+                ledger: observe::verify_ledger(&probe).await,
                 ..checker::Observations::default()
             }
         }

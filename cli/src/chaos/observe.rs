@@ -177,14 +177,22 @@ pub async fn observe(
         seen.replays.insert(key.clone(), replay);
     }
 
-    // The ledger's own audit.
-    if let Some(aggregator) = probe.aggregator().await {
-        let mut request = tonic::Request::new(VerifyLedgerRequest {});
-        request.set_timeout(Duration::from_secs(10));
-        let verified = StakingClient::new(probe.channel(&aggregator)?)
-            .verify_ledger(request)
-            .await;
-        seen.ledger = Some(match verified {
+    seen.ledger = verify_ledger(probe).await;
+    Ok(seen)
+}
+
+/// The ledger's own audit (`VerifyLedger`): the events checked, or the problem; `None`
+/// when no aggregator is registered.
+pub async fn verify_ledger(probe: &Probe) -> Option<Result<u64, String>> {
+    let aggregator = probe.aggregator().await?;
+    let channel = match probe.channel(&aggregator) {
+        Ok(channel) => channel,
+        Err(err) => return Some(Err(format!("no channel to {aggregator}: {err}"))),
+    };
+    let mut request = tonic::Request::new(VerifyLedgerRequest {});
+    request.set_timeout(Duration::from_secs(10));
+    Some(
+        match StakingClient::new(channel).verify_ledger(request).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 match reply.ok {
@@ -193,9 +201,8 @@ pub async fn observe(
                 }
             }
             Err(s) => Err(format!("VerifyLedger failed: {s}")),
-        });
-    }
-    Ok(seen)
+        },
+    )
 }
 
 /// The product, `None` when the shop says NOT_FOUND; retried on other errors.
