@@ -170,6 +170,8 @@ pub async fn inject(
         tokio::time::sleep_until((recorder.started() + step.at).into()).await;
         let fault = step.fault.clone();
         let label = fault.to_string();
+        // When the action was sent (a stop can take its SIGTERM grace to return).
+        let at_ms = recorder.now_ms();
         let result = match step.undo.clone() {
             Some(target) => undo(&admin, &fault, &target)
                 .await
@@ -189,7 +191,7 @@ pub async fn inject(
                     }
                 }
                 FaultEvent {
-                    at_ms: recorder.now_ms(),
+                    at_ms,
                     fault: label,
                     action: action.to_owned(),
                     target,
@@ -199,7 +201,7 @@ pub async fn inject(
             Err((action, target, error)) => {
                 tracing::warn!(fault = %label, action, target, error, "fault not applied");
                 FaultEvent {
-                    at_ms: recorder.now_ms(),
+                    at_ms,
                     fault: label,
                     action: action.to_owned(),
                     target,
