@@ -62,11 +62,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 log "cargo test"
 cargo test --workspace --no-fail-fast
 
-# A short chaos run as a user runs it: its own cluster, a primary kill and a replica
-# freeze under load; non-zero on any violated invariant (cli/tests/chaos.rs also proves it
+# A short chaos run as a user runs it: its own cluster, a primary kill, a failover and a
+# replica freeze under load; non-zero on any violated invariant (cli/tests/chaos.rs also proves it
 # catches a planted bug). The report is kept with the other artifacts.
 log "concord chaos (short run)"
-target/debug/concord chaos --duration 12s --faults kill-primary@3s,freeze-replica@8s:2s \
+target/debug/concord chaos --duration 14s \
+  --faults kill-primary@3s,stop-primary@5s:3s,freeze-replica@11s:2s \
   --report target/chaos-report.html
 
 # After the tests: they built target/debug/concord, which generates the Secrets checked.

@@ -35,16 +35,17 @@ fn chaos(flags: &[&str], env: &[(&str, &str)]) -> (Output, String, String) {
     (output, stdout, report)
 }
 
-/// A clean cluster under a primary kill, a replica freeze and a liar passes every check,
-/// and the report is one self-contained HTML page with the SVG timeline.
+/// A clean cluster under a primary kill, a failover (primary stopped 3 s), a replica
+/// freeze and a liar passes every check, and the report is one self-contained HTML page
+/// with the SVG timeline.
 #[test]
 fn clean_chaos_passes_with_a_report() {
     let (output, stdout, report) = chaos(
         &[
             "--duration",
-            "14s",
+            "16s",
             "--faults",
-            "liar-node@1s:6s,kill-primary@4s,freeze-replica@10s:2s",
+            "liar-node@1s:6s,kill-primary@3s,stop-primary@6s:3s,freeze-replica@12s:2s",
         ],
         &[],
     );
@@ -69,6 +70,15 @@ fn clean_chaos_passes_with_a_report() {
         assert!(line.contains("PASS"), "{line}\n{stdout}");
     }
     assert!(stdout.contains("failover kill-primary"), "{stdout}");
+    assert!(
+        stdout.contains("term 1 -> 2"),
+        "the stop caused no failover:\n{stdout}"
+    );
+    let liars = stdout
+        .lines()
+        .find(|l| l.starts_with("liars lose stake"))
+        .unwrap_or_default();
+    assert!(liars.contains("PASS"), "{liars}");
     assert!(report.starts_with("<!doctype html>"), "report missing");
     assert!(
         report.contains("<svg") && report.contains("polyline"),

@@ -13,7 +13,8 @@
 //! 2. **Replicated means replicated**: an ack whose `WriteInfo.replicated` is true claims
 //!    the replica durably held its LSN before the reply, and a primary's
 //!    `replica_acked_lsn` only grows within its reign. So a status read *sent after* that
-//!    ack, from the same primary in the same term with no kill or stop of it in between,
+//!    ack, from the same primary in the same term, with no kill, stop or start from a
+//!    second before the write was sent until that read (a new process forgets its acks),
 //!    reporting `replica_acked_lsn` below the ack's LSN proves the claim false — whether
 //!    or not a failover then happens to lose the write. (A replica frozen while the
 //!    primary keeps "replicating" into its socket buffer loses nothing on failover, yet
@@ -261,20 +262,30 @@ fn describe(history: &History, i: usize) -> String {
     )
 }
 
+/// Longest a kill or stop sent through the supervisor takes to hit the process.
+const RESTART_LANDS_MS: u64 = 1_000;
+
 fn replicated_claims_hold(history: &History) -> Verdict {
-    // Times the primary at an address was killed or stopped (a new process forgets acks).
+    // When a process may have been replaced (a new process forgets its acks) or its
+    // registry blinked (a primary that re-takes its term resets them): any kill, stop
+    // or start. Conservative: any child's.
     let restarts: Vec<u64> = history
         .faults
         .iter()
-        .filter(|f| matches!(f.action.as_str(), "kill" | "stop"))
+        .filter(|f| matches!(f.action.as_str(), "kill" | "stop" | "start"))
         .map(|f| f.at_ms)
         .collect();
     let claims = history.writes.iter().filter(|w| w.replicated).count();
     let mut false_claims = Vec::new();
     for w in history.writes.iter().filter(|w| w.replicated) {
+        // From when the write was sent (its reply may have been in flight across a kill),
+        // less the time a kill takes to land after it is sent.
+        let sent = w.at_ms.saturating_sub(w.latency_ms.ceil() as u64);
         let refuted = history.samples.iter().find(|s| {
             s.at_ms > w.at_ms
-                && !restarts.iter().any(|&r| r >= w.at_ms && r <= s.at_ms)
+                && !restarts
+                    .iter()
+                    .any(|&r| r + RESTART_LANDS_MS >= sent && r <= s.at_ms)
                 && s.status.as_ref().is_some_and(|p| {
                     p.addr == w.host && p.term == w.term && p.replica_acked_lsn < w.lsn
                 })
@@ -860,7 +871,22 @@ mod tests {
             (status(50, "a", 1, 0), vec![], Outcome::Pass),
             (status(200, "a", 2, 0), vec![], Outcome::Pass),
             (status(200, "b", 1, 0), vec![], Outcome::Pass),
-            (status(200, "a", 1, 0), vec![kill], Outcome::Pass),
+            (status(200, "a", 1, 0), vec![kill.clone()], Outcome::Pass),
+            // A kill after the sample is no excuse.
+            (
+                status(200, "a", 1, 0),
+                vec![FaultEvent {
+                    at_ms: 250,
+                    ..kill.clone()
+                }],
+                Outcome::Fail,
+            ),
+            // A kill sent just before the reply arrived (in flight): not a refutation.
+            (
+                status(200, "a", 1, 0),
+                vec![FaultEvent { at_ms: 95, ..kill }],
+                Outcome::Pass,
+            ),
         ];
         for (sample, faults, want) in cases {
             let mut ack = product(100, "a", 1, "p");
