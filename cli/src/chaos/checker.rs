@@ -497,30 +497,30 @@ fn liars_lose_stake(history: &History) -> Verdict {
             .find(|f| f.action == "honest" && f.target == start.target && f.at_ms >= start.at_ms)
             .map_or(history.duration_ms, |f| f.at_ms);
         let node = start.target.as_str();
-        let lied = history
+        let wrong_at: Vec<u64> = history
             .predictions
             .iter()
             .filter(|p| p.at_ms >= start.at_ms && p.at_ms <= end_ms)
             .filter(|p| p.wrong.iter().any(|n| n == node))
-            .count();
-        if lied == 0 {
+            .map(|p| p.at_ms)
+            .collect();
+        let (Some(&first_wrong), lied) = (wrong_at.first(), wrong_at.len()) else {
             continue;
-        }
-        let stakes = |from: u64, to: u64| {
-            history
-                .stakes
-                .iter()
-                .filter(move |s| s.node == node && s.at_ms >= from && s.at_ms <= to)
-                .map(|s| s.stake)
         };
+        // The stake read last before its first wrong answer arrived (so before the oracle
+        // could report it), against the lowest read after: slashing lands when the oracle
+        // reports, a moment after the answer, so look a little past the end of the lie.
         let before = history
             .stakes
             .iter()
-            .rfind(|s| s.node == node && s.at_ms <= start.at_ms)
+            .rfind(|s| s.node == node && s.at_ms <= first_wrong)
             .map(|s| s.stake);
-        // Slashing lands when the oracle reports, a moment after the answer: look a
-        // little past the end of the lie.
-        let lowest = stakes(start.at_ms, end_ms + 2_000).min();
+        let lowest = history
+            .stakes
+            .iter()
+            .filter(|s| s.node == node && s.at_ms >= first_wrong && s.at_ms <= end_ms + 2_000)
+            .map(|s| s.stake)
+            .min();
         match (before, lowest) {
             (Some(before), Some(lowest)) if lowest < before => {
                 checked.push(format!("{node}: {before} → {lowest} after {lied} wrong answers"))
