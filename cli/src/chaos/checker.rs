@@ -561,7 +561,7 @@ pub struct Failover {
     pub from_term: u64,
     /// Term of the first ack after it, when one came.
     pub to_term: Option<u64>,
-    /// Recovery time: fault → first acknowledged write (of any term) after it.
+    /// Recovery time: fault → ack of the first write sent after it (of any term).
     pub rto_ms: Option<u64>,
 }
 
@@ -579,7 +579,12 @@ pub fn failovers(history: &History) -> Vec<Failover> {
                 .map(|w| w.term)
                 .max()
                 .unwrap_or(0);
-            let next = history.writes.iter().find(|w| w.at_ms > f.at_ms);
+            // The first write *sent* after the fault that was acknowledged (a reply in
+            // flight across the fault says nothing about recovery).
+            let next = history
+                .writes
+                .iter()
+                .find(|w| w.at_ms.saturating_sub(w.latency_ms.ceil() as u64) > f.at_ms);
             Failover {
                 fault: f.fault.clone(),
                 fault_at_ms: f.at_ms,

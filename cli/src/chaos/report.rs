@@ -356,7 +356,7 @@ pub fn render(
     page.push_str(&throughput);
     page.push_str(&latency);
     page.push_str(&lag);
-    page.push_str("<h2>Failovers</h2><table><tr><th>Fault</th><th>At</th><th>Term</th><th>RTO (fault → next acknowledged write)</th></tr>");
+    page.push_str("<h2>Failovers</h2><table><tr><th>Fault</th><th>At</th><th>Term</th><th>RTO (fault → ack of the first write sent after it)</th></tr>");
     for f in failovers {
         let _ = write!(
             page,
