@@ -70,8 +70,12 @@ fn clean_chaos_passes_with_a_report() {
         assert!(line.contains("PASS"), "{line}\n{stdout}");
     }
     assert!(stdout.contains("failover kill-primary"), "{stdout}");
+    let stop = stdout
+        .lines()
+        .find(|l| l.starts_with("failover stop-primary"))
+        .unwrap_or_default();
     assert!(
-        stdout.contains("term 1 -> 2"),
+        stop.contains("term 1 -> 2"),
         "the stop caused no failover:\n{stdout}"
     );
     let liars = stdout
