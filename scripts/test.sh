@@ -62,6 +62,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 log "cargo test"
 cargo test --workspace --no-fail-fast
 
+# A short chaos run as a user runs it: its own cluster, a primary kill, a failover and a
+# replica freeze under load; non-zero on any violated invariant (cli/tests/chaos.rs also proves it
+# catches a planted bug). The report is kept with the other artifacts.
+log "concord chaos (short run)"
+target/debug/concord chaos --duration 14s \
+  --faults kill-primary@3s,stop-primary@5s:3s,freeze-replica@11s:2s \
+  --report target/chaos-report.html
+
 # After the tests: they built target/debug/concord, which generates the Secrets checked.
 log "Kubernetes manifests (offline: schemas, references, house rules)"
 scripts/validate-k8s.sh

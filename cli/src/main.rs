@@ -6,6 +6,7 @@
 
 mod bench;
 mod certs;
+mod chaos;
 mod control_plane;
 mod roles;
 mod simulate;
@@ -45,6 +46,8 @@ enum Command {
     Status(status::Args),
     /// Load a server and print throughput and latency percentiles.
     Bench(bench::Args),
+    /// Run a workload under injected faults and check the cluster's promises.
+    Chaos(chaos::Args),
     /// Run the consensus aggregator and the stake ledger.
     Aggregator(roles::aggregator::Args),
     /// Run the web gateway (HTTP/JSON + browser UI).
@@ -72,6 +75,7 @@ impl Command {
             Command::Certs(_) => "certs",
             Command::Status(_) => "status",
             Command::Bench(_) => "bench",
+            Command::Chaos(_) => "chaos",
             Command::Aggregator(_) => "aggregator",
             Command::Gateway(_) => "gateway",
             Command::Node(_) => "node",
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             Command::Certs(args) => certs::run(args),
             Command::Status(args) => status::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Chaos(args) => chaos::run(args).await,
             Command::Aggregator(args) => roles::aggregator::run(args).await,
             Command::Gateway(args) => roles::gateway::run(args).await,
             Command::Node(args) => roles::node::run(args).await,

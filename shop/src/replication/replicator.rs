@@ -327,6 +327,8 @@ impl Replicator {
         match self.config.mode {
             ReplicationMode::None => {}
             ReplicationMode::Async => info.replicated = self.acks.acked() >= lsn,
+            // Test-only planted bug (debug builds): see `planted_ack_before_replica`.
+            ReplicationMode::Sync if planted_ack_before_replica() => info.replicated = true,
             ReplicationMode::Sync => {
                 let degrade = self.config.on_replica_loss == OnReplicaLoss::Degrade;
                 if degrade && !self.acks.stream_open() {
@@ -555,6 +557,24 @@ pub async fn run_wal_trimmer(rep: Arc<Replicator>, retain: u64) {
         if last_pass {
             return;
         }
+    }
+}
+
+/// TEST-ONLY planted bug, for `concord chaos`'s self-test (`cli/tests/chaos.rs`): in a
+/// debug build with `CONCORD_PLANTED_BUG=ack-before-replica`, sync writes are acknowledged
+/// (and reported replicated) without waiting for the replica's ack — the bug the chaos
+/// checker must catch. Release builds never read the variable.
+fn planted_ack_before_replica() -> bool {
+    #[cfg(debug_assertions)]
+    {
+        static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *PLANTED.get_or_init(|| {
+            std::env::var("CONCORD_PLANTED_BUG").is_ok_and(|bug| bug == "ack-before-replica")
+        })
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        false
     }
 }
 
