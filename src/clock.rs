@@ -14,7 +14,12 @@ pub fn since_epoch() -> Duration {
 
 /// Milliseconds since the Unix epoch (saturating; zero before 1970).
 pub fn unix_ms() -> i64 {
-    i64::try_from(since_epoch().as_millis()).unwrap_or(i64::MAX)
+    millis(since_epoch())
+}
+
+/// `duration` in whole milliseconds, saturating: what a timestamp field adds to a time.
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
