@@ -118,6 +118,8 @@ pub async fn serve(
     // Every task (sweeper or etcd follower, metrics view, Watch feeders) stops on `stop`
     // and is joined before this returns.
     let stop = CancellationToken::new();
+    // Cancelled however `serve` ends, aborted included.
+    let _stop_on_drop = stop.clone().drop_guard();
     let tasks = TaskTracker::new();
     let store = match &config.etcd {
         None => {
