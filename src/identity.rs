@@ -191,10 +191,12 @@ pub(crate) fn mac(secret: &str, principal: &Principal) -> String {
     hex::encode(keyed(secret, principal).finalize().into_bytes())
 }
 
-/// Whether hex `token` is `principal`'s MAC under `secret`, by `hmac`'s own constant-time
-/// verify (a token that is not hex is not it).
+/// Whether `token` is `principal`'s MAC under `secret` in the lowercase hex
+/// [`ClusterSecret::issue`] writes, by `hmac`'s own constant-time verify (a token in
+/// another form is not it).
 pub(crate) fn verify_mac(secret: &str, principal: &Principal, token: &str) -> bool {
-    hex::decode(token).is_ok_and(|tag| keyed(secret, principal).verify_slice(&tag).is_ok())
+    !token.bytes().any(|b| b.is_ascii_uppercase())
+        && hex::decode(token).is_ok_and(|tag| keyed(secret, principal).verify_slice(&tag).is_ok())
 }
 
 /// A principal and the MAC that proves it: what one process holds to speak for itself.
@@ -390,6 +392,10 @@ mod tests {
         assert!(!verify_mac("s3cret", &Principal::Shop, &good));
         assert!(!verify_mac("s3cret", &node, &good[..good.len() - 2]));
         assert!(!verify_mac("s3cret", &node, "not hex"));
+        assert!(
+            !verify_mac("s3cret", &node, &good.to_uppercase()),
+            "only the issued form"
+        );
         assert_eq!(crate::auth::node_credential("s3cret", "n1"), good);
     }
 
