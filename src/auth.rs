@@ -5,8 +5,6 @@
 //! cluster secret (the launcher) can hand each node its own credential, and a node holding
 //! only its credential cannot forge another node's. Comparisons are constant-time.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
 /// Metadata key that carries `Bearer <token>`.
@@ -69,18 +67,19 @@ pub fn require_token(metadata: &MetadataMap, expected: &str) -> Result<(), AuthE
 /// The MAC of node `node_id`'s credential under `cluster_secret` (the hex part of its
 /// [`crate::identity::Credential`]).
 pub fn node_credential(cluster_secret: &str, node_id: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(cluster_secret.as_bytes())
-        .expect("HMAC accepts keys of any length");
-    mac.update(b"concord/v1/node/");
-    mac.update(node_id.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    crate::identity::mac(
+        cluster_secret,
+        &crate::identity::Principal::Node(node_id.into()),
+    )
 }
 
-/// Whether `token` is `node_id`'s credential MAC under `cluster_secret` (constant-time).
+/// Whether `token` is `node_id`'s credential MAC under `cluster_secret` (checked by
+/// `hmac`'s own constant-time verify).
 pub fn verify_node_credential(cluster_secret: &str, node_id: &str, token: &str) -> bool {
-    constant_time_eq(
-        node_credential(cluster_secret, node_id).as_bytes(),
-        token.as_bytes(),
+    crate::identity::verify_mac(
+        cluster_secret,
+        &crate::identity::Principal::Node(node_id.into()),
+        token,
     )
 }
 
@@ -94,12 +93,9 @@ pub fn attach_bearer<T>(request: &mut tonic::Request<T>, token: &str) {
     }
 }
 
-/// Byte equality whose time does not depend on where the inputs differ.
+/// Byte equality whose time does not depend on where the inputs differ (`subtle`).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 #[cfg(test)]

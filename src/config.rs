@@ -25,6 +25,20 @@ pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:8080";
 /// Lease TTL services register with by default: failover notices a dead primary within it.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
 
+/// Parses a duration flag: anything `humantime` reads (`250ms`, `3s`, `2m`, `1h 30m`),
+/// and a bare number as seconds (`7`), as the flags have always taken it.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string())
+    } else {
+        humantime::parse_duration(text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|why| format!("{text:?} is not a duration like 250ms, 3s or 2m: {why}"))
+}
+
 /// Binds a TCP listener; port 0 picks a free port (read it back with `local_addr`).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
@@ -48,6 +62,29 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Duration flags: every form they took before (units ms/s/m, a bare number as
+    /// seconds, surrounding spaces), humantime's longer forms, and refusals.
+    #[test]
+    fn parse_duration_table() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("250ms", Some(Duration::from_millis(250))),
+            ("3s", Some(Duration::from_secs(3))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("720m", Some(Duration::from_secs(720 * 60))),
+            ("7", Some(Duration::from_secs(7))),
+            (" 5s ", Some(Duration::from_secs(5))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("1m 30s", Some(Duration::from_secs(90))),
+            ("s", None),
+            ("-1s", None),
+            ("", None),
+            ("5 parsecs", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text).ok(), *want, "{text:?}");
+        }
+    }
 
     /// The announcement line round-trips through the parser.
     #[test]

@@ -26,11 +26,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    sync::{oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tonic::{transport::Channel, Code};
+
+use crate::retry::RetryPolicy;
 
 use crate::pb::registry::v1::{
     registry_client::RegistryClient, DeregisterRequest, Instance, KeepAliveRequest, Metadata,
@@ -41,6 +41,8 @@ use crate::pb::registry::v1::{
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// First wait after a failed attempt.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How the registry clients retry: [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`].
+pub const RETRY: RetryPolicy = RetryPolicy::new(MIN_BACKOFF, MAX_BACKOFF);
 /// Time limit of one Register/KeepAlive/Deregister call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -238,7 +240,7 @@ pub struct Rejection {
 /// Keeps a registration alive in the background until [`LeaseKeeper::deregister`] or drop.
 pub struct LeaseKeeper {
     metadata_tx: watch::Sender<HashMap<String, String>>,
-    stop_tx: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     task: Option<JoinHandle<()>>,
     lease_rx: watch::Receiver<Option<String>>,
     valid_until_rx: watch::Receiver<Option<Instant>>,
@@ -259,7 +261,7 @@ impl LeaseKeeper {
         let (valid_until_tx, valid_until_rx) = watch::channel(None);
         let (accepted_tx, accepted_rx) = watch::channel(HashMap::new());
         let (rejected_tx, rejected_rx) = watch::channel(None);
-        let (stop_tx, stop_rx) = oneshot::channel();
+        let stop = CancellationToken::new();
         let task = tokio::spawn(keep_alive_loop(
             registries,
             registration,
@@ -270,11 +272,11 @@ impl LeaseKeeper {
                 accepted_tx,
                 rejected_tx,
             },
-            stop_rx,
+            stop.clone(),
         ));
         Ok(Self {
             metadata_tx,
-            stop_tx: Some(stop_tx),
+            stop,
             task: Some(task),
             lease_rx,
             valid_until_rx,
@@ -331,9 +333,7 @@ impl LeaseKeeper {
 
     /// Removes the registration (best effort, bounded) and stops the task.
     pub async fn deregister(mut self) {
-        if let Some(stop_tx) = self.stop_tx.take() {
-            let _ = stop_tx.send(());
-        }
+        self.stop.cancel();
         if let Some(task) = self.task.take() {
             if let Err(err) = task.await {
                 tracing::error!(%err, "lease keeper task failed");
@@ -386,10 +386,16 @@ async fn keep_alive_loop(
     registration: Registration,
     mut metadata_rx: watch::Receiver<HashMap<String, String>>,
     state: LeaseState,
-    mut stop_rx: oneshot::Receiver<()>,
+    stop: CancellationToken,
 ) {
     let renew_every = registration.ttl / 3;
-    let mut backoff = MIN_BACKOFF;
+    // Registering backs off as every registry client does; a holder retries KeepAlive at
+    // least as often as it renews: when a cut-off registry comes back it gives every lease
+    // one fresh grace period, and a holder still sleeping off a long backoff would let its
+    // own lease lapse in it.
+    let mut register_backoff = RETRY.backoff();
+    let mut keep_alive_backoff = RETRY.capped_at(renew_every).backoff();
+    let mut retry_in = Duration::ZERO;
     let mut lease: Option<String> = None;
     // After a KeepAlive failed without an answer (timeout, transport error) the next one
     // goes out after a backoff, not a full renewal period, and carries that call's metadata
@@ -413,7 +419,7 @@ async fn keep_alive_loop(
             let (index, _, mut client) = registries.current();
             let result = tokio::select! {
                 r = tokio::time::timeout(CALL_TIMEOUT, client.register(registration.request(request))) => r,
-                _ = &mut stop_rx => return,
+                () = stop.cancelled() => return,
             };
             let moved = match &result {
                 Ok(Err(status)) if stopped_answering(status) => {
@@ -433,27 +439,22 @@ async fn keep_alive_loop(
                     state.lease_tx.send_replace(Some(lease_id));
                     state.renewed(sent, registration.ttl);
                     state.accepted(metadata);
-                    backoff = MIN_BACKOFF;
+                    register_backoff.reset();
+                    keep_alive_backoff.reset();
                 }
                 Ok(Err(status)) => {
                     if status.code() == Code::FailedPrecondition {
                         state.rejected(&registration.service, metadata, &status);
                     }
                     tracing::warn!(service = %registration.service, %status, "register failed; retrying");
-                    if !moved {
-                        if wait_or_stop(backoff, &mut stop_rx).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if !moved && wait_or_stop(register_backoff.next_delay(), &stop).await {
+                        return;
                     }
                 }
                 Err(_) => {
                     tracing::warn!(service = %registration.service, "register timed out; retrying");
-                    if !moved {
-                        if wait_or_stop(backoff, &mut stop_rx).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if !moved && wait_or_stop(register_backoff.next_delay(), &stop).await {
+                        return;
                     }
                 }
             }
@@ -464,7 +465,7 @@ async fn keep_alive_loop(
         let wait = if retry_soon && moved_on {
             Duration::ZERO
         } else if retry_soon {
-            backoff
+            retry_in
         } else {
             renew_every
         };
@@ -478,7 +479,7 @@ async fn keep_alive_loop(
                 }
                 Err(_) => unconfirmed.take(),
             },
-            _ = &mut stop_rx => {
+            () = stop.cancelled() => {
                 let request = DeregisterRequest { lease_id: lease_id.clone() };
                 let (_, _, mut client) = registries.current();
                 match tokio::time::timeout(CALL_TIMEOUT, client.deregister(registration.request(request))).await {
@@ -511,7 +512,8 @@ async fn keep_alive_loop(
         match result {
             Ok(Ok(_)) => {
                 retry_soon = false;
-                backoff = MIN_BACKOFF;
+                register_backoff.reset();
+                keep_alive_backoff.reset();
                 state.renewed(sent, registration.ttl);
                 if let Some(metadata) = metadata {
                     state.accepted(metadata);
@@ -531,30 +533,27 @@ async fn keep_alive_loop(
                 retry_soon = false;
                 state.lost();
             }
-            // A holder retries at least as often as it renews: when a cut-off registry
-            // comes back it gives every lease one fresh grace period, and a holder still
-            // sleeping off a long backoff would let its own lease lapse in it.
             Ok(Err(status)) => {
                 tracing::warn!(service = %registration.service, %status, "keep-alive failed");
                 unconfirmed = metadata;
                 retry_soon = true;
-                backoff = (backoff * 2).min(MAX_BACKOFF).min(renew_every);
+                retry_in = keep_alive_backoff.next_delay();
             }
             Err(_) => {
                 tracing::warn!(service = %registration.service, "keep-alive timed out");
                 unconfirmed = metadata;
                 retry_soon = true;
-                backoff = (backoff * 2).min(MAX_BACKOFF).min(renew_every);
+                retry_in = keep_alive_backoff.next_delay();
             }
         }
     }
 }
 
 /// Sleeps for `delay`; true when asked to stop meanwhile.
-async fn wait_or_stop(delay: Duration, stop_rx: &mut oneshot::Receiver<()>) -> bool {
+async fn wait_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
-        _ = stop_rx => true,
+        () = stop.cancelled() => true,
     }
 }
 
@@ -617,7 +616,7 @@ async fn watch_loop(
     service: String,
     snapshots_tx: watch::Sender<WatchSnapshot>,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = RETRY.backoff();
     let mut stream_count = 0u64;
     let mut hops = Hops::new(registries.len());
     loop {
@@ -633,7 +632,7 @@ async fn watch_loop(
                 loop {
                     match stream.message().await {
                         Ok(Some(update)) => {
-                            backoff = MIN_BACKOFF;
+                            backoff.reset();
                             hops.answered();
                             tracing::debug!(%service, instances = update.instances.len(), revision = update.revision, "instance set changed");
                             snapshots_tx.send_replace(WatchSnapshot {
@@ -665,8 +664,7 @@ async fn watch_loop(
         if moved {
             continue;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff.wait().await;
     }
 }
 

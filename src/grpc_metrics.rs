@@ -67,9 +67,7 @@ fn families() -> &'static Families {
         let families = Families {
             started: Family::default(),
             handled: Family::default(),
-            handling: Family::new_with_constructor(|| {
-                Histogram::new(crate::metrics::latency_buckets())
-            }),
+            handling: crate::metrics::latency_family(),
             in_flight: Family::default(),
         };
         crate::metrics::register(

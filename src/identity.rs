@@ -35,6 +35,15 @@ pub const MAX_NODE_ID_LEN: usize = 64;
 /// Domain separation for the MAC, versioned so the scheme can change.
 const MAC_CONTEXT: &str = "concord/v1/";
 
+/// The prediction nodes' registry service (any node, each under its own `node_id`).
+pub const PREDICTOR_SERVICE: &str = "predictor";
+/// The shops' registry service.
+pub const SHOP_SERVICE: &str = "shop";
+/// The aggregator's registry service.
+pub const AGGREGATOR_SERVICE: &str = "aggregator";
+/// The gateway's registry service.
+pub const GATEWAY_SERVICE: &str = "gateway";
+
 /// An identity inside the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Principal {
@@ -96,6 +105,20 @@ impl Principal {
         Self::parse(name)
     }
 
+    /// The one principal that may register `service` and serves under its name, for the
+    /// services a role owns (shop, aggregator, gateway); `None` for the predictor service
+    /// (every node registers it under its own [`Principal::Node`]) and for unknown names.
+    /// The registry's authorization, the gateway's dialling and the test helpers all ask
+    /// this, so the mapping is written once.
+    pub fn for_service(service: &str) -> Option<Self> {
+        match service {
+            SHOP_SERVICE => Some(Self::Shop),
+            AGGREGATOR_SERVICE => Some(Self::Aggregator),
+            GATEWAY_SERVICE => Some(Self::Gateway),
+            _ => None,
+        }
+    }
+
     /// The node id, for a node.
     pub fn node_id(&self) -> Option<&str> {
         match self {
@@ -144,7 +167,7 @@ impl ClusterSecret {
 
     /// Whether `token` is `principal`'s credential (constant-time).
     pub fn verifies(&self, principal: &Principal, token: &str) -> bool {
-        crate::auth::constant_time_eq(mac(&self.0, principal).as_bytes(), token.as_bytes())
+        verify_mac(&self.0, principal, token)
     }
 }
 
@@ -154,12 +177,26 @@ impl fmt::Debug for ClusterSecret {
     }
 }
 
-fn mac(secret: &str, principal: &Principal) -> String {
+/// The keyed MAC over `principal`'s name, before it is finalized.
+fn keyed(secret: &str, principal: &Principal) -> Hmac<Sha256> {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(MAC_CONTEXT.as_bytes());
     mac.update(principal.name().as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    mac
+}
+
+/// `principal`'s credential MAC under `secret`, hex-encoded.
+pub(crate) fn mac(secret: &str, principal: &Principal) -> String {
+    hex::encode(keyed(secret, principal).finalize().into_bytes())
+}
+
+/// Whether `token` is `principal`'s MAC under `secret` in the lowercase hex
+/// [`ClusterSecret::issue`] writes, by `hmac`'s own constant-time verify (a token in
+/// another form is not it).
+pub(crate) fn verify_mac(secret: &str, principal: &Principal, token: &str) -> bool {
+    !token.bytes().any(|b| b.is_ascii_uppercase())
+        && hex::decode(token).is_ok_and(|tag| keyed(secret, principal).verify_slice(&tag).is_ok())
 }
 
 /// A principal and the MAC that proves it: what one process holds to speak for itself.
@@ -326,6 +363,40 @@ mod tests {
 
     fn secret() -> ClusterSecret {
         ClusterSecret::new("s3cret").expect("secret")
+    }
+
+    /// Each role-owned service maps to its one principal; the predictor service and unknown
+    /// names map to none.
+    #[test]
+    fn principal_for_service_table() {
+        let cases = [
+            (SHOP_SERVICE, Some(Principal::Shop)),
+            (AGGREGATOR_SERVICE, Some(Principal::Aggregator)),
+            (GATEWAY_SERVICE, Some(Principal::Gateway)),
+            (PREDICTOR_SERVICE, None),
+            ("registry", None),
+            ("elsewhere", None),
+        ];
+        for (service, want) in cases {
+            assert_eq!(Principal::for_service(service), want, "{service}");
+        }
+    }
+
+    /// A node's MAC verifies through `hmac`, and a wrong, truncated or non-hex one does not.
+    #[test]
+    fn mac_verification() {
+        let node = Principal::Node("n1".into());
+        let good = mac("s3cret", &node);
+        assert!(verify_mac("s3cret", &node, &good));
+        assert!(!verify_mac("other", &node, &good));
+        assert!(!verify_mac("s3cret", &Principal::Shop, &good));
+        assert!(!verify_mac("s3cret", &node, &good[..good.len() - 2]));
+        assert!(!verify_mac("s3cret", &node, "not hex"));
+        assert!(
+            !verify_mac("s3cret", &node, &good.to_uppercase()),
+            "only the issued form"
+        );
+        assert_eq!(crate::auth::node_credential("s3cret", "n1"), good);
     }
 
     /// Principal names round-trip, and nothing outside the grammar parses.

@@ -15,11 +15,13 @@
 //! - [`claim`]: the `role`/`term` a shop publishes in the registry, parsed by one rule.
 //! - [`metrics`], [`grpc_metrics`]: the Prometheus page every process serves and the
 //!   per-method gRPC families; [`telemetry`]: `RUST_LOG` logs, W3C trace context, OTLP.
-//! - [`config`], [`shutdown`]: defaults, signals.
+//! - [`config`], [`shutdown`]: defaults, duration flags, signals; [`clock`]: Unix
+//!   milliseconds; [`retry`]: the one backoff policy every reconnecting loop waits by.
 //! - [`etcd`]: a minimal client of etcd's v3 API, for the registry's etcd store.
 
 pub mod auth;
 pub mod claim;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod grpc_utf8;
 pub mod identity;
 pub mod metrics;
 pub mod pb;
+pub mod retry;
 pub mod secrets;
 pub mod shutdown;
 pub mod storage;

@@ -32,6 +32,7 @@ pub use prometheus_client;
 use prometheus_client::{
     collector::Collector,
     encoding::{prometheus_text, EncodeLabelSet, EncodeMetric},
+    metrics::{family::Family, histogram::Histogram},
     registry::{Metric, Registry, Unit},
 };
 use tokio::net::TcpListener;
@@ -46,6 +47,15 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// Bucket bounds, in seconds, for request and call latencies: 100 µs to about 6.5 s.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17)
+}
+
+/// A family of latency histograms (seconds, [`latency_buckets`]) keyed by `L`: every
+/// latency family of every process is built here, so they share one bucket layout.
+pub fn latency_family<L>() -> Family<L, Histogram>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    Family::new_with_constructor(|| Histogram::new(latency_buckets()))
 }
 
 fn registry() -> &'static Mutex<Registry> {

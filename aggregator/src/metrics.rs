@@ -60,10 +60,9 @@ struct Families {
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
     FAMILIES.get_or_init(|| {
-        let latency = || Histogram::new(concord::metrics::latency_buckets());
         let families = Families {
-            consensus: Family::new_with_constructor(latency),
-            node_call: Family::new_with_constructor(latency),
+            consensus: concord::metrics::latency_family(),
+            node_call: concord::metrics::latency_family(),
             node_calls: Family::default(),
         };
         concord::metrics::register_with_unit(

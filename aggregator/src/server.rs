@@ -29,7 +29,7 @@ use crate::service::AggregatorService;
 use crate::staking::{StakingAuth, StakingService};
 
 /// Registry service name of the aggregator.
-pub const AGGREGATOR_SERVICE: &str = "aggregator";
+pub const AGGREGATOR_SERVICE: &str = concord::identity::AGGREGATOR_SERVICE;
 
 /// Everything one `concord aggregator` process needs.
 #[derive(Debug, Clone)]

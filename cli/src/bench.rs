@@ -74,7 +74,7 @@ pub struct Load {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Measured duration (after a 1 s warm-up), e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = concord::config::parse_duration)]
     pub duration: Duration,
 }
 

@@ -46,9 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "{:<12} {:<22} {:<10} METADATA",
         "SERVICE", "ADDRESS", "EXPIRES"
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = concord::clock::unix_ms();
     for instance in list.instances {
         let mut metadata: Vec<String> = instance
             .metadata

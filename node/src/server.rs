@@ -24,6 +24,7 @@ use std::sync::Arc;
 use concord::discovery::{LeaseKeeper, Registration};
 use concord::pb::predict::v1::predictor_server::PredictorServer;
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
@@ -32,7 +33,7 @@ use crate::service::NodeService;
 use crate::stake::stake_at_start;
 
 /// Registry service name under which nodes publish themselves.
-pub const PREDICTOR_SERVICE: &str = "predictor";
+pub const PREDICTOR_SERVICE: &str = concord::identity::PREDICTOR_SERVICE;
 /// Registry metadata key: the node id (stable across restarts, unlike the lease).
 pub const METADATA_NODE_ID: &str = "node_id";
 /// Registry metadata key: the one-line model description.
@@ -78,17 +79,20 @@ pub async fn serve(
         None => None,
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stake_task = match (&config.registry, &config.credential) {
-        (Some(registry), Some(credential)) if config.initial_stake > 0 => {
+    let stop = CancellationToken::new();
+    // Cancelled however `serve` ends, aborted included.
+    let _stop_on_drop = stop.clone().drop_guard();
+    let tasks = TaskTracker::new();
+    if let (Some(registry), Some(credential)) = (&config.registry, &config.credential) {
+        if config.initial_stake > 0 {
             let (registry, credential) = (registry.clone(), credential.clone());
             let (node_id, amount) = (node.id().to_owned(), config.initial_stake);
-            Some(tokio::spawn(async move {
-                stake_at_start(&registry, &node_id, &credential, amount, stop_rx).await
-            }))
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                stake_at_start(&registry, &node_id, &credential, amount, stop).await;
+            });
         }
-        _ => None,
-    };
+    }
 
     let (router, health) =
         concord::grpc::router(&[concord::pb::predict::v1::predictor_server::SERVICE_NAME]);
@@ -101,17 +105,14 @@ pub async fn serve(
         health
             .set_not_serving::<PredictorServer<NodeService>>()
             .await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
         if let Some(keeper) = keeper {
             keeper.deregister().await;
         }
     };
     let served = concord::grpc::serve(router, listener, stop).await;
-    if let Some(task) = stake_task {
-        if let Err(err) = task.await {
-            tracing::error!(%err, "initial stake task failed");
-        }
-    }
+    tasks.close();
+    tasks.wait().await;
     served.map_err(|e| Error::Internal(format!("server failed: {e}")))
 }
 

@@ -11,7 +11,7 @@
 //! Finding the aggregator: `Resolve("aggregator")` at the registry, first instance.
 //! Failure behaviour: while the registry has no aggregator, or the aggregator is
 //! unreachable or answers a transient error (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, …), the
-//! task retries with capped exponential backoff ([`MIN_BACKOFF`] to [`MAX_BACKOFF`]) for
+//! task retries by [`RETRY`] (100 ms doubling to 5 s) for
 //! at most [`GIVE_UP_AFTER`], then logs an error and ends. A refusal that retrying cannot
 //! fix (`UNAUTHENTICATED`, `PERMISSION_DENIED`, `INVALID_ARGUMENT`, …) is logged as an
 //! error at once and ends the task. The node keeps serving either way (it just has no
@@ -22,16 +22,15 @@ use std::time::Duration;
 use concord::identity::Credential;
 use concord::pb::registry::v1::{registry_client::RegistryClient, ResolveRequest};
 use concord::pb::stake::v1::{staking_client::StakingClient, StakeRequest};
-use tokio::sync::watch;
+use concord::retry::RetryPolicy;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
 
 /// Registry service name of the aggregator (which serves `Staking`).
-pub const AGGREGATOR_SERVICE: &str = "aggregator";
-/// First wait after a failed attempt.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const AGGREGATOR_SERVICE: &str = concord::identity::AGGREGATOR_SERVICE;
+/// How the stake is retried: 100 ms after the first failure, doubling to 5 s.
+pub const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 /// After this long without an answer the node stops trying (and logs an error).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 /// Time limit of one Resolve or Stake call.
@@ -59,14 +58,13 @@ enum Attempt {
 }
 
 /// Stakes `amount` for `node_id` once, through the aggregator found at `registry`; see the
-/// module doc. Ends when done, refused, given up, or when `stop_rx` turns `true` (or its
-/// sender drops).
+/// module doc. Ends when done, refused, given up, or when `stop` is cancelled.
 pub async fn stake_at_start(
     registry: &str,
     node_id: &str,
     credential: &Credential,
     amount: u64,
-    mut stop_rx: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> StakeOutcome {
     // Of a registry list, the first: a one-time stake needs no failover between them.
     let first = concord::discovery::registry_addrs(registry)
@@ -82,11 +80,11 @@ pub async fn stake_at_start(
     };
     let give_up_at = tokio::time::Instant::now() + GIVE_UP_AFTER;
     let mut staking: Option<(String, StakingClient<Channel>)> = None;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = RETRY.backoff();
     loop {
         let attempt = tokio::select! {
             attempt = try_once(registry.clone(), &mut staking, node_id, credential, amount) => attempt,
-            _ = stop_rx.wait_for(|stop| *stop) => return StakeOutcome::Stopped,
+            () = stop.cancelled() => return StakeOutcome::Stopped,
         };
         let why = match attempt {
             Attempt::Done(outcome) => {
@@ -95,16 +93,16 @@ pub async fn stake_at_start(
             }
             Attempt::Retry(why) => why,
         };
-        if tokio::time::Instant::now() + backoff > give_up_at {
+        let delay = backoff.next_delay();
+        if tokio::time::Instant::now() + delay > give_up_at {
             tracing::error!(node_id, amount, last_error = %why, "gave up paying the initial stake; the node has no weight under trust and stake until it stakes");
             return StakeOutcome::GaveUp;
         }
-        tracing::debug!(node_id, error = %why, ?backoff, "initial stake not paid yet; retrying");
+        tracing::debug!(node_id, error = %why, ?delay, "initial stake not paid yet; retrying");
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = stop_rx.wait_for(|stop| *stop) => return StakeOutcome::Stopped,
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return StakeOutcome::Stopped,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -37,12 +37,15 @@ use std::{
 };
 
 use concord::{
+    clock::{millis, unix_ms},
     etcd::{txn, Etcd, EtcdError, KeyValue, LeaseId},
     identity::Principal,
     pb::registry::v1::Instance,
+    retry::RetryPolicy,
 };
 use prost::Message;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{store::NewLease, table::check_lease_id, LeaseTable, RegistryError};
 
@@ -50,8 +53,9 @@ use crate::{store::NewLease, table::check_lease_id, LeaseTable, RegistryError};
 pub const DEFAULT_ROOT: &str = "/concord/registry/";
 /// How often a change is decided again after another registry changed the state first.
 pub const MAX_ATTEMPTS: usize = 8;
-/// Longest wait before reopening a broken etcd watch.
-const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(1);
+/// How a broken etcd watch is reopened: the registry clients' first wait, at most 1 s.
+const WATCH_RETRY: RetryPolicy =
+    RetryPolicy::new(concord::discovery::MIN_BACKOFF, Duration::from_secs(1));
 
 /// One registration as stored in etcd.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,28 +104,26 @@ struct Snapshot {
 }
 
 impl EtcdStore {
-    /// A store in the etcd cluster `etcd` under `root`, and the task that follows etcd's
-    /// changes for watchers until `stop_rx` says stop.
+    /// A store in the etcd cluster `etcd` under `root`; the task that follows etcd's
+    /// changes for watchers runs on `tasks` until `stop` is cancelled.
     pub(crate) fn start(
         etcd: Etcd,
         root: &str,
-        stop_rx: watch::Receiver<bool>,
-    ) -> (Self, JoinHandle<()>) {
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
         let (changes_tx, changes_rx) = watch::channel(0);
-        let follower = tokio::spawn(follow_changes(
+        tasks.spawn(follow_changes(
             etcd.clone(),
             root.as_bytes().to_vec(),
             changes_tx,
-            stop_rx,
+            stop,
         ));
-        (
-            Self {
-                etcd,
-                root: root.to_owned(),
-                changes_rx,
-            },
-            follower,
-        )
+        Self {
+            etcd,
+            root: root.to_owned(),
+            changes_rx,
+        }
     }
 
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
@@ -437,17 +439,17 @@ impl EtcdStore {
 }
 
 /// Follows every change under `root` with an etcd watch and moves the change counter, until
-/// `stop_rx` says stop. A broken watch is reopened (on another member, if need be) from
+/// `stop` is cancelled. A broken watch is reopened (on another member, if need be) from
 /// the revision after the last one seen, and the counter moves once then, in case changes
 /// were missed.
 async fn follow_changes(
     etcd: Etcd,
     root: Vec<u8>,
     changes_tx: watch::Sender<u64>,
-    mut stop_rx: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut next_revision = 0i64;
-    let mut backoff = concord::discovery::MIN_BACKOFF;
+    let mut backoff = WATCH_RETRY.backoff();
     loop {
         match etcd.watch_prefix(&root, next_revision).await {
             Ok(mut stream) => {
@@ -456,7 +458,7 @@ async fn follow_changes(
                     tokio::select! {
                         reply = stream.next() => match reply {
                             Ok(Some(reply)) => {
-                                backoff = concord::discovery::MIN_BACKOFF;
+                                backoff.reset();
                                 if let Some(header) = &reply.header {
                                     next_revision = header.revision + 1;
                                 }
@@ -470,7 +472,7 @@ async fn follow_changes(
                                 break;
                             }
                         },
-                        _ = stop_rx.wait_for(|stop| *stop) => return,
+                        () = stop.cancelled() => return,
                     }
                 }
             }
@@ -483,10 +485,9 @@ async fn follow_changes(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = stop_rx.wait_for(|stop| *stop) => return,
+            () = backoff.wait() => {}
+            () = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(MAX_WATCH_BACKOFF);
     }
 }
 
@@ -508,15 +509,4 @@ fn contended() -> RegistryError {
     RegistryError::Unavailable(format!(
         "the registry state kept changing during {MAX_ATTEMPTS} attempts; try again"
     ))
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0)
 }

@@ -41,6 +41,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use concord::{identity::ClusterSecret, pb::registry::v1::registry_server::RegistryServer};
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use error::RegistryError;
 pub use etcd_store::{LeaseRecord, TermRecord, DEFAULT_ROOT as DEFAULT_ETCD_ROOT};
@@ -114,27 +115,33 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (store, task) = match &config.etcd {
+    // Every task (sweeper or etcd follower, metrics view, Watch feeders) stops on `stop`
+    // and is joined before this returns.
+    let stop = CancellationToken::new();
+    // Cancelled however `serve` ends, aborted included.
+    let _stop_on_drop = stop.clone().drop_guard();
+    let tasks = TaskTracker::new();
+    let store = match &config.etcd {
         None => {
             let memory = Arc::new(store::MemoryStore::new());
-            let sweeper = tokio::spawn(service::sweep_expired(memory.clone(), stop_rx.clone()));
-            (store::Store::Memory(memory), sweeper)
+            tasks.spawn(service::sweep_expired(memory.clone(), stop.clone()));
+            store::Store::Memory(memory)
         }
         Some(etcd) => {
-            let (store, follower) =
-                etcd_store::EtcdStore::start(etcd.client.clone(), &etcd.root, stop_rx.clone());
+            let store =
+                etcd_store::EtcdStore::start(etcd.client.clone(), &etcd.root, stop.clone(), &tasks);
             tracing::info!(endpoints = ?etcd.client.endpoints(), root = %etcd.root, "registry keeps its leases in etcd");
-            (store::Store::Etcd(store), follower)
+            store::Store::Etcd(store)
         }
     };
     let state = Arc::new(service::Shared::new(
         store,
         concord::identity::Verifier::Secret(config.cluster_secret),
-        stop_rx,
+        stop.clone(),
+        tasks.clone(),
     ));
     metrics::RegistryCollector::register(&state);
-    let metrics_view = tokio::spawn(service::follow_for_metrics(state.clone()));
+    tasks.spawn(service::follow_for_metrics(state.clone()));
     let (router, health) =
         concord::grpc::router(&[concord::pb::registry::v1::registry_server::SERVICE_NAME]);
     health
@@ -144,14 +151,10 @@ pub async fn serve(
     tracing::info!(addr = ?listener.local_addr().ok(), "registry serving");
     let result = concord::grpc::serve(router, listener, async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
     })
     .await;
-    if let Err(err) = task.await {
-        tracing::error!(%err, "registry store task failed");
-    }
-    if let Err(err) = metrics_view.await {
-        tracing::error!(%err, "registry metrics task failed");
-    }
+    tasks.close();
+    tasks.wait().await;
     result
 }

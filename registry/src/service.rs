@@ -28,8 +28,9 @@ use concord::pb::registry::v1::{
     KeepAliveResponse, ListRequest, ListResponse, RegisterRequest, RegisterResponse,
     ResolveRequest, ResolveResponse, WatchRequest, WatchResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -48,7 +49,10 @@ const WATCH_CHANNEL_CAPACITY: usize = 16;
 pub(crate) struct Shared {
     store: Store,
     verifier: Verifier,
-    stop_rx: watch::Receiver<bool>,
+    /// Cancelled when the server stops: every task below ends.
+    stop: CancellationToken,
+    /// The Watch feeders, joined on shutdown with the other tasks.
+    tasks: TaskTracker,
     /// What the metrics page shows ([`Shared::snapshot`]).
     metrics_view: std::sync::Mutex<(Vec<Instance>, u64)>,
     /// Open Watch streams.
@@ -56,11 +60,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(store: Store, verifier: Verifier, stop_rx: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        verifier: Verifier,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
         Self {
             store,
             verifier,
-            stop_rx,
+            stop,
+            tasks,
             metrics_view: std::sync::Mutex::new((Vec::new(), 0)),
             watchers: AtomicUsize::new(0),
         }
@@ -94,7 +104,7 @@ impl Shared {
 /// starved, suspended): it could not have seen renewals meanwhile, so every lease gets a
 /// fresh TTL instead of expiring; while the table counts itself isolated (nobody reached
 /// it for half a TTL) nothing expires (see `table`, "A silent registry expires nothing").
-pub(crate) async fn sweep_expired(shared: Arc<MemoryStore>, mut stop_rx: watch::Receiver<bool>) {
+pub(crate) async fn sweep_expired(shared: Arc<MemoryStore>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // tokio's clock (the same as std's outside tests), so a test can pause and jump it.
@@ -118,7 +128,7 @@ pub(crate) async fn sweep_expired(shared: Arc<MemoryStore>, mut stop_rx: watch::
                     tracing::info!(service = %instance.service, address = %instance.address, "lease expired");
                 }
             }
-            _ = stop_rx.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -179,7 +189,8 @@ impl Registry for RegistryService {
             .await?;
         tracing::trace!(lease = %req.lease_id, "lease renewed");
         Ok(Response::new(KeepAliveResponse {
-            ttl_ms: u64::try_from(instance.expires_at_unix_ms - now_ms()).unwrap_or(0),
+            ttl_ms: u64::try_from(instance.expires_at_unix_ms - concord::clock::unix_ms())
+                .unwrap_or(0),
             expires_at_unix_ms: instance.expires_at_unix_ms,
         }))
     }
@@ -216,7 +227,9 @@ impl Registry for RegistryService {
         let (updates_tx, updates_rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
         let shared = self.shared.clone();
         tracing::debug!(%service, "watch opened");
-        tokio::spawn(feed_watch(shared, service, updates_tx));
+        self.shared
+            .tasks
+            .spawn(feed_watch(shared, service, updates_tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(updates_rx))))
     }
 
@@ -242,7 +255,7 @@ impl Drop for WatcherGuard {
 /// whole instance set after every change, until the server stops.
 pub(crate) async fn follow_for_metrics(shared: Arc<Shared>) {
     let mut changes_rx = shared.store.changes();
-    let mut stop_rx = shared.stop_rx.clone();
+    let stop = shared.stop.clone();
     loop {
         changes_rx.borrow_and_update();
         if let Ok(view) = shared.store.list().await {
@@ -253,7 +266,7 @@ pub(crate) async fn follow_for_metrics(shared: Arc<Shared>) {
         }
         tokio::select! {
             changed = changes_rx.changed() => if changed.is_err() { return },
-            _ = stop_rx.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -266,7 +279,7 @@ async fn feed_watch(
     updates_tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
     let mut changes_rx = shared.store.changes();
-    let mut stop_rx = shared.stop_rx.clone();
+    let stop = shared.stop.clone();
     shared.watchers.fetch_add(1, Ordering::Relaxed);
     let _open = WatcherGuard(Arc::clone(&shared));
     // Compared without expiry times, which move on every renewal and are not a change.
@@ -301,17 +314,10 @@ async fn feed_watch(
         }
         tokio::select! {
             changed = changes_rx.changed() => if changed.is_err() { return },
-            _ = stop_rx.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
             () = updates_tx.closed() => return,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -338,8 +344,8 @@ mod tests {
                 )
             })
             .expect("register");
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let sweeper = tokio::spawn(sweep_expired(memory.clone(), stop_rx));
+        let stop = CancellationToken::new();
+        let sweeper = tokio::spawn(sweep_expired(memory.clone(), stop.clone()));
         tokio::time::sleep(EXPIRY_TICK).await;
         // The stall: no sweep for 3 s.
         tokio::time::advance(ttl * 3).await;
@@ -355,7 +361,7 @@ mod tests {
             memory.table().resolve("gateway").is_empty(),
             "grace is two TTLs, not forever"
         );
-        stop_tx.send(true).expect("sweeper listens");
+        stop.cancel();
         sweeper.await.expect("sweeper ends");
     }
 }

@@ -82,11 +82,12 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use concord::{
     claim::{PrimaryClaim, ROLE_PRIMARY},
+    clock::{millis, unix_ms},
     error::quote,
     identity::Principal,
     pb::registry::v1::Instance,
@@ -123,14 +124,7 @@ pub const MAX_LEASES_PER_PRINCIPAL: usize = 64;
 /// longer one is a malformed request, not an unknown lease.
 pub const MAX_LEASE_ID_BYTES: usize = 64;
 
-/// The prediction nodes' service (`concord_node::PREDICTOR_SERVICE`).
-pub const PREDICTOR_SERVICE: &str = "predictor";
-/// The shops' service (`concord_shop::SERVICE_NAME`).
-pub const SHOP_SERVICE: &str = "shop";
-/// The aggregator's service (`concord_aggregator::AGGREGATOR_SERVICE`).
-pub const AGGREGATOR_SERVICE: &str = "aggregator";
-/// The gateway's service (`concord_web_gateway::SERVICE_NAME`).
-pub const GATEWAY_SERVICE: &str = "gateway";
+pub use concord::identity::PREDICTOR_SERVICE;
 /// Metadata key naming a prediction node (`concord_node::METADATA_NODE_ID`).
 pub const METADATA_NODE_ID: &str = "node_id";
 /// Metadata keys of a shop's role and term, parsed by [`PrimaryClaim`].
@@ -653,13 +647,7 @@ pub fn authorize(
     metadata: &HashMap<String, String>,
 ) -> Result<(), RegistryError> {
     let forbidden = |why: String| Err(RegistryError::Forbidden(format!("{owner} {why}")));
-    let required = match service {
-        PREDICTOR_SERVICE => None,
-        SHOP_SERVICE => Some(Principal::Shop),
-        AGGREGATOR_SERVICE => Some(Principal::Aggregator),
-        GATEWAY_SERVICE => Some(Principal::Gateway),
-        _ => None,
-    };
+    let required = Principal::for_service(service);
     if *owner == Principal::Registry {
         return forbidden("may not register any service".into());
     }
@@ -788,17 +776,6 @@ fn validate_metadata(metadata: &HashMap<String, String>) -> Result<(), RegistryE
         )));
     }
     Ok(())
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

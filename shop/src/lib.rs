@@ -55,6 +55,7 @@ use std::time::Duration;
 use concord::pb::shop::v1::replication_server::ReplicationServer;
 use concord::pb::shop::v1::shop_server::ShopServer;
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use account::Account;
 pub use cart::{CartItem, CartLine, CartView};
@@ -84,7 +85,7 @@ pub use validate::{
 pub use wal::{Lsn, Mutation, TreeName, WalEntry};
 
 /// Name the shop registers under in the registry.
-pub const SERVICE_NAME: &str = "shop";
+pub const SERVICE_NAME: &str = concord::identity::SHOP_SERVICE;
 
 /// Longest start-up wait for the first registration (writes need the lease).
 const REGISTER_WAIT: Duration = Duration::from_secs(1);
@@ -220,7 +221,14 @@ pub async fn serve(
         linger: config.commit_linger,
         ..StoreConfig::new(config.data_dir.clone())
     };
-    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&store_config)).await??);
+    // The store counts as a task of `closing` until its last handle is dropped: shutdown
+    // joins its close like any task (`close_store`).
+    let closing = TaskTracker::new();
+    let store = {
+        let closing = closing.clone();
+        let open = move || Store::open(&store_config).map(|store| store.closes_on(&closing));
+        Arc::new(tokio::task::spawn_blocking(open).await??)
+    };
     if config.credential.is_none() {
         tracing::warn!(
             "shop has no credential: it refuses every Replicate stream and follows no primary \
@@ -229,14 +237,17 @@ pub async fn serve(
     }
     let role = fence(&config, &store, &address).await?;
     let fenced = role.is_fenced();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    // Cancelled however `serve` ends, aborted (a crash in tests) included: no task may
+    // outlive it and keep the lease alive.
+    let _stop_on_drop = stop.clone().drop_guard();
     let replicator = Replicator::new(
         Arc::clone(&store),
         config.replication.clone(),
         role,
         address.clone(),
         config.credential.clone(),
-        stop_rx.clone(),
+        stop.clone(),
     );
     metrics::ShopCollector::register(&replicator, &store);
     replicator.spawn(replication::run_follower(Arc::clone(&replicator)));
@@ -297,14 +308,14 @@ pub async fn serve(
         let mut role_rx = replicator.subscribe_role();
         let mut claim_rx = replicator.subscribe_claim();
         let mut tick = tokio::time::interval(METADATA_REFRESH);
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         replicator.spawn(async move {
             loop {
                 tokio::select! {
                     changed = role_rx.changed() => if changed.is_err() { return },
                     changed = claim_rx.changed() => if changed.is_err() { return },
                     _ = tick.tick() => {}
-                    _ = replication::stopped(&mut stop) => return,
+                    () = stop.cancelled() => return,
                 }
                 keeper.set_metadata(rep.registry_metadata());
             }
@@ -321,7 +332,7 @@ pub async fn serve(
     // stays SERVING: its peer must reach it to catch up.
     {
         let rep = Arc::clone(&replicator);
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         let health = health.clone();
         replicator.spawn(async move {
             let mut tick = tokio::time::interval(READINESS_INTERVAL);
@@ -343,7 +354,7 @@ pub async fn serve(
                 }
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = replication::stopped(&mut stop) => return,
+                    () = stop.cancelled() => return,
                 }
             }
         });
@@ -367,7 +378,7 @@ pub async fn serve(
     tracing::info!(%address, role = ?replicator.role(), term = store.term(), last_lsn = store.last_lsn()?, "shop serving");
     let served = concord::grpc::serve(router, listener, async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
     })
     .await;
     replicator.join_tasks().await;
@@ -378,7 +389,7 @@ pub async fn serve(
         }
     }
     drop(replicator);
-    close_store(store).await;
+    close_store(store, closing).await;
     served.map_err(|e| ShopError::Unavailable(format!("gRPC server: {e}")))
 }
 
@@ -432,30 +443,20 @@ async fn fence(config: &Config, store: &Arc<Store>, address: &str) -> Result<Rol
 /// stream tasks winding down after the stop signal).
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Drops the last handle on the store (final flush, flusher joined, sled file lock
-/// released) once the tasks still holding it have finished, so the directory can be
-/// reopened as soon as `serve` returns.
-async fn close_store(mut store: Arc<Store>) {
-    let deadline = tokio::time::Instant::now() + STORE_CLOSE_WAIT;
-    loop {
-        match Arc::try_unwrap(store) {
-            Ok(store) => {
-                if let Err(e) = tokio::task::spawn_blocking(move || drop(store)).await {
-                    tracing::error!(error = %e, "closing the store failed");
-                }
-                tracing::info!("shop store closed");
-                return;
-            }
-            Err(shared) if tokio::time::Instant::now() < deadline => {
-                store = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "store still in use after shutdown; it closes when the last user ends"
-                );
-                return;
-            }
+/// Drops this handle on the store and joins its close (final flush, flusher joined, sled
+/// file lock released; `closing` holds the store as its one task), so the directory can
+/// be reopened as soon as `serve` returns. Whoever holds the last handle (this, a
+/// connection task still winding down, a blocking read) closes it; this only waits.
+async fn close_store(store: Arc<Store>, closing: TaskTracker) {
+    closing.close();
+    // Dropping may be the last handle: the final checkpoint blocks.
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(store)).await {
+        tracing::error!(error = %e, "closing the store failed");
+    }
+    match tokio::time::timeout(STORE_CLOSE_WAIT, closing.wait()).await {
+        Ok(()) => tracing::info!("shop store closed"),
+        Err(_) => {
+            tracing::warn!("store still in use after shutdown; it closes when the last user ends")
         }
     }
 }

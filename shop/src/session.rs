@@ -15,7 +15,7 @@
 //! about which check failed. Non-goals: revocation before `exp` (sign-out forgets the
 //! token on the client; keep the TTL short), refresh tokens, key rotation.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -125,10 +125,7 @@ impl Sessions {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    concord::clock::since_epoch().as_secs()
 }
 
 #[cfg(test)]

@@ -262,6 +262,10 @@ pub struct Store {
     /// ([`Store::append_replicated`]); applied by [`Store::apply_replicated`], or before
     /// anything else takes the writer lock to write.
     unapplied: Mutex<VecDeque<WalEntry>>,
+    /// Counts as a task on its tracker until the store is closed: declared last, so it
+    /// drops after the final checkpoint and after sled released its files
+    /// ([`Store::closes_on`]).
+    open: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
 }
 
 /// Most entries [`Store::wal_tail_since`] keeps in memory.
@@ -359,7 +363,16 @@ impl Store {
             committed_tx,
             tail: Mutex::new(VecDeque::with_capacity(WAL_TAIL_CAPACITY)),
             unapplied: Mutex::new(VecDeque::new()),
+            open: None,
         })
+    }
+
+    /// Makes this store a task of `tracker` until it is closed (last handle dropped, final
+    /// checkpoint written, files released), so shutdown joins the close with `wait()`
+    /// like any task, whichever user of the store happens to drop it last.
+    pub fn closes_on(mut self, tracker: &tokio_util::task::TaskTracker) -> Self {
+        self.open = Some(tracker.token());
+        self
     }
 
     /// A data tree, for reads outside writes (single-key reads and range scans). Readers
@@ -580,7 +593,7 @@ impl Store {
         };
         // A replica promoted with entries still unapplied: they come first.
         self.apply_unapplied()?;
-        let tx = Tx::new(self, term, self.last_lsn()? + 1, now_unix_ms());
+        let tx = Tx::new(self, term, self.last_lsn()? + 1, concord::clock::unix_ms());
         let mut writes = Vec::with_capacity(n);
         for i in 0..n {
             match run(i, &tx) {
@@ -1189,13 +1202,6 @@ fn read_u64(bytes: Option<&[u8]>) -> Result<u64> {
     }
 }
 
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 pub mod test {
     //! Shared test helpers: a store in a fresh temporary directory.
@@ -1218,6 +1224,25 @@ mod tests {
     fn put(store: &Store, key: &[u8], value: &[u8]) -> Result<Option<Lsn>> {
         let c = store.transact(|tx| tx.put(TreeName::Carts, key, value.to_vec()))?;
         Ok(c.durable_blocking()?.lsn)
+    }
+
+    /// A store made a task of a tracker is joined by `wait()` once its last handle drops,
+    /// whoever drops it, and the directory opens again at once afterwards.
+    #[tokio::test]
+    async fn a_closing_store_is_joined_through_its_tracker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig::new(dir.path().join("db"));
+        let tracker = tokio_util::task::TaskTracker::new();
+        let store = Arc::new(Store::open(&config).expect("open").closes_on(&tracker));
+        tracker.close();
+        let user = Arc::clone(&store);
+        drop(store);
+        assert_eq!(tracker.len(), 1, "a user still holds the store");
+        std::thread::spawn(move || drop(user));
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("the close is joined");
+        drop(Store::open(&config).expect("reopens at once"));
     }
 
     /// LSNs start at 1, have no gaps, skip aborted and no-op transactions, and each

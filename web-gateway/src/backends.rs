@@ -49,11 +49,11 @@ use tonic::{metadata::MetadataValue, transport::Channel, Code, Status};
 use crate::error::Error;
 
 /// Registry name of the shop service (metadata `role`, `term`).
-pub const SHOP: &str = "shop";
+pub const SHOP: &str = concord::identity::SHOP_SERVICE;
 /// Registry name of the aggregator (serves Predictor + Staking).
-pub const AGGREGATOR: &str = "aggregator";
+pub const AGGREGATOR: &str = concord::identity::AGGREGATOR_SERVICE;
 /// Registry name of the prediction nodes.
-pub const PREDICTOR: &str = "predictor";
+pub const PREDICTOR: &str = concord::identity::PREDICTOR_SERVICE;
 /// Name under which the configured registry itself is reported.
 pub const REGISTRY: &str = "registry";
 /// Metadata keys of a shop instance's role and term and the primary's role value (parsed
@@ -201,11 +201,7 @@ impl Backends {
         if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let server = match service {
-            SHOP => Some(concord::identity::Principal::Shop),
-            AGGREGATOR => Some(concord::identity::Principal::Aggregator),
-            _ => None,
-        };
+        let server = concord::identity::Principal::for_service(service);
         let channel = match &server {
             Some(server) => concord::grpc::lazy_channel_to(addr, server),
             None => concord::grpc::lazy_channel(addr),

@@ -74,7 +74,8 @@ use axum::{
     },
 };
 use concord::discovery::{LeaseKeeper, Registration};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -91,7 +92,7 @@ use crate::{backends::Backends, state::AppState};
 /// How long shutdown waits for open requests before returning.
 pub const SHUTDOWN_GRACE: Duration = concord::grpc::SHUTDOWN_GRACE;
 /// Registry name under which the gateway registers itself.
-pub const SERVICE_NAME: &str = "gateway";
+pub const SERVICE_NAME: &str = concord::identity::GATEWAY_SERVICE;
 /// Metadata key telling registry readers which protocol the instance speaks.
 pub const PROTOCOL_KEY: &str = "protocol";
 
@@ -192,12 +193,14 @@ pub async fn serve(
     let openapi_json = openapi
         .to_json()
         .map_err(|err| Error::InvalidConfig(format!("OpenAPI document: {err}")))?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopping = CancellationToken::new();
+    // Cancelled however `serve` ends, aborted included.
+    let _stop_on_drop = stopping.clone().drop_guard();
     let state = AppState {
         backends,
         call_timeout: config.call_timeout,
         cluster_refresh: config.cluster_refresh,
-        shutdown_rx,
+        shutdown: stopping.clone(),
         openapi_json: Arc::new(openapi_json),
         secure_cookies: config.secure_cookies,
         supervisor: config
@@ -273,7 +276,7 @@ pub async fn serve(
     edge::serve_http(listener, app, config.limits, SHUTDOWN_GRACE, async move {
         shutdown.await;
         tracing::info!("web gateway shutting down");
-        shutdown_tx.send_replace(true);
+        stopping.cancel();
         // Leave the registry first (bounded by the registry client's call timeout), so
         // `concord status` stops listing a gateway that no longer takes requests.
         if let Some(keeper) = keeper {

@@ -62,9 +62,7 @@ fn families() -> &'static Families {
     FAMILIES.get_or_init(|| {
         let families = Families {
             requests: Family::default(),
-            latency: Family::new_with_constructor(|| {
-                Histogram::new(concord::metrics::latency_buckets())
-            }),
+            latency: concord::metrics::latency_family(),
         };
         concord::metrics::register(
             "gateway_http_requests",

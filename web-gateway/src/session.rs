@@ -33,11 +33,7 @@ pub fn from_headers(headers: &HeaderMap) -> Option<String> {
 
 /// `Set-Cookie` value holding `token` until `expires_at_unix_ms`.
 pub fn set_cookie(token: &str, expires_at_unix_ms: i64, secure: bool) -> Option<HeaderValue> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    let max_age_s = (expires_at_unix_ms.saturating_sub(now_ms) / 1000).max(0);
+    let max_age_s = (expires_at_unix_ms.saturating_sub(concord::clock::unix_ms()) / 1000).max(0);
     build(token, max_age_s, secure)
 }
 

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::backends::Backends;
 
@@ -15,20 +15,12 @@ pub struct AppState {
     pub call_timeout: Duration,
     /// How often `/api/events` sends a fresh cluster view even without a registry change.
     pub cluster_refresh: Duration,
-    /// Flips to `true` when the server shuts down; long-lived streams end on it.
-    pub shutdown_rx: watch::Receiver<bool>,
+    /// Cancelled when the server shuts down; long-lived streams end on it.
+    pub shutdown: CancellationToken,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi_json: Arc<String>,
     /// Whether the session cookie is marked `Secure` (HTTPS in front of the gateway).
     pub secure_cookies: bool,
     /// `concord up`'s supervisor admin API, when the gateway was told where it is.
     pub supervisor: Option<crate::cluster_admin::SupervisorClient>,
-}
-
-impl AppState {
-    /// Resolves once shutdown has begun.
-    pub async fn shutting_down(mut shutdown_rx: watch::Receiver<bool>) {
-        // An Err means the sender is gone, i.e. the server has stopped: also "shut down".
-        let _ = shutdown_rx.wait_for(|stopping| *stopping).await;
-    }
 }

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
     pub credential: Option<concord::identity::Credential>,
     /// How long to wait for the nodes; late answers are ignored.
-    #[arg(long, env = "CONCORD_DEADLINE", default_value = "250ms", value_parser = crate::up::parse_duration)]
+    #[arg(long, env = "CONCORD_DEADLINE", default_value = "250ms", value_parser = concord::config::parse_duration)]
     pub deadline: Duration,
     /// Fewer in-time answers than this (or than the nodes eligible to answer, if fewer)
     /// fails the request with UNAVAILABLE.

@@ -17,26 +17,26 @@ pub struct Args {
     #[arg(long)]
     pub advertise: Option<String>,
     /// Lease TTL of the gateway's registration.
-    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = concord::config::parse_duration)]
     pub lease_ttl: Duration,
     /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
     /// <principal>` prints one; `concord up` hands each child its own).
     #[arg(long, env = "CONCORD_CREDENTIAL", value_parser = super::parse_credential, hide_env_values = true)]
     pub credential: Option<concord::identity::Credential>,
     /// Deadline of each backend call attempt (past it: 504).
-    #[arg(long, env = "CONCORD_GATEWAY_CALL_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    #[arg(long, env = "CONCORD_GATEWAY_CALL_TIMEOUT", default_value = "10s", value_parser = concord::config::parse_duration)]
     pub call_timeout: Duration,
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "CONCORD_GATEWAY_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
     /// How often the live cluster view is refreshed without a registry change.
-    #[arg(long, env = "CONCORD_GATEWAY_CLUSTER_REFRESH", default_value = "2s", value_parser = crate::up::parse_duration)]
+    #[arg(long, env = "CONCORD_GATEWAY_CLUSTER_REFRESH", default_value = "2s", value_parser = concord::config::parse_duration)]
     pub cluster_refresh: Duration,
     /// Time a client has to send a complete request head before it is disconnected.
-    #[arg(long, env = "CONCORD_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    #[arg(long, env = "CONCORD_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = concord::config::parse_duration)]
     pub header_read_timeout: Duration,
     /// Time a request body has to arrive whole before the request fails.
-    #[arg(long, env = "CONCORD_GATEWAY_BODY_READ_TIMEOUT", default_value = "10s", value_parser = crate::up::parse_duration)]
+    #[arg(long, env = "CONCORD_GATEWAY_BODY_READ_TIMEOUT", default_value = "10s", value_parser = concord::config::parse_duration)]
     pub body_read_timeout: Duration,
     /// Most HTTP connections open at once (past it the listener stops accepting).
     #[arg(long, env = "CONCORD_GATEWAY_MAX_CONNECTIONS", default_value_t = concord_web_gateway::edge::DEFAULT_MAX_CONNECTIONS)]

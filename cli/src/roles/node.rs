@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     pub advertise: Option<String>,
     /// Lease TTL in the registry.
-    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = concord::config::parse_duration)]
     pub lease_ttl: Duration,
     /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
     /// <principal>` prints one; `concord up` hands each child its own).

@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, env = "CONCORD_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
     /// How long a customer session token is accepted after sign-in.
-    #[arg(long, default_value = "720m", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "720m", value_parser = concord::config::parse_duration)]
     pub session_ttl: Duration,
     /// Where the stored secrets are.
     #[command(flatten)]
@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, env = "CONCORD_SHOP_ON_REPLICA_LOSS", default_value = "fail")]
     pub on_replica_loss: OnReplicaLoss,
     /// How long a sync write waits for the replica's ack.
-    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = concord::config::parse_duration)]
     pub sync_timeout: Duration,
     /// Stable id of this process as a replica.
     #[arg(long)]
@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, env = "CONCORD_SHOP_WAL_RETAIN")]
     pub wal_retain: Option<u64>,
     /// Lease TTL in the registry (failover happens about one TTL after a primary dies).
-    #[arg(long, default_value = "2s", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = concord::config::parse_duration)]
     pub lease_ttl: Duration,
     /// This process's cluster credential, `<principal>:<hex>` (`concord token credential
     /// <principal>` prints one; `concord up` hands each child its own).

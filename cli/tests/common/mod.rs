@@ -126,10 +126,8 @@ fn identity_env(args: &[&str]) -> Option<(&'static str, String)> {
                 .map_or("node-1", |id| *id);
             Principal::Node(id.to_owned())
         }
-        "shop" => Principal::Shop,
-        "gateway" => Principal::Gateway,
-        "aggregator" => Principal::Aggregator,
-        _ => return None,
+        // The roles named like the service they register (shop, gateway, aggregator).
+        role => Principal::for_service(role)?,
     };
     Some(("CONCORD_CREDENTIAL", credential(principal).encode()))
 }

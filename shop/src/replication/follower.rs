@@ -19,7 +19,7 @@ use tonic::Request;
 
 use super::convert::{entry_from_pb, mutation_from_pb};
 use super::role::Role;
-use super::{stopped, Replicator, RECONNECT_BACKOFF, STREAM_CHANNEL_CAPACITY};
+use super::{Replicator, RECONNECT_RETRY, STREAM_CHANNEL_CAPACITY};
 use crate::error::{Result, ShopError};
 use crate::store::Store;
 use crate::wal::{Lsn, WalEntry};
@@ -27,22 +27,22 @@ use crate::wal::{Lsn, WalEntry};
 /// Replica side: while this process is a replica, follow the primary (reconnecting with
 /// backoff); returns on shutdown.
 pub async fn run_follower(rep: Arc<Replicator>) {
-    let mut stop_rx = rep.stop_rx.clone();
+    let stop = rep.stop.clone();
     let mut role_rx = rep.subscribe_role();
-    let mut backoff = RECONNECT_BACKOFF.0;
+    let mut backoff = RECONNECT_RETRY.backoff();
     loop {
-        if *stop_rx.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         let role = role_rx.borrow_and_update().clone();
         let Role::Replica { primary, .. } = role else {
             tokio::select! {
                 _ = role_rx.changed() => continue,
-                _ = stopped(&mut stop_rx) => return,
+                () = stop.cancelled() => return,
             }
         };
         match follow_once(&rep, &primary, &mut role_rx).await {
-            Ok(()) => backoff = RECONNECT_BACKOFF.0,
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 tracing::warn!(%primary, error = %e, "replication stream failed; reconnecting")
             }
@@ -50,10 +50,9 @@ pub async fn run_follower(rep: Arc<Replicator>) {
         rep.following.store(false, Ordering::Release);
         rep.caught_up.store(false, Ordering::Release);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stopped(&mut stop_rx) => return,
+            () = backoff.wait() => {}
+            () = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
     }
 }
 
@@ -118,7 +117,7 @@ async fn follow_once(
     let mut inbound = response.into_inner();
     rep.following.store(true, Ordering::Release);
     tracing::info!(%primary, applied_lsn, "following primary");
-    let mut stop_rx = rep.stop_rx.clone();
+    let stop = rep.stop.clone();
     // Pipelining (issue 14 item 2): received batches are appended to this store's WAL on
     // a blocking thread, one sync in flight at a time; whatever arrives meanwhile waits in
     // `pending` and goes into the next append as ONE sync, so receiving overlaps syncing.
@@ -159,7 +158,7 @@ async fn follow_once(
                 }
                 return Ok(());
             }
-            _ = stopped(&mut stop_rx) => return Ok(()),
+            () = stop.cancelled() => return Ok(()),
         };
         let Some(pb::ReplicateResponse { kind: Some(kind) }) = msg else {
             if msg.is_none() {

@@ -169,8 +169,6 @@ mod shipper;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 pub use follower::run_follower;
 pub use registry_watch::{check_fence, run_failover_watch, run_fence, Fence, KeeperFeed};
 pub use replicator::{run_wal_trimmer, Replicator};
@@ -193,9 +191,10 @@ pub const WAL_TRIM_INTERVAL: Duration = Duration::from_millis(500);
 pub const WAL_TRIM_MAX_PER_PASS: usize = 50_000;
 /// Time limit of the registry lookup a primary makes before taking writes (the fence).
 pub const FENCE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
-/// First and longest wait between a replica's reconnection attempts.
-pub const RECONNECT_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(2));
+/// How a replica reconnects (and a fenced primary asks the registry again): after
+/// 100 ms, doubling to 2 s.
+pub const RECONNECT_RETRY: concord::retry::RetryPolicy =
+    concord::retry::RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// How writes reach the replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -276,17 +275,4 @@ impl Default for ReplicationConfig {
             wal_retain: None,
         }
     }
-}
-
-/// Resolves once `stop_rx` turns true (or its sender is gone); drops the borrow guard
-/// before returning so callers stay `Send`.
-pub(crate) async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
-    let _ = stop_rx.wait_for(|stop| *stop).await;
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::failover::{Action, Event, Failover, LivePrimary, PROMOTION_RETRY_INTERVAL};
 use super::role::Role;
-use super::{stopped, Replicator, FENCE_LOOKUP_TIMEOUT, RECONNECT_BACKOFF};
+use super::{Replicator, FENCE_LOOKUP_TIMEOUT, RECONNECT_RETRY};
 
 /// What the registry says to a process about to act as primary (module docs, "Fence").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +88,8 @@ pub async fn check_fence(registry: &str, service: &str, own_address: &str, our_t
 /// newer one. Returns then, or on shutdown, or when something else (the failover watch)
 /// already gave it a role.
 pub async fn run_fence(rep: Arc<Replicator>, registry: String, service: String) {
-    let mut stop_rx = rep.stop_rx.clone();
-    let mut backoff = RECONNECT_BACKOFF.0;
+    let stop = rep.stop.clone();
+    let mut backoff = RECONNECT_RETRY.backoff();
     loop {
         if !rep.role().is_fenced() {
             return;
@@ -112,10 +112,9 @@ pub async fn run_fence(rep: Arc<Replicator>, registry: String, service: String) 
             Fence::Unknown => {}
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stopped(&mut stop_rx) => return,
+            () = backoff.wait() => {}
+            () = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
     }
 }
 
@@ -144,7 +143,7 @@ pub async fn run_failover_watch(
         }
     };
     let mut instances_rx = watch.subscribe();
-    let mut stop_rx = rep.stop_rx.clone();
+    let stop = rep.stop.clone();
     let mut core = Failover::new(rep.address.clone());
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut events = VecDeque::new();
@@ -199,7 +198,7 @@ pub async fn run_failover_watch(
                 retry_at = None;
                 Event::RetryDue
             }
-            _ = stopped(&mut stop_rx) => return,
+            () = stop.cancelled() => return,
         };
         events.push_back(event);
     }

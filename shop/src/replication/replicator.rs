@@ -17,11 +17,11 @@ use concord::claim::{PrimaryClaim, Term};
 use concord::identity::Credential;
 use concord::pb::shop::v1 as pb;
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::acks::{AckError, Acks};
 use super::role::Role;
-use super::{now_ms, stopped, OnReplicaLoss, ReplicationConfig, ReplicationMode};
+use super::{OnReplicaLoss, ReplicationConfig, ReplicationMode};
 use super::{WAL_TRIM_INTERVAL, WAL_TRIM_MAX_PER_PASS};
 use crate::error::{Result, ShopError};
 use crate::store::Store;
@@ -40,7 +40,8 @@ pub struct Replicator {
     pub(super) caught_up: AtomicBool,
     pub(super) primary_last_lsn: AtomicU64,
     pub(super) stream_generation: AtomicU64,
-    pub(super) stop_rx: watch::Receiver<bool>,
+    /// Cancelled on shutdown: every replication task ends.
+    pub(super) stop: CancellationToken,
     /// This shop's credential: proves it to the primary it follows, and checks that a
     /// replica (or the primary) is a shop too. `None`: no replication either way.
     credential: Option<Credential>,
@@ -67,15 +68,15 @@ struct LeaseGuard {
 
 impl Replicator {
     /// Creates the state in `role`; `address` is this process's advertised address;
-    /// `credential` is this shop's identity (module docs, "Who may replicate"); `stop_rx`
-    /// turns true on shutdown.
+    /// `credential` is this shop's identity (module docs, "Who may replicate"); `stop`
+    /// is cancelled on shutdown.
     pub fn new(
         store: Arc<Store>,
         config: ReplicationConfig,
         role: Role,
         address: String,
         credential: Option<Credential>,
-        stop_rx: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> Arc<Self> {
         store.fence_writes(!role.is_primary());
         Arc::new(Self {
@@ -88,7 +89,7 @@ impl Replicator {
             caught_up: AtomicBool::new(false),
             primary_last_lsn: AtomicU64::new(0),
             stream_generation: AtomicU64::new(0),
-            stop_rx,
+            stop,
             credential,
             lease: std::sync::OnceLock::new(),
             claim_tx: watch::channel(None).0,
@@ -484,7 +485,9 @@ impl Replicator {
             self.store
                 .wal_since(oldest.saturating_sub(1), 1)?
                 .first()
-                .map_or(0, |e| (now_ms() - e.committed_at_ms).max(0) as u64)
+                .map_or(0, |e| {
+                    (concord::clock::unix_ms() - e.committed_at_ms).max(0) as u64
+                })
         };
         Ok(pb::GetReplicationStatusResponse {
             role: role_pb as i32,
@@ -540,13 +543,13 @@ impl Replicator {
 /// Trims the WAL every [`WAL_TRIM_INTERVAL`] by [`Replicator::wal_trim_floor`], and once
 /// more at shutdown; returns on shutdown. Errors are logged and retried next pass.
 pub async fn run_wal_trimmer(rep: Arc<Replicator>, retain: u64) {
-    let mut stop_rx = rep.stop_rx.clone();
+    let stop = rep.stop.clone();
     let mut tick = tokio::time::interval(WAL_TRIM_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let last_pass = tokio::select! {
             _ = tick.tick() => false,
-            _ = stopped(&mut stop_rx) => true,
+            () = stop.cancelled() => true,
         };
         let r = Arc::clone(&rep);
         match rep.spawn_blocking(move || r.trim_wal(retain)).await {
@@ -586,14 +589,13 @@ mod tests {
         let store = Arc::new(
             Store::open(&crate::store::StoreConfig::new(dir.to_path_buf())).expect("store"),
         );
-        let (_stop_tx, stop_rx) = watch::channel(false);
         Replicator::new(
             store,
             ReplicationConfig::default(),
             role,
             "me:1".into(),
             None,
-            stop_rx,
+            CancellationToken::new(),
         )
     }
 

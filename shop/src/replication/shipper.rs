@@ -20,7 +20,7 @@ use tonic::Status;
 
 use super::acks::Acks;
 use super::convert::{entry_to_pb, mutation_to_pb, response, Outbound};
-use super::{now_ms, stopped, Replicator};
+use super::Replicator;
 use super::{HEARTBEAT_INTERVAL, SNAPSHOT_CHUNK_KEYS, WAL_BATCH_MAX};
 use crate::error::{Result, ShopError};
 use crate::store::Store;
@@ -108,7 +108,7 @@ async fn send_snapshot(
 /// supersedes this one, or shutdown.
 pub(super) async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation: u64) {
     use pb::replicate_response::Kind;
-    let mut stop_rx = rep.stop_rx.clone();
+    let stop = rep.stop.clone();
     let store = Arc::clone(&rep.store);
     let mut committed_rx = store.subscribe();
     let mut pos = hello.applied_lsn;
@@ -146,7 +146,7 @@ pub(super) async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, 
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if rep.stream_generation.load(Ordering::Acquire) != generation || *stop_rx.borrow() {
+        if rep.stream_generation.load(Ordering::Acquire) != generation || stop.is_cancelled() {
             break;
         }
         // Fresh commits come from the store's in-memory tail; older ones from sled.
@@ -201,13 +201,13 @@ pub(super) async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, 
                 let hb = pb::Heartbeat {
                     last_lsn: pos,
                     term: store.term(),
-                    now_unix_ms: now_ms(),
+                    now_unix_ms: concord::clock::unix_ms(),
                 };
                 if out.send(response(Kind::Heartbeat(hb))).await.is_err() {
                     break;
                 }
             }
-            _ = stopped(&mut stop_rx) => break,
+            () = stop.cancelled() => break,
             // The response stream ended (a protocol error, or the replica went away).
             _ = out.closed() => break,
         }
@@ -225,11 +225,11 @@ pub(super) async fn read_acks(
     generation: u64,
     failed_tx: tokio::sync::oneshot::Sender<Status>,
 ) {
-    let mut stop_rx = rep.stop_rx.clone();
+    let stop = rep.stop.clone();
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
-            _ = stopped(&mut stop_rx) => break,
+            () = stop.cancelled() => break,
         };
         let refused = match msg {
             Ok(Some(pb::ReplicateRequest {

@@ -6,7 +6,7 @@
 //! hung process cannot stall the view. When the registry is down the view says so and
 //! lists the instances the gateway's watches last saw, so the panel still shows something.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::{extract::State, Json};
 use concord::pb::{
@@ -133,13 +133,6 @@ pub async fn snapshot(backends: &Backends) -> ClusterStatus {
         shops,
         primary,
         term,
-        at_unix_ms: now_unix_ms(),
+        at_unix_ms: concord::clock::unix_ms(),
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

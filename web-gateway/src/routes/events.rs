@@ -25,6 +25,7 @@ use axum::{
 use concord::pb::stake::v1::{
     staking_client::StakingClient, Event as LedgerEvent, WatchEventsRequest, WatchEventsResponse,
 };
+use concord::retry::{Backoff, RetryPolicy};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::time::MissedTickBehavior;
@@ -38,10 +39,8 @@ use crate::{
 
 /// Interval of SSE keep-alive comments.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
-/// First wait before reopening a broken ledger stream.
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest wait before reopening a broken ledger stream.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How a broken ledger stream is reopened: after 200 ms, doubling to 2 s.
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(2));
 
 /// Query of `GET /api/events`.
 #[derive(Debug, Deserialize, IntoParams, Default)]
@@ -74,7 +73,7 @@ pub async fn events(
         ledger_events(state.backends.clone(), after_seq),
     )
     .map(Ok)
-    .take_until(AppState::shutting_down(state.shutdown_rx.clone()));
+    .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
@@ -106,7 +105,7 @@ struct LedgerFollower {
     backends: Arc<Backends>,
     after_seq: u64,
     stream: Option<Streaming<WatchEventsResponse>>,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl LedgerFollower {
@@ -116,14 +115,13 @@ impl LedgerFollower {
             let Some(stream) = self.stream.as_mut() else {
                 self.stream = self.open().await;
                 if self.stream.is_none() {
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.backoff.wait().await;
                 }
                 continue;
             };
             match stream.message().await {
                 Ok(Some(WatchEventsResponse { event: Some(event) })) => {
-                    self.backoff = MIN_BACKOFF;
+                    self.backoff.reset();
                     if event.seq > self.after_seq {
                         self.after_seq = event.seq;
                         return event;
@@ -137,8 +135,7 @@ impl LedgerFollower {
                 Err(status) => {
                     tracing::debug!(%status, "ledger stream failed; reopening");
                     self.stream = None;
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.backoff.wait().await;
                 }
             }
         }
@@ -171,7 +168,7 @@ fn ledger_events(backends: Arc<Backends>, after_seq: u64) -> impl Stream<Item = 
         backends,
         after_seq,
         stream: None,
-        backoff: MIN_BACKOFF,
+        backoff: RETRY.backoff(),
     };
     futures::stream::unfold(follower, |mut follower| async move {
         let event = follower.next().await;

@@ -88,17 +88,16 @@ impl Harness {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let principal = match service {
-            "predictor" => Principal::Node(
+        // A role's own service is registered by that role; any other by a node (under
+        // its `node_id`), as the registry requires.
+        let principal = Principal::for_service(service).unwrap_or_else(|| {
+            Principal::Node(
                 metadata
                     .entry("node_id".into())
                     .or_insert_with(|| "test-node".into())
                     .clone(),
-            ),
-            "aggregator" => Principal::Aggregator,
-            "gateway" => Principal::Gateway,
-            _ => Principal::Shop,
-        };
+            )
+        });
         let mut keeper = LeaseKeeper::spawn(
             &self.registry_addr(),
             Registration {
