@@ -41,7 +41,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use concord::auth::AuthError;
-use concord::error::{quote, to_status, Classify, ErrorKind};
+use concord::error::{quote, to_status, Classify};
 use concord::identity::{authenticate_metadata, ClusterSecret, Principal, Verifier};
 use concord::pb::stake::v1 as pb;
 use concord::pb::stake::v1::staking_server::{Staking, StakingServer};
@@ -56,7 +56,7 @@ use crate::book::{blocking, StakeBook};
 use crate::ledger::{
     check_node_id, check_request_id, Account, Event, EventKind, LedgerError, Totals, VerifyReport,
 };
-use crate::outcomes::{OutcomeError, ReportResult};
+use crate::outcomes::ReportResult;
 use crate::policy::{Policy, PolicyError};
 
 /// Events buffered per watcher before the feeding task waits for the client.
@@ -90,52 +90,6 @@ pub enum AccessError {
     /// A valid identity that may not do this.
     #[error("permission denied: {0}")]
     Denied(String),
-}
-
-impl Classify for AccessError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            AccessError::Unauthenticated(_) => ErrorKind::Unauthenticated,
-            AccessError::Denied(_) => ErrorKind::PermissionDenied,
-        }
-    }
-}
-
-impl Classify for LedgerError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            LedgerError::InvalidArgument(_) => ErrorKind::InvalidArgument,
-            LedgerError::NotFound(_) => ErrorKind::NotFound,
-            LedgerError::InsufficientStake { .. } | LedgerError::WouldOverflow(_) => {
-                ErrorKind::FailedPrecondition
-            }
-            LedgerError::AlreadyScored { .. } | LedgerError::AccountExists(_) => {
-                ErrorKind::AlreadyExists
-            }
-            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-impl Classify for OutcomeError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            OutcomeError::UnknownRequest { .. } | OutcomeError::Expired { .. } => {
-                ErrorKind::NotFound
-            }
-            OutcomeError::InvalidLabel { .. } => ErrorKind::InvalidArgument,
-            OutcomeError::Ledger(e) => e.kind(),
-        }
-    }
-}
-
-impl Classify for PolicyError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            PolicyError::UnknownPolicy(_) => ErrorKind::InvalidArgument,
-            PolicyError::NoEligibleAnswers { .. } => ErrorKind::Unavailable,
-        }
-    }
 }
 
 fn status<E: Classify>(e: E) -> Status {
@@ -389,7 +343,7 @@ impl Staking for StakingService {
         let ledger = self.book.ledger().clone();
         let report = blocking(move || ledger.verify()).await.map_err(status)?;
         if let Some(bad) = &report.first_inconsistency {
-            tracing::error!(seq = ?bad.seq, node = ?bad.node_id, problem = %bad.message, "ledger verification failed");
+            tracing::error!(seq = ?bad.seq, node = ?bad.node_id, problem = %bad, "ledger verification failed");
         }
         Ok(Response::new(verify_to_pb(&report)))
     }
@@ -548,8 +502,8 @@ fn verify_to_pb(r: &VerifyReport) -> pb::VerifyLedgerResponse {
         None => (0, String::new()),
         Some(bad) => {
             let problem = match &bad.node_id {
-                Some(node) => format!("{} (node {})", bad.message, quote(node)),
-                None => bad.message.clone(),
+                Some(node) => format!("{bad} (node {})", quote(node)),
+                None => bad.to_string(),
             };
             (bad.seq.unwrap_or(0), problem)
         }
@@ -591,6 +545,7 @@ pub async fn serve_staking(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcomes::OutcomeError;
     use tonic::Code;
 
     /// Wire policies map to domain ones; unspecified is the default, junk is rejected.
