@@ -87,9 +87,9 @@ pub enum Problem {
     #[error("stored totals {stored:?} differ from replayed {replayed:?}")]
     Totals {
         /// As stored in the head.
-        stored: Totals,
+        stored: Box<Totals>,
         /// As replayed.
-        replayed: Totals,
+        replayed: Box<Totals>,
     },
     /// An account record stored under another node's key.
     #[error("record names {0:?}")]
@@ -120,7 +120,7 @@ pub enum Problem {
         /// Σ stored balances.
         stake_sum: u128,
         /// The stored totals.
-        totals: Totals,
+        totals: Box<Totals>,
     },
 }
 
@@ -230,8 +230,8 @@ impl Replay {
         }
         if head.totals != self.head.totals {
             let problem = Problem::Totals {
-                stored: head.totals,
-                replayed: self.head.totals,
+                stored: Box::new(head.totals),
+                replayed: Box::new(self.head.totals),
             };
             Err(at(None, None, problem))?;
         }
@@ -253,7 +253,7 @@ impl Replay {
         if stake_sum as i128 != head.totals.expected_stake_sum() {
             let problem = Problem::Supply {
                 stake_sum,
-                totals: head.totals,
+                totals: Box::new(head.totals),
             };
             Err(at(None, None, problem))?;
         }
