@@ -36,7 +36,8 @@
 //! (backpressure), and when it falls more than [`crate::ledger::EVENT_CHANNEL_CAPACITY`]
 //! events behind the live feed it re-reads the missed events from the log, so a watcher
 //! sees every event exactly once, in order. The task ends when the client goes away or
-//! the server shuts down.
+//! the server shuts down: it belongs to the server's [`Tasks`], which cancels it and
+//! joins it before `serve` returns.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,7 +48,7 @@ use concord::identity::{authenticate_metadata, ClusterSecret, Principal, Verifie
 use concord::pb::stake::v1 as pb;
 use concord::pb::stake::v1::staking_server::{Staking, StakingServer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
@@ -57,6 +58,7 @@ use crate::book::{blocking, StakeBook};
 use crate::convert::{account_to_pb, event_to_pb, report_to_pb, totals_to_pb, verify_to_pb};
 use crate::ledger::{check_node_id, check_request_id, Event, LedgerError};
 use crate::outcomes::ReportResult;
+use crate::tasks::Tasks;
 
 /// Events buffered per watcher before the feeding task waits for the client.
 pub const WATCH_CHANNEL_CAPACITY: usize = 64;
@@ -101,17 +103,18 @@ pub struct StakingService {
     book: StakeBook,
     verifier: Verifier,
     oracle_token: String,
-    stop_rx: watch::Receiver<bool>,
+    tasks: Tasks,
 }
 
 impl StakingService {
-    /// Serves `book`; watch streams end when `stop_rx` becomes `true` (or its sender drops).
-    pub fn new(book: StakeBook, auth: StakingAuth, stop_rx: watch::Receiver<bool>) -> Self {
+    /// Serves `book`; each `WatchEvents` feeder is one of `tasks` and ends when they are
+    /// cancelled.
+    pub fn new(book: StakeBook, auth: StakingAuth, tasks: Tasks) -> Self {
         Self {
             book,
             verifier: Verifier::Secret(auth.cluster_secret),
             oracle_token: auth.oracle_token,
-            stop_rx,
+            tasks,
         }
     }
 
@@ -279,12 +282,12 @@ impl Staking for StakingService {
         // Subscribe before reading the log so nothing falls between the two.
         let live_rx = self.book.ledger().subscribe();
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
-        tokio::spawn(feed_watcher(
+        self.tasks.spawn(feed_watcher(
             self.book.clone(),
             after_seq,
             live_rx,
             tx,
-            self.stop_rx.clone(),
+            self.tasks.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -331,7 +334,7 @@ async fn feed_watcher(
     mut last: u64,
     mut live_rx: broadcast::Receiver<Event>,
     tx: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
-    mut stop_rx: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
     const CATCH_UP_PAGE: usize = 256;
     let send = |e: &Event| {
@@ -366,7 +369,7 @@ async fn feed_watcher(
         // 2. Live events; fall back to the log on a gap or lag.
         loop {
             tokio::select! {
-                _ = stop_rx.changed() => return,
+                () = tasks.cancelled() => return,
                 () = tx.closed() => return,
                 received = live_rx.recv() => match received {
                     Ok(e) if e.seq <= last => {}
@@ -381,7 +384,7 @@ async fn feed_watcher(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
-            if *stop_rx.borrow() {
+            if tasks.is_cancelled() {
                 return;
             }
         }
@@ -397,17 +400,20 @@ pub async fn serve_staking(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = Tasks::new();
     let (router, health) =
         concord::grpc::router(&[concord::pb::stake::v1::staking_server::SERVICE_NAME]);
     health.set_serving::<StakingServer<StakingService>>().await;
-    let router = router.add_service(StakingService::new(book, auth, stop_rx).into_server());
+    let router = router.add_service(StakingService::new(book, auth, tasks.clone()).into_server());
     tracing::info!(addr = ?listener.local_addr().ok(), "staking serving");
-    concord::grpc::serve(router, listener, async move {
+    let stop = tasks.clone();
+    let served = concord::grpc::serve(router, listener, async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
     })
-    .await
+    .await;
+    tasks.join().await;
+    served
 }
 
 #[cfg(test)]
