@@ -99,9 +99,9 @@ pub fn account_to_pb(a: &Account) -> spb::Account {
     }
 }
 
-/// Domain event → wire.
-pub fn event_to_pb(e: &Event) -> spb::Event {
-    let kind = match e.kind {
+/// A ledger event kind on the wire (and in the stored record, see `ledger/record.rs`).
+pub fn event_kind_to_pb(kind: EventKind) -> spb::EventKind {
+    match kind {
         EventKind::Grant => spb::EventKind::Grant,
         EventKind::Stake => spb::EventKind::Stake,
         EventKind::Unstake => spb::EventKind::Unstake,
@@ -109,12 +109,30 @@ pub fn event_to_pb(e: &Event) -> spb::Event {
         EventKind::Slash => spb::EventKind::Slash,
         EventKind::Eject => spb::EventKind::Eject,
         EventKind::Rejoin => spb::EventKind::Rejoin,
-    };
+    }
+}
+
+/// A wire (or stored) event kind in the domain; `None` for UNSPECIFIED or an unknown value.
+pub fn event_kind_from_pb(value: i32) -> Option<EventKind> {
+    match spb::EventKind::try_from(value).ok()? {
+        spb::EventKind::Unspecified => None,
+        spb::EventKind::Grant => Some(EventKind::Grant),
+        spb::EventKind::Stake => Some(EventKind::Stake),
+        spb::EventKind::Unstake => Some(EventKind::Unstake),
+        spb::EventKind::Reward => Some(EventKind::Reward),
+        spb::EventKind::Slash => Some(EventKind::Slash),
+        spb::EventKind::Eject => Some(EventKind::Eject),
+        spb::EventKind::Rejoin => Some(EventKind::Rejoin),
+    }
+}
+
+/// Domain event → wire.
+pub fn event_to_pb(e: &Event) -> spb::Event {
     spb::Event {
         seq: e.seq,
         at_unix_ms: i64::try_from(e.at_ms).unwrap_or(i64::MAX),
         node_id: e.node_id.clone(),
-        kind: kind as i32,
+        kind: event_kind_to_pb(e.kind) as i32,
         amount: e.amount,
         stake_after: e.stake_after,
         trust_after: e.trust_after(),
@@ -215,7 +233,8 @@ mod tests {
         assert!(matches!(policy_from_pb(42), Err(Error::InvalidArgument(_))));
     }
 
-    /// Each ledger event kind lands on the wire kind of the same name.
+    /// Each ledger event kind lands on the wire kind of the same name and back;
+    /// UNSPECIFIED and unknown values are no kind.
     #[test]
     fn event_kinds() {
         use strum::IntoEnumIterator;
@@ -235,6 +254,9 @@ mod tests {
             let wire = spb::EventKind::try_from(event_to_pb(&e).kind).expect("known kind");
             let want = format!("EVENT_KIND_{}", kind.as_str().to_uppercase());
             assert_eq!(wire.as_str_name(), want);
+            assert_eq!(event_kind_from_pb(wire as i32), Some(kind));
         }
+        assert_eq!(event_kind_from_pb(0), None);
+        assert_eq!(event_kind_from_pb(99), None);
     }
 }

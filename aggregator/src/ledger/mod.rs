@@ -110,14 +110,15 @@
 //! - `state.rs`: [`Account`], [`Head`] and [`Totals`] with their one `apply` each (the
 //!   rules), trust in ppb.
 //! - `tx.rs`: the sled transaction every change goes through.
-//! - `record.rs`: the stored encoding of events, accounts and the head.
+//! - [`record`]: the stored encoding (protobuf) of events, accounts and the head, and
+//!   the migration of ledgers written in JSON.
 //! - `store.rs`: [`Ledger`] — open, reads, `stake`, `unstake`, `score`.
 //! - `verify.rs`: the replay behind [`Ledger::verify`] and its typed report.
 //! - `error.rs`: [`LedgerError`] (classified for gRPC in [`crate::error`]).
 
 mod error;
 mod event;
-mod record;
+pub mod record;
 mod state;
 mod store;
 mod tx;

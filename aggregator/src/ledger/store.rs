@@ -100,10 +100,12 @@ impl Ledger {
         Self::with_db(db, params)
     }
 
+    /// Opens the trees and migrates records still in the old JSON format (see
+    /// `record.rs`); a JSON record that does not decode refuses the open.
     fn with_db(db: sled::Db, params: ScoringParams) -> Result<Self, LedgerError> {
         params.validate().map_err(LedgerError::InvalidArgument)?;
         let (events_tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        Ok(Self {
+        let ledger = Self {
             accounts: db.open_tree("accounts")?,
             events: db.open_tree("events")?,
             meta: db.open_tree("meta")?,
@@ -111,7 +113,23 @@ impl Ledger {
             db,
             params,
             events_tx,
-        })
+        };
+        let migrated = record::migrate_json(&ledger.events, &ledger.accounts, &ledger.meta)
+            .map_err(|e| {
+                LedgerError::Corrupt(format!(
+                    "cannot migrate the ledger from JSON to protobuf ({e}); nothing after that \
+                     record was rewritten: restore the ledger directory from a backup, or move \
+                     it aside to start an empty ledger"
+                ))
+            })?;
+        if migrated > 0 {
+            ledger.db.flush()?;
+            tracing::info!(
+                records = migrated,
+                "ledger migrated from JSON to protobuf records"
+            );
+        }
+        Ok(ledger)
     }
 
     /// The scoring knobs in force.

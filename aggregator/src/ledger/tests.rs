@@ -359,7 +359,7 @@ fn verify_flags_totals_beyond_u64() {
         };
         e.hash = event_hash(&e);
         l.events
-            .insert(e.seq.to_be_bytes(), record::encode_event(&e))
+            .insert(e.seq.to_be_bytes(), record::encode_event(&e).unwrap())
             .unwrap();
         let account = Account {
             node_id: node.into(),
@@ -380,7 +380,9 @@ fn verify_flags_totals_beyond_u64() {
         head.seq = e.seq;
         head.hash = e.hash;
     }
-    l.meta.insert(HEAD_KEY, record::encode_head(&head)).unwrap();
+    l.meta
+        .insert(HEAD_KEY, record::encode_head(&head).unwrap())
+        .unwrap();
     let report = l.verify().expect("verify");
     let bad = report.first_inconsistency.expect("flagged");
     assert_eq!(bad.seq, Some(3), "{bad:?}");
@@ -451,7 +453,7 @@ fn tampering_is_detected() {
                 e.amount += 1;
                 e.stake_after += 1;
                 l.events
-                    .insert(2u64.to_be_bytes(), record::encode_event(&e))
+                    .insert(2u64.to_be_bytes(), record::encode_event(&e).unwrap())
                     .unwrap();
             },
             Some(2),
@@ -467,7 +469,7 @@ fn tampering_is_detected() {
                 e.stake_after = 1;
                 e.hash = event_hash(&e);
                 l.events
-                    .insert(2u64.to_be_bytes(), record::encode_event(&e))
+                    .insert(2u64.to_be_bytes(), record::encode_event(&e).unwrap())
                     .unwrap();
             },
             Some(3),
@@ -588,4 +590,126 @@ fn subscribers_see_events() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, vec![EventKind::Stake, EventKind::Eject]);
+}
+
+/// The old format's bytes: what the JSON ledger stored for an event (the field names and
+/// the snake-case kind are the old format, written out here rather than derived).
+fn old_json_event(
+    seq: u64,
+    kind: &str,
+    node: &str,
+    amount: u64,
+    stake_after: u64,
+    prev: &str,
+) -> (serde_json::Value, String) {
+    let mut e = Event {
+        seq,
+        kind: serde_json::from_value(serde_json::json!(kind)).unwrap(),
+        node_id: node.into(),
+        amount,
+        stake_after,
+        trust_after_ppb: TRUST_SCALE / 2,
+        request_id: None,
+        at_ms: 1_700_000_000_000 + seq,
+        prev_hash: prev.into(),
+        hash: String::new(),
+    };
+    e.hash = event_hash(&e);
+    let json = serde_json::json!({
+        "seq": seq, "kind": kind, "node_id": node, "amount": amount,
+        "stake_after": stake_after, "trust_after_ppb": TRUST_SCALE / 2,
+        "request_id": null, "at_ms": e.at_ms, "prev_hash": prev, "hash": e.hash,
+    });
+    (json, e.hash)
+}
+
+/// Writes a two-event JSON ledger (a stakes 1000, b stakes 500) the way the old code
+/// stored it, straight into sled.
+fn write_json_ledger(path: &std::path::Path) -> String {
+    let db = sled::open(path).unwrap();
+    let (accounts, events, meta) = (
+        db.open_tree("accounts").unwrap(),
+        db.open_tree("events").unwrap(),
+        db.open_tree("meta").unwrap(),
+    );
+    let (e1, h1) = old_json_event(1, "stake", "a", 1000, 1000, GENESIS_HASH);
+    let (e2, h2) = old_json_event(2, "stake", "b", 500, 500, &h1);
+    for (seq, e) in [(1u64, e1), (2, e2)] {
+        events
+            .insert(seq.to_be_bytes(), serde_json::to_vec(&e).unwrap())
+            .unwrap();
+    }
+    for (node, stake, seq) in [("a", 1000, 1), ("b", 500, 2)] {
+        let a = serde_json::json!({
+            "node_id": node, "stake": stake, "trust_ppb": TRUST_SCALE / 2,
+            "ejected": false, "right": 0, "wrong": 0, "last_seq": seq,
+        });
+        accounts
+            .insert(node, serde_json::to_vec(&a).unwrap())
+            .unwrap();
+    }
+    let head = serde_json::json!({
+        "seq": 2, "hash": h2,
+        "totals": {"rewarded": 0, "burned": 0, "deposited": 1500, "withdrawn": 0},
+    });
+    meta.insert(HEAD_KEY, serde_json::to_vec(&head).unwrap())
+        .unwrap();
+    db.flush().unwrap();
+    h2
+}
+
+/// A JSON ledger written by the old code migrates to protobuf on open: every record is
+/// rewritten, the hash chain (over fields, not bytes) still verifies with the same head,
+/// and the ledger keeps working; reopening migrates nothing more.
+#[test]
+fn json_ledger_migrates_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger");
+    let head_hash = write_json_ledger(&path);
+    {
+        let l = Ledger::open(&path, params()).expect("open migrates");
+        for tree in [&l.events, &l.accounts, &l.meta] {
+            for r in tree.iter() {
+                let (_, v) = r.unwrap();
+                assert_ne!(
+                    v.first(),
+                    Some(&b'{'),
+                    "a JSON record survived the migration"
+                );
+            }
+        }
+        let r = l.verify().expect("verify");
+        assert!(r.ok(), "{:?}", r.first_inconsistency);
+        assert_eq!(
+            (r.events_checked, r.head.hash.as_str()),
+            (2, head_hash.as_str())
+        );
+        assert_eq!(l.account("b").unwrap().unwrap().stake, 500);
+        l.unstake("a", 100).expect("unstake after migration");
+        assert!(l.verify().expect("verify").ok());
+    }
+    let l = Ledger::open(&path, params()).expect("reopen");
+    assert_eq!(l.head().unwrap().seq, 3);
+    assert!(l.verify().expect("verify").ok());
+}
+
+/// A JSON record that does not decode refuses the open with an error that says what
+/// to do, instead of serving a half-read ledger.
+#[test]
+fn broken_json_ledger_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger");
+    write_json_ledger(&path);
+    {
+        let db = sled::open(&path).unwrap();
+        let events = db.open_tree("events").unwrap();
+        events
+            .insert(2u64.to_be_bytes(), &b"{\"seq\": 2, \"kind\": "[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Ledger::open(&path, params()).expect_err("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, LedgerError::Corrupt(_)), "{err:?}");
+    assert!(msg.contains("event") && msg.contains("backup"), "{msg}");
 }

@@ -105,16 +105,16 @@ impl<'a> Tx<'a> {
         head.apply(&e).map_err(refuse)?;
         account.apply(&e).map_err(refuse)?;
         self.head = head;
-        self.events
-            .insert(&e.seq.to_be_bytes(), record::encode_event(&e))?;
+        let bytes = record::encode_event(&e).map_err(ConflictableTransactionError::Abort)?;
+        self.events.insert(&e.seq.to_be_bytes(), bytes)?;
         self.appended.push(e);
         Ok(())
     }
 
     /// Stores the new head; returns the events appended, in order.
     pub(super) fn commit(self) -> TxResult<Vec<Event>> {
-        self.meta
-            .insert(HEAD_KEY, record::encode_head(&self.head))?;
+        let bytes = record::encode_head(&self.head).map_err(ConflictableTransactionError::Abort)?;
+        self.meta.insert(HEAD_KEY, bytes)?;
         Ok(self.appended)
     }
 }
