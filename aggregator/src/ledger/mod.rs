@@ -4,9 +4,9 @@
 //!
 //! | tree       | key                    | value                                  |
 //! |------------|------------------------|----------------------------------------|
-//! | `accounts` | node id (UTF-8)        | JSON [`Account`]                       |
-//! | `events`   | `seq` as big-endian u64| JSON [`Event`]                         |
-//! | `meta`     | `head`                 | JSON [`Head`] (last seq, hash, totals) |
+//! | `accounts` | node id (UTF-8)        | protobuf [`Account`]                   |
+//! | `events`   | `seq` as big-endian u64| protobuf [`Event`]                     |
+//! | `meta`     | `head`                 | protobuf [`Head`] (seq, hash, totals)  |
 //! | `scored`   | request id (UTF-8)     | `seq` (BE u64) of the scoring batch    |
 //!
 //! Every change — the account records, the new events, the head and (for an outcome) the

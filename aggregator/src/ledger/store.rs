@@ -435,21 +435,20 @@ pub(super) fn seq_from(bytes: &[u8]) -> u64 {
 
 /// `Ok` for a node id of 1..=[`MAX_NODE_ID_BYTES`] bytes.
 pub fn check_node_id(node_id: &str) -> Result<(), LedgerError> {
-    if node_id.is_empty() || node_id.len() > MAX_NODE_ID_BYTES {
-        return Err(LedgerError::InvalidArgument(format!(
-            "node id must be 1..={MAX_NODE_ID_BYTES} bytes, got {}",
-            node_id.len()
-        )));
-    }
-    Ok(())
+    check_id_len("node id", node_id, MAX_NODE_ID_BYTES)
 }
 
 /// `Ok` for a request id of 1..=[`MAX_REQUEST_ID_BYTES`] bytes.
 pub fn check_request_id(request_id: &str) -> Result<(), LedgerError> {
-    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_BYTES {
+    check_id_len("request_id", request_id, MAX_REQUEST_ID_BYTES)
+}
+
+/// `Ok` for an id of 1..=`max` bytes; the error names the id by `what` (never echoes it).
+fn check_id_len(what: &str, id: &str, max: usize) -> Result<(), LedgerError> {
+    if id.is_empty() || id.len() > max {
         return Err(LedgerError::InvalidArgument(format!(
-            "request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes, got {}",
-            request_id.len()
+            "{what} must be 1..={max} bytes, got {}",
+            id.len()
         )));
     }
     Ok(())
