@@ -8,18 +8,18 @@ use crate::policy::{NodeId, Stake};
 /// Errors of the ledger, by what a caller can do about them.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LedgerError {
-    /// Bad input in any ledger state (zero amount, above [`MAX_STAKE_PER_CALL`], empty
+    /// Bad input in any ledger state (zero amount, above [`MAX_STAKE_PER_CALL`](super::MAX_STAKE_PER_CALL), empty
     /// id); fix the request.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The change would push a balance, a running total or the supply past
-    /// [`MAX_SUPPLY`]; nothing was written. Depends on the ledger's state.
+    /// [`MAX_SUPPLY`](super::MAX_SUPPLY); nothing was written. Depends on the ledger's state.
     #[error("would overflow: {0}")]
     WouldOverflow(String),
     /// The account does not exist.
     #[error("no account for node {}", concord::error::quote(.0))]
     NotFound(NodeId),
-    /// [`Ledger::open_with_stake`] for a node that already has an account; nothing written.
+    /// [`Ledger::open_with_stake`](super::Ledger::open_with_stake) for a node that already has an account; nothing written.
     #[error("node {} already has an account; nothing staked", concord::error::quote(.0))]
     AccountExists(NodeId),
     /// Unstake larger than the balance: stakes never go negative.
