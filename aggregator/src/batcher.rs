@@ -24,7 +24,8 @@
 //!   requests in the same batch are not linked to it); a lone request's call is therefore
 //!   a child of that request's node-call span.
 //! - The task ends when the last handle to its queue is dropped (the node left the
-//!   fleet and no request still holds it); in-flight calls end by their deadline.
+//!   fleet and no request still holds it) or at shutdown ([`Tasks`], which joins it and
+//!   its batch calls); in-flight calls end by their deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::fanout::{classify_status, CallResult};
+use crate::tasks::Tasks;
 
 /// Most rows sent in one coalesced `PredictBatch`; nodes must accept batches this large
 /// (their default `max_batch` is 1024, the proto's bound).
@@ -72,10 +74,10 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the coalescing task for the node behind `client`.
-    pub fn spawn(client: PredictorClient<Channel>) -> Self {
+    /// Starts the coalescing task for the node behind `client`, owned by `tasks`.
+    pub fn spawn(client: PredictorClient<Channel>, tasks: &Tasks) -> Self {
         let (queue_tx, queue_rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(client, queue_rx));
+        tasks.spawn(run(client, queue_rx, tasks.clone()));
         Batcher { queue_tx }
     }
 
@@ -105,9 +107,20 @@ impl Batcher {
     }
 }
 
-async fn run(client: PredictorClient<Channel>, mut queue_rx: mpsc::Receiver<Pending>) {
+async fn run(
+    client: PredictorClient<Channel>,
+    mut queue_rx: mpsc::Receiver<Pending>,
+    tasks: Tasks,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BATCHES));
-    while let Some(first) = queue_rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            () = tasks.cancelled() => return,
+            pending = queue_rx.recv() => match pending {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
         // Wait for a call slot first, so rows queued meanwhile join this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return; // never closed while we hold it
@@ -135,7 +148,7 @@ async fn run(client: PredictorClient<Channel>, mut queue_rx: mpsc::Receiver<Pend
             continue;
         }
         let mut client = client.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             call_batch(&mut client, batch).await;
         });
@@ -252,7 +265,11 @@ mod tests {
                 .add_service(PredictorServer::new(node))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        (Member::new("n", addr.to_string()).unwrap(), calls, rows)
+        (
+            Member::new("n", addr.to_string(), &Tasks::new()).unwrap(),
+            calls,
+            rows,
+        )
     }
 
     /// A lone request is sent at once as a batch of one.

@@ -34,6 +34,7 @@ use crate::fanout::{ask_all, ask_all_batch, Call, CallResult, Fleet, Member};
 use crate::policy::{
     combine, should_ask, Consensus, NodeAnswer, NodeId, Policy, Stake, Trust, INITIAL_TRUST,
 };
+use crate::tasks::Tasks;
 
 /// Default time the aggregator waits for the nodes.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(250);
@@ -564,7 +565,8 @@ pub fn decide(
 }
 
 /// Convenience for tests and tools: a fixed fleet at `addresses` with the default knobs
-/// for `mean`.
+/// for `mean`. Its batchers belong to a task set of their own and end when the returned
+/// aggregator (and with it the fleet) is dropped.
 pub fn mean_over(
     addresses: &[(&str, &str)],
     deadline: Duration,
@@ -572,7 +574,7 @@ pub fn mean_over(
 ) -> Result<Arc<Aggregator>> {
     let members = addresses
         .iter()
-        .map(|(id, addr)| Member::new(*id, *addr))
+        .map(|(id, addr)| Member::new(*id, *addr, &Tasks::new()))
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(Aggregator::new(
         Fleet::fixed(members),
@@ -695,7 +697,8 @@ mod tests {
             calls.extend((0..late).map(|i| call(&format!("late{i}"), CallResult::TimedOut)));
             let skipped = (0..ejected)
                 .map(|i| {
-                    let member = Member::new(format!("e{i}"), "127.0.0.1:1").unwrap();
+                    let member =
+                        Member::new(format!("e{i}"), "127.0.0.1:1", &Tasks::new()).unwrap();
                     (
                         member,
                         Standing {
@@ -746,8 +749,8 @@ mod tests {
     /// Ejected and never-staked nodes are listed, not asked, and carry their standing.
     #[tokio::test]
     async fn ejected_listed() {
-        let member = Member::new("poor", "127.0.0.1:1").unwrap();
-        let sybil = Member::new("sybil", "127.0.0.1:2").unwrap();
+        let member = Member::new("poor", "127.0.0.1:1", &Tasks::new()).unwrap();
+        let sybil = Member::new("sybil", "127.0.0.1:2", &Tasks::new()).unwrap();
         let standing = Standing {
             trust: 0.1,
             stake: 5,

@@ -34,7 +34,6 @@ use concord::pb::registry::v1::Instance;
 use concord_node::{METADATA_NODE_ID, PREDICTOR_SERVICE};
 use futures::future::join_all;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Request;
@@ -43,6 +42,7 @@ use tracing::Instrument;
 use crate::batcher::Batcher;
 use crate::error::{Error, Result};
 use crate::policy::NodeId;
+use crate::tasks::Tasks;
 
 /// One prediction node as the aggregator knows it.
 #[derive(Debug, Clone)]
@@ -58,8 +58,13 @@ pub struct Member {
 }
 
 impl Member {
-    /// A member dialling `address` lazily (nothing is connected until the first call).
-    pub fn new(node_id: impl Into<NodeId>, address: impl Into<String>) -> Result<Self> {
+    /// A member dialling `address` lazily (nothing is connected until the first call);
+    /// its batcher task belongs to `tasks`.
+    pub fn new(
+        node_id: impl Into<NodeId>,
+        address: impl Into<String>,
+        tasks: &Tasks,
+    ) -> Result<Self> {
         let address = address.into();
         let node_id = node_id.into();
         // Over TLS the node must prove it is this node id (its certificate), so no other
@@ -75,7 +80,7 @@ impl Member {
         Ok(Member {
             node_id,
             address,
-            batcher: Batcher::spawn(client.clone()),
+            batcher: Batcher::spawn(client.clone(), tasks),
             client,
         })
     }
@@ -128,18 +133,15 @@ impl std::fmt::Debug for Fleet {
 }
 
 impl Fleet {
-    /// Follows the `predictor` service in the registry at `registry_addr` until `stop_rx`
-    /// turns `true` (or its sender is dropped). The caller owns the returned task and
-    /// joins it after signalling stop.
-    pub fn follow(
-        registry_addr: &str,
-        stop_rx: watch::Receiver<bool>,
-    ) -> Result<(Self, JoinHandle<()>)> {
+    /// Follows the `predictor` service in the registry at `registry_addr` until `tasks`
+    /// is cancelled; the follower and every member's batcher belong to `tasks`, which
+    /// joins them.
+    pub fn follow(registry_addr: &str, tasks: &Tasks) -> Result<Self> {
         let watch = ServiceWatch::spawn(registry_addr, PREDICTOR_SERVICE)
             .map_err(|e| Error::Config(format!("bad registry address {registry_addr:?}: {e}")))?;
         let (members_tx, members_rx) = watch::channel(Arc::from(Vec::new()));
-        let task = tokio::spawn(follow_registry(watch, members_tx, stop_rx));
-        Ok((Fleet { members_rx }, task))
+        tasks.spawn(follow_registry(watch, members_tx, tasks.clone()));
+        Ok(Fleet { members_rx })
     }
 
     /// A fleet that never changes (tests, benches, a registry-less setup).
@@ -165,13 +167,13 @@ impl Fleet {
 async fn follow_registry(
     watch: ServiceWatch,
     members_tx: watch::Sender<Arc<[Member]>>,
-    mut stop_rx: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
     let mut instances_rx = watch.subscribe();
     loop {
         let instances = instances_rx.borrow_and_update().instances.clone();
         let previous = members_tx.borrow().clone();
-        let next = rebuild(&previous, &instances);
+        let next = rebuild(&previous, &instances, &tasks);
         if next.len() != previous.len()
             || next
                 .iter()
@@ -184,11 +186,11 @@ async fn follow_registry(
         }
         let watch_ended = tokio::select! {
             changed = instances_rx.changed() => changed.is_err(),
-            _ = stop_rx.wait_for(|stop| *stop) => return,
+            () = tasks.cancelled() => return,
         };
         if watch_ended {
             tracing::error!("registry watch ended; keeping the last fleet");
-            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tasks.cancelled().await;
             return;
         }
     }
@@ -196,7 +198,7 @@ async fn follow_registry(
 
 /// The member list for `instances`, reusing the channels of `previous` members at the same
 /// address with the same id. Sorted by node id so replies list nodes in a stable order.
-fn rebuild(previous: &[Member], instances: &[Instance]) -> Vec<Member> {
+fn rebuild(previous: &[Member], instances: &[Instance], tasks: &Tasks) -> Vec<Member> {
     let mut newest: HashMap<NodeId, &Instance> = HashMap::new();
     for instance in instances {
         let id = instance_node_id(instance);
@@ -216,7 +218,7 @@ fn rebuild(previous: &[Member], instances: &[Instance]) -> Vec<Member> {
             {
                 return Some(old.clone());
             }
-            match Member::new(node_id, instance.address.clone()) {
+            match Member::new(node_id, instance.address.clone(), tasks) {
                 Ok(member) => Some(member),
                 Err(err) => {
                     tracing::error!(%err, address = %instance.address, "ignoring a node we cannot dial");
@@ -428,7 +430,7 @@ mod tests {
             ),
         ];
         for (instances, want) in cases {
-            let members = rebuild(&[], &instances);
+            let members = rebuild(&[], &instances, &Tasks::new());
             assert_eq!(ids(&members), want);
         }
     }
@@ -436,14 +438,16 @@ mod tests {
     /// A node that leaves the registry leaves the fleet.
     #[tokio::test]
     async fn rebuild_reuses_channels() {
+        let tasks = Tasks::new();
         let first = rebuild(
             &[],
             &[
                 instance("127.0.0.1:1", Some("a"), 1),
                 instance("127.0.0.1:2", Some("b"), 1),
             ],
+            &tasks,
         );
-        let second = rebuild(&first, &[instance("127.0.0.1:1", Some("a"), 1)]);
+        let second = rebuild(&first, &[instance("127.0.0.1:1", Some("a"), 1)], &tasks);
         assert_eq!(ids(&second), vec![("a", "127.0.0.1:1")]);
     }
 
@@ -453,7 +457,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let members = vec![Member::new("gone", addr.to_string()).unwrap()];
+        let members = vec![Member::new("gone", addr.to_string(), &Tasks::new()).unwrap()];
         let deadline = Duration::from_millis(300);
         let calls = ask_all(&members, &[1.0; 4], deadline).await;
         assert_eq!(calls.len(), 1);

@@ -12,10 +12,12 @@
 //! - coalescing concurrent single predictions into one batch per node → `batcher.rs`
 //! - the consensus path (validate, weigh, ask, quorum, combine, explain) → `consensus.rs`
 //! - weighting policies, trust update, slashing formula → `policy.rs`
-//! - sled ledger (accounts + hash-chained events) → `ledger.rs`
+//! - sled ledger (accounts + hash-chained events) → `ledger/` (event, state + `apply`,
+//!   transaction, stored encoding, operations, verify)
 //! - ledger + request memory shared by Predict and Staking → `book.rs`, `outcomes.rs`
 //! - tonic handlers → `service.rs` (Predictor), `staking.rs` (Staking)
-//! - pb ↔ domain → `convert.rs`; process lifecycle → `server.rs`; errors → `error.rs`
+//! - pb ↔ domain → `convert.rs`; process lifecycle → `server.rs`; errors and their gRPC
+//!   codes → `error.rs`; the owner of every spawned task (cancel + join) → `tasks.rs`
 //! - policy simulation backing the default knobs → `simulation.rs`
 
 pub mod batcher;
@@ -32,9 +34,11 @@ mod server;
 pub mod service;
 pub mod simulation;
 pub mod staking;
+pub mod tasks;
 
 pub use consensus::{Aggregator, ConsensusConfig, Decision, Vote, VoteStatus};
 pub use error::{Error, Result};
 pub use fanout::{Fleet, Member};
 pub use server::{serve, AggregatorConfig, LedgerConfig, AGGREGATOR_SERVICE};
 pub use service::AggregatorService;
+pub use tasks::Tasks;

@@ -65,6 +65,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use strum::IntoEnumIterator;
+
 /// Identifies a node (its registry instance id).
 pub type NodeId = String;
 /// Token amount. Integer on purpose: money is never a float.
@@ -79,8 +81,10 @@ pub const INITIAL_TRUST: Trust = 0.5;
 /// Denominator of [`ScoringParams::slash_bps`].
 pub const BASIS_POINTS: u64 = 10_000;
 
-/// How answers are weighted. Chosen per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How answers are weighted. Chosen per request. Its snake-case name (`mean`, `trust`,
+/// `stake`) is the name flags, metrics and logs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
 pub enum Policy {
     /// Plain average of every answer; the baseline whose weights ignore trust and stake
     /// (and so has no sybil resistance: every registered node counts).
@@ -95,11 +99,7 @@ pub enum Policy {
 impl Policy {
     /// The wire name (`mean`, `trust`, `stake`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Mean => "mean",
-            Policy::Trust => "trust",
-            Policy::Stake => "stake",
-        }
+        self.into()
     }
 }
 
@@ -114,12 +114,13 @@ impl FromStr for Policy {
 
     /// Case-insensitive; the empty string means the default (`stake`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "stake" => Ok(Policy::Stake),
-            "trust" => Ok(Policy::Trust),
-            "mean" => Ok(Policy::Mean),
-            _ => Err(PolicyError::UnknownPolicy(s.to_string())),
+        let name = s.trim();
+        if name.is_empty() {
+            return Ok(Policy::default());
         }
+        Policy::iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| PolicyError::UnknownPolicy(s.to_string()))
     }
 }
 

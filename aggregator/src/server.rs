@@ -5,8 +5,9 @@
 //! registers itself as service [`AGGREGATOR_SERVICE`] so the gateway can find it.
 //!
 //! Shutdown: when `shutdown` resolves, health turns NOT_SERVING, the registration is
-//! removed, the fleet watcher and staking streams are told to stop, in-flight calls drain
-//! (bounded by `concord::grpc::SHUTDOWN_GRACE`), and the fleet task is joined.
+//! removed, every task of the aggregator ([`Tasks`]: fleet follower, batchers, staking
+//! streams) is cancelled, in-flight calls drain (bounded by
+//! `concord::grpc::SHUTDOWN_GRACE`), and all those tasks are joined before `serve` returns.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +18,6 @@ use std::time::Duration;
 use concord::discovery::{LeaseKeeper, Registration};
 use concord::pb::predict::v1::predictor_server::PredictorServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::book::StakeBook;
 use crate::consensus::{Aggregator, ConsensusConfig};
@@ -27,6 +27,7 @@ use crate::outcomes::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use crate::policy::ScoringParams;
 use crate::service::AggregatorService;
 use crate::staking::{StakingAuth, StakingService};
+use crate::tasks::Tasks;
 
 /// Registry service name of the aggregator.
 pub const AGGREGATOR_SERVICE: &str = concord::identity::AGGREGATOR_SERVICE;
@@ -113,7 +114,7 @@ pub async fn serve(
     let local_addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no local address: {e}")))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = Tasks::new();
     let book = match &config.ledger {
         Some(ledger) => Some(
             StakeBook::open(
@@ -128,7 +129,7 @@ pub async fn serve(
         ),
         None => None,
     };
-    let (fleet, fleet_task) = Fleet::follow(&config.registry, stop_rx.clone())?;
+    let fleet = Fleet::follow(&config.registry, &tasks)?;
     let aggregator = Arc::new(Aggregator::new(
         fleet,
         book.clone(),
@@ -149,7 +150,7 @@ pub async fn serve(
         .await;
     let mut router = router.add_service(PredictorServer::new(AggregatorService::new(aggregator)));
     if let Some((book, ledger)) = staking {
-        let staking = StakingService::new(book, ledger.auth.clone(), stop_rx.clone()).into_server();
+        let staking = StakingService::new(book, ledger.auth.clone(), tasks.clone()).into_server();
         router = router.add_service(staking);
     }
     let keeper = LeaseKeeper::spawn(
@@ -173,18 +174,17 @@ pub async fn serve(
         "aggregator listening"
     );
 
+    let stopping = tasks.clone();
     let stop = async move {
         shutdown.await;
         tracing::info!("aggregator shutting down");
         health
             .set_not_serving::<PredictorServer<AggregatorService>>()
             .await;
-        let _ = stop_tx.send(true);
+        stopping.cancel();
         keeper.deregister().await;
     };
     let served = concord::grpc::serve(router, listener, stop).await;
-    if let Err(err) = fleet_task.await {
-        tracing::error!(%err, "fleet task failed");
-    }
+    tasks.join().await;
     served.map_err(|e| Error::Internal(format!("server failed: {e}")))
 }

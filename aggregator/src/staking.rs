@@ -1,6 +1,6 @@
 //! The `concord.stake.v1.Staking` gRPC service: converts requests, checks credentials,
 //! calls the ledger ([`crate::ledger`]) and the outcome memory ([`crate::outcomes`]) and
-//! converts replies. No ledger logic lives here.
+//! converts replies (through [`crate::convert`]). No ledger logic lives here.
 //!
 //! Authentication:
 //! - `Stake`/`Unstake` need the cluster credential of the node named in the request
@@ -17,7 +17,8 @@
 //! - Reads (`GetAccount`, `ListAccounts`, `ListEvents`, `WatchEvents`, `VerifyLedger`)
 //!   are public.
 //!
-//! Error mapping (the single place, via [`concord::error::Classify`]): invalid input →
+//! Error mapping (classified once in [`crate::error`], converted by
+//! [`concord::error::to_status`]): invalid input →
 //! `INVALID_ARGUMENT` (including a stake above
 //! [`MAX_STAKE_PER_CALL`](crate::ledger::MAX_STAKE_PER_CALL) per call, wrong in any
 //! state); unknown account, unknown or expired request → `NOT_FOUND`; an `only_if_new`
@@ -35,29 +36,29 @@
 //! (backpressure), and when it falls more than [`crate::ledger::EVENT_CHANNEL_CAPACITY`]
 //! events behind the live feed it re-reads the missed events from the log, so a watcher
 //! sees every event exactly once, in order. The task ends when the client goes away or
-//! the server shuts down.
+//! the server shuts down: it belongs to the server's [`Tasks`], which cancels it and
+//! joins it before `serve` returns.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use concord::auth::AuthError;
-use concord::error::{quote, to_status, Classify, ErrorKind};
+use concord::error::{quote, to_status, Classify};
 use concord::identity::{authenticate_metadata, ClusterSecret, Principal, Verifier};
 use concord::pb::stake::v1 as pb;
 use concord::pb::stake::v1::staking_server::{Staking, StakingServer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::book::{blocking, StakeBook};
-use crate::ledger::{
-    check_node_id, check_request_id, Account, Event, EventKind, LedgerError, Totals, VerifyReport,
-};
-use crate::outcomes::{OutcomeError, ReportResult};
-use crate::policy::{Policy, PolicyError};
+use crate::convert::{account_to_pb, event_to_pb, report_to_pb, totals_to_pb, verify_to_pb};
+use crate::ledger::{check_node_id, check_request_id, Event, LedgerError};
+use crate::outcomes::ReportResult;
+use crate::tasks::Tasks;
 
 /// Events buffered per watcher before the feeding task waits for the client.
 pub const WATCH_CHANNEL_CAPACITY: usize = 64;
@@ -92,52 +93,6 @@ pub enum AccessError {
     Denied(String),
 }
 
-impl Classify for AccessError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            AccessError::Unauthenticated(_) => ErrorKind::Unauthenticated,
-            AccessError::Denied(_) => ErrorKind::PermissionDenied,
-        }
-    }
-}
-
-impl Classify for LedgerError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            LedgerError::InvalidArgument(_) => ErrorKind::InvalidArgument,
-            LedgerError::NotFound(_) => ErrorKind::NotFound,
-            LedgerError::InsufficientStake { .. } | LedgerError::WouldOverflow(_) => {
-                ErrorKind::FailedPrecondition
-            }
-            LedgerError::AlreadyScored { .. } | LedgerError::AccountExists(_) => {
-                ErrorKind::AlreadyExists
-            }
-            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-impl Classify for OutcomeError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            OutcomeError::UnknownRequest { .. } | OutcomeError::Expired { .. } => {
-                ErrorKind::NotFound
-            }
-            OutcomeError::InvalidLabel { .. } => ErrorKind::InvalidArgument,
-            OutcomeError::Ledger(e) => e.kind(),
-        }
-    }
-}
-
-impl Classify for PolicyError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            PolicyError::UnknownPolicy(_) => ErrorKind::InvalidArgument,
-            PolicyError::NoEligibleAnswers { .. } => ErrorKind::Unavailable,
-        }
-    }
-}
-
 fn status<E: Classify>(e: E) -> Status {
     to_status(&e)
 }
@@ -148,17 +103,18 @@ pub struct StakingService {
     book: StakeBook,
     verifier: Verifier,
     oracle_token: String,
-    stop_rx: watch::Receiver<bool>,
+    tasks: Tasks,
 }
 
 impl StakingService {
-    /// Serves `book`; watch streams end when `stop_rx` becomes `true` (or its sender drops).
-    pub fn new(book: StakeBook, auth: StakingAuth, stop_rx: watch::Receiver<bool>) -> Self {
+    /// Serves `book`; each `WatchEvents` feeder is one of `tasks` and ends when they are
+    /// cancelled.
+    pub fn new(book: StakeBook, auth: StakingAuth, tasks: Tasks) -> Self {
         Self {
             book,
             verifier: Verifier::Secret(auth.cluster_secret),
             oracle_token: auth.oracle_token,
-            stop_rx,
+            tasks,
         }
     }
 
@@ -326,12 +282,12 @@ impl Staking for StakingService {
         // Subscribe before reading the log so nothing falls between the two.
         let live_rx = self.book.ledger().subscribe();
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
-        tokio::spawn(feed_watcher(
+        self.tasks.spawn(feed_watcher(
             self.book.clone(),
             after_seq,
             live_rx,
             tx,
-            self.stop_rx.clone(),
+            self.tasks.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -352,33 +308,10 @@ impl Staking for StakingService {
             .report_outcome(request_id, true_label)
             .await
             .map_err(status)?;
-        let consensus_correct = report.consensus_correct.unwrap_or(false);
-        let reply = match report.result {
-            ReportResult::AlreadyReported { seq } => {
-                tracing::info!(seq, "outcome already reported; nothing changed");
-                pb::ReportOutcomeResponse {
-                    already_reported: true,
-                    scores: Vec::new(),
-                    consensus_correct,
-                }
-            }
-            ReportResult::Scored(scores) => pb::ReportOutcomeResponse {
-                already_reported: false,
-                scores: scores
-                    .iter()
-                    .map(|s| pb::NodeScore {
-                        node_id: s.change.node_id.clone(),
-                        predicted_label: s.predicted_label,
-                        correct: s.change.correct,
-                        stake_delta: signed_delta(s.change.reward, s.change.slashed),
-                        stake_after: s.change.stake_after,
-                        trust_after: s.change.trust_after,
-                        ejected: s.change.ejected,
-                    })
-                    .collect(),
-                consensus_correct,
-            },
-        };
+        if let ReportResult::AlreadyReported { seq } = report.result {
+            tracing::info!(seq, "outcome already reported; nothing changed");
+        }
+        let reply = report_to_pb(&report);
         Ok(Response::new(reply))
     }
 
@@ -389,7 +322,7 @@ impl Staking for StakingService {
         let ledger = self.book.ledger().clone();
         let report = blocking(move || ledger.verify()).await.map_err(status)?;
         if let Some(bad) = &report.first_inconsistency {
-            tracing::error!(seq = ?bad.seq, node = ?bad.node_id, problem = %bad.message, "ledger verification failed");
+            tracing::error!(seq = ?bad.seq, node = ?bad.node_id, problem = %bad, "ledger verification failed");
         }
         Ok(Response::new(verify_to_pb(&report)))
     }
@@ -401,7 +334,7 @@ async fn feed_watcher(
     mut last: u64,
     mut live_rx: broadcast::Receiver<Event>,
     tx: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
-    mut stop_rx: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
     const CATCH_UP_PAGE: usize = 256;
     let send = |e: &Event| {
@@ -436,7 +369,7 @@ async fn feed_watcher(
         // 2. Live events; fall back to the log on a gap or lag.
         loop {
             tokio::select! {
-                _ = stop_rx.changed() => return,
+                () = tasks.cancelled() => return,
                 () = tx.closed() => return,
                 received = live_rx.recv() => match received {
                     Ok(e) if e.seq <= last => {}
@@ -451,118 +384,10 @@ async fn feed_watcher(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
-            if *stop_rx.borrow() {
+            if tasks.is_cancelled() {
                 return;
             }
         }
-    }
-}
-
-/// Wire policy (`concord.predict.v1.Policy` as i32) → domain; unspecified means `stake`.
-pub fn policy_from_pb(value: i32) -> Result<Policy, PolicyError> {
-    use concord::pb::predict::v1::Policy as P;
-    match P::try_from(value) {
-        Ok(P::Unspecified) | Ok(P::Stake) => Ok(Policy::Stake),
-        Ok(P::Mean) => Ok(Policy::Mean),
-        Ok(P::Trust) => Ok(Policy::Trust),
-        Err(_) => Err(PolicyError::UnknownPolicy(value.to_string())),
-    }
-}
-
-/// Domain policy → wire (`concord.predict.v1.Policy` as i32).
-pub fn policy_to_pb(policy: Policy) -> i32 {
-    use concord::pb::predict::v1::Policy as P;
-    match policy {
-        Policy::Mean => P::Mean as i32,
-        Policy::Trust => P::Trust as i32,
-        Policy::Stake => P::Stake as i32,
-    }
-}
-
-fn signed_delta(reward: u64, slashed: u64) -> i64 {
-    let reward = i64::try_from(reward).unwrap_or(i64::MAX);
-    let slashed = i64::try_from(slashed).unwrap_or(i64::MAX);
-    reward - slashed
-}
-
-/// Domain account → wire.
-pub fn account_to_pb(a: &Account) -> pb::Account {
-    pb::Account {
-        node_id: a.node_id.clone(),
-        stake: a.stake,
-        trust: a.trust(),
-        ejected: a.ejected,
-        correct: a.right,
-        wrong: a.wrong,
-        last_event_seq: a.last_seq,
-    }
-}
-
-/// Domain event → wire.
-pub fn event_to_pb(e: &Event) -> pb::Event {
-    let kind = match e.kind {
-        EventKind::Grant => pb::EventKind::Grant,
-        EventKind::Stake => pb::EventKind::Stake,
-        EventKind::Unstake => pb::EventKind::Unstake,
-        EventKind::Reward => pb::EventKind::Reward,
-        EventKind::Slash => pb::EventKind::Slash,
-        EventKind::Eject => pb::EventKind::Eject,
-        EventKind::Rejoin => pb::EventKind::Rejoin,
-    };
-    pb::Event {
-        seq: e.seq,
-        at_unix_ms: i64::try_from(e.at_ms).unwrap_or(i64::MAX),
-        node_id: e.node_id.clone(),
-        kind: kind as i32,
-        amount: e.amount,
-        stake_after: e.stake_after,
-        trust_after: e.trust_after(),
-        request_id: e.request_id.clone().unwrap_or_default(),
-        prev_hash: e.prev_hash.clone(),
-        hash: e.hash.clone(),
-    }
-}
-
-/// Domain totals → wire, exactly: a sum that does not fit `uint64` is an error (the ledger
-/// never writes one; only a corrupt or pre-check ledger can hold it), never a capped value.
-fn totals_to_pb(t: &Totals, staked: u128, events: u64) -> Result<pb::Totals, LedgerError> {
-    let fit = |name: &str, v: u128| {
-        u64::try_from(v).map_err(|_| {
-            LedgerError::Corrupt(format!(
-                "{name} {v} does not fit uint64; VerifyLedger shows where the ledger went wrong"
-            ))
-        })
-    };
-    Ok(pb::Totals {
-        staked: fit("total stake", staked)?,
-        minted: fit("total minted", t.minted())?,
-        burned: t.burned,
-        deposited: t.deposited,
-        withdrawn: t.withdrawn,
-        events,
-    })
-}
-
-fn verify_to_pb(r: &VerifyReport) -> pb::VerifyLedgerResponse {
-    let (first_bad_seq, problem) = match &r.first_inconsistency {
-        None => (0, String::new()),
-        Some(bad) => {
-            let problem = match &bad.node_id {
-                Some(node) => format!("{} (node {})", bad.message, quote(node)),
-                None => bad.message.clone(),
-            };
-            (bad.seq.unwrap_or(0), problem)
-        }
-    };
-    pb::VerifyLedgerResponse {
-        ok: r.ok(),
-        events_checked: r.events_checked,
-        head_hash: r.head.hash.clone(),
-        first_bad_seq,
-        problem,
-        // Replayed totals are range-checked by verify; if they still do not fit, `ok` is
-        // false and `problem` says why, so leave them out rather than cap them.
-        totals: totals_to_pb(&r.replayed, r.replayed_stake_sum, r.events_checked).ok(),
     }
 }
 
@@ -575,41 +400,28 @@ pub async fn serve_staking(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = Tasks::new();
     let (router, health) =
         concord::grpc::router(&[concord::pb::stake::v1::staking_server::SERVICE_NAME]);
     health.set_serving::<StakingServer<StakingService>>().await;
-    let router = router.add_service(StakingService::new(book, auth, stop_rx).into_server());
+    let router = router.add_service(StakingService::new(book, auth, tasks.clone()).into_server());
     tracing::info!(addr = ?listener.local_addr().ok(), "staking serving");
-    concord::grpc::serve(router, listener, async move {
+    let stop = tasks.clone();
+    let served = concord::grpc::serve(router, listener, async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
     })
-    .await
+    .await;
+    tasks.join().await;
+    served
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcomes::OutcomeError;
+    use crate::policy::PolicyError;
     use tonic::Code;
-
-    /// Wire policies map to domain ones; unspecified is the default, junk is rejected.
-    #[test]
-    fn policy_conversion() {
-        let cases = [
-            (0, Some(Policy::Stake)),
-            (1, Some(Policy::Mean)),
-            (2, Some(Policy::Trust)),
-            (3, Some(Policy::Stake)),
-            (99, None),
-        ];
-        for (wire, want) in cases {
-            assert_eq!(policy_from_pb(wire).ok(), want, "{wire}");
-        }
-        for p in [Policy::Mean, Policy::Trust, Policy::Stake] {
-            assert_eq!(policy_from_pb(policy_to_pb(p)), Ok(p));
-        }
-    }
 
     /// Every domain error lands on the documented gRPC code.
     #[test]

@@ -12,7 +12,9 @@ use concord::pb::stake::v1::{
     WatchEventsRequest,
 };
 use concord_aggregator::book::StakeBook;
-use concord_aggregator::ledger::{event_hash, Account, Event, EventKind, Head, TRUST_SCALE};
+use concord_aggregator::ledger::{
+    event_hash, record, Account, Event, EventKind, Head, TRUST_SCALE,
+};
 use concord_aggregator::outcomes::{RecentRequests, DEFAULT_TTL};
 use concord_aggregator::policy::{NodeAnswer, Policy, ScoringParams};
 use concord_aggregator::staking::serve_staking;
@@ -85,7 +87,8 @@ fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("ledger")
 }
 
-/// Writes a ledger the way the code before "no mint on first sight" left it: each
+/// Writes a ledger the way the code before "no mint on first sight" left it (in the JSON
+/// records of that time, which the ledger migrates on open): each
 /// account opened by a `grant` event (trust 0.5), in one sled batch.
 fn write_legacy_ledger(path: &Path, grants: &[(String, u64)]) {
     let db = sled::open(path).expect("open raw");
@@ -818,18 +821,18 @@ async fn tampered_event_is_detected() {
     drop(client);
     server.stop().await;
 
-    // Give node b's slash (event 4) back to it by editing the stored JSON.
+    // Give node b's slash (event 4) back to it by editing the stored record.
     {
         let db = sled::open(db_path(&dir)).expect("open raw");
         let events = db.open_tree("events").expect("tree");
         let key = 4u64.to_be_bytes();
         let raw = events.get(key).expect("get").expect("event 4");
-        let mut event: serde_json::Value = serde_json::from_slice(&raw).expect("json");
-        assert_eq!(event["kind"], "slash");
-        event["amount"] = serde_json::json!(0);
-        event["stake_after"] = serde_json::json!(1000);
+        let mut event = record::decode_event(&raw).expect("decode");
+        assert_eq!(event.kind, EventKind::Slash);
+        event.amount = 0;
+        event.stake_after = 1000;
         events
-            .insert(key, serde_json::to_vec(&event).expect("encode"))
+            .insert(key, record::encode_event(&event).expect("encode"))
             .expect("tamper");
         db.flush().expect("flush");
     }
