@@ -9,15 +9,17 @@
 //! 2. it gets the next LSN and its [`WalEntry`];
 //! 3. the batch's entries are appended to the WAL and made durable with ONE `fdatasync`
 //!    (group commit) — from here the write survives a crash;
-//! 4. they are applied to the sled trees with plain inserts (readers are held off for
-//!    that moment by [`Store::read_view`], so they never see half a write) and sled's
-//!    `meta/last_lsn` (the applied LSN) moves to the batch's last LSN;
+//! 4. they are applied to the sled trees with plain inserts, one per key the batch
+//!    touched (its final state; readers are held off for that moment by
+//!    [`Store::read_view`], so they never see half a write), and the applied LSN moves
+//!    to the batch's last LSN;
 //! 5. they are published to the WAL shipper (in-memory tail + watch) and the callers get
 //!    their replies (in sync mode the service then waits for the replica's ack).
 //!
 //! Nothing reaches sled before its WAL record is durable, so sled is never ahead of the
 //! log. sled is not flushed on the write path: a checkpointer thread flushes it in the
-//! background ([`CHECKPOINT_INTERVAL`]); `meta/last_lsn` on disk is then the checkpoint.
+//! background ([`CHECKPOINT_INTERVAL`]), writing the applied LSN to `meta/last_lsn` just
+//! before each flush, so `meta/last_lsn` on disk is the checkpoint.
 //! [`Store::open`] replays the WAL above it (sled recovers a prefix of its own log, and
 //! replaying physical puts/deletes in LSN order from an older point gives the same state).
 //!
