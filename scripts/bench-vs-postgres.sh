@@ -96,7 +96,7 @@ pg_run() { # concurrency -> tps
 # credential (shops replicate only with a shop), the bench the admin token (environment,
 # not arguments).
 mkdir -p -m 700 "$WORK/cluster/secrets"
-for f in cluster-secret admin-token oracle-token; do
+for f in cluster-secret admin-token oracle-token session-key; do
   (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$WORK/cluster/secrets/$f")
 done
 CONCORD_CREDENTIAL=$("$CONCORD" token credential shop --data-dir "$WORK/cluster")

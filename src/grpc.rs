@@ -61,15 +61,26 @@ pub fn new_request_id() -> String {
     )
 }
 
+/// The request's span. When no subscriber wants it (the default: debug spans off, no OTLP
+/// export) it costs nothing per request: the id is made and the trace context parsed only
+/// for an enabled span.
 fn request_span(request: &http::Request<()>) -> tracing::Span {
-    let request_id = request
+    let span = tracing::debug_span!(
+        "grpc",
+        method = %request.uri().path(),
+        request_id = tracing::field::Empty
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    match request
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    let span =
-        tracing::debug_span!("grpc", method = %request.uri().path(), request_id = %request_id);
+    {
+        Some(id) => span.record("request_id", id),
+        None => span.record("request_id", new_request_id()),
+    };
     // A caller's W3C `traceparent` makes this call a child of the caller's span.
     crate::telemetry::continue_trace(&span, request.headers());
     span

@@ -14,6 +14,16 @@
 //! passes its size limit the next batch starts a new one (the directory is synced so the
 //! new file's name is durable before anything in it is acknowledged).
 //!
+//! **Preallocation** (PostgreSQL's design): a segment's file is extended with written
+//! zeros ahead of the records, [`PREALLOC_CHUNK`] at a time. An append then overwrites
+//! blocks that already exist, so its `fdatasync` flushes data only; appending past the
+//! end of the file would change its size and make every `fdatasync` also commit the
+//! filesystem journal (on ext4 here: 3 device writes per sync instead of 2, and about
+//! 25 % more latency; `fallocate` would not help, as its unwritten extents are converted,
+//! a metadata change, on first write). One sync in a chunk's worth of writes pays for it.
+//! The zeros after the last record are the log's clean end: an all-zero rest of a
+//! segment is not a record.
+//!
 //! Recovery ([`SegmentLog::open`]) reads every segment and checks each record's length,
 //! checksum, format and LSN:
 //! - a bad record at the end of the LAST segment, with no valid record after it, is a torn
@@ -38,6 +48,10 @@ const HEADER: usize = 8;
 const MAX_RECORD: usize = 64 * 1024 * 1024;
 /// Default size after which a new segment starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// How far ahead of the records a segment's file is zero-filled (module docs).
+pub const PREALLOC_CHUNK: u64 = 1024 * 1024;
+/// Preallocation is rounded up to whole pages.
+const PAGE: u64 = 4096;
 
 /// One segment file and the offset of each of its records.
 struct Segment {
@@ -46,8 +60,10 @@ struct Segment {
     file: File,
     /// Byte offset of record `first_lsn + i`.
     offsets: Vec<u64>,
-    /// Bytes of valid records (the file's length after recovery and each append).
+    /// Bytes of valid records (where the next append goes).
     len: u64,
+    /// The file's length: zeros from `len` up to here (module docs, preallocation).
+    allocated: u64,
 }
 
 impl Segment {
@@ -149,6 +165,7 @@ fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<Segment> {
         file,
         offsets: Vec::new(),
         len: 0,
+        allocated: 0,
     })
 }
 
@@ -208,6 +225,10 @@ impl SegmentLog {
                     Ok((entry, _)) => format!("LSN {} where {expected} was expected", entry.lsn),
                     Err(why) => why,
                 };
+                if bytes[pos..].iter().all(|&b| b == 0) {
+                    // The preallocated zeros after the last record: the clean end.
+                    break;
+                }
                 // A valid next record means this one was written and synced before it:
                 // corruption, not a torn append.
                 let valid_after = parse_len(&bytes, pos)
@@ -222,12 +243,15 @@ impl SegmentLog {
                         path.display()
                     )));
                 }
-                let dropped = (bytes.len() - pos) as u64;
+                let written_end = bytes.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
+                let dropped = (written_end - pos) as u64;
                 tracing::warn!(file = %path.display(), offset = pos, dropped, reason = %bad,
                     "WAL: dropping a torn record at the tail (never acknowledged)");
-                file.set_len(pos as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| io_err("truncate", &path, e))?;
+                // Zeroed, not truncated: the allocation stays, and no byte of the torn
+                // batch can be read as a record once shorter records overwrite it.
+                file.write_all_at(&vec![0u8; bytes.len() - pos], pos as u64)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| io_err("zero the torn tail of", &path, e))?;
                 recovered.torn_tail = Some((path.clone(), pos as u64, dropped));
                 break;
             }
@@ -238,6 +262,7 @@ impl SegmentLog {
                 file,
                 offsets,
                 len: pos as u64,
+                allocated: bytes.len() as u64,
             });
         }
         if segments.is_empty() {
@@ -306,7 +331,16 @@ impl SegmentLog {
             frame(entry, &mut buf);
         }
         let path = &segment.path;
-        // Positioned at the end of the valid records: a torn tail cut off at recovery is
+        let end = segment.len + buf.len() as u64;
+        if end > segment.allocated {
+            // Zero-fill the next chunk in the same write; this batch's sync also makes
+            // the new size durable (module docs, preallocation).
+            let chunk = self.segment_bytes.clamp(PAGE, PREALLOC_CHUNK);
+            let allocated = (end + chunk).div_ceil(PAGE) * PAGE;
+            buf.resize((allocated - segment.len) as usize, 0);
+            segment.allocated = allocated;
+        }
+        // Positioned at the end of the valid records: a torn tail zeroed at recovery is
         // overwritten, never appended after.
         segment
             .file
@@ -316,7 +350,7 @@ impl SegmentLog {
             .file
             .sync_data()
             .map_err(|e| io_err("fdatasync", path, e))?;
-        segment.len += buf.len() as u64;
+        segment.len = end;
         segment.offsets.extend(offsets);
         Ok(())
     }
@@ -403,6 +437,7 @@ impl SegmentLog {
             file,
             offsets: Vec::new(),
             len: 0,
+            allocated: 0,
         });
         Ok(())
     }
@@ -508,6 +543,80 @@ mod tests {
         let (log, rec) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!(rec.torn_tail, None);
         assert_eq!(log.read_from(0, 10).unwrap(), entries(1, 6));
+    }
+
+    /// The file is zero-filled ahead of the records (so a sync flushes no size change),
+    /// and that zero tail reads as the log's clean end, not as a torn record.
+    #[test]
+    fn segments_are_preallocated_with_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        log.append(&entries(1, 3)).unwrap();
+        let records = log.segments[0].len;
+        drop(log);
+        let bytes = fs::read(only_segment(dir.path())).unwrap();
+        assert!(
+            bytes.len() as u64 >= records + PREALLOC_CHUNK,
+            "{}",
+            bytes.len()
+        );
+        assert!(bytes[records as usize..].iter().all(|&b| b == 0));
+        let (mut log, rec) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!((rec.records, rec.torn_tail), (3, None));
+        // Appends past the first chunk extend the zeros again.
+        let big: Vec<WalEntry> = (4..=5)
+            .map(|lsn| WalEntry {
+                lsn,
+                term: 1,
+                committed_at_ms: 0,
+                mutations: vec![Mutation {
+                    tree: TreeName::Products,
+                    key: vec![1],
+                    value: Some(vec![9; PREALLOC_CHUNK as usize]),
+                }],
+            })
+            .collect();
+        log.append(&big).unwrap();
+        let end = log.segments[0].len;
+        assert!(log.segments[0].allocated >= end + PREALLOC_CHUNK);
+        drop(log);
+        let (log, rec) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!((rec.records, rec.torn_tail), (5, None));
+        assert_eq!(log.read_from(3, 10).unwrap(), big);
+    }
+
+    /// A torn batch inside the preallocated space is zeroed at recovery: after a shorter
+    /// batch overwrites its start, no record of the torn batch (same LSNs, never
+    /// acknowledged) is read back behind it.
+    #[test]
+    fn a_torn_batch_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        log.append(&entries(1, 2)).unwrap();
+        let start = log.segments[0].len;
+        log.append(&entries(3, 5)).unwrap();
+        let second = log.segments[0].offsets[3];
+        drop(log);
+        // The crash tore record 3 (its first bytes never reached the disk); 4 and 5 did.
+        let path = only_segment(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[start as usize..start as usize + 4].fill(0xee);
+        fs::write(&path, &bytes).unwrap();
+        let (mut log, rec) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(rec.torn_tail.as_ref().map(|t| t.1), Some(start));
+        assert_eq!(log.last_lsn(), 2);
+        // The next life writes LSN 3 again, exactly as long as the torn one: the old 4
+        // would sit right behind it if the tail had been left in place.
+        assert_eq!(second - start, {
+            let mut one = Vec::new();
+            frame(&entry(3), &mut one);
+            one.len() as u64
+        });
+        log.append(&entries(3, 3)).unwrap();
+        drop(log);
+        let (log, rec) = SegmentLog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!((rec.records, rec.torn_tail), (3, None));
+        assert_eq!(log.last_lsn(), 3);
     }
 
     /// A corrupt record with a valid one after it, or in an older segment, stops the open

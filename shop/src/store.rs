@@ -9,15 +9,17 @@
 //! 2. it gets the next LSN and its [`WalEntry`];
 //! 3. the batch's entries are appended to the WAL and made durable with ONE `fdatasync`
 //!    (group commit) — from here the write survives a crash;
-//! 4. they are applied to the sled trees with plain inserts (readers are held off for
-//!    that moment by [`Store::read_view`], so they never see half a write) and sled's
-//!    `meta/last_lsn` (the applied LSN) moves to the batch's last LSN;
+//! 4. they are applied to the sled trees with plain inserts, one per key the batch
+//!    touched (its final state; readers are held off for that moment by
+//!    [`Store::read_view`], so they never see half a write), and the applied LSN moves
+//!    to the batch's last LSN;
 //! 5. they are published to the WAL shipper (in-memory tail + watch) and the callers get
 //!    their replies (in sync mode the service then waits for the replica's ack).
 //!
 //! Nothing reaches sled before its WAL record is durable, so sled is never ahead of the
 //! log. sled is not flushed on the write path: a checkpointer thread flushes it in the
-//! background ([`CHECKPOINT_INTERVAL`]); `meta/last_lsn` on disk is then the checkpoint.
+//! background ([`CHECKPOINT_INTERVAL`]), writing the applied LSN to `meta/last_lsn` just
+//! before each flush, so `meta/last_lsn` on disk is the checkpoint.
 //! [`Store::open`] replays the WAL above it (sled recovers a prefix of its own log, and
 //! replaying physical puts/deletes in LSN order from an older point gives the same state).
 //!
@@ -191,6 +193,9 @@ struct Counters {
 /// State the checkpointer thread shares with the store.
 struct Checkpoint {
     db: sled::Db,
+    meta: sled::Tree,
+    /// The store's writer lock (`Store::writer`).
+    writer: Arc<Mutex<()>>,
     applied: AtomicU64,
     checkpointed: AtomicU64,
     /// Set when `meta` changed outside the write path (trimming): flush even without new
@@ -201,14 +206,24 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Flushes sled if something was applied since the last checkpoint.
+    /// Flushes sled if something was applied since the last checkpoint. `meta/last_lsn`
+    /// is written here, not per write (one sled insert less on the write path): it is
+    /// inserted under the writer lock, after every tree insert up to `applied` (so sled's
+    /// log never has it ahead of the data it covers) and never during a snapshot's
+    /// install, which sets it itself.
     fn run_once(&self) -> Result<()> {
-        let applied = self.applied.load(Ordering::Acquire);
-        let dirty = self.dirty.swap(false, Ordering::AcqRel);
-        if dirty || applied > self.checkpointed.load(Ordering::Acquire) {
-            self.db.flush()?;
-            self.checkpointed.fetch_max(applied, Ordering::AcqRel);
-        }
+        let applied = {
+            let _writer = lock(&self.writer);
+            let applied = self.applied.load(Ordering::Acquire);
+            let dirty = self.dirty.swap(false, Ordering::AcqRel);
+            if !dirty && applied <= self.checkpointed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            self.meta.insert(META_LAST_LSN, &applied.to_be_bytes())?;
+            applied
+        };
+        self.db.flush()?;
+        self.checkpointed.fetch_max(applied, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -237,7 +252,7 @@ pub struct Store {
     /// The WAL files. Locked briefly for appends and reads.
     log: Mutex<SegmentLog>,
     /// One writer at a time (the write path, replica apply, snapshot install).
-    writer: Mutex<()>,
+    writer: Arc<Mutex<()>>,
     /// Readers share it; applying a batch to the trees takes it exclusively.
     view: RwLock<()>,
     checkpoint: Arc<Checkpoint>,
@@ -328,8 +343,11 @@ impl Store {
         if applied > replay_from {
             db.flush()?;
         }
+        let writer = Arc::new(Mutex::new(()));
         let checkpoint = Arc::new(Checkpoint {
             db: db.clone(),
+            meta: trees[TreeName::ALL.len()].clone(),
+            writer: Arc::clone(&writer),
             applied: AtomicU64::new(applied),
             checkpointed: AtomicU64::new(applied),
             dirty: AtomicBool::new(false),
@@ -350,7 +368,7 @@ impl Store {
             db,
             trees,
             log: Mutex::new(log),
-            writer: Mutex::new(()),
+            writer,
             view: RwLock::new(()),
             checkpoint,
             checkpointer: Some(checkpointer),
@@ -613,7 +631,8 @@ impl Store {
             }
         }
         let entries = tx.entries.take();
-        self.commit_entries(&entries)?;
+        let state = tx.pending.take();
+        self.commit_entries(&entries, Some(state))?;
         Ok(BatchOutcome { term, writes })
     }
 
@@ -627,8 +646,15 @@ impl Store {
     }
 
     /// Steps 3–5 of the write path for consecutive `entries` continuing the applied LSN.
-    /// Caller holds the writer lock.
-    fn commit_entries(&self, entries: &[WalEntry]) -> Result<()> {
+    /// `state`, when given, is the batch's final value of every key its entries touch
+    /// (`Tx::pending`): applying it instead of each entry in turn gives the same trees
+    /// with one sled insert per key, not per mutation (a batch of N creations writes the
+    /// id counter once, not N times). Caller holds the writer lock.
+    fn commit_entries(
+        &self,
+        entries: &[WalEntry],
+        state: Option<HashMap<Key, Option<IVec>>>,
+    ) -> Result<()> {
         let Some(last) = entries.last().map(|e| e.lsn) else {
             return Ok(());
         };
@@ -650,14 +676,17 @@ impl Store {
         self.durable.fetch_max(last, Ordering::AcqRel);
         {
             let _view = self.view.write().unwrap_or_else(|p| p.into_inner());
-            for entry in entries {
-                if let Err(e) = apply_to_trees(&self.trees, entry) {
-                    // Durable in the WAL: a restart replays it. Until then stop writing.
-                    self.broken.store(true, Ordering::Release);
-                    return Err(e);
-                }
+            let applied = match state {
+                Some(state) => apply_state(&self.trees, state),
+                None => entries
+                    .iter()
+                    .try_for_each(|entry| apply_to_trees(&self.trees, entry)),
+            };
+            if let Err(e) = applied {
+                // Durable in the WAL: a restart replays it. Until then stop writing.
+                self.broken.store(true, Ordering::Release);
+                return Err(e);
             }
-            self.meta().insert(META_LAST_LSN, &last.to_be_bytes())?;
             self.checkpoint.applied.store(last, Ordering::Release);
         }
         self.publish_committed(entries);
@@ -716,7 +745,7 @@ impl Store {
                 )));
             }
         }
-        self.commit_entries(&fresh)?;
+        self.commit_entries(&fresh, None)?;
         Ok(Applied::Applied(fresh.last().expect("not empty").lsn))
     }
 
@@ -789,7 +818,6 @@ impl Store {
                     return Err(e);
                 }
             }
-            self.meta().insert(META_LAST_LSN, &last.to_be_bytes())?;
             self.checkpoint.applied.store(last, Ordering::Release);
         }
         self.publish_committed(&entries);
@@ -994,6 +1022,18 @@ fn apply_to_trees(trees: &[sled::Tree], entry: &WalEntry) -> Result<()> {
         match &m.value {
             Some(v) => tree.insert(m.key.as_slice(), v.as_slice())?,
             None => tree.remove(m.key.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
+/// Applies a batch's final key states (see `Store::commit_entries`).
+fn apply_state(trees: &[sled::Tree], state: HashMap<Key, Option<IVec>>) -> Result<()> {
+    for ((tree, key), value) in state {
+        let tree = &trees[tree.index()];
+        match value {
+            Some(v) => tree.insert(key, v)?,
+            None => tree.remove(key)?,
         };
     }
     Ok(())
@@ -1353,6 +1393,58 @@ mod tests {
             .durable_blocking()
             .unwrap();
         assert_eq!(replica.digest().unwrap(), store.digest().unwrap());
+    }
+
+    /// A batch applies each key's final state once (the counter of N writes is inserted
+    /// once): the trees equal an entry-by-entry replay, also for a key put, deleted and
+    /// put again, or put then deleted, within the batch; the checkpoint records the
+    /// applied LSN in sled, so a reopen replays nothing and finds the same data.
+    #[test]
+    fn a_batch_applies_each_keys_final_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path().join("db"));
+        let store = Store::open(&config).unwrap();
+        put(&store, b"doomed", b"before").unwrap();
+        let writes = store
+            .transact_batch(5, |i, tx| match i {
+                0 => tx.put(TreeName::Carts, b"k", b"1".to_vec()),
+                1 => {
+                    tx.delete(TreeName::Carts, b"k")?;
+                    tx.put(TreeName::Carts, b"gone", b"x".to_vec())
+                }
+                2 => {
+                    tx.put(TreeName::Carts, b"k", b"3".to_vec())?;
+                    tx.delete(TreeName::Carts, b"gone")
+                }
+                3 => tx.delete(TreeName::Carts, b"doomed"),
+                _ => tx.next_id(b"ctr").map(|_| ()),
+            })
+            .unwrap()
+            .writes;
+        assert!(
+            writes.iter().all(|w| matches!(w, Ok(Some(_)))),
+            "{writes:?}"
+        );
+        let carts = store.tree(TreeName::Carts);
+        assert_eq!(carts.get(b"k").unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(carts.get(b"gone").unwrap(), None);
+        assert_eq!(carts.get(b"doomed").unwrap(), None);
+        let (_d2, replica) = temp_store();
+        replica
+            .apply_wal_entries(&store.wal_since(0, 10).unwrap())
+            .unwrap()
+            .durable_blocking()
+            .unwrap();
+        assert_eq!(replica.digest().unwrap(), store.digest().unwrap());
+
+        assert_eq!(store.checkpoint().unwrap(), 6);
+        let meta = store.meta().get(META_LAST_LSN).unwrap();
+        assert_eq!(read_u64(meta.as_deref()).unwrap(), 6);
+        let digest = store.digest().unwrap();
+        drop(store);
+        let store = Store::open(&config).unwrap();
+        assert_eq!(store.last_lsn().unwrap(), 6);
+        assert_eq!(store.digest().unwrap(), digest);
     }
 
     /// The in-memory tail serves exactly what the WAL holds for fresh commits (single and
@@ -1741,10 +1833,11 @@ mod tests {
         }
         let last = segment_files(&config).pop().unwrap();
         let mut bytes = std::fs::read(&last).unwrap();
-        let good_len = bytes.len();
+        let good_len = records_end(&bytes);
         // A half-written next record: a plausible header, then the process died.
-        bytes.extend_from_slice(&200u32.to_le_bytes());
-        bytes.extend_from_slice(&[0xab; 37]);
+        let mut torn = 200u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[0xab; 37]);
+        bytes.splice(good_len..good_len + torn.len(), torn);
         std::fs::write(&last, &bytes).unwrap();
         let store = Store::open(&config).unwrap();
         assert_eq!(store.last_lsn().unwrap(), 5);
@@ -1755,7 +1848,13 @@ mod tests {
         drop(store);
         let store = Store::open(&config).unwrap();
         assert_eq!(store.last_lsn().unwrap(), 6);
-        assert!(std::fs::metadata(&last).unwrap().len() > good_len as u64);
+        assert!(records_end(&std::fs::read(&last).unwrap()) > good_len);
+    }
+
+    /// Where a segment's records end: its preallocated zeros start after the last
+    /// record's last byte (the tests' values never end in a zero byte).
+    fn records_end(segment: &[u8]) -> usize {
+        segment.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
     }
 
     /// A corrupt record in the middle of the WAL stops the open with an error naming the
@@ -1768,7 +1867,8 @@ mod tests {
         {
             let store = Store::open(&config).unwrap();
             put(&store, b"a", b"1").unwrap();
-            offset_of_lsn_2 = std::fs::metadata(&segment_files(&config)[0]).unwrap().len();
+            offset_of_lsn_2 =
+                records_end(&std::fs::read(&segment_files(&config)[0]).unwrap()) as u64;
             put(&store, b"b", b"2").unwrap();
             put(&store, b"c", b"3").unwrap();
         }
