@@ -29,6 +29,7 @@
 //! the launcher's metrics page (`concord up --metrics-addr`). Children die with the supervisor (PR_SET_PDEATHSIG on Linux), so a
 //! killed launcher leaves no orphans behind.
 
+use concord::retry::RetryPolicy;
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -401,7 +402,8 @@ struct ChildTask {
 
 impl ChildTask {
     async fn run(mut self) {
-        let mut backoff = self.policy.initial_backoff;
+        let mut backoff =
+            RetryPolicy::new(self.policy.initial_backoff, self.policy.max_backoff).backoff();
         let mut fast_crashes = 0u32;
         let mut restarts = 0u32;
         loop {
@@ -416,7 +418,8 @@ impl ChildTask {
                     });
                     match self.wait_down(ChildState::Errored).await {
                         Wake::Start => {
-                            (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                            backoff.reset();
+                            fast_crashes = 0;
                             restarts += 1;
                             continue;
                         }
@@ -451,7 +454,8 @@ impl ChildTask {
                 RunEnd::Shutdown => return,
                 RunEnd::Held => match self.wait_down(ChildState::Stopped).await {
                     Wake::Start => {
-                        (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                        backoff.reset();
+                        fast_crashes = 0;
                         restarts += 1;
                         continue;
                     }
@@ -488,7 +492,7 @@ impl ChildTask {
                 Err(err) => tracing::error!(child = %self.spec.name, %err, "cannot wait for child"),
             }
             if ran >= self.policy.stable_after {
-                backoff = self.policy.initial_backoff;
+                backoff.reset();
                 fast_crashes = 0;
             } else {
                 fast_crashes += 1;
@@ -501,7 +505,8 @@ impl ChildTask {
                 });
                 match self.wait_down(ChildState::Errored).await {
                     Wake::Start => {
-                        (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                        backoff.reset();
+                        fast_crashes = 0;
                         restarts += 1;
                         continue;
                     }
@@ -512,8 +517,9 @@ impl ChildTask {
                 s.state = ChildState::Backoff;
                 s.pid = None;
             });
-            tracing::info!(child = %self.spec.name, backoff_ms = backoff.as_millis() as u64, "restarting after backoff");
-            let sleep = tokio::time::sleep(backoff);
+            let delay = backoff.next_delay();
+            tracing::info!(child = %self.spec.name, backoff_ms = delay.as_millis() as u64, "restarting after backoff");
+            let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
@@ -529,7 +535,8 @@ impl ChildTask {
                             self.status_tx.send_modify(|s| s.state = ChildState::Stopped);
                             match self.wait_down(ChildState::Stopped).await {
                                 Wake::Start => {
-                                    (backoff, fast_crashes) = (self.policy.initial_backoff, 0);
+                                    backoff.reset();
+                            fast_crashes = 0;
                                     break;
                                 }
                                 Wake::Shutdown => return,
@@ -539,7 +546,6 @@ impl ChildTask {
                     }
                 }
             }
-            backoff = (backoff * 2).min(self.policy.max_backoff);
             restarts += 1;
         }
     }

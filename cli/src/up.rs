@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, env = "CONCORD_REPLICATION", default_value = "sync")]
     pub replication: String,
     /// How long each child may take to announce its address.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = concord::config::parse_duration)]
     pub start_timeout: Duration,
     /// Cluster secret (default: `<data-dir>/secrets/cluster-secret`, created at random).
     #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
@@ -137,24 +137,6 @@ pub fn cluster_secrets(
         "the admin and oracle tokens must not be empty"
     );
     Ok(secrets)
-}
-
-/// Parses `250ms`, `3s` or `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| text.split_at(i))
-        .unwrap_or((text, "s"));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 250ms, 3s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("{text:?}: unit must be ms, s or m")),
-    }
 }
 
 /// Picks addresses: the defaults of `concord::config`, or free loopback ports.
@@ -721,24 +703,5 @@ mod tests {
             assert!(help.contains(&port), "help lacks {port}:\n{help}");
         }
         assert!(help.contains(&concord::config::DEFAULT_FIRST_NODE_PORT.to_string()));
-    }
-
-    /// Durations on the command line: units, default unit, and refusals.
-    #[test]
-    fn parse_duration_table() {
-        let cases: &[(&str, Option<Duration>)] = &[
-            ("250ms", Some(Duration::from_millis(250))),
-            ("3s", Some(Duration::from_secs(3))),
-            ("2m", Some(Duration::from_secs(120))),
-            ("7", Some(Duration::from_secs(7))),
-            (" 5s ", Some(Duration::from_secs(5))),
-            ("1h", None),
-            ("s", None),
-            ("-1s", None),
-            ("", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_duration(text).ok(), *want, "{text:?}");
-        }
     }
 }

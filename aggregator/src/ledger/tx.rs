@@ -4,8 +4,6 @@
 //! replays), stores it, and writes the new head on [`Tx::commit`]. Anything refused
 //! aborts the whole transaction, so nothing of a refused call is ever written.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::error::LedgerError;
@@ -143,7 +141,5 @@ fn refusal(node_id: &str, v: Violation) -> LedgerError {
 
 /// Wall-clock ms since the Unix epoch (informational, recorded in each event).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(concord::clock::unix_ms()).unwrap_or(0)
 }

@@ -105,10 +105,10 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Fault>, String> {
                 format!("{name:?} is not a fault; the menu: {}", names.join(", "))
             })?;
         let (at, length) = match when.split_once(':') {
-            Some((at, length)) => (at, Some(crate::up::parse_duration(length)?)),
+            Some((at, length)) => (at, Some(concord::config::parse_duration(length)?)),
             None => (when, default_length),
         };
-        let at = crate::up::parse_duration(at)?;
+        let at = concord::config::parse_duration(at)?;
         if default_length.is_none() && length.is_some() {
             return Err(format!("{item:?}: {name} takes no length"));
         }

@@ -38,7 +38,7 @@ use checker::Outcome;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// How long the workload runs.
-    #[arg(long, default_value = "30s", value_parser = crate::up::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = concord::config::parse_duration)]
     pub duration: Duration,
     /// Fault schedule: `<fault>@<start>[:<length>]`, comma-separated. Faults:
     /// kill-primary, stop-primary (default 4s), freeze-replica (default 3s),
