@@ -79,7 +79,7 @@ pub struct SupervisedChild {
     pub addr: Option<String>,
     /// Times the supervisor restarted it.
     pub restarts: u32,
-    /// Nodes only: the behaviour it runs with (honest, inverted, random, slow:<ms>, …).
+    /// Nodes only: the behaviour it runs with (honest, inverted, random, `slow:<ms>`, …).
     pub behaviour: Option<String>,
 }
 
