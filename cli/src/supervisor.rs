@@ -412,10 +412,6 @@ impl ChildTask {
                 Ok(child) => child,
                 Err(err) => {
                     tracing::error!(child = %self.spec.name, %err, "cannot spawn");
-                    self.status_tx.send_modify(|s| {
-                        s.state = ChildState::Errored;
-                        s.pid = None;
-                    });
                     match self.wait_down(ChildState::Errored).await {
                         Wake::Start => {
                             backoff.reset();
@@ -499,10 +495,6 @@ impl ChildTask {
             }
             if fast_crashes >= self.policy.max_fast_crashes {
                 tracing::error!(child = %self.spec.name, fast_crashes, "crashing in a loop; giving up (errored)");
-                self.status_tx.send_modify(|s| {
-                    s.state = ChildState::Errored;
-                    s.pid = None;
-                });
                 match self.wait_down(ChildState::Errored).await {
                     Wake::Start => {
                         backoff.reset();
@@ -532,7 +524,6 @@ impl ChildTask {
                         if order.control == Control::Stop {
                             let _ = order.reply.send(Ok(()));
                             self.log_order(&Control::Stop);
-                            self.status_tx.send_modify(|s| s.state = ChildState::Stopped);
                             match self.wait_down(ChildState::Stopped).await {
                                 Wake::Start => {
                                     backoff.reset();
