@@ -527,7 +527,7 @@ impl ChildTask {
                             match self.wait_down(ChildState::Stopped).await {
                                 Wake::Start => {
                                     backoff.reset();
-                            fast_crashes = 0;
+                                    fast_crashes = 0;
                                     break;
                                 }
                                 Wake::Shutdown => return,
