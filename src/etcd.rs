@@ -369,6 +369,11 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
+    /// The position, in the client's endpoint list, of the member the watch is open on.
+    pub fn member(&self) -> usize {
+        self.member
+    }
+
     /// The next batch of changes; `Ok(None)` or an error when the watch ended (the member
     /// went away, lost its leader, or cancelled it, or the client's calls moved to another
     /// member), after which the caller opens a new one.
