@@ -87,8 +87,22 @@ impl ShopService {
         }
     }
 
+    /// Admin-only calls: the admin token passes; a valid customer session is known but not
+    /// allowed (PERMISSION_DENIED); anything else is UNAUTHENTICATED.
     fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        concord::auth::require_token(request.metadata(), &self.admin_token).map_err(Status::from)
+        let refused = match concord::auth::require_token(request.metadata(), &self.admin_token) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let customer = concord::auth::bearer_token(request.metadata())
+            .is_some_and(|token| self.sessions.verify(token).is_ok());
+        if customer {
+            return Err(ShopError::PermissionDenied(
+                "this call needs the admin token; a customer session may not make it".into(),
+            )
+            .into());
+        }
+        Err(refused.into())
     }
 
     /// This process's applied and durable LSNs, read before a read runs.

@@ -448,7 +448,7 @@ async fn admin_lists_all_orders() {
         .list_all_orders(as_user(&ann, pb::ListAllOrdersRequest::default()))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let err = c
         .list_all_orders(pb::ListAllOrdersRequest::default())
         .await

@@ -285,8 +285,8 @@ async fn order_status_change_needs_admin_token() {
         .unwrap_err();
     assert_eq!(
         err.code(),
-        Code::Unauthenticated,
-        "a customer's session is no admin token"
+        Code::PermissionDenied,
+        "a customer's session is known but is no admin token"
     );
     assert_eq!(shop.last_lsn().await, lsn, "nothing written");
     let unchanged = get_order(&mut c, order.id.clone()).await;

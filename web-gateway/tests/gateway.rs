@@ -614,8 +614,8 @@ async fn shop_round_trip_through_http() -> Result<()> {
     assert_eq!(order["idempotency_key"], "checkout-1");
 
     let status_url = h.url(&format!("/api/orders/{order_id}/status"));
-    // Changing an order's status is an admin action: no token or a wrong one is a 401,
-    // and the order stays pending.
+    // Changing an order's status is an admin action: no token or a wrong one is a 401, a
+    // customer's session a 403, and the order stays pending.
     let response = h
         .http
         .put(&status_url)
@@ -638,7 +638,7 @@ async fn shop_round_trip_through_http() -> Result<()> {
         .json(&serde_json::json!({"status": "paid"}))
         .send()
         .await?;
-    expect_error(response, 401, "unauthenticated").await?;
+    expect_error(response, 403, "permission_denied").await?;
     let order: Value = get_as(format!("/api/orders/{order_id}"), alice.cookie.clone())
         .await?
         .json()
@@ -702,8 +702,9 @@ async fn shop_round_trip_through_http() -> Result<()> {
 }
 
 /// Customer accounts over HTTP: the session cookie's attributes, 409 for a taken name, 401
-/// for a wrong password or no session, 403 for another user's cart, 404 for another
-/// customer's order, cross-site cookie writes refused, sign-out, and the admin's list.
+/// for a wrong password or no session, 403 for another user's cart or a customer on an
+/// admin route, 404 for another customer's order, cross-site cookie writes refused,
+/// sign-out, and the admin's list.
 #[tokio::test]
 async fn accounts_through_http() -> Result<()> {
     let h = Harness::start().await?;
@@ -862,7 +863,7 @@ async fn accounts_through_http() -> Result<()> {
         .await?;
     assert_eq!(all["orders"][0]["id"], order_id.as_str(), "{all}");
     let response = as_bob("/api/admin/orders".into()).await?;
-    expect_error(response, 401, "unauthenticated").await?;
+    expect_error(response, 403, "permission_denied").await?;
 
     let response = h
         .http
