@@ -25,6 +25,7 @@ impl Classify for ShopError {
             ShopError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             ShopError::PermissionDenied(_) => ErrorKind::PermissionDenied,
             ShopError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            ShopError::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             ShopError::Unavailable(_) | ShopError::Fenced(_) => ErrorKind::Unavailable,
             ShopError::Internal(_) => ErrorKind::Internal,
         }
@@ -226,6 +227,10 @@ mod tests {
                 Code::PermissionDenied,
             ),
             (ShopError::AlreadyExists("x".into()), Code::AlreadyExists),
+            (
+                ShopError::ResourceExhausted("x".into()),
+                Code::ResourceExhausted,
+            ),
             (ShopError::Unavailable("x".into()), Code::Unavailable),
             (ShopError::internal("x"), Code::Internal),
         ];

@@ -44,6 +44,10 @@ pub enum ShopError {
     /// The thing to create exists already (a username that is taken).
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// Too much at once: too many sign-in attempts for one username, or too many password
+    /// hashes waiting. Nothing was done; the message says when to retry.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// Storage is shutting down or could not flush; the write was not acknowledged.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -44,6 +44,7 @@ mod service;
 mod session;
 mod shop;
 mod store;
+mod throttle;
 mod validate;
 mod wal;
 

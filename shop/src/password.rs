@@ -6,7 +6,9 @@
 //! Why a [`Hasher`] with a semaphore: one hash costs ~19 MiB and tens of milliseconds of
 //! CPU, so a burst of sign-ins could otherwise take every core and a lot of memory. At most
 //! [`MAX_CONCURRENT_HASHES`] run at once, on the blocking pool (never on an async worker);
-//! the rest wait their turn. A sign-in for an unknown username still verifies (against a
+//! the rest wait their turn, at most [`MAX_WAITING_HASHES`] of them: past that a request is
+//! refused at once (RESOURCE_EXHAUSTED) instead of queueing without bound, so a flood of
+//! sign-ins costs its senders, not everyone's memory and latency. A sign-in for an unknown username still verifies (against a
 //! hash of a random password made once), so the answer time does not tell whether the
 //! name exists.
 //!
@@ -24,6 +26,9 @@ use crate::error::{Result, ShopError};
 
 /// Most password hashes computed at once (each takes ~19 MiB and one core).
 pub const MAX_CONCURRENT_HASHES: usize = 2;
+
+/// Most sign-ups and sign-ins waiting for a hashing slot; one more is refused at once.
+pub const MAX_WAITING_HASHES: usize = 64;
 
 /// A password from a request, redacted in `Debug` so it cannot reach a log by accident.
 #[derive(Clone)]
@@ -50,12 +55,15 @@ impl std::fmt::Debug for Password {
 #[derive(Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    /// Hashing plus waiting: [`MAX_CONCURRENT_HASHES`] + [`MAX_WAITING_HASHES`].
+    admission: Arc<Semaphore>,
 }
 
 impl Default for Hasher {
     fn default() -> Self {
         Self {
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_HASHES)),
+            admission: Arc::new(Semaphore::new(MAX_CONCURRENT_HASHES + MAX_WAITING_HASHES)),
         }
     }
 }
@@ -82,6 +90,11 @@ impl Hasher {
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _admitted = self.admission.try_acquire().map_err(|_| {
+            ShopError::ResourceExhausted(
+                "too many sign-ups and sign-ins at once; retry in a second".into(),
+            )
+        })?;
         let _permit = self
             .permits
             .acquire()
@@ -158,5 +171,28 @@ mod tests {
             hasher.verify(Some("not a phc".into()), pw()).await,
             Err(ShopError::Internal(_))
         ));
+    }
+
+    /// Past the hashing slots and the waiting room, a request is refused at once with
+    /// RESOURCE_EXHAUSTED; once the queue drains, requests are served again.
+    #[tokio::test]
+    async fn a_full_waiting_room_refuses_at_once() {
+        let hasher = Hasher::default();
+        let held: Vec<_> = (0..MAX_CONCURRENT_HASHES + MAX_WAITING_HASHES)
+            .map(|_| hasher.admission.clone().try_acquire_owned().unwrap())
+            .collect();
+        // A queueing hasher would wait here for ever (the test's timeout would catch it).
+        let refused = hasher
+            .verify(None, Password::new("correct horse".into()))
+            .await;
+        assert!(
+            matches!(refused, Err(ShopError::ResourceExhausted(_))),
+            "{refused:?}"
+        );
+        drop(held);
+        let served = hasher
+            .verify(None, Password::new("correct horse".into()))
+            .await;
+        assert_eq!(served, Ok(false));
     }
 }

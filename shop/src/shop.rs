@@ -30,6 +30,7 @@ use crate::keys::{OrderId, ProductId, UserId};
 use crate::order::{self, Order, OrderPage, OrderStatus, Placed};
 use crate::password::{Hasher, Password};
 use crate::store::{BatchOutcome, Store, StoreConfig, Tx, TxResult, WriteOp, Written};
+use crate::throttle::SignInThrottle;
 use crate::wal::Lsn;
 
 /// Writes queued for the writer thread before callers wait.
@@ -80,6 +81,7 @@ pub struct Shop {
     writer: Arc<Writer>,
     /// Password hashing, bounded (see `password`).
     hasher: Hasher,
+    sign_ins: Arc<SignInThrottle>,
 }
 
 /// The writer thread; dropping the last handle closes the queue and joins the thread, so
@@ -178,6 +180,7 @@ impl Shop {
             store,
             writer: Arc::new(writer),
             hasher: Hasher::default(),
+            sign_ins: Arc::default(),
         })
     }
 
@@ -334,7 +337,9 @@ impl Shop {
 
     /// The account `username` names if `password` is its password. A wrong password and an
     /// unknown (or malformed) username are the same `Unauthenticated`, after the same work.
+    /// Attempts per username are rate-limited first (`throttle`), before any work.
     pub async fn sign_in(&self, username: String, password: Password) -> Result<Account> {
+        self.sign_ins.attempt(&username)?;
         let found = self
             .read(move |s| account::find_by_username(s, &username))
             .await?;

@@ -474,3 +474,40 @@ async fn admin_lists_all_orders() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     shop.stop().await;
 }
+
+/// Password guessing is rate-limited per username: after the burst, attempts on that name
+/// (right password or not, any case) get RESOURCE_EXHAUSTED with the wait, while other
+/// customers still sign in.
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_username() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    for name in ["dora", "eric"] {
+        c.sign_up(pb::SignUpRequest {
+            username: name.into(),
+            password: harness::PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+    }
+    let attempt = |username: &str, password: &str| pb::SignInRequest {
+        username: username.into(),
+        password: password.into(),
+    };
+    for guess in 0..5 {
+        let err = c
+            .sign_in(attempt("dora", &format!("guess number {guess}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    let limited = c
+        .sign_in(attempt("DORA", harness::PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    assert!(limited.message().contains("retry in"), "{limited:?}");
+    let other = c.sign_in(attempt("eric", harness::PASSWORD)).await;
+    assert!(other.is_ok(), "{other:?}");
+}
