@@ -1027,8 +1027,22 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     .await?;
     assert_eq!(view["shops"].as_array().map(Vec::len), Some(1), "{view}");
 
-    // Writes reach the promoted replica; the old key replays the original order.
-    let response = place("bob-1").await?;
+    // Writes reach the promoted replica; the old key replays the original order. The
+    // registry lists the new primary as soon as it accepted the claim, a moment before the
+    // shop has begun its term: in that window the write is a 503 + Retry-After, which a
+    // client retries (bounded here).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = place("bob-1").await?;
+        if response.status() != 503 || tokio::time::Instant::now() > deadline {
+            break response;
+        }
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "503 names a wait"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(response.status(), 200, "replayed on the new primary");
     let replay: Value = response.json().await?;
     assert_eq!(replay["order"]["id"], order_id.as_str());
