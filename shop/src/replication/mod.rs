@@ -170,7 +170,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use follower::run_follower;
-pub use registry_watch::{check_fence, run_failover_watch, run_fence, Fence, KeeperFeed};
+pub use registry_watch::{
+    check_fence, run_failover_watch, run_fence, told_primary_is_stale, Fence, KeeperFeed,
+};
+
+/// Whether `new` publishes another claim or another log term than `old` (the metadata
+/// refresh republishes then; a moving LSN alone waits for the next such change).
+pub fn claim_or_log_term_moved(
+    old: &std::collections::HashMap<String, String>,
+    new: &std::collections::HashMap<String, String>,
+) -> bool {
+    use concord::claim::{LogPosition, PrimaryClaim};
+    PrimaryClaim::parse(old) != PrimaryClaim::parse(new)
+        || LogPosition::of(old).term != LogPosition::of(new).term
+}
 pub use replicator::{run_wal_trimmer, Replicator};
 pub use role::Role;
 pub use service::ReplicationService;
