@@ -44,8 +44,11 @@
 //!    knows: the [`LogPosition`] (`log_term`, `log_lsn`) in the claim's metadata, ordered
 //!    by term, then LSN, as Raft's vote rule orders candidates. The table learns positions
 //!    from every shop registration that names one, and an accepted claim to term T at
-//!    LSN l counts as position (T, l) (its holder's next entry is of term T). A claim
-//!    naming no position is at (0, 0). So a shop that was down while another primary took
+//!    LSN l that opened T above a known term (a promotion) counts as position (T, l):
+//!    its holder's next entry is of term T, before it may have published that. The first
+//!    claim a table accepts with nothing known (a fresh start, a restarted in-memory
+//!    registry) counts only as the position it names. A claim naming no position is at
+//!    (0, 0). So a shop that was down while another primary took
 //!    writes in a newer term, and has not caught up with it since, never claims a term
 //!    over those writes, whichever shop stopped first: in async mode they may have been
 //!    acknowledged by that primary alone. Positions are kept with the term (in etcd too).
@@ -508,6 +511,11 @@ impl LeaseTable {
     ) {
         let position = LogPosition::parse(metadata).ok().flatten();
         if let Ok(Some(term)) = primary_claim(metadata) {
+            // A promotion: the claim opened a term above one already known.
+            let opened = self
+                .terms
+                .get(service)
+                .is_some_and(|known| term > known.term);
             let known = self
                 .terms
                 .entry(service.to_owned())
@@ -518,8 +526,8 @@ impl LeaseTable {
             }
             if let Some(position) = position {
                 known.learn_position(position);
-                if known.term == term {
-                    // Its holder's next entry is of `term` (rule 3).
+                if opened {
+                    // The promoted holder's next entry is of `term` (rule 3).
                     known.learn_position(LogPosition {
                         term,
                         lsn: position.lsn,
@@ -1092,6 +1100,25 @@ mod tests {
         let known = table.known_term("shop").expect("a term is known");
         assert_eq!(known.term, 3);
         assert_eq!(known.newest, LogPosition { term: 3, lsn: 30 });
+
+        // The first claim of a fresh table is only the position it names: a replica with
+        // the same (empty) log succeeds it, without having heard from it.
+        let mut table = LeaseTable::new();
+        let a = table
+            .register(&shop(), "shop", A, at("primary", 1, 0, 0), TTL, now)
+            .expect("first claim");
+        let b = table
+            .register(&shop(), "shop", B, at("replica", 1, 0, 0), TTL, now)
+            .expect("replica");
+        table.deregister(&shop(), &a.lease_id).expect("stop");
+        table
+            .keep_alive(&shop(), &b.lease_id, Some(at("primary", 2, 0, 0)), now)
+            .expect("an equal log succeeds the first primary");
+        assert_eq!(
+            table.known_term("shop").map(|k| k.newest),
+            Some(LogPosition { term: 2, lsn: 0 }),
+            "a promotion counts as its term's log"
+        );
     }
 
     /// An unparsable position in a shop's metadata is refused as invalid input.
