@@ -34,14 +34,15 @@
 //!   registry refuses a claim to a new term from a log behind the newest it knows (rule 3
 //!   of `concord_registry`'s lease table; positions in `concord::claim::LogPosition`). So a
 //!   shop that missed a newer term's writes — stopped while another primary took writes
-//!   alone — keeps being refused (and retries, quietly, every
-//!   [`PROMOTION_RETRY_INTERVAL`]) until the newest shop is back; that one claims, and the
+//!   alone — keeps being refused (and retries every [`PROMOTION_RETRY_INTERVAL`], a
+//!   warning each time) until the newest shop is back; that one claims, and the
 //!   stale one follows it. The core does not need to know positions: the registry is the
 //!   one place the rule is checked, in memory and in etcd alike.
 //! - **A held claim refused** (this process is the primary and the registry refused its
 //!   claim to its term, e.g. after a registry outage a newer primary exists): step down to
 //!   fenced ([`Action::StepDown`]) and promote again only from a newer set than the one it
-//!   lost on, which lacks the winner the registry already holds.
+//!   lost on, which lacks the winner the registry already holds, or once the grace is over
+//!   (a fresh Resolve then shows the winner if it lives).
 //! - **Terms never climb without end.** The next claim is our term + 1, or + 2 when + 1 was
 //!   just refused while no primary was visible (the registry knows that term as taken);
 //!   seeing a primary forgets the refusal.
