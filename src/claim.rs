@@ -297,7 +297,12 @@ mod tests {
     /// Positions parse by the module docs' rule and order by term first, then LSN.
     #[test]
     fn log_positions_table() {
-        let cases: &[(&[(&str, &str)], Result<Option<LogPosition>, ()>)] = &[
+        /// Metadata pairs and the position they parse to (`Err(())`: invalid).
+        type PositionCase = (
+            &'static [(&'static str, &'static str)],
+            Result<Option<LogPosition>, ()>,
+        );
+        let cases: &[PositionCase] = &[
             (&[], Ok(None)),
             (&[("log_lsn", "9")], Ok(None)),
             (
