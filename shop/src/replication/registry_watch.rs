@@ -101,10 +101,18 @@ pub async fn told_primary_is_stale(
     if our_term == 0 {
         return false;
     }
-    let Some(instances) = resolve(registry, service).await else {
+    match resolve(registry, service).await {
+        Some(instances) => is_stale(&instances, own_address, told, our_term),
+        None => false,
+    }
+}
+
+/// [`told_primary_is_stale`]'s rule on the registry's answer `instances`.
+fn is_stale(instances: &[Instance], own_address: &str, told: &str, our_term: u64) -> bool {
+    if our_term == 0 {
         return false;
-    };
-    let newer_primary = primaries(&instances)
+    }
+    let newer_primary = primaries(instances)
         .iter()
         .any(|p| p.address != own_address && p.term >= our_term);
     if newer_primary {
@@ -301,4 +309,73 @@ async fn act(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shop(address: &str, claim: PrimaryClaim) -> Instance {
+        Instance {
+            service: "shop".into(),
+            address: address.into(),
+            metadata: claim.to_metadata(),
+            ..Instance::default()
+        }
+    }
+
+    /// When a restarted replica must claim instead of following the primary its flags
+    /// name ("told"), by what the registry shows.
+    #[test]
+    fn stale_told_primary_table() {
+        let (told, me, other) = ("told:1", "me:1", "other:1");
+        let cases: Vec<(&str, Vec<Instance>, u64, bool)> = vec![
+            (
+                "the double stop: told is back fenced below our term",
+                vec![shop(told, PrimaryClaim::replica(1))],
+                2,
+                true,
+            ),
+            (
+                "told claims a lower term as primary",
+                vec![shop(told, PrimaryClaim::primary(1))],
+                2,
+                true,
+            ),
+            (
+                "told is primary at our term: follow it",
+                vec![shop(told, PrimaryClaim::primary(2))],
+                2,
+                false,
+            ),
+            (
+                "another primary at our term or above: follow the watch's choice",
+                vec![
+                    shop(told, PrimaryClaim::replica(1)),
+                    shop(other, PrimaryClaim::primary(2)),
+                ],
+                2,
+                false,
+            ),
+            (
+                "our own old registration is no rival",
+                vec![
+                    shop(told, PrimaryClaim::replica(1)),
+                    shop(me, PrimaryClaim::primary(2)),
+                ],
+                2,
+                true,
+            ),
+            ("told is not registered: nothing known", vec![], 2, false),
+            (
+                "a brand-new shop never claims so",
+                vec![shop(told, PrimaryClaim::replica(0))],
+                0,
+                false,
+            ),
+        ];
+        for (label, instances, our_term, want) in cases {
+            assert_eq!(is_stale(&instances, me, told, our_term), want, "{label}");
+        }
+    }
 }
