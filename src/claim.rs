@@ -16,6 +16,15 @@
 //!
 //! The registry refuses a registration whose claim does not parse, so a reader that gets an
 //! error from a registry's answer may treat the instance as making no claim.
+//!
+//! **Log position.** A shop also publishes where its log ends, [`LogPosition`] (`log_term`,
+//! `log_lsn`), so that the registry can order claims the way Raft's vote rule orders
+//! candidates: by the term of the log's last entry, then its last LSN. The registry accepts
+//! a claim to a new term only from a shop whose position is at least the newest it knows
+//! (`concord_registry`'s lease table), so a shop that missed a term's writes never claims
+//! over them. No `log_term` key: position unknown, which counts as the lowest, (0, 0); a
+//! `log_lsn` without `log_term` is ignored, a missing `log_lsn` is 0, and a value that is
+//! not a u64 is an error ([`ClaimError::InvalidPosition`]).
 
 use std::collections::HashMap;
 
@@ -31,6 +40,11 @@ pub const METADATA_TERM: &str = "term";
 pub const ROLE_PRIMARY: &str = "primary";
 /// `role` value of an instance that follows a primary.
 pub const ROLE_REPLICA: &str = "replica";
+/// Metadata key of the term of a shop's log (its last entry's, or the term whose log it
+/// holds in full: module docs of [`LogPosition`]).
+pub const METADATA_LOG_TERM: &str = "log_term";
+/// Metadata key of the last LSN of a shop's durable log.
+pub const METADATA_LOG_LSN: &str = "log_lsn";
 
 /// A primary term: raised by one at every promotion, arbitrated by the registry.
 pub type Term = u64;
@@ -73,6 +87,62 @@ pub enum ClaimError {
     /// `term` is not a non-negative integer.
     #[error("metadata {METADATA_TERM} {} is not a non-negative integer", quote(.0))]
     InvalidTerm(String),
+    /// `log_term` or `log_lsn` is not a non-negative integer.
+    #[error("metadata log position {} is not a non-negative integer", quote(.0))]
+    InvalidPosition(String),
+}
+
+/// Where a shop's log ends, ordered as Raft orders logs: by `term` first, then `lsn`. The
+/// newest position is the log that holds every write any primary acknowledged alone.
+///
+/// `term` is the term of the last entry, or higher when the shop knows its log is that
+/// term's log in full although no entry of it exists yet: it was promoted into the term
+/// (its next entry is of that term), or, as a replica, it was caught up with that term's
+/// primary. `lsn` is the last durable LSN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    /// The term of the log (see the type's docs).
+    pub term: Term,
+    /// The last durable LSN.
+    pub lsn: u64,
+}
+
+impl LogPosition {
+    /// The position in `metadata` (module docs): `Ok(None)` without `log_term`.
+    pub fn parse(metadata: &HashMap<String, String>) -> Result<Option<Self>, ClaimError> {
+        let number = |key: &str| -> Result<Option<u64>, ClaimError> {
+            metadata
+                .get(key)
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| ClaimError::InvalidPosition(v.clone()))
+                })
+                .transpose()
+        };
+        let Some(term) = number(METADATA_LOG_TERM)? else {
+            return Ok(None);
+        };
+        let lsn = number(METADATA_LOG_LSN)?.unwrap_or(0);
+        Ok(Some(LogPosition { term, lsn }))
+    }
+
+    /// The position `metadata` publishes, the lowest one when it publishes none or an
+    /// invalid one (the registry refuses invalid ones before anyone reads them).
+    pub fn of(metadata: &HashMap<String, String>) -> Self {
+        Self::parse(metadata).ok().flatten().unwrap_or_default()
+    }
+
+    /// Writes `log_term` and `log_lsn` into `metadata`.
+    pub fn write(&self, metadata: &mut HashMap<String, String>) {
+        metadata.insert(METADATA_LOG_TERM.to_owned(), self.term.to_string());
+        metadata.insert(METADATA_LOG_LSN.to_owned(), self.lsn.to_string());
+    }
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(term {}, LSN {})", self.term, self.lsn)
+    }
 }
 
 impl PrimaryClaim {
@@ -222,6 +292,45 @@ mod tests {
             assert_eq!(metadata["other"], "x");
             assert_eq!(PrimaryClaim::parse(&claim.to_metadata()), Ok(Some(claim)));
         }
+    }
+
+    /// Positions parse by the module docs' rule and order by term first, then LSN.
+    #[test]
+    fn log_positions_table() {
+        /// Metadata pairs and the position they parse to (`Err(())`: invalid).
+        type PositionCase = (
+            &'static [(&'static str, &'static str)],
+            Result<Option<LogPosition>, ()>,
+        );
+        let cases: &[PositionCase] = &[
+            (&[], Ok(None)),
+            (&[("log_lsn", "9")], Ok(None)),
+            (
+                &[("log_term", "2")],
+                Ok(Some(LogPosition { term: 2, lsn: 0 })),
+            ),
+            (
+                &[("log_term", "2"), ("log_lsn", "17")],
+                Ok(Some(LogPosition { term: 2, lsn: 17 })),
+            ),
+            (&[("log_term", "x")], Err(())),
+            (&[("log_term", "1"), ("log_lsn", "-3")], Err(())),
+        ];
+        for (metadata, want) in cases {
+            let got = LogPosition::parse(&md(metadata)).map_err(|_| ());
+            assert_eq!(&got, want, "{metadata:?}");
+        }
+        let p = |term, lsn| LogPosition { term, lsn };
+        assert!(p(2, 1) > p(1, 1_000), "a newer term beats any LSN");
+        assert!(p(2, 5) > p(2, 4));
+        assert_eq!(LogPosition::of(&md(&[("log_term", "x")])), p(0, 0));
+        let mut metadata = PrimaryClaim::replica(3).to_metadata();
+        p(3, 44).write(&mut metadata);
+        assert_eq!(LogPosition::of(&metadata), p(3, 44));
+        assert_eq!(
+            PrimaryClaim::parse(&metadata),
+            Ok(Some(PrimaryClaim::replica(3)))
+        );
     }
 
     /// Only a valid primary claim has a primary term.

@@ -7,8 +7,9 @@
 //!   etcd deletes it when the lease is not kept alive: registry lease ↔ etcd lease. `<id>` is
 //!   the random id the holder renews with (never published); the owner is stored, so a
 //!   lease answers only its owner on every registry instance.
-//! - `terms/<service>`: the highest primary term known and whose claim it was
-//!   ([`TermRecord`]).
+//! - `terms/<service>`: the highest primary term known, whose claim it was, and the newest
+//!   shop log position known ([`TermRecord`]), so every registry instance orders claims
+//!   by the same positions (`LeaseTable`, "Primary claims").
 //! - `guard`: rewritten by every change, so one compare on it orders all changes.
 //!
 //! **Changes** (Register, KeepAlive with new metadata): read everything under the root
@@ -37,6 +38,7 @@ use std::{
 };
 
 use concord::{
+    claim::LogPosition,
     clock::{millis, unix_ms},
     etcd::{txn, Etcd, EtcdError, KeyValue, LeaseId},
     identity::Principal,
@@ -47,7 +49,11 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{store::NewLease, table::check_lease_id, LeaseTable, RegistryError};
+use crate::{
+    store::NewLease,
+    table::{check_lease_id, KnownTerm},
+    LeaseTable, RegistryError,
+};
 
 /// The default root prefix of the registry's keys.
 pub const DEFAULT_ROOT: &str = "/concord/registry/";
@@ -83,6 +89,12 @@ pub struct TermRecord {
     /// The address whose claim to it was accepted; absent when only learned.
     #[prost(string, optional, tag = "2")]
     pub holder: Option<String>,
+    /// The term of the newest log position known (`LeaseTable` rule 3).
+    #[prost(uint64, tag = "3")]
+    pub log_term: u64,
+    /// The LSN of the newest log position known.
+    #[prost(uint64, tag = "4")]
+    pub log_lsn: u64,
 }
 
 /// The registry's leases in etcd.
@@ -174,7 +186,15 @@ impl EtcdStore {
             } else if let Some(service) = name.strip_prefix("terms/") {
                 match TermRecord::decode(kv.value.as_slice()) {
                     Ok(term) => {
-                        snapshot.table.restore_term(service, term.term, term.holder);
+                        let known = KnownTerm {
+                            term: term.term,
+                            holder: term.holder,
+                            newest: LogPosition {
+                                term: term.log_term,
+                                lsn: term.log_lsn,
+                            },
+                        };
+                        snapshot.table.restore_term(service, known);
                         snapshot
                             .term_revisions
                             .insert(service.to_owned(), kv.mod_revision);
@@ -210,18 +230,20 @@ impl EtcdStore {
         &self,
         snapshot: &Snapshot,
         service: &str,
-        term_before: Option<(u64, Option<String>)>,
+        term_before: Option<KnownTerm>,
         mut ops: Vec<concord::etcd::pb::etcdserverpb::RequestOp>,
     ) -> concord::etcd::pb::etcdserverpb::TxnRequest {
         let term_key = self.term_key(service);
         let term_after = snapshot.table.known_term(service);
         if term_after != term_before {
-            if let Some((term, holder)) = term_after {
-                ops.push(txn::put(
-                    &term_key,
-                    TermRecord { term, holder }.encode_to_vec(),
-                    0,
-                ));
+            if let Some(known) = term_after {
+                let record = TermRecord {
+                    term: known.term,
+                    holder: known.holder,
+                    log_term: known.newest.term,
+                    log_lsn: known.newest.lsn,
+                };
+                ops.push(txn::put(&term_key, record.encode_to_vec(), 0));
             }
         }
         ops.push(txn::put(&self.guard_key(), Vec::new(), 0));

@@ -39,9 +39,27 @@
 //!    nobody can fence a shop out of every future term. With nothing known (a fresh or
 //!    restarted registry) any term is accepted.
 //!
+//! 3. a claim to a new term (anything but the current term's holder claiming it again
+//!    from its own address) must come from a log at least as new as the newest the table
+//!    knows: the [`LogPosition`] (`log_term`, `log_lsn`) in the claim's metadata, ordered
+//!    by term, then LSN, as Raft's vote rule orders candidates. The table learns positions
+//!    from every shop registration that names one, and an accepted claim to term T at
+//!    LSN l that opened T above a known term (a promotion) counts as position (T, l):
+//!    its holder's next entry is of term T, before it may have published that. The first
+//!    claim a table accepts with nothing known (a fresh start, a restarted in-memory
+//!    registry) counts only as the position it names. A claim naming no position is at
+//!    (0, 0). So a shop that was down while another primary took
+//!    writes in a newer term, and has not caught up with it since, never claims a term
+//!    over those writes, whichever shop stopped first: in async mode they may have been
+//!    acknowledged by that primary alone. Positions are kept with the term (in etcd too).
+//!
 //! So two replicas that promote themselves at once cannot both win the same term: the
 //! second gets `FAILED_PRECONDITION` and must not take writes (the shop only takes writes
-//! once the registry has accepted its claim). A shop's promotion goes T → T+1.
+//! once the registry has accepted its claim). A shop's promotion goes T → T+1, and only
+//! the newest log may make it. What the table cannot know: writes after the last position
+//! a shop published (an async primary's tail) — that is async mode's bounded loss, as
+//! before; and after an in-memory registry restart it knows only what the live shops
+//! publish again (the etcd store forgets nothing).
 //!
 //! **A silent registry expires nothing** ([`LeaseTable::is_isolated`], [`LeaseTable::heard`],
 //! [`LeaseTable::grace`]). A lease expires because its holder stopped renewing, but the
@@ -86,7 +104,7 @@ use std::{
 };
 
 use concord::{
-    claim::{PrimaryClaim, ROLE_PRIMARY},
+    claim::{LogPosition, PrimaryClaim, ROLE_PRIMARY},
     clock::{millis, unix_ms},
     error::quote,
     identity::Principal,
@@ -154,13 +172,37 @@ impl Lease {
     }
 }
 
-/// The highest primary term the table knows for one service.
+/// The highest primary term known for one service, and the newest log position.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct KnownTerm {
-    term: u64,
+pub(crate) struct KnownTerm {
+    /// The term.
+    pub(crate) term: u64,
     /// The address whose claim to `term` was accepted; `None` when the term was only
     /// learned from a shop that follows it.
-    holder: Option<String>,
+    pub(crate) holder: Option<String>,
+    /// The newest log position any shop of the service published or claimed at (module
+    /// docs, "Primary claims", rule 3); never above `term`.
+    pub(crate) newest: LogPosition,
+}
+
+impl KnownTerm {
+    fn new(term: u64) -> Self {
+        KnownTerm {
+            term,
+            holder: None,
+            newest: LogPosition::default(),
+        }
+    }
+
+    /// Raises `newest` to `position`, its term capped at the known term (a position
+    /// naming a term nobody claimed is not believed beyond what is known).
+    fn learn_position(&mut self, position: LogPosition) {
+        let capped = LogPosition {
+            term: position.term.min(self.term),
+            lsn: position.lsn,
+        };
+        self.newest = self.newest.max(capped);
+    }
 }
 
 /// Live leases, the terms they claimed, and the change counter watchers follow.
@@ -377,6 +419,10 @@ impl LeaseTable {
         metadata: &HashMap<String, String>,
         now: Instant,
     ) -> Result<(), RegistryError> {
+        // A position that does not parse is refused from anyone, claiming or not.
+        let position = LogPosition::parse(metadata)
+            .map_err(|err| RegistryError::InvalidArgument(err.to_string()))?
+            .unwrap_or_default();
         let Some(term) = primary_claim(metadata)? else {
             return Ok(());
         };
@@ -415,13 +461,23 @@ impl LeaseTable {
             return honour_live_primary();
         };
         let next = known.term.checked_add(1);
-        let renewal = term == known.term
-            && known
-                .holder
-                .as_deref()
-                .is_none_or(|holder| holder == address);
+        let by_holder = term == known.term && known.holder.as_deref() == Some(address);
+        let renewal = by_holder || (term == known.term && known.holder.is_none());
         if Some(term) == next || renewal {
-            return honour_live_primary();
+            honour_live_primary()?;
+            if by_holder {
+                return Ok(());
+            }
+            // Rule 3: only the newest log may open a term.
+            if position < known.newest {
+                return Err(RegistryError::PrimaryTaken(format!(
+                    "primary claim for term {term} refused: this shop's log ends at {position}, \
+                     behind the newest log of {service} at {}; only a shop holding that log may \
+                     claim, so follow it (or wait for it) to lose none of its writes",
+                    known.newest
+                )));
+            }
+            return Ok(());
         }
         let expected = match next {
             Some(next) => format!("term {next}"),
@@ -453,16 +509,30 @@ impl LeaseTable {
         address: &str,
         metadata: &HashMap<String, String>,
     ) {
+        let position = LogPosition::parse(metadata).ok().flatten();
         if let Ok(Some(term)) = primary_claim(metadata) {
+            // A promotion: the claim opened a term above one already known.
+            let opened = self
+                .terms
+                .get(service)
+                .is_some_and(|known| term > known.term);
             let known = self
                 .terms
                 .entry(service.to_owned())
-                .or_insert(KnownTerm { term, holder: None });
+                .or_insert_with(|| KnownTerm::new(term));
             if term >= known.term {
-                *known = KnownTerm {
-                    term,
-                    holder: Some(address.to_owned()),
-                };
+                known.term = term;
+                known.holder = Some(address.to_owned());
+            }
+            if let Some(position) = position {
+                known.learn_position(position);
+                if opened {
+                    // The promoted holder's next entry is of `term` (rule 3).
+                    known.learn_position(LogPosition {
+                        term,
+                        lsn: position.lsn,
+                    });
+                }
             }
             return;
         }
@@ -479,9 +549,12 @@ impl LeaseTable {
         let known = self
             .terms
             .entry(service.to_owned())
-            .or_insert(KnownTerm { term, holder: None });
+            .or_insert_with(|| KnownTerm::new(term));
         if known.holder.is_none() && term > known.term {
             known.term = term;
+        }
+        if let Some(position) = position {
+            known.learn_position(position);
         }
     }
 
@@ -577,17 +650,16 @@ impl LeaseTable {
         );
     }
 
-    /// Puts back the highest primary term known for `service` and whose claim it was.
-    pub(crate) fn restore_term(&mut self, service: &str, term: u64, holder: Option<String>) {
-        self.terms
-            .insert(service.to_owned(), KnownTerm { term, holder });
+    /// Puts back the highest primary term known for `service`, whose claim it was, and
+    /// the newest log position.
+    pub(crate) fn restore_term(&mut self, service: &str, known: KnownTerm) {
+        self.terms.insert(service.to_owned(), known);
     }
 
-    /// The highest primary term known for `service` and the address whose claim it was.
-    pub(crate) fn known_term(&self, service: &str) -> Option<(u64, Option<String>)> {
-        self.terms
-            .get(service)
-            .map(|known| (known.term, known.holder.clone()))
+    /// The highest primary term known for `service`, whose claim it was, and the newest
+    /// log position.
+    pub(crate) fn known_term(&self, service: &str) -> Option<KnownTerm> {
+        self.terms.get(service).cloned()
     }
 
     /// The ids of every lease in the table.
@@ -933,6 +1005,141 @@ mod tests {
         assert!(matches!(err, RegistryError::InvalidArgument(_)), "{err}");
     }
 
+    /// Shop metadata with a claim and a log position.
+    fn at(role_name: &str, term: u64, log_term: u64, log_lsn: u64) -> HashMap<String, String> {
+        let mut metadata = role(role_name, &term.to_string());
+        LogPosition {
+            term: log_term,
+            lsn: log_lsn,
+        }
+        .write(&mut metadata);
+        metadata
+    }
+
+    /// Rule 3, step by step: only the newest log opens a term. The double stop (the
+    /// primary stopped, its replica took writes in term 2 and stopped too, the stale old
+    /// primary came back first) never lets the stale shop claim over term 2; the holder of
+    /// term 2 claims it again; a replica caught up with a quiet term may succeed it; a
+    /// position naming a term nobody claimed is not believed.
+    #[test]
+    fn claims_are_ordered_by_log_position() {
+        enum Op {
+            Register(&'static str, HashMap<String, String>),
+            Renew(&'static str, HashMap<String, String>),
+            Stop(&'static str),
+        }
+        use Op::*;
+        // (what happens, the error it must give: None = accepted)
+        let steps: Vec<(Op, Option<&str>)> = vec![
+            (Register(A, at("primary", 1, 0, 0)), None),
+            (Register(B, at("replica", 1, 1, 10)), None),
+            // The primary stops; the caught-up replica claims term 2.
+            (Stop(A), None),
+            (Renew(B, at("primary", 2, 1, 10)), None),
+            // It takes writes alone, then stops too; the stale primary comes back.
+            (Stop(B), None),
+            (Register(A, at("primary", 1, 1, 8)), Some("must be newer")),
+            (Register(A, at("replica", 1, 1, 8)), None),
+            (Renew(A, at("primary", 2, 1, 8)), Some("must be newer")),
+            (
+                Renew(A, at("primary", 3, 1, 8)),
+                Some("behind the newest log"),
+            ),
+            // A claim without a position is at (0, 0): behind as well.
+            (
+                Renew(A, role("primary", "3")),
+                Some("behind the newest log"),
+            ),
+            // The newest shop comes back: as the holder it claims term 2 again.
+            (Register(B, at("primary", 2, 2, 30)), None),
+            (Renew(A, at("replica", 2, 1, 8)), None),
+            // The stale shop catches up (a quiet stretch of term 2: caught up, no entry
+            // of its own of term 2 needed) and may succeed the holder.
+            (Renew(A, at("replica", 2, 2, 30)), None),
+            (Stop(B), None),
+            (Renew(A, at("primary", 3, 2, 30)), None),
+            // Term 3's holder stops; B returns with only term 2 at a longer LSN: term
+            // first, so it is behind (3, 30).
+            (Stop(A), None),
+            (Register(B, at("replica", 3, 2, 99)), None),
+            (
+                Renew(B, at("primary", 4, 2, 99)),
+                Some("behind the newest log"),
+            ),
+            // A position naming a term nobody claimed is capped at the known term.
+            (Register("127.0.0.1:3", at("replica", 3, 50, 0)), None),
+            (Register(A, at("primary", 3, 3, 30)), None),
+        ];
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        let mut leases: HashMap<&str, String> = HashMap::new();
+        for (n, (op, want)) in steps.into_iter().enumerate() {
+            let got = match op {
+                Register(address, metadata) => table
+                    .register(&shop(), "shop", address, metadata, TTL, now)
+                    .map(|i| {
+                        leases.insert(address, i.lease_id);
+                    }),
+                Renew(address, metadata) => table
+                    .keep_alive(&shop(), &leases[address], Some(metadata), now)
+                    .map(|_| ()),
+                Stop(address) => table.deregister(&shop(), &leases[address]).map(|_| ()),
+            };
+            match (got, want) {
+                (Ok(()), None) => {}
+                (Err(err), Some(want)) => {
+                    assert!(
+                        matches!(err, RegistryError::PrimaryTaken(_)),
+                        "step {n}: {err}"
+                    );
+                    assert!(err.to_string().contains(want), "step {n}: {err}");
+                }
+                (got, want) => panic!("step {n}: got {got:?}, want {want:?}"),
+            }
+        }
+        let known = table.known_term("shop").expect("a term is known");
+        assert_eq!(known.term, 3);
+        assert_eq!(known.newest, LogPosition { term: 3, lsn: 30 });
+
+        // The first claim of a fresh table is only the position it names: a replica with
+        // the same (empty) log succeeds it, without having heard from it.
+        let mut table = LeaseTable::new();
+        let a = table
+            .register(&shop(), "shop", A, at("primary", 1, 0, 0), TTL, now)
+            .expect("first claim");
+        let b = table
+            .register(&shop(), "shop", B, at("replica", 1, 0, 0), TTL, now)
+            .expect("replica");
+        table.deregister(&shop(), &a.lease_id).expect("stop");
+        table
+            .keep_alive(&shop(), &b.lease_id, Some(at("primary", 2, 0, 0)), now)
+            .expect("an equal log succeeds the first primary");
+        assert_eq!(
+            table.known_term("shop").map(|k| k.newest),
+            Some(LogPosition { term: 2, lsn: 0 }),
+            "a promotion counts as its term's log"
+        );
+    }
+
+    /// An unparsable position in a shop's metadata is refused as invalid input.
+    #[test]
+    fn invalid_positions_are_refused() {
+        let now = Instant::now();
+        let mut table = LeaseTable::new();
+        table
+            .register(&shop(), "shop", A, at("primary", 1, 0, 0), TTL, now)
+            .expect("first claim");
+        for claim in ["primary", "replica"] {
+            let mut metadata = role(claim, "1");
+            metadata.insert("log_term".into(), "x".into());
+            let err = table
+                .register(&shop(), "shop", B, metadata, TTL, now)
+                .expect_err("bad position");
+            assert!(matches!(err, RegistryError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains("log position"), "{err}");
+        }
+    }
+
     /// A lease lives exactly its TTL unless renewed, and renewal extends it.
     #[test]
     fn leases_expire_unless_renewed() {
@@ -1204,8 +1411,8 @@ mod tests {
                 table.terms.insert(
                     "shop".into(),
                     KnownTerm {
-                        term: *term,
                         holder: holder.map(str::to_owned),
+                        ..KnownTerm::new(*term)
                     },
                 );
             }

@@ -304,3 +304,75 @@ async fn a_silent_member_is_left_by_calls_and_watches() {
         "the watch on the silent member should end: {ended:?}"
     );
 }
+
+/// `shop_at` with a log position (`log_term`, `log_lsn`).
+fn shop_with_log(address: &str, role: &str, term: u64, log: (u64, u64)) -> RegisterRequest {
+    let mut request = shop_at(address, role, term, 5000);
+    request
+        .metadata
+        .insert("log_term".into(), log.0.to_string());
+    request.metadata.insert("log_lsn".into(), log.1.to_string());
+    request
+}
+
+/// Only the newest log opens a term, on etcd as in memory, whichever registry is asked,
+/// even one started after the claims (the position lives in etcd with the term): the
+/// double stop's stale shop is refused term 3 over term 2's writes; the newest shop gets
+/// its term back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_log_claims_through_any_registry() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let a = registry_on_etcd(&etcd.endpoints()).await;
+    let shop = credential(Principal::Shop);
+    let (stale, newest) = ("127.0.0.1:7301", "127.0.0.1:7302");
+    // Term 1's primary, then its caught-up replica's claim to term 2 once it is gone.
+    let one = client(&a)
+        .register(signed(&shop, shop_with_log(stale, "primary", 1, (0, 0))))
+        .await
+        .expect("term 1")
+        .into_inner();
+    client(&a)
+        .deregister(signed(
+            &shop,
+            DeregisterRequest {
+                lease_id: one.lease_id,
+            },
+        ))
+        .await
+        .expect("term 1's primary stops");
+    let two = client(&a)
+        .register(signed(&shop, shop_with_log(newest, "primary", 2, (1, 40))))
+        .await
+        .expect("term 2")
+        .into_inner();
+    client(&a)
+        .deregister(signed(
+            &shop,
+            DeregisterRequest {
+                lease_id: two.lease_id,
+            },
+        ))
+        .await
+        .expect("term 2's primary stops");
+    // A registry started now reads the newest position from etcd.
+    let b = registry_on_etcd(&etcd.endpoints()).await;
+    for registry in [&a, &b] {
+        let refused = client(registry)
+            .register(signed(&shop, shop_with_log(stale, "primary", 3, (1, 38))))
+            .await
+            .expect_err("a stale log claimed a new term");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("behind the newest log"),
+            "{refused:?}"
+        );
+    }
+    client(&b)
+        .register(signed(&shop, shop_with_log(newest, "primary", 2, (2, 90))))
+        .await
+        .expect("the holder claims its term again");
+    a.stop().await;
+    b.stop().await;
+}

@@ -90,6 +90,9 @@ pub const SERVICE_NAME: &str = concord::identity::SHOP_SERVICE;
 
 /// Longest start-up wait for the first registration (writes need the lease).
 const REGISTER_WAIT: Duration = Duration::from_secs(1);
+/// The registry's grace, in lease TTLs: every live primary has renewed within it, so a
+/// shop set that stayed empty that long has no live primary (`failover.rs`).
+const REGISTRY_GRACE_TTLS: u32 = 2;
 /// How often the registry metadata (role, term) is compared with the process's own and
 /// republished when it differs.
 const METADATA_REFRESH: Duration = Duration::from_secs(1);
@@ -289,6 +292,7 @@ pub async fn serve(
                     accepted: keeper.accepted_metadata(),
                     rejected: keeper.rejections(),
                 },
+                config.lease_ttl * REGISTRY_GRACE_TTLS,
             ));
             if fenced {
                 replicator.spawn(replication::run_fence(
@@ -311,14 +315,22 @@ pub async fn serve(
         let mut tick = tokio::time::interval(METADATA_REFRESH);
         let stop = stop.clone();
         replicator.spawn(async move {
+            let mut published = rep.registry_metadata();
             loop {
-                tokio::select! {
-                    changed = role_rx.changed() => if changed.is_err() { return },
-                    changed = claim_rx.changed() => if changed.is_err() { return },
-                    _ = tick.tick() => {}
+                let forced = tokio::select! {
+                    changed = role_rx.changed() => if changed.is_err() { return } else { true },
+                    changed = claim_rx.changed() => if changed.is_err() { return } else { true },
+                    _ = tick.tick() => false,
                     () = stop.cancelled() => return,
+                };
+                // The log position rides along (the registry orders claims by it), but a
+                // moving LSN alone is not worth a registry change every tick: the tick
+                // republishes only when the claim or the log's term moved.
+                let metadata = rep.registry_metadata();
+                if forced || replication::claim_or_log_term_moved(&published, &metadata) {
+                    keeper.set_metadata(metadata.clone());
+                    published = metadata;
                 }
-                keeper.set_metadata(rep.registry_metadata());
             }
         });
     }
@@ -414,14 +426,25 @@ fn sessions(config: &Config) -> Result<Sessions> {
 /// with a registry asks the registry before taking any write. A registered primary with
 /// a higher term than our stored one → start as its replica (adopting its term); no
 /// answer → start fenced (refusing writes) and let `run_fence` retry; otherwise start as
-/// primary. Returns the role to start in.
+/// primary (a claim: writes wait until the registry accepted it). A process configured as
+/// a replica whose named primary is registered below its own stored term starts as a
+/// primary of that term the same way (`told_primary_is_stale`). Returns the role to
+/// start in.
 async fn fence(config: &Config, store: &Arc<Store>, address: &str) -> Result<Role> {
-    let role = Replicator::initial_role(&config.replication, store.term());
+    let mut role = Replicator::initial_role(&config.replication, store.term());
     let Some(registry) = &config.registry_addr else {
         return Ok(role);
     };
-    if !role.is_primary() {
-        return Ok(role);
+    if let Role::Replica { primary, term } = &role {
+        // A replica restarted after it held a newer term than the primary its flags name
+        // (the double stop): it must not follow that stale primary but (re)claim.
+        if !replication::told_primary_is_stale(registry, SERVICE_NAME, address, primary, *term)
+            .await
+        {
+            return Ok(role);
+        }
+        tracing::warn!(%primary, term, "the primary this shop was told to follow is behind its own term; claiming instead");
+        role = Role::Primary { term: *term };
     }
     Ok(
         match replication::check_fence(registry, SERVICE_NAME, address, store.term()).await {

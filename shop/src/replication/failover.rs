@@ -21,13 +21,28 @@
 //!   claim and tries again later ([`Action::RetryLater`] → [`Event::RetryDue`]), never
 //!   fencing itself and never raising its stored term for a claim nobody accepted (so its
 //!   Hello never claims a term above its primary's: no error loop).
-//! - **Only after a primary was seen on the current Watch stream.** A replica started
-//!   before its primary, or watching a registry that restarted and has not yet heard the
-//!   primary's next KeepAlive, sees an empty set that says nothing about the primary.
+//! - **Only after a primary was seen on the current Watch stream**, or once the set has
+//!   stayed empty past the registry's grace. A replica started before its primary, or
+//!   watching a registry that restarted and has not yet heard the primary's next
+//!   KeepAlive, sees an empty set that says nothing about the primary *for a while*: every
+//!   live primary registers (or renews) within the registry's grace (two TTLs). A set that
+//!   stays empty that long on one stream ([`Event::GraceOver`]) means no primary is alive,
+//!   e.g. both shops were stopped and came back (the double stop): then a shop that has
+//!   been part of a cluster (term ≥ 1) asks again (a fresh Resolve, never the late event)
+//!   and claims. A brand-new shop (term 0) never claims so: it may hold nothing at all.
+//! - **Only the newest log claims.** Every claim carries this shop's log position; the
+//!   registry refuses a claim to a new term from a log behind the newest it knows (rule 3
+//!   of `concord_registry`'s lease table; positions in `concord::claim::LogPosition`). So a
+//!   shop that missed a newer term's writes — stopped while another primary took writes
+//!   alone — keeps being refused (and retries every [`PROMOTION_RETRY_INTERVAL`], a
+//!   warning each time) until the newest shop is back; that one claims, and the
+//!   stale one follows it. The core does not need to know positions: the registry is the
+//!   one place the rule is checked, in memory and in etcd alike.
 //! - **A held claim refused** (this process is the primary and the registry refused its
 //!   claim to its term, e.g. after a registry outage a newer primary exists): step down to
 //!   fenced ([`Action::StepDown`]) and promote again only from a newer set than the one it
-//!   lost on, which lacks the winner the registry already holds.
+//!   lost on, which lacks the winner the registry already holds, or once the grace is over
+//!   (a fresh Resolve then shows the winner if it lives).
 //! - **Terms never climb without end.** The next claim is our term + 1, or + 2 when + 1 was
 //!   just refused while no primary was visible (the registry knows that term as taken);
 //!   seeing a primary forgets the refusal.
@@ -75,6 +90,12 @@ pub enum Event {
     ClaimRefused(Term),
     /// The wait asked for by [`Action::RetryLater`] is over.
     RetryDue,
+    /// Watch stream `stream` has been open for the registry's grace (two lease TTLs): every
+    /// live primary has renewed on it by now.
+    GraceOver {
+        /// The Watch stream's number.
+        stream: u64,
+    },
 }
 
 /// What the driver must do.
@@ -123,6 +144,8 @@ pub struct Failover {
     refused: Option<Term>,
     /// A retry is scheduled.
     retry_armed: bool,
+    /// The Watch stream whose grace is over (no primary could still be about to renew).
+    grace_over_on: Option<u64>,
 }
 
 impl Failover {
@@ -137,6 +160,7 @@ impl Failover {
             claiming: None,
             refused: None,
             retry_armed: false,
+            grace_over_on: None,
         }
     }
 
@@ -156,6 +180,10 @@ impl Failover {
             }
             Event::RetryDue => {
                 self.retry_armed = false;
+                self.decide(role)
+            }
+            Event::GraceOver { stream } => {
+                self.grace_over_on = Some(stream);
                 self.decide(role)
             }
             Event::Resolved(primaries) => {
@@ -232,7 +260,13 @@ impl Failover {
             return actions;
         }
         let primary_gone = self.seen_primary_on == Some(stream) && self.fresh;
-        if primary_gone && self.may_promote(role) && !self.resolving {
+        // Empty past the grace, and never a primary on this stream: nobody is alive to
+        // renew. Only a shop that has been in a cluster (term ≥ 1) claims so; the registry
+        // then lets only the newest log win.
+        let none_alive = self.grace_over_on == Some(stream)
+            && self.seen_primary_on != Some(stream)
+            && role.term() > 0;
+        if (primary_gone || none_alive) && self.may_promote(role) && !self.resolving {
             self.resolving = true;
             return vec![Action::Resolve];
         }
@@ -308,6 +342,10 @@ mod tests {
         Event::Resolved(primaries.iter().map(|(a, t)| p(a, *t)).collect())
     }
 
+    fn grace(stream: u64) -> Event {
+        Event::GraceOver { stream }
+    }
+
     fn replica(primary: &str, term: Term) -> Role {
         Role::Replica {
             primary: primary.into(),
@@ -330,15 +368,18 @@ mod tests {
     #[test]
     fn transitions_table() {
         use Action::*;
-        let cases: Vec<(&str, Vec<Step>)> =
-            vec![
+        let cases: Vec<(&str, Vec<Step>)> = vec![
             (
                 "the primary dies: a fresh Resolve, a claim, promotion once accepted",
                 vec![
                     (replica("a", 1), watched(1, &[("a", 1)]), vec![]),
                     (replica("a", 1), watched(1, &[]), vec![Resolve]),
                     (replica("a", 1), resolved(&[]), vec![Claim(2)]),
-                    (replica("a", 1), Event::ClaimAccepted(2), vec![BecomePrimary(2)]),
+                    (
+                        replica("a", 1),
+                        Event::ClaimAccepted(2),
+                        vec![BecomePrimary(2)],
+                    ),
                 ],
             ),
             (
@@ -392,7 +433,11 @@ mod tests {
                     ),
                     (replica("a", 1), Event::RetryDue, vec![Resolve]),
                     (replica("a", 1), resolved(&[]), vec![Claim(3)]),
-                    (replica("a", 1), Event::ClaimAccepted(3), vec![BecomePrimary(3)]),
+                    (
+                        replica("a", 1),
+                        Event::ClaimAccepted(3),
+                        vec![BecomePrimary(3)],
+                    ),
                 ],
             ),
             (
@@ -401,10 +446,18 @@ mod tests {
                     (replica("a", 1), watched(1, &[("a", 1)]), vec![]),
                     (replica("a", 1), watched(1, &[]), vec![Resolve]),
                     (replica("a", 1), resolved(&[]), vec![Claim(2)]),
-                    (replica("a", 1), Event::ClaimRefused(2), vec![WithdrawClaim, RetryLater]),
+                    (
+                        replica("a", 1),
+                        Event::ClaimRefused(2),
+                        vec![WithdrawClaim, RetryLater],
+                    ),
                     (replica("a", 1), Event::RetryDue, vec![Resolve]),
                     (replica("a", 1), resolved(&[]), vec![Claim(3)]),
-                    (replica("a", 1), Event::ClaimRefused(3), vec![WithdrawClaim, RetryLater]),
+                    (
+                        replica("a", 1),
+                        Event::ClaimRefused(3),
+                        vec![WithdrawClaim, RetryLater],
+                    ),
                     (replica("a", 1), Event::RetryDue, vec![Resolve]),
                     (replica("a", 1), resolved(&[]), vec![Claim(2)]),
                 ],
@@ -435,6 +488,101 @@ mod tests {
                 ],
             ),
             (
+                "the double stop: both shops came back, the set stays empty past the grace: claim",
+                vec![
+                    (Role::Fenced { term: 2 }, watched(1, &[]), vec![]),
+                    (Role::Fenced { term: 2 }, Event::RetryDue, vec![]),
+                    (Role::Fenced { term: 2 }, grace(1), vec![Resolve]),
+                    (Role::Fenced { term: 2 }, resolved(&[]), vec![Claim(3)]),
+                    (
+                        Role::Fenced { term: 2 },
+                        Event::ClaimAccepted(3),
+                        vec![BecomePrimary(3)],
+                    ),
+                ],
+            ),
+            (
+                "a replica told to follow a stale primary: claims past the grace too",
+                vec![
+                    (replica("a", 2), watched(1, &[]), vec![]),
+                    (replica("a", 2), grace(1), vec![Resolve]),
+                    (replica("a", 2), resolved(&[]), vec![Claim(3)]),
+                ],
+            ),
+            (
+                "the stale shop's claim is refused (behind the newest log): it keeps asking",
+                vec![
+                    (Role::Fenced { term: 1 }, watched(1, &[]), vec![]),
+                    (Role::Fenced { term: 1 }, grace(1), vec![Resolve]),
+                    (Role::Fenced { term: 1 }, resolved(&[]), vec![Claim(2)]),
+                    (
+                        Role::Fenced { term: 1 },
+                        Event::ClaimRefused(2),
+                        vec![WithdrawClaim, RetryLater],
+                    ),
+                    (Role::Fenced { term: 1 }, Event::RetryDue, vec![Resolve]),
+                    (Role::Fenced { term: 1 }, resolved(&[]), vec![Claim(3)]),
+                    (
+                        Role::Fenced { term: 1 },
+                        Event::ClaimRefused(3),
+                        vec![WithdrawClaim, RetryLater],
+                    ),
+                    (
+                        Role::Fenced { term: 1 },
+                        watched(1, &[("b", 3)]),
+                        vec![follow("b", 3)],
+                    ),
+                ],
+            ),
+            (
+                "a held claim refused at start-up: the grace still lets it ask again",
+                vec![
+                    (Role::Primary { term: 1 }, watched(1, &[(ME, 1)]), vec![]),
+                    (
+                        Role::Primary { term: 1 },
+                        Event::ClaimRefused(1),
+                        vec![StepDown],
+                    ),
+                    (Role::Fenced { term: 1 }, watched(1, &[]), vec![]),
+                    (Role::Fenced { term: 1 }, grace(1), vec![Resolve]),
+                    (Role::Fenced { term: 1 }, resolved(&[]), vec![Claim(2)]),
+                ],
+            ),
+            (
+                "the grace of an older stream says nothing about the current one",
+                vec![
+                    (replica("a", 1), watched(1, &[]), vec![]),
+                    (replica("a", 1), watched(2, &[]), vec![]),
+                    (replica("a", 1), grace(1), vec![]),
+                    (replica("a", 1), grace(2), vec![Resolve]),
+                ],
+            ),
+            (
+                "past the grace, a primary that appears is followed, never claimed over",
+                vec![
+                    (replica("a", 1), watched(1, &[]), vec![]),
+                    (replica("a", 1), grace(1), vec![Resolve]),
+                    (replica("a", 1), resolved(&[("b", 2)]), vec![follow("b", 2)]),
+                    (replica("b", 2), watched(1, &[("b", 2)]), vec![]),
+                    (replica("b", 2), watched(1, &[]), vec![Resolve]),
+                ],
+            ),
+            (
+                "a brand-new shop (term 0) never claims on an empty set, past the grace or not",
+                vec![
+                    (replica("a", 0), watched(1, &[]), vec![]),
+                    (replica("a", 0), grace(1), vec![]),
+                    (Role::Fenced { term: 0 }, Event::RetryDue, vec![]),
+                ],
+            ),
+            (
+                "a primary ignores the grace",
+                vec![
+                    (Role::Primary { term: 2 }, watched(1, &[]), vec![]),
+                    (Role::Primary { term: 2 }, grace(1), vec![]),
+                ],
+            ),
+            (
                 "a newer primary: the primary steps down and follows it",
                 vec![(
                     Role::Primary { term: 1 },
@@ -462,7 +610,11 @@ mod tests {
                 "a replica moves to a newer primary, not to the one it follows",
                 vec![
                     (replica("a", 1), watched(1, &[("a", 1)]), vec![]),
-                    (replica("a", 1), watched(1, &[("a", 1), ("b", 2)]), vec![follow("b", 2)]),
+                    (
+                        replica("a", 1),
+                        watched(1, &[("a", 1), ("b", 2)]),
+                        vec![follow("b", 2)],
+                    ),
                     (replica("b", 2), watched(1, &[("a", 1), ("b", 2)]), vec![]),
                 ],
             ),
@@ -507,11 +659,23 @@ mod tests {
             (
                 "held claim refused: no promotion from the set it lost on, only from a newer one",
                 vec![
-                    (Role::Primary { term: 1 }, watched(1, &[("x", 1)]), vec![follow("x", 1)]),
+                    (
+                        Role::Primary { term: 1 },
+                        watched(1, &[("x", 1)]),
+                        vec![follow("x", 1)],
+                    ),
                     (replica("x", 1), watched(1, &[]), vec![Resolve]),
                     (replica("x", 1), resolved(&[]), vec![Claim(2)]),
-                    (replica("x", 1), Event::ClaimAccepted(2), vec![BecomePrimary(2)]),
-                    (Role::Primary { term: 2 }, Event::ClaimRefused(2), vec![StepDown]),
+                    (
+                        replica("x", 1),
+                        Event::ClaimAccepted(2),
+                        vec![BecomePrimary(2)],
+                    ),
+                    (
+                        Role::Primary { term: 2 },
+                        Event::ClaimRefused(2),
+                        vec![StepDown],
+                    ),
                     (Role::Fenced { term: 2 }, Event::RetryDue, vec![]),
                     (Role::Fenced { term: 2 }, watched(1, &[]), vec![Resolve]),
                     (Role::Fenced { term: 2 }, resolved(&[]), vec![Claim(3)]),
@@ -544,7 +708,11 @@ mod tests {
             (
                 "the largest term cannot be claimed past",
                 vec![
-                    (replica("a", u64::MAX), watched(1, &[("a", u64::MAX)]), vec![]),
+                    (
+                        replica("a", u64::MAX),
+                        watched(1, &[("a", u64::MAX)]),
+                        vec![],
+                    ),
                     (replica("a", u64::MAX), watched(1, &[]), vec![Resolve]),
                     (replica("a", u64::MAX), resolved(&[]), vec![]),
                 ],

@@ -227,6 +227,9 @@ async fn follow_once(
                 let applied = store.last_lsn()?;
                 rep.caught_up
                     .store(applied >= hb.last_lsn, Ordering::Release);
+                if applied >= hb.last_lsn {
+                    rep.note_caught_up(hb.term);
+                }
                 None
             }
         };

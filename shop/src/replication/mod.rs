@@ -77,7 +77,13 @@
 //! followed (its stored term unchanged, so its stream is not refused) and it looks again
 //! after [`failover::PROMOTION_RETRY_INTERVAL`]; see `failover.rs` for every rule. Measured kill → first accepted write:
 //! 1.4–2.1 s with the default TTL. A replica only promotes itself after it has seen a
-//! primary registered (a replica starting before its primary must not usurp it). The
+//! primary registered (a replica starting before its primary must not usurp it), or once
+//! the set stayed empty past the registry's grace (two TTLs) and it has been in a cluster
+//! before (term ≥ 1); and only the newest log may claim: every claim carries the shop's
+//! log position and the registry refuses a new term to a log behind the newest it knows
+//! (`failover.rs`, `concord::claim::LogPosition`). A replica restarted with flags naming a
+//! primary registered below its own stored term (it succeeded that primary) does not
+//! follow it but claims its term again (`told_primary_is_stale`). The
 //! promoted process keeps the mode it was started with: in `sync` with `fail` and no
 //! replica it refuses writes until one connects, so start replicas with `degrade` if
 //! the shop must take writes while alone.
@@ -170,7 +176,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use follower::run_follower;
-pub use registry_watch::{check_fence, run_failover_watch, run_fence, Fence, KeeperFeed};
+pub use registry_watch::{
+    check_fence, run_failover_watch, run_fence, told_primary_is_stale, Fence, KeeperFeed,
+};
+
+/// Whether `new` publishes another claim or another log term than `old` (the metadata
+/// refresh republishes then; a moving LSN alone waits for the next such change).
+pub fn claim_or_log_term_moved(
+    old: &std::collections::HashMap<String, String>,
+    new: &std::collections::HashMap<String, String>,
+) -> bool {
+    use concord::claim::{LogPosition, PrimaryClaim};
+    PrimaryClaim::parse(old) != PrimaryClaim::parse(new)
+        || LogPosition::of(old).term != LogPosition::of(new).term
+}
 pub use replicator::{run_wal_trimmer, Replicator};
 pub use role::Role;
 pub use service::ReplicationService;

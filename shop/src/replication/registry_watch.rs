@@ -83,6 +83,48 @@ pub async fn check_fence(registry: &str, service: &str, own_address: &str, our_t
         })
 }
 
+/// Whether the primary this process was told to follow (`told`, its start-up flag) is
+/// registered with a term below `our_term` while no other shop claims the primary role
+/// at `our_term` or above. Then following it is wrong twice over: it would refuse our
+/// stream ("replica claims a term above ours"), and our log may hold writes of a newer
+/// term it lacks (we were its successor). Such a process must (re)claim instead: as the
+/// holder of its stored term the registry lets it claim that term again; otherwise the
+/// registry refuses and it falls back to the failover rules. `false` when the registry
+/// does not answer, or for a shop that was never in a cluster (term 0).
+pub async fn told_primary_is_stale(
+    registry: &str,
+    service: &str,
+    own_address: &str,
+    told: &str,
+    our_term: u64,
+) -> bool {
+    if our_term == 0 {
+        return false;
+    }
+    match resolve(registry, service).await {
+        Some(instances) => is_stale(&instances, own_address, told, our_term),
+        None => false,
+    }
+}
+
+/// [`told_primary_is_stale`]'s rule on the registry's answer `instances`.
+fn is_stale(instances: &[Instance], own_address: &str, told: &str, our_term: u64) -> bool {
+    if our_term == 0 {
+        return false;
+    }
+    let newer_primary = primaries(instances)
+        .iter()
+        .any(|p| p.address != own_address && p.term >= our_term);
+    if newer_primary {
+        return false;
+    }
+    instances
+        .iter()
+        .filter(|i| i.address == told)
+        .filter_map(|i| PrimaryClaim::parse(&i.metadata).ok().flatten())
+        .any(|claim| claim.term < our_term)
+}
+
 /// A process that started fenced (registry unreachable) keeps asking the registry with
 /// backoff; once it answers, this process becomes the primary (same term) or follows the
 /// newer one. Returns then, or on shutdown, or when something else (the failover watch)
@@ -128,12 +170,15 @@ pub struct KeeperFeed {
 
 /// With a registry: watches the `service` instances and drives the [`Failover`] core
 /// (module docs of `failover.rs`): follow a newer primary, promote on a fresh Resolve that
-/// shows none, step down when our held claim is refused. Returns on shutdown.
+/// shows none, step down when our held claim is refused. `grace` is the registry's grace
+/// (two lease TTLs): a Watch stream open that long reports [`Event::GraceOver`]. Returns
+/// on shutdown.
 pub async fn run_failover_watch(
     rep: Arc<Replicator>,
     registry: String,
     service: String,
     mut keeper: KeeperFeed,
+    grace: std::time::Duration,
 ) {
     let watch = match concord::discovery::ServiceWatch::spawn(&registry, &service) {
         Ok(w) => w,
@@ -148,6 +193,9 @@ pub async fn run_failover_watch(
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut events = VecDeque::new();
     let snapshot = instances_rx.borrow_and_update().clone();
+    // The stream whose grace is being timed, and when it is over.
+    let mut grace_for: (u64, Option<tokio::time::Instant>) =
+        (snapshot.stream, Some(tokio::time::Instant::now() + grace));
     events.push_back(Event::Watched {
         stream: snapshot.stream,
         primaries: primaries(&snapshot.instances),
@@ -166,11 +214,25 @@ pub async fn run_failover_watch(
                 None => std::future::pending().await,
             }
         };
+        let grace_over = async {
+            match grace_for.1 {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             changed = instances_rx.changed() => {
                 if changed.is_err() { return }
                 let snapshot = instances_rx.borrow_and_update().clone();
+                if snapshot.stream != grace_for.0 {
+                    // A new stream (the registry restarted or we moved): its own grace.
+                    grace_for = (snapshot.stream, Some(tokio::time::Instant::now() + grace));
+                }
                 Event::Watched { stream: snapshot.stream, primaries: primaries(&snapshot.instances) }
+            }
+            () = grace_over => {
+                grace_for.1 = None;
+                Event::GraceOver { stream: grace_for.0 }
             }
             changed = keeper.accepted.changed() => {
                 if changed.is_err() { return }
@@ -247,4 +309,73 @@ async fn act(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shop(address: &str, claim: PrimaryClaim) -> Instance {
+        Instance {
+            service: "shop".into(),
+            address: address.into(),
+            metadata: claim.to_metadata(),
+            ..Instance::default()
+        }
+    }
+
+    /// When a restarted replica must claim instead of following the primary its flags
+    /// name ("told"), by what the registry shows.
+    #[test]
+    fn stale_told_primary_table() {
+        let (told, me, other) = ("told:1", "me:1", "other:1");
+        let cases: Vec<(&str, Vec<Instance>, u64, bool)> = vec![
+            (
+                "the double stop: told is back fenced below our term",
+                vec![shop(told, PrimaryClaim::replica(1))],
+                2,
+                true,
+            ),
+            (
+                "told claims a lower term as primary",
+                vec![shop(told, PrimaryClaim::primary(1))],
+                2,
+                true,
+            ),
+            (
+                "told is primary at our term: follow it",
+                vec![shop(told, PrimaryClaim::primary(2))],
+                2,
+                false,
+            ),
+            (
+                "another primary at our term or above: follow the watch's choice",
+                vec![
+                    shop(told, PrimaryClaim::replica(1)),
+                    shop(other, PrimaryClaim::primary(2)),
+                ],
+                2,
+                false,
+            ),
+            (
+                "our own old registration is no rival",
+                vec![
+                    shop(told, PrimaryClaim::replica(1)),
+                    shop(me, PrimaryClaim::primary(2)),
+                ],
+                2,
+                true,
+            ),
+            ("told is not registered: nothing known", vec![], 2, false),
+            (
+                "a brand-new shop never claims so",
+                vec![shop(told, PrimaryClaim::replica(0))],
+                0,
+                false,
+            ),
+        ];
+        for (label, instances, our_term, want) in cases {
+            assert_eq!(is_stale(&instances, me, told, our_term), want, "{label}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord::claim::{PrimaryClaim, Term};
+use concord::claim::{LogPosition, PrimaryClaim, Term};
 use concord::identity::Credential;
 use concord::pb::shop::v1 as pb;
 use tokio::sync::watch;
@@ -38,6 +38,11 @@ pub struct Replicator {
     /// follower only.
     pub(super) following: AtomicBool,
     pub(super) caught_up: AtomicBool,
+    /// The highest term whose primary this replica was caught up with (a heartbeat found
+    /// it holding everything): its log is that term's log although it may hold no entry
+    /// of it (a quiet term). Part of its [`LogPosition`]; in memory only, so a restart
+    /// forgets it and can only make the position look older (never claim wrongly).
+    caught_up_term: AtomicU64,
     pub(super) primary_last_lsn: AtomicU64,
     pub(super) stream_generation: AtomicU64,
     /// Cancelled on shutdown: every replication task ends.
@@ -87,6 +92,7 @@ impl Replicator {
             acks: Acks::default(),
             following: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
+            caught_up_term: AtomicU64::new(0),
             primary_last_lsn: AtomicU64::new(0),
             stream_generation: AtomicU64::new(0),
             stop,
@@ -242,11 +248,47 @@ impl Replicator {
 
     /// Registry metadata: the pending claim while there is one, else the role's.
     pub fn registry_metadata(&self) -> HashMap<String, String> {
-        match *self.claim_tx.borrow() {
+        let mut metadata = match *self.claim_tx.borrow() {
             Some(term) => PrimaryClaim::primary(term),
             None => self.role().claim(),
         }
-        .to_metadata()
+        .to_metadata();
+        self.log_position().write(&mut metadata);
+        metadata
+    }
+
+    /// Where this process's log ends, as the registry orders claims (`concord::claim`):
+    /// the last durable LSN, under the term of its last entry, or of the term it was
+    /// promoted into (its next entry is of that term), or of the primary it was last
+    /// caught up with, whichever is highest.
+    pub fn log_position(&self) -> LogPosition {
+        let lsn = self
+            .store
+            .durable_lsn()
+            .max(self.store.last_lsn().unwrap_or(0));
+        let entry_term = match self.store.term_at(lsn) {
+            Ok(term) => term.unwrap_or(0),
+            Err(e) => {
+                tracing::error!(error = %e, lsn, "cannot read the term of the last WAL entry");
+                0
+            }
+        };
+        let promoted_into = match self.store.promotion_lsn() {
+            Ok(Some(_)) => self.store.term(),
+            _ => 0,
+        };
+        LogPosition {
+            term: entry_term
+                .max(promoted_into)
+                .max(self.caught_up_term.load(Ordering::Acquire)),
+            lsn,
+        }
+    }
+
+    /// The follower found this replica holding everything the primary of `term` had:
+    /// its log is that term's log ([`Replicator::log_position`]).
+    pub(super) fn note_caught_up(&self, term: Term) {
+        self.caught_up_term.fetch_max(term, Ordering::AcqRel);
     }
 
     /// Publishes (`Some`) or withdraws (`None`) a claim to the primary role. The process
