@@ -304,3 +304,155 @@ async fn a_silent_member_is_left_by_calls_and_watches() {
         "the watch on the silent member should end: {ended:?}"
     );
 }
+
+/// Renews `lease_id` as `credential` through `registry`; the status code on failure.
+async fn renew(
+    registry: &Running<tonic::transport::Error>,
+    credential: &Credential,
+    lease_id: &str,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), Code> {
+    client(registry)
+        .keep_alive(signed(
+            credential,
+            KeepAliveRequest {
+                lease_id: lease_id.to_owned(),
+                metadata: metadata.map(|entries| Metadata { entries }),
+            },
+        ))
+        .await
+        .map(|_| ())
+        .map_err(|status| status.code())
+}
+
+/// Issue 15, gap 2: both registries are cut off from the shops (not from etcd) for longer
+/// than the shops' TTL. Neither hears any shop, so neither may let etcd expire their
+/// leases: after the heal the primary's lease is live and the replica cannot take term 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registries_silent_towards_the_shops_expire_no_shop_on_etcd() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    let primary = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7501", "primary", 1, 1500)))
+        .await
+        .expect("primary")
+        .into_inner();
+    let replica = client(&b)
+        .register(signed(&shop, shop_at("127.0.0.1:7502", "replica", 1, 1500)))
+        .await
+        .expect("replica")
+        .into_inner();
+    // The cut: nobody reaches either registry for three TTLs.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(
+        resolve(&mut client(&b), "shop").await.len(),
+        2,
+        "a registry that heard no shop let etcd expire them"
+    );
+    // The heal: the replica, first back, tries to promote itself; refused.
+    let claim = shop_at("x", "primary", 2, 0).metadata;
+    assert_eq!(
+        renew(&b, &shop, &replica.lease_id, Some(claim)).await,
+        Err(Code::FailedPrecondition),
+        "term 2 accepted past a primary that never died"
+    );
+    assert_eq!(renew(&a, &shop, &primary.lease_id, None).await, Ok(()));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The hold is for a registry that hears nobody: while a registry still hears the replica
+/// (the shops moved to it), the other one, silent, does not keep a dead primary alive; its
+/// lease expires in etcd within a few TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_expires_while_another_registry_hears_the_replica() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    let primary = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7601", "primary", 1, 1500)))
+        .await
+        .expect("primary")
+        .into_inner();
+    let replica = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7602", "replica", 1, 1500)))
+        .await
+        .expect("replica")
+        .into_inner();
+    // `a` is cut off from the shops; the replica moved to `b` and renews there; the
+    // primary died.
+    let started = tokio::time::Instant::now();
+    loop {
+        assert_eq!(renew(&b, &shop, &replica.lease_id, None).await, Ok(()));
+        if resolve(&mut client(&b), "shop").await.len() == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the dead primary's lease was held while a registry heard the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let claim = shop_at("x", "primary", 2, 0).metadata;
+    assert_eq!(
+        renew(&b, &shop, &replica.lease_id, Some(claim)).await,
+        Ok(())
+    );
+    assert_eq!(
+        renew(&a, &shop, &primary.lease_id, None).await,
+        Err(Code::NotFound)
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A shop that really died during the cut of both registries is held only until the heal:
+/// once the registries hear the survivor again, the dead one expires within a few TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shop_that_died_during_the_cut_expires_after_the_heal() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7701", "primary", 1, 1500)))
+        .await
+        .expect("primary");
+    let replica = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7702", "replica", 1, 1500)))
+        .await
+        .expect("replica")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // The heal: only the replica comes back.
+    let healed = tokio::time::Instant::now();
+    loop {
+        assert_eq!(renew(&a, &shop, &replica.lease_id, None).await, Ok(()));
+        if resolve(&mut client(&b), "shop").await.len() == 1 {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(10),
+            "the dead primary was held long after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("dead primary gone {:?} after the heal", healed.elapsed());
+    a.stop().await;
+    b.stop().await;
+}
