@@ -456,3 +456,70 @@ async fn a_shop_that_died_during_the_cut_expires_after_the_heal() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Issue 15, gap 1: an etcd that serves TLS and requires client certificates refuses a
+/// registry that dials it in plaintext, without a client certificate, or with one of
+/// another CA (its Register fails, nothing is written); with the accepted certificate the
+/// registry works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_etcd_refuses_a_registry_without_the_client_certificate() {
+    use concord::etcd::{EtcdSecurity, EtcdTls};
+    let Some(etcd) = EtcdCluster::start_tls(1).await else {
+        return;
+    };
+    let pki = etcd.pki().expect("a TLS cluster").clone();
+    let endpoints = etcd.endpoints();
+    let tls = |client: Option<(&std::path::Path, &std::path::Path)>| EtcdSecurity {
+        tls: Some(EtcdTls::load(&pki.ca, client).expect("PEM")),
+        auth: None,
+    };
+    let refused = [
+        ("plaintext", EtcdSecurity::default()),
+        ("no client certificate", tls(None)),
+        (
+            "a client certificate of another CA",
+            tls(Some((&pki.stranger_cert, &pki.stranger_key))),
+        ),
+    ];
+    let node = credential(Principal::Node("node-1".into()));
+    let register = |address: &str| {
+        signed(
+            &node,
+            RegisterRequest {
+                service: "predictor".into(),
+                address: address.into(),
+                metadata: HashMap::from([("node_id".into(), "node-1".into())]),
+                ttl_ms: 5000,
+            },
+        )
+    };
+    for (what, security) in refused {
+        let registry = concord_testkit::registry_on_etcd_with(&endpoints, &security).await;
+        let err = client(&registry)
+            .register(register("127.0.0.1:7801"))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::Unavailable, "{what}: {err:?}");
+        println!("{what}: refused ({})", err.message());
+        registry.stop().await;
+    }
+    assert!(
+        etcd.client()
+            .range_prefix(b"/concord/")
+            .await
+            .expect("read with the accepted certificate")
+            .kvs
+            .is_empty(),
+        "a refused registry wrote to etcd"
+    );
+    let registry = concord_testkit::registry_on_etcd_with(&endpoints, &etcd.security()).await;
+    client(&registry)
+        .register(register("127.0.0.1:7801"))
+        .await
+        .expect("register with the accepted client certificate");
+    assert_eq!(
+        resolve(&mut client(&registry), "predictor").await,
+        vec!["127.0.0.1:7801".to_owned()]
+    );
+    registry.stop().await;
+}
