@@ -1096,3 +1096,115 @@ async fn gateway_cut_off_from_the_primary() {
     eprintln!("gateway cut off from the primary: {refused} writes refused with 503 + Retry-After");
     drop(gateway);
 }
+
+/// Issue 15, gap 2: both registries (on etcd) cut off from both shops for `outage`, while
+/// they still reach etcd and the shops still reach each other and the clients. Neither
+/// registry hears a shop, so neither may let etcd expire them: no promotion, nothing
+/// acknowledged lost, never two shops acknowledging; prints acknowledged, lost and pause.
+async fn registries_cut_off_from_the_shops(mode: &str, outage: Duration) {
+    let Some(cluster) = Cluster::start_with(mode, ControlPlane::Etcd(EtcdRole::Leader)).await
+    else {
+        return;
+    };
+    let registry = cluster.registry();
+    let term = status(&cluster.alpha()).await.expect("alpha's status").term;
+    let load = Load::start(registry.clone(), cluster.alpha());
+    run_for(&load, 500).await;
+    let cut_at = Instant::now();
+    for registry_host in ["reg1", "reg2"] {
+        for shop in ["alpha", "beta"] {
+            cluster.net.cut(registry_host, shop);
+        }
+    }
+    tokio::time::sleep(outage).await;
+    cluster.net.heal();
+    // Give a late decision (a promotion after the heal) time to show itself, under load.
+    tokio::time::sleep(TTL * 3).await;
+    run_for(&load, 300).await;
+    let acks = load.finish().await;
+    let verdict = verify(&acks, &cluster.alpha(), cut_at).await;
+    let (alpha, beta) = (
+        status(&cluster.alpha()).await,
+        status(&cluster.beta()).await,
+    );
+    eprintln!(
+        "both registries (etcd) cut off from the shops for {outage:?} ({mode}): {} acknowledged, {} lost, pause {} ms, terms alpha {:?} beta {:?}",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        alpha.as_ref().map(|s| (s.role, s.term)),
+        beta.as_ref().map(|s| (s.role, s.term)),
+    );
+    assert!(
+        alpha.is_some_and(|s| s.role == pb::Role::Primary as i32 && s.term == term)
+            && beta.is_some_and(|s| s.role == pb::Role::Replica as i32),
+        "the replica was promoted past a primary that never died"
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    cluster
+        .wait_converged(&cluster.alpha(), &cluster.beta())
+        .await;
+    cluster.assert_same_data().await;
+}
+
+/// Both registries (etcd) cut off from the shops for 5 s, sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_5s_sync() {
+    registries_cut_off_from_the_shops("sync", Duration::from_secs(5)).await;
+}
+
+/// Both registries (etcd) cut off from the shops for 5 s, async mode (a promotion here
+/// would lose acknowledged writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_5s_async() {
+    registries_cut_off_from_the_shops("async", Duration::from_secs(5)).await;
+}
+
+/// Both registries (etcd) cut off from the shops for 30 s, sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_30s_sync() {
+    registries_cut_off_from_the_shops("sync", Duration::from_secs(30)).await;
+}
+
+/// Both registries (etcd) cut off from the shops for 30 s, async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_30s_async() {
+    registries_cut_off_from_the_shops("async", Duration::from_secs(30)).await;
+}
+
+/// A minority of etcd (the member the registries dial, 1 of 3) cut off for 30 s: the
+/// registries move to the majority; no failover, nothing lost; prints the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_minority_outage_30s() {
+    control_plane_outage(
+        "sync",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// The etcd leader cut off for 5 s in async mode: no failover, so nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_leader_outage_5s_async() {
+    control_plane_outage(
+        "async",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// An etcd follower the registries dial cut off for 5 s in async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_follower_outage_5s_async() {
+    control_plane_outage(
+        "async",
+        ControlPlane::Etcd(EtcdRole::Follower),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(5),
+    )
+    .await;
+}
