@@ -87,6 +87,11 @@ pub use pb::mvccpb::KeyValue;
 /// registry's shortest lease (1 s), so that a silent member costs a lease renewal
 /// one attempt, not the lease.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long asking a member for an auth token may take: etcd checks the password with
+/// bcrypt, far slower than a call (tens to hundreds of milliseconds on a loaded host). A
+/// token is asked for once per member and kept (etcd's default tokens live on while used),
+/// so this is paid on the first call to a member, not on every call.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long dialling a member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Metadata asking a member to end a watch when it loses its leader (etcd's
@@ -422,19 +427,31 @@ impl Etcd {
 
     /// One attempt of `call` on member `index`: dials with its token, and once more with
     /// a new token when etcd says the old one is no longer valid.
-    async fn attempt<T, F, Fut>(&self, index: usize, call: &F) -> Result<T, Status>
+    async fn attempt<T, F, Fut>(&self, index: usize, call: &F) -> Option<Result<T, Status>>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let result = call(self.conn(index).await?).await;
+        let conn = match tokio::time::timeout(AUTH_TIMEOUT, self.conn(index)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(status)) => return Some(Err(status)),
+            Err(_) => return None,
+        };
+        let result = tokio::time::timeout(MEMBER_TIMEOUT, call(conn))
+            .await
+            .ok()?;
         match result {
             Err(status) if self.inner.auth.is_some() && is_stale_token(&status) => {
                 tracing::debug!(member = %self.inner.members[index].0, %status, "etcd token no longer valid; authenticating again");
                 self.forget_token(index);
-                call(self.conn(index).await?).await
+                let conn = match tokio::time::timeout(AUTH_TIMEOUT, self.conn(index)).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(status)) => return Some(Err(status)),
+                    Err(_) => return None,
+                };
+                tokio::time::timeout(MEMBER_TIMEOUT, call(conn)).await.ok()
             }
-            other => other,
+            other => Some(other),
         }
     }
 
@@ -450,30 +467,30 @@ impl Etcd {
         for step in 0..members.len() {
             let index = (start + step) % members.len();
             let addr = &members[index].0;
-            match tokio::time::timeout(MEMBER_TIMEOUT, self.attempt(index, &call)).await {
-                Ok(Ok(answer)) => {
+            match self.attempt(index, &call).await {
+                Some(Ok(answer)) => {
                     self.inner
                         .current
                         .send_if_modified(|current| std::mem::replace(current, index) != index);
                     return Ok((answer, index));
                 }
-                Ok(Err(status)) if is_security(&status) => {
+                Some(Err(status)) if is_security(&status) => {
                     return Err(EtcdError::Security(format!(
                         "{what} at {addr}: {}",
                         status.message()
                     )));
                 }
-                Ok(Err(status)) if !is_retryable(&status) => {
+                Some(Err(status)) if !is_retryable(&status) => {
                     return Err(EtcdError::Refused(format!(
                         "{what} at {addr}: {}",
                         status.message()
                     )));
                 }
-                Ok(Err(status)) => {
+                Some(Err(status)) => {
                     tracing::debug!(member = %addr, %what, %status, "etcd member failed; trying the next");
                     last = format!("{what} at {addr}: {}", status.message());
                 }
-                Err(_) => {
+                None => {
                     tracing::debug!(member = %addr, %what, "etcd member timed out; trying the next");
                     last = format!("{what} at {addr}: no answer within {MEMBER_TIMEOUT:?}");
                 }

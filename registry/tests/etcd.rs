@@ -523,3 +523,70 @@ async fn a_tls_etcd_refuses_a_registry_without_the_client_certificate() {
     );
     registry.stop().await;
 }
+
+/// Issue 15, gap 1: an etcd with authentication on refuses a registry without a user or
+/// with a wrong password (nothing written), and serves one with the right password (its
+/// token is sent on every call, watches included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_with_auth_refuses_a_registry_without_the_password() {
+    use concord::etcd::{EtcdAuth, EtcdSecurity};
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    etcd.enable_auth("s3cret-pw").await;
+    let endpoints = etcd.endpoints();
+    let user = |password: &str| EtcdSecurity {
+        tls: None,
+        auth: Some(EtcdAuth {
+            user: "root".into(),
+            password: password.into(),
+        }),
+    };
+    let node = credential(Principal::Node("node-1".into()));
+    let register = |address: &str| {
+        signed(
+            &node,
+            RegisterRequest {
+                service: "predictor".into(),
+                address: address.into(),
+                metadata: HashMap::from([("node_id".into(), "node-1".into())]),
+                ttl_ms: 5000,
+            },
+        )
+    };
+    for (what, security) in [
+        ("no user", EtcdSecurity::default()),
+        ("a wrong password", user("guess")),
+    ] {
+        let registry = concord_testkit::registry_on_etcd_with(&endpoints, &security).await;
+        let err = client(&registry)
+            .register(register("127.0.0.1:7901"))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::Unavailable, "{what}: {err:?}");
+        println!("{what}: refused ({})", err.message());
+        registry.stop().await;
+    }
+    let registry = concord_testkit::registry_on_etcd_with(&endpoints, &user("s3cret-pw")).await;
+    let mut watch = client(&registry)
+        .watch(WatchRequest {
+            service: "predictor".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(
+        next(&mut watch).await.is_empty(),
+        "a refused registry wrote to etcd"
+    );
+    client(&registry)
+        .register(register("127.0.0.1:7901"))
+        .await
+        .expect("register with the right password");
+    assert_eq!(
+        next(&mut watch).await.len(),
+        1,
+        "the watch (with the token) heard it"
+    );
+    registry.stop().await;
+}

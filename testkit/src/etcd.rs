@@ -230,6 +230,38 @@ impl EtcdCluster {
         self.security.clone()
     }
 
+    /// Turns on etcd's authentication (plaintext clusters): adds the user `root` with
+    /// `password` and the role `root`, then enables auth. From then on a client needs that
+    /// user ([`concord::etcd::EtcdAuth`]).
+    pub async fn enable_auth(&self, password: &str) {
+        use concord::etcd::pb::etcdserverpb::{
+            auth_client::AuthClient, AuthEnableRequest, AuthUserAddRequest,
+            AuthUserGrantRoleRequest,
+        };
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", self.endpoint(0)))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect to etcd");
+        let mut auth = AuthClient::new(channel);
+        auth.user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: password.into(),
+        })
+        .await
+        .expect("add root");
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .expect("grant root");
+        auth.auth_enable(AuthEnableRequest {})
+            .await
+            .expect("enable auth");
+    }
+
     /// A TLS cluster's PEM files.
     pub fn pki(&self) -> Option<&EtcdPki> {
         self.pki.as_ref()
