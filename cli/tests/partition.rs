@@ -416,6 +416,26 @@ impl Load {
     }
 }
 
+impl Load {
+    /// [`Load::start`] plus one writer pinned to each of `shops` whatever the registry
+    /// says: a shop that still acknowledges after the switch (an old primary in split
+    /// brain) is then caught by [`verify`] (two hosts in one term, or an older term acked
+    /// after a newer one), which writers that follow the registry alone would never try.
+    fn start_pinned(registry: String, first_primary: String, shops: &[String]) -> Load {
+        let mut load = Load::start(registry, first_primary);
+        for (i, shop) in shops.iter().enumerate() {
+            load.tasks.push(tokio::spawn(writer(
+                WRITERS + i,
+                Arc::new(RwLock::new(shop.clone())),
+                Arc::clone(&load.acks),
+                Arc::clone(&load.unexpected),
+                Arc::clone(&load.stop),
+            )));
+        }
+        load
+    }
+}
+
 /// Keeps `target` on the registry's current primary (when the registry answers).
 async fn follow_primary(registry: String, target: Arc<RwLock<String>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
@@ -557,7 +577,11 @@ async fn run_for(load: &Load, more: usize) {
 async fn primary_failover(what: &str, cut: impl FnOnce(&Network)) -> Option<Option<Duration>> {
     let cluster = Cluster::start("sync").await?;
     let registry = cluster.registry();
-    let load = Load::start(registry.clone(), cluster.alpha());
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
     run_for(&load, 500).await;
     let cut_at = Instant::now();
     cut(&cluster.net);
@@ -692,7 +716,11 @@ async fn control_plane_outage(mode: &str, plane: ControlPlane, cut: Cut, outage:
     };
     let registry = cluster.registry();
     let term = status(&cluster.alpha()).await.expect("alpha's status").term;
-    let load = Load::start(registry.clone(), cluster.alpha());
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
     run_for(&load, 500).await;
     let cut_at = Instant::now();
     cluster.net.isolate(host);
@@ -1108,7 +1136,11 @@ async fn registries_cut_off_from_the_shops(mode: &str, outage: Duration) {
     };
     let registry = cluster.registry();
     let term = status(&cluster.alpha()).await.expect("alpha's status").term;
-    let load = Load::start(registry.clone(), cluster.alpha());
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
     run_for(&load, 500).await;
     let cut_at = Instant::now();
     for registry_host in ["reg1", "reg2"] {
