@@ -1240,3 +1240,116 @@ async fn etcd_follower_outage_5s_async() {
     )
     .await;
 }
+
+/// The gateway cut off from the primary but not the replica for 5 s, under the 16-writer
+/// load (plus one writer pinned to each shop) and a writer through the gateway: every
+/// gateway write is 201 or 503 + Retry-After, never acknowledged by the replica (each 201
+/// carries the primary's term and is on the primary afterwards), no failover, nothing lost;
+/// prints acknowledged, lost, pause and the gateway's 201/503 counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_cut_off_from_the_primary_under_load() {
+    let Some(cluster) = Cluster::start("sync").await else {
+        return;
+    };
+    let registry = cluster.registry();
+    let gateway = cluster.net.spawn(
+        "gateway",
+        &[
+            "gateway",
+            "--listen",
+            &cluster.net.listen("gateway"),
+            "--registry",
+            &registry,
+        ],
+        &[],
+    );
+    let term = status(&cluster.alpha()).await.expect("alpha's status").term;
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
+    run_for(&load, 500).await;
+    let body =
+        |name: &str| format!(r#"{{"name":"{name}","price_minor":100,"currency":"EUR","stock":1}}"#);
+    let auth = format!("Authorization: Bearer {ADMIN}\r\n");
+    let gateway_write = |i: usize| {
+        let (body, auth) = (body(&format!("gw-{i}")), auth.clone());
+        async move { http(gateway.addr, "POST", "/api/products", &auth, &body).await }
+    };
+    let (mut created, mut refused) = (Vec::new(), 0usize);
+    let cut_at = Instant::now();
+    cluster.net.cut("gateway", "alpha");
+    let mut i = 0;
+    while cut_at.elapsed() < Duration::from_secs(5) {
+        let response = gateway_write(i).await;
+        i += 1;
+        match response.status {
+            201 => created.push(response.json()),
+            503 => {
+                assert!(
+                    response.header("retry-after").is_some(),
+                    "a 503 without Retry-After"
+                );
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!(
+                "gateway write {i} during the cut: {other} {}",
+                response.body
+            ),
+        }
+    }
+    cluster.net.heal();
+    let healed = Instant::now();
+    loop {
+        let response = gateway_write(i).await;
+        i += 1;
+        if response.status == 201 {
+            created.push(response.json());
+            break;
+        }
+        assert!(
+            healed.elapsed() < WAIT,
+            "writes through the gateway did not come back after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run_for(&load, 300).await;
+    let acks = load.finish().await;
+    let verdict = verify(&acks, &cluster.alpha(), cut_at).await;
+    let mut alpha = ShopClient::new(channel(&cluster.alpha()));
+    for reply in &created {
+        assert_eq!(
+            reply["write"]["term"].as_u64(),
+            Some(term),
+            "a gateway write acknowledged in another term: {reply}"
+        );
+        let id = reply["product"]["id"]
+            .as_str()
+            .expect("product id")
+            .to_owned();
+        assert!(
+            alpha
+                .get_product(pb::GetProductRequest { id })
+                .await
+                .is_ok_and(|r| r.into_inner().product.is_some()),
+            "a gateway-acknowledged write is not on the primary: {reply}"
+        );
+    }
+    let beta = status(&cluster.beta()).await.expect("beta's status");
+    eprintln!(
+        "gateway cut off from the primary for 5s (sync, 16 writers): {} acknowledged, {} lost, pause {} ms; through the gateway {} created, {refused} refused with 503 + Retry-After",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        created.len(),
+    );
+    assert_eq!(
+        beta.role,
+        pb::Role::Replica as i32,
+        "beta must still be the replica"
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    drop(gateway);
+}
