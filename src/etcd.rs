@@ -946,4 +946,32 @@ mod tests {
             .expect("two members");
         assert_eq!(etcd.endpoints().len(), 2);
     }
+
+    /// A half-secured link is refused at start-up: `https://` without a CA, `http://` with
+    /// one, an unknown scheme, PEM that is not a certificate.
+    #[tokio::test]
+    async fn half_secured_endpoints_are_refused() {
+        let ca = crate::tls::test::TestCa::new();
+        let tls = EtcdSecurity {
+            tls: Some(EtcdTls::from_pem(ca.pem.as_bytes(), None).expect("CA")),
+            auth: None,
+        };
+        let plain = EtcdSecurity::default();
+        assert!(Etcd::connect_with(&["https://127.0.0.1:2379".to_owned()], &plain).is_err());
+        assert!(Etcd::connect_with(&["http://127.0.0.1:2379".to_owned()], &tls).is_err());
+        assert!(Etcd::connect_with(&["ftp://127.0.0.1:2379".to_owned()], &tls).is_err());
+        assert!(Etcd::connect_with(&["127.0.0.1:2379".to_owned()], &tls).is_ok());
+        assert!(Etcd::connect_with(&["https://127.0.0.1:2379".to_owned()], &tls).is_ok());
+        assert!(EtcdTls::from_pem(b"not a certificate", None).is_err());
+        let other = crate::tls::test::TestCa::new().issue(&crate::identity::Principal::Registry);
+        let mine = ca.issue(&crate::identity::Principal::Registry);
+        assert!(
+            EtcdTls::from_pem(
+                ca.pem.as_bytes(),
+                Some((mine.cert.as_bytes(), other.key.as_bytes()))
+            )
+            .is_err(),
+            "a key that is not the certificate's"
+        );
+    }
 }
