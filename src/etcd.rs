@@ -24,14 +24,42 @@
 //! compare instead of applying twice; a repeated grant leaves an unused lease that expires
 //! after its TTL.
 //!
-//! Non-goals: TLS and authentication towards etcd (run etcd on loopback or a private
-//! network), auto-sync of the member list, leases longer-lived than one keep-alive call.
+//! **Security of the link** ([`EtcdSecurity`]). Whoever can write to etcd can write primary
+//! claims and terms directly, past every identity check the registry makes, so a
+//! production etcd requires client certificates (`--client-cert-auth`) and/or users
+//! (`--auth`), and serves TLS. With [`EtcdTls`] every member is dialled over `https://`
+//! (rustls, through tonic, as our own links in `crate::tls`), its certificate checked
+//! against the CA given (etcd's CA, which need not be Concord's), and our client
+//! certificate presented when given. With [`EtcdAuth`] the client calls etcd's
+//! `Auth.Authenticate` on a member the first time it talks to it and sends the token it got
+//! in the `token` metadata of every call; a token etcd no longer accepts (expired: "simple"
+//! tokens live 5 minutes by default, or the member restarted) is dropped, a new one asked
+//! for and the call repeated once. Tokens are kept per member, since etcd's default "simple"
+//! tokens are valid only on the member that issued them. A TLS setting with a plain
+//! `http://` endpoint, or an `https://` endpoint without one, is refused at start-up rather
+//! than half-secured. `concord up --control-plane etcd` runs its members with client and
+//! peer TLS and client-certificate authentication, the registries presenting their own
+//! Concord certificates.
+//!
+//! Non-goals: auto-sync of the member list, leases longer-lived than one keep-alive call,
+//! reloading certificates or passwords without a restart.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{transport::Channel, Code, Status};
+use tonic::{
+    metadata::AsciiMetadataValue,
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+    Code, Status,
+};
 
 /// The generated etcd stubs (client only).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -47,10 +75,10 @@ pub mod pb {
 }
 
 use pb::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient,
-    watch_request, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
-    WatchCreateRequest, WatchRequest, WatchResponse,
+    auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
+    watch_client::WatchClient, watch_request, AuthenticateRequest, Compare, DeleteRangeRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 pub use pb::mvccpb::KeyValue;
 
@@ -59,6 +87,11 @@ pub use pb::mvccpb::KeyValue;
 /// registry's shortest lease (1 s), so that a silent member costs a lease renewal
 /// one attempt, not the lease.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long asking a member for an auth token may take: etcd checks the password with
+/// bcrypt, far slower than a call (tens to hundreds of milliseconds on a loaded host). A
+/// token is asked for once per member and kept (etcd's default tokens live on while used),
+/// so this is paid on the first call to a member, not on every call.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long dialling a member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Metadata asking a member to end a watch when it loses its leader (etcd's
@@ -66,8 +99,166 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// going silent.
 const REQUIRE_LEADER_KEY: &str = "hasleader";
 
+/// Metadata carrying an etcd auth token (etcd's `rpctypes.TokenFieldNameGRPC`).
+const TOKEN_KEY: &str = "token";
+
 /// An etcd lease id.
 pub type LeaseId = i64;
+
+/// How a client checks etcd and proves itself to it (module docs, "Security of the link").
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSecurity {
+    /// TLS towards every member (`https://`); plaintext without.
+    pub tls: Option<EtcdTls>,
+    /// An etcd user to authenticate as.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// TLS towards etcd: the CA etcd's certificates chain to, and our client certificate.
+#[derive(Clone)]
+pub struct EtcdTls {
+    ca: Certificate,
+    identity: Option<Identity>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl EtcdTls {
+    /// Reads and checks PEM files: the CA, and optionally our certificate and its key
+    /// (both or neither).
+    pub fn load(ca: &Path, client: Option<(&Path, &Path)>) -> Result<Self, EtcdError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|err| {
+                EtcdError::Security(format!("cannot read {}: {err}", path.display()))
+            })
+        };
+        let client = match client {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        Self::from_pem(
+            &read(ca)?,
+            client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+    }
+
+    /// The same from PEM bytes.
+    pub fn from_pem(ca_pem: &[u8], client: Option<(&[u8], &[u8])>) -> Result<Self, EtcdError> {
+        crate::tls::ensure_crypto_provider();
+        let bad = |what: &str| EtcdError::Security(what.to_owned());
+        let cas = CertificateDer::pem_slice_iter(ca_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| bad(&format!("the etcd CA is not PEM: {err}")))?;
+        if cas.is_empty() {
+            return Err(bad("the etcd CA file holds no certificate"));
+        }
+        let identity = match client {
+            Some((cert_pem, key_pem)) => {
+                let certs = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| {
+                        bad(&format!("the etcd client certificate is not PEM: {err}"))
+                    })?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|err| bad(&format!("the etcd client key is not a PEM key: {err}")))?;
+                // Fails when the key is not the certificate's.
+                rustls::ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)
+                    .map_err(|err| {
+                        bad(&format!(
+                            "the etcd client key does not fit its certificate: {err}"
+                        ))
+                    })?;
+                Some(Identity::from_pem(cert_pem, key_pem))
+            }
+            None => None,
+        };
+        Ok(Self {
+            ca: Certificate::from_pem(ca_pem),
+            identity,
+        })
+    }
+
+    fn client_config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .timeout(crate::tls::HANDSHAKE_TIMEOUT);
+        match &self.identity {
+            Some(identity) => config.identity(identity.clone()),
+            None => config,
+        }
+    }
+}
+
+/// An etcd user and its password (never logged).
+#[derive(Clone)]
+pub struct EtcdAuth {
+    /// The etcd user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdAuth {
+    /// `user` with the password in the file `password_file` (one line; the trailing line
+    /// break is not part of it).
+    pub fn from_file(user: &str, password_file: &Path) -> Result<Self, EtcdError> {
+        let password = std::fs::read_to_string(password_file).map_err(|err| {
+            EtcdError::Security(format!(
+                "cannot read the etcd password file {}: {err}",
+                password_file.display()
+            ))
+        })?;
+        let password = password.trim_end_matches(['\r', '\n']).to_owned();
+        if user.is_empty() || password.is_empty() {
+            return Err(EtcdError::Security(
+                "the etcd user and password must not be empty".into(),
+            ));
+        }
+        Ok(Self {
+            user: user.to_owned(),
+            password,
+        })
+    }
+}
+
+/// What one call gets to reach a member: the channel, and the auth token to send.
+#[derive(Clone)]
+pub struct Conn {
+    channel: Channel,
+    token: Option<AsciiMetadataValue>,
+}
+
+impl Interceptor for Conn {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(TOKEN_KEY, token.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl Conn {
+    /// The channel with the token attached to every request.
+    fn service(self) -> InterceptedService<Channel, Conn> {
+        InterceptedService::new(self.channel.clone(), self)
+    }
+}
 
 /// Why an etcd call failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +274,9 @@ pub enum EtcdError {
     /// No member answered (all down, cut off, or without a leader).
     #[error("etcd is unavailable: {0}")]
     Unavailable(String),
+    /// The TLS or auth settings are unusable, or etcd refused our credentials.
+    #[error("etcd security: {0}")]
+    Security(String),
     /// A member answered with an error that another member would repeat.
     #[error("etcd refused the call: {0}")]
     Refused(String),
@@ -108,12 +302,22 @@ struct Inner {
     members: Vec<(String, Channel)>,
     /// The member that answered last; watches end when it changes.
     current: watch::Sender<usize>,
+    /// The user to authenticate as, if any.
+    auth: Option<EtcdAuth>,
+    /// Each member's auth token, once it gave one.
+    tokens: Vec<Mutex<Option<AsciiMetadataValue>>>,
 }
 
 impl Etcd {
     /// A client of the members at `endpoints` (`host:port`, or `http://host:port`); dials
     /// lazily, so a member that is down now is only skipped.
     pub fn connect(endpoints: &[String]) -> Result<Self, EtcdError> {
+        Self::connect_with(endpoints, &EtcdSecurity::default())
+    }
+
+    /// The same, with TLS and/or a user (module docs, "Security of the link"); `host:port`
+    /// endpoints get `https://` when `security` has TLS.
+    pub fn connect_with(endpoints: &[String], security: &EtcdSecurity) -> Result<Self, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::Endpoint {
                 endpoint: String::new(),
@@ -122,27 +326,88 @@ impl Etcd {
         }
         let mut members = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let url = if endpoint.contains("://") {
-                endpoint.clone()
-            } else {
-                format!("http://{endpoint}")
+            let bad = |reason: String| EtcdError::Endpoint {
+                endpoint: endpoint.clone(),
+                reason,
             };
-            let channel = Channel::from_shared(url)
-                .map_err(|err| EtcdError::Endpoint {
-                    endpoint: endpoint.clone(),
-                    reason: err.to_string(),
-                })?
+            let url = match (endpoint.split_once("://"), &security.tls) {
+                (None, None) => format!("http://{endpoint}"),
+                (None, Some(_)) => format!("https://{endpoint}"),
+                (Some(("http", _)), None) | (Some(("https", _)), Some(_)) => endpoint.clone(),
+                (Some(("http", _)), Some(_)) => {
+                    return Err(bad("http:// while etcd TLS is configured".into()))
+                }
+                (Some(("https", _)), None) => {
+                    return Err(bad("https:// needs the etcd CA (--etcd-ca)".into()))
+                }
+                (Some((scheme, _)), _) => return Err(bad(format!("unknown scheme {scheme}"))),
+            };
+            let mut channel = Channel::from_shared(url).map_err(|err| bad(err.to_string()))?;
+            if let Some(tls) = &security.tls {
+                channel = channel
+                    .tls_config(tls.client_config())
+                    .map_err(|err| bad(err.to_string()))?;
+            }
+            let channel = channel
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .connect_lazy();
             members.push((endpoint.clone(), channel));
         }
+        let tokens = members.iter().map(|_| Mutex::new(None)).collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 members,
                 current: watch::Sender::new(0),
+                auth: security.auth.clone(),
+                tokens,
             }),
         })
+    }
+
+    /// What a call to member `index` needs: its channel and, with a user, its token (asked
+    /// for first when there is none).
+    async fn conn(&self, index: usize) -> Result<Conn, Status> {
+        let channel = self.inner.members[index].1.clone();
+        let Some(auth) = &self.inner.auth else {
+            return Ok(Conn {
+                channel,
+                token: None,
+            });
+        };
+        let cached = self.inner.tokens[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let token = match cached {
+            Some(token) => token,
+            None => {
+                let reply = AuthClient::new(channel.clone())
+                    .authenticate(AuthenticateRequest {
+                        name: auth.user.clone(),
+                        password: auth.password.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                let token = AsciiMetadataValue::try_from(reply.token.as_str())
+                    .map_err(|_| Status::internal("etcd gave a token that is not ASCII"))?;
+                *self.inner.tokens[index]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+                token
+            }
+        };
+        Ok(Conn {
+            channel,
+            token: Some(token),
+        })
+    }
+
+    /// Forgets member `index`'s token (etcd no longer accepts it).
+    fn forget_token(&self, index: usize) {
+        *self.inner.tokens[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The member addresses, as given.
@@ -154,16 +419,46 @@ impl Etcd {
     /// out or are unavailable (module docs, "Several endpoints").
     async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         Ok(self.call_member(what, call).await?.0)
     }
 
+    /// One attempt of `call` on member `index`: dials with its token, and once more with
+    /// a new token when etcd says the old one is no longer valid.
+    async fn attempt<T, F, Fut>(&self, index: usize, call: &F) -> Option<Result<T, Status>>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let conn = match tokio::time::timeout(AUTH_TIMEOUT, self.conn(index)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(status)) => return Some(Err(status)),
+            Err(_) => return None,
+        };
+        let result = tokio::time::timeout(MEMBER_TIMEOUT, call(conn))
+            .await
+            .ok()?;
+        match result {
+            Err(status) if self.inner.auth.is_some() && is_stale_token(&status) => {
+                tracing::debug!(member = %self.inner.members[index].0, %status, "etcd token no longer valid; authenticating again");
+                self.forget_token(index);
+                let conn = match tokio::time::timeout(AUTH_TIMEOUT, self.conn(index)).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(status)) => return Some(Err(status)),
+                    Err(_) => return None,
+                };
+                tokio::time::timeout(MEMBER_TIMEOUT, call(conn)).await.ok()
+            }
+            other => Some(other),
+        }
+    }
+
     /// [`Self::call`], also saying which member answered.
     async fn call_member<T, F, Fut>(&self, what: &str, call: F) -> Result<(T, usize), EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let members = &self.inner.members;
@@ -171,25 +466,31 @@ impl Etcd {
         let mut last = String::new();
         for step in 0..members.len() {
             let index = (start + step) % members.len();
-            let (addr, channel) = &members[index];
-            match tokio::time::timeout(MEMBER_TIMEOUT, call(channel.clone())).await {
-                Ok(Ok(answer)) => {
+            let addr = &members[index].0;
+            match self.attempt(index, &call).await {
+                Some(Ok(answer)) => {
                     self.inner
                         .current
                         .send_if_modified(|current| std::mem::replace(current, index) != index);
                     return Ok((answer, index));
                 }
-                Ok(Err(status)) if !is_retryable(&status) => {
+                Some(Err(status)) if is_security(&status) => {
+                    return Err(EtcdError::Security(format!(
+                        "{what} at {addr}: {}",
+                        status.message()
+                    )));
+                }
+                Some(Err(status)) if !is_retryable(&status) => {
                     return Err(EtcdError::Refused(format!(
                         "{what} at {addr}: {}",
                         status.message()
                     )));
                 }
-                Ok(Err(status)) => {
+                Some(Err(status)) => {
                     tracing::debug!(member = %addr, %what, %status, "etcd member failed; trying the next");
                     last = format!("{what} at {addr}: {}", status.message());
                 }
-                Err(_) => {
+                None => {
                     tracing::debug!(member = %addr, %what, "etcd member timed out; trying the next");
                     last = format!("{what} at {addr}: no answer within {MEMBER_TIMEOUT:?}");
                 }
@@ -203,8 +504,8 @@ impl Etcd {
     pub async fn grant(&self, ttl: Duration) -> Result<(LeaseId, Duration), EtcdError> {
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
         let reply = self
-            .call("LeaseGrant", |channel| async move {
-                LeaseClient::new(channel)
+            .call("LeaseGrant", |conn| async move {
+                LeaseClient::new(conn.service())
                     .lease_grant(LeaseGrantRequest {
                         ttl: seconds,
                         id: 0,
@@ -223,9 +524,9 @@ impl Etcd {
     /// TTL it has again.
     pub async fn keep_alive_once(&self, id: LeaseId) -> Result<Option<Duration>, EtcdError> {
         let reply = self
-            .call("LeaseKeepAlive", |channel| async move {
+            .call("LeaseKeepAlive", |conn| async move {
                 let request = tokio_stream::iter([LeaseKeepAliveRequest { id }]);
-                let mut replies = LeaseClient::new(channel)
+                let mut replies = LeaseClient::new(conn.service())
                     .lease_keep_alive(request)
                     .await?
                     .into_inner();
@@ -241,8 +542,8 @@ impl Etcd {
     /// Ends lease `id` now, deleting its keys; a lease already gone is fine.
     pub async fn revoke(&self, id: LeaseId) -> Result<(), EtcdError> {
         let result = self
-            .call("LeaseRevoke", |channel| async move {
-                LeaseClient::new(channel)
+            .call("LeaseRevoke", |conn| async move {
+                LeaseClient::new(conn.service())
                     .lease_revoke(LeaseRevokeRequest { id })
                     .await
             })
@@ -277,9 +578,9 @@ impl Etcd {
 
     async fn range(&self, request: RangeRequest) -> Result<Range, EtcdError> {
         let reply = self
-            .call("Range", |channel| {
+            .call("Range", |conn| {
                 let request = request.clone();
-                async move { KvClient::new(channel).range(request).await }
+                async move { KvClient::new(conn.service()).range(request).await }
             })
             .await?
             .into_inner();
@@ -292,9 +593,9 @@ impl Etcd {
     /// Runs a transaction (see [`txn`] for building one).
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
         Ok(self
-            .call("Txn", |channel| {
+            .call("Txn", |conn| {
                 let request = request.clone();
-                async move { KvClient::new(channel).txn(request).await }
+                async move { KvClient::new(conn.service()).txn(request).await }
             })
             .await?
             .into_inner())
@@ -319,7 +620,7 @@ impl Etcd {
             )),
         };
         let ((requests_tx, replies), member) = self
-            .call_member("Watch", |channel| {
+            .call_member("Watch", |conn| {
                 let create = create.clone();
                 async move {
                     // The request side stays open as long as the stream lives: etcd may end
@@ -333,7 +634,10 @@ impl Etcd {
                     request
                         .metadata_mut()
                         .insert(REQUIRE_LEADER_KEY, "true".parse().expect("ascii"));
-                    let mut replies = WatchClient::new(channel).watch(request).await?.into_inner();
+                    let mut replies = WatchClient::new(conn.service())
+                        .watch(request)
+                        .await?
+                        .into_inner();
                     let created = replies
                         .message()
                         .await?
@@ -418,31 +722,86 @@ pub const LOCAL_HEARTBEAT_MS: u64 = 50;
 /// See [`LOCAL_HEARTBEAT_MS`].
 pub const LOCAL_ELECTION_TIMEOUT_MS: u64 = 500;
 
+/// How a local member secures its links ([`local_member_args_with`]): one certificate and
+/// key serve it as server to clients and as server and client to its peers; clients and
+/// peers must present a certificate of `ca` (etcd's `--client-cert-auth`,
+/// `--peer-client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct MemberTls {
+    /// The member's certificate (server and client use, naming its address).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA clients' and peers' certificates must chain to.
+    pub ca: PathBuf,
+}
+
 /// The `etcd` (3.4+) arguments that start `member` of the new cluster `all` (of which only
-/// names and peer addresses are read), with its data in `data_dir`.
+/// names and peer addresses are read), with its data in `data_dir`; plaintext.
 pub fn local_member_args(
     member: &LocalMember,
     all: &[LocalMember],
     data_dir: &std::path::Path,
 ) -> Vec<String> {
+    local_member_args_with(member, all, data_dir, None, None)
+}
+
+/// The same, with `tls` on its client and peer links (every member of `all` must use
+/// TLS too), and `/metrics` served in plaintext on `metrics` when given (so a Prometheus
+/// scrape needs no client certificate).
+pub fn local_member_args_with(
+    member: &LocalMember,
+    all: &[LocalMember],
+    data_dir: &std::path::Path,
+    tls: Option<&MemberTls>,
+    metrics: Option<std::net::SocketAddr>,
+) -> Vec<String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let initial_cluster = all
         .iter()
-        .map(|m| format!("{}=http://{}", m.name, m.peer))
+        .map(|m| format!("{}={scheme}://{}", m.name, m.peer))
         .collect::<Vec<_>>()
         .join(",");
     let cluster_token = format!("concord-{}", all[0].peer.port());
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    if let Some(tls) = tls {
+        let path = |p: &PathBuf| p.display().to_string();
+        extra.extend([
+            ("--cert-file", path(&tls.cert)),
+            ("--key-file", path(&tls.key)),
+            ("--trusted-ca-file", path(&tls.ca)),
+            ("--peer-cert-file", path(&tls.cert)),
+            ("--peer-key-file", path(&tls.key)),
+            ("--peer-trusted-ca-file", path(&tls.ca)),
+        ]);
+    }
+    if let Some(metrics) = metrics {
+        extra.push(("--listen-metrics-urls", format!("http://{metrics}")));
+    }
+    let flags = if tls.is_some() {
+        &[
+            "--pre-vote=true",
+            "--client-cert-auth=true",
+            "--peer-client-cert-auth=true",
+        ][..]
+    } else {
+        &["--pre-vote=true"][..]
+    };
     [
         ("--name", member.name.clone()),
         ("--data-dir", data_dir.display().to_string()),
-        ("--listen-client-urls", format!("http://{}", member.client)),
+        (
+            "--listen-client-urls",
+            format!("{scheme}://{}", member.client),
+        ),
         (
             "--advertise-client-urls",
-            format!("http://{}", member.client),
+            format!("{scheme}://{}", member.client),
         ),
-        ("--listen-peer-urls", format!("http://{}", member.peer)),
+        ("--listen-peer-urls", format!("{scheme}://{}", member.peer)),
         (
             "--initial-advertise-peer-urls",
-            format!("http://{}", member.peer),
+            format!("{scheme}://{}", member.peer),
         ),
         ("--initial-cluster", initial_cluster),
         ("--initial-cluster-state", "new".to_owned()),
@@ -453,10 +812,11 @@ pub fn local_member_args(
         ("--log-level", "warn".to_owned()),
     ]
     .into_iter()
+    .chain(extra)
     .flat_map(|(flag, value)| [flag.to_owned(), value])
     // A member back from a partition asks before it disrupts the leader with a higher term
     // (etcd 3.5's default; 3.4 needs the flag, and Go's boolean flags take `=`).
-    .chain(["--pre-vote=true".to_owned()])
+    .chain(flags.iter().map(|f| (*f).to_owned()))
     .collect()
 }
 
@@ -525,6 +885,24 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Whether another member may answer a call that failed with `status`.
+/// Whether etcd refused the token sent (expired, or issued by a member that restarted, or
+/// for an older auth store): a new one may be accepted.
+fn is_stale_token(status: &Status) -> bool {
+    status.code() == Code::Unauthenticated
+        || status.message().contains("invalid auth token")
+        || status.message().contains("revision of auth store is old")
+}
+
+/// Whether etcd refused who we are (bad user or password, no permission, a token still
+/// refused after a fresh one): another member would say the same.
+fn is_security(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    ) || status.message().contains("authentication failed")
+        || status.message().contains("user name is empty")
+}
+
 fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -567,5 +945,33 @@ mod tests {
         let etcd = Etcd::connect(&["127.0.0.1:2379".to_owned(), "127.0.0.1:2380".to_owned()])
             .expect("two members");
         assert_eq!(etcd.endpoints().len(), 2);
+    }
+
+    /// A half-secured link is refused at start-up: `https://` without a CA, `http://` with
+    /// one, an unknown scheme, PEM that is not a certificate.
+    #[tokio::test]
+    async fn half_secured_endpoints_are_refused() {
+        let ca = crate::tls::test::TestCa::new();
+        let tls = EtcdSecurity {
+            tls: Some(EtcdTls::from_pem(ca.pem.as_bytes(), None).expect("CA")),
+            auth: None,
+        };
+        let plain = EtcdSecurity::default();
+        assert!(Etcd::connect_with(&["https://127.0.0.1:2379".to_owned()], &plain).is_err());
+        assert!(Etcd::connect_with(&["http://127.0.0.1:2379".to_owned()], &tls).is_err());
+        assert!(Etcd::connect_with(&["ftp://127.0.0.1:2379".to_owned()], &tls).is_err());
+        assert!(Etcd::connect_with(&["127.0.0.1:2379".to_owned()], &tls).is_ok());
+        assert!(Etcd::connect_with(&["https://127.0.0.1:2379".to_owned()], &tls).is_ok());
+        assert!(EtcdTls::from_pem(b"not a certificate", None).is_err());
+        let other = crate::tls::test::TestCa::new().issue(&crate::identity::Principal::Registry);
+        let mine = ca.issue(&crate::identity::Principal::Registry);
+        assert!(
+            EtcdTls::from_pem(
+                ca.pem.as_bytes(),
+                Some((mine.cert.as_bytes(), other.key.as_bytes()))
+            )
+            .is_err(),
+            "a key that is not the certificate's"
+        );
     }
 }

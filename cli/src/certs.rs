@@ -104,6 +104,64 @@ pub fn ensure_dev_pki(data_dir: &Path, node_ids: &[String]) -> anyhow::Result<Pk
     ensure_pki(&data_dir.join("certs"), &principals(node_ids), &[])
 }
 
+/// The certificate of `concord up --control-plane etcd`'s etcd members, under the
+/// development CA in `<data_dir>/certs` (`etcd.pem`, `etcd.key`): not a Concord principal
+/// (no SPIFFE id), server and client use (members are each other's peers), naming
+/// loopback. Made when missing; returns the member TLS files.
+pub fn ensure_etcd_member_cert(data_dir: &Path) -> anyhow::Result<concord::etcd::MemberTls> {
+    let dir = data_dir.join("certs");
+    create_private_dir(&dir)?;
+    let ca_cert = dir.join("ca.pem");
+    let ca = load_or_create_ca(&ca_cert, &dir.join("ca.key"))?;
+    let files = concord::etcd::MemberTls {
+        cert: dir.join("etcd.pem"),
+        key: dir.join("etcd.key"),
+        ca: ca_cert,
+    };
+    let reusable = concord::etcd::EtcdTls::load(&files.ca, Some((&files.cert, &files.key))).is_ok()
+        && std::fs::read(&files.cert)
+            .ok()
+            .and_then(|pem| {
+                x509_parser::pem::parse_x509_pem(&pem)
+                    .ok()
+                    .and_then(|(_, pem)| pem.parse_x509().ok().map(|c| c.validity().is_valid()))
+            })
+            .unwrap_or(false);
+    if !reusable {
+        let key_pair = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "etcd");
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+            SanType::IpAddress(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
+        let cert = params.signed_by(&key_pair, &ca)?;
+        write_file(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
+        tracing::info!(cert = %files.cert.display(), "issued the etcd members' certificate");
+    }
+    Ok(files)
+}
+
+/// Only `principals`' certificates under `<data_dir>/certs` (the same CA as
+/// [`ensure_dev_pki`]).
+pub fn ensure_dev_pki_for(data_dir: &Path, principals: &[Principal]) -> anyhow::Result<Pki> {
+    ensure_pki(&data_dir.join("certs"), principals, &[])
+}
+
 /// Every role plus the given nodes.
 fn principals(node_ids: &[String]) -> Vec<Principal> {
     let mut all = vec![

@@ -8,13 +8,21 @@
 //! leader), announces the member's client address, and on SIGTERM stops etcd with SIGTERM.
 //! The supervisor then restarts a dead member like any child.
 //!
+//! **Secured by default.** etcd holds the primary claims and terms, and anyone who can
+//! write to it bypasses the registry's identity checks, so the members serve TLS only and
+//! require a certificate of the development CA (`<data-dir>/certs/`, the one `concord
+//! certs` makes) from clients and peers (`--client-cert-auth`): the registries present
+//! their own Concord certificate, each member a certificate `etcd.pem` made for the
+//! members. Each member's Prometheus `/metrics` is served in plaintext on a port of its
+//! own (`--listen-metrics-urls`), so scraping needs no client certificate.
+//!
 //! Every start makes a fresh etcd cluster (`<data-dir>/etcd/` is emptied first): the
 //! registry's state is leases, which expire anyway, and a cluster made afresh may use new
 //! ports (`--auto-ports`) without its old member list getting in the way.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use concord::etcd::{local_member_args, Etcd, LocalMember};
+use concord::etcd::{local_member_args_with, Etcd, EtcdSecurity, EtcdTls, LocalMember, MemberTls};
 
 /// Members of the etcd cluster `concord up --control-plane etcd` starts.
 pub const MEMBERS: usize = 3;
@@ -46,6 +54,19 @@ pub struct MemberArgs {
     /// The etcd binary.
     #[arg(long, env = "CONCORD_ETCD", default_value = "etcd")]
     pub etcd: String,
+    /// The member's certificate (server and client use): with it, client and peer links
+    /// are TLS and need a certificate of --ca.
+    #[arg(long, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The key of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The CA of clients' and peers' certificates.
+    #[arg(long, requires = "cert")]
+    pub ca: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` in plaintext here.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The members of a cluster from `name=peer` entries (client addresses are not needed for
@@ -80,9 +101,31 @@ pub async fn run_member(args: MemberArgs) -> anyhow::Result<()> {
         client: args.client,
         ..me
     };
+    let tls = match (&args.cert, &args.key, &args.ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(MemberTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        }),
+        _ => None,
+    };
+    // The wrapper's readiness check presents the member's own certificate.
+    let security = EtcdSecurity {
+        tls: tls
+            .as_ref()
+            .map(|t| EtcdTls::load(&t.ca, Some((&t.cert, &t.key))))
+            .transpose()?,
+        auth: None,
+    };
     let mut command = tokio::process::Command::new(&args.etcd);
     command
-        .args(local_member_args(&me, &all, &args.data_dir))
+        .args(local_member_args_with(
+            &me,
+            &all,
+            &args.data_dir,
+            tls.as_ref(),
+            args.metrics_addr,
+        ))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     crate::supervisor::die_with_parent(&mut command);
@@ -92,7 +135,7 @@ pub async fn run_member(args: MemberArgs) -> anyhow::Result<()> {
             args.etcd
         )
     })?;
-    let client = Etcd::connect(&[args.client.to_string()])?;
+    let client = Etcd::connect_with(&[args.client.to_string()], &security)?;
     let ready = async {
         while client.range_prefix(b"/").await.is_err() {
             tokio::time::sleep(Duration::from_millis(100)).await;

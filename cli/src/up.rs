@@ -546,45 +546,85 @@ fn plan(
         .map(|m| m.client.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let etcd_tier = members
-        .iter()
-        .map(|m| ChildSpec {
+    // etcd is secured whether or not --tls is on (control_plane docs): the members'
+    // certificate and the registries' client certificates come from the development CA.
+    let member_tls = crate::certs::ensure_etcd_member_cert(&args.data_dir)?;
+    let registry_files = match &pki {
+        Some(pki) => pki.files(&Principal::Registry).cloned(),
+        None => crate::certs::ensure_dev_pki_for(&args.data_dir, &[Principal::Registry])?
+            .files(&Principal::Registry)
+            .cloned(),
+    }
+    .ok_or_else(|| anyhow::anyhow!("no registry certificate made"))?;
+    let mut etcd_tier = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let member_metrics = metrics_args(
+            &mut metrics,
+            &m.name,
+            &format!(
+                "127.0.0.1:{}",
+                crate::control_plane::DEFAULT_CLIENT_PORTS[i]
+            ),
+        )?;
+        etcd_tier.push(ChildSpec {
             name: m.name.clone(),
             role: "etcd".into(),
             program: program.to_path_buf(),
-            args: strings(&[
-                "etcd-member",
-                "--name",
-                &m.name,
-                "--client",
-                &m.client.to_string(),
-                "--initial-cluster",
-                &initial_cluster,
-                "--data-dir",
-                &etcd_dir.join(&m.name).display().to_string(),
-            ]),
+            args: [
+                strings(&[
+                    "etcd-member",
+                    "--name",
+                    &m.name,
+                    "--client",
+                    &m.client.to_string(),
+                    "--initial-cluster",
+                    &initial_cluster,
+                    "--data-dir",
+                    &etcd_dir.join(&m.name).display().to_string(),
+                    "--cert",
+                    &member_tls.cert.display().to_string(),
+                    "--key",
+                    &member_tls.key.display().to_string(),
+                    "--ca",
+                    &member_tls.ca.display().to_string(),
+                ]),
+                member_metrics,
+            ]
+            .concat(),
             env: Vec::new(),
-        })
-        .collect();
-    let registry_tier = registry_addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            child(
-                format!("registry-{}", i + 1),
-                "registry",
-                Principal::Registry,
+        });
+    }
+    let mut registry_tier = Vec::new();
+    for (i, addr) in registry_addrs.iter().enumerate() {
+        let name = format!("registry-{}", i + 1);
+        let registry_metrics = metrics_args(&mut metrics, &name, &addr.to_string())?;
+        registry_tier.push(child(
+            name,
+            "registry",
+            Principal::Registry,
+            [
                 strings(&[
                     "registry",
                     "--listen",
                     &addr.to_string(),
                     "--etcd",
                     &endpoints,
+                    "--etcd-ca",
+                    &registry_files.ca.display().to_string(),
+                    "--etcd-cert",
+                    &registry_files.cert.display().to_string(),
+                    "--etcd-key",
+                    &registry_files.key.display().to_string(),
                 ]),
-                registry_env(),
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+                registry_metrics,
+            ]
+            .concat(),
+            registry_env(),
+        )?);
+    }
+    // The control plane starts first; list its metrics first.
+    let control_plane_metrics = members.len() + registry_addrs.len();
+    metrics.rotate_right(control_plane_metrics);
     Ok((registry, vec![etcd_tier, registry_tier, services], metrics))
 }
 

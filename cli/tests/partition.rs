@@ -416,6 +416,26 @@ impl Load {
     }
 }
 
+impl Load {
+    /// [`Load::start`] plus one writer pinned to each of `shops` whatever the registry
+    /// says: a shop that still acknowledges after the switch (an old primary in split
+    /// brain) is then caught by [`verify`] (two hosts in one term, or an older term acked
+    /// after a newer one), which writers that follow the registry alone would never try.
+    fn start_pinned(registry: String, first_primary: String, shops: &[String]) -> Load {
+        let mut load = Load::start(registry, first_primary);
+        for (i, shop) in shops.iter().enumerate() {
+            load.tasks.push(tokio::spawn(writer(
+                WRITERS + i,
+                Arc::new(RwLock::new(shop.clone())),
+                Arc::clone(&load.acks),
+                Arc::clone(&load.unexpected),
+                Arc::clone(&load.stop),
+            )));
+        }
+        load
+    }
+}
+
 /// Keeps `target` on the registry's current primary (when the registry answers).
 async fn follow_primary(registry: String, target: Arc<RwLock<String>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
@@ -557,7 +577,11 @@ async fn run_for(load: &Load, more: usize) {
 async fn primary_failover(what: &str, cut: impl FnOnce(&Network)) -> Option<Option<Duration>> {
     let cluster = Cluster::start("sync").await?;
     let registry = cluster.registry();
-    let load = Load::start(registry.clone(), cluster.alpha());
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
     run_for(&load, 500).await;
     let cut_at = Instant::now();
     cut(&cluster.net);
@@ -692,7 +716,11 @@ async fn control_plane_outage(mode: &str, plane: ControlPlane, cut: Cut, outage:
     };
     let registry = cluster.registry();
     let term = status(&cluster.alpha()).await.expect("alpha's status").term;
-    let load = Load::start(registry.clone(), cluster.alpha());
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
     run_for(&load, 500).await;
     let cut_at = Instant::now();
     cluster.net.isolate(host);
@@ -1094,5 +1122,234 @@ async fn gateway_cut_off_from_the_primary() {
         "beta must still be the replica"
     );
     eprintln!("gateway cut off from the primary: {refused} writes refused with 503 + Retry-After");
+    drop(gateway);
+}
+
+/// Issue 15, gap 2: both registries (on etcd) cut off from both shops for `outage`, while
+/// they still reach etcd and the shops still reach each other and the clients. Neither
+/// registry hears a shop, so neither may let etcd expire them: no promotion, nothing
+/// acknowledged lost, never two shops acknowledging; prints acknowledged, lost and pause.
+async fn registries_cut_off_from_the_shops(mode: &str, outage: Duration) {
+    let Some(cluster) = Cluster::start_with(mode, ControlPlane::Etcd(EtcdRole::Leader)).await
+    else {
+        return;
+    };
+    let registry = cluster.registry();
+    let term = status(&cluster.alpha()).await.expect("alpha's status").term;
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
+    run_for(&load, 500).await;
+    let cut_at = Instant::now();
+    for registry_host in ["reg1", "reg2"] {
+        for shop in ["alpha", "beta"] {
+            cluster.net.cut(registry_host, shop);
+        }
+    }
+    tokio::time::sleep(outage).await;
+    cluster.net.heal();
+    // Give a late decision (a promotion after the heal) time to show itself, under load.
+    tokio::time::sleep(TTL * 3).await;
+    run_for(&load, 300).await;
+    let acks = load.finish().await;
+    let verdict = verify(&acks, &cluster.alpha(), cut_at).await;
+    let (alpha, beta) = (
+        status(&cluster.alpha()).await,
+        status(&cluster.beta()).await,
+    );
+    eprintln!(
+        "both registries (etcd) cut off from the shops for {outage:?} ({mode}): {} acknowledged, {} lost, pause {} ms, terms alpha {:?} beta {:?}",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        alpha.as_ref().map(|s| (s.role, s.term)),
+        beta.as_ref().map(|s| (s.role, s.term)),
+    );
+    assert!(
+        alpha.is_some_and(|s| s.role == pb::Role::Primary as i32 && s.term == term)
+            && beta.is_some_and(|s| s.role == pb::Role::Replica as i32),
+        "the replica was promoted past a primary that never died"
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
+    cluster
+        .wait_converged(&cluster.alpha(), &cluster.beta())
+        .await;
+    cluster.assert_same_data().await;
+}
+
+/// Both registries (etcd) cut off from the shops for 5 s, sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_5s_sync() {
+    registries_cut_off_from_the_shops("sync", Duration::from_secs(5)).await;
+}
+
+/// Both registries (etcd) cut off from the shops for 5 s, async mode (a promotion here
+/// would lose acknowledged writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_5s_async() {
+    registries_cut_off_from_the_shops("async", Duration::from_secs(5)).await;
+}
+
+/// Both registries (etcd) cut off from the shops for 30 s, sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_30s_sync() {
+    registries_cut_off_from_the_shops("sync", Duration::from_secs(30)).await;
+}
+
+/// Both registries (etcd) cut off from the shops for 30 s, async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registries_cut_off_from_the_shops_30s_async() {
+    registries_cut_off_from_the_shops("async", Duration::from_secs(30)).await;
+}
+
+/// A minority of etcd (the member the registries dial, 1 of 3) cut off for 30 s: the
+/// registries move to the majority; no failover, nothing lost; prints the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_minority_outage_30s() {
+    control_plane_outage(
+        "sync",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// The etcd leader cut off for 5 s in async mode: no failover, so nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_leader_outage_5s_async() {
+    control_plane_outage(
+        "async",
+        ControlPlane::Etcd(EtcdRole::Leader),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// An etcd follower the registries dial cut off for 5 s in async mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_follower_outage_5s_async() {
+    control_plane_outage(
+        "async",
+        ControlPlane::Etcd(EtcdRole::Follower),
+        Cut::DialledEtcdMember,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// The gateway cut off from the primary but not the replica for 5 s, under the 16-writer
+/// load (plus one writer pinned to each shop) and a writer through the gateway: every
+/// gateway write is 201 or 503 + Retry-After, never acknowledged by the replica (each 201
+/// carries the primary's term and is on the primary afterwards), no failover, nothing lost;
+/// prints acknowledged, lost, pause and the gateway's 201/503 counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_cut_off_from_the_primary_under_load() {
+    let Some(cluster) = Cluster::start("sync").await else {
+        return;
+    };
+    let registry = cluster.registry();
+    let gateway = cluster.net.spawn(
+        "gateway",
+        &[
+            "gateway",
+            "--listen",
+            &cluster.net.listen("gateway"),
+            "--registry",
+            &registry,
+        ],
+        &[],
+    );
+    let term = status(&cluster.alpha()).await.expect("alpha's status").term;
+    let load = Load::start_pinned(
+        registry.clone(),
+        cluster.alpha(),
+        &[cluster.alpha(), cluster.beta()],
+    );
+    run_for(&load, 500).await;
+    let body =
+        |name: &str| format!(r#"{{"name":"{name}","price_minor":100,"currency":"EUR","stock":1}}"#);
+    let auth = format!("Authorization: Bearer {ADMIN}\r\n");
+    let gateway_write = |i: usize| {
+        let (body, auth) = (body(&format!("gw-{i}")), auth.clone());
+        async move { http(gateway.addr, "POST", "/api/products", &auth, &body).await }
+    };
+    let (mut created, mut refused) = (Vec::new(), 0usize);
+    let cut_at = Instant::now();
+    cluster.net.cut("gateway", "alpha");
+    let mut i = 0;
+    while cut_at.elapsed() < Duration::from_secs(5) {
+        let response = gateway_write(i).await;
+        i += 1;
+        match response.status {
+            201 => created.push(response.json()),
+            503 => {
+                assert!(
+                    response.header("retry-after").is_some(),
+                    "a 503 without Retry-After"
+                );
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!(
+                "gateway write {i} during the cut: {other} {}",
+                response.body
+            ),
+        }
+    }
+    cluster.net.heal();
+    let healed = Instant::now();
+    loop {
+        let response = gateway_write(i).await;
+        i += 1;
+        if response.status == 201 {
+            created.push(response.json());
+            break;
+        }
+        assert!(
+            healed.elapsed() < WAIT,
+            "writes through the gateway did not come back after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run_for(&load, 300).await;
+    let acks = load.finish().await;
+    let verdict = verify(&acks, &cluster.alpha(), cut_at).await;
+    let mut alpha = ShopClient::new(channel(&cluster.alpha()));
+    for reply in &created {
+        assert_eq!(
+            reply["write"]["term"].as_u64(),
+            Some(term),
+            "a gateway write acknowledged in another term: {reply}"
+        );
+        let id = reply["product"]["id"]
+            .as_str()
+            .expect("product id")
+            .to_owned();
+        assert!(
+            alpha
+                .get_product(pb::GetProductRequest { id })
+                .await
+                .is_ok_and(|r| r.into_inner().product.is_some()),
+            "a gateway-acknowledged write is not on the primary: {reply}"
+        );
+    }
+    let beta = status(&cluster.beta()).await.expect("beta's status");
+    eprintln!(
+        "gateway cut off from the primary for 5s (sync, 16 writers): {} acknowledged, {} lost, pause {} ms; through the gateway {} created, {refused} refused with 503 + Retry-After",
+        verdict.acked,
+        verdict.lost,
+        verdict.pause.as_millis(),
+        created.len(),
+    );
+    assert_eq!(
+        beta.role,
+        pb::Role::Replica as i32,
+        "beta must still be the replica"
+    );
+    assert_eq!(verdict.lost, 0, "acknowledged writes lost");
     drop(gateway);
 }

@@ -59,6 +59,91 @@ fn primary(shops: &HashMap<String, Instance>) -> Option<(String, String)> {
     Some((found.address.clone(), found.metadata.get("term")?.clone()))
 }
 
+/// The body of `GET <url>` (plain HTTP), or `None` if nothing answers within 5 s.
+async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (addr, path) = rest.split_once('/')?;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()?
+}
+
+/// Issue 15: the etcd `concord up` starts is secured (TLS only, client certificates of the
+/// development CA required): a plaintext client and a TLS client without a certificate are
+/// refused, the members' certificate is accepted; the registries and the members serve
+/// Prometheus metrics, each listed in a `metrics at` line.
+async fn check_secured_etcd_and_metrics(
+    data: &std::path::Path,
+    etcd: SocketAddr,
+    lines: &std::sync::mpsc::Receiver<String>,
+) {
+    use concord::etcd::{Etcd, EtcdSecurity, EtcdTls};
+    let certs = data.join("certs");
+    let endpoint = [etcd.to_string()];
+    let plaintext = Etcd::connect(&endpoint).expect("endpoint");
+    assert!(
+        plaintext.range_prefix(b"/").await.is_err(),
+        "plaintext accepted"
+    );
+    let anonymous = EtcdSecurity {
+        tls: Some(EtcdTls::load(&certs.join("ca.pem"), None).expect("CA")),
+        auth: None,
+    };
+    let anonymous = Etcd::connect_with(&endpoint, &anonymous).expect("endpoint");
+    assert!(
+        anonymous.range_prefix(b"/").await.is_err(),
+        "a client without a certificate accepted"
+    );
+    let registry = EtcdSecurity {
+        tls: Some(
+            EtcdTls::load(
+                &certs.join("ca.pem"),
+                Some((&certs.join("registry.pem"), &certs.join("registry.key"))),
+            )
+            .expect("registry certificate"),
+        ),
+        auth: None,
+    };
+    Etcd::connect_with(&endpoint, &registry)
+        .expect("endpoint")
+        .range_prefix(b"/")
+        .await
+        .expect("the registry's certificate is accepted");
+
+    let mut urls = HashMap::new();
+    while !["registry-1", "registry-2", "etcd-1"]
+        .iter()
+        .all(|name| urls.contains_key(*name))
+    {
+        let found = wait_for_line(lines, Duration::from_secs(10), |line| {
+            let rest = line.strip_prefix("concord up: ")?;
+            let (name, url) = rest.split_once(" metrics at ")?;
+            Some((name.to_owned(), url.trim().to_owned()))
+        })
+        .expect("a metrics line for every registry and etcd member");
+        urls.insert(found.0, found.1);
+    }
+    for (name, family) in [
+        ("registry-1", "registry_leases"),
+        ("registry-2", "registry_leases"),
+        ("etcd-1", "etcd_server_has_leader"),
+    ] {
+        let page = http_get(&urls[name])
+            .await
+            .unwrap_or_else(|| panic!("{name}'s metrics at {} do not answer", urls[name]));
+        assert!(page.contains(family), "{name}: no {family} in its metrics");
+    }
+}
+
 /// kill -9 of the registry every process registered through first: the shops keep their
 /// leases (same registration, never missing from the other registry's view), the primary
 /// and its term stay, and the supervisor brings the registry back.
@@ -96,6 +181,7 @@ async fn up_on_etcd_loses_no_lease_and_fails_nothing_over_when_a_registry_dies()
             running.insert(name, (pid, addr));
         }
     }
+    check_secured_etcd_and_metrics(data.path(), running["etcd-1"].1, &lines).await;
     let (registry1_pid, _) = running["registry-1"];
     let (_, registry2) = running["registry-2"];
 

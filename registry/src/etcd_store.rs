@@ -27,13 +27,43 @@
 //! every lease a fresh TTL, so an etcd election never expires anyone). **Watch** is an etcd
 //! watch on the root prefix, reopened on another member when it breaks.
 //!
+//! **A silent registry expires nothing — on etcd too.** etcd expires a lease whose holder
+//! stops renewing, but it cannot tell a dead holder from registries cut off from their
+//! clients (issue 15: both registries cut off from the shops, still reaching etcd; etcd
+//! would expire the live primary, and after the heal the replica would be promoted past a
+//! primary that never died). The memory store's rule (`table`, "A silent registry expires
+//! nothing") is per process; on etcd it is shared through etcd itself, per service:
+//! - a registry *hears* a service while a client of it (Register, KeepAlive, Deregister)
+//!   reached it within half the service's shortest TTL; while it does, it keeps a key
+//!   `hearing/<service>/<registry id>` on an etcd lease of its own ([`HEARING_TTL`], so a
+//!   killed registry's keys go away by themselves), and deletes the key when it stops
+//!   hearing;
+//! - a registry that stopped hearing a service *holds* it: every [`HOLD_TICK`] it renews, in
+//!   etcd, every lease of that service — but only while no registry has a `hearing/` key
+//!   for it (nobody hears it: the silence is about the registries' links, not the holders)
+//!   and the service has leases at two or more addresses (a lone holder's silence says
+//!   nothing about anyone's links), and at most [`MAX_HOLD`] after it last heard it;
+//! - when it hears the service again after holding it, it goes on renewing all of its
+//!   leases for one more TTL (a holder back from the cut needs a moment to reconnect), so
+//!   only holders that then stay silent expire, about two TTLs after the heal.
+//!
+//! The cases: *both registries cut off from the shops* — neither hears the shops, both
+//! hold, nobody expires, no promotion after the heal. *One registry cut off* — the shops
+//! move to the other one, which hears them and keeps its `hearing/` key, so the silent one
+//! holds nothing and a shop that really died expires on time. *A shop died during a cut of
+//! both* — held until the heal, then expires a TTL or two later (the memory store's cost).
+//! *The primary cut off from the registries only* — the registries still hear the replica,
+//! nothing is held, the primary expires and the replica is promoted as before. A registry
+//! that never heard a service does not hold it.
+//!
 //! etcd counts TTLs in whole seconds and has a minimum (1.5 × its election timeout): a
 //! lease may get a longer TTL than asked, never a shorter one, and KeepAlive answers the TTL
 //! granted. Published `expires_at_unix_ms` is the expiry at registration (renewals are not
 //! written to etcd); the holder's KeepAlive answer has the current one.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -62,6 +92,18 @@ pub const MAX_ATTEMPTS: usize = 8;
 /// How a broken etcd watch is reopened: the registry clients' first wait, at most 1 s.
 const WATCH_RETRY: RetryPolicy =
     RetryPolicy::new(concord::discovery::MIN_BACKOFF, Duration::from_secs(1));
+
+/// How often a registry checks which services it hears and renews the ones it holds
+/// (module docs, "A silent registry"): well under a sixth of the shortest TTL (1 s), so a
+/// hold starts before a lease renewed just before the cut runs out.
+pub const HOLD_TICK: Duration = Duration::from_millis(150);
+/// The TTL of a registry's `hearing/` keys: a registry killed while it heard a service
+/// stops counting as hearing it this long after.
+pub const HEARING_TTL: Duration = Duration::from_secs(2);
+/// How long after it last heard a service a silent registry may hold that service's
+/// leases: long cuts (the partition tests cut for 30 s) are held, a registry cut off for
+/// good lets etcd expire them in the end.
+pub const MAX_HOLD: Duration = Duration::from_secs(120);
 
 /// One registration as stored in etcd.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -102,6 +144,45 @@ pub(crate) struct EtcdStore {
     etcd: Etcd,
     root: String,
     changes_rx: watch::Receiver<u64>,
+    /// Which services this registry hears (module docs, "A silent registry").
+    hearing: Arc<Hearing>,
+}
+
+/// When this registry last heard a client of each service, and the shortest TTL it saw
+/// asked for it.
+#[derive(Default)]
+struct Hearing {
+    services: Mutex<HashMap<String, Heard>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    last: Instant,
+    shortest_ttl: Duration,
+}
+
+impl Heard {
+    /// Whether a client of the service reached this registry recently enough.
+    fn hears(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) < self.shortest_ttl / 2
+    }
+}
+
+impl Hearing {
+    fn heard(&self, service: &str, ttl: Duration, now: Instant) {
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = services.entry(service.to_owned()).or_insert(Heard {
+            last: now,
+            shortest_ttl: ttl,
+        });
+        entry.last = entry.last.max(now);
+        entry.shortest_ttl = entry.shortest_ttl.min(ttl);
+    }
+
+    fn all(&self) -> Vec<(String, Heard)> {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services.iter().map(|(s, h)| (s.clone(), *h)).collect()
+    }
 }
 
 /// Everything under the root, rebuilt as a lease table.
@@ -129,12 +210,27 @@ impl EtcdStore {
             etcd.clone(),
             root.as_bytes().to_vec(),
             changes_tx,
-            stop,
+            stop.clone(),
         ));
+        let hearing = Arc::new(Hearing::default());
+        tasks.spawn(
+            Holder {
+                etcd: etcd.clone(),
+                root: root.to_owned(),
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                hearing: hearing.clone(),
+                lease: None,
+                published: HashSet::new(),
+                held: HashSet::new(),
+                grace: HashMap::new(),
+            }
+            .run(stop),
+        );
         Self {
             etcd,
             root: root.to_owned(),
             changes_rx,
+            hearing,
         }
     }
 
@@ -258,6 +354,11 @@ impl EtcdStore {
     }
 
     pub(crate) async fn register(&self, lease: NewLease<'_>) -> Result<Instance, RegistryError> {
+        if crate::table::validate_service(lease.service).is_ok()
+            && (crate::MIN_TTL..=crate::MAX_TTL).contains(&lease.ttl)
+        {
+            self.hearing.heard(lease.service, lease.ttl, Instant::now());
+        }
         for _ in 0..MAX_ATTEMPTS {
             let now = Instant::now();
             let mut snapshot = self.snapshot(now).await?;
@@ -325,6 +426,7 @@ impl EtcdStore {
     ) -> Result<Instance, RegistryError> {
         check_lease_id(lease_id)?;
         let record = self.owned_record(owner, lease_id).await?;
+        self.heard_from(&record);
         let not_found = || RegistryError::LeaseNotFound(lease_id.to_owned());
         let ttl = self
             .etcd
@@ -397,6 +499,7 @@ impl EtcdStore {
     ) -> Result<Instance, RegistryError> {
         check_lease_id(lease_id)?;
         let record = self.owned_record(owner, lease_id).await?;
+        self.heard_from(&record);
         self.etcd
             .revoke(record.etcd_lease)
             .await
@@ -404,6 +507,14 @@ impl EtcdStore {
         record
             .instance
             .ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_owned()))
+    }
+
+    /// Notes that the holder of `record` reached this registry.
+    fn heard_from(&self, record: &LeaseRecord) {
+        if let Some(instance) = &record.instance {
+            let ttl = Duration::from_millis(record.ttl_ms).max(crate::MIN_TTL);
+            self.hearing.heard(&instance.service, ttl, Instant::now());
+        }
     }
 
     /// `lease_id`'s record if `owner` holds it; anyone else's is `LeaseNotFound`, as an
@@ -510,6 +621,180 @@ async fn follow_changes(
             () = backoff.wait() => {}
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// The task that publishes which services this registry hears and holds the leases of
+/// the ones nobody hears (module docs, "A silent registry").
+struct Holder {
+    etcd: Etcd,
+    root: String,
+    /// This registry's id in `hearing/` keys.
+    id: String,
+    hearing: Arc<Hearing>,
+    /// The etcd lease of this registry's `hearing/` keys.
+    lease: Option<LeaseId>,
+    /// The services whose `hearing/` key this registry has written.
+    published: HashSet<String>,
+    /// The services this registry is holding.
+    held: HashSet<String>,
+    /// Services heard again after a hold, renewed until the instant given.
+    grace: HashMap<String, Instant>,
+}
+
+impl Holder {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(HOLD_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_renewed = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => break,
+            }
+            let now = Instant::now();
+            if let Some(lease) = self.lease {
+                if now.saturating_duration_since(lease_renewed) >= HEARING_TTL / 4 {
+                    match self.etcd.keep_alive_once(lease).await {
+                        Ok(Some(_)) => lease_renewed = now,
+                        Ok(None) => {
+                            // Expired (this registry was cut off from etcd): start over.
+                            self.lease = None;
+                            self.published.clear();
+                        }
+                        Err(err) => tracing::debug!(%err, "cannot renew the hearing lease"),
+                    }
+                }
+            }
+            for (service, heard) in self.hearing.all() {
+                let step = if heard.hears(now) {
+                    self.hearing_service(&service, heard, now).await
+                } else {
+                    self.silent_service(&service, heard, now).await
+                };
+                if let Err(err) = step {
+                    tracing::debug!(%service, %err, "etcd unavailable for the silent-registry hold");
+                }
+            }
+        }
+        if let Some(lease) = self.lease {
+            if let Err(err) = self.etcd.revoke(lease).await {
+                tracing::debug!(%err, "could not revoke the hearing lease; it expires on its own");
+            }
+        }
+    }
+
+    fn hearing_key(&self, service: &str) -> Vec<u8> {
+        format!("{}hearing/{service}/{}", self.root, self.id).into_bytes()
+    }
+
+    /// A client of `service` reached this registry lately: say so in etcd, and renew the
+    /// service's leases for a while if it was held.
+    async fn hearing_service(
+        &mut self,
+        service: &str,
+        heard: Heard,
+        now: Instant,
+    ) -> Result<(), EtcdError> {
+        if self.held.remove(service) {
+            tracing::info!(%service, "hearing the service again; renewing its leases for one more TTL");
+            self.grace
+                .insert(service.to_owned(), now + heard.shortest_ttl);
+        }
+        if !self.published.contains(service) {
+            let lease = match self.lease {
+                Some(lease) => lease,
+                None => {
+                    let (lease, _) = self.etcd.grant(HEARING_TTL).await?;
+                    self.lease = Some(lease);
+                    lease
+                }
+            };
+            let key = self.hearing_key(service);
+            self.etcd
+                .txn(txn::when(
+                    Vec::new(),
+                    vec![txn::put(&key, Vec::new(), lease)],
+                ))
+                .await?;
+            self.published.insert(service.to_owned());
+        }
+        match self.grace.get(service) {
+            Some(until) if *until > now => {
+                self.renew_service(service).await?;
+            }
+            Some(_) => {
+                self.grace.remove(service);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// No client of `service` reached this registry for half its TTL: withdraw the
+    /// `hearing/` key, and hold the service's leases while nobody else hears it.
+    async fn silent_service(
+        &mut self,
+        service: &str,
+        heard: Heard,
+        now: Instant,
+    ) -> Result<(), EtcdError> {
+        self.grace.remove(service);
+        if self.published.contains(service) {
+            let key = self.hearing_key(service);
+            self.etcd
+                .txn(txn::when(Vec::new(), vec![txn::delete(&key)]))
+                .await?;
+            self.published.remove(service);
+        }
+        if now.saturating_duration_since(heard.last) > MAX_HOLD {
+            if self.held.remove(service) {
+                tracing::warn!(%service, max_hold_ms = millis(MAX_HOLD), "silent for too long; no longer holding the service's leases");
+            }
+            return Ok(());
+        }
+        let others = format!("{}hearing/{service}/", self.root);
+        if !self
+            .etcd
+            .range_prefix(others.as_bytes())
+            .await?
+            .kvs
+            .is_empty()
+        {
+            if self.held.remove(service) {
+                tracing::info!(%service, "another registry hears the service; no longer holding it");
+            }
+            return Ok(());
+        }
+        let holding = self.renew_service(service).await?;
+        if holding && self.held.insert(service.to_owned()) {
+            tracing::warn!(%service, "no registry hears this service: holding its leases in etcd until clients are heard again");
+        }
+        Ok(())
+    }
+
+    /// Renews every lease of `service` in etcd if they are at two or more addresses;
+    /// returns whether it did.
+    async fn renew_service(&self, service: &str) -> Result<bool, EtcdError> {
+        let prefix = format!("{}leases/", self.root);
+        let range = self.etcd.range_prefix(prefix.as_bytes()).await?;
+        let records: Vec<LeaseRecord> = range
+            .kvs
+            .iter()
+            .filter_map(decode_lease)
+            .filter(|r| r.instance.as_ref().is_some_and(|i| i.service == service))
+            .collect();
+        let addresses: HashSet<&str> = records
+            .iter()
+            .filter_map(|r| r.instance.as_ref().map(|i| i.address.as_str()))
+            .collect();
+        if addresses.len() < 2 {
+            return Ok(false);
+        }
+        for record in &records {
+            self.etcd.keep_alive_once(record.etcd_lease).await?;
+        }
+        Ok(true)
     }
 }
 

@@ -86,8 +86,16 @@ impl EtcdConfig {
     /// The members at `endpoints` (`host:port`), under [`DEFAULT_ETCD_ROOT`]; refuses an
     /// unusable endpoint (members are dialled later, lazily).
     pub fn new(endpoints: &[String]) -> Result<Self, concord::etcd::EtcdError> {
+        Self::with_security(endpoints, &concord::etcd::EtcdSecurity::default())
+    }
+
+    /// The same, reaching etcd with `security` (TLS, a user; see `concord::etcd`).
+    pub fn with_security(
+        endpoints: &[String],
+        security: &concord::etcd::EtcdSecurity,
+    ) -> Result<Self, concord::etcd::EtcdError> {
         Ok(Self {
-            client: concord::etcd::Etcd::connect(endpoints)?,
+            client: concord::etcd::Etcd::connect_with(endpoints, security)?,
             root: DEFAULT_ETCD_ROOT.to_owned(),
         })
     }

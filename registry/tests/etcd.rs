@@ -376,3 +376,289 @@ async fn only_the_newest_log_claims_through_any_registry() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Renews `lease_id` as `credential` through `registry`; the status code on failure.
+async fn renew(
+    registry: &Running<tonic::transport::Error>,
+    credential: &Credential,
+    lease_id: &str,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), Code> {
+    client(registry)
+        .keep_alive(signed(
+            credential,
+            KeepAliveRequest {
+                lease_id: lease_id.to_owned(),
+                metadata: metadata.map(|entries| Metadata { entries }),
+            },
+        ))
+        .await
+        .map(|_| ())
+        .map_err(|status| status.code())
+}
+
+/// Issue 15, gap 2: both registries are cut off from the shops (not from etcd) for longer
+/// than the shops' TTL. Neither hears any shop, so neither may let etcd expire their
+/// leases: after the heal the primary's lease is live and the replica cannot take term 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registries_silent_towards_the_shops_expire_no_shop_on_etcd() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    let primary = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7501", "primary", 1, 1500)))
+        .await
+        .expect("primary")
+        .into_inner();
+    let replica = client(&b)
+        .register(signed(&shop, shop_at("127.0.0.1:7502", "replica", 1, 1500)))
+        .await
+        .expect("replica")
+        .into_inner();
+    // The cut: nobody reaches either registry for three TTLs.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(
+        resolve(&mut client(&b), "shop").await.len(),
+        2,
+        "a registry that heard no shop let etcd expire them"
+    );
+    // The heal: the replica, first back, tries to promote itself; refused.
+    let claim = shop_at("x", "primary", 2, 0).metadata;
+    assert_eq!(
+        renew(&b, &shop, &replica.lease_id, Some(claim)).await,
+        Err(Code::FailedPrecondition),
+        "term 2 accepted past a primary that never died"
+    );
+    assert_eq!(renew(&a, &shop, &primary.lease_id, None).await, Ok(()));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The hold is for a registry that hears nobody: while a registry still hears the replica
+/// (the shops moved to it), the other one, silent, does not keep a dead primary alive; its
+/// lease expires in etcd within a few TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_expires_while_another_registry_hears_the_replica() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    let primary = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7601", "primary", 1, 1500)))
+        .await
+        .expect("primary")
+        .into_inner();
+    let replica = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7602", "replica", 1, 1500)))
+        .await
+        .expect("replica")
+        .into_inner();
+    // `a` is cut off from the shops; the replica moved to `b` and renews there; the
+    // primary died.
+    let started = tokio::time::Instant::now();
+    loop {
+        assert_eq!(renew(&b, &shop, &replica.lease_id, None).await, Ok(()));
+        if resolve(&mut client(&b), "shop").await.len() == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the dead primary's lease was held while a registry heard the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let claim = shop_at("x", "primary", 2, 0).metadata;
+    assert_eq!(
+        renew(&b, &shop, &replica.lease_id, Some(claim)).await,
+        Ok(())
+    );
+    assert_eq!(
+        renew(&a, &shop, &primary.lease_id, None).await,
+        Err(Code::NotFound)
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A shop that really died during the cut of both registries is held only until the heal:
+/// once the registries hear the survivor again, the dead one expires within a few TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shop_that_died_during_the_cut_expires_after_the_heal() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (
+        registry_on_etcd(&etcd.endpoints()).await,
+        registry_on_etcd(&etcd.endpoints()).await,
+    );
+    let shop = credential(Principal::Shop);
+    client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7701", "primary", 1, 1500)))
+        .await
+        .expect("primary");
+    let replica = client(&a)
+        .register(signed(&shop, shop_at("127.0.0.1:7702", "replica", 1, 1500)))
+        .await
+        .expect("replica")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // The heal: only the replica comes back.
+    let healed = tokio::time::Instant::now();
+    loop {
+        assert_eq!(renew(&a, &shop, &replica.lease_id, None).await, Ok(()));
+        if resolve(&mut client(&b), "shop").await.len() == 1 {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(10),
+            "the dead primary was held long after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("dead primary gone {:?} after the heal", healed.elapsed());
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Issue 15, gap 1: an etcd that serves TLS and requires client certificates refuses a
+/// registry that dials it in plaintext, without a client certificate, or with one of
+/// another CA (its Register fails, nothing is written); with the accepted certificate the
+/// registry works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_etcd_refuses_a_registry_without_the_client_certificate() {
+    use concord::etcd::{EtcdSecurity, EtcdTls};
+    let Some(etcd) = EtcdCluster::start_tls(1).await else {
+        return;
+    };
+    let pki = etcd.pki().expect("a TLS cluster").clone();
+    let endpoints = etcd.endpoints();
+    let tls = |client: Option<(&std::path::Path, &std::path::Path)>| EtcdSecurity {
+        tls: Some(EtcdTls::load(&pki.ca, client).expect("PEM")),
+        auth: None,
+    };
+    let refused = [
+        ("plaintext", EtcdSecurity::default()),
+        ("no client certificate", tls(None)),
+        (
+            "a client certificate of another CA",
+            tls(Some((&pki.stranger_cert, &pki.stranger_key))),
+        ),
+    ];
+    let node = credential(Principal::Node("node-1".into()));
+    let register = |address: &str| {
+        signed(
+            &node,
+            RegisterRequest {
+                service: "predictor".into(),
+                address: address.into(),
+                metadata: HashMap::from([("node_id".into(), "node-1".into())]),
+                ttl_ms: 5000,
+            },
+        )
+    };
+    for (what, security) in refused {
+        let registry = concord_testkit::registry_on_etcd_with(&endpoints, &security).await;
+        let err = client(&registry)
+            .register(register("127.0.0.1:7801"))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::Unavailable, "{what}: {err:?}");
+        println!("{what}: refused ({})", err.message());
+        registry.stop().await;
+    }
+    assert!(
+        etcd.client()
+            .range_prefix(b"/concord/")
+            .await
+            .expect("read with the accepted certificate")
+            .kvs
+            .is_empty(),
+        "a refused registry wrote to etcd"
+    );
+    let registry = concord_testkit::registry_on_etcd_with(&endpoints, &etcd.security()).await;
+    client(&registry)
+        .register(register("127.0.0.1:7801"))
+        .await
+        .expect("register with the accepted client certificate");
+    assert_eq!(
+        resolve(&mut client(&registry), "predictor").await,
+        vec!["127.0.0.1:7801".to_owned()]
+    );
+    registry.stop().await;
+}
+
+/// Issue 15, gap 1: an etcd with authentication on refuses a registry without a user or
+/// with a wrong password (nothing written), and serves one with the right password (its
+/// token is sent on every call, watches included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_with_auth_refuses_a_registry_without_the_password() {
+    use concord::etcd::{EtcdAuth, EtcdSecurity};
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    etcd.enable_auth("s3cret-pw").await;
+    let endpoints = etcd.endpoints();
+    let user = |password: &str| EtcdSecurity {
+        tls: None,
+        auth: Some(EtcdAuth {
+            user: "root".into(),
+            password: password.into(),
+        }),
+    };
+    let node = credential(Principal::Node("node-1".into()));
+    let register = |address: &str| {
+        signed(
+            &node,
+            RegisterRequest {
+                service: "predictor".into(),
+                address: address.into(),
+                metadata: HashMap::from([("node_id".into(), "node-1".into())]),
+                ttl_ms: 5000,
+            },
+        )
+    };
+    for (what, security) in [
+        ("no user", EtcdSecurity::default()),
+        ("a wrong password", user("guess")),
+    ] {
+        let registry = concord_testkit::registry_on_etcd_with(&endpoints, &security).await;
+        let err = client(&registry)
+            .register(register("127.0.0.1:7901"))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::Unavailable, "{what}: {err:?}");
+        println!("{what}: refused ({})", err.message());
+        registry.stop().await;
+    }
+    let registry = concord_testkit::registry_on_etcd_with(&endpoints, &user("s3cret-pw")).await;
+    let mut watch = client(&registry)
+        .watch(WatchRequest {
+            service: "predictor".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(
+        next(&mut watch).await.is_empty(),
+        "a refused registry wrote to etcd"
+    );
+    client(&registry)
+        .register(register("127.0.0.1:7901"))
+        .await
+        .expect("register with the right password");
+    assert_eq!(
+        next(&mut watch).await.len(),
+        1,
+        "the watch (with the token) heard it"
+    );
+    registry.stop().await;
+}

@@ -1,17 +1,25 @@
 //! A real etcd cluster for tests: `etcd` processes on 127.0.0.1 with free ports and data in
 //! a tempdir, killed (SIGKILL) when the guard drops.
 //!
+//! [`EtcdCluster::start_tls`] starts one that serves only TLS and requires client
+//! certificates of a CA made for it (rcgen, in the tempdir), as a secured production etcd.
+//!
 //! Without an `etcd` binary the tests that need one skip with a message, except in CI
 //! (`CI=true`), where its absence is a failure (scripts/test.sh installs Debian's
 //! `etcd-server`).
 
 use std::{
     net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use concord::etcd::{local_member_args, Etcd, LocalMember};
+use concord::etcd::{local_member_args_with, Etcd, EtcdSecurity, EtcdTls, LocalMember, MemberTls};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
 
 /// How long a new cluster may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -38,10 +46,99 @@ pub fn etcd_binary() -> Option<String> {
     None
 }
 
+/// The PEM files of a TLS cluster ([`EtcdCluster::start_tls`]).
+#[derive(Clone, Debug)]
+pub struct EtcdPki {
+    /// The CA of the members' and clients' certificates.
+    pub ca: PathBuf,
+    /// A client certificate the members accept, and its key.
+    pub client_cert: PathBuf,
+    /// See `client_cert`.
+    pub client_key: PathBuf,
+    /// A client certificate of ANOTHER CA (the members refuse it), and its key.
+    pub stranger_cert: PathBuf,
+    /// See `stranger_cert`.
+    pub stranger_key: PathBuf,
+}
+
+impl EtcdPki {
+    /// Makes a CA, a member certificate (server and client use, naming 127.0.0.1), a
+    /// client certificate, and a client certificate of another CA, under `dir`.
+    fn create(dir: &Path) -> (Self, MemberTls) {
+        let ca = new_ca("etcd test CA");
+        let other = new_ca("another CA");
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            path
+        };
+        let member = issue(&ca, "etcd-member", true);
+        let client = issue(&ca, "concord-registry", false);
+        let stranger = issue(&other, "concord-registry", false);
+        let ca_path = write("ca.pem", &ca.1);
+        let member_tls = MemberTls {
+            cert: write("member.pem", &member.0),
+            key: write("member.key", &member.1),
+            ca: ca_path.clone(),
+        };
+        let pki = Self {
+            ca: ca_path,
+            client_cert: write("client.pem", &client.0),
+            client_key: write("client.key", &client.1),
+            stranger_cert: write("stranger.pem", &stranger.0),
+            stranger_key: write("stranger.key", &stranger.1),
+        };
+        (pki, member_tls)
+    }
+
+    /// TLS with the accepted client certificate.
+    pub fn security(&self) -> EtcdSecurity {
+        EtcdSecurity {
+            tls: Some(
+                EtcdTls::load(&self.ca, Some((&self.client_cert, &self.client_key)))
+                    .expect("etcd TLS"),
+            ),
+            auth: None,
+        }
+    }
+}
+
+/// A CA: its issuer and certificate PEM.
+fn new_ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let pem = params.self_signed(&key).expect("self-signed").pem();
+    (Issuer::new(params, key), pem)
+}
+
+/// A certificate (client use; also server use naming 127.0.0.1 when `server`) and its
+/// key, PEM.
+fn issue(ca: &(Issuer<'static, KeyPair>, String), name: &str, server: bool) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if server {
+        params.subject_alt_names = vec![
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::DnsName("localhost".try_into().expect("ia5")),
+        ];
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    let cert = params.signed_by(&key, &ca.0).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
 /// A running etcd cluster; every member is killed on drop.
 pub struct EtcdCluster {
     members: Vec<LocalMember>,
     children: Vec<Option<Child>>,
+    security: EtcdSecurity,
+    pki: Option<EtcdPki>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,8 +146,25 @@ impl EtcdCluster {
     /// Starts a cluster of `size` members and waits until it answers; `None` (with a
     /// message) when there is no `etcd` binary outside CI.
     pub async fn start(size: usize) -> Option<Self> {
+        Self::start_with(size, false).await
+    }
+
+    /// The same, serving TLS only and requiring client certificates of its own CA on
+    /// client and peer links ([`EtcdCluster::pki`]).
+    pub async fn start_tls(size: usize) -> Option<Self> {
+        Self::start_with(size, true).await
+    }
+
+    async fn start_with(size: usize, tls: bool) -> Option<Self> {
         let binary = etcd_binary()?;
         let dir = tempfile::tempdir().expect("tempdir");
+        let (pki, member_tls) = match tls {
+            true => {
+                let (pki, member_tls) = EtcdPki::create(dir.path());
+                (Some(pki), Some(member_tls))
+            }
+            false => (None, None),
+        };
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
             members.push(LocalMember {
@@ -63,7 +177,13 @@ impl EtcdCluster {
         for member in &members {
             let data = dir.path().join(&member.name);
             let child = Command::new(&binary)
-                .args(local_member_args(member, &members, &data))
+                .args(local_member_args_with(
+                    member,
+                    &members,
+                    &data,
+                    member_tls.as_ref(),
+                    None,
+                ))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -73,6 +193,8 @@ impl EtcdCluster {
         let cluster = Self {
             members,
             children,
+            security: pki.as_ref().map(EtcdPki::security).unwrap_or_default(),
+            pki,
             _dir: dir,
         };
         let etcd = cluster.client();
@@ -97,9 +219,52 @@ impl EtcdCluster {
         self.members[i].client
     }
 
-    /// A client of every member.
+    /// A client of every member (with the accepted client certificate on a TLS cluster).
     pub fn client(&self) -> Etcd {
-        Etcd::connect(&self.endpoints()).expect("endpoints")
+        Etcd::connect_with(&self.endpoints(), &self.security).expect("endpoints")
+    }
+
+    /// What a client needs to be accepted: nothing, or on a TLS cluster the CA and the
+    /// accepted client certificate.
+    pub fn security(&self) -> EtcdSecurity {
+        self.security.clone()
+    }
+
+    /// Turns on etcd's authentication (plaintext clusters): adds the user `root` with
+    /// `password` and the role `root`, then enables auth. From then on a client needs that
+    /// user ([`concord::etcd::EtcdAuth`]).
+    pub async fn enable_auth(&self, password: &str) {
+        use concord::etcd::pb::etcdserverpb::{
+            auth_client::AuthClient, AuthEnableRequest, AuthUserAddRequest,
+            AuthUserGrantRoleRequest,
+        };
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", self.endpoint(0)))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect to etcd");
+        let mut auth = AuthClient::new(channel);
+        auth.user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: password.into(),
+        })
+        .await
+        .expect("add root");
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .expect("grant root");
+        auth.auth_enable(AuthEnableRequest {})
+            .await
+            .expect("enable auth");
+    }
+
+    /// A TLS cluster's PEM files.
+    pub fn pki(&self) -> Option<&EtcdPki> {
+        self.pki.as_ref()
     }
 
     /// Kills member `i` with SIGKILL and reaps it.

@@ -194,7 +194,17 @@ pub async fn registry() -> Running<tonic::transport::Error> {
 
 /// A real registry keeping its leases in the etcd cluster at `endpoints`, on `127.0.0.1:0`.
 pub async fn registry_on_etcd(endpoints: &[String]) -> Running<tonic::transport::Error> {
-    let etcd = concord_registry::EtcdConfig::new(endpoints).expect("etcd endpoints");
+    registry_on_etcd_with(endpoints, &concord::etcd::EtcdSecurity::default()).await
+}
+
+/// A registry on `127.0.0.1:0` keeping its leases in the etcd at `endpoints`, reaching it
+/// with `security` (TLS, a user).
+pub async fn registry_on_etcd_with(
+    endpoints: &[String],
+    security: &concord::etcd::EtcdSecurity,
+) -> Running<tonic::transport::Error> {
+    let etcd =
+        concord_registry::EtcdConfig::with_security(endpoints, security).expect("etcd endpoints");
     Running::spawn(move |listener, shutdown| {
         concord_registry::serve(
             concord_registry::Config::new(cluster_secret()).with_etcd(etcd),

@@ -25,6 +25,23 @@ pub struct Args {
     /// The key prefix in etcd (one per Concord cluster sharing an etcd).
     #[arg(long, env = "CONCORD_REGISTRY_ETCD_ROOT", default_value = concord_registry::DEFAULT_ETCD_ROOT)]
     pub etcd_root: String,
+    /// The CA etcd's certificates chain to: with it, etcd is dialled over TLS (`https://`).
+    #[arg(long, env = "CONCORD_ETCD_CA", requires = "etcd")]
+    pub etcd_ca: Option<PathBuf>,
+    /// The client certificate to present to etcd (for etcd's `--client-cert-auth`); needs
+    /// --etcd-key and --etcd-ca.
+    #[arg(long, env = "CONCORD_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert.
+    #[arg(long, env = "CONCORD_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd user to authenticate as (etcd `--auth`); its password is read from
+    /// --etcd-password-file, never taken on the command line.
+    #[arg(long, env = "CONCORD_ETCD_USER", requires_all = ["etcd", "etcd_password_file"])]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (one line).
+    #[arg(long, env = "CONCORD_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
     /// Prometheus metrics listener (off unless given).
     #[command(flatten)]
     pub metrics: super::MetricsArgs,
@@ -44,13 +61,31 @@ impl Args {
         let secrets = super::stored_secrets(&self.data_dir)?;
         Ok(ClusterSecret::new(secrets.cluster_secret)?)
     }
+
+    /// How to reach etcd: TLS with --etcd-ca (and a client certificate with --etcd-cert),
+    /// a user with --etcd-user.
+    fn etcd_security(&self) -> anyhow::Result<concord::etcd::EtcdSecurity> {
+        let tls = match &self.etcd_ca {
+            Some(ca) => {
+                let client = self.etcd_cert.as_deref().zip(self.etcd_key.as_deref());
+                Some(concord::etcd::EtcdTls::load(ca, client)?)
+            }
+            None => None,
+        };
+        let auth = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(user), Some(file)) => Some(concord::etcd::EtcdAuth::from_file(user, file)?),
+            _ => None,
+        };
+        Ok(concord::etcd::EtcdSecurity { tls, auth })
+    }
 }
 
 /// Runs the registry until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = concord_registry::Config::new(args.cluster_secret()?);
     if !args.etcd.is_empty() {
-        let mut etcd = concord_registry::EtcdConfig::new(&args.etcd)?;
+        let mut etcd =
+            concord_registry::EtcdConfig::with_security(&args.etcd, &args.etcd_security()?)?;
         etcd.root.clone_from(&args.etcd_root);
         config = config.with_etcd(etcd);
     }
