@@ -32,6 +32,7 @@
 mod account;
 mod cart;
 mod catalog;
+pub mod codec;
 mod convert;
 mod error;
 mod keys;
