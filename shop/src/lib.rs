@@ -59,7 +59,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use account::Account;
-pub use cart::{CartItem, CartLine, CartView};
+pub use cart::{CartItem, CartLine, CartView, StoredCart};
 pub use catalog::{NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
 pub use convert::PRIMARY_HINT_HEADER;
 pub use error::{Result, ShopError};
