@@ -102,7 +102,11 @@ fn an_old_store_is_migrated_on_open() {
     let entries = store.wal_since(0, 100).expect("wal");
     assert_eq!(entries.len(), 14);
     for m in entries.iter().flat_map(|e| &e.mutations) {
-        assert_ne!(m.value.as_ref().and_then(|v| v.first()), Some(&b'{'), "{m:?}");
+        assert_ne!(
+            m.value.as_ref().and_then(|v| v.first()),
+            Some(&b'{'),
+            "{m:?}"
+        );
     }
     let replayed_dir = tempfile::tempdir().expect("tempdir");
     let replayed = Store::open(&StoreConfig::new(replayed_dir.path())).expect("open");
@@ -118,7 +122,11 @@ fn an_old_store_is_migrated_on_open() {
         .expect("write");
     drop(store);
     let segment = std::fs::read(path.join(SEGMENT)).expect("segment");
-    assert_eq!(segment[FIXTURE_WAL_BYTES + 8], 0x08, "pb::WalEntry, field 1");
+    assert_eq!(
+        segment[FIXTURE_WAL_BYTES + 8],
+        0x08,
+        "pb::WalEntry, field 1"
+    );
     let store = Store::open(&StoreConfig::new(&path)).expect("reopen");
     assert_eq!(store.last_lsn().expect("lsn"), 15);
     assert_eq!(records::<Product>(&store), products);
@@ -143,7 +151,10 @@ fn a_store_from_a_newer_shop_is_refused() {
         .expect("must refuse")
         .to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
-    assert!(err.contains("format 99") && err.contains("newer shop"), "{err}");
+    assert!(
+        err.contains("format 99") && err.contains("newer shop"),
+        "{err}"
+    );
 }
 
 /// An upgraded primary on the old store and a fresh replica of the new shop converge:
