@@ -292,7 +292,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     /// Opens (or creates) the store: recovers the WAL (a torn tail is dropped, corruption
     /// before it is an error naming file and offset), replays every entry above sled's
-    /// applied LSN into the trees, checkpoints, and starts the checkpointer.
+    /// applied LSN into the trees, migrates an old store's records (`codec`),
+    /// checkpoints, and starts the checkpointer.
     pub fn open(config: &StoreConfig) -> Result<Self> {
         let db = concord::storage::open_sled(
             &sled::Config::new()
