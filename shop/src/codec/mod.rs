@@ -56,6 +56,10 @@
 //!   protobuf records only. Old segments go when the WAL is trimmed.
 //! - a store marked with a format newer than [`RECORD_FORMAT`] (written by a newer shop)
 //!   refuses to open, naming the store and what to do: it is never half-read.
+//! - a replica applies what its primary sends byte for byte, so upgrade both: a new
+//!   replica of a primary still on the old shop stores the JSON it is sent (and reads it,
+//!   records are decoded in either form), and a snapshot from such a primary is not
+//!   migrated until the store's mark is cleared.
 //!
 //! A record that decodes as neither is corruption: `Internal`, naming the tree.
 
