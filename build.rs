@@ -22,7 +22,11 @@ const PROTO_FILES: &[&str] = &[
     "proto/concord/stake/v1/stake.proto",
     "proto/concord/shop/v1/shop.proto",
     "proto/concord/shop/v1/replication.proto",
+    STORAGE_PROTO,
 ];
+/// The shop's stored records: compiled with the rest, but not served by reflection (no
+/// service uses them; they are how the shop stores data, not an API).
+const STORAGE_PROTO: &str = "proto/concord/shop/storage/v1/records.proto";
 /// etcd's v3 API, the subset `concord::etcd` uses.
 const ETCD_PROTO_FILES: &[&str] = &[
     "proto/etcd/mvccpb/kv_subset.proto",
@@ -175,10 +179,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
     let descriptor_path = out_dir.join("concord_descriptor.bin");
-    std::fs::write(
-        &descriptor_path,
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    let mut served = descriptors.clone();
+    let storage = STORAGE_PROTO.trim_start_matches("proto/");
+    served.file.retain(|file| file.name() != storage);
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&served))?;
 
     let builder = tonic_prost_build::configure()
         .build_client(true)

@@ -35,6 +35,13 @@ pub mod shop {
     pub mod v1 {
         tonic::include_proto!("concord.shop.v1");
     }
+
+    /// The shop's stored records (not an API: see the `.proto`).
+    pub mod storage {
+        pub mod v1 {
+            tonic::include_proto!("concord.shop.storage.v1");
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every Concord proto, served by reflection.

@@ -18,11 +18,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Record;
 use crate::error::{Result, ShopError};
 use crate::keys::{self, UserId, LAST_USER_ID};
 #[cfg(test)]
 use crate::store::Committed;
-use crate::store::{decode_json, Store, Tx, WriteOp};
+use crate::store::{Store, Tx, WriteOp};
 use crate::validate;
 use crate::wal::TreeName;
 
@@ -76,7 +77,7 @@ pub fn sign_up_op(username: String, password_hash: String) -> Result<impl WriteO
             created_at_ms: tx.now_ms(),
         };
         tx.put(TreeName::Usernames, &name_key, account.id.key().to_vec())?;
-        tx.put_json(TreeName::Accounts, &account.id.key(), &account)?;
+        tx.put_record(&account.id.key(), &account)?;
         Ok(account)
     })
 }
@@ -84,7 +85,7 @@ pub fn sign_up_op(username: String, password_hash: String) -> Result<impl WriteO
 /// The account with this id; `NotFound` when there is none.
 pub fn get(store: &Store, id: UserId) -> Result<Account> {
     match store.tree(TreeName::Accounts).get(id.key())? {
-        Some(bytes) => decode_json(TreeName::Accounts, &bytes),
+        Some(bytes) => Account::decode(&bytes),
         None => Err(ShopError::not_found(format!("account {id} does not exist"))),
     }
 }

@@ -15,11 +15,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, Product};
+use crate::codec::Record;
 use crate::error::{Result, ShopError};
 use crate::keys::ProductId;
 #[cfg(test)]
 use crate::store::Committed;
-use crate::store::{decode_json, Store, Tx, TxResult, WriteOp};
+use crate::store::{Store, Tx, TxResult, WriteOp};
 use crate::validate::{self, MAX_CART_LINES, MAX_LINE_QUANTITY};
 use crate::wal::TreeName;
 
@@ -210,7 +211,7 @@ pub fn clear_op(user: String) -> Result<impl WriteOp<CartView>> {
 pub fn get(store: &Store, user: &str) -> Result<CartView> {
     validate::user_id(user)?;
     let cart: StoredCart = match store.tree(TreeName::Carts).get(user.as_bytes())? {
-        Some(bytes) => decode_json(TreeName::Carts, &bytes)?,
+        Some(bytes) => StoredCart::decode(&bytes)?,
         None => StoredCart::default(),
     };
     let products = cart
@@ -218,7 +219,7 @@ pub fn get(store: &Store, user: &str) -> Result<CartView> {
         .iter()
         .map(
             |item| match store.tree(TreeName::Products).get(item.product_id.key())? {
-                Some(bytes) => decode_json(TreeName::Products, &bytes).map(Some),
+                Some(bytes) => Product::decode(&bytes).map(Some),
                 None => Ok(None),
             },
         )
@@ -228,9 +229,7 @@ pub fn get(store: &Store, user: &str) -> Result<CartView> {
 
 /// Loads a cart inside a transaction (empty if absent).
 pub(crate) fn load(tx: &Tx<'_>, user: &str) -> TxResult<StoredCart> {
-    Ok(tx
-        .get_json(TreeName::Carts, user.as_bytes())?
-        .unwrap_or_default())
+    Ok(tx.get_record(user.as_bytes())?.unwrap_or_default())
 }
 
 /// Saves a cart inside a transaction; an empty cart is deleted.
@@ -238,7 +237,7 @@ fn save(tx: &Tx<'_>, user: &str, cart: &StoredCart) -> TxResult<()> {
     if cart.items.is_empty() {
         tx.delete(TreeName::Carts, user.as_bytes())
     } else {
-        tx.put_json(TreeName::Carts, user.as_bytes(), cart)
+        tx.put_record(user.as_bytes(), cart)
     }
 }
 

@@ -20,11 +20,12 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Record;
 use crate::error::{Result, ShopError};
 use crate::keys::{self, ProductId, LAST_PRODUCT_ID};
 #[cfg(test)]
 use crate::store::Committed;
-use crate::store::{decode_json, Store, Tx, TxResult, WriteOp};
+use crate::store::{Store, Tx, TxResult, WriteOp};
 use crate::validate::{self, DEFAULT_CURRENCY, MAX_SCAN_PER_PAGE};
 use crate::wal::TreeName;
 
@@ -211,7 +212,7 @@ pub fn delete_op(id: ProductId) -> impl WriteOp<()> {
 /// Reads one product; unknown ids are `NotFound`.
 pub fn get(store: &Store, id: ProductId) -> Result<Product> {
     match store.tree(TreeName::Products).get(id.key())? {
-        Some(bytes) => decode_json(TreeName::Products, &bytes),
+        Some(bytes) => Product::decode(&bytes),
         None => Err(not_found(id)),
     }
 }
@@ -244,7 +245,7 @@ pub fn list(store: &Store, query: &ProductQuery) -> Result<ProductPage> {
             return Ok(page); // end of catalogue: no token
         };
         let (_, bytes) = item?;
-        let product: Product = decode_json(TreeName::Products, &bytes)?;
+        let product: Product = Product::decode(&bytes)?;
         scanned += 1;
         last_scanned = Some(product.id);
         if filter.is_empty() || product.name.to_lowercase().contains(&filter) {
@@ -262,7 +263,7 @@ pub fn list(store: &Store, query: &ProductQuery) -> Result<ProductPage> {
 
 /// Loads a product inside a transaction.
 pub(crate) fn load(tx: &Tx<'_>, id: ProductId) -> TxResult<Option<Product>> {
-    tx.get_json(TreeName::Products, &id.key())
+    tx.get_record(&id.key())
 }
 
 /// Loads a product inside a transaction; absent is `NotFound`.
@@ -272,7 +273,7 @@ pub(crate) fn must_load(tx: &Tx<'_>, id: ProductId) -> TxResult<Product> {
 
 /// Writes a product inside a transaction.
 pub(crate) fn save(tx: &Tx<'_>, product: &Product) -> TxResult<()> {
-    tx.put_json(TreeName::Products, &product.id.key(), product)
+    tx.put_record(&product.id.key(), product)
 }
 
 fn not_found(id: ProductId) -> ShopError {

@@ -1,17 +1,20 @@
 //! Ids, sled key layout and page tokens.
 //!
 //! Key layout (all integers big-endian so byte order = numeric order):
-//! - `products`: product id → JSON. Ids are allocated in increasing order, so "list in id
-//!   order after cursor" is a range scan starting just past the cursor: its cost depends
+//! - `products`: product id → product record. Ids are allocated in increasing order, so
+//!   "list in id order after cursor" is a range scan starting just past the cursor: its cost depends
 //!   on the page size, not on the catalogue size.
-//! - `orders`: order id → JSON.
+//! - `orders`: order id → order record.
 //! - `user_orders`: `user ‖ 0x00 ‖ order id` → empty. A user's orders, newest first, are a
 //!   reverse range scan inside that prefix. User ids cannot contain 0x00 (validated).
 //! - `idempotency`: `user ‖ 0x00 ‖ key` → order id.
-//! - `carts`: user → JSON.
-//! - `accounts`: user id (u64 BE) → account JSON (username, password hash).
+//! - `carts`: user → cart record.
+//! - `accounts`: user id (u64 BE) → account record (username, password hash).
 //! - `usernames`: lower-cased username → user id (u64 BE); makes usernames unique
 //!   regardless of case.
+//!
+//! Records are protobuf (see `codec`); the serde derives here and on the record types
+//! only read the JSON an older shop stored (`codec::legacy`).
 //!
 //! External ids are `p-` / `o-` followed by the decimal id zero-padded to 12 digits; the
 //! parser accepts 1..=20 digits after the prefix and nothing else, so anything malformed

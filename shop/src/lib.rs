@@ -32,6 +32,7 @@
 mod account;
 mod cart;
 mod catalog;
+pub mod codec;
 mod convert;
 mod error;
 mod keys;
@@ -59,7 +60,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use account::Account;
-pub use cart::{CartItem, CartLine, CartView};
+pub use cart::{CartItem, CartLine, CartView, StoredCart};
 pub use catalog::{NewProduct, Product, ProductPage, ProductPatch, ProductQuery};
 pub use convert::PRIMARY_HINT_HEADER;
 pub use error::{Result, ShopError};

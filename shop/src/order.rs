@@ -27,11 +27,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cart::{self, StoredCart};
 use crate::catalog;
+use crate::codec::Record;
 use crate::error::{Result, ShopError};
 use crate::keys::{self, OrderId, LAST_ORDER_ID};
 #[cfg(test)]
 use crate::store::Committed;
-use crate::store::{decode_json, Store, Tx, TxResult, WriteOp};
+use crate::store::{Store, Tx, TxResult, WriteOp};
 use crate::validate;
 use crate::wal::{Lsn, TreeName};
 
@@ -188,7 +189,7 @@ pub fn list_all(
             return Ok(page);
         };
         let (_, bytes) = item?;
-        let order: Order = decode_json(TreeName::Orders, &bytes)?;
+        let order: Order = Order::decode(&bytes)?;
         scanned += 1;
         last_scanned = Some(order.id);
         if status.is_none_or(|s| s == order.status) {
@@ -349,7 +350,7 @@ pub fn set_status_op(id: OrderId, to: OrderStatus) -> impl WriteOp<Order> {
 /// Reads one order; unknown ids are `NotFound`.
 pub fn get(store: &Store, id: OrderId) -> Result<Order> {
     match store.tree(TreeName::Orders).get(id.key())? {
-        Some(bytes) => decode_json(TreeName::Orders, &bytes),
+        Some(bytes) => Order::decode(&bytes),
         None => Err(not_found(id)),
     }
 }
@@ -414,12 +415,12 @@ fn same_lines(cart: &StoredCart, order: &Order) -> bool {
 }
 
 fn must_load(tx: &Tx<'_>, id: OrderId) -> TxResult<Order> {
-    tx.get_json(TreeName::Orders, &id.key())?
+    tx.get_record(&id.key())?
         .ok_or_else(|| not_found(id).into())
 }
 
 fn save(tx: &Tx<'_>, order: &Order) -> TxResult<()> {
-    tx.put_json(TreeName::Orders, &order.id.key(), order)
+    tx.put_record(&order.id.key(), order)
 }
 
 /// The error for an order that does not exist, also given for someone else's order so the

@@ -6,8 +6,11 @@
 //! ends. Each record is
 //!
 //! ```text
-//! u32 LE payload length | u32 LE CRC32C(length bytes ‖ payload) | payload = WalEntry::encode()
+//! u32 LE payload length | u32 LE CRC32C(length bytes ‖ payload) | payload
 //! ```
+//!
+//! The payload is the entry as protobuf `pb::WalEntry` (`codec::encode_entry`); records
+//! an older shop wrote in its own layout are read too (`codec::decode_entry`).
 //!
 //! Writing: [`SegmentLog::append`] writes a batch of records with one `write` and makes
 //! them durable with ONE `fdatasync` (group commit: the caller batches). Once a segment
@@ -39,6 +42,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::codec;
 use crate::error::{Result, ShopError};
 use crate::wal::{Lsn, WalEntry};
 
@@ -106,7 +110,7 @@ fn segment_name(first_lsn: Lsn) -> String {
 
 /// The frame of one entry.
 fn frame(entry: &WalEntry, out: &mut Vec<u8>) {
-    let payload = entry.encode();
+    let payload = codec::encode_entry(entry);
     let len = (payload.len() as u32).to_le_bytes();
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len), &payload);
     out.extend_from_slice(&len);
@@ -139,7 +143,7 @@ fn parse_at(bytes: &[u8], pos: usize) -> std::result::Result<(WalEntry, usize), 
     if crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload) != stored {
         return Err("checksum mismatch".into());
     }
-    let entry = WalEntry::decode(payload).map_err(|e| format!("undecodable entry: {e}"))?;
+    let entry = codec::decode_entry(payload).map_err(|e| format!("undecodable entry: {e}"))?;
     Ok((entry, pos + HEADER + len))
 }
 

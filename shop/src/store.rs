@@ -39,12 +39,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sled::transaction::ConflictableTransactionError;
 use sled::IVec;
 use tokio::sync::watch;
 
+use crate::codec::{self, Record};
 use crate::error::{Result, ShopError};
 use crate::segments::{SegmentLog, DEFAULT_SEGMENT_BYTES};
 use crate::wal::{Lsn, Mutation, TreeName, WalEntry};
@@ -293,7 +292,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     /// Opens (or creates) the store: recovers the WAL (a torn tail is dropped, corruption
     /// before it is an error naming file and offset), replays every entry above sled's
-    /// applied LSN into the trees, checkpoints, and starts the checkpointer.
+    /// applied LSN into the trees, migrates an old store's records (`codec`),
+    /// checkpoints, and starts the checkpointer.
     pub fn open(config: &StoreConfig) -> Result<Self> {
         let db = concord::storage::open_sled(
             &sled::Config::new()
@@ -340,7 +340,9 @@ impl Store {
             applied = entries.last().map_or(applied, |e| e.lsn);
             trees[TreeName::ALL.len()].insert(META_LAST_LSN, &applied.to_be_bytes())?;
         }
-        if applied > replay_from {
+        // After the replay: an old store's replayed entries are upgraded as they are read.
+        let migrated = codec::migrate_store(&trees, &trees[TreeName::ALL.len()], &config.path)?;
+        if applied > replay_from || migrated > 0 {
             db.flush()?;
         }
         let writer = Arc::new(Mutex::new(()));
@@ -1144,20 +1146,17 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Reads and decodes a JSON record; a record that does not decode is `Internal`.
-    pub fn get_json<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> TxResult<Option<T>> {
-        match self.get(tree, key)? {
-            Some(bytes) => Ok(Some(decode_json(tree, &bytes)?)),
+    /// Reads and decodes a record (`codec`); a record that does not decode is `Internal`.
+    pub fn get_record<R: Record>(&self, key: &[u8]) -> TxResult<Option<R>> {
+        match self.get(R::TREE, key)? {
+            Some(bytes) => Ok(Some(R::decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
-    /// Encodes and writes a JSON record.
-    pub fn put_json<T: Serialize>(&self, tree: TreeName, key: &[u8], value: &T) -> TxResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| {
-            ShopError::internal(format!("cannot encode {} record: {e}", tree.as_str()))
-        })?;
-        self.put(tree, key, bytes)
+    /// Encodes and writes a record (`codec`).
+    pub fn put_record<R: Record>(&self, key: &[u8], record: &R) -> TxResult<()> {
+        self.put(R::TREE, key, record.encode())
     }
 
     /// Increments the `counters` entry `name` and returns the new id. Ids are unique
@@ -1199,12 +1198,6 @@ impl<'a> Tx<'a> {
         self.next_lsn.set(lsn + 1);
         Some(lsn)
     }
-}
-
-/// Decodes a JSON record; corruption is a broken invariant (`Internal`).
-pub fn decode_json<T: DeserializeOwned>(tree: TreeName, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ShopError::internal(format!("corrupt {} record: {e}", tree.as_str())))
 }
 
 /// Reads a big-endian u64 value (absent = 0).
