@@ -154,7 +154,7 @@ impl Committer {
 /// runtime the worker hands its other tasks to another thread first
 /// ([`tokio::task::block_in_place`]); a current-thread runtime (tests) has nobody to hand
 /// them to and simply runs it.
-fn run_blocking<R>(work: impl FnOnce() -> R) -> R {
+pub(crate) fn run_blocking<R>(work: impl FnOnce() -> R) -> R {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread {
