@@ -157,7 +157,10 @@ impl Committer {
 pub(crate) fn run_blocking<R>(work: impl FnOnce() -> R) -> R {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
+    // TEMPORARY measurement knob (removed before merge): run inline even on multi-thread.
+    static INLINE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let inline = *INLINE.get_or_init(|| std::env::var_os("CONCORD_SHOP_COMMIT_INLINE").is_some());
+    if multi_thread && !inline {
         tokio::task::block_in_place(work)
     } else {
         work()

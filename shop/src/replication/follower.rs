@@ -123,11 +123,9 @@ async fn follow_once(
     // synced by this task itself (no hand-off to a blocking thread and back: the sync
     // runs in `block_in_place`), together with every batch that already arrived behind it
     // (ONE sync for all of them). Meanwhile the transport keeps receiving into its
-    // buffers, so receiving overlaps syncing. The durable LSN is acked at once; applying
-    // to the trees happens off the ack path, in the session's applier task
-    // (`run_applier`), which the ack only wakes.
-    let (apply_tx, apply_rx) = watch::channel(0);
-    rep.spawn(run_applier(Arc::clone(rep), apply_rx));
+    // buffers, so receiving overlaps syncing. The durable LSN is acked at once, and only
+    // then are the entries applied to the trees, in the same blocking section: off the
+    // ack path (the ack is already queued to the stream) without another task or thread.
     // A message read while draining batches that was not a batch: handled next.
     let mut held: Option<Kind> = None;
     loop {
@@ -193,10 +191,15 @@ async fn follow_once(
                 }
             }
             if !entries.is_empty() {
-                let lsn = crate::shop::run_blocking(|| append_durable(&store, &entries))?;
-                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+                let (ack, applied) = crate::shop::run_blocking(|| {
+                    let lsn = append_durable(&store, &entries)?;
+                    let ack = queue_ack(rep, &out_tx, lsn);
+                    Ok::<_, ShopError>((ack, apply_durable(rep)))
+                })?;
+                if !ack.delivered(&out_tx).await {
                     return Ok(());
                 }
+                applied?;
             }
             if let Some(ended) = ended {
                 return ended;
@@ -241,9 +244,10 @@ async fn follow_once(
             }
         };
         if let Some(lsn) = durable {
-            if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+            if !queue_ack(rep, &out_tx, lsn).delivered(&out_tx).await {
                 return Ok(());
             }
+            crate::shop::run_blocking(|| apply_durable(rep))?;
         }
     }
 }
@@ -255,48 +259,52 @@ fn append_durable(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
     Ok(store.durable_lsn())
 }
 
-/// Replica side: applies what is durable to the trees whenever `durable_rx` moves, off
-/// the ack path; ends (after a last apply) when the session drops its sender, or on an
-/// apply error (the store then refuses writes until restarted; start-up replays the WAL).
-async fn run_applier(rep: Arc<Replicator>, mut durable_rx: watch::Receiver<Lsn>) {
-    loop {
-        let more = durable_rx.changed().await.is_ok();
-        let store = Arc::clone(&rep.store);
-        match rep.spawn_blocking(move || store.apply_replicated()).await {
-            Ok(Ok(applied)) => {
-                if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
-                    rep.caught_up.store(true, Ordering::Release);
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "applying replicated entries failed");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "apply task failed");
-                return;
-            }
-        }
-        if !more {
-            return;
+/// Replica side: applies everything durable to the trees (after its ack went out); a
+/// replica that applied all the primary has is caught up. An error leaves the store
+/// refusing writes until restarted (start-up replays the WAL) and ends the session.
+fn apply_durable(rep: &Replicator) -> Result<()> {
+    let applied = rep.store.apply_replicated().inspect_err(|e| {
+        tracing::error!(error = %e, "applying replicated entries failed");
+    })?;
+    if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
+        rep.caught_up.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// An ack on its way to the primary ([`queue_ack`]).
+enum QueuedAck {
+    /// In the stream's queue.
+    Queued,
+    /// The queue was full: still to send.
+    Pending(pb::ReplicateRequest),
+    /// The stream is gone.
+    Gone,
+}
+
+impl QueuedAck {
+    /// Waits until the ack is in the stream's queue; `false` when the stream is gone.
+    async fn delivered(self, out_tx: &mpsc::Sender<pb::ReplicateRequest>) -> bool {
+        match self {
+            Self::Queued => true,
+            Self::Pending(ack) => out_tx.send(ack).await.is_ok(),
+            Self::Gone => false,
         }
     }
 }
 
-/// Replica side: acks the durable `lsn` to the primary and wakes the applier.
-/// `false` when the stream is gone.
-async fn ack_durable(
-    rep: &Replicator,
-    out_tx: &mpsc::Sender<pb::ReplicateRequest>,
-    apply_tx: &watch::Sender<Lsn>,
-    lsn: Lsn,
-) -> bool {
+/// Replica side: queues the ack of the durable `lsn` to the primary without waiting
+/// (callable from the blocking section that synced it).
+fn queue_ack(rep: &Replicator, out_tx: &mpsc::Sender<pb::ReplicateRequest>, lsn: Lsn) -> QueuedAck {
     rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
-    apply_tx.send_replace(lsn);
     let ack = pb::ReplicateRequest {
         kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
             durable_lsn: lsn,
         })),
     };
-    out_tx.send(ack).await.is_ok()
+    match out_tx.try_send(ack) {
+        Ok(()) => QueuedAck::Queued,
+        Err(mpsc::error::TrySendError::Full(ack)) => QueuedAck::Pending(ack),
+        Err(mpsc::error::TrySendError::Closed(_)) => QueuedAck::Gone,
+    }
 }
