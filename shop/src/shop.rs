@@ -18,8 +18,9 @@
 //! Writes that arrive during a sync form the next batch. A lone writer commits its own
 //! write on its own thread: no hand-off to another thread and back, which is most of what
 //! a write costs at one client beyond the `fdatasync` (docs/BENCHMARKS.md, "Leader/follower
-//! commit"). The leader runs the blocking commit inside [`tokio::task::block_in_place`],
-//! so the runtime moves its other tasks to another worker meanwhile.
+//! commit"). A leader with company in its batch first hands its worker's other tasks to
+//! another thread ([`tokio::task::block_in_place`]); see [`run_blocking`] for why not
+//! always.
 //!
 //! If the WAL write fails, every write of the batch fails with `Unavailable` (nothing
 //! applied, nothing acknowledged) and the store refuses writes until restarted. A write
@@ -115,13 +116,23 @@ impl Committer {
         }
     }
 
-    /// One batch of the write path, run by the leader (caller holds `lead`): commits
-    /// what is queued and answers every write of it. Blocking.
-    fn commit_queued(&self, store: &Store) {
+    /// The leader's turn (caller holds `lead`): commits what is queued and answers every
+    /// write of it. A leader alone in its batch commits on its own thread; a bigger batch
+    /// (or a linger) hands the worker's other tasks to another thread first (module docs).
+    fn lead(&self, store: &Store) {
         if !self.linger.is_zero() {
-            std::thread::sleep(self.linger);
+            return run_blocking(false, || {
+                std::thread::sleep(self.linger);
+                self.commit(store, self.take_batch());
+            });
         }
         let batch = self.take_batch();
+        run_blocking(batch.len() == 1, || self.commit(store, batch));
+    }
+
+    /// One batch of the write path: commits `batch` and answers every write of it.
+    /// Blocking.
+    fn commit(&self, store: &Store, batch: Vec<Box<dyn QueuedWrite>>) {
         if batch.is_empty() {
             return;
         }
@@ -150,16 +161,27 @@ impl Committer {
     }
 }
 
-/// Runs blocking work from async code without stalling the runtime: on a multi-thread
-/// runtime the worker hands its other tasks to another thread first
-/// ([`tokio::task::block_in_place`]); a current-thread runtime (tests) has nobody to hand
-/// them to and simply runs it.
-pub(crate) fn run_blocking<R>(work: impl FnOnce() -> R) -> R {
+/// Runs a commit (blocking: a WAL append + `fdatasync`) from async code.
+///
+/// `alone`: nothing else waits on this commit's lock, i.e. one client at a time. Then the
+/// commit runs right here on the worker, blocking it for one sync: what the runtime would
+/// otherwise do meanwhile is nothing, and handing the worker's tasks to another thread
+/// ([`tokio::task::block_in_place`]) costs about four futex calls and two thread wake-ups
+/// per write, as much as the writer thread it replaced (docs/BENCHMARKS.md, "Leader/follower
+/// commit"). Otherwise (a batch of several writers: others are busy) the worker's other
+/// tasks move to another thread first, and that cost is shared by the batch. A
+/// current-thread runtime (tests) has nobody to hand them to and simply runs it.
+pub(crate) fn run_blocking<R>(alone: bool, work: impl FnOnce() -> R) -> R {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    // TEMPORARY measurement knob (removed before merge): run inline even on multi-thread.
-    static INLINE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let inline = *INLINE.get_or_init(|| std::env::var_os("CONCORD_SHOP_COMMIT_INLINE").is_some());
+    // TEMPORARY measurement knob (removed before merge): inline | handoff | (adaptive).
+    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let mode = MODE.get_or_init(|| std::env::var("CONCORD_SHOP_COMMIT").unwrap_or_default());
+    let inline = match mode.as_str() {
+        "inline" => true,
+        "handoff" => false,
+        _ => alone,
+    };
     if multi_thread && !inline {
         tokio::task::block_in_place(work)
     } else {
@@ -237,7 +259,7 @@ impl Shop {
                         Ok(done) => break done,
                         Err(oneshot::error::TryRecvError::Closed) => return Err(lost()),
                         Err(oneshot::error::TryRecvError::Empty) => {
-                            run_blocking(|| self.commits.commit_queued(&self.store));
+                            self.commits.lead(&self.store);
                         }
                     }
                 }

@@ -164,7 +164,9 @@ async fn follow_once(
             // Whatever else already arrived goes into the same sync. `message()` keeps
             // its state in the stream, so a poll that finds nothing loses nothing.
             let mut ended = None;
+            let mut alone = true;
             while let Some(next) = inbound.message().now_or_never() {
+                alone = false;
                 match next {
                     Ok(Some(pb::ReplicateResponse {
                         kind: Some(Kind::Entries(more)),
@@ -191,7 +193,7 @@ async fn follow_once(
                 }
             }
             if !entries.is_empty() {
-                let (ack, applied) = crate::shop::run_blocking(|| {
+                let (ack, applied) = crate::shop::run_blocking(alone, || {
                     let lsn = append_durable(&store, &entries)?;
                     let ack = queue_ack(rep, &out_tx, lsn);
                     Ok::<_, ShopError>((ack, apply_durable(rep)))
@@ -247,7 +249,7 @@ async fn follow_once(
             if !queue_ack(rep, &out_tx, lsn).delivered(&out_tx).await {
                 return Ok(());
             }
-            crate::shop::run_blocking(|| apply_durable(rep))?;
+            crate::shop::run_blocking(false, || apply_durable(rep))?;
         }
     }
 }
