@@ -174,15 +174,7 @@ impl Committer {
 pub(crate) fn run_blocking<R>(alone: bool, work: impl FnOnce() -> R) -> R {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    // TEMPORARY measurement knob (removed before merge): inline | handoff | (adaptive).
-    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let mode = MODE.get_or_init(|| std::env::var("CONCORD_SHOP_COMMIT").unwrap_or_default());
-    let inline = match mode.as_str() {
-        "inline" => true,
-        "handoff" => false,
-        _ => alone,
-    };
-    if multi_thread && !inline {
+    if multi_thread && !alone {
         tokio::task::block_in_place(work)
     } else {
         work()
