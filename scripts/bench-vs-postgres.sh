@@ -6,6 +6,8 @@
 # empty; "sync" = the standby streaming with synchronous_standby_names set to it.
 # Concord: `concord shop` with --replication none / sync (+ replica) / async (+ replica),
 # loaded by `concord bench shop --operation create` (one CreateProduct per request).
+# Each round also measures the floor: `--operation health` (grpc.health.v1 Check, no
+# storage), i.e. what one unary gRPC round trip costs on this machine.
 # Each round runs every configuration once, at each concurrency, one after the other, so
 # the machine's background load hits all of them alike; medians over the rounds.
 #
@@ -114,8 +116,8 @@ start_shop sync-replica "$SSR" --replica-of "127.0.0.1:$SS"
 start_shop async "$SA" --replication async
 start_shop async-replica "$SAR" --replica-of "127.0.0.1:$SA"
 sleep 2
-concord_run() { # port concurrency -> writes/s
-  "$CONCORD" bench shop --target "127.0.0.1:$1" --concurrency "$2" --duration "${DURATION}s" --operation create 2>/dev/null \
+concord_run() { # port concurrency [operation] -> requests/s
+  "$CONCORD" bench shop --target "127.0.0.1:$1" --concurrency "$2" --duration "${DURATION}s" --operation "${3:-create}" 2>/dev/null \
     | awk '/throughput/ { for (i = 1; i <= NF; i++) if ($i == "throughput") { sub("/s", "", $(i+1)); print $(i+1) } }'
 }
 
@@ -129,6 +131,8 @@ for round in $(seq "$ROUNDS"); do
     pg_mode sync;  v=$(pg_run "$c");          echo -e "$c\tpg_sync\t$v" >>"$RESULTS";    echo "round $round c=$c PG sync      $v/s"
     v=$(concord_run "$SS" "$c");              echo -e "$c\tconcord_sync\t$v" >>"$RESULTS"; echo "round $round c=$c Concord sync $v/s"
     v=$(concord_run "$SA" "$c");              echo -e "$c\tconcord_async\t$v" >>"$RESULTS"; echo "round $round c=$c Concord async $v/s"
+    # The floor: a grpc.health.v1 Check, the cheapest unary call (no shop code at all).
+    v=$(concord_run "$SN" "$c" health);       echo -e "$c\tgrpc_health\t$v" >>"$RESULTS";  echo "round $round c=$c gRPC health  $v/s"
   done
 done
 
@@ -148,6 +152,9 @@ for c in sorted({c for c, _ in med}, reverse=True):
     print(f"| {c} | {g('pg_none'):,.0f}/s | {g('concord_none'):,.0f}/s | {g('pg_sync'):,.0f}/s | "
           f"{g('concord_sync'):,.0f}/s | {g('concord_async'):,.0f}/s | {g('concord_sync')/g('pg_sync'):.2f}× | "
           f"{g('concord_none')/g('pg_none'):.2f}× | {g('concord_sync')/g('concord_none'):.0%} |")
+print()
+print("Floor (grpc.health.v1 Check on the none shop, no storage): " + ", ".join(
+    f"c={c} {med[(c, 'grpc_health')]:,.0f}/s" for c in sorted({c for c, _ in med}, reverse=True)))
 print()
 print("all rounds:", {f"c={c} {w}": [int(x) for x in v] for (c, w), v in sorted(runs.items())})
 EOF

@@ -10,6 +10,9 @@
 //! aggregator), `shop-create` (CreateProduct) and `shop-order` (AddCartItem, then a timed
 //! PlaceOrder per iteration, one customer account per worker, signed up before the clock
 //! starts; every call carries its session token, so the session check is measured too).
+//! Two floors for the write figures: `--operation get` (GetProduct of one product, the
+//! cheapest shop read) and `--operation health` (grpc.health.v1 Check, no shop code at
+//! all): what a unary gRPC round trip costs on this machine before any storage work.
 
 use std::{
     collections::BTreeMap,
@@ -21,12 +24,13 @@ use std::{
 use concord::pb::{
     predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest},
     shop::v1::{
-        shop_client::ShopClient, AddCartItemRequest, CreateProductRequest, PlaceOrderRequest,
-        SignUpRequest,
+        shop_client::ShopClient, AddCartItemRequest, CreateProductRequest, GetProductRequest,
+        PlaceOrderRequest, SignUpRequest,
     },
 };
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// Flags of `concord bench`.
 #[derive(Debug, clap::Args)]
@@ -47,11 +51,13 @@ pub enum Target {
         #[arg(long, default_value = "stake")]
         policy: String,
     },
-    /// Shop writes: product creation or order placement.
+    /// Shop writes (product creation, order placement) and their floors (a read, a health
+    /// check).
     Shop {
         #[command(flatten)]
         load: Load,
-        /// create (CreateProduct) or order (AddCartItem + timed PlaceOrder).
+        /// create (CreateProduct), order (AddCartItem + timed PlaceOrder), get (GetProduct
+        /// of one product) or health (grpc.health.v1 Check of the Shop service).
         #[arg(long, default_value = "create")]
         operation: String,
         /// Admin token for product creation (default: the one `concord up` stored under
@@ -222,7 +228,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .await;
                     report.print("shop add-to-cart + place-order", &load);
                 }
-                other => anyhow::bail!("unknown shop operation {other:?}: use create or order"),
+                "get" => {
+                    let product_id = create_bench_product(&channels[0], &token).await?;
+                    let report = drive(&load, |worker| {
+                        let client = ShopClient::new(channels[worker % channels.len()].clone());
+                        let id = product_id.clone();
+                        move || {
+                            let mut client = client.clone();
+                            let request = GetProductRequest { id: id.clone() };
+                            async move { client.get_product(request).await.map(|_| ()) }
+                        }
+                    })
+                    .await;
+                    report.print("shop get-product", &load);
+                }
+                "health" => {
+                    let report = drive(&load, |worker| {
+                        let client = HealthClient::new(channels[worker % channels.len()].clone());
+                        move || {
+                            let mut client = client.clone();
+                            let request = HealthCheckRequest {
+                                service: "concord.shop.v1.Shop".into(),
+                            };
+                            async move { client.check(request).await.map(|_| ()) }
+                        }
+                    })
+                    .await;
+                    report.print("grpc health check", &load);
+                }
+                other => anyhow::bail!(
+                    "unknown shop operation {other:?}: use create, order, get or health"
+                ),
             }
         }
     }

@@ -6,8 +6,9 @@
 //!    product mutations and asks `replication` whether this process takes writes;
 //! 2. the domain (`catalog`, `cart`, `order`) validates the input (`validate`, `keys`)
 //!    *before* touching storage and returns the write as a `WriteOp`, which `shop` queues
-//!    for its single writer thread (reads run on the blocking pool);
-//! 3. the writer takes everything queued as ONE batch of the `store`'s write path: each
+//!    (reads run on the blocking pool);
+//! 3. the first queued writer to get the commit lock (the leader) takes everything queued
+//!    as ONE batch of the `store`'s write path: each
 //!    write runs against the trees plus the batch's pending changes and records its
 //!    puts/deletes as one `wal` entry under the next gap-free LSN (one that fails is rolled
 //!    back to its savepoint without touching the others);

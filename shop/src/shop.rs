@@ -1,26 +1,40 @@
 //! The async face of the shop domain: what the gRPC service (and the bench) call.
 //!
 //! Reads run on tokio's blocking pool (a sled call may wait on sled's global lock while a
-//! flush runs, so it must not sit on an async worker). Writes are validated on the
-//! caller's task (the domain's `*_op` functions), then queued to ONE writer thread through
-//! a bounded queue ([`WRITE_QUEUE_CAPACITY`]; a full queue makes the caller wait, it never
-//! drops work). The writer takes everything queued (up to [`MAX_WRITE_BATCH`]) and runs
-//! it as ONE batch of the store's write path ([`Store::transact_batch`]: each write keeps
-//! its own LSN and WAL entry and fails alone; the batch is appended to the WAL with one
-//! `fdatasync`, then applied to sled), and only then replies to every caller of the
-//! batch: group commit without a hand-off; writes that arrive during the sync form the
-//! next batch. If the WAL write fails, every write of the batch fails with `Unavailable`
-//! (nothing applied, nothing acknowledged) and the store refuses writes until restarted.
+//! flush runs, so it must not sit on an async worker).
+//!
+//! **Writes: group commit by the submitting tasks themselves** (a leader/follower queue,
+//! like LevelDB's writer queue or PostgreSQL's WAL flush). A write is validated on the
+//! caller's task (the domain's `*_op` functions) and put in the shared queue. Then the
+//! caller waits for the commit lock or its reply, whichever comes first:
+//! - whoever gets the lock while its own write is still queued becomes the **leader**: it
+//!   takes everything queued (up to [`MAX_WRITE_BATCH`]) and runs it as ONE batch of the
+//!   store's write path ([`Store::transact_batch`]: each write keeps its own LSN and WAL
+//!   entry and fails alone; the batch is appended to the WAL with one `fdatasync`, then
+//!   applied to sled), replies to every write of the batch, and releases the lock;
+//! - the others are **followers**: a leader commits their write and replies; the lock
+//!   passes (FIFO) to the next waiter whose write is still queued.
+//!
+//! Writes that arrive during a sync form the next batch. A lone writer commits its own
+//! write on its own thread: no hand-off to another thread and back, which is most of what
+//! a write costs at one client beyond the `fdatasync` (docs/BENCHMARKS.md, "Leader/follower
+//! commit"). A leader with company in its batch first hands its worker's other tasks to
+//! another thread ([`tokio::task::block_in_place`]); see [`run_blocking`] for why not
+//! always.
+//!
+//! If the WAL write fails, every write of the batch fails with `Unavailable` (nothing
+//! applied, nothing acknowledged) and the store refuses writes until restarted. A write
+//! whose caller went away while it was queued still commits with the next batch,
+//! unacknowledged (as a write whose reply was lost).
 //!
 //! A method returning `Ok(Written { lsn, .. })` means the write is on disk; `lsn: None`
-//! means it changed nothing. Errors never leave partial writes behind. The writer thread
-//! stops when the last `Shop` handle is dropped.
+//! means it changed nothing. Errors never leave partial writes behind.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::account::{self, Account};
 use crate::cart::{self, CartView};
@@ -33,14 +47,12 @@ use crate::store::{BatchOutcome, Store, StoreConfig, Tx, TxResult, WriteOp, Writ
 use crate::throttle::SignInThrottle;
 use crate::wal::Lsn;
 
-/// Writes queued for the writer thread before callers wait.
-pub const WRITE_QUEUE_CAPACITY: usize = 1024;
-/// Most writes the writer commits in one transaction before it flushes and replies.
+/// Most writes a leader commits in one batch before it flushes and replies.
 pub const MAX_WRITE_BATCH: usize = 256;
 
 /// A write waiting in the queue: its body, and how to answer its caller.
 trait QueuedWrite: Send {
-    /// Runs the write inside the batch transaction; may run again if sled retries it.
+    /// Runs the write inside the batch.
     fn run(&self, tx: &Tx<'_>) -> TxResult<()>;
     /// Answers the caller once the batch's commit (in `term`) and flush are known.
     fn finish(self: Box<Self>, outcome: Result<Option<Lsn>>, term: u64);
@@ -78,50 +90,56 @@ impl<T: Send + 'static, F: WriteOp<T>> QueuedWrite for Queued<T, F> {
 #[derive(Clone)]
 pub struct Shop {
     store: Arc<Store>,
-    writer: Arc<Writer>,
+    commits: Arc<Committer>,
     /// Password hashing, bounded (see `password`).
     hasher: Hasher,
     sign_ins: Arc<SignInThrottle>,
 }
 
-/// The writer thread; dropping the last handle closes the queue and joins the thread, so
-/// the store is released deterministically (a restart can reopen the directory at once).
-struct Writer {
-    write_tx: Option<mpsc::Sender<Box<dyn QueuedWrite>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The write queue and the commit lock (module docs).
+struct Committer {
+    /// Writes validated and waiting for a leader, in arrival order.
+    queue: Mutex<Vec<Box<dyn QueuedWrite>>>,
+    /// Held by the leader while it commits a batch; FIFO, so every queued writer gets its
+    /// turn.
+    lead: tokio::sync::Mutex<()>,
+    /// How long a leader waits after taking the lock before it takes the batch.
+    linger: Duration,
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.write_tx.take();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("shop writer thread panicked");
-            }
+impl Committer {
+    /// Takes up to [`MAX_WRITE_BATCH`] queued writes (the leader's batch).
+    fn take_batch(&self) -> Vec<Box<dyn QueuedWrite>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() <= MAX_WRITE_BATCH {
+            std::mem::take(&mut *queue)
+        } else {
+            queue.drain(..MAX_WRITE_BATCH).collect()
         }
     }
-}
 
-/// The writer thread's loop (module docs).
-fn run_writer(
-    store: &Store,
-    write_rx: &mut mpsc::Receiver<Box<dyn QueuedWrite>>,
-    linger: Duration,
-) {
-    let mut batch: Vec<Box<dyn QueuedWrite>> = Vec::with_capacity(MAX_WRITE_BATCH);
-    while let Some(first) = write_rx.blocking_recv() {
-        batch.push(first);
-        if !linger.is_zero() {
-            std::thread::sleep(linger);
+    /// The leader's turn (caller holds `lead`): commits what is queued and answers every
+    /// write of it. A leader alone in its batch commits on its own thread; a bigger batch
+    /// (or a linger) hands the worker's other tasks to another thread first (module docs).
+    fn lead(&self, store: &Store) {
+        if !self.linger.is_zero() {
+            return run_blocking(false, || {
+                std::thread::sleep(self.linger);
+                self.commit(store, self.take_batch());
+            });
         }
-        while batch.len() < MAX_WRITE_BATCH {
-            match write_rx.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
-            }
+        let batch = self.take_batch();
+        run_blocking(batch.len() == 1, || self.commit(store, batch));
+    }
+
+    /// One batch of the write path: commits `batch` and answers every write of it.
+    /// Blocking.
+    fn commit(&self, store: &Store, batch: Vec<Box<dyn QueuedWrite>>) {
+        if batch.is_empty() {
+            return;
         }
         let outcomes = store.transact_batch(batch.len(), |i, tx| {
-            // A panicking write (a bug) must not take the writer or its batch down: it is
+            // A panicking write (a bug) must not take the leader or its batch down: it is
             // rolled back like any failed write and its caller gets an error.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch[i].run(tx)))
                 .unwrap_or_else(|_| {
@@ -139,17 +157,30 @@ fn run_writer(
                 writes: vec![Err(e); batch.len()],
             }
         });
-        for (write, outcome) in batch.drain(..).zip(outcomes) {
+        for (write, outcome) in batch.into_iter().zip(outcomes) {
             write.finish(outcome, term);
         }
     }
-    let stats = store.commit_stats();
-    tracing::info!(
-        syncs = stats.flushes,
-        writes = stats.writes,
-        sync_ms = stats.flush_micros / 1000,
-        "shop writer stopped"
-    );
+}
+
+/// Runs a commit (blocking: a WAL append + `fdatasync`) from async code.
+///
+/// `alone`: nothing else waits on this commit's lock, i.e. one client at a time. Then the
+/// commit runs right here on the worker, blocking it for one sync: what the runtime would
+/// otherwise do meanwhile is nothing, and handing the worker's tasks to another thread
+/// ([`tokio::task::block_in_place`]) costs about four futex calls and two thread wake-ups
+/// per write, as much as the writer thread it replaced (docs/BENCHMARKS.md, "Leader/follower
+/// commit"). Otherwise (a batch of several writers: others are busy) the worker's other
+/// tasks move to another thread first, and that cost is shared by the batch. A
+/// current-thread runtime (tests) has nobody to hand them to and simply runs it.
+pub(crate) fn run_blocking<R>(alone: bool, work: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread && !alone {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 impl Shop {
@@ -158,27 +189,21 @@ impl Shop {
         Self::with_linger(Arc::new(Store::open(config)?), config.linger)
     }
 
-    /// Wraps an already open store and starts its writer thread.
+    /// Wraps an already open store.
     pub fn new(store: Arc<Store>) -> Result<Self> {
         Self::with_linger(store, crate::store::DEFAULT_LINGER)
     }
 
-    /// [`new`](Self::new) with a group-commit linger: the writer waits this long after the
-    /// first queued write before it takes the batch.
+    /// [`new`](Self::new) with a group-commit linger: a leader waits this long after
+    /// taking the commit lock before it takes the batch.
     pub fn with_linger(store: Arc<Store>, linger: Duration) -> Result<Self> {
-        let (write_tx, mut write_rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        let writer_store = Arc::clone(&store);
-        let thread = std::thread::Builder::new()
-            .name("shop-writer".into())
-            .spawn(move || run_writer(&writer_store, &mut write_rx, linger))
-            .map_err(|e| ShopError::internal(format!("cannot start writer thread: {e}")))?;
-        let writer = Writer {
-            write_tx: Some(write_tx),
-            thread: Some(thread),
-        };
         Ok(Self {
             store,
-            writer: Arc::new(writer),
+            commits: Arc::new(Committer {
+                queue: Mutex::new(Vec::with_capacity(MAX_WRITE_BATCH)),
+                lead: tokio::sync::Mutex::new(()),
+                linger,
+            }),
             hasher: Hasher::default(),
             sign_ins: Arc::default(),
         })
@@ -202,18 +227,39 @@ impl Shop {
         .await?
     }
 
-    /// Queues a validated write and waits until it is durable (or failed).
+    /// Queues a validated write and waits until it is durable (or failed), committing it
+    /// (and whatever else is queued) itself when it gets the commit lock first (module
+    /// docs).
     async fn write<T: Send + 'static>(&self, op: impl WriteOp<T>) -> Result<Written<T>> {
-        let (reply, done_rx) = oneshot::channel();
+        let (reply, mut done_rx) = oneshot::channel();
         let queued: Box<dyn QueuedWrite> = Box::new(Queued {
             op,
             value: RefCell::new(None),
             reply,
         });
-        let stopped = || ShopError::Unavailable("the shop writer has stopped".into());
-        let write_tx = self.writer.write_tx.as_ref().ok_or_else(stopped)?;
-        write_tx.send(queued).await.map_err(|_| stopped())?;
-        let written = done_rx.await.map_err(|_| stopped())??;
+        self.commits
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(queued);
+        let lost = || ShopError::internal("a queued write was dropped unanswered");
+        let written = loop {
+            tokio::select! {
+                biased;
+                done = &mut done_rx => break done.map_err(|_| lost())?,
+                _lead = self.commits.lead.lock() => {
+                    // Leader: a write not answered yet is still queued (every earlier
+                    // leader answered its whole batch before releasing the lock).
+                    match done_rx.try_recv() {
+                        Ok(done) => break done,
+                        Err(oneshot::error::TryRecvError::Closed) => return Err(lost()),
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            self.commits.lead(&self.store);
+                        }
+                    }
+                }
+            }
+        }?;
         tracing::debug!(lsn = ?written.lsn, "write durable");
         Ok(written)
     }
@@ -372,6 +418,114 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    fn product(name: &str) -> NewProduct {
+        NewProduct {
+            name: name.into(),
+            price_minor: 100,
+            stock: 10,
+            ..Default::default()
+        }
+    }
+
+    fn temp_shop() -> (tempfile::TempDir, Shop) {
+        let dir = tempfile::tempdir().unwrap();
+        let shop = Shop::open(&StoreConfig::new(dir.path().join("db"))).unwrap();
+        (dir, shop)
+    }
+
+    fn queued(shop: &Shop) -> usize {
+        shop.commits.queue.lock().unwrap().len()
+    }
+
+    /// Polls `cond` every millisecond for at most 10 s.
+    async fn eventually(cond: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition not reached within 10 s");
+    }
+
+    /// Writes queued while a commit runs are committed together by ONE of them (the next
+    /// leader) with one sync, each under its own gap-free LSN.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_commit_as_one_batch_led_by_one_writer() {
+        let (_dir, shop) = temp_shop();
+        shop.create_product(product("first")).await.unwrap();
+        let before = shop.store().commit_stats();
+        // Stand in for a leader busy with its sync: every writer must queue.
+        let busy = shop.commits.lead.lock().await;
+        let writers: Vec<_> = (0..16)
+            .map(|i| {
+                let shop = shop.clone();
+                tokio::spawn(async move { shop.create_product(product(&format!("p{i}"))).await })
+            })
+            .collect();
+        eventually(|| queued(&shop) == 16).await;
+        drop(busy);
+        let mut lsns = Vec::new();
+        for writer in writers {
+            lsns.push(writer.await.unwrap().unwrap().lsn.unwrap());
+        }
+        lsns.sort_unstable();
+        assert_eq!(lsns, (2..=17).collect::<Vec<_>>());
+        let after = shop.store().commit_stats();
+        assert_eq!(
+            after.flushes - before.flushes,
+            1,
+            "one sync for the 16 queued writes"
+        );
+        assert_eq!(after.writes - before.writes, 16);
+        assert_eq!(queued(&shop), 0);
+    }
+
+    /// A write whose caller went away while it was queued is not lost in the queue: it
+    /// commits with the next batch (unacknowledged), as a write whose reply was lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_queued_write_commits_with_the_next_batch() {
+        let (_dir, shop) = temp_shop();
+        let busy = shop.commits.lead.lock().await;
+        let abandoned = {
+            let shop = shop.clone();
+            tokio::spawn(async move { shop.create_product(product("abandoned")).await })
+        };
+        eventually(|| queued(&shop) == 1).await;
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        drop(busy);
+        let next = shop.create_product(product("next")).await.unwrap();
+        assert_eq!(
+            next.lsn,
+            Some(2),
+            "the abandoned write committed first, at LSN 1"
+        );
+        let names: Vec<String> = shop
+            .list_products(ProductQuery::default())
+            .await
+            .unwrap()
+            .products
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert!(names.contains(&"abandoned".to_string()), "{names:?}");
+    }
+
+    /// On a current-thread runtime (no other worker to hand tasks to) a writer commits
+    /// its own write inline, and writes, reads and errors behave as on the multi-thread one.
+    #[tokio::test]
+    async fn a_current_thread_runtime_commits_inline() {
+        let (_dir, shop) = temp_shop();
+        let written = shop.create_product(product("one")).await.unwrap();
+        assert_eq!(written.lsn, Some(1));
+        let read = shop.get_product(written.value.id).await.unwrap();
+        assert_eq!(read.name, "one");
+        assert!(shop.create_product(product("")).await.is_err());
+        let again = shop.create_product(product("two")).await.unwrap();
+        assert_eq!(again.lsn, Some(2), "a refused write consumes no LSN");
+    }
 
     /// Group-commit throughput of product creation at concurrency 16 (run with
     /// `--ignored --nocapture`); prints writes/s and writes per fsync.

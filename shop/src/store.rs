@@ -1,7 +1,7 @@
 //! The store: the WAL (log of record, segment files in `<path>/wal/`) and the sled trees
 //! (materialized state).
 //!
-//! **One write path.** Every write — a batch from the shop's writer thread, one write from
+//! **One write path.** Every write — a batch from the shop's commit leader, one write from
 //! [`Store::transact`] (tests, tools), or a replica applying the primary's entries — goes
 //! through the same steps, one writer at a time:
 //! 1. the write runs against the current state plus the batch's own pending changes
@@ -566,7 +566,7 @@ impl Store {
 
     /// Runs one write through the write path (module docs) on the calling thread and
     /// returns once it is durable and applied. Blocking: call from `spawn_blocking` in
-    /// async code. The shop batches concurrent writes through its writer thread instead.
+    /// async code. The shop batches concurrent writes (leader/follower, `shop.rs`) instead.
     pub fn transact<T, F>(&self, op: F) -> Result<Committed<T>>
     where
         F: Fn(&Tx<'_>) -> TxResult<T>,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use concord::identity::{Principal, Verifier};
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_client::ReplicationClient;
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
@@ -118,84 +119,98 @@ async fn follow_once(
     rep.following.store(true, Ordering::Release);
     tracing::info!(%primary, applied_lsn, "following primary");
     let stop = rep.stop.clone();
-    // Pipelining (issue 14 item 2): received batches are appended to this store's WAL on
-    // a blocking thread, one sync in flight at a time; whatever arrives meanwhile waits in
-    // `pending` and goes into the next append as ONE sync, so receiving overlaps syncing.
-    // The durable LSN is acked at once; applying to the trees happens off the ack path, in
-    // the session's applier task (`run_applier`), which the ack only wakes.
-    let mut pending: Vec<WalEntry> = Vec::new();
-    let mut applying = false;
-    let (applied_tx, mut applied_rx) = mpsc::channel::<Result<Lsn>>(1);
-    let (apply_tx, apply_rx) = watch::channel(0);
-    rep.spawn(run_applier(Arc::clone(rep), apply_rx));
+    // Pipelining (issue 14 item 2): a received batch is appended to this store's WAL and
+    // synced by this task itself (no hand-off to a blocking thread and back: the sync
+    // runs in `block_in_place`), together with every batch that already arrived behind it
+    // (ONE sync for all of them). Meanwhile the transport keeps receiving into its
+    // buffers, so receiving overlaps syncing. The durable LSN is acked at once, and only
+    // then are the entries applied to the trees, in the same blocking section: off the
+    // ack path (the ack is already queued to the stream) without another task or thread.
+    // A message read while draining batches that was not a batch: handled next.
+    let mut held: Option<Kind> = None;
     loop {
-        if !applying && !pending.is_empty() {
-            applying = true;
-            let entries = std::mem::take(&mut pending);
-            let store = Arc::clone(&store);
-            let applied_tx = applied_tx.clone();
-            rep.spawn_blocking(move || {
-                let _ = applied_tx.blocking_send(append_durable(&store, &entries));
-            });
-        }
-        let msg = tokio::select! {
-            m = inbound.message() => m.map_err(|s| unavailable(&s))?,
-            applied = applied_rx.recv(), if applying => {
-                applying = false;
-                let lsn = applied.ok_or_else(|| ShopError::internal("apply task vanished"))??;
-                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+        let kind = match held.take() {
+            Some(kind) => kind,
+            None => {
+                let msg = tokio::select! {
+                    m = inbound.message() => m.map_err(|s| unavailable(&s))?,
+                    changed = role_rx.changed() => {
+                        // A heartbeat raising the term changes the role too: only another
+                        // primary (or none) ends this session.
+                        let same = changed.is_ok()
+                            && role_rx.borrow_and_update().maybe_primary() == Some(primary);
+                        if same {
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    () = stop.cancelled() => return Ok(()),
+                };
+                let Some(pb::ReplicateResponse { kind: Some(kind) }) = msg else {
+                    if msg.is_none() {
+                        return Ok(());
+                    }
+                    continue;
+                };
+                kind
+            }
+        };
+        if let Kind::Entries(batch) = kind {
+            let mut entries = batch
+                .entries
+                .into_iter()
+                .map(entry_from_pb)
+                .collect::<Result<Vec<_>>>()?;
+            // Whatever else already arrived goes into the same sync. `message()` keeps
+            // its state in the stream, so a poll that finds nothing loses nothing.
+            let mut ended = None;
+            let mut alone = true;
+            while let Some(next) = inbound.message().now_or_never() {
+                alone = false;
+                match next {
+                    Ok(Some(pb::ReplicateResponse {
+                        kind: Some(Kind::Entries(more)),
+                    })) => {
+                        for entry in more.entries {
+                            entries.push(entry_from_pb(entry)?);
+                        }
+                    }
+                    Ok(Some(pb::ReplicateResponse { kind: Some(other) })) => {
+                        held = Some(other);
+                        break;
+                    }
+                    Ok(Some(pb::ReplicateResponse { kind: None })) => {}
+                    // The stream ended or broke: what arrived before still lands and is
+                    // acked first.
+                    Ok(None) => {
+                        ended = Some(Ok(()));
+                        break;
+                    }
+                    Err(status) => {
+                        ended = Some(Err(unavailable(&status)));
+                        break;
+                    }
+                }
+            }
+            if !entries.is_empty() {
+                let (ack, applied) = crate::shop::run_blocking(alone, || {
+                    let lsn = append_durable(&store, &entries)?;
+                    let ack = queue_ack(rep, &out_tx, lsn);
+                    Ok::<_, ShopError>((ack, apply_durable(rep)))
+                })?;
+                if !ack.delivered(&out_tx).await {
                     return Ok(());
                 }
-                continue;
+                applied?;
             }
-            changed = role_rx.changed() => {
-                // A heartbeat raising the term changes the role too: only another primary
-                // (or none) ends this session.
-                let same = changed.is_ok()
-                    && role_rx.borrow_and_update().maybe_primary() == Some(primary);
-                if same {
-                    continue;
-                }
-                return Ok(());
-            }
-            () = stop.cancelled() => return Ok(()),
-        };
-        let Some(pb::ReplicateResponse { kind: Some(kind) }) = msg else {
-            if msg.is_none() {
-                return Ok(());
+            if let Some(ended) = ended {
+                return ended;
             }
             continue;
-        };
-        if !matches!(kind, Kind::Entries(_) | Kind::Heartbeat(_)) {
-            // A snapshot replaces the store: everything received before it lands first.
-            if applying {
-                applying = false;
-                let lsn = applied_rx
-                    .recv()
-                    .await
-                    .ok_or_else(|| ShopError::internal("apply task vanished"))??;
-                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
-                    return Ok(());
-                }
-            }
-            if !pending.is_empty() {
-                let entries = std::mem::take(&mut pending);
-                let store = Arc::clone(&store);
-                let lsn = rep
-                    .spawn_blocking(move || append_durable(&store, &entries))
-                    .await??;
-                if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
-                    return Ok(());
-                }
-            }
         }
         let durable = match kind {
-            Kind::Entries(batch) => {
-                for entry in batch.entries {
-                    pending.push(entry_from_pb(entry)?);
-                }
-                None
-            }
+            // Handled above.
+            Kind::Entries(_) => None,
             Kind::SnapshotBegin(begin) => {
                 tracing::info!(lsn = begin.lsn, term = begin.term, "receiving snapshot");
                 let store = Arc::clone(&store);
@@ -234,9 +249,10 @@ async fn follow_once(
             }
         };
         if let Some(lsn) = durable {
-            if !ack_durable(rep, &out_tx, &apply_tx, lsn).await {
+            if !queue_ack(rep, &out_tx, lsn).delivered(&out_tx).await {
                 return Ok(());
             }
+            crate::shop::run_blocking(false, || apply_durable(rep))?;
         }
     }
 }
@@ -248,48 +264,52 @@ fn append_durable(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
     Ok(store.durable_lsn())
 }
 
-/// Replica side: applies what is durable to the trees whenever `durable_rx` moves, off
-/// the ack path; ends (after a last apply) when the session drops its sender, or on an
-/// apply error (the store then refuses writes until restarted; start-up replays the WAL).
-async fn run_applier(rep: Arc<Replicator>, mut durable_rx: watch::Receiver<Lsn>) {
-    loop {
-        let more = durable_rx.changed().await.is_ok();
-        let store = Arc::clone(&rep.store);
-        match rep.spawn_blocking(move || store.apply_replicated()).await {
-            Ok(Ok(applied)) => {
-                if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
-                    rep.caught_up.store(true, Ordering::Release);
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "applying replicated entries failed");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "apply task failed");
-                return;
-            }
-        }
-        if !more {
-            return;
+/// Replica side: applies everything durable to the trees (after its ack went out); a
+/// replica that applied all the primary has is caught up. An error leaves the store
+/// refusing writes until restarted (start-up replays the WAL) and ends the session.
+fn apply_durable(rep: &Replicator) -> Result<()> {
+    let applied = rep.store.apply_replicated().inspect_err(|e| {
+        tracing::error!(error = %e, "applying replicated entries failed");
+    })?;
+    if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
+        rep.caught_up.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// An ack on its way to the primary ([`queue_ack`]).
+enum QueuedAck {
+    /// In the stream's queue.
+    Queued,
+    /// The queue was full: still to send.
+    Pending(pb::ReplicateRequest),
+    /// The stream is gone.
+    Gone,
+}
+
+impl QueuedAck {
+    /// Waits until the ack is in the stream's queue; `false` when the stream is gone.
+    async fn delivered(self, out_tx: &mpsc::Sender<pb::ReplicateRequest>) -> bool {
+        match self {
+            Self::Queued => true,
+            Self::Pending(ack) => out_tx.send(ack).await.is_ok(),
+            Self::Gone => false,
         }
     }
 }
 
-/// Replica side: acks the durable `lsn` to the primary and wakes the applier.
-/// `false` when the stream is gone.
-async fn ack_durable(
-    rep: &Replicator,
-    out_tx: &mpsc::Sender<pb::ReplicateRequest>,
-    apply_tx: &watch::Sender<Lsn>,
-    lsn: Lsn,
-) -> bool {
+/// Replica side: queues the ack of the durable `lsn` to the primary without waiting
+/// (callable from the blocking section that synced it).
+fn queue_ack(rep: &Replicator, out_tx: &mpsc::Sender<pb::ReplicateRequest>, lsn: Lsn) -> QueuedAck {
     rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
-    apply_tx.send_replace(lsn);
     let ack = pb::ReplicateRequest {
         kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
             durable_lsn: lsn,
         })),
     };
-    out_tx.send(ack).await.is_ok()
+    match out_tx.try_send(ack) {
+        Ok(()) => QueuedAck::Queued,
+        Err(mpsc::error::TrySendError::Full(ack)) => QueuedAck::Pending(ack),
+        Err(mpsc::error::TrySendError::Closed(_)) => QueuedAck::Gone,
+    }
 }
