@@ -1,7 +1,5 @@
 //! `concord simulate` on a real loopback cluster meets the acceptance criteria.
 
-mod common;
-
 /// Runs `concord simulate --check` with `faulty` liars; returns its stdout.
 fn simulate(faulty: &str) -> String {
     simulate_with(&["--faulty", faulty])
@@ -15,7 +13,7 @@ fn simulate_with(flags: &[&str]) -> String {
     let mut args = vec!["simulate"];
     args.extend_from_slice(flags);
     args.extend(["--check", "--chart", chart.to_str().expect("utf-8 path")]);
-    let output = common::command(&args)
+    let output = concord_testkit::process::command(&args)
         .output()
         .expect("run concord simulate");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -1,8 +1,6 @@
 //! `concord registry` without `--cluster-secret` checks credentials against the secret in
 //! its data directory (created on first start), never against a public default.
 
-mod common;
-
 use std::{process::Stdio, time::Duration};
 
 use concord::{
@@ -17,7 +15,7 @@ use tonic::Code;
 async fn registry_uses_the_data_dir_secret_when_given_none() {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().to_str().expect("utf-8 path");
-    let mut child = common::command(&[
+    let mut child = concord_testkit::process::command(&[
         "registry",
         "--listen",
         "127.0.0.1:0",
@@ -28,10 +26,12 @@ async fn registry_uses_the_data_dir_secret_when_given_none() {
     .stdout(Stdio::piped())
     .spawn()
     .expect("spawn concord registry");
-    let lines = common::follow_stdout(&mut child);
-    let addr = common::wait_for_line(&lines, common::START_TIMEOUT, |line| {
-        concord::config::parse_listening_line(line)
-    });
+    let lines = concord_testkit::process::follow_stdout(&mut child);
+    let addr = concord_testkit::process::wait_for_line(
+        &lines,
+        concord_testkit::process::START_TIMEOUT,
+        |line| concord::config::parse_listening_line(line),
+    );
     let Some(addr) = addr else {
         let _ = child.kill();
         panic!("concord registry did not announce its address");
@@ -52,7 +52,7 @@ async fn registry_uses_the_data_dir_secret_when_given_none() {
         credential.attach(&mut request);
         request
     };
-    let other = common::credential(Principal::Gateway);
+    let other = concord_testkit::credential(Principal::Gateway);
     let err = tokio::time::timeout(Duration::from_secs(10), client.register(request(&other)))
         .await
         .expect("answer in time")

@@ -7,8 +7,6 @@
 //! keeps acknowledging writes as replicated, and every status read during the freeze
 //! contradicts those claims (a correct primary acknowledges nothing while frozen out).
 
-mod common;
-
 use std::process::Output;
 
 /// Runs `concord chaos` with `flags` and `env`; returns its output and the report's text.
@@ -24,7 +22,7 @@ fn chaos(flags: &[&str], env: &[(&str, &str)]) -> (Output, String, String) {
         "--history",
         history.to_str().expect("utf-8 path"),
     ]);
-    let mut command = common::command(&args);
+    let mut command = concord_testkit::process::command(&args);
     command.env_remove("CONCORD_PLANTED_BUG");
     for (key, value) in env {
         command.env(key, value);

@@ -25,11 +25,11 @@ fn generated_python_client_orders_and_predicts_against_a_cluster() {
     );
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/python-client/run_against_cluster.sh");
+        .join("examples/python-client/run_against_cluster.sh");
     let mut command = Command::new("bash");
     command
         .arg(&script)
-        .env("CONCORD_BIN", env!("CARGO_BIN_EXE_concord"))
+        .env("CONCORD_BIN", concord_testkit::process::concord_binary())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
