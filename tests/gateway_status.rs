@@ -7,8 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use concord_testkit::process::command;
-use concord_testkit::process::Process;
+use concord_testkit::process::{command, Process};
 
 /// How long registration or lease expiry may take to show (TTL 1 s here).
 const WAIT: Duration = Duration::from_secs(15);

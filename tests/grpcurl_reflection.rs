@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 
-use concord_testkit::process::run_grpcurl;
-use concord_testkit::process::Process;
+use concord_testkit::process::{run_grpcurl, Process};
 
 const COMMON: [&str; 3] = [
     "grpc.health.v1.Health",

@@ -1,7 +1,6 @@
 //! The real grpcurl (v1alpha reflection) against a real `concord registry` process.
 
-use concord_testkit::process::run_grpcurl;
-use concord_testkit::process::Process;
+use concord_testkit::process::{run_grpcurl, Process};
 
 /// `list` shows the registry, health and reflection; `describe` shows the proto comments;
 /// Register (with a shop's credential header) then Resolve round-trips, without the lease

@@ -9,9 +9,8 @@ use concord::{
     pb::predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest},
     tls::{Tls, TlsFiles},
 };
-use concord_testkit::process::command;
-use concord_testkit::process::grpcurl;
-use concord_testkit::process::Process;
+use concord_testkit::process::{command, grpcurl, Process};
+use concord_testkit::shop;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -388,10 +387,7 @@ async fn shops_and_gateway_over_mutual_tls() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let reply = shop
-            .create_product(concord_testkit::shop::with_bearer(
-                concord_testkit::shop::product("tls-widget", 1),
-                ADMIN,
-            ))
+            .create_product(shop::with_bearer(shop::product("tls-widget", 1), ADMIN))
             .await;
         match reply {
             Ok(reply) if reply.get_ref().write.as_ref().is_some_and(|w| w.replicated) => break,

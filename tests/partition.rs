@@ -24,8 +24,10 @@ use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_client::ReplicationClient;
 use concord::pb::shop::v1::shop_client::ShopClient;
 use concord_testkit::eventually;
+use concord_testkit::netns;
 use concord_testkit::netns::Network;
 use concord_testkit::process::Process;
+use concord_testkit::shop;
 use concord_testkit::shop::product;
 use futures::StreamExt;
 use tonic::transport::Channel;
@@ -48,7 +50,7 @@ fn channel(addr: &str) -> Channel {
 }
 
 fn admin<T>(message: T) -> tonic::Request<T> {
-    let mut request = concord_testkit::shop::with_bearer(message, ADMIN);
+    let mut request = shop::with_bearer(message, ADMIN);
     request.set_timeout(CALL_TIMEOUT);
     request
 }
@@ -60,10 +62,7 @@ struct Cluster {
     beta: Process,
     registries: Vec<Process>,
     /// etcd members and their data (etcd control plane only).
-    _etcd: (
-        Vec<concord_testkit::netns::RawProcess>,
-        Option<tempfile::TempDir>,
-    ),
+    _etcd: (Vec<netns::RawProcess>, Option<tempfile::TempDir>),
     /// The host of the etcd member the registries dial first (etcd control plane only).
     etcd_dialled: Option<String>,
     net: Network,

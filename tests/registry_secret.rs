@@ -7,6 +7,7 @@ use concord::{
     identity::{ClusterSecret, Principal},
     pb::registry::v1::{registry_client::RegistryClient, RegisterRequest},
 };
+use concord_testkit::process;
 use tonic::Code;
 
 /// The registry creates `<data-dir>/secrets/cluster-secret`, accepts a credential issued
@@ -15,7 +16,7 @@ use tonic::Code;
 async fn registry_uses_the_data_dir_secret_when_given_none() {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().to_str().expect("utf-8 path");
-    let mut child = concord_testkit::process::command(&[
+    let mut child = process::command(&[
         "registry",
         "--listen",
         "127.0.0.1:0",
@@ -26,12 +27,10 @@ async fn registry_uses_the_data_dir_secret_when_given_none() {
     .stdout(Stdio::piped())
     .spawn()
     .expect("spawn concord registry");
-    let lines = concord_testkit::process::follow_stdout(&mut child);
-    let addr = concord_testkit::process::wait_for_line(
-        &lines,
-        concord_testkit::process::START_TIMEOUT,
-        |line| concord::config::parse_listening_line(line),
-    );
+    let lines = process::follow_stdout(&mut child);
+    let addr = process::wait_for_line(&lines, process::START_TIMEOUT, |line| {
+        concord::config::parse_listening_line(line)
+    });
     let Some(addr) = addr else {
         let _ = child.kill();
         panic!("concord registry did not announce its address");

@@ -12,9 +12,7 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::State, routing::post, Router};
-use concord_testkit::process::command;
-use concord_testkit::process::follow_stdout;
-use concord_testkit::process::wait_for_line;
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,9 +5,7 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use concord::pb::predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest};
 use concord_testkit::eventually;
-use concord_testkit::process::command;
-use concord_testkit::process::follow_stdout;
-use concord_testkit::process::wait_for_line;
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 use serde_json::Value;
 
 const TOKEN: &str = "up-admin-test-token";

@@ -10,9 +10,7 @@ use std::{
 };
 
 use concord::pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest};
-use concord_testkit::process::command;
-use concord_testkit::process::follow_stdout;
-use concord_testkit::process::wait_for_line;
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 
 /// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
 fn running_line(line: &str) -> Option<(String, u32, SocketAddr)> {

@@ -7,9 +7,7 @@ use std::{
 };
 
 use concord::pb::registry::v1::{registry_client::RegistryClient, ListRequest};
-use concord_testkit::process::command;
-use concord_testkit::process::follow_stdout;
-use concord_testkit::process::wait_for_line;
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 
 /// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
 fn running_line(line: &str, name: &str) -> Option<(u32, SocketAddr)> {

@@ -1,5 +1,7 @@
 //! `concord simulate` on a real loopback cluster meets the acceptance criteria.
 
+use concord_testkit::process;
+
 /// Runs `concord simulate --check` with `faulty` liars; returns its stdout.
 fn simulate(faulty: &str) -> String {
     simulate_with(&["--faulty", faulty])
@@ -13,7 +15,7 @@ fn simulate_with(flags: &[&str]) -> String {
     let mut args = vec!["simulate"];
     args.extend_from_slice(flags);
     args.extend(["--check", "--chart", chart.to_str().expect("utf-8 path")]);
-    let output = concord_testkit::process::command(&args)
+    let output = process::command(&args)
         .output()
         .expect("run concord simulate");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -132,7 +132,7 @@ fn identity_env(args: &[&str]) -> Option<(&'static str, String)> {
 }
 
 /// `concord args…` with stderr inherited (shown by cargo test on failure), RUST_LOG quiet
-/// unless set, and the role's identity ([`identity_env`]).
+/// unless set, and the role's identity (see `identity_env`).
 pub fn command(args: &[&str]) -> Command {
     let mut command = Command::new(concord_binary());
     command.args(args).stdin(Stdio::null());
