@@ -1,4 +1,7 @@
 //! `concord simulate` on a real loopback cluster meets the acceptance criteria.
+//!
+//! `concord_testkit::process::concord_binary` builds this target along with the binary
+//! (to resolve features as `cargo test --workspace` does): keep its name in step there.
 
 use concord_testkit::process;
 

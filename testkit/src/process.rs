@@ -9,12 +9,17 @@
 //! Finding the binary: `CARGO_BIN_EXE_concord` exists only in the integration tests of the
 //! package that defines the binary (`concord-cli`), and the root package's `tests/` are
 //! not those. [`concord_binary`] therefore asks cargo itself, through `escargot`: once per
-//! test binary it runs `cargo build -p concord-cli --bin concord` (the same cargo, profile
-//! and target directory as the test run, so after `cargo test` it is a no-op that only
-//! checks freshness) and takes the artifact's path from cargo's JSON messages. So the
-//! binary is never stale, even for `cargo test -p concord --test <file>`, which by itself
-//! would not build another package's binary. A path guessed next to the test executable
-//! (`target/debug/concord`) could be an old build, or missing.
+//! test binary it runs `cargo build --workspace --bin concord --test simulate` (the same
+//! cargo, profile and target directory as the test run) and takes the binary's path from
+//! cargo's JSON messages, so the binary is never stale, even for
+//! `cargo test -p concord --test <file>`, which by itself builds no other package's binary.
+//! `--workspace` plus one test target (`concord-cli`'s `simulate`) is deliberate: cargo
+//! unifies features over the packages it selects and, when it builds a test, over their
+//! dev-dependencies too, so this resolves features exactly as `cargo test --workspace`
+//! (scripts/test.sh) does and finds that run's binary fresh, a no-op. A plain
+//! `cargo build -p concord-cli` resolves fewer features (no `tokio/test-util`, say) and
+//! would build the whole dependency tree a second time. A path guessed next to the test
+//! executable (`target/debug/concord`) could be an old build, or missing.
 
 use std::{
     io::{BufRead, BufReader},
@@ -145,19 +150,27 @@ pub fn command(args: &[&str]) -> Command {
     command
 }
 
+/// A test target of `concord-cli` built along with the binary, so that cargo resolves
+/// features as in `cargo test --workspace` (module doc).
+const FEATURE_TWIN_TEST: &str = "simulate";
+
 /// The `concord` binary of this workspace, built by cargo if it is not up to date (once
 /// per test binary; see the module doc for why not `CARGO_BIN_EXE_concord`).
 pub fn concord_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        // See the module doc for why these targets and `--workspace`.
         let built = escargot::CargoBuild::new()
             .manifest_path(&manifest)
-            .package("concord-cli")
+            .arg("--workspace")
             .bin("concord")
+            .test(FEATURE_TWIN_TEST)
             .current_release()
             .run()
-            .unwrap_or_else(|err| panic!("cargo build -p concord-cli --bin concord: {err}"));
+            .unwrap_or_else(|err| {
+                panic!("cargo build --workspace --bin concord --test {FEATURE_TWIN_TEST}: {err}")
+            });
         built.path().to_owned()
     })
 }
