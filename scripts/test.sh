@@ -72,7 +72,7 @@ log "cargo test"
 cargo test --workspace --no-fail-fast
 
 # A short chaos run as a user runs it: its own cluster, a primary kill, a failover and a
-# replica freeze under load; non-zero on any violated invariant (cli/tests/chaos.rs also proves it
+# replica freeze under load; non-zero on any violated invariant (tests/chaos.rs also proves it
 # catches a planted bug). The report is kept with the other artifacts.
 log "concord chaos (short run)"
 target/debug/concord chaos --duration 14s \

@@ -6,9 +6,8 @@ use std::time::Duration;
 use concord::auth::attach_bearer;
 use concord::pb::predict::v1::{predictor_client::PredictorClient, PredictRequest};
 use concord::pb::stake::v1::{staking_client::StakingClient, ReportOutcomeRequest};
-use concord_aggregator::{AggregatorConfig, ConsensusConfig};
 use concord_node::{default_fleet, Behaviour, Iris};
-use concord_testkit::{metrics, registered};
+use concord_testkit::{cluster::Consensus, metrics};
 use tonic::{Code, Request};
 
 /// How long the test waits for the fleet to register.
@@ -26,24 +25,12 @@ async fn page_after_predictions_and_outcomes() {
     configs[2].behaviour = Behaviour::Inverted;
     let liar = configs[2].node_id.clone();
     let honest = configs[0].node_id.clone();
-    let ids: Vec<String> = configs.iter().map(|c| c.node_id.clone()).collect();
-    let mut nodes = Vec::new();
-    for c in configs {
-        nodes.push(concord_testkit::node(registered(c, registry.addr)).await);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = AggregatorConfig::with_ledger(
-        registry.addr.to_string(),
-        dir.path().join("ledger"),
-        concord_testkit::staking_auth(),
-    );
-    config.consensus = ConsensusConfig {
-        min_answers: 2,
-        ..config.consensus
-    };
-    let aggregator = concord_testkit::aggregator(config).await;
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    concord_testkit::stake_nodes(aggregator.channel(), &id_refs, 1000).await;
+    let cluster = Consensus::start_registered(registry.addr, configs, |config| {
+        config.consensus.min_answers = 2;
+    })
+    .await;
+    let aggregator = &cluster.aggregator;
+    let ids = cluster.node_ids.clone();
     let mut agg = PredictorClient::new(aggregator.channel());
     let mut staking = StakingClient::new(aggregator.channel());
     let iris = Iris::get();
@@ -131,5 +118,5 @@ async fn page_after_predictions_and_outcomes() {
         ),
         ROUNDS as f64
     );
-    drop(nodes);
+    drop(cluster);
 }

@@ -13,9 +13,8 @@ use concord::pb::predict::v1::{
 use concord::pb::stake::v1::{
     staking_client::StakingClient, GetAccountRequest, ReportOutcomeRequest, VerifyLedgerRequest,
 };
-use concord_aggregator::{AggregatorConfig, ConsensusConfig};
 use concord_node::{default_fleet, Behaviour, Iris};
-use concord_testkit::registered;
+use concord_testkit::cluster::Consensus;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tonic::{transport::Channel, Code, Request};
 
@@ -51,26 +50,13 @@ async fn liars_are_slashed_and_ejected_end_to_end() {
         c.behaviour = Behaviour::Inverted;
     }
     let liars: Vec<String> = configs[2..].iter().map(|c| c.node_id.clone()).collect();
-    let ids: Vec<String> = configs.iter().map(|c| c.node_id.clone()).collect();
-    let mut nodes = Vec::new();
-    for c in configs {
-        nodes.push(concord_testkit::node(registered(c, registry.addr)).await);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = AggregatorConfig::with_ledger(
-        registry.addr.to_string(),
-        dir.path().join("ledger"),
-        concord_testkit::staking_auth(),
-    );
-    // Once the three liars are ejected only two nodes are asked; the quorum must allow it.
-    config.consensus = ConsensusConfig {
-        min_answers: 2,
-        ..config.consensus
-    };
-    let aggregator = concord_testkit::aggregator(config).await;
     // Every node stakes 1000 for itself, as `concord node --initial-stake 1000` does.
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
+    let cluster = Consensus::start_registered(registry.addr, configs, |config| {
+        // Once the three liars are ejected only two nodes are asked; the quorum must allow it.
+        config.consensus.min_answers = 2;
+    })
+    .await;
+    let aggregator = &cluster.aggregator;
     let channel = aggregator.channel();
     let mut agg = PredictorClient::new(channel.clone());
     let mut staking = StakingClient::new(channel);
@@ -154,9 +140,6 @@ async fn liars_are_slashed_and_ejected_end_to_end() {
     assert!(verify.ok, "{}", verify.problem);
 
     drop((agg, staking));
-    aggregator.stop().await;
-    for n in nodes {
-        n.stop().await;
-    }
+    cluster.stop().await;
     registry.stop().await;
 }

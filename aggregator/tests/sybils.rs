@@ -15,9 +15,8 @@ use concord::pb::predict::v1::{
 use concord::pb::stake::v1::{
     staking_client::StakingClient, ListAccountsRequest, ReportOutcomeRequest, VerifyLedgerRequest,
 };
-use concord_aggregator::{AggregatorConfig, ConsensusConfig};
 use concord_node::{default_fleet, Behaviour, NodeConfig};
-use concord_testkit::registered;
+use concord_testkit::{cluster::Consensus, registered};
 use tonic::{transport::Channel, Request};
 
 /// How long the test waits for the fleet to register.
@@ -82,25 +81,16 @@ async fn until(
 async fn sybils_get_no_stake_and_no_weight() {
     let registry = concord_testkit::registry().await;
     let honest: Vec<NodeConfig> = default_fleet();
-    let honest_ids: Vec<String> = honest.iter().map(|c| c.node_id.clone()).collect();
-    let mut nodes = Vec::new();
-    for c in honest {
-        nodes.push(concord_testkit::node(long_lease(c, registry.addr)).await);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = AggregatorConfig::with_ledger(
-        registry.addr.to_string(),
-        dir.path().join("ledger"),
-        concord_testkit::staking_auth(),
-    );
-    // 105 nodes on a shared CPU: a generous deadline, so nobody is late by accident.
-    config.consensus = ConsensusConfig {
-        deadline: Duration::from_secs(3),
-        ..config.consensus
-    };
-    let aggregator = concord_testkit::aggregator(config).await;
-    let ids: Vec<&str> = honest_ids.iter().map(String::as_str).collect();
-    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
+    let honest = honest
+        .into_iter()
+        .map(|c| long_lease(c, registry.addr))
+        .collect();
+    let cluster = Consensus::start(registry.addr, honest, |config| {
+        // 105 nodes on a shared CPU: a generous deadline, so nobody is late by accident.
+        config.consensus.deadline = Duration::from_secs(3);
+    })
+    .await;
+    let aggregator = &cluster.aggregator;
     let mut agg = PredictorClient::new(aggregator.channel());
     let mut staking = StakingClient::new(aggregator.channel());
 
@@ -194,8 +184,8 @@ async fn sybils_get_no_stake_and_no_weight() {
     assert_eq!(reply.answered, 6);
 
     drop((agg, staking));
-    aggregator.stop().await;
-    for n in sybils.into_iter().chain(nodes) {
+    cluster.stop().await;
+    for n in sybils {
         n.stop().await;
     }
     registry.stop().await;

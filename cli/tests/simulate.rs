@@ -1,6 +1,9 @@
 //! `concord simulate` on a real loopback cluster meets the acceptance criteria.
+//!
+//! `concord_testkit::process::concord_binary` builds this target along with the binary
+//! (to resolve features as `cargo test --workspace` does): keep its name in step there.
 
-mod common;
+use concord_testkit::process;
 
 /// Runs `concord simulate --check` with `faulty` liars; returns its stdout.
 fn simulate(faulty: &str) -> String {
@@ -15,7 +18,7 @@ fn simulate_with(flags: &[&str]) -> String {
     let mut args = vec!["simulate"];
     args.extend_from_slice(flags);
     args.extend(["--check", "--chart", chart.to_str().expect("utf-8 path")]);
-    let output = common::command(&args)
+    let output = process::command(&args)
         .output()
         .expect("run concord simulate");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

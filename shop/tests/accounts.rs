@@ -2,10 +2,8 @@
 //! forged, expired and `alg: none` tokens; a `user_id` that is not the token's) and the
 //! sign-up / sign-in / admin paths that replace them.
 
-mod harness;
-
 use concord::pb::shop::v1 as pb;
-use harness::{admin, as_user, create, sign_up, start, User};
+use concord_testkit::shop::{admin, as_user, create, sign_up, start, User};
 use tonic::Code;
 
 /// A bearer-carrying request.
@@ -48,12 +46,14 @@ fn now_s() -> u64 {
 }
 
 /// Alice signs up, places an order and fills her cart again; returns her and the order id.
-async fn victim_with_order(c: &mut harness::Client) -> (harness::User, String) {
+async fn victim_with_order(
+    c: &mut concord_testkit::shop::Client,
+) -> (concord_testkit::shop::User, String) {
     let tea = create(c, "Tea", 450, 20).await;
-    let alice = harness::sign_up(c, "alice").await;
-    harness::add_to_cart(c, &alice, tea.id.clone(), 1).await;
-    let order = harness::place_order(c, &alice, "alice-1".into()).await;
-    harness::add_to_cart(c, &alice, tea.id.clone(), 2).await;
+    let alice = concord_testkit::shop::sign_up(c, "alice").await;
+    concord_testkit::shop::add_to_cart(c, &alice, tea.id.clone(), 1).await;
+    let order = concord_testkit::shop::place_order(c, &alice, "alice-1".into()).await;
+    concord_testkit::shop::add_to_cart(c, &alice, tea.id.clone(), 2).await;
     (alice, order.id)
 }
 
@@ -79,7 +79,12 @@ fn forged_tokens(victim: &User) -> Vec<(&'static str, String)> {
         ("tampered signature", tampered),
         (
             "expired",
-            hs256(harness::SESSION_KEY.as_bytes(), v, now - 7200, now - 3600),
+            hs256(
+                concord_testkit::shop::SESSION_KEY.as_bytes(),
+                v,
+                now - 7200,
+                now - 3600,
+            ),
         ),
     ]
 }
@@ -263,7 +268,7 @@ async fn someone_elses_cart_cannot_be_checked_out() {
         .unwrap();
     assert_eq!(cart.lines.len(), 1);
     assert_eq!(cart.lines[0].quantity, 2);
-    harness::place_order(&mut c, &victim, "alice-2".into()).await;
+    concord_testkit::shop::place_order(&mut c, &victim, "alice-2".into()).await;
     shop.stop().await;
 }
 
@@ -276,7 +281,7 @@ async fn token_for_a_missing_account_is_refused() {
     let mut c = shop.client();
     let now = now_s();
     let ghost = hs256(
-        harness::SESSION_KEY.as_bytes(),
+        concord_testkit::shop::SESSION_KEY.as_bytes(),
         "u-000000000042",
         now,
         now + 600,
@@ -300,7 +305,7 @@ async fn sign_up_and_sign_in() {
     let up = c
         .sign_up(pb::SignUpRequest {
             username: "Carol".into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .unwrap()
@@ -312,7 +317,7 @@ async fn sign_up_and_sign_in() {
     let session = up.session.unwrap();
     let ttl_ms = session.expires_at_unix_ms - now_s() as i64 * 1000;
     assert!(ttl_ms > 3_600_000, "expires in the future: {ttl_ms} ms");
-    assert!(!format!("{:?}", account).contains(harness::PASSWORD));
+    assert!(!format!("{:?}", account).contains(concord_testkit::shop::PASSWORD));
 
     let dup = c
         .sign_up(pb::SignUpRequest {
@@ -326,7 +331,7 @@ async fn sign_up_and_sign_in() {
     let signed_in = c
         .sign_in(pb::SignInRequest {
             username: "CAROL".into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .unwrap()
@@ -353,7 +358,7 @@ async fn sign_up_and_sign_in() {
     let unknown = c
         .sign_in(pb::SignInRequest {
             username: "nobody".into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .unwrap_err();
@@ -369,8 +374,8 @@ async fn sign_up_and_sign_in() {
     for (label, username, password) in [
         ("short password", "dave", "1234567"),
         ("long password", "dave", &"p".repeat(129)[..]),
-        ("bad username", "da ve", harness::PASSWORD),
-        ("short username", "dv", harness::PASSWORD),
+        ("bad username", "da ve", concord_testkit::shop::PASSWORD),
+        ("short username", "dv", concord_testkit::shop::PASSWORD),
     ] {
         let err = c
             .sign_up(pb::SignUpRequest {
@@ -401,8 +406,12 @@ async fn admin_lists_all_orders() {
     let ben = sign_up(&mut c, "ben").await;
     for i in 0..3 {
         for user in [&ann, &ben] {
-            harness::add_to_cart(&mut c, user, tea.id.clone(), 1).await;
-            ids.push(harness::place_order(&mut c, user, format!("k{i}")).await.id);
+            concord_testkit::shop::add_to_cart(&mut c, user, tea.id.clone(), 1).await;
+            ids.push(
+                concord_testkit::shop::place_order(&mut c, user, format!("k{i}"))
+                    .await
+                    .id,
+            );
         }
     }
     c.update_order_status(admin(pb::UpdateOrderStatusRequest {

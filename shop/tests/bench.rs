@@ -2,12 +2,10 @@
 //! `cargo test -p concord-shop --release --test bench -- --ignored --nocapture --test-threads 1`.
 //! The official figures come from `concord bench shop`; these are the crate's own checks.
 
-mod harness;
-
 use std::time::{Duration, Instant};
 
 use concord::pb::shop::v1 as pb;
-use harness::{admin, new_product, start};
+use concord_testkit::shop::{admin, new_product, start};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -18,7 +16,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn create_load(
-    shop: &harness::TestShop,
+    shop: &concord_testkit::shop::TestShop,
     concurrency: usize,
     duration: Duration,
 ) -> (usize, Vec<Duration>) {
@@ -71,7 +69,11 @@ async fn bench_create_products_c16() {
     shop.stop().await;
 }
 
-async fn list_latency(shop: &harness::TestShop, token: &str, filter: &str) -> (Duration, Duration) {
+async fn list_latency(
+    shop: &concord_testkit::shop::TestShop,
+    token: &str,
+    filter: &str,
+) -> (Duration, Duration) {
     let mut c = shop.client();
     let mut lat = Vec::new();
     for _ in 0..500 {

@@ -3,12 +3,11 @@
 //! without ever accepting a write (the fence); a primary that cannot reach the registry
 //! refuses writes until it can.
 
-mod harness;
-
 use std::time::Duration;
 
 use concord::pb::shop::v1 as pb;
-use harness::{create, eventually, registered, start, TestRegistry};
+use concord_testkit::eventually;
+use concord_testkit::shop::{create, primaries, registered, shop_instances, start};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -16,21 +15,21 @@ const WAIT: Duration = Duration::from_secs(15);
 /// signed up on the old primary keeps her account and her session on the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_takes_over_and_old_primary_follows() {
-    let registry = TestRegistry::start().await;
+    let registry = concord_testkit::registry().await;
     let dir = tempfile::tempdir().unwrap();
     let with_registry = registered(registry.addr);
     let primary = start(&dir.path().join("a"), with_registry).await;
     let replica = start_replica_of(&primary, &dir.path().join("b"), with_registry).await;
     assert!(
         eventually(WAIT, || async {
-            registry.shop_instances().await.len() == 2
+            shop_instances(registry.addr).await.len() == 2
         })
         .await
     );
 
     let mut p = primary.client();
     let before = create(&mut p, "Before failover", 100, 1).await;
-    let ada = harness::sign_up(&mut p, "ada").await;
+    let ada = concord_testkit::shop::sign_up(&mut p, "ada").await;
     let want = primary.last_lsn().await;
     assert!(eventually(WAIT, || async { replica.status().await.last_lsn >= want }).await);
 
@@ -46,7 +45,7 @@ async fn replica_takes_over_and_old_primary_follows() {
     let replica_addr = replica.addr.to_string();
     assert!(
         eventually(WAIT, || async {
-            registry.shop_instances().await.iter().any(|i| {
+            shop_instances(registry.addr).await.iter().any(|i| {
                 i.address == replica_addr
                     && i.metadata.get("role").map(String::as_str) == Some("primary")
                     && i.metadata.get("term").map(String::as_str) == Some("2")
@@ -59,20 +58,20 @@ async fn replica_takes_over_and_old_primary_follows() {
     let after = create(&mut r, "After failover", 100, 1).await;
     // Her session from the old primary works on the new one (shared key, replicated
     // account), her name is still taken, and she can sign in there.
-    harness::add_to_cart(&mut r, &ada, after.id.clone(), 1).await;
-    let order = harness::place_order(&mut r, &ada, "after-failover".into()).await;
+    concord_testkit::shop::add_to_cart(&mut r, &ada, after.id.clone(), 1).await;
+    let order = concord_testkit::shop::place_order(&mut r, &ada, "after-failover".into()).await;
     assert_eq!(order.user_id, ada.id);
     let taken = r
         .sign_up(pb::SignUpRequest {
             username: "ADA".into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .expect_err("the account replicated");
     assert_eq!(taken.code(), tonic::Code::AlreadyExists);
     r.sign_in(pb::SignInRequest {
         username: "ada".into(),
-        password: harness::PASSWORD.into(),
+        password: concord_testkit::shop::PASSWORD.into(),
     })
     .await
     .expect("sign in on the new primary");
@@ -83,7 +82,9 @@ async fn replica_takes_over_and_old_primary_follows() {
     // refused, naming the new primary.
     let refused = old
         .client()
-        .create_product(harness::admin(harness::new_product("Split brain", 1, 1)))
+        .create_product(concord_testkit::shop::admin(
+            concord_testkit::shop::new_product("Split brain", 1, 1),
+        ))
         .await
         .expect_err("the restarted old primary accepted a write");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
@@ -117,7 +118,7 @@ async fn replica_takes_over_and_old_primary_follows() {
     .await
     .unwrap();
     assert_eq!(
-        registry.primaries().await.len(),
+        primaries(registry.addr).await.len(),
         1,
         "exactly one primary registered"
     );
@@ -143,7 +144,9 @@ async fn primary_refuses_writes_until_the_registry_answers() {
     .await;
     let mut p = primary.client();
     let refused = p
-        .create_product(harness::admin(harness::new_product("Too early", 1, 1)))
+        .create_product(concord_testkit::shop::admin(
+            concord_testkit::shop::new_product("Too early", 1, 1),
+        ))
         .await
         .expect_err("wrote without knowing whether a newer primary exists");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
@@ -157,7 +160,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
     );
     assert_eq!(primary.status().await.role, pb::Role::Replica as i32);
 
-    let registry = TestRegistry::serve(listener);
+    let registry = concord_testkit::registry_serving(listener);
     assert!(
         eventually(WAIT, || async {
             let s = primary.status().await;
@@ -177,7 +180,7 @@ async fn primary_refuses_writes_until_the_registry_answers() {
 /// once it holds a lease from the restarted registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_stops_writing_before_its_lease_can_expire() {
-    let registry = TestRegistry::start().await;
+    let registry = concord_testkit::registry().await;
     let registry_addr = registry.addr;
     let dir = tempfile::tempdir().unwrap();
     let primary = start(&dir.path().join("a"), registered(registry_addr)).await;
@@ -189,7 +192,9 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
     let mut refused = None;
     while lost_at.elapsed() < Duration::from_secs(5) {
         match p
-            .create_product(harness::admin(harness::new_product("Lease?", 1, 1)))
+            .create_product(concord_testkit::shop::admin(
+                concord_testkit::shop::new_product("Lease?", 1, 1),
+            ))
             .await
         {
             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -208,11 +213,13 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
     );
 
     let listener = tokio::net::TcpListener::bind(registry_addr).await.unwrap();
-    let registry = TestRegistry::serve(listener);
+    let registry = concord_testkit::registry_serving(listener);
     assert!(
         eventually(WAIT, || async {
             p.clone()
-                .create_product(harness::admin(harness::new_product("Lease again", 1, 1)))
+                .create_product(concord_testkit::shop::admin(
+                    concord_testkit::shop::new_product("Lease again", 1, 1),
+                ))
                 .await
                 .is_ok()
         })
@@ -230,7 +237,7 @@ async fn primary_stops_writing_before_its_lease_can_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_primary_cannot_split_the_shop() {
     use concord::pb::registry::v1::{registry_client::RegistryClient, RegisterRequest};
-    let registry = TestRegistry::start().await;
+    let registry = concord_testkit::registry().await;
     let dir = tempfile::tempdir().unwrap();
     let a = start(&dir.path().join("a"), registered(registry.addr)).await;
     let b = start_replica_of(&a, &dir.path().join("b"), registered(registry.addr)).await;
@@ -274,7 +281,9 @@ async fn forged_primary_cannot_split_the_shop() {
                 let mut terms = std::collections::BTreeSet::new();
                 while tokio::time::Instant::now() < deadline {
                     match client
-                        .create_product(harness::admin(harness::new_product("During", 1, 1)))
+                        .create_product(concord_testkit::shop::admin(
+                            concord_testkit::shop::new_product("During", 1, 1),
+                        ))
                         .await
                     {
                         Ok(reply) => {
@@ -296,7 +305,7 @@ async fn forged_primary_cannot_split_the_shop() {
         vec![std::collections::BTreeSet::from([term]), Default::default()],
         "only the primary takes writes, in its term"
     );
-    assert_eq!(registry.primaries().await, vec![a.addr.to_string()]);
+    assert_eq!(primaries(registry.addr).await, vec![a.addr.to_string()]);
     a.stop().await;
     b.stop().await;
     registry.stop().await;
@@ -304,10 +313,10 @@ async fn forged_primary_cannot_split_the_shop() {
 
 /// Starts a replica of `primary` on `data_dir`, configured by `configure` first.
 async fn start_replica_of(
-    primary: &harness::TestShop,
+    primary: &concord_testkit::shop::TestShop,
     data_dir: &std::path::Path,
     configure: impl FnOnce(&mut concord_shop::Config),
-) -> harness::TestShop {
+) -> concord_testkit::shop::TestShop {
     let primary_addr = primary.addr.to_string();
     start(data_dir, |c| {
         configure(c);
@@ -321,7 +330,7 @@ async fn start_replica_of(
 /// primary's death: no promotion, no second term, and the primary keeps its writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_restart_does_not_promote_the_replica() {
-    let registry = TestRegistry::start().await;
+    let registry = concord_testkit::registry().await;
     let registry_addr = registry.addr;
     let dir = tempfile::tempdir().unwrap();
     // A 3 s lease: the primary renews (and so re-registers) only every second, while the
@@ -333,14 +342,14 @@ async fn registry_restart_does_not_promote_the_replica() {
     };
     let primary = start(&dir.path().join("a"), with_registry).await;
     let replica = start_replica_of(&primary, &dir.path().join("b"), with_registry).await;
-    assert!(eventually(WAIT, || async { registry.primaries().await.len() == 1 }).await);
+    assert!(eventually(WAIT, || async { primaries(registry.addr).await.len() == 1 }).await);
     let mut p = primary.client();
     create(&mut p, "Before the restart", 1, 1).await;
 
     registry.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let listener = tokio::net::TcpListener::bind(registry_addr).await.unwrap();
-    let registry = TestRegistry::serve(listener);
+    let registry = concord_testkit::registry_serving(listener);
 
     // Watch the replica for over a lease TTL after the restart.
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
@@ -353,7 +362,10 @@ async fn registry_restart_does_not_promote_the_replica() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(registry.primaries().await, vec![primary.addr.to_string()]);
+    assert_eq!(
+        primaries(registry.addr).await,
+        vec![primary.addr.to_string()]
+    );
     create(&mut p, "After the restart", 1, 1).await;
 
     primary.stop().await;

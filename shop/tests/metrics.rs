@@ -1,9 +1,7 @@
 //! The shop's metrics page, scraped from a real served shop after real writes.
 
-mod harness;
-
 use concord_testkit::metrics::{scrape, serve};
-use harness::{create, start};
+use concord_testkit::shop::{create, start};
 
 /// After five product writes a primary's page shows its role, term and LSNs at the
 /// write's LSN, WAL syncs observed in both histograms, and the writes counted per method

@@ -1,13 +1,12 @@
 //! Primary → replica replication over loopback: catch-up, identical data, write refusal on
 //! the replica, sync/async acknowledgement, replica loss, restart/resume, promotion.
 
-mod harness;
-
 use std::time::Duration;
 
 use concord::pb::shop::v1 as pb;
 use concord_shop::{OnReplicaLoss, ReplicationMode};
-use harness::{add_to_cart, admin, create, eventually, get_product, start, TestShop};
+use concord_testkit::eventually;
+use concord_testkit::shop::{add_to_cart, admin, create, get_product, start, TestShop};
 use tonic::Code;
 
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -47,10 +46,10 @@ async fn async_replica_catches_up_and_refuses_writes() {
     let (_dir, primary, replica) = start_pair(ReplicationMode::Async, OnReplicaLoss::Fail).await;
     let mut p = primary.client();
     let tea = create(&mut p, "Tea", 250, 10).await;
-    let ann = harness::sign_up(&mut p, "ann").await;
+    let ann = concord_testkit::shop::sign_up(&mut p, "ann").await;
     add_to_cart(&mut p, &ann, tea.id.clone(), 2).await;
     let order = p
-        .place_order(harness::as_user(
+        .place_order(concord_testkit::shop::as_user(
             &ann,
             pb::PlaceOrderRequest {
                 user_id: ann.id.clone(),
@@ -72,19 +71,19 @@ async fn async_replica_catches_up_and_refuses_writes() {
     let on_replica_session = r
         .sign_in(pb::SignInRequest {
             username: "ann".into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .unwrap()
         .into_inner()
         .session
         .unwrap();
-    let ann_via_replica = harness::User {
+    let ann_via_replica = concord_testkit::shop::User {
         id: ann.id.clone(),
         token: on_replica_session.token,
     };
     let cart = p
-        .get_cart(harness::as_user(
+        .get_cart(concord_testkit::shop::as_user(
             &ann_via_replica,
             pb::GetCartRequest::default(),
         ))
@@ -95,7 +94,7 @@ async fn async_replica_catches_up_and_refuses_writes() {
     let err = r
         .sign_up(pb::SignUpRequest {
             username: "zoe".into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .unwrap_err();
@@ -110,7 +109,7 @@ async fn async_replica_catches_up_and_refuses_writes() {
     assert_eq!(on_replica.stock, 8);
     let o = order.order.unwrap();
     assert_eq!(
-        r.get_order(harness::as_user(
+        r.get_order(concord_testkit::shop::as_user(
             &ann,
             pb::GetOrderRequest {
                 order_id: o.id.clone()
@@ -125,7 +124,7 @@ async fn async_replica_catches_up_and_refuses_writes() {
     );
 
     let err = r
-        .create_product(admin(harness::new_product("x", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product("x", 1, 1)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -159,7 +158,7 @@ async fn sync_mode_waits_for_replica_and_fails_without_it() {
     assert!(eventually(CATCH_UP, || async { primary.status().await.peer_connected }).await);
     let mut p = primary.client();
     let created = p
-        .create_product(admin(harness::new_product("Tea", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product("Tea", 1, 1)))
         .await
         .unwrap()
         .into_inner();
@@ -179,7 +178,7 @@ async fn sync_mode_waits_for_replica_and_fails_without_it() {
         .await
     );
     let err = p
-        .create_product(admin(harness::new_product("Mug", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product("Mug", 1, 1)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -199,7 +198,7 @@ async fn sync_mode_degrades_when_asked() {
     );
     let mut p = primary.client();
     let write = p
-        .create_product(admin(harness::new_product("Tea", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product("Tea", 1, 1)))
         .await
         .unwrap()
         .into_inner()
@@ -264,7 +263,7 @@ async fn promote_replica() {
     assert_eq!(promoted.last_lsn, lsn);
     let write = replica
         .client()
-        .create_product(admin(harness::new_product("Mug", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product("Mug", 1, 1)))
         .await
         .unwrap()
         .into_inner()

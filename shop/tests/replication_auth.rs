@@ -3,8 +3,6 @@
 //! stream and never satisfy a sync write; a replica's term cannot step the primary down;
 //! a replica never installs anything from a server that does not prove it is a shop.
 
-mod harness;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +11,8 @@ use concord::identity::{ClusterSecret, Credential, Principal};
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_server::{Replication, ReplicationServer};
 use concord_shop::{OnReplicaLoss, ReplicationMode};
-use harness::{admin, create, eventually, start, TestShop};
+use concord_testkit::eventually;
+use concord_testkit::shop::{admin, create, start, TestShop};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -103,7 +102,11 @@ async fn primary_with_data(dir: &tempfile::TempDir, mode: ReplicationMode) -> Te
     // In sync mode without a replica this write is committed but not acknowledged.
     let _ = primary
         .client()
-        .create_product(admin(harness::new_product("Secret tea", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product(
+            "Secret tea",
+            1,
+            1,
+        )))
         .await;
     assert!(primary.last_lsn().await >= 1);
     primary
@@ -161,7 +164,7 @@ async fn only_a_shop_may_replicate() {
 async fn forged_ack_satisfies_no_sync_write(forged: u64) {
     let dir = tempfile::tempdir().unwrap();
     let primary = primary_with_data(&dir, ReplicationMode::Sync).await;
-    let shop = harness::shop_credential();
+    let shop = concord_testkit::shop::shop_credential();
     let mut stream = open(&primary, Some(&shop), hello(0)).await;
     let (got, status) = drain(&mut stream, Duration::from_millis(300)).await;
     assert!(status.is_none(), "a shop is refused: {status:?}");
@@ -177,7 +180,11 @@ async fn forged_ack_satisfies_no_sync_write(forged: u64) {
     let started = std::time::Instant::now();
     let reply = primary
         .client()
-        .create_product(admin(harness::new_product("After the forgery", 1, 1)))
+        .create_product(admin(concord_testkit::shop::new_product(
+            "After the forgery",
+            1,
+            1,
+        )))
         .await;
     match reply {
         Ok(reply) => panic!(
@@ -217,7 +224,7 @@ async fn a_hello_from_the_future_does_not_step_the_primary_down() {
     let dir = tempfile::tempdir().unwrap();
     let primary = primary_with_data(&dir, ReplicationMode::Async).await;
     let term = primary.status().await.term;
-    for credential in [None, Some(harness::shop_credential())] {
+    for credential in [None, Some(concord_testkit::shop::shop_credential())] {
         let mut stream = open(&primary, credential.as_ref(), hello(term + 1000)).await;
         let (got, status) = drain(&mut stream, Duration::from_millis(500)).await;
         assert!(

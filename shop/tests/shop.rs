@@ -1,12 +1,10 @@
 //! The Shop service over loopback gRPC: full flow, auth, idempotency, the oversell race,
 //! the order state machine and a bad-input table.
 
-mod harness;
-
 use std::sync::Arc;
 
 use concord::pb::shop::v1 as pb;
-use harness::{
+use concord_testkit::shop::{
     add_to_cart, admin, as_user, create, get_order, get_product, new_product, place_order, sign_up,
     start,
 };
@@ -879,7 +877,10 @@ struct RawCreate {
     stock: i64,
 }
 
-async fn create_with_raw_name(shop: &harness::TestShop, name: &[u8]) -> tonic::Status {
+async fn create_with_raw_name(
+    shop: &concord_testkit::shop::TestShop,
+    name: &[u8],
+) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(shop.channel());
     grpc.ready().await.expect("ready");
     let path =

@@ -1,21 +1,34 @@
-//! The one test harness of the workspace (STYLE.md §8): servers run in the test's process
-//! on `127.0.0.1:0`, the test reads the bound address, and a guard stops them.
+//! The one test harness of the workspace (STYLE.md §8): every crate's integration tests
+//! and the end-to-end tests in the root package's `tests/` use it, so "start a server, wait
+//! until it is ready, stop it" is written once.
 //!
-//! It exists so that `registry`, `node`, `aggregator` and `web-gateway` stop each carrying
-//! their own copy of "bind, read `local_addr`, spawn `serve` with a oneshot, signal and
-//! join". It is only ever a dev-dependency; it depends on the crates it starts, which cargo
-//! allows because their integration tests link the same (non-test) library it does.
+//! In-process servers run in the test's process on `127.0.0.1:0`; the test reads the bound
+//! address, and a guard stops them. It is only ever a dev-dependency; it depends on the
+//! crates it starts, which cargo allows (a dev-dependency cycle) because their integration
+//! tests link the same non-test library it does, so the types line up.
 //!
 //! - [`Running`] is any server spawned on the current runtime: [`Running::stop`] signals
 //!   shutdown and joins it; dropping it only signals, [`Running::abort`] cancels it.
-//! - [`registry`], [`node`] and [`aggregator`] start the real services with it.
+//! - [`registry`], [`node`] and [`aggregator`] start the real services with it;
+//!   [`cluster::Consensus`] nodes plus an aggregator with a staked ledger; [`shop`] the real
+//!   shop and the client calls of the shop tests; [`gateway`] a registry + web gateway, a
+//!   fake aggregator and the HTTP helpers.
 //! - [`NodeProcess`] is a node in its own runtime and thread, so a test can `kill -9` it:
 //!   dropping the runtime closes its sockets and nothing deregisters.
-//! - [`process_cpu_seconds`] lets the ignored bench tests report CPU per operation.
-//! - [`etcd::EtcdCluster`] is a real etcd cluster (processes, tempdir) for the registry's
-//!   etcd store; [`registry_on_etcd`] a registry keeping its leases in it.
+//! - [`process`] runs the real `concord` binary as child processes (kill -9, SIGSTOP, ports
+//!   read from their output); [`netns`] puts them on hosts in network namespaces, for
+//!   partitions; [`etcd::EtcdCluster`] is a real etcd cluster (processes, tempdir) for the
+//!   registry's etcd store, [`registry_on_etcd`] a registry keeping its leases in it.
+//! - [`eventually`] polls a condition up to a deadline (never a sleep until ready);
+//!   [`process_cpu_seconds`] lets the ignored bench tests report CPU per operation;
+//!   [`metrics`] scrapes and parses `/metrics` pages.
 
+pub mod cluster;
 pub mod etcd;
+pub mod gateway;
+pub mod netns;
+pub mod process;
+pub mod shop;
 
 /// Scraping `/metrics` pages.
 pub mod metrics;
@@ -25,7 +38,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use concord::identity::{ClusterSecret, Credential, Principal};
@@ -86,10 +99,22 @@ impl<E: Send + 'static> Running<E> {
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
     {
-        concord::telemetry::init_for_tests();
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|err| panic!("bind {addr}: {err}"));
+        Self::serve_on(listener, serve)
+    }
+
+    /// Spawns `serve(listener, shutdown)` on a listener the test bound itself (e.g. one
+    /// whose connections hung unanswered until now).
+    pub fn serve_on<F>(
+        listener: TcpListener,
+        serve: impl FnOnce(TcpListener, Shutdown) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        concord::telemetry::init_for_tests();
         let addr = listener.local_addr().expect("local addr");
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, Shutdown(stop_rx)));
@@ -218,14 +243,22 @@ pub async fn registry_on_etcd_with(
 /// A real registry on `addr`: a restart on a stopped registry's address, or a registry
 /// appearing where clients already look.
 pub async fn registry_on(addr: SocketAddr) -> Running<tonic::transport::Error> {
-    Running::spawn_on(addr, |listener, shutdown| {
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|err| panic!("bind {addr}: {err}"));
+    registry_serving(listener)
+}
+
+/// A real registry answering on `listener`, bound by the test beforehand (until now its
+/// connections hung unanswered, like a registry that is not up yet).
+pub fn registry_serving(listener: TcpListener) -> Running<tonic::transport::Error> {
+    Running::serve_on(listener, |listener, shutdown| {
         concord_registry::serve(
             concord_registry::Config::new(cluster_secret()),
             listener,
             shutdown,
         )
     })
-    .await
 }
 
 /// A real node on `127.0.0.1:0`, on the test's runtime; without a credential in `config`
@@ -344,7 +377,24 @@ pub async fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-fn local() -> SocketAddr {
+/// Polls `check` every 20 ms until it holds (true) or `timeout` passes (false).
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// `127.0.0.1:0`: any free loopback port.
+pub fn local() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 

@@ -12,8 +12,6 @@
 //! `<target dir>/test-output/browser/final.png`; `CONCORD_UI_SCREENSHOT=/path.png` writes a
 //! second copy there.
 
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -21,8 +19,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use concord_testkit::gateway::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use support::*;
 use tokio::process::{Child, Command};
 
 /// How long one UI condition may take to become true.
@@ -215,7 +213,7 @@ async fn start_shop_pair(h: &Harness) -> Result<ShopPair> {
         },
     )
     .await?;
-    let primary_addr = primary.server.addr.to_string();
+    let primary_addr = primary.addr.to_string();
     poll_json(h, "/api/cluster", |v| v["primary"] == primary_addr.as_str()).await?;
     let replica = start_shop_with(
         &h.registry_addr(),
@@ -341,7 +339,7 @@ async fn journey(
     wait_exactly(client, "[data-testid=account-row]", NODES).await?;
 
     // Cluster panel: the primary at term 1 and its replica, both up.
-    let primary_addr = primary.server.addr.to_string();
+    let primary_addr = primary.addr.to_string();
     let primary_row = format!("[data-testid=shop-row][data-address='{primary_addr}']");
     let replica_row = format!("[data-testid=shop-row][data-address='{replica_addr}']");
     wait_text(client, "#cluster-primary", |t| t == primary_addr).await?;
@@ -362,7 +360,7 @@ async fn journey(
 
     // Kill the primary (no deregistration): once its lease expires the replica promotes
     // itself, and the panel shows it as primary at term 2 and the old one down.
-    primary.server.abort();
+    let primary_files = primary.abort();
     wait_text(client, "#cluster-primary", |t| t == replica_addr).await?;
     wait_text(client, "#cluster-term", |t| t == "2").await?;
     wait_count(
@@ -411,7 +409,7 @@ async fn journey(
     click(client, "#sign-out").await?;
     wait_text(client, "#account-name", |t| t == "not signed in").await?;
     wait_exactly(client, "[data-testid=order-row]", 0).await?;
-    drop(primary.dir);
+    drop(primary_files);
     Ok(())
 }
 
@@ -428,7 +426,7 @@ async fn ui_journey_in_headless_chromium() -> Result<()> {
     };
     let h = Harness::start().await?;
     let shops = start_shop_pair(&h).await?;
-    let replica_addr = shops.replica.server.addr.to_string();
+    let replica_addr = shops.replica.addr.to_string();
     let consensus = start_consensus(&h.registry_addr(), NODES).await?;
     assert_eq!(wait_until_served(&h, "/api/products").await?.status(), 200);
     let setosa = "/api/predict?sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2";
@@ -452,8 +450,8 @@ async fn ui_journey_in_headless_chromium() -> Result<()> {
     }
     client.close().await?;
     drop(driver);
-    consensus.stop().await?;
-    shops.replica.stop().await?;
+    consensus.stop().await;
+    shops.replica.stop().await;
     h.stop().await?;
     outcome
 }

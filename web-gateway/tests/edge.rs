@@ -2,16 +2,14 @@
 //! cross-site write rule, `405`s that name their methods, and the listener's defences
 //! against slow (slowloris) and too many clients. Registry and gateway on `127.0.0.1:0`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use concord_testkit::gateway::*;
 use concord_web_gateway::{
     edge::{self, Limits},
     Config,
 };
-use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -2,15 +2,13 @@
 //! `127.0.0.1:0`, and where a backend is needed a small fake aggregator (Predictor +
 //! Staking) or the real shop registered in that registry.
 
-mod support;
-
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result};
+use concord_testkit::gateway::*;
 use concord_web_gateway::error::ErrorBody;
 use futures::StreamExt;
 use serde_json::Value;
-use support::*;
 
 /// `GET /hello` answers the greeting, with a request id on the reply.
 #[tokio::test]
@@ -690,14 +688,10 @@ async fn shop_round_trip_through_http() -> Result<()> {
     .await?;
 
     let view: Value = h.get("/api/cluster").await?.json().await?;
-    assert_eq!(
-        view["primary"],
-        shop.server.addr.to_string().as_str(),
-        "{view}"
-    );
+    assert_eq!(view["primary"], shop.addr.to_string().as_str(), "{view}");
     assert_eq!(view["shops"][0]["replication"]["role"], "primary", "{view}");
 
-    shop.stop().await?;
+    shop.stop().await;
     h.stop().await
 }
 
@@ -882,7 +876,7 @@ async fn accounts_through_http() -> Result<()> {
         "{cleared}"
     );
 
-    shop.stop().await?;
+    shop.stop().await;
     h.stop().await
 }
 
@@ -929,7 +923,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
         },
     )
     .await?;
-    let primary_addr = primary.server.addr.to_string();
+    let primary_addr = primary.addr.to_string();
     poll_json(&h, "/api/cluster", |_, v| {
         v["primary"] == primary_addr.as_str()
     })
@@ -944,7 +938,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
         },
     )
     .await?;
-    let replica_addr = replica.server.addr.to_string();
+    let replica_addr = replica.addr.to_string();
     poll_json(&h, "/api/services/shop", |_, v| {
         v["instances"].as_array().map(Vec::len) == Some(2)
     })
@@ -1008,7 +1002,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
 
     let order_path = format!("/api/orders/{order_id}");
     if crash {
-        primary.server.abort();
+        let _crashed_files = primary.abort();
         // The registry still lists the dead primary first (its lease has up to 1 s left):
         // the read fails there with UNAVAILABLE and is retried on the replica.
         let response = get_bobs(order_path.clone()).await?;
@@ -1017,7 +1011,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
         let response = place("bob-during-failover").await?;
         expect_error(response, 503, "unavailable").await?;
     } else {
-        primary.stop().await?;
+        primary.stop().await;
     }
     poll_json(&h, "/api/products", |status, _| status == 200).await?;
     assert_eq!(get_bobs(order_path.clone()).await?.status(), 200);
@@ -1054,7 +1048,7 @@ async fn shop_failover_is_followed(crash: bool) -> Result<()> {
     let orders: Value = get_bobs("/api/orders".into()).await?.json().await?;
     assert_eq!(orders["orders"].as_array().map(Vec::len), Some(2));
 
-    replica.stop().await?;
+    replica.stop().await;
     h.stop().await
 }
 
@@ -1067,11 +1061,11 @@ async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
     let h = Harness::start().await?;
     let primary = start_unregistered_shop(any_port(), Default::default()).await?;
     let replica =
-        start_unregistered_shop(any_port(), replica_of(&primary.server.addr.to_string())).await?;
+        start_unregistered_shop(any_port(), replica_of(&primary.addr.to_string())).await?;
     let _stale = h
         .register(
             "shop",
-            &replica.server.addr.to_string(),
+            &replica.addr.to_string(),
             &[("role", "primary"), ("term", "1")],
         )
         .await?;
@@ -1095,7 +1089,7 @@ async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
     let _listed = h
         .register(
             "shop",
-            &primary.server.addr.to_string(),
+            &primary.addr.to_string(),
             &[("role", "replica"), ("term", "1")],
         )
         .await?;
@@ -1125,8 +1119,8 @@ async fn write_refused_by_a_replica_follows_its_hint() -> Result<()> {
         .await?;
     assert_eq!(response.status(), 200, "cart write followed the hint");
 
-    replica.stop().await?;
-    primary.stop().await?;
+    replica.stop().await;
+    primary.stop().await;
     h.stop().await
 }
 
@@ -1138,7 +1132,7 @@ async fn writes_with_no_primary_are_503_with_retry_after() -> Result<()> {
     let h = Harness::start().await?;
     let b_addr = concord_testkit::free_addr().await;
     let a = start_unregistered_shop(any_port(), replica_of(&b_addr.to_string())).await?;
-    let a_addr = a.server.addr.to_string();
+    let a_addr = a.addr.to_string();
     let b = start_unregistered_shop(b_addr, replica_of(&a_addr)).await?;
     let _stale_primary = h
         .register("shop", &a_addr, &[("role", "primary"), ("term", "2")])
@@ -1180,8 +1174,8 @@ async fn writes_with_no_primary_are_503_with_retry_after() -> Result<()> {
         );
     }
 
-    b.stop().await?;
-    a.stop().await?;
+    b.stop().await;
+    a.stop().await;
     h.stop().await
 }
 
@@ -1294,7 +1288,7 @@ async fn consensus_round_trip_through_http() -> Result<()> {
         .collect();
     assert!(kinds.iter().any(|k| k == "reward"), "{kinds:?}");
 
-    consensus.stop().await?;
+    consensus.stop().await;
     h.stop().await
 }
 

@@ -1,11 +1,9 @@
 //! The gateway's own `/metrics`: requests by route template and status, scraped over HTTP
 //! from a real gateway after real requests.
 
-mod support;
-
 use anyhow::Result;
+use concord_testkit::gateway::Harness;
 use concord_testkit::metrics::Page;
-use support::Harness;
 
 /// Requests are counted under their matched template (not the raw path), unmatched and
 /// cross-site-refused ones under `unmatched`, and the page parses as Prometheus text.

@@ -1,8 +1,9 @@
-//! The gateway's layer over the workspace harness (`concord-testkit`): an in-process
-//! registry and gateway on `127.0.0.1:0`, a fake aggregator (Predictor + Staking answering
-//! from fixed data), and the real shop or consensus when a test needs it. Every server is
-//! a [`Running`]: stopped through a oneshot and joined.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+//! The web gateway's test cluster: an in-process registry and gateway on `127.0.0.1:0`
+//! ([`Harness`], with an HTTP client), a fake aggregator (Predictor + Staking answering from
+//! fixed data, counting its open `WatchEvents` streams), the real shop or consensus behind
+//! it when a test needs them, and the HTTP helpers (error bodies, SSE frames, sign-up
+//! through the JSON API). Every server is a [`Running`]: stopped through a oneshot and
+//! joined.
 
 use std::{
     collections::HashMap,
@@ -37,7 +38,8 @@ use concord::{
 use concord_web_gateway::{error::ErrorBody, Config};
 use futures::{Stream, StreamExt};
 
-pub use concord_testkit::Running;
+pub use crate::cluster::Consensus;
+pub use crate::Running;
 use tonic::{Request, Response, Status};
 
 /// How long a test waits for something eventually true (registration, watch propagation).
@@ -54,7 +56,7 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Result<Self> {
-        let registry = concord_testkit::registry().await;
+        let registry = crate::registry().await;
         let gateway = start_gateway(&registry.addr.to_string()).await?;
         Ok(Self {
             registry,
@@ -105,7 +107,7 @@ impl Harness {
                 address: address.into(),
                 metadata,
                 ttl: Duration::from_secs(5),
-                credential: Some(concord_testkit::credential(principal)),
+                credential: Some(crate::credential(principal)),
             },
         )?;
         if !keeper.wait_registered(DEADLINE).await {
@@ -126,7 +128,7 @@ pub async fn start_gateway(registry_addr: &str) -> Result<Running<concord_web_ga
         registry_addr: registry_addr.to_owned(),
         body_limit_bytes: 1024,
         cluster_refresh: Duration::from_millis(200),
-        credential: Some(concord_testkit::credential(Principal::Gateway)),
+        credential: Some(crate::credential(Principal::Gateway)),
         ..Config::default()
     };
     Ok(
@@ -361,7 +363,7 @@ pub async fn start_fake_aggregator_counting(
 
 /// An address nothing listens on: bound, then released.
 pub async fn dead_address() -> Result<String> {
-    Ok(concord_testkit::free_addr().await.to_string())
+    Ok(crate::free_addr().await.to_string())
 }
 
 /// Polls `GET path` until it answers something other than a 503, or the deadline passes.
@@ -376,12 +378,7 @@ pub async fn wait_until_served(h: &Harness, path: &str) -> Result<reqwest::Respo
     }
 }
 
-/// The admin token the test shop accepts.
-pub const ADMIN: &str = "test-admin";
-/// Session key every test shop signs customer sessions with (shared, as in a cluster).
-pub const SESSION_KEY: &str = "test-session-key-test-session-key-0123";
-/// Password of every test customer.
-pub const PASSWORD: &str = "correct horse battery";
+pub use crate::shop::{replica_of, shop_credential, TestShop, ADMIN, PASSWORD, SESSION_KEY};
 
 /// A signed-in customer: the account id and the `Cookie` header value to send.
 pub struct Customer {
@@ -427,51 +424,24 @@ pub async fn sign_up(h: &Harness, username: &str) -> Result<Customer> {
     })
 }
 
-/// A real shop (standalone primary, no replica) in a temp dir, registered in the registry.
-pub struct TestShop {
-    /// The running server.
-    pub server: Running<concord_shop::ShopError>,
-    /// Keeps the sled directory alive until the shop stops.
-    pub dir: tempfile::TempDir,
-}
-
-impl TestShop {
-    /// Stops the shop, then removes its directory.
-    pub async fn stop(self) -> Result<()> {
-        self.server.stop().await;
-        drop(self.dir);
-        Ok(())
-    }
-}
-
-/// The credential every test shop holds: shops replicate only with each other.
-pub fn shop_credential() -> concord::identity::Credential {
-    concord_testkit::credential(concord::identity::Principal::Shop)
-}
-
 /// Starts the real shop on port 0 as a standalone primary, registered at `registry_addr`.
 pub async fn start_shop(registry_addr: &str) -> Result<TestShop> {
     start_shop_with(registry_addr, concord_shop::ReplicationConfig::default()).await
 }
 
-/// Starts the real shop on port 0 with `replication` (role, mode, peer).
+/// Starts the real shop on port 0 with `replication` (role, mode, peer), registered at
+/// `registry_addr` with the short test lease.
 pub async fn start_shop_with(
     registry_addr: &str,
     replication: concord_shop::ReplicationConfig,
 ) -> Result<TestShop> {
-    let dir = tempfile::tempdir()?;
-    let config = concord_shop::Config {
-        admin_token: ADMIN.into(),
-        session_key: Some(SESSION_KEY.into()),
-        registry_addr: Some(registry_addr.to_owned()),
-        lease_ttl: Duration::from_secs(1),
-        credential: Some(shop_credential()),
-        replication,
-        ..concord_shop::Config::new(dir.path().join("shop"))
-    };
-    let server =
-        Running::spawn(|listener, shutdown| concord_shop::serve(config, listener, shutdown)).await;
-    Ok(TestShop { server, dir })
+    let registry_addr = registry_addr.to_owned();
+    Ok(crate::shop::start_in_tempdir(crate::local(), move |c| {
+        c.registry_addr = Some(registry_addr);
+        c.lease_ttl = crate::shop::LEASE_TTL;
+        c.replication = replication;
+    })
+    .await)
 }
 
 /// Starts the real shop on `addr` (port 0: any free one) with `replication` and NO
@@ -481,90 +451,31 @@ pub async fn start_unregistered_shop(
     addr: std::net::SocketAddr,
     replication: concord_shop::ReplicationConfig,
 ) -> Result<TestShop> {
-    let dir = tempfile::tempdir()?;
-    let config = concord_shop::Config {
-        admin_token: ADMIN.into(),
-        session_key: Some(SESSION_KEY.into()),
-        registry_addr: None,
-        credential: Some(shop_credential()),
-        replication,
-        ..concord_shop::Config::new(dir.path().join("shop"))
-    };
-    let server = Running::spawn_on(addr, |listener, shutdown| {
-        concord_shop::serve(config, listener, shutdown)
+    Ok(crate::shop::start_in_tempdir(addr, move |c| {
+        c.registry_addr = None;
+        c.replication = replication;
     })
-    .await;
-    Ok(TestShop { server, dir })
+    .await)
 }
 
 /// `127.0.0.1:0`: bind any free loopback port.
 pub fn any_port() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+    crate::local()
 }
 
-/// A replication config following `primary` (a replica that refuses writes, naming it).
-pub fn replica_of(primary: &str) -> concord_shop::ReplicationConfig {
-    concord_shop::ReplicationConfig {
-        mode: concord_shop::ReplicationMode::Async,
-        primary_addr: Some(primary.to_owned()),
-        replica_id: "replica-1".into(),
-        ..Default::default()
-    }
-}
-
-/// The real prediction fleet and aggregator (with a ledger), registered at a registry.
-pub struct TestConsensus {
-    /// The nodes, in start order.
-    pub nodes: Vec<Running<concord_node::Error>>,
-    /// The aggregator.
-    pub aggregator: Running<concord_aggregator::Error>,
-    /// Keeps the ledger directory alive.
-    pub dir: tempfile::TempDir,
-}
-
-impl TestConsensus {
-    /// Stops the aggregator, then the nodes.
-    pub async fn stop(self) -> Result<()> {
-        self.aggregator.stop().await;
-        for node in self.nodes {
-            node.stop().await;
-        }
-        drop(self.dir);
-        Ok(())
-    }
-}
-
-/// Starts `n` default-fleet nodes and an aggregator with a fresh ledger, all on port 0.
-pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<TestConsensus> {
-    let mut nodes = Vec::new();
-    for mut config in concord_node::default_fleet().into_iter().take(n) {
-        config.registry = Some(registry_addr.to_owned());
-        config.credential = Some(concord_testkit::credential(Principal::Node(
-            config.node_id.to_string(),
-        )));
-        nodes.push(concord_testkit::node(config).await);
-    }
-    let dir = tempfile::tempdir()?;
-    let mut config = concord_aggregator::AggregatorConfig::with_ledger(
-        registry_addr.to_owned(),
-        dir.path().join("ledger"),
-        concord_testkit::staking_auth(),
-    );
-    config.credential = Some(concord_testkit::credential(Principal::Aggregator));
-    let aggregator = concord_testkit::aggregator(config).await;
-    // The ledger mints nothing for a new node: each stakes for itself, as in `concord up`.
-    let ids: Vec<String> = concord_node::default_fleet()
+/// Starts `n` default-fleet nodes registered at `registry_addr` and an aggregator with a
+/// fresh ledger, all on port 0, each node staked ([`Consensus::start`]).
+pub async fn start_consensus(registry_addr: &str, n: usize) -> Result<Consensus> {
+    let registry: std::net::SocketAddr = registry_addr.parse()?;
+    let nodes = concord_node::default_fleet()
         .into_iter()
         .take(n)
-        .map(|c| c.node_id)
+        .map(|config| concord_node::NodeConfig {
+            registry: Some(registry_addr.to_owned()),
+            ..config
+        })
         .collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    concord_testkit::stake_nodes(aggregator.channel(), &ids, 1000).await;
-    Ok(TestConsensus {
-        nodes,
-        aggregator,
-        dir,
-    })
+    Ok(Consensus::start(registry, nodes, |_| {}).await)
 }
 
 /// Reads SSE frames from a response until `done` says stop; returns the (event, data, id) seen.

@@ -2,14 +2,12 @@
 //! listing it at once after a clean stop (it deregisters), and after its lease expires when
 //! it is killed with SIGKILL (nothing deregisters it then).
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::{command, Process};
+use concord_testkit::process::{command, Process};
 
 /// How long registration or lease expiry may take to show (TTL 1 s here).
 const WAIT: Duration = Duration::from_secs(15);

@@ -1,18 +1,32 @@
-//! Shared harness for tests that run the real `concord` binary as child processes.
+//! Real `concord` processes for the end-to-end tests in the root package's `tests/`.
 //!
 //! [`Process::spawn`] starts `concord <args…>`, reads its stdout until the
 //! `concord <role> listening on <addr>` line (bounded in time, no sleeping), and returns the
-//! bound address; dropping the handle kills the process (SIGKILL) and reaps it.
-
-#![allow(dead_code)]
-
-pub mod netns;
+//! bound address; dropping the handle kills the process (SIGKILL) and reaps it. Every role
+//! gets its identity from [`crate::CLUSTER_SECRET`], like the in-process servers, so the
+//! two kinds can be mixed in one test.
+//!
+//! Finding the binary: `CARGO_BIN_EXE_concord` exists only in the integration tests of the
+//! package that defines the binary (`concord-cli`), and the root package's `tests/` are
+//! not those. [`concord_binary`] therefore asks cargo itself, through `escargot`: once per
+//! test binary it runs `cargo build --workspace --bin concord --test simulate` (the same
+//! cargo, profile and target directory as the test run) and takes the binary's path from
+//! cargo's JSON messages, so the binary is never stale, even for
+//! `cargo test -p concord --test <file>`, which by itself builds no other package's binary.
+//! `--workspace` plus one test target (`concord-cli`'s `simulate`) is deliberate: cargo
+//! unifies features over the packages it selects and, when it builds a test, over their
+//! dev-dependencies too, so this resolves features exactly as `cargo test --workspace`
+//! (scripts/test.sh) does and finds that run's binary fresh, a no-op. A plain
+//! `cargo build -p concord-cli` resolves fewer features (no `tokio/test-util`, say) and
+//! would build the whole dependency tree a second time. A path guessed next to the test
+//! executable (`target/debug/concord`) could be an old build, or missing.
 
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{mpsc, OnceLock},
     time::Duration,
 };
 
@@ -100,16 +114,6 @@ impl Drop for Process {
     }
 }
 
-/// The cluster secret of the processes these tests start (a test value, never a real one).
-pub const CLUSTER_SECRET: &str = "concord-cli-test-cluster-secret";
-
-/// `principal`'s credential under [`CLUSTER_SECRET`].
-pub fn credential(principal: concord::identity::Principal) -> concord::identity::Credential {
-    concord::identity::ClusterSecret::new(CLUSTER_SECRET)
-        .expect("the test secret is not empty")
-        .issue(principal)
-}
-
 /// The identity a role started with `args` needs: a `concord registry` gets
 /// `CONCORD_CLUSTER_SECRET`, a node (by its `--id`, default node-1), shop, gateway or
 /// aggregator its `CONCORD_CREDENTIAL`; anything else (`up`, `status`, …) nothing.
@@ -117,7 +121,7 @@ pub fn credential(principal: concord::identity::Principal) -> concord::identity:
 fn identity_env(args: &[&str]) -> Option<(&'static str, String)> {
     use concord::identity::Principal;
     let principal = match *args.first()? {
-        "registry" => return Some(("CONCORD_CLUSTER_SECRET", CLUSTER_SECRET.to_owned())),
+        "registry" => return Some(("CONCORD_CLUSTER_SECRET", crate::CLUSTER_SECRET.to_owned())),
         "node" => {
             let id = args
                 .iter()
@@ -129,13 +133,13 @@ fn identity_env(args: &[&str]) -> Option<(&'static str, String)> {
         // The roles named like the service they register (shop, gateway, aggregator).
         role => Principal::for_service(role)?,
     };
-    Some(("CONCORD_CREDENTIAL", credential(principal).encode()))
+    Some(("CONCORD_CREDENTIAL", crate::credential(principal).encode()))
 }
 
 /// `concord args…` with stderr inherited (shown by cargo test on failure), RUST_LOG quiet
-/// unless set, and the role's identity ([`identity_env`]).
+/// unless set, and the role's identity (see `identity_env`).
 pub fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+    let mut command = Command::new(concord_binary());
     command.args(args).stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
@@ -144,6 +148,31 @@ pub fn command(args: &[&str]) -> Command {
         command.env(key, value);
     }
     command
+}
+
+/// A test target of `concord-cli` built along with the binary, so that cargo resolves
+/// features as in `cargo test --workspace` (module doc).
+const FEATURE_TWIN_TEST: &str = "simulate";
+
+/// The `concord` binary of this workspace, built by cargo if it is not up to date (once
+/// per test binary; see the module doc for why not `CARGO_BIN_EXE_concord`).
+pub fn concord_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        // See the module doc for why these targets and `--workspace`.
+        let built = escargot::CargoBuild::new()
+            .manifest_path(&manifest)
+            .arg("--workspace")
+            .bin("concord")
+            .test(FEATURE_TWIN_TEST)
+            .current_release()
+            .run()
+            .unwrap_or_else(|err| {
+                panic!("cargo build --workspace --bin concord --test {FEATURE_TWIN_TEST}: {err}")
+            });
+        built.path().to_owned()
+    })
 }
 
 /// Streams a child's stdout lines through a channel (a thread reads them).
@@ -200,80 +229,4 @@ pub fn run_grpcurl(addr: SocketAddr, flags: &[&str], verb: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A request carrying `token` as its bearer (admin calls of the shop).
-pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    concord::auth::attach_bearer(&mut request, token);
-    request
-}
-
-/// A product worth 1.00 EUR with `stock` units.
-pub fn product(name: &str, stock: i64) -> concord::pb::shop::v1::CreateProductRequest {
-    concord::pb::shop::v1::CreateProductRequest {
-        name: name.into(),
-        description: String::new(),
-        price_minor: 100,
-        currency: "EUR".into(),
-        stock,
-    }
-}
-
-/// A user's orders (first page of 10, newest first), read with `token` (the user's
-/// session or the admin token); panics on an error status.
-pub async fn orders_of(
-    client: &mut concord::pb::shop::v1::shop_client::ShopClient<tonic::transport::Channel>,
-    user: &str,
-    token: &str,
-) -> Vec<concord::pb::shop::v1::Order> {
-    client
-        .list_orders(with_bearer(
-            concord::pb::shop::v1::ListOrdersRequest {
-                user_id: user.to_string(),
-                page_size: 10,
-                page_token: String::new(),
-            },
-            token,
-        ))
-        .await
-        .expect("list orders")
-        .into_inner()
-        .orders
-}
-
-/// Session key the test shops share (sessions survive their restarts and failovers).
-pub const SESSION_KEY: &str = "cli-test-session-key-cli-test-session-key";
-
-/// Signs up `username` and returns its (user id, session token), or the error status.
-pub async fn sign_up(
-    client: &mut concord::pb::shop::v1::shop_client::ShopClient<tonic::transport::Channel>,
-    username: &str,
-) -> Result<(String, String), tonic::Status> {
-    let reply = client
-        .sign_up(concord::pb::shop::v1::SignUpRequest {
-            username: username.to_string(),
-            password: "correct horse battery".into(),
-        })
-        .await?
-        .into_inner();
-    let user = reply.account.map(|a| a.user_id).unwrap_or_default();
-    let token = reply.session.map(|s| s.token).unwrap_or_default();
-    Ok((user, token))
-}
-
-/// Polls `check` every 20 ms until it holds (true) or `timeout` passes (false).
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }

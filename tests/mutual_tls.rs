@@ -2,16 +2,15 @@
 //! aggregator with `--tls-*` on 127.0.0.1; who gets through the handshake and who does not;
 //! grpcurl with `-cacert/-cert/-key`; the plaintext rule for non-loopback addresses.
 
-mod common;
-
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{command, grpcurl, Process};
 use concord::{
     identity::Principal,
     pb::predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest},
     tls::{Tls, TlsFiles},
 };
+use concord_testkit::process::{command, grpcurl, Process};
+use concord_testkit::shop;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -388,7 +387,7 @@ async fn shops_and_gateway_over_mutual_tls() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let reply = shop
-            .create_product(common::with_bearer(common::product("tls-widget", 1), ADMIN))
+            .create_product(shop::with_bearer(shop::product("tls-widget", 1), ADMIN))
             .await;
         match reply {
             Ok(reply) if reply.get_ref().write.as_ref().is_some_and(|w| w.replicated) => break,

@@ -1,14 +1,13 @@
 //! `concord registry` without `--cluster-secret` checks credentials against the secret in
 //! its data directory (created on first start), never against a public default.
 
-mod common;
-
 use std::{process::Stdio, time::Duration};
 
 use concord::{
     identity::{ClusterSecret, Principal},
     pb::registry::v1::{registry_client::RegistryClient, RegisterRequest},
 };
+use concord_testkit::process;
 use tonic::Code;
 
 /// The registry creates `<data-dir>/secrets/cluster-secret`, accepts a credential issued
@@ -17,7 +16,7 @@ use tonic::Code;
 async fn registry_uses_the_data_dir_secret_when_given_none() {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().to_str().expect("utf-8 path");
-    let mut child = common::command(&[
+    let mut child = process::command(&[
         "registry",
         "--listen",
         "127.0.0.1:0",
@@ -28,8 +27,8 @@ async fn registry_uses_the_data_dir_secret_when_given_none() {
     .stdout(Stdio::piped())
     .spawn()
     .expect("spawn concord registry");
-    let lines = common::follow_stdout(&mut child);
-    let addr = common::wait_for_line(&lines, common::START_TIMEOUT, |line| {
+    let lines = process::follow_stdout(&mut child);
+    let addr = process::wait_for_line(&lines, process::START_TIMEOUT, |line| {
         concord::config::parse_listening_line(line)
     });
     let Some(addr) = addr else {
@@ -52,7 +51,7 @@ async fn registry_uses_the_data_dir_secret_when_given_none() {
         credential.attach(&mut request);
         request
     };
-    let other = common::credential(Principal::Gateway);
+    let other = concord_testkit::credential(Principal::Gateway);
     let err = tokio::time::timeout(Duration::from_secs(10), client.register(request(&other)))
         .await
         .expect("answer in time")

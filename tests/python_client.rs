@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use concord_testkit::process;
+
 /// Bound on the whole script: venv and pip install on a cold cache, start-up (≤60 s inside
 /// the script) and the client.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -25,11 +27,11 @@ fn generated_python_client_orders_and_predicts_against_a_cluster() {
     );
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/python-client/run_against_cluster.sh");
+        .join("examples/python-client/run_against_cluster.sh");
     let mut command = Command::new("bash");
     command
         .arg(&script)
-        .env("CONCORD_BIN", env!("CARGO_BIN_EXE_concord"))
+        .env("CONCORD_BIN", process::concord_binary())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -6,12 +6,11 @@
 //!
 //! Real processes: a registry and three shops, each with a shop credential.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, Process};
 use concord::pb::shop::v1::{self as pb, replication_client::ReplicationClient};
+use concord_testkit::eventually;
+use concord_testkit::process::Process;
 
 /// Longest wait for start-up, pairing, promotion and step-down.
 const WAIT: Duration = Duration::from_secs(30);
@@ -19,12 +18,12 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn spawn(args: Vec<String>) -> Process {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let credential = common::credential(concord::identity::Principal::Shop).encode();
+        let credential = concord_testkit::credential(concord::identity::Principal::Shop).encode();
         Process::spawn_with_env(
             &args,
             &[
                 ("CONCORD_CREDENTIAL", credential.as_str()),
-                ("CONCORD_CLUSTER_SECRET", common::CLUSTER_SECRET),
+                ("CONCORD_CLUSTER_SECRET", concord_testkit::CLUSTER_SECRET),
                 ("CONCORD_ADMIN_TOKEN", "step-down-test-admin"),
             ],
         )

@@ -3,19 +3,17 @@
 //! given both registries keeps its lease when one is killed with SIGKILL, and watchers never
 //! see it vanish. Skipped with a message when there is no `etcd` binary, except in CI.
 
-mod common;
-
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use common::Process;
 use concord::{
     discovery::{LeaseKeeper, Registration, ServiceWatch},
     identity::Principal,
 };
 use concord_testkit::etcd::EtcdCluster;
+use concord_testkit::process::Process;
 
 /// A `concord registry` keeping its leases in `etcd`.
 fn registry_on(etcd: &EtcdCluster) -> Process {
@@ -45,7 +43,7 @@ async fn killing_one_registry_keeps_every_lease() {
                 ("term".into(), "1".into()),
             ]),
             ttl,
-            credential: Some(common::credential(Principal::Shop)),
+            credential: Some(concord_testkit::credential(Principal::Shop)),
         },
     )
     .expect("keeper");

@@ -4,14 +4,11 @@
 //!
 //! Real processes: a registry and two shops (sync), each with its own credential.
 
-mod common;
-
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use common::{eventually, Process};
 use concord::{
     identity::{ClusterSecret, Principal},
     pb::{
@@ -21,6 +18,8 @@ use concord::{
         shop::v1::{self as pb, replication_client::ReplicationClient},
     },
 };
+use concord_testkit::eventually;
+use concord_testkit::process::Process;
 use tonic::{transport::Channel, Code};
 
 /// Registrations the flood tries (half anonymous, half with valid credentials of new ids).

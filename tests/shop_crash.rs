@@ -3,16 +3,16 @@
 //! customer reads it back with the session issued before the kill) and no order is
 //! half-applied.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{product, Process};
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_client::ReplicationClient;
 use concord::pb::shop::v1::shop_client::ShopClient;
+use concord_testkit::process::Process;
+use concord_testkit::shop;
+use concord_testkit::shop::{product, try_sign_up, User};
 use tonic::transport::Channel;
 
 const ADMIN: &str = "crash-test-admin";
@@ -31,12 +31,12 @@ fn start_shop(dir: &std::path::Path) -> Process {
         "--admin-token",
         ADMIN,
         "--session-key",
-        common::SESSION_KEY,
+        shop::SESSION_KEY,
     ])
 }
 
 fn admin<T>(message: T) -> tonic::Request<T> {
-    common::with_bearer(message, ADMIN)
+    shop::with_bearer(message, ADMIN)
 }
 
 fn channel(shop: &Process) -> Channel {
@@ -71,7 +71,8 @@ async fn write_loop(
                 .insert(created.product.expect("product").id, name);
             a.max_lsn = a.max_lsn.max(created.write.expect("write").lsn);
         }
-        let Ok((user, token)) = common::sign_up(&mut c, &format!("user-{worker}-{i}")).await else {
+        let Ok(User { id: user, token }) = try_sign_up(&mut c, &format!("user-{worker}-{i}")).await
+        else {
             return;
         };
         acked
@@ -84,7 +85,7 @@ async fn write_loop(
             product_id: hot.clone(),
             quantity: 1 + (i % 3),
         };
-        if c.add_cart_item(common::with_bearer(add, &token))
+        if c.add_cart_item(shop::with_bearer(add, &token))
             .await
             .is_err()
         {
@@ -94,7 +95,7 @@ async fn write_loop(
             user_id: user.clone(),
             idempotency_key: "k".into(),
         };
-        let Ok(placed) = c.place_order(common::with_bearer(place, &token)).await else {
+        let Ok(placed) = c.place_order(shop::with_bearer(place, &token)).await else {
             return;
         };
         let placed = placed.into_inner();
@@ -170,7 +171,7 @@ async fn shop_survives_kill_9_without_losing_acknowledged_writes() {
     }
     for (id, (user, token)) in &acked.orders {
         let got = c
-            .get_order(common::with_bearer(
+            .get_order(shop::with_bearer(
                 pb::GetOrderRequest {
                     order_id: id.clone(),
                 },
@@ -184,10 +185,10 @@ async fn shop_survives_kill_9_without_losing_acknowledged_writes() {
     // stock fell by exactly the units ordered.
     let mut ordered_units = 0;
     for (user, token) in &acked.users {
-        let orders = common::orders_of(&mut c, user, ADMIN).await;
+        let orders = shop::orders_of(&mut c, user, ADMIN).await;
         assert!(orders.len() <= 1, "{user} has {} orders", orders.len());
         let cart = c
-            .get_cart(common::with_bearer(
+            .get_cart(shop::with_bearer(
                 pb::GetCartRequest {
                     user_id: user.clone(),
                 },

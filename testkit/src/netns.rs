@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use super::Process;
+use crate::process::Process;
 
 /// Next /24 for a network made by this test process (each test in a binary gets its own).
 static NEXT_SUBNET: AtomicU8 = AtomicU8::new(1);
@@ -166,11 +166,11 @@ impl Network {
     }
 
     /// Starts `concord args…` on host `name` (plaintext across hosts: `CONCORD_INSECURE`),
-    /// with the role's identity like [`super::command`], and waits for its listening line.
+    /// with the role's identity like [`crate::process::command`], and waits for its listening line.
     /// Give it `--listen <host ip>:0`.
     pub fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         let host = self.host(name);
-        let inner = super::command(args);
+        let inner = crate::process::command(args);
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &host.netns])

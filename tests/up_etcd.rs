@@ -2,8 +2,6 @@
 //! whole cluster as supervised processes; `kill -9` of one registry costs no lease and no
 //! failover. Skipped with a message when there is no `etcd` binary, except in CI.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -11,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{command, follow_stdout, wait_for_line};
 use concord::pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest};
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 
 /// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
 fn running_line(line: &str) -> Option<(String, u32, SocketAddr)> {

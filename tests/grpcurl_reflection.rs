@@ -1,11 +1,9 @@
 //! The real grpcurl `list` (v1alpha reflection) against every kind of server process: each
 //! lists only the services it runs, plus health and reflection.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::{run_grpcurl, Process};
+use concord_testkit::process::{run_grpcurl, Process};
 
 const COMMON: [&str; 3] = [
     "grpc.health.v1.Health",

@@ -22,18 +22,19 @@
 //! until the old primary comes back, and with `fail` it would (correctly) refuse every sync
 //! write until then, so there would be no "first accepted write" to time.
 
-mod common;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, product, Process};
 use concord::pb::registry::v1::registry_client::RegistryClient;
 use concord::pb::registry::v1::ResolveRequest;
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_client::ReplicationClient;
 use concord::pb::shop::v1::shop_client::ShopClient;
+use concord_testkit::eventually;
+use concord_testkit::process::Process;
+use concord_testkit::shop;
+use concord_testkit::shop::product;
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -54,7 +55,7 @@ const ASYNC_ROUNDS: u64 = 5;
 const CHECK_CONCURRENCY: usize = 16;
 
 fn admin<T>(message: T) -> tonic::Request<T> {
-    common::with_bearer(message, ADMIN)
+    shop::with_bearer(message, ADMIN)
 }
 
 fn channel(addr: &str) -> Channel {
@@ -93,7 +94,7 @@ struct ShopSpec {
 /// The shop credential of this test's cluster (the harness's secret, which its registry
 /// checks), as `--credential` takes it.
 fn shop_credential() -> String {
-    common::credential(concord::identity::Principal::Shop).encode()
+    concord_testkit::credential(concord::identity::Principal::Shop).encode()
 }
 
 impl ShopSpec {
@@ -126,7 +127,7 @@ impl ShopSpec {
         // Shops replicate only with a shop: both hold the same cluster's shop credential,
         // and the same session key, so a customer's session survives the failover.
         args.extend(["--credential".to_string(), shop_credential()]);
-        args.extend(["--session-key", common::SESSION_KEY].map(String::from));
+        args.extend(["--session-key", shop::SESSION_KEY].map(String::from));
         if let Some((primary, id)) = replica_of {
             args.extend(["--replica-of", primary, "--replica-id", id].map(String::from));
         }
@@ -291,7 +292,7 @@ async fn writer(
             quantity: 1 + (i as i64 % 3),
         };
         if survived(
-            c.add_cart_item(common::with_bearer(add, &customer.token))
+            c.add_cart_item(shop::with_bearer(add, &customer.token))
                 .await,
         )
         .is_none()
@@ -307,7 +308,7 @@ async fn writer(
             idempotency_key: key.clone(),
         };
         let Some(placed) = survived(
-            c.place_order(common::with_bearer(place, &customer.token))
+            c.place_order(shop::with_bearer(place, &customer.token))
                 .await,
         ) else {
             return;
@@ -438,7 +439,7 @@ async fn check_exactly_once(addr: &str, log: &Log, lost: &[Acked]) {
             async move {
                 let user = customer.user.clone();
                 let retried = c
-                    .place_order(common::with_bearer(
+                    .place_order(shop::with_bearer(
                         pb::PlaceOrderRequest {
                             user_id: user.clone(),
                             idempotency_key: key.clone(),
@@ -455,7 +456,7 @@ async fn check_exactly_once(addr: &str, log: &Log, lost: &[Acked]) {
                 }
                 // Not acknowledged: the retry may replay (it committed and replicated),
                 // place it now, or fail (the cart line never reached the new primary).
-                let orders = common::orders_of(&mut c, &user, ADMIN).await;
+                let orders = shop::orders_of(&mut c, &user, ADMIN).await;
                 assert!(orders.len() <= 1, "{user} has {} orders", orders.len());
                 if let Some(id) = acked.get(&(user.clone(), key)) {
                     assert_eq!(orders.len(), 1, "{user}: acknowledged order {id} missing");

@@ -1,16 +1,16 @@
 //! Prediction over real processes: grpcurl against a node and the aggregator, and a node
 //! killed with SIGKILL in the middle of load.
 
-mod common;
-
 use std::time::Duration;
 
-// The cluster secret of these processes: the one `common::command` gives the registry.
-use common::{run_grpcurl, Process, CLUSTER_SECRET};
+// The cluster secret of these processes: the one `process::command` gives the registry.
 use concord::identity::{ClusterSecret, Principal};
 use concord::pb::predict::v1::{
     predictor_client::PredictorClient, Policy, PredictRequest, VoteStatus,
 };
+use concord_testkit::process;
+use concord_testkit::process::{run_grpcurl, Process};
+use concord_testkit::CLUSTER_SECRET;
 
 /// A registry, `nodes` nodes that each stake 1000 for themselves with their credential
 /// (the ledger grants nothing), and the aggregator.
@@ -136,7 +136,7 @@ async fn grpcurl_predicts_on_a_node_and_on_the_aggregator() {
         "{consensus}"
     );
 
-    let bad = std::process::Command::new(common::grpcurl())
+    let bad = std::process::Command::new(process::grpcurl())
         .args(["-plaintext", "-d", r#"{"features":[1,2,3]}"#])
         .arg(aggregator.addr.to_string())
         .arg("concord.predict.v1.Predictor/Predict")

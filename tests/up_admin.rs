@@ -1,12 +1,11 @@
 //! `concord up`'s supervisor admin API against a real cluster: orders reach real
 //! processes (pids change, /proc shows a stopped process, the consensus sees a liar).
 
-mod common;
-
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
-use common::{command, eventually, follow_stdout, wait_for_line};
 use concord::pb::predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest};
+use concord_testkit::eventually;
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 use serde_json::Value;
 
 const TOKEN: &str = "up-admin-test-token";
@@ -90,6 +89,37 @@ async fn act(addr: SocketAddr, name: &str, action: &str, body: Option<&str>) -> 
         Some(TOKEN),
         body,
     )
+    .await
+}
+
+/// `act`, which must answer 200 with `field` = `want` in the child it returns.
+async fn act_ok(
+    addr: SocketAddr,
+    name: &str,
+    action: &str,
+    body: Option<&str>,
+    (field, want): (&str, &str),
+) -> Value {
+    let (status, body) = act(addr, name, action, body).await;
+    assert_eq!((status, body[field].as_str()), (200, Some(want)), "{body}");
+    body
+}
+
+/// Whether child `name` runs again under a pid other than `old_pid` within 30 s.
+async fn restarted(addr: SocketAddr, name: &str, old_pid: u64) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        let c = child(addr, name).await;
+        c["state"] == "running" && c["pid"].as_u64().is_some_and(|p| p != old_pid)
+    })
+    .await
+}
+
+/// Whether process `pid` is (`stopped`) or is not stopped (state T) within 5 s; SIGSTOP
+/// and SIGCONT are delivered asynchronously.
+async fn becomes_stopped(pid: u64, stopped: bool) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        (proc_state(pid) == Some('T')) == stopped
+    })
     .await
 }
 
@@ -226,11 +256,7 @@ async fn admin_api_orders_reach_real_processes() {
     let (status, body) = act(api, "node-1", "kill", None).await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            let c = child(api, "node-1").await;
-            c["state"] == "running" && c["pid"].as_u64().is_some_and(|p| p != old_pid)
-        })
-        .await,
+        restarted(api, "node-1", old_pid).await,
         "node-1 not restarted after kill"
     );
     assert!(child(api, "node-1").await["restarts"].as_u64() >= Some(1));
@@ -238,34 +264,17 @@ async fn admin_api_orders_reach_real_processes() {
 
     // Freeze / thaw: the process is really stopped, then continues.
     let pid = pid_of(&child(api, "node-1").await);
-    let (status, body) = act(api, "node-1", "freeze", None).await;
-    assert_eq!(
-        (status, body["state"].as_str()),
-        (200, Some("frozen")),
-        "{body}"
-    );
-    // SIGSTOP is delivered asynchronously: the state flips to T a moment later.
+    act_ok(api, "node-1", "freeze", None, ("state", "frozen")).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            proc_state(pid) == Some('T')
-        })
-        .await,
+        becomes_stopped(pid, true).await,
         "frozen process is not stopped: {:?}",
         proc_state(pid)
     );
     let (status, _) = act(api, "node-1", "freeze", None).await;
     assert_eq!(status, 409, "freezing twice");
-    let (status, body) = act(api, "node-1", "thaw", None).await;
-    assert_eq!(
-        (status, body["state"].as_str()),
-        (200, Some("running")),
-        "{body}"
-    );
+    act_ok(api, "node-1", "thaw", None, ("state", "running")).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            proc_state(pid) != Some('T')
-        })
-        .await,
+        becomes_stopped(pid, false).await,
         "thawed process still stopped"
     );
     assert_eq!(
@@ -292,21 +301,17 @@ async fn admin_api_orders_reach_real_processes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let node2_pid = pid_of(&child(api, "node-2").await);
-    let (status, body) = act(
+    let inverted = Some(r#"{"behaviour":"inverted"}"#);
+    act_ok(
         api,
         "node-2",
         "behaviour",
-        Some(r#"{"behaviour":"inverted"}"#),
+        inverted,
+        ("behaviour", "inverted"),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["behaviour"], "inverted", "{body}");
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            let c = child(api, "node-2").await;
-            c["state"] == "running" && c["pid"].as_u64().is_some_and(|p| p != node2_pid)
-        })
-        .await,
+        restarted(api, "node-2", node2_pid).await,
         "node-2 not restarted with its new behaviour"
     );
     let lie = (honest + 1) % 3;
@@ -317,28 +322,20 @@ async fn admin_api_orders_reach_real_processes() {
         .await,
         "node-2's vote did not flip from {honest} to {lie}"
     );
-    let (status, body) = act(
+    let honest_again = Some(r#"{"behaviour":"honest"}"#);
+    act_ok(
         api,
         "node-2",
         "behaviour",
-        Some(r#"{"behaviour":"honest"}"#),
+        honest_again,
+        ("behaviour", "honest"),
     )
     .await;
-    assert_eq!(
-        (status, body["behaviour"].as_str()),
-        (200, Some("honest")),
-        "{body}"
-    );
 
     // Stop / start: held down until started.
     let pid = pid_of(&child(api, "node-1").await);
-    let (status, body) = act(api, "node-1", "stop", None).await;
-    assert_eq!(
-        (status, body["state"].as_str()),
-        (200, Some("stopped")),
-        "{body}"
-    );
-    assert_eq!(body["pid"], Value::Null);
+    let body = act_ok(api, "node-1", "stop", None, ("state", "stopped")).await;
+    assert_eq!(body["pid"], Value::Null, "{body}");
     assert!(
         proc_state(pid).is_none_or(|s| s == 'Z'),
         "stopped process still there"

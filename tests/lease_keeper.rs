@@ -3,14 +3,12 @@
 //! is sent again once the registry answers. A shop's primary claim travels this way, and
 //! a claim that is silently dropped leaves a primary refusing every write for good.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::Process;
 use concord::discovery::{LeaseKeeper, Registration, CALL_TIMEOUT};
 use concord::pb::registry::v1::{registry_client::RegistryClient, ResolveRequest};
+use concord_testkit::process::Process;
 
 /// How long the registry may take to show the metadata once it answers again.
 const WAIT: Duration = Duration::from_secs(10);
@@ -61,7 +59,9 @@ async fn metadata_sent_to_a_frozen_registry_reaches_it_once_it_answers() {
             // Long enough that the lease outlives the freeze: no re-registration, which
             // would carry the current metadata anyway.
             ttl: Duration::from_secs(30),
-            credential: Some(common::credential(concord::identity::Principal::Gateway)),
+            credential: Some(concord_testkit::credential(
+                concord::identity::Principal::Gateway,
+            )),
         },
     )
     .expect("keeper");

@@ -1,15 +1,13 @@
 //! `concord up` supervises real processes: a child killed with SIGKILL comes back.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{command, follow_stdout, wait_for_line};
 use concord::pb::registry::v1::{registry_client::RegistryClient, ListRequest};
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 
 /// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
 fn running_line(line: &str, name: &str) -> Option<(u32, SocketAddr)> {

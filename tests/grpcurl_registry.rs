@@ -1,8 +1,6 @@
 //! The real grpcurl (v1alpha reflection) against a real `concord registry` process.
 
-mod common;
-
-use common::{run_grpcurl, Process};
+use concord_testkit::process::{run_grpcurl, Process};
 
 /// `list` shows the registry, health and reflection; `describe` shows the proto comments;
 /// Register (with a shop's credential header) then Resolve round-trips, without the lease
@@ -35,7 +33,7 @@ fn grpcurl_lists_describes_and_calls_the_registry() {
 
     let header = format!(
         "x-concord-credential: {}",
-        common::credential(concord::identity::Principal::Shop).encode()
+        concord_testkit::credential(concord::identity::Principal::Shop).encode()
     );
     let registered = run_grpcurl(
         addr,

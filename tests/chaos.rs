@@ -7,9 +7,9 @@
 //! keeps acknowledging writes as replicated, and every status read during the freeze
 //! contradicts those claims (a correct primary acknowledges nothing while frozen out).
 
-mod common;
-
 use std::process::Output;
+
+use concord_testkit::process;
 
 /// Runs `concord chaos` with `flags` and `env`; returns its output and the report's text.
 fn chaos(flags: &[&str], env: &[(&str, &str)]) -> (Output, String, String) {
@@ -24,7 +24,7 @@ fn chaos(flags: &[&str], env: &[(&str, &str)]) -> (Output, String, String) {
         "--history",
         history.to_str().expect("utf-8 path"),
     ]);
-    let mut command = common::command(&args);
+    let mut command = process::command(&args);
     command.env_remove("CONCORD_PLANTED_BUG");
     for (key, value) in env {
         command.env(key, value);

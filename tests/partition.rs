@@ -1,6 +1,6 @@
 //! Network partitions between real hosts, under a 16-writer load.
 //!
-//! Every process runs on its own "host" (a network namespace, [`common::netns`]): the
+//! Every process runs on its own "host" (a network namespace, [`concord_testkit::netns`]): the
 //! registry (or three etcd members and two registries on them), shop `alpha` (the first
 //! primary) and shop `beta` (its replica). The test
 //! process plays the clients from outside. Links are cut with silent packet drops while
@@ -14,19 +14,21 @@
 //! in overlapping windows (split brain). Each case prints acknowledged writes, lost writes
 //! and the longest pause between two acknowledgements.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use common::netns::Network;
-use common::{eventually, product, Process};
 use concord::pb::registry::v1::registry_client::RegistryClient;
 use concord::pb::registry::v1::ResolveRequest;
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_client::ReplicationClient;
 use concord::pb::shop::v1::shop_client::ShopClient;
+use concord_testkit::eventually;
+use concord_testkit::netns;
+use concord_testkit::netns::Network;
+use concord_testkit::process::Process;
+use concord_testkit::shop;
+use concord_testkit::shop::product;
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -48,7 +50,7 @@ fn channel(addr: &str) -> Channel {
 }
 
 fn admin<T>(message: T) -> tonic::Request<T> {
-    let mut request = common::with_bearer(message, ADMIN);
+    let mut request = shop::with_bearer(message, ADMIN);
     request.set_timeout(CALL_TIMEOUT);
     request
 }
@@ -60,7 +62,7 @@ struct Cluster {
     beta: Process,
     registries: Vec<Process>,
     /// etcd members and their data (etcd control plane only).
-    _etcd: (Vec<common::netns::RawProcess>, Option<tempfile::TempDir>),
+    _etcd: (Vec<netns::RawProcess>, Option<tempfile::TempDir>),
     /// The host of the etcd member the registries dial first (etcd control plane only).
     etcd_dialled: Option<String>,
     net: Network,
@@ -185,7 +187,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let dirs = (tempdir(), tempdir());
-        let credential = common::credential(concord::identity::Principal::Shop).encode();
+        let credential = concord_testkit::credential(concord::identity::Principal::Shop).encode();
         let shop_args = |host: &str, dir: &tempfile::TempDir, loss: &str| -> Vec<String> {
             [
                 "shop",
@@ -969,7 +971,7 @@ async fn every_role_on_its_own_host() {
             "--ledger-path",
             ledger.path().join("ledger").to_str().expect("utf-8 path"),
             "--cluster-secret",
-            common::CLUSTER_SECRET,
+            concord_testkit::CLUSTER_SECRET,
         ],
         &[],
     );

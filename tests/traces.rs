@@ -3,8 +3,6 @@
 //! spans over OTLP/HTTP to a collector — here a real in-test HTTP server on port 0 that
 //! decodes the OTLP protobuf exports the processes send it.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -14,7 +12,7 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::State, routing::post, Router};
-use common::{command, follow_stdout, wait_for_line};
+use concord_testkit::process::{command, follow_stdout, wait_for_line};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
