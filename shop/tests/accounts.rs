@@ -495,7 +495,7 @@ async fn sign_in_attempts_are_rate_limited_per_username() {
     for name in ["dora", "eric"] {
         c.sign_up(pb::SignUpRequest {
             username: name.into(),
-            password: harness::PASSWORD.into(),
+            password: concord_testkit::shop::PASSWORD.into(),
         })
         .await
         .unwrap();
@@ -512,11 +512,13 @@ async fn sign_in_attempts_are_rate_limited_per_username() {
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     }
     let limited = c
-        .sign_in(attempt("DORA", harness::PASSWORD))
+        .sign_in(attempt("DORA", concord_testkit::shop::PASSWORD))
         .await
         .unwrap_err();
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
     assert!(limited.message().contains("retry in"), "{limited:?}");
-    let other = c.sign_in(attempt("eric", harness::PASSWORD)).await;
+    let other = c
+        .sign_in(attempt("eric", concord_testkit::shop::PASSWORD))
+        .await;
     assert!(other.is_ok(), "{other:?}");
 }

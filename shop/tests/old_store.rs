@@ -2,15 +2,14 @@
 //! `fixtures/store-v1`, see its README) opens, is migrated, reads the same, logs new writes
 //! in protobuf, and replicates to a replica of the new shop with identical data.
 
-mod harness;
-
 use std::path::Path;
 use std::time::Duration;
 
 use concord::pb::shop::v1 as pb;
 use concord_shop::codec::{self, Record};
 use concord_shop::{Account, Order, OrderStatus, Product, Store, StoreConfig, TreeName};
-use harness::{eventually, get_order, get_product, start};
+use concord_testkit::eventually;
+use concord_testkit::shop::{get_order, get_product, start};
 
 /// The fixture: sled files (checkpointed at LSN 8) and one WAL segment (LSNs 1..=14, the
 /// last 6 never checkpointed), all JSON records and old-layout WAL records.

@@ -9,7 +9,7 @@
 //! 1. **Acknowledged writes survive** every failover. Sync: zero loss. Async: the writes
 //!    of term T lost are at most the lag the primary of T last reported
 //!    (`GetReplicationStatus.lag_entries`) plus the writes it acknowledged after that
-//!    report (the same bound `cli/tests/shop_failover.rs` uses).
+//!    report (the same bound `tests/shop_failover.rs` uses).
 //! 2. **Replicated means replicated**: an ack whose `WriteInfo.replicated` is true claims
 //!    the replica durably held its LSN before the reply, and a primary's
 //!    `replica_acked_lsn` only grows within its reign. So a status read *sent after* that

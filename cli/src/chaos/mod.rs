@@ -16,7 +16,7 @@
 //!
 //! Exit status: 0 when every invariant held (or was not exercised), non-zero on any
 //! violation or when the run itself could not be carried out. Non-goals: network
-//! partitions (they need namespaces: `cli/tests/partition.rs`), mutual TLS towards the
+//! partitions (they need namespaces: `tests/partition.rs`), mutual TLS towards the
 //! cluster, and performance numbers (the load is steady on purpose).
 
 mod admin;

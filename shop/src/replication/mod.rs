@@ -56,7 +56,7 @@
 //!   `GetReplicationStatus` exports (`lag_entries` = last LSN − replica's acked LSN, and
 //!   `lag_ms`). If the primary dies and the replica takes over, the acknowledged writes
 //!   lost are exactly those above the replica's acked LSN: at most `lag_entries` as read
-//!   at that moment (`cli/tests/shop_failover.rs` checks lost ≤ lag read just before the
+//!   at that moment (`tests/shop_failover.rs` checks lost ≤ lag read just before the
 //!   kill + writes acknowledged after that read).
 //! - `sync`: acknowledged only once the replica has acked the LSN, i.e. fsynced it to its
 //!   WAL (applied a moment later; a replica read right after the ack may not show it yet): zero acknowledged-write loss when either process dies (checked over 10

@@ -605,7 +605,7 @@ pub async fn run_wal_trimmer(rep: Arc<Replicator>, retain: u64) {
     }
 }
 
-/// TEST-ONLY planted bug, for `concord chaos`'s self-test (`cli/tests/chaos.rs`): in a
+/// TEST-ONLY planted bug, for `concord chaos`'s self-test (`tests/chaos.rs`): in a
 /// debug build with `CONCORD_PLANTED_BUG=ack-before-replica`, sync writes are acknowledged
 /// (and reported replicated) without waiting for the replica's ack — the bug the chaos
 /// checker must catch. Release builds never read the variable.

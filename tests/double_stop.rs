@@ -13,9 +13,9 @@
 //! term over shop-2's term-2 writes; shop-2 claims once the primary set stayed empty past
 //! the registry's grace.
 
-mod common;
-
 use std::path::{Path, PathBuf};
+
+use concord_testkit::process;
 
 /// The fault schedule of the bug report.
 const DOUBLE_STOP: &str = "stop-primary@3s:4s,stop-primary@5s:4s";
@@ -36,7 +36,7 @@ fn chaos_double_stop(mode: &str, out: &Path) -> (bool, String, PathBuf) {
         "--report",
         report.to_str().expect("utf-8 path"),
     ];
-    let mut command = common::command(&args);
+    let mut command = process::command(&args);
     command.env_remove("CONCORD_PLANTED_BUG");
     let output = command.output().expect("run concord chaos");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
