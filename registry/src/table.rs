@@ -39,8 +39,8 @@
 //!    nobody can fence a shop out of every future term. With nothing known (a fresh or
 //!    restarted registry) any term is accepted.
 //!
-//! 3. a claim to a new term (anything but the current term's holder claiming it again
-//!    from its own address) must come from a log at least as new as the newest the table
+//! 3. a claim that opens a new term (`current + 1`; not the current term claimed again,
+//!    which only its holder does) must come from a log at least as new as the newest the table
 //!    knows: the [`LogPosition`] (`log_term`, `log_lsn`) in the claim's metadata, ordered
 //!    by term, then LSN, as Raft's vote rule orders candidates. The table learns positions
 //!    from every shop registration that names one, and an accepted claim to term T at
@@ -465,7 +465,11 @@ impl LeaseTable {
         let renewal = by_holder || (term == known.term && known.holder.is_none());
         if Some(term) == next || renewal {
             honour_live_primary()?;
-            if by_holder {
+            // Claiming the current term again opens nothing: its holder after a restart of
+            // either side. Its published position may trail its replica's (positions are
+            // republished lazily), so rule 3 would refuse the very primary the replica
+            // follows after an in-memory registry restart.
+            if renewal {
                 return Ok(());
             }
             // Rule 3: only the newest log may open a term.
@@ -1119,6 +1123,18 @@ mod tests {
             Some(LogPosition { term: 2, lsn: 0 }),
             "a promotion counts as its term's log"
         );
+
+        // A restarted (empty) table hears the replica first, with a newer published
+        // position than its primary's (published lazily): the primary claims its own
+        // term again and is accepted; it opens nothing.
+        let mut table = LeaseTable::new();
+        table
+            .register(&shop(), "shop", B, at("replica", 1, 1, 10), TTL, now)
+            .expect("replica");
+        table
+            .register(&shop(), "shop", A, at("primary", 1, 1, 4), TTL, now)
+            .expect("the primary of the current term re-registers after a registry restart");
+        assert_eq!(table.known_term("shop").map(|k| k.term), Some(1));
     }
 
     /// An unparsable position in a shop's metadata is refused as invalid input.
