@@ -13,8 +13,14 @@
 //! id nobody else will ever get, so it cannot open someone else's cart.
 //!
 //! The stored password is only its Argon2id PHC string (see `password`); the hash is made
-//! before the write is queued, so the writer thread never hashes. Non-goals: renaming,
-//! deleting accounts, password change or reset.
+//! before the write is queued, so the writer thread never hashes.
+//!
+//! **Sign-out** raises the account's `session_generation` (a write like any other, so it
+//! replicates and survives failover); session tokens carry the generation they were issued
+//! under and the shop accepts one only while it is the account's current generation
+//! (`session`, `service`). So signing out ends every session of the account at once, on
+//! both shops. Non-goals: renaming, deleting accounts, password change or reset, ending
+//! one session but not the others.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +44,9 @@ pub struct Account {
     pub password_hash: String,
     /// Creation time, ms since the Unix epoch.
     pub created_at_ms: i64,
+    /// Raised by every sign-out; sessions of an older generation are refused.
+    #[serde(default)]
+    pub session_generation: u64,
 }
 
 /// Redacts the password hash: accounts end up in debug logs and panics.
@@ -48,6 +57,7 @@ impl std::fmt::Debug for Account {
             .field("username", &self.username)
             .field("password_hash", &"<redacted>")
             .field("created_at_ms", &self.created_at_ms)
+            .field("session_generation", &self.session_generation)
             .finish()
     }
 }
@@ -75,11 +85,31 @@ pub fn sign_up_op(username: String, password_hash: String) -> Result<impl WriteO
             username: username.clone(),
             password_hash: password_hash.clone(),
             created_at_ms: tx.now_ms(),
+            session_generation: 0,
         };
         tx.put(TreeName::Usernames, &name_key, account.id.key().to_vec())?;
         tx.put_record(&account.id.key(), &account)?;
         Ok(account)
     })
+}
+
+/// Ends every session of `user`: its session generation goes up by one.
+pub fn sign_out_op(user: UserId) -> impl WriteOp<Account> {
+    move |tx: &Tx<'_>| {
+        let Some(bytes) = tx.get(TreeName::Accounts, &user.key())? else {
+            return Err(ShopError::Unauthenticated(
+                "the session's account does not exist; sign up or sign in again".into(),
+            )
+            .into());
+        };
+        let mut account = Account::decode(&bytes)?;
+        account.session_generation = account
+            .session_generation
+            .checked_add(1)
+            .ok_or_else(|| ShopError::internal("session generation overflow"))?;
+        tx.put_record(&user.key(), &account)?;
+        Ok(account)
+    }
 }
 
 /// The account with this id; `NotFound` when there is none.
@@ -149,5 +179,30 @@ mod tests {
             Err(ShopError::NotFound(_))
         ));
         assert!(!format!("{bob:?}").contains("\"h\""));
+    }
+
+    /// Sign-out raises the generation by one each time and touches nothing else; an
+    /// unknown account is refused and nothing is written.
+    #[test]
+    fn sign_out_raises_the_generation() {
+        let (_dir, store) = temp_store();
+        let ann = sign_up(&store, "ann", "h").unwrap().value;
+        assert_eq!(ann.session_generation, 0);
+        for expected in 1..=2 {
+            let out = store.transact(sign_out_op(ann.id)).unwrap().value;
+            assert_eq!(out.session_generation, expected);
+            assert_eq!(get(&store, ann.id).unwrap(), out);
+        }
+        let unchanged = Account {
+            session_generation: 2,
+            ..ann
+        };
+        assert_eq!(get(&store, unchanged.id).unwrap(), unchanged);
+        let lsn = store.last_lsn().unwrap();
+        assert!(matches!(
+            store.transact(sign_out_op(UserId(99))),
+            Err(ShopError::Unauthenticated(_))
+        ));
+        assert_eq!(store.last_lsn().unwrap(), lsn);
     }
 }

@@ -129,9 +129,14 @@ impl ShopService {
         if concord::auth::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
             return Ok(Caller::Admin);
         }
-        let user = self.sessions.verify(token)?;
-        match self.shop.get_account(user).await {
-            Ok(_) => Ok(Caller::Customer(user)),
+        let session = self.sessions.verify(token)?;
+        match self.shop.get_account(session.user).await {
+            Ok(account) if account.session_generation == session.generation => {
+                Ok(Caller::Customer(session.user))
+            }
+            Ok(_) => Err(ShopError::Unauthenticated(
+                "this session was signed out; sign in again".into(),
+            )),
             Err(ShopError::NotFound(_)) => Err(ShopError::Unauthenticated(
                 "the session's account does not exist; sign up or sign in again".into(),
             )),
@@ -470,7 +475,9 @@ impl ShopApi for ShopService {
             .sign_up(r.username, Password::new(r.password))
             .await?;
         let write = self.finish(&written).await?;
-        let session = self.sessions.issue(written.value.id)?;
+        let session = self
+            .sessions
+            .issue(written.value.id, written.value.session_generation)?;
         tracing::info!(user = %written.value.id, lsn = ?written.lsn, "account created");
         Ok(Response::new(pb::SignUpResponse {
             account: Some(written.value.into()),
@@ -488,7 +495,9 @@ impl ShopApi for ShopService {
             .shop
             .sign_in(r.username, Password::new(r.password))
             .await?;
-        let session = self.sessions.issue(account.id)?;
+        let session = self
+            .sessions
+            .issue(account.id, account.session_generation)?;
         tracing::debug!(user = %account.id, "signed in");
         Ok(Response::new(pb::SignInResponse {
             account: Some(account.into()),
@@ -507,6 +516,20 @@ impl ShopApi for ShopService {
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account.into()),
         }))
+    }
+
+    async fn sign_out(
+        &self,
+        request: Request<pb::SignOutRequest>,
+    ) -> Result<Response<pb::SignOutResponse>, Status> {
+        self.replicator.check_writable()?;
+        let Caller::Customer(user) = self.caller(&request).await? else {
+            return Err(ShopError::invalid("the admin token has no session to sign out").into());
+        };
+        let written = self.shop.sign_out(user).await?;
+        let write = self.finish(&written).await?;
+        tracing::info!(%user, lsn = ?written.lsn, "signed out");
+        Ok(Response::new(pb::SignOutResponse { write: Some(write) }))
     }
 
     async fn list_all_orders(

@@ -1,5 +1,6 @@
 //! Session tokens: a JWT (RFC 7519, the `jsonwebtoken` crate) signed HS256 with the
-//! shops' session key, claims `sub` = user id, `iat`, `exp`.
+//! shops' session key, claims `sub` = user id, `iat`, `exp`, and `gen`: the account's
+//! session generation when the token was issued.
 //!
 //! Why a signed token and not a session table: both shops accept it with no shared state
 //! beyond the key, so a session stays valid across failover (the key comes from the
@@ -12,8 +13,13 @@
 //! Verification accepts only HS256 (so `alg: none` and algorithm swaps are refused),
 //! requires `sub`, `iat` and `exp`, and allows [`CLOCK_LEEWAY`] of clock skew between the
 //! shops. Every refusal is the same `Unauthenticated` message: the caller learns nothing
-//! about which check failed. Non-goals: revocation before `exp` (sign-out forgets the
-//! token on the client; keep the TTL short), refresh tokens, key rotation.
+//! about which check failed.
+//!
+//! Revocation: sign-out raises the account's session generation (`account`), and the
+//! service accepts a token only while its `gen` is the account's current one, checked in
+//! the account lookup it does anyway; so a sign-out ends every session of the account, on
+//! both shops, with no token table. A token without `gen` (issued before this rule) is
+//! generation 0. Non-goals: refresh tokens, key rotation.
 
 use std::time::Duration;
 
@@ -39,6 +45,18 @@ struct Claims {
     iat: u64,
     /// Expires at, seconds since the Unix epoch.
     exp: u64,
+    /// The account's session generation at issue (absent: 0).
+    #[serde(default)]
+    gen: u64,
+}
+
+/// What a verified token says: whose session, and of which session generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// The user the token was issued to.
+    pub user: UserId,
+    /// The account's session generation when it was issued.
+    pub generation: u64,
 }
 
 /// A token just issued.
@@ -90,14 +108,15 @@ impl Sessions {
         })
     }
 
-    /// A token for `user`, valid from now for the TTL.
-    pub fn issue(&self, user: UserId) -> Result<Issued> {
+    /// A token for `user` in session `generation`, valid from now for the TTL.
+    pub fn issue(&self, user: UserId, generation: u64) -> Result<Issued> {
         let iat = now_s();
         let exp = iat.saturating_add(self.ttl.as_secs().max(1));
         let claims = Claims {
             sub: user.to_string(),
             iat,
             exp,
+            gen: generation,
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -108,8 +127,9 @@ impl Sessions {
         })
     }
 
-    /// The user a token was issued to, if it is ours, intact and not expired.
-    pub fn verify(&self, token: &str) -> Result<UserId> {
+    /// The session a token stands for, if it is ours, intact and not expired (whether its
+    /// generation is still current is the caller's check, against the account).
+    pub fn verify(&self, token: &str) -> Result<Session> {
         let refused = || {
             ShopError::Unauthenticated(
                 "the session token is invalid or expired; sign in again".into(),
@@ -120,7 +140,11 @@ impl Sessions {
                 tracing::debug!(error = %e, "session token refused");
                 refused()
             })?;
-        data.claims.sub.parse().map_err(|_| refused())
+        let user = data.claims.sub.parse().map_err(|_| refused())?;
+        Ok(Session {
+            user,
+            generation: data.claims.gen,
+        })
     }
 }
 
@@ -142,9 +166,17 @@ mod tests {
     #[test]
     fn verify_table() {
         let sessions = Sessions::new(KEY, Duration::from_secs(60)).unwrap();
-        let issued = sessions.issue(UserId(7)).unwrap();
-        assert_eq!(sessions.verify(&issued.token).unwrap(), UserId(7));
+        let issued = sessions.issue(UserId(7), 2).unwrap();
+        assert_eq!(
+            sessions.verify(&issued.token).unwrap(),
+            Session {
+                user: UserId(7),
+                generation: 2
+            }
+        );
         let now = now_s();
+        let old = sign(KEY, Algorithm::HS256, serde_json::json!({"sub": "u-7", "iat": now, "exp": now + 60}));
+        assert_eq!(sessions.verify(&old).unwrap().generation, 0, "no gen: generation 0");
         let ok = |sub: &str| serde_json::json!({"sub": sub, "iat": now, "exp": now + 60});
         let mut tampered = issued.token.clone();
         tampered.pop();

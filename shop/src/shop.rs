@@ -398,6 +398,11 @@ impl Shop {
         }
     }
 
+    /// Ends every session of `user` (raises its session generation).
+    pub async fn sign_out(&self, user: UserId) -> Result<Written<Account>> {
+        self.write(account::sign_out_op(user)).await
+    }
+
     /// Reads an account.
     pub async fn get_account(&self, id: UserId) -> Result<Account> {
         self.read(move |s| account::get(s, id)).await

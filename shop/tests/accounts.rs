@@ -522,3 +522,58 @@ async fn sign_in_attempts_are_rate_limited_per_username() {
         .await;
     assert!(other.is_ok(), "{other:?}");
 }
+
+/// Sign-out ends every session of the account: the token used and another one issued
+/// earlier are both refused afterwards (also a copy an attacker kept), while a fresh
+/// sign-in works; the admin token has no session to end, and no token is UNAUTHENTICATED.
+#[tokio::test]
+async fn sign_out_ends_every_session_of_the_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = start(dir.path(), |_| {}).await;
+    let mut c = shop.client();
+    let fay = sign_up(&mut c, "fay").await;
+    let sign_in = || pb::SignInRequest {
+        username: "fay".into(),
+        password: concord_testkit::shop::PASSWORD.into(),
+    };
+    let other = c.sign_in(sign_in()).await.unwrap().into_inner();
+    let other = User {
+        id: fay.id.clone(),
+        token: other.session.unwrap().token,
+    };
+    for session in [&fay, &other] {
+        c.get_account(as_user(session, pb::GetAccountRequest {}))
+            .await
+            .expect("valid before the sign-out");
+    }
+    let out = c
+        .sign_out(as_user(&fay, pb::SignOutRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(out.write.unwrap().lsn > 0, "a sign-out is a write");
+    for session in [&fay, &other] {
+        let err = c
+            .get_account(as_user(session, pb::GetAccountRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        assert!(err.message().contains("signed out"), "{err:?}");
+    }
+    let fresh = c.sign_in(sign_in()).await.unwrap().into_inner();
+    let fresh = User {
+        id: fay.id.clone(),
+        token: fresh.session.unwrap().token,
+    };
+    c.get_account(as_user(&fresh, pb::GetAccountRequest {}))
+        .await
+        .expect("a new sign-in is a new session");
+
+    let err = c
+        .sign_out(admin(pb::SignOutRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = c.sign_out(pb::SignOutRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}

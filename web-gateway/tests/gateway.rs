@@ -875,6 +875,22 @@ async fn accounts_through_http() -> Result<()> {
         cleared.starts_with("concord_session=;") && cleared.contains("Max-Age=0"),
         "{cleared}"
     );
+    // The session itself ended on the shop: a copy of the old cookie opens nothing, and
+    // signing out with it again only clears the cookie.
+    let replayed = h
+        .http
+        .get(h.url("/api/account"))
+        .header("cookie", &alice.cookie)
+        .send()
+        .await?;
+    expect_error(replayed, 401, "unauthenticated").await?;
+    let again = h
+        .http
+        .post(h.url("/api/signout"))
+        .header("cookie", &alice.cookie)
+        .send()
+        .await?;
+    assert_eq!(again.status(), 204);
 
     shop.stop().await;
     h.stop().await

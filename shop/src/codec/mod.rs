@@ -258,6 +258,7 @@ impl Record for Account {
             username: self.username.clone(),
             password_hash: self.password_hash.clone(),
             created_at_unix_ms: self.created_at_ms,
+            session_generation: self.session_generation,
         }
         .encode_to_vec()
     }
@@ -269,6 +270,7 @@ impl Record for Account {
                 username: a.username,
                 password_hash: a.password_hash,
                 created_at_ms: a.created_at_unix_ms,
+                session_generation: a.session_generation,
             })
         })
     }
@@ -547,6 +549,7 @@ mod tests {
             username: "Alice".into(),
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
             created_at_ms: 1_796_443_600_190,
+            session_generation: 3,
         }
     }
 

@@ -2,7 +2,8 @@
 //! HTTP, with the session in a cookie ([`crate::session`]).
 //!
 //! Sign-up is a shop write (to the primary; not retried, it is not idempotent: a retry
-//! after a lost reply would answer 409). Sign-in and the account read are reads (any shop;
+//! after a lost reply would answer 409). Sign-out is a shop write too: it ends every
+//! session of the account on the shops, then clears the cookie. Sign-in and the account read are reads (any shop;
 //! both shops verify the same tokens). Errors map like every shop call: a taken username
 //! `409`, a wrong password or missing session `401`, bad input `400`.
 
@@ -97,10 +98,28 @@ pub async fn sign_in(
     signed_in(&state, reply.account, reply.session)
 }
 
-/// Signs out: clears the session cookie (the token expires on its own).
+/// Signs out: the shop ends every session of the account (the token is refused from then
+/// on, also if it was copied), then the session cookie is cleared. Without a session, or
+/// with one that is no longer valid, only the cookie is cleared. If the shop cannot be
+/// reached the error is returned and the cookie kept, so the sign-out can be retried.
 #[utoipa::path(post, path = "/api/signout", tag = "accounts",
-    responses((status = 204, description = "Cookie cleared"), (status = "4XX", body = ErrorBody)))]
-pub async fn sign_out(State(state): State<AppState>) -> Result<(StatusCode, HeaderMap), Error> {
+    responses((status = 204, description = "Sessions ended and cookie cleared"), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+pub async fn sign_out(
+    State(state): State<AppState>,
+    ctx: CallContext,
+) -> Result<(StatusCode, HeaderMap), Error> {
+    if ctx.bearer.is_some() {
+        let ended = shop_call(&state, Access::Write, |mut c| {
+            let request = ctx.request(pb::SignOutRequest {});
+            async move { c.sign_out(request).await }
+        })
+        .await;
+        match ended {
+            Ok(_) => {}
+            Err(Error::Backend(status)) if status.code() == tonic::Code::Unauthenticated => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut headers = HeaderMap::new();
     if let Some(cookie) = session::clear_cookie(state.secure_cookies) {
         headers.insert(SET_COOKIE, cookie);
