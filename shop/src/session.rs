@@ -175,8 +175,16 @@ mod tests {
             }
         );
         let now = now_s();
-        let old = sign(KEY, Algorithm::HS256, serde_json::json!({"sub": "u-7", "iat": now, "exp": now + 60}));
-        assert_eq!(sessions.verify(&old).unwrap().generation, 0, "no gen: generation 0");
+        let old = sign(
+            KEY,
+            Algorithm::HS256,
+            serde_json::json!({"sub": "u-7", "iat": now, "exp": now + 60}),
+        );
+        assert_eq!(
+            sessions.verify(&old).unwrap().generation,
+            0,
+            "no gen: generation 0"
+        );
         let ok = |sub: &str| serde_json::json!({"sub": sub, "iat": now, "exp": now + 60});
         let mut tampered = issued.token.clone();
         tampered.pop();

@@ -569,10 +569,7 @@ async fn sign_out_ends_every_session_of_the_account() {
         .await
         .expect("a new sign-in is a new session");
 
-    let err = c
-        .sign_out(admin(pb::SignOutRequest {}))
-        .await
-        .unwrap_err();
+    let err = c.sign_out(admin(pb::SignOutRequest {})).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let err = c.sign_out(pb::SignOutRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
