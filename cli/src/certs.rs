@@ -140,17 +140,7 @@ pub fn ensure_etcd_member_cert(data_dir: &Path) -> anyhow::Result<concord::etcd:
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
-        let cert = params.signed_by(&key_pair, &ca)?;
-        write_file(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
+        sign_leaf(params, &key_pair, &ca, &files.cert, &files.key)?;
         tracing::info!(cert = %files.cert.display(), "issued the etcd members' certificate");
     }
     Ok(files)
@@ -289,6 +279,19 @@ fn issue(
     }
     params.subject_alt_names = sans;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    sign_leaf(params, &key_pair, ca, &files.cert, &files.key)
+}
+
+/// Signs a leaf certificate for both server and client use (every peer is both), valid
+/// from an hour ago (clock skew) for [`CERT_VALIDITY_DAYS`], and writes it and its key
+/// (the key readable by the owner only).
+fn sign_leaf(
+    mut params: CertificateParams,
+    key_pair: &KeyPair,
+    ca: &Issuer<'_, KeyPair>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<()> {
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -297,9 +300,9 @@ fn issue(
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
-    let cert = params.signed_by(&key_pair, ca)?;
-    write_file(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    let cert = params.signed_by(key_pair, ca)?;
+    write_file(key_path, key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok(())
 }
 
