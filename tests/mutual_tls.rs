@@ -284,11 +284,10 @@ fn plaintext_beyond_loopback_needs_insecure() {
     insecure.kill9();
 }
 
-/// A node's valid certificate cannot register another node id (needs the registry's
+/// A node's valid certificate cannot register another node id (the registry's
 /// authorization of issue 13 item 1, which reads the certificate through
 /// `identity::authenticate`).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the registry's per-principal authorization (branch h/registry); passes merged with it"]
 async fn a_node_certificate_cannot_register_another_node() {
     use concord::pb::registry::v1::{registry_client::RegistryClient, RegisterRequest};
     let pki = tempfile::tempdir().expect("tempdir");
