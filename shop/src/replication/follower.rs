@@ -1,11 +1,24 @@
-//! The replica's side: follow the primary the role names, reconnecting with backoff;
-//! install a snapshot when sent one, apply WAL batches, ack what is durable.
+//! The replica's side: follow the primary the role names, reconnecting with backoff. The
+//! decisions (what to append, ack, apply or install, when a session ends, when the replica
+//! is caught up) are the [`Follower`] core's (`follower_core.rs`); this driver opens the
+//! stream, turns what arrives into [`Event`]s and carries out the core's [`Action`]s.
 //!
-//! Why it runs as one loop per session: a session belongs to one primary. When the role
-//! names another primary (or none) the session ends and the next one starts; a term raised
-//! by the primary's own heartbeat does not end it. The follower alone writes its
-//! connection flag, so nothing the primary side does (a stepped-down primary's streams
-//! ending) can make a healthy follower report itself disconnected.
+//! Why one loop per session: a session belongs to one primary. When the role names another
+//! primary (or none) the session ends and the next one starts; a term raised by the
+//! primary's own heartbeat does not end it. The follower alone writes its connection flag,
+//! so nothing the primary side does (a stepped-down primary's streams ending) can make a
+//! healthy follower report itself disconnected.
+//!
+//! Pipelining (issue 14 item 2), the driver's part: a received batch is appended to this
+//! store's WAL and synced by the receiving task itself (no hand-off to a blocking thread and
+//! back: the sync runs in `block_in_place`, or inline when nothing else arrived), together
+//! with every batch that already arrived behind it (ONE sync for all of them; the core
+//! accepts each in turn). Meanwhile the transport keeps receiving into its buffers, so
+//! receiving overlaps syncing. The core's ack of the durable LSN is queued to the stream in
+//! the same blocking section, and only then are the entries applied to the trees: off the
+//! ack path without another task or thread. No message costs a task, a channel hop or a
+//! vector of its own: the core pushes into one reused action buffer, and batch vectors are
+//! handed back for the next batch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +31,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 
-use super::convert::{entry_from_pb, mutation_from_pb};
+use super::convert::message_from_pb;
+use super::follower_core::{Action, End, Event, Follower, Message, Position};
 use super::role::Role;
 use super::{Replicator, RECONNECT_RETRY, STREAM_CHANNEL_CAPACITY};
 use crate::error::{Result, ShopError};
@@ -64,7 +78,6 @@ async fn follow_once(
     primary: &str,
     role_rx: &mut watch::Receiver<Role>,
 ) -> Result<()> {
-    use pb::replicate_response::Kind;
     let unavailable =
         |e: &dyn std::fmt::Display| ShopError::Unavailable(format!("primary {primary}: {e}"));
     // Over TLS the primary must prove it is a shop (its certificate), not just answer.
@@ -74,17 +87,22 @@ async fn follow_once(
     let store = Arc::clone(&rep.store);
     let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
     // The Hello names what this replica holds: everything durable, applied first (an
-    // earlier session's applier may still be behind), so the divergence check covers it.
+    // earlier session's apply may still be behind), so the divergence check covers it.
     let applied_lsn = {
         let store = Arc::clone(&store);
         rep.spawn_blocking(move || store.apply_replicated())
             .await??
     };
+    let at = Position {
+        lsn: applied_lsn,
+        lsn_term: store.term_at(applied_lsn)?.unwrap_or(0),
+        term: store.term(),
+    };
     let hello = pb::Hello {
         replica_id: rep.config.replica_id.clone(),
-        applied_lsn,
-        term: store.term(),
-        applied_term: store.term_at(applied_lsn)?.unwrap_or(0),
+        applied_lsn: at.lsn,
+        term: at.term,
+        applied_term: at.lsn_term,
     };
     out_tx
         .send(pb::ReplicateRequest {
@@ -115,145 +133,270 @@ async fn follow_once(
             )))
         }
     }
-    let mut inbound = response.into_inner();
+    let inbound = response.into_inner();
     rep.following.store(true, Ordering::Release);
     tracing::info!(%primary, applied_lsn, "following primary");
-    let stop = rep.stop.clone();
-    // Pipelining (issue 14 item 2): a received batch is appended to this store's WAL and
-    // synced by this task itself (no hand-off to a blocking thread and back: the sync
-    // runs in `block_in_place`), together with every batch that already arrived behind it
-    // (ONE sync for all of them). Meanwhile the transport keeps receiving into its
-    // buffers, so receiving overlaps syncing. The durable LSN is acked at once, and only
-    // then are the entries applied to the trees, in the same blocking section: off the
-    // ack path (the ack is already queued to the stream) without another task or thread.
-    // A message read while draining batches that was not a batch: handled next.
-    let mut held: Option<Kind> = None;
-    loop {
-        let kind = match held.take() {
-            Some(kind) => kind,
-            None => {
-                let msg = tokio::select! {
-                    m = inbound.message() => m.map_err(|s| unavailable(&s))?,
-                    changed = role_rx.changed() => {
-                        // A heartbeat raising the term changes the role too: only another
-                        // primary (or none) ends this session.
-                        let same = changed.is_ok()
-                            && role_rx.borrow_and_update().maybe_primary() == Some(primary);
-                        if same {
-                            continue;
-                        }
-                        return Ok(());
-                    }
+    let session = Session {
+        rep,
+        primary,
+        out_tx,
+        core: Follower::new(primary, at),
+        actions: Vec::new(),
+        run: Vec::new(),
+        spare: Vec::new(),
+        later: std::collections::VecDeque::new(),
+        done: None,
+    };
+    session.run(inbound, role_rx).await
+}
+
+/// One session's driver state: the core and the I/O it asked for but that is not done yet.
+struct Session<'a> {
+    rep: &'a Arc<Replicator>,
+    primary: &'a str,
+    /// The stream's outbound half (acks).
+    out_tx: mpsc::Sender<pb::ReplicateRequest>,
+    core: Follower,
+    /// The core's actions of one step (reused: no allocation per message).
+    actions: Vec<Action>,
+    /// Entries the core accepted, appended with the next sync.
+    run: Vec<WalEntry>,
+    /// An emptied batch vector, to decode the next batch into.
+    spare: Vec<WalEntry>,
+    /// Actions that must be awaited (and every action of the same step after one): a
+    /// term raise, snapshot I/O on the blocking pool, an ack the full queue did not take.
+    later: std::collections::VecDeque<Action>,
+    /// The session is over, with this result.
+    done: Option<Result<()>>,
+}
+
+impl Session<'_> {
+    /// Feeds the core until the session ends, the role changes or shutdown.
+    async fn run(
+        mut self,
+        mut inbound: tonic::Streaming<pb::ReplicateResponse>,
+        role_rx: &mut watch::Receiver<Role>,
+    ) -> Result<()> {
+        let stop = self.rep.stop.clone();
+        // An event read while gathering batches that was not a batch: handled next.
+        let mut held: Option<Event> = None;
+        loop {
+            if let Some(done) = self.done.take() {
+                return done;
+            }
+            let event = match held.take() {
+                Some(event) => event,
+                None => tokio::select! {
+                    m = inbound.message() => match self.event_from(m)? {
+                        Some(event) => event,
+                        None => continue,
+                    },
+                    changed = role_rx.changed() => match changed {
+                        Ok(()) => Event::RoleChanged(role_rx.borrow_and_update().clone()),
+                        // The replicator is gone: so is this session.
+                        Err(_) => return Ok(()),
+                    },
                     () = stop.cancelled() => return Ok(()),
-                };
-                let Some(pb::ReplicateResponse { kind: Some(kind) }) = msg else {
-                    if msg.is_none() {
-                        return Ok(());
-                    }
+                },
+            };
+            self.step_now(event, false)?;
+            if !self.run.is_empty() && self.done.is_none() {
+                let alone = self.gather(&mut inbound, &mut held)?;
+                if self.done.is_none() {
+                    self.sync(alone)?;
+                }
+            }
+            self.finish().await?;
+        }
+    }
+
+    /// The event for what `inbound.message()` returned (`None`: an empty message).
+    fn event_from(
+        &mut self,
+        message: std::result::Result<Option<pb::ReplicateResponse>, tonic::Status>,
+    ) -> Result<Option<Event>> {
+        Ok(match message {
+            Ok(Some(pb::ReplicateResponse { kind: Some(kind) })) => {
+                Some(Event::Received(message_from_pb(kind, &mut self.spare)?))
+            }
+            Ok(Some(pb::ReplicateResponse { kind: None })) => None,
+            Ok(None) => Some(Event::StreamEnded),
+            Err(status) => Some(Event::Broken(status.to_string())),
+        })
+    }
+
+    /// Steps the core with every batch that already arrived, so they share the next sync;
+    /// the first other event is left in `held`. Returns whether nothing else had arrived.
+    fn gather(
+        &mut self,
+        inbound: &mut tonic::Streaming<pb::ReplicateResponse>,
+        held: &mut Option<Event>,
+    ) -> Result<bool> {
+        let mut alone = true;
+        // `message()` keeps its state in the stream, so a poll that finds nothing loses
+        // nothing.
+        while let Some(next) = inbound.message().now_or_never() {
+            alone = false;
+            let Some(event) = self.event_from(next)? else {
+                continue;
+            };
+            if !matches!(event, Event::Received(Message::Entries(_))) {
+                // Another message, or the stream ended or broke: what arrived before still
+                // lands and is acked first.
+                *held = Some(event);
+                break;
+            }
+            self.step_now(event, false)?;
+            if self.done.is_some() {
+                break;
+            }
+        }
+        Ok(alone)
+    }
+
+    /// Appends the gathered run with one sync on this thread (inline when `alone`, else in
+    /// `block_in_place`), then lets the core ack and apply it in the same blocking section.
+    fn sync(&mut self, alone: bool) -> Result<()> {
+        let store = Arc::clone(&self.rep.store);
+        crate::shop::run_blocking(alone, || {
+            let durable = append_durable(&store, &self.run)?;
+            self.run.clear();
+            self.step_now(Event::Synced(durable), true)
+        })
+    }
+
+    /// Steps the core with `event` and carries out its actions in order, with the reports
+    /// they make (`Applied`), as far as no await is needed; from the first action that
+    /// needs one, the rest of the step waits in `later` for [`Session::finish`], so the
+    /// order holds. `blocking`: this thread may block (it is in the sync's blocking
+    /// section).
+    fn step_now(&mut self, event: Event, blocking: bool) -> Result<()> {
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            let mut actions = std::mem::take(&mut self.actions);
+            self.core.step(event, &mut actions);
+            for action in actions.drain(..) {
+                if !self.later.is_empty() {
+                    self.later.push_back(action);
                     continue;
-                };
-                kind
-            }
-        };
-        if let Kind::Entries(batch) = kind {
-            let mut entries = batch
-                .entries
-                .into_iter()
-                .map(entry_from_pb)
-                .collect::<Result<Vec<_>>>()?;
-            // Whatever else already arrived goes into the same sync. `message()` keeps
-            // its state in the stream, so a poll that finds nothing loses nothing.
-            let mut ended = None;
-            let mut alone = true;
-            while let Some(next) = inbound.message().now_or_never() {
-                alone = false;
-                match next {
-                    Ok(Some(pb::ReplicateResponse {
-                        kind: Some(Kind::Entries(more)),
-                    })) => {
-                        for entry in more.entries {
-                            entries.push(entry_from_pb(entry)?);
-                        }
-                    }
-                    Ok(Some(pb::ReplicateResponse { kind: Some(other) })) => {
-                        held = Some(other);
-                        break;
-                    }
-                    Ok(Some(pb::ReplicateResponse { kind: None })) => {}
-                    // The stream ended or broke: what arrived before still lands and is
-                    // acked first.
-                    Ok(None) => {
-                        ended = Some(Ok(()));
-                        break;
-                    }
-                    Err(status) => {
-                        ended = Some(Err(unavailable(&status)));
-                        break;
-                    }
                 }
+                // A report-back is the step's last action (the core's contract), so the
+                // report is the next event.
+                next = self.perform_now(action, blocking)?;
             }
-            if !entries.is_empty() {
-                let (ack, applied) = crate::shop::run_blocking(alone, || {
-                    let lsn = append_durable(&store, &entries)?;
-                    let ack = queue_ack(rep, &out_tx, lsn);
-                    Ok::<_, ShopError>((ack, apply_durable(rep)))
-                })?;
-                if !ack.delivered(&out_tx).await {
-                    return Ok(());
-                }
-                applied?;
-            }
-            if let Some(ended) = ended {
-                return ended;
-            }
-            continue;
+            self.actions = actions;
         }
-        let durable = match kind {
-            // Handled above.
-            Kind::Entries(_) => None,
-            Kind::SnapshotBegin(begin) => {
-                tracing::info!(lsn = begin.lsn, term = begin.term, "receiving snapshot");
-                let store = Arc::clone(&store);
-                rep.spawn_blocking(move || store.begin_snapshot()).await??;
-                None
-            }
-            Kind::SnapshotChunk(chunk) => {
-                let mutations = chunk
-                    .mutations
-                    .into_iter()
-                    .map(mutation_from_pb)
-                    .collect::<Result<Vec<_>>>()?;
-                let store = Arc::clone(&store);
-                rep.spawn_blocking(move || store.apply_snapshot_chunk(&mutations))
-                    .await??;
-                None
-            }
-            Kind::SnapshotEnd(end) => {
-                let store = Arc::clone(&store);
-                rep.spawn_blocking(move || store.finish_snapshot(end.lsn, end.lsn_term))
-                    .await??;
-                tracing::info!(lsn = end.lsn, "snapshot installed");
-                Some(end.lsn)
-            }
-            Kind::Heartbeat(hb) => {
-                rep.primary_last_lsn
-                    .fetch_max(hb.last_lsn, Ordering::AcqRel);
-                rep.observe_term(hb.term).await?;
-                let applied = store.last_lsn()?;
-                rep.caught_up
-                    .store(applied >= hb.last_lsn, Ordering::Release);
-                if applied >= hb.last_lsn {
-                    rep.note_caught_up(hb.term);
+        Ok(())
+    }
+
+    /// Carries out `action` if that needs no await (else queues it in `later`); returns the
+    /// report it makes, if any.
+    fn perform_now(&mut self, action: Action, blocking: bool) -> Result<Option<Event>> {
+        match action {
+            Action::Append(mut entries) => {
+                if self.run.is_empty() {
+                    std::mem::swap(&mut self.run, &mut entries);
+                } else {
+                    self.run.append(&mut entries);
                 }
-                None
+                self.spare = entries;
             }
-        };
-        if let Some(lsn) = durable {
-            if !queue_ack(rep, &out_tx, lsn).delivered(&out_tx).await {
+            Action::Ack(lsn) => match self.out_tx.try_send(ack(lsn)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.later.push_back(Action::Ack(lsn)),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.done = Some(Ok(())),
+            },
+            Action::Apply => {
+                let store = &self.rep.store;
+                // Inline when this thread may block already, else in `block_in_place`.
+                let applied = crate::shop::run_blocking(blocking, || apply_durable(store))?;
+                return Ok(Some(Event::Applied(applied)));
+            }
+            Action::SetPrimaryLast(lsn) => self.rep.primary_last_lsn.store(lsn, Ordering::Release),
+            Action::SetCaughtUp(caught_up) => {
+                self.rep.caught_up.store(caught_up, Ordering::Release)
+            }
+            Action::NoteCaughtUp(term) => self.rep.note_caught_up(term),
+            Action::EndSession(end) => self.done = Some(self.result_of(end)),
+            // A term raise and snapshot I/O (on the blocking pool) are awaited.
+            Action::RaiseTerm(_)
+            | Action::BeginSnapshot
+            | Action::ApplySnapshotChunk(_)
+            | Action::FinishSnapshot { .. } => self.later.push_back(action),
+        }
+        Ok(None)
+    }
+
+    /// Carries out what [`Session::step_now`] left, in order, with the reports it makes.
+    async fn finish(&mut self) -> Result<()> {
+        while self.done.is_none() {
+            let Some(action) = self.later.pop_front() else {
                 return Ok(());
+            };
+            let store = Arc::clone(&self.rep.store);
+            let report = match action {
+                Action::Ack(lsn) => {
+                    if self.out_tx.send(ack(lsn)).await.is_err() {
+                        self.done = Some(Ok(()));
+                    }
+                    None
+                }
+                Action::RaiseTerm(term) => {
+                    self.rep.observe_term(term).await?;
+                    None
+                }
+                Action::BeginSnapshot => {
+                    self.rep
+                        .spawn_blocking(move || store.begin_snapshot())
+                        .await??;
+                    None
+                }
+                Action::ApplySnapshotChunk(mutations) => {
+                    self.rep
+                        .spawn_blocking(move || store.apply_snapshot_chunk(&mutations))
+                        .await??;
+                    None
+                }
+                Action::FinishSnapshot { lsn, term } => {
+                    let durable = self
+                        .rep
+                        .spawn_blocking(move || {
+                            store.finish_snapshot(lsn, term)?;
+                            Ok::<_, ShopError>(store.durable_lsn())
+                        })
+                        .await??;
+                    tracing::info!(lsn, "snapshot installed");
+                    Some(Event::Synced(durable))
+                }
+                other => self.perform_now(other, false)?,
+            };
+            if let Some(report) = report {
+                self.step_now(report, false)?;
             }
-            crate::shop::run_blocking(false, || apply_durable(rep))?;
         }
+        Ok(())
+    }
+
+    /// What the session returns when the core ends it: an error for a broken stream or
+    /// protocol (logged, and the reconnect backs off), `Ok` otherwise.
+    fn result_of(&self, end: End) -> Result<()> {
+        let primary = self.primary;
+        match end {
+            End::StreamEnded | End::RoleChanged => Ok(()),
+            End::SnapshotCut | End::Broken(_) => {
+                Err(ShopError::Unavailable(format!("primary {primary}: {end}")))
+            }
+            End::Protocol(_) => Err(ShopError::precondition(format!("primary {primary}: {end}"))),
+        }
+    }
+}
+
+/// The ack of the durable `lsn`.
+fn ack(lsn: Lsn) -> pb::ReplicateRequest {
+    pb::ReplicateRequest {
+        kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
+            durable_lsn: lsn,
+        })),
     }
 }
 
@@ -264,52 +407,11 @@ fn append_durable(store: &Store, entries: &[WalEntry]) -> Result<Lsn> {
     Ok(store.durable_lsn())
 }
 
-/// Replica side: applies everything durable to the trees (after its ack went out); a
-/// replica that applied all the primary has is caught up. An error leaves the store
-/// refusing writes until restarted (start-up replays the WAL) and ends the session.
-fn apply_durable(rep: &Replicator) -> Result<()> {
-    let applied = rep.store.apply_replicated().inspect_err(|e| {
+/// Replica side: applies everything durable to the trees (after its ack went out) and
+/// returns the applied LSN. An error leaves the store refusing writes until restarted
+/// (start-up replays the WAL) and ends the session.
+fn apply_durable(store: &Store) -> Result<Lsn> {
+    store.apply_replicated().inspect_err(|e| {
         tracing::error!(error = %e, "applying replicated entries failed");
-    })?;
-    if applied >= rep.primary_last_lsn.load(Ordering::Acquire) {
-        rep.caught_up.store(true, Ordering::Release);
-    }
-    Ok(())
-}
-
-/// An ack on its way to the primary ([`queue_ack`]).
-enum QueuedAck {
-    /// In the stream's queue.
-    Queued,
-    /// The queue was full: still to send.
-    Pending(pb::ReplicateRequest),
-    /// The stream is gone.
-    Gone,
-}
-
-impl QueuedAck {
-    /// Waits until the ack is in the stream's queue; `false` when the stream is gone.
-    async fn delivered(self, out_tx: &mpsc::Sender<pb::ReplicateRequest>) -> bool {
-        match self {
-            Self::Queued => true,
-            Self::Pending(ack) => out_tx.send(ack).await.is_ok(),
-            Self::Gone => false,
-        }
-    }
-}
-
-/// Replica side: queues the ack of the durable `lsn` to the primary without waiting
-/// (callable from the blocking section that synced it).
-fn queue_ack(rep: &Replicator, out_tx: &mpsc::Sender<pb::ReplicateRequest>, lsn: Lsn) -> QueuedAck {
-    rep.primary_last_lsn.fetch_max(lsn, Ordering::AcqRel);
-    let ack = pb::ReplicateRequest {
-        kind: Some(pb::replicate_request::Kind::Ack(pb::Ack {
-            durable_lsn: lsn,
-        })),
-    };
-    match out_tx.try_send(ack) {
-        Ok(()) => QueuedAck::Queued,
-        Err(mpsc::error::TrySendError::Full(ack)) => QueuedAck::Pending(ack),
-        Err(mpsc::error::TrySendError::Closed(_)) => QueuedAck::Gone,
-    }
+    })
 }

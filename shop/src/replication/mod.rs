@@ -166,6 +166,7 @@ mod acks;
 mod convert;
 mod failover;
 mod follower;
+mod follower_core;
 mod registry_watch;
 mod replicator;
 mod role;
