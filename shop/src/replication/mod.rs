@@ -3,10 +3,11 @@
 //! **Layout** (one concept per file): [`Role`] (`role.rs`, the part a process plays, with
 //! its term), `acks.rs` (the replica's acks on the primary and the sync writes waiting for
 //! them), `replicator.rs` (the shared state and every role change), `shipper.rs` (the
-//! primary's side of a stream), `follower.rs` (the replica's side), `failover.rs` (the
-//! failover decisions as a socket-free `step(event) -> actions` core), `registry_watch.rs`
-//! (the start-up fence and the driver feeding that core), `service.rs` (the gRPC service),
-//! `convert.rs` (WAL entries ↔ protobuf).
+//! primary's side of a stream), `follower_core.rs` (the replica's side: its decisions as a
+//! socket-free `step(event) -> actions` core), `follower.rs` (the driver feeding that core
+//! from the stream and the store), `failover.rs` (the failover decisions as such a core),
+//! `registry_watch.rs` (the start-up fence and the driver feeding that core), `service.rs`
+//! (the gRPC service), `convert.rs` (stream messages ↔ protobuf).
 //!
 //! **Roles.** A process is the primary of a term (accepts writes, ships its WAL), a replica
 //! of a named primary (applies the stream, serves reads, refuses writes with
@@ -42,7 +43,12 @@
 //! to the response's initial metadata and the follower checks it before installing any
 //! snapshot or entry. A shop without a credential refuses every stream both ways.
 //!
-//! **Protocol errors** close the stream and change nothing: an ack beyond the highest LSN
+//! **Protocol errors** on the replica end the session and change nothing: entries with a
+//! gap or with terms going back, snapshot messages out of order or an end at another LSN
+//! than its begin, a snapshot below an LSN acked on the stream, a heartbeat or snapshot from
+//! a term below the replica's (`follower_core.rs` has every rule; the replica reconnects
+//! with backoff). On the primary they close the stream and change nothing: an ack beyond
+//! the highest LSN
 //! sent on that stream (`Acks`: acks count only from the current stream and within what it
 //! was sent, with checked arithmetic), anything but an ack after the Hello
 //! (INVALID_ARGUMENT), and a Hello whose term is above the primary's own — the term the
