@@ -257,9 +257,9 @@ impl Session<'_> {
     /// Appends the gathered run with one sync on this thread (inline when `alone`, else in
     /// `block_in_place`), then lets the core ack and apply it in the same blocking section.
     fn sync(&mut self, alone: bool) -> Result<()> {
-        let store = Arc::clone(&self.rep.store);
+        let rep = self.rep;
         crate::shop::run_blocking(alone, || {
-            let durable = append_durable(&store, &self.run)?;
+            let durable = append_durable(&rep.store, &self.run)?;
             self.run.clear();
             self.step_now(Event::Synced(durable), true)
         })
@@ -333,7 +333,7 @@ impl Session<'_> {
             let Some(action) = self.later.pop_front() else {
                 return Ok(());
             };
-            let store = Arc::clone(&self.rep.store);
+            let store = || Arc::clone(&self.rep.store);
             let report = match action {
                 Action::Ack(lsn) => {
                     if self.out_tx.send(ack(lsn)).await.is_err() {
@@ -346,18 +346,22 @@ impl Session<'_> {
                     None
                 }
                 Action::BeginSnapshot => {
+                    tracing::info!(primary = %self.primary, "receiving snapshot");
+                    let store = store();
                     self.rep
                         .spawn_blocking(move || store.begin_snapshot())
                         .await??;
                     None
                 }
                 Action::ApplySnapshotChunk(mutations) => {
+                    let store = store();
                     self.rep
                         .spawn_blocking(move || store.apply_snapshot_chunk(&mutations))
                         .await??;
                     None
                 }
                 Action::FinishSnapshot { lsn, term } => {
+                    let store = store();
                     let durable = self
                         .rep
                         .spawn_blocking(move || {
