@@ -152,10 +152,13 @@ async fn follow_once(
 
 /// One session's driver state: the core and the I/O it asked for but that is not done yet.
 struct Session<'a> {
+    /// The shared replication state (store, flags, tasks).
     rep: &'a Arc<Replicator>,
+    /// The primary this session follows (for messages).
     primary: &'a str,
     /// The stream's outbound half (acks).
     out_tx: mpsc::Sender<pb::ReplicateRequest>,
+    /// The decisions.
     core: Follower,
     /// The core's actions of one step (reused: no allocation per message).
     actions: Vec<Action>,
@@ -187,7 +190,7 @@ impl Session<'_> {
             let event = match held.take() {
                 Some(event) => event,
                 None => tokio::select! {
-                    m = inbound.message() => match self.event_from(m)? {
+                    m = inbound.message() => match self.maybe_event(m)? {
                         Some(event) => event,
                         None => continue,
                     },
@@ -211,7 +214,7 @@ impl Session<'_> {
     }
 
     /// The event for what `inbound.message()` returned (`None`: an empty message).
-    fn event_from(
+    fn maybe_event(
         &mut self,
         message: std::result::Result<Option<pb::ReplicateResponse>, tonic::Status>,
     ) -> Result<Option<Event>> {
@@ -237,7 +240,7 @@ impl Session<'_> {
         // nothing.
         while let Some(next) = inbound.message().now_or_never() {
             alone = false;
-            let Some(event) = self.event_from(next)? else {
+            let Some(event) = self.maybe_event(next)? else {
                 continue;
             };
             if !matches!(event, Event::Received(Message::Entries(_))) {
@@ -282,6 +285,7 @@ impl Session<'_> {
                 }
                 // A report-back is the step's last action (the core's contract), so the
                 // report is the next event.
+                debug_assert!(next.is_none(), "a report-back before the step's end");
                 next = self.perform_now(action, blocking)?;
             }
             self.actions = actions;
