@@ -581,7 +581,10 @@ mod tests {
                 "batches that arrived together are accepted in turn; one sync acks them all",
                 at(0, 0, 1),
                 vec![
-                    (entries(&[(1, 1)]), vec![append(&[(1, 1)]), SetPrimaryLast(1)]),
+                    (
+                        entries(&[(1, 1)]),
+                        vec![append(&[(1, 1)]), SetPrimaryLast(1)],
+                    ),
                     (
                         entries(&[(2, 1), (3, 1)]),
                         vec![append(&[(2, 1), (3, 1)]), SetPrimaryLast(3)],
@@ -617,7 +620,10 @@ mod tests {
                 "a gap inside a batch, or after what an earlier batch of the same sync brought",
                 at(5, 1, 1),
                 vec![
-                    (entries(&[(6, 1)]), vec![append(&[(6, 1)]), SetPrimaryLast(6)]),
+                    (
+                        entries(&[(6, 1)]),
+                        vec![append(&[(6, 1)]), SetPrimaryLast(6)],
+                    ),
                     (
                         entries(&[(7, 1), (9, 1)]),
                         vec![protocol(ProtocolError::Gap { held: 7, got: 9 })],
@@ -657,7 +663,7 @@ mod tests {
                 )],
             ),
             (
-                "older-term entries that continue the log are fine (a promoted replica ships its predecessor's writes)",
+                "older-term entries continuing the log are fine (a predecessor's writes)",
                 at(5, 1, 3),
                 vec![(
                     entries(&[(6, 1), (7, 3)]),
@@ -668,7 +674,10 @@ mod tests {
                 "acks strictly increase and only name what the store reported durable",
                 at(0, 0, 1),
                 vec![
-                    (entries(&[(1, 1), (2, 1)]), vec![append(&[(1, 1), (2, 1)]), SetPrimaryLast(2)]),
+                    (
+                        entries(&[(1, 1), (2, 1)]),
+                        vec![append(&[(1, 1), (2, 1)]), SetPrimaryLast(2)],
+                    ),
                     (Event::Synced(1), vec![Ack(1), Apply]),
                     (Event::Synced(2), vec![Ack(2), Apply]),
                     (Event::Applied(2), vec![]),
@@ -691,7 +700,10 @@ mod tests {
                     (Event::Synced(10), vec![Ack(10), Apply]),
                     (Event::Applied(10), vec![]),
                     (hb(10, 1), vec![NoteCaughtUp(1), SetCaughtUp(true)]),
-                    (entries(&[(11, 1)]), vec![append(&[(11, 1)]), SetPrimaryLast(11)]),
+                    (
+                        entries(&[(11, 1)]),
+                        vec![append(&[(11, 1)]), SetPrimaryLast(11)],
+                    ),
                 ],
             ),
             (
@@ -726,7 +738,10 @@ mod tests {
                 "a snapshot begin while caught up: no longer caught up (the data is replaced)",
                 at(4, 1, 1),
                 vec![
-                    (hb(4, 1), vec![SetPrimaryLast(4), NoteCaughtUp(1), SetCaughtUp(true)]),
+                    (
+                        hb(4, 1),
+                        vec![SetPrimaryLast(4), NoteCaughtUp(1), SetCaughtUp(true)],
+                    ),
                     (begin(4, 1), vec![SetCaughtUp(false), BeginSnapshot]),
                     (hb(4, 1), vec![]),
                     (end(4, 1), vec![FinishSnapshot { lsn: 4, term: 1 }]),
@@ -743,7 +758,7 @@ mod tests {
                 ],
             ),
             (
-                "a snapshot end without a begin ends the session (nothing installed, nothing acked)",
+                "a snapshot end without a begin ends the session: nothing installed or acked",
                 at(3, 1, 1),
                 vec![
                     (end(9, 1), vec![protocol(ProtocolError::EndWithoutBegin)]),
@@ -785,11 +800,17 @@ mod tests {
                 "a snapshot below what this stream acked is refused before anything is wiped",
                 at(0, 0, 1),
                 vec![
-                    (entries(&[(1, 1), (2, 1), (3, 1)]), vec![append(&[(1, 1), (2, 1), (3, 1)]), SetPrimaryLast(3)]),
+                    (
+                        entries(&[(1, 1), (2, 1), (3, 1)]),
+                        vec![append(&[(1, 1), (2, 1), (3, 1)]), SetPrimaryLast(3)],
+                    ),
                     (Event::Synced(3), vec![Ack(3), Apply]),
                     (
                         begin(2, 1),
-                        vec![protocol(ProtocolError::SnapshotBelowAcked { lsn: 2, acked: 3 })],
+                        vec![protocol(ProtocolError::SnapshotBelowAcked {
+                            lsn: 2,
+                            acked: 3,
+                        })],
                     ),
                 ],
             ),
@@ -797,7 +818,10 @@ mod tests {
                 "a snapshot at or above what was acked is fine; the same LSN is not acked twice",
                 at(0, 0, 1),
                 vec![
-                    (entries(&[(1, 1), (2, 1), (3, 1)]), vec![append(&[(1, 1), (2, 1), (3, 1)]), SetPrimaryLast(3)]),
+                    (
+                        entries(&[(1, 1), (2, 1), (3, 1)]),
+                        vec![append(&[(1, 1), (2, 1), (3, 1)]), SetPrimaryLast(3)],
+                    ),
                     (Event::Synced(3), vec![Ack(3), Apply]),
                     (Event::Applied(3), vec![]),
                     (begin(3, 1), vec![BeginSnapshot]),
@@ -815,7 +839,7 @@ mod tests {
                 ],
             ),
             (
-                "the stream ending mid-snapshot: the session ends, nothing half-installed is acked",
+                "the stream ending mid-snapshot ends the session; nothing half-installed is acked",
                 at(0, 0, 1),
                 vec![
                     (begin(10, 1), vec![SetPrimaryLast(10), BeginSnapshot]),
@@ -868,9 +892,15 @@ mod tests {
                 "a heartbeat raising the term: stored, and the session goes on",
                 at(0, 0, 1),
                 vec![
-                    (hb(0, 2), vec![RaiseTerm(2), NoteCaughtUp(2), SetCaughtUp(true)]),
+                    (
+                        hb(0, 2),
+                        vec![RaiseTerm(2), NoteCaughtUp(2), SetCaughtUp(true)],
+                    ),
                     (replica_of(P, 2), vec![]),
-                    (entries(&[(1, 2)]), vec![append(&[(1, 2)]), SetPrimaryLast(1)]),
+                    (
+                        entries(&[(1, 2)]),
+                        vec![append(&[(1, 2)]), SetPrimaryLast(1)],
+                    ),
                     (
                         hb(1, 1),
                         vec![protocol(ProtocolError::StaleTerm { term: 1, seen: 2 })],
@@ -916,7 +946,10 @@ mod tests {
                 "never caught up before the primary said where its log ends",
                 at(0, 0, 1),
                 vec![
-                    (entries(&[(1, 1)]), vec![append(&[(1, 1)]), SetPrimaryLast(1)]),
+                    (
+                        entries(&[(1, 1)]),
+                        vec![append(&[(1, 1)]), SetPrimaryLast(1)],
+                    ),
                     (Event::Synced(1), vec![Ack(1), Apply]),
                     (Event::Applied(1), vec![]),
                 ],
@@ -926,10 +959,7 @@ mod tests {
                 at(5, 1, 1),
                 vec![
                     (hb(8, 1), vec![SetPrimaryLast(8)]),
-                    (
-                        entries(&[(6, 1), (7, 1)]),
-                        vec![append(&[(6, 1), (7, 1)])],
-                    ),
+                    (entries(&[(6, 1), (7, 1)]), vec![append(&[(6, 1), (7, 1)])]),
                     (Event::Synced(7), vec![Ack(7), Apply]),
                     (Event::Applied(7), vec![]),
                     (entries(&[(8, 1)]), vec![append(&[(8, 1)])]),
@@ -938,11 +968,17 @@ mod tests {
                 ],
             ),
             (
-                "a heartbeat showing the primary ahead clears caught-up; applying up to it sets it",
+                "the primary ahead (heartbeat) clears caught-up; applying up to it sets it again",
                 at(5, 1, 1),
                 vec![
-                    (hb(5, 1), vec![SetPrimaryLast(5), NoteCaughtUp(1), SetCaughtUp(true)]),
-                    (entries(&[(6, 1)]), vec![append(&[(6, 1)]), SetPrimaryLast(6)]),
+                    (
+                        hb(5, 1),
+                        vec![SetPrimaryLast(5), NoteCaughtUp(1), SetCaughtUp(true)],
+                    ),
+                    (
+                        entries(&[(6, 1)]),
+                        vec![append(&[(6, 1)]), SetPrimaryLast(6)],
+                    ),
                     (Event::Synced(6), vec![Ack(6), Apply]),
                     (Event::Applied(6), vec![]),
                     (hb(8, 1), vec![SetPrimaryLast(8), SetCaughtUp(false)]),
