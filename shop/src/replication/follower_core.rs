@@ -870,6 +870,36 @@ mod tests {
                 ],
             ),
             (
+                "during a snapshot: store reports are ignored; only another primary ends it",
+                at(0, 0, 1),
+                vec![
+                    (begin(5, 1), vec![SetPrimaryLast(5), BeginSnapshot]),
+                    (Event::Synced(5), vec![]),
+                    (Event::Applied(5), vec![]),
+                    (replica_of(P, 1), vec![]),
+                    (replica_of("other:1", 2), vec![EndSession(End::RoleChanged)]),
+                ],
+            ),
+            (
+                "the stream breaking while streaming ends the session",
+                at(3, 1, 1),
+                vec![(
+                    Event::Broken("reset".into()),
+                    vec![EndSession(End::Broken("reset".into()))],
+                )],
+            ),
+            (
+                "a stale heartbeat during a snapshot ends the session",
+                at(0, 0, 2),
+                vec![
+                    (begin(5, 2), vec![SetPrimaryLast(5), BeginSnapshot]),
+                    (
+                        hb(5, 1),
+                        vec![protocol(ProtocolError::StaleTerm { term: 1, seen: 2 })],
+                    ),
+                ],
+            ),
+            (
                 "a heartbeat from a lower term ends the session (a deposed primary)",
                 at(5, 3, 3),
                 vec![
