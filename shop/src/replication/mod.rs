@@ -26,9 +26,11 @@
 //! [`HEARTBEAT_INTERVAL`] when idle. The replica pipelines: it appends what it
 //! received to its own WAL with one sync (`Store::append_replicated`: idempotent, in LSN
 //! order, refuses gaps; whatever arrives during a sync goes into the next one, so receiving
-//! overlaps syncing), acks the highest durable LSN at once (acks are cumulative, one per
-//! sync), and applies to the data off the ack path (`Store::apply_replicated`, woken by the
-//! ack). A crash between the sync and the apply is replayed from the WAL at start-up; a
+//! overlaps syncing), acks the highest durable LSN at once (acks are cumulative and
+//! strictly increasing, at most one per sync), and only then applies to the data, off the
+//! ack path (`Store::apply_replicated`, in the same blocking section). It counts itself
+//! caught up (ready) once a heartbeat of the session told where the primary's log ends and
+//! everything up to there is applied. A crash between the sync and the apply is replayed from the WAL at start-up; a
 //! promoted replica applies what is pending before its first write. Reads report the LSN
 //! they reflect (`x-concord-applied-lsn`, and `x-concord-durable-lsn`), and
 //! `GetReplicationStatus` reports `applied_lsn` and `durable_lsn`.
