@@ -15,12 +15,14 @@
 //! - the others are **followers**: a leader commits their write and replies; the lock
 //!   passes (FIFO) to the next waiter whose write is still queued.
 //!
-//! Writes that arrive during a sync form the next batch. A lone writer commits its own
-//! write on its own thread: no hand-off to another thread and back, which is most of what
-//! a write costs at one client beyond the `fdatasync` (docs/BENCHMARKS.md, "Leader/follower
-//! commit"). A leader with company in its batch first hands its worker's other tasks to
-//! another thread ([`tokio::task::block_in_place`]); see [`run_blocking`] for why not
-//! always.
+//! Writes that arrive during a sync form the next batch. The leader commits the batch on
+//! its own worker thread, whatever its size: no hand-off to another thread and back,
+//! which is most of what a write costs beyond the `fdatasync` at one client, and the
+//! thread swap of [`tokio::task::block_in_place`] once per batch at sixteen (measured in
+//! docs/BENCHMARKS.md, "Leader/follower commit" and "The primary's ack path"). The
+//! runtime's other worker keeps serving meanwhile: it steals the blocked worker's queued
+//! tasks (the leader wakes nobody before its commit, so nothing it woke sits in the
+//! blocked worker's unstealable LIFO slot).
 //!
 //! If the WAL write fails, every write of the batch fails with `Unavailable` (nothing
 //! applied, nothing acknowledged) and the store refuses writes until restarted. A write
@@ -119,8 +121,8 @@ impl Committer {
     }
 
     /// The leader's turn (caller holds `lead`): commits what is queued and answers every
-    /// write of it. A leader alone in its batch commits on its own thread; a bigger batch
-    /// (or a linger) hands the worker's other tasks to another thread first (module docs).
+    /// write of it, on its own thread (module docs); a linger (a sleep first) hands the
+    /// worker's other tasks to another thread first.
     fn lead(&self, store: &Store) {
         if !self.linger.is_zero() {
             return run_blocking(false, || {
@@ -128,8 +130,7 @@ impl Committer {
                 self.commit(store, self.take_batch());
             });
         }
-        let batch = self.take_batch();
-        run_blocking(batch.len() == 1, || self.commit(store, batch));
+        self.commit(store, self.take_batch());
     }
 
     /// One batch of the write path: commits `batch` and answers every write of it.
@@ -165,14 +166,14 @@ impl Committer {
 
 /// Runs a commit (blocking: a WAL append + `fdatasync`) from async code.
 ///
-/// `alone`: nothing else waits on this commit's lock, i.e. one client at a time. Then the
-/// commit runs right here on the worker, blocking it for one sync: what the runtime would
-/// otherwise do meanwhile is nothing, and handing the worker's tasks to another thread
+/// `alone`: nothing else waits on this work, i.e. one client at a time. Then it runs right
+/// here on the worker, blocking it for one sync: what the runtime would otherwise do
+/// meanwhile is nothing, and handing the worker's tasks to another thread
 /// ([`tokio::task::block_in_place`]) costs about four futex calls and two thread wake-ups
-/// per write, as much as the writer thread it replaced (docs/BENCHMARKS.md, "Leader/follower
-/// commit"). Otherwise (a batch of several writers: others are busy) the worker's other
-/// tasks move to another thread first, and that cost is shared by the batch. A
-/// current-thread runtime (tests) has nobody to hand them to and simply runs it.
+/// per write (docs/BENCHMARKS.md, "Leader/follower commit"). Otherwise the worker's other
+/// tasks move to another thread first. A current-thread runtime (tests) has nobody to hand
+/// them to and simply runs it. The shop's commit leader does not use it (it always
+/// commits inline, module docs); the replica's receiving task and a lingering leader do.
 pub(crate) fn run_blocking<R>(alone: bool, work: impl FnOnce() -> R) -> R {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

@@ -161,10 +161,11 @@
 //! `--replication none` to release it). Trims are not flushed themselves; a crash can
 //! only bring trimmed entries back.
 //!
-//! Bounded queues: each stream's outbound channel holds [`STREAM_CHANNEL_CAPACITY`]
-//! messages; a slow replica stalls only its own shipping task (which then reads the WAL
-//! later, in bigger batches). Every task stops on shutdown; a newer stream from the
-//! replica supersedes older ones. Every replication task (streams, follower, failover,
+//! Bounded queues: a stream's catch-up channel holds [`STREAM_CHANNEL_CAPACITY`]
+//! messages, and the live phase is the response stream itself (`shipper.rs`): a slow
+//! replica stalls only its own stream (which then reads the WAL later, in bigger
+//! batches). Every task stops on shutdown; a newer stream from the
+//! replica supersedes older ones. Every replication task (catch-ups, ack readers, follower, failover,
 //! trimmer, their blocking work) is spawned on the [`Replicator`]'s task tracker and joined
 //! at shutdown ([`Replicator::join_tasks`]).
 //!

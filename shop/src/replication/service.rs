@@ -8,13 +8,11 @@ use std::sync::Arc;
 use concord::identity::{Principal, Verifier};
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_server::Replication;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::shipper::{read_acks, ship, Outgoing};
-use super::{Replicator, STREAM_CHANNEL_CAPACITY};
+use super::shipper::{read_acks, Outgoing};
+use super::Replicator;
 
 /// The `concord.shop.v1.Replication` service.
 pub struct ReplicationService {
@@ -80,21 +78,14 @@ impl Replication for ReplicationService {
         self.rep.check_writable()?;
         let generation = self.rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.rep.acks.open(generation);
-        let (out_tx, out_rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
-        self.rep
-            .spawn(ship(Arc::clone(&self.rep), hello, out_tx, generation));
         self.rep.spawn(read_acks(
             Arc::clone(&self.rep),
             inbound,
             generation,
             failed_tx,
         ));
-        let outgoing = Outgoing {
-            messages: ReceiverStream::new(out_rx),
-            failed_rx: Some(failed_rx),
-            done: false,
-        };
+        let outgoing = Outgoing::start(Arc::clone(&self.rep), hello, generation, failed_rx);
         let mut response = Response::new(Box::pin(outgoing) as Self::ReplicateStream);
         // The primary proves to the replica that it is a shop too (`follow_once`).
         own.attach_to(response.metadata_mut());

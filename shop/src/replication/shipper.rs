@@ -2,68 +2,158 @@
 //! a fuzzy snapshot), ship WAL batches as they commit, heartbeat when idle, and read the
 //! replica's acks.
 //!
-//! Why two tasks per stream: shipping must never wait for an ack and an ack must never
-//! wait behind a slow send. [`ship`] feeds a bounded channel ([`STREAM_CHANNEL_CAPACITY`](super::STREAM_CHANNEL_CAPACITY)
-//! messages: a slow replica stalls only its own stream, which then reads bigger batches
-//! later); [`read_acks`] records acks in [`Acks`] and turns a protocol error into the
-//! stream's last item ([`Outgoing`]). Both end when the replica goes, a newer stream
-//! supersedes theirs, or on shutdown; ending closes only *their* stream's ack state.
+//! **Two phases, one stream.** The response stream itself ([`Outgoing`]) ships fresh
+//! commits: in its live phase its `poll_next` reads the store's in-memory WAL tail when
+//! the commit's watch wakes it, so a commit wakes the task that writes to the connection
+//! directly (issue 14 item 7: the shipper task and its channel were one wake-up per batch
+//! on the sync path, docs/BENCHMARKS.md "The primary's ack path"). Whatever needs blocking
+//! I/O — deciding where the replica resumes, a snapshot, entries older than the in-memory
+//! tail (read back from the WAL files) — runs in a catch-up task ([`catch_up`]) that feeds
+//! the stream through a bounded channel ([`STREAM_CHANNEL_CAPACITY`](super::STREAM_CHANNEL_CAPACITY)
+//! messages) and then hands over the position it reached; the stream starts a new one
+//! whenever the tail no longer reaches back to its position. Backpressure is the
+//! transport's: a slow replica's stream is not polled while its flow-control window is
+//! full, and reads bigger batches later. Only entries the tail or the files hold are
+//! shipped, i.e. entries already durable on this primary (a primary that restarts and
+//! reuses unsynced LSNs must never have shipped them).
+//!
+//! What happens next is decided by pure functions, tested below: [`needs_snapshot`]
+//! (where the replica resumes) and [`next_step`] (ship, snapshot over a trimmed gap, read
+//! the files, or idle; idle means a `Heartbeat` every [`HEARTBEAT_INTERVAL`]).
+//!
+//! The acks come in on the request stream, read by their own task ([`read_acks`]): an ack
+//! must never wait behind a send. It records acks in [`Acks`] (which wakes the sync writes
+//! they cover) and turns a protocol error into the stream's last item. Both sides end when
+//! the replica goes, a newer stream supersedes theirs, or on shutdown; ending closes only
+//! *their* stream's ack state.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use concord::pb::shop::v1 as pb;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Status;
 
 use super::acks::Acks;
-use super::convert::{entry_to_pb, mutation_to_pb, response, Outbound};
+use super::convert::{entry_to_pb, mutation_to_pb};
 use super::Replicator;
-use super::{HEARTBEAT_INTERVAL, SNAPSHOT_CHUNK_KEYS, WAL_BATCH_MAX};
+use super::{HEARTBEAT_INTERVAL, SNAPSHOT_CHUNK_KEYS, STREAM_CHANNEL_CAPACITY, WAL_BATCH_MAX};
 use crate::error::{Result, ShopError};
 use crate::store::Store;
-use crate::wal::{Lsn, Mutation, TreeName};
+use crate::wal::{Lsn, Mutation, TreeName, WalEntry};
 
-/// Stream `generation` ended (either task): its acks stop counting. Only the primary's
+/// Stream `generation` ended (either side): its acks stop counting. Only the primary's
 /// own stream state changes; the follower's connection is not touched.
 pub(super) fn stream_ended(rep: &Replicator, generation: u64) {
     rep.acks.close(generation);
 }
 
-/// Whether the primary must send a snapshot before resuming at `hello.applied_lsn + 1`.
-fn needs_snapshot(store: &Store, hello: &pb::Hello) -> Result<bool> {
-    let applied = hello.applied_lsn;
+/// What the primary's WAL holds, as far as the resume decision needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalBounds {
+    /// Oldest entry still stored (`None`: the WAL is empty).
+    first: Option<Lsn>,
+    /// Last committed LSN.
+    last: Lsn,
+    /// Term of our entry at the replica's `applied_lsn` (`None`: not stored).
+    term_at_applied: Option<u64>,
+}
+
+/// Whether a replica that holds everything up to `applied` (its entry there of
+/// `applied_term`) needs a snapshot before it can resume at `applied + 1`: when that part
+/// of our WAL is gone, it is ahead of us, or its entry at `applied` has another term than
+/// ours (divergence after a failover).
+fn needs_snapshot(applied: Lsn, applied_term: u64, wal: WalBounds) -> bool {
     if applied == 0 {
         // An empty replica: a snapshot is needed only if our WAL does not start at 1.
-        return Ok(store.first_wal_lsn()?.is_some_and(|first| first > 1));
+        return wal.first.is_some_and(|first| first > 1);
     }
-    if applied > store.last_lsn()? {
-        return Ok(true);
+    if applied > wal.last {
+        return true;
     }
-    match store.term_at(applied)? {
-        Some(term) => Ok(term != hello.applied_term),
-        None => Ok(true), // that entry is gone (we were snapshotted past it)
+    match wal.term_at_applied {
+        Some(term) => term != applied_term,
+        None => true, // that entry is gone (we were snapshotted past it)
     }
 }
 
-/// Streams a fuzzy snapshot (module docs) on stream `generation`; returns the LSN to
-/// resume after.
+/// What a stream at `pos` (everything up to it sent) does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Send the entries read; the position moves to `last`.
+    Ship { last: Lsn },
+    /// The entries right after `pos` were trimmed (e.g. during a long snapshot): the
+    /// replica cannot apply a gap, so it gets a snapshot instead.
+    Snapshot,
+    /// The in-memory tail does not reach back to `pos + 1`: read the WAL files.
+    ReadFiles,
+    /// Nothing new: wait for a commit (heartbeat meanwhile), or hand over to the live
+    /// phase.
+    Idle,
+}
+
+/// Decides the next [`Step`] from what was read after `pos`: `read` is `None` when the
+/// in-memory tail did not reach back to `pos + 1`; `last` is the last committed LSN.
+fn next_step(pos: Lsn, last: Lsn, read: Option<&[WalEntry]>) -> Step {
+    match read {
+        Some([]) => Step::Idle,
+        Some([first, .., end]) | Some([first @ end]) => {
+            if first.lsn != pos + 1 {
+                Step::Snapshot
+            } else {
+                Step::Ship { last: end.lsn }
+            }
+        }
+        None if pos >= last => Step::Idle,
+        None => Step::ReadFiles,
+    }
+}
+
+/// One `ReplicateResponse` of `kind`.
+fn response(kind: pb::replicate_response::Kind) -> pb::ReplicateResponse {
+    pb::ReplicateResponse { kind: Some(kind) }
+}
+
+/// The `WalBatch` message of `entries`.
+fn batch(entries: Vec<WalEntry>) -> pb::ReplicateResponse {
+    response(pb::replicate_response::Kind::Entries(pb::WalBatch {
+        entries: entries.into_iter().map(entry_to_pb).collect(),
+    }))
+}
+
+/// What the catch-up task hands the stream.
+enum CatchUp {
+    /// A message to send as it is.
+    Send(pb::ReplicateResponse),
+    /// Caught up to this LSN (everything up to it was sent): the stream takes over.
+    Live(Lsn),
+}
+
+/// The catch-up task's end of the channel.
+type CatchUpTx = mpsc::Sender<CatchUp>;
+
+/// Streams a fuzzy snapshot (module docs of `replication`) on stream `generation`;
+/// returns the LSN to resume after.
 async fn send_snapshot(
     store: &Arc<Store>,
     acks: &Acks,
     generation: u64,
-    out: &Outbound,
+    out: &CatchUpTx,
 ) -> Result<Lsn> {
     use pb::replicate_response::Kind;
     let snap_lsn = store.last_lsn()?;
     let term = store.term();
     let closed = || ShopError::Unavailable("replica went away during snapshot".into());
-    out.send(response(Kind::SnapshotBegin(pb::SnapshotBegin {
+    let send = |kind| out.send(CatchUp::Send(response(kind)));
+    send(Kind::SnapshotBegin(pb::SnapshotBegin {
         lsn: snap_lsn,
         term,
-    })))
+    }))
     .await
     .map_err(|_| closed())?;
     for name in TreeName::ALL {
@@ -81,11 +171,9 @@ async fn send_snapshot(
             if chunk.is_empty() {
                 break;
             }
-            out.send(response(Kind::SnapshotChunk(pb::SnapshotChunk {
-                mutations: chunk,
-            })))
-            .await
-            .map_err(|_| closed())?;
+            send(Kind::SnapshotChunk(pb::SnapshotChunk { mutations: chunk }))
+                .await
+                .map_err(|_| closed())?;
         }
     }
     let lsn_term = store.term_at(snap_lsn)?.unwrap_or(term);
@@ -94,126 +182,142 @@ async fn send_snapshot(
             "a newer replication stream replaced this one during the snapshot".into(),
         ));
     }
-    out.send(response(Kind::SnapshotEnd(pb::SnapshotEnd {
+    send(Kind::SnapshotEnd(pb::SnapshotEnd {
         lsn: snap_lsn,
         lsn_term,
-    })))
+    }))
     .await
     .map_err(|_| closed())?;
     tracing::info!(lsn = snap_lsn, "snapshot sent to replica");
     Ok(snap_lsn)
 }
 
-/// Primary side: ships the WAL from `hello` on until the replica goes, a newer stream
-/// supersedes this one, or shutdown.
-pub(super) async fn ship(rep: Arc<Replicator>, hello: pb::Hello, out: Outbound, generation: u64) {
-    use pb::replicate_response::Kind;
-    let stop = rep.stop.clone();
-    let store = Arc::clone(&rep.store);
-    let mut committed_rx = store.subscribe();
-    let mut pos = hello.applied_lsn;
-    let snapshot = {
-        let store = Arc::clone(&store);
-        let hello = hello.clone();
-        rep.spawn_blocking(move || needs_snapshot(&store, &hello))
-            .await
+/// Decides where the replica of `hello` resumes: its `applied_lsn` (then that much counts
+/// as acked: it already holds it durably), or after a snapshot sent now. `None`: the
+/// stream cannot go on (logged).
+async fn resume_point(
+    rep: &Arc<Replicator>,
+    hello: &pb::Hello,
+    generation: u64,
+    out: &CatchUpTx,
+) -> Option<Lsn> {
+    let applied = hello.applied_lsn;
+    let bounds = {
+        let store = Arc::clone(&rep.store);
+        rep.spawn_blocking(move || -> Result<WalBounds> {
+            Ok(WalBounds {
+                first: store.first_wal_lsn()?,
+                last: store.last_lsn()?,
+                term_at_applied: store.term_at(applied)?,
+            })
+        })
+        .await
     };
-    match snapshot {
-        // Same history up to applied_lsn: the replica already holds it durably.
-        Ok(Ok(false)) => {
-            if rep.acks.sent(generation, pos) {
-                // In range by construction: `pos` is at most our last LSN.
-                let _ = rep.note_ack(generation, pos);
-            }
-        }
-        Ok(Ok(true)) => match send_snapshot(&store, &rep.acks, generation, &out).await {
-            Ok(lsn) => pos = lsn,
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot failed");
-                return;
-            }
-        },
+    let bounds = match bounds {
+        Ok(Ok(bounds)) => bounds,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot decide where the replica resumes");
-            return;
+            return None;
         }
         Err(e) => {
             tracing::error!(error = %e, "snapshot decision task failed");
+            return None;
+        }
+    };
+    if !needs_snapshot(applied, hello.applied_term, bounds) {
+        // Same history up to applied_lsn: the replica already holds it durably.
+        if rep.acks.sent(generation, applied) {
+            // In range by construction: `applied` is at most our last LSN.
+            let _ = rep.note_ack(generation, applied);
+        }
+        return Some(applied);
+    }
+    match send_snapshot(&rep.store, &rep.acks, generation, out).await {
+        Ok(lsn) => Some(lsn),
+        Err(e) => {
+            tracing::warn!(error = %e, "snapshot failed");
+            None
+        }
+    }
+}
+
+/// The catch-up phase of stream `generation` (module docs): from `hello` (a new stream:
+/// decide where it resumes first) or from `pos`, sends what the in-memory tail cannot
+/// serve — a snapshot, entries from the WAL files — until nothing is left, then hands the
+/// position to the stream. Ends early (the stream then ends too) when the replica goes,
+/// a newer stream supersedes this one, or on shutdown.
+async fn catch_up(
+    rep: Arc<Replicator>,
+    hello: Option<pb::Hello>,
+    mut pos: Lsn,
+    generation: u64,
+    out: CatchUpTx,
+) {
+    let store = Arc::clone(&rep.store);
+    if let Some(hello) = &hello {
+        let resumed = tokio::select! {
+            resumed = resume_point(&rep, hello, generation, &out) => resumed,
+            () = rep.stop.cancelled() => None,
+        };
+        let Some(resumed) = resumed else { return };
+        pos = resumed;
+        tracing::info!(replica = %hello.replica_id, from_lsn = pos + 1, "replica connected");
+    }
+    loop {
+        if rep.stream_generation.load(Ordering::Acquire) != generation || rep.stop.is_cancelled() {
             return;
         }
-    }
-    tracing::info!(replica = %hello.replica_id, from_lsn = pos + 1, "replica connected");
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if rep.stream_generation.load(Ordering::Acquire) != generation || stop.is_cancelled() {
-            break;
-        }
-        // Fresh commits come from the store's in-memory tail; older ones from sled.
-        let batch = match store.wal_tail_since(pos, WAL_BATCH_MAX) {
-            Some(entries) => Ok(Ok(entries)),
+        // Fresh commits come from the store's in-memory tail; older ones from the files.
+        let entries = match store.wal_tail_since(pos, WAL_BATCH_MAX) {
+            Some(entries) => entries,
             None => {
                 let store = Arc::clone(&store);
-                rep.spawn_blocking(move || store.wal_since(pos, WAL_BATCH_MAX))
+                match rep
+                    .spawn_blocking(move || store.wal_since(pos, WAL_BATCH_MAX))
                     .await
-            }
-        };
-        let entries = match batch {
-            Ok(Ok(entries)) => entries,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, pos, "cannot read the WAL");
-                break;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "WAL reader task failed");
-                break;
-            }
-        };
-        if entries.first().is_some_and(|first| first.lsn != pos + 1) {
-            // The entries after `pos` were trimmed meanwhile (e.g. during a long snapshot):
-            // the replica cannot apply a gap, so it gets a snapshot instead.
-            tracing::info!(replica = %hello.replica_id, pos, "WAL trimmed past the replica; sending a snapshot");
-            match send_snapshot(&store, &rep.acks, generation, &out).await {
-                Ok(lsn) => pos = lsn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "snapshot failed");
-                    break;
+                {
+                    Ok(Ok(entries)) => entries,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, pos, "cannot read the WAL");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "WAL reader task failed");
+                        return;
+                    }
                 }
             }
-            continue;
-        }
-        if let Some(last) = entries.last() {
-            pos = last.lsn;
-            if !rep.acks.sent(generation, pos) {
-                break; // superseded or closed
+        };
+        let sent = match next_step(pos, pos, Some(&entries)) {
+            Step::Ship { last } => {
+                pos = last;
+                if !rep.acks.sent(generation, pos) {
+                    return; // superseded or closed
+                }
+                out.send(CatchUp::Send(batch(entries))).await
             }
-            let batch = pb::WalBatch {
-                entries: entries.into_iter().map(entry_to_pb).collect(),
-            };
-            if out.send(response(Kind::Entries(batch))).await.is_err() {
-                break; // replica gone
-            }
-            continue;
-        }
-        tokio::select! {
-            changed = committed_rx.changed() => if changed.is_err() { break },
-            _ = heartbeat.tick() => {
-                let hb = pb::Heartbeat {
-                    last_lsn: pos,
-                    term: store.term(),
-                    now_unix_ms: concord::clock::unix_ms(),
-                };
-                if out.send(response(Kind::Heartbeat(hb))).await.is_err() {
-                    break;
+            Step::Snapshot => {
+                tracing::info!(pos, "WAL trimmed past the replica; sending a snapshot");
+                match send_snapshot(&store, &rep.acks, generation, &out).await {
+                    Ok(lsn) => {
+                        pos = lsn;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "snapshot failed");
+                        return;
+                    }
                 }
             }
-            () = stop.cancelled() => break,
-            // The response stream ended (a protocol error, or the replica went away).
-            _ = out.closed() => break,
+            Step::ReadFiles | Step::Idle => {
+                let _ = out.send(CatchUp::Live(pos)).await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            return; // the stream is gone
         }
     }
-    stream_ended(&rep, generation);
-    tracing::info!(replica = %hello.replica_id, pos, "replica stream ended");
 }
 
 /// Primary side: reads the replica's acks. A protocol error (an ack the stream may not
@@ -254,40 +358,387 @@ pub(super) async fn read_acks(
     stream_ended(&rep, generation);
 }
 
-/// The primary's half of one `Replicate` stream: what [`ship`] queues, cut short by a
-/// protocol error [`read_acks`] found — the error is the next and last item, so nothing
-/// queued behind it is sent.
+/// Where the stream's messages come from now (module docs).
+enum Phase {
+    /// A catch-up task feeds them.
+    CatchUp(mpsc::Receiver<CatchUp>),
+    /// The stream reads fresh commits from the in-memory tail itself; everything up to
+    /// `pos` was sent.
+    Live { pos: Lsn },
+    /// The stream ended.
+    Done,
+}
+
+/// The primary's half of one `Replicate` stream (module docs): the catch-up task's
+/// messages, then fresh commits read from the in-memory tail and heartbeats; cut short by
+/// a protocol error [`read_acks`] found — the error is the next and last item, so nothing
+/// behind it is sent.
 pub(super) struct Outgoing {
-    pub(super) messages: ReceiverStream<std::result::Result<pb::ReplicateResponse, Status>>,
+    rep: Arc<Replicator>,
+    generation: u64,
+    phase: Phase,
     /// Resolves with the status to close the stream with (dropped: no error).
-    pub(super) failed_rx: Option<tokio::sync::oneshot::Receiver<Status>>,
-    /// The error was sent: the stream is over.
-    pub(super) done: bool,
+    failed_rx: Option<tokio::sync::oneshot::Receiver<Status>>,
+    /// Ticks on every commit (the store's committed-LSN watch).
+    committed: WatchStream<Lsn>,
+    /// Paces the heartbeats sent while idle.
+    heartbeat: tokio::time::Interval,
+    /// Shutdown.
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Outgoing {
+    /// Opens stream `generation` for the replica of `hello`: spawns its catch-up task
+    /// (tracked by the replicator) and returns the stream. `failed_rx` carries
+    /// [`read_acks`]' protocol error.
+    pub(super) fn start(
+        rep: Arc<Replicator>,
+        hello: pb::Hello,
+        generation: u64,
+        failed_rx: tokio::sync::oneshot::Receiver<Status>,
+    ) -> Self {
+        // Subscribed before anything is read, so no commit after the catch-up's last read
+        // goes unnoticed.
+        let committed = WatchStream::from_changes(rep.store.subscribe());
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stopped = Box::pin(rep.stop.clone().cancelled_owned());
+        let mut outgoing = Self {
+            rep,
+            generation,
+            phase: Phase::Done,
+            failed_rx: Some(failed_rx),
+            committed,
+            heartbeat,
+            stopped,
+        };
+        let pos = hello.applied_lsn;
+        outgoing.phase = outgoing.spawn_catch_up(Some(hello), pos);
+        outgoing
+    }
+
+    /// Starts a catch-up task from `pos` (or from `hello`) and reads from it.
+    fn spawn_catch_up(&self, hello: Option<pb::Hello>, pos: Lsn) -> Phase {
+        let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+        self.rep.spawn(catch_up(
+            Arc::clone(&self.rep),
+            hello,
+            pos,
+            self.generation,
+            tx,
+        ));
+        Phase::CatchUp(rx)
+    }
+
+    /// The stream is over: its acks stop counting (once).
+    fn finish(&mut self) {
+        if !matches!(self.phase, Phase::Done) {
+            self.phase = Phase::Done;
+            stream_ended(&self.rep, self.generation);
+            tracing::info!(generation = self.generation, "replica stream ended");
+        }
+    }
+
+    /// The next message of the live phase at `pos`, or `Pending` (a commit, the heartbeat
+    /// or shutdown wakes the stream), or `None` when the stream must end.
+    fn poll_live(&mut self, pos: Lsn, cx: &mut Context<'_>) -> Poll<Option<LiveNext>> {
+        let store = &self.rep.store;
+        loop {
+            if self.rep.stream_generation.load(Ordering::Acquire) != self.generation {
+                return Poll::Ready(None);
+            }
+            let read = store.wal_tail_since(pos, WAL_BATCH_MAX);
+            let last = store.last_lsn().unwrap_or(pos);
+            match next_step(pos, last, read.as_deref()) {
+                Step::Ship { last } => {
+                    if !self.rep.acks.sent(self.generation, last) {
+                        return Poll::Ready(None); // superseded or closed
+                    }
+                    let entries = read.unwrap_or_default();
+                    return Poll::Ready(Some(LiveNext::Ship(last, batch(entries))));
+                }
+                // Gaps are never in the tail (it holds consecutive LSNs), but a snapshot
+                // is the catch-up task's business anyway.
+                Step::ReadFiles | Step::Snapshot => return Poll::Ready(Some(LiveNext::CatchUp)),
+                Step::Idle => {}
+            }
+            match Pin::new(&mut self.committed).poll_next(cx) {
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            return match self.heartbeat.poll_tick(cx) {
+                Poll::Ready(_) => {
+                    let hb = pb::Heartbeat {
+                        last_lsn: pos,
+                        term: store.term(),
+                        now_unix_ms: concord::clock::unix_ms(),
+                    };
+                    Poll::Ready(Some(LiveNext::Send(response(
+                        pb::replicate_response::Kind::Heartbeat(hb),
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+/// What the live phase produced.
+enum LiveNext {
+    /// Entries up to this LSN, to send.
+    Ship(Lsn, pb::ReplicateResponse),
+    /// A message that does not move the position (a heartbeat).
+    Send(pb::ReplicateResponse),
+    /// The tail does not reach back far enough: back to a catch-up task.
+    CatchUp,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl Stream for Outgoing {
     type Item = std::result::Result<pb::ReplicateResponse, Status>;
 
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         use std::future::Future;
-        use std::task::Poll;
         let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if let Some(failed_rx) = &mut this.failed_rx {
-            match Pin::new(failed_rx).poll(cx) {
-                Poll::Ready(Ok(status)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(status)));
+        loop {
+            if matches!(this.phase, Phase::Done) {
+                return Poll::Ready(None);
+            }
+            if let Some(failed_rx) = &mut this.failed_rx {
+                match Pin::new(failed_rx).poll(cx) {
+                    Poll::Ready(Ok(status)) => {
+                        this.finish();
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    Poll::Ready(Err(_)) => this.failed_rx = None,
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Err(_)) => this.failed_rx = None,
-                Poll::Pending => {}
+            }
+            if this.stopped.as_mut().poll(cx).is_ready() {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            match &mut this.phase {
+                Phase::Done => {}
+                Phase::CatchUp(rx) => match rx.poll_recv(cx) {
+                    Poll::Ready(Some(CatchUp::Send(msg))) => return Poll::Ready(Some(Ok(msg))),
+                    Poll::Ready(Some(CatchUp::Live(pos))) => this.phase = Phase::Live { pos },
+                    Poll::Ready(None) => this.finish(),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Live { pos } => {
+                    let pos = *pos;
+                    match this.poll_live(pos, cx) {
+                        Poll::Ready(Some(LiveNext::Ship(last, msg))) => {
+                            this.phase = Phase::Live { pos: last };
+                            return Poll::Ready(Some(Ok(msg)));
+                        }
+                        Poll::Ready(Some(LiveNext::Send(msg))) => {
+                            return Poll::Ready(Some(Ok(msg)))
+                        }
+                        Poll::Ready(Some(LiveNext::CatchUp)) => {
+                            this.phase = this.spawn_catch_up(None, pos);
+                        }
+                        Poll::Ready(None) => this.finish(),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
             }
         }
-        Pin::new(&mut this.messages).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<WalEntry> {
+        lsns.map(|lsn| WalEntry {
+            lsn,
+            term: 1,
+            committed_at_ms: 0,
+            mutations: Vec::new(),
+        })
+        .collect()
+    }
+
+    /// Where a replica resumes: a snapshot exactly when the WAL cannot continue its log.
+    #[test]
+    fn needs_snapshot_decides_where_a_replica_resumes() {
+        let wal = |first, last, term_at_applied| WalBounds {
+            first,
+            last,
+            term_at_applied,
+        };
+        let cases = [
+            (
+                "empty replica, WAL from 1",
+                0,
+                0,
+                wal(Some(1), 9, None),
+                false,
+            ),
+            ("empty replica, empty WAL", 0, 0, wal(None, 0, None), false),
+            (
+                "empty replica, WAL trimmed",
+                0,
+                0,
+                wal(Some(5), 9, None),
+                true,
+            ),
+            ("same history", 4, 1, wal(Some(1), 9, Some(1)), false),
+            ("caught up exactly", 9, 2, wal(Some(1), 9, Some(2)), false),
+            ("replica ahead of us", 10, 1, wal(Some(1), 9, Some(1)), true),
+            (
+                "diverged after a failover",
+                4,
+                1,
+                wal(Some(1), 9, Some(2)),
+                true,
+            ),
+            ("its entry was trimmed", 4, 1, wal(Some(6), 9, None), true),
+        ];
+        for (label, applied, applied_term, bounds, want) in cases {
+            assert_eq!(
+                needs_snapshot(applied, applied_term, bounds),
+                want,
+                "{label}"
+            );
+        }
+    }
+
+    /// What a stream at a position does with what it read: ship, snapshot over a trimmed
+    /// gap, go to the files, or idle.
+    #[test]
+    fn next_step_follows_what_was_read() {
+        /// (label, position, last committed, what was read, step)
+        type Case = (&'static str, Lsn, Lsn, Option<Vec<WalEntry>>, Step);
+        let cases: [Case; 8] = [
+            (
+                "fresh entries",
+                4,
+                6,
+                Some(entries(5..=6)),
+                Step::Ship { last: 6 },
+            ),
+            (
+                "one entry",
+                4,
+                5,
+                Some(entries(5..=5)),
+                Step::Ship { last: 5 },
+            ),
+            (
+                "a batch of the files",
+                0,
+                900,
+                Some(entries(1..=256)),
+                Step::Ship { last: 256 },
+            ),
+            (
+                "trimmed past the position",
+                4,
+                9,
+                Some(entries(7..=9)),
+                Step::Snapshot,
+            ),
+            ("nothing new", 6, 6, Some(Vec::new()), Step::Idle),
+            ("tail misses, more committed", 4, 9, None, Step::ReadFiles),
+            (
+                "tail misses, nothing committed (just restarted)",
+                9,
+                9,
+                None,
+                Step::Idle,
+            ),
+            (
+                "tail misses, position ahead of the applied LSN",
+                10,
+                9,
+                None,
+                Step::Idle,
+            ),
+        ];
+        for (label, pos, last, read, want) in cases {
+            assert_eq!(next_step(pos, last, read.as_deref()), want, "{label}");
+        }
+    }
+
+    fn put(store: &Store, key: &[u8]) -> Lsn {
+        let written = store
+            .transact(|tx| tx.put(TreeName::Carts, key, b"v".to_vec()))
+            .expect("write")
+            .durable_blocking()
+            .expect("durable");
+        written.lsn.expect("an LSN")
+    }
+
+    /// The LSNs of a `WalBatch` item, or what else came.
+    fn shipped(item: Option<std::result::Result<pb::ReplicateResponse, Status>>) -> Vec<Lsn> {
+        match item.expect("an item").expect("not an error").kind {
+            Some(pb::replicate_response::Kind::Entries(batch)) => {
+                batch.entries.iter().map(|e| e.lsn).collect()
+            }
+            other => panic!("expected entries, got {other:?}"),
+        }
+    }
+
+    /// The stream ships the catch-up, then each fresh commit itself, woken by the commit
+    /// (no task in between), and counts each batch as sent before it leaves; when idle it
+    /// heartbeats, and it ends (closing its acks) on shutdown.
+    #[tokio::test]
+    async fn the_stream_ships_commits_itself_and_heartbeats_when_idle() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            Store::open(&crate::store::StoreConfig::new(dir.path().join("db"))).expect("store"),
+        );
+        put(&store, b"a");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let rep = Replicator::new(
+            Arc::clone(&store),
+            super::super::ReplicationConfig::default(),
+            super::super::Role::Primary { term: 1 },
+            "me:1".into(),
+            None,
+            stop.clone(),
+        );
+        let generation = rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        rep.acks.open(generation);
+        let (_failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+        let hello = pb::Hello {
+            replica_id: "r".into(),
+            applied_lsn: 0,
+            term: 1,
+            applied_term: 0,
+        };
+        let mut stream = Outgoing::start(Arc::clone(&rep), hello, generation, failed_rx);
+        assert_eq!(shipped(stream.next().await), vec![1], "the catch-up");
+        // Idle now: the first heartbeat tick is due at once.
+        match stream.next().await.expect("item").expect("ok").kind {
+            Some(pb::replicate_response::Kind::Heartbeat(hb)) => assert_eq!(hb.last_lsn, 1),
+            other => panic!("expected a heartbeat, got {other:?}"),
+        }
+        assert!(matches!(stream.phase, Phase::Live { pos: 1 }));
+        let next = stream.next();
+        tokio::pin!(next);
+        assert!(futures::poll!(&mut next).is_pending(), "nothing new yet");
+        put(&store, b"b");
+        put(&store, b"c");
+        assert_eq!(shipped(next.await), vec![2, 3], "woken by the commit");
+        assert!(matches!(stream.phase, Phase::Live { pos: 3 }));
+        assert_eq!(rep.note_ack(generation, 3), Ok(()), "counted as sent");
+        assert!(rep.acks.stream_open());
+        stop.cancel();
+        assert!(stream.next().await.is_none(), "shutdown ends the stream");
+        assert!(!rep.acks.stream_open(), "and closes its acks");
+        drop(stream);
+        rep.join_tasks().await;
     }
 }
