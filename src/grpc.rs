@@ -22,7 +22,10 @@
 
 use std::{
     future::Future,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    },
     time::Duration,
 };
 
@@ -54,22 +57,34 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh request id: process id and a counter, unique per process run and cheap to make.
 pub fn new_request_id() -> String {
+    static PROCESS_ID: OnceLock<u32> = OnceLock::new();
     format!(
         "{:x}-{:x}",
-        std::process::id(),
+        PROCESS_ID.get_or_init(std::process::id),
         NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
     )
 }
 
-/// The request's span. When no subscriber wants it (the default: debug spans off, no OTLP
-/// export) it costs nothing per request: the id is made and the trace context parsed only
-/// for an enabled span.
+/// The request's span. It costs nothing per request unless someone wants it: a call that
+/// carries no trace context, in a process that exports nothing, gets a span for logs only
+/// ([`crate::telemetry::LOGS_ONLY`]), disabled at the default log level; the id is made and
+/// the trace context parsed only for an enabled span.
 fn request_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::debug_span!(
-        "grpc",
-        method = %request.uri().path(),
-        request_id = tracing::field::Empty
-    );
+    let traced = crate::telemetry::wants_trace(request.headers());
+    let span = if traced {
+        tracing::debug_span!(
+            "grpc",
+            method = %request.uri().path(),
+            request_id = tracing::field::Empty
+        )
+    } else {
+        tracing::debug_span!(
+            target: "concord::grpc::logs",
+            "grpc",
+            method = %request.uri().path(),
+            request_id = tracing::field::Empty
+        )
+    };
     if span.is_disabled() {
         return span;
     }
@@ -81,8 +96,10 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
         Some(id) => span.record("request_id", id),
         None => span.record("request_id", new_request_id()),
     };
-    // A caller's W3C `traceparent` makes this call a child of the caller's span.
-    crate::telemetry::continue_trace(&span, request.headers());
+    if traced {
+        // A caller's W3C `traceparent` makes this call a child of the caller's span.
+        crate::telemetry::continue_trace(&span, request.headers());
+    }
     span
 }
 
@@ -395,6 +412,44 @@ mod tests {
                 .await;
             assert_eq!(reply.is_ok(), ok, "{case}: {reply:?}");
         }
+    }
+
+    /// In a process that exports no traces, a call without trace context gets no live span
+    /// (nothing made per call) unless debug logs show it, and then it is no OpenTelemetry
+    /// span; a caller's `traceparent` still gets a span continuing its trace.
+    #[test]
+    fn request_span_costs_nothing_without_a_trace() {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let call = |traceparent: Option<&str>| {
+            let mut request = http::Request::builder().uri("/grpc.health.v1.Health/Check");
+            if let Some(value) = traceparent {
+                request = request.header(crate::telemetry::TRACEPARENT, value);
+            }
+            request.body(()).expect("request")
+        };
+        let in_otel_trace = |span: &tracing::Span| span.context().span().span_context().is_valid();
+        let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        tracing::subscriber::with_default(crate::telemetry::test::subscriber("info"), || {
+            assert!(
+                request_span(&call(None)).is_disabled(),
+                "no trace, info logs"
+            );
+            let span = request_span(&call(Some(sent)));
+            assert!(!span.is_disabled(), "a caller's trace");
+            let forwarded = span
+                .in_scope(crate::telemetry::current_traceparent)
+                .expect("continues the caller's trace");
+            assert_eq!(
+                crate::telemetry::trace_id_of(&forwarded),
+                crate::telemetry::trace_id_of(sent)
+            );
+        });
+        tracing::subscriber::with_default(crate::telemetry::test::subscriber("debug"), || {
+            let span = request_span(&call(None));
+            assert!(!span.is_disabled(), "debug logs show the request id");
+            assert!(!in_otel_trace(&span), "but it is no trace span");
+        });
     }
 
     /// Both reflection versions list exactly the services a server was built with, plus

@@ -19,8 +19,18 @@
 //! ids that travel on (unsampled, so recording costs next to nothing on the hot path). Failure: an unreachable collector costs dropped spans (the exporter's queue
 //! is bounded, 2048 spans) and a log line, never a failed request. OTLP runs over plain
 //! HTTP: point it at a collector on loopback or a trusted network.
+//!
+//! **Spans for logs only:** a span whose target ends in [`LOGS_ONLY`] never becomes an
+//! OpenTelemetry span; it exists only when `RUST_LOG` shows it. A server's request span
+//! takes that form when this process exports nothing and the caller sent no trace context
+//! ([`wants_trace`]): then there is no trace to continue or export, and with the default
+//! log level the span is disabled, so such a call pays nothing for tracing (measured in
+//! docs/BENCHMARKS.md, "The gRPC floor").
 
-use std::io::IsTerminal;
+use std::{
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
@@ -34,6 +44,17 @@ use tracing_subscriber::{filter::filter_fn, layer::SubscriberExt, EnvFilter, Lay
 pub const TRACEPARENT: &str = "traceparent";
 /// Path OTLP/HTTP receivers take traces on, appended to the configured endpoint.
 pub const OTLP_TRACES_PATH: &str = "/v1/traces";
+/// Target suffix of spans that serve log lines only, never traces (module doc).
+pub const LOGS_ONLY: &str = "::logs";
+
+/// Whether this process exports spans (an OTLP endpoint was configured).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a request carrying `headers` needs an OpenTelemetry span: this process exports
+/// spans, or the caller sent a trace context that calls made on its behalf must carry on.
+pub fn wants_trace(headers: &http::HeaderMap) -> bool {
+    EXPORTING.load(Ordering::Relaxed) || headers.contains_key(TRACEPARENT)
+}
 
 /// Why tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +88,11 @@ impl Drop for TelemetryGuard {
 /// (tests) are no-ops.
 pub fn init() {
     // Without an exporter the provider holds nothing worth flushing.
-    std::mem::forget(install(logs_filter("info"), provider("concord", None)));
+    std::mem::forget(install(
+        logs_filter("info"),
+        provider("concord", None),
+        false,
+    ));
 }
 
 /// [`init`], exporting this process's spans to the OTLP/HTTP receiver at `endpoint`
@@ -79,7 +104,8 @@ pub fn init_with_otlp(
     endpoint: Option<&str>,
 ) -> Result<TelemetryGuard, TelemetryError> {
     let exporter = endpoint.map(otlp_exporter).transpose()?;
-    let guard = install(logs_filter("info"), provider(service, exporter));
+    let exporting = exporter.is_some();
+    let guard = install(logs_filter("info"), provider(service, exporter), exporting);
     if let Some(endpoint) = endpoint {
         tracing::info!(%endpoint, service, "exporting traces over OTLP/HTTP");
     }
@@ -142,7 +168,19 @@ fn provider(
     builder.build()
 }
 
-fn install(filter: EnvFilter, provider: SdkTracerProvider) -> TelemetryGuard {
+fn install(filter: EnvFilter, provider: SdkTracerProvider, exporting: bool) -> TelemetryGuard {
+    if tracing::subscriber::set_global_default(subscriber(filter, &provider)).is_ok() {
+        EXPORTING.store(exporting, Ordering::Relaxed);
+    }
+    TelemetryGuard { provider }
+}
+
+/// Logs (filtered by `filter`) plus Concord's own spans as OpenTelemetry spans of
+/// `provider`.
+fn subscriber(
+    filter: EnvFilter,
+    provider: &SdkTracerProvider,
+) -> impl tracing::Subscriber + Send + Sync {
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -152,11 +190,11 @@ fn install(filter: EnvFilter, provider: SdkTracerProvider) -> TelemetryGuard {
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("concord"))
         .with_filter(filter_fn(|meta| {
-            meta.is_span() && meta.target().starts_with("concord")
+            meta.is_span()
+                && meta.target().starts_with("concord")
+                && !meta.target().ends_with(LOGS_ONLY)
         }));
-    let subscriber = tracing_subscriber::registry().with(logs).with(traces);
-    let _ = tracing::subscriber::set_global_default(subscriber);
-    TelemetryGuard { provider }
+    tracing_subscriber::registry().with(logs).with(traces)
 }
 
 /// Makes `span` a child of the trace context in `headers` (a `traceparent` header), if
@@ -221,6 +259,19 @@ impl Injector for TraceparentCarrier {
         if key == TRACEPARENT {
             self.0 = Some(value);
         }
+    }
+}
+
+/// Helpers for tests of code that makes spans.
+#[cfg(test)]
+pub mod test {
+    /// The subscriber a process without an OTLP endpoint installs, with `logs` as its
+    /// `RUST_LOG`, for [`tracing::subscriber::with_default`].
+    pub fn subscriber(logs: &str) -> impl tracing::Subscriber + Send + Sync {
+        super::subscriber(
+            tracing_subscriber::EnvFilter::new(logs),
+            &super::provider("test", None),
+        )
     }
 }
 

@@ -97,15 +97,20 @@ fn main() -> anyhow::Result<()> {
         cli.otlp_endpoint.as_deref(),
     )?;
     let otlp_endpoint = cli.otlp_endpoint;
+    // The load generator runs its own client threads, one runtime each (bench module doc).
+    let command = match cli.command {
+        Command::Bench(args) => return bench::run(args),
+        command => command,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Up(args) => up::run(args, otlp_endpoint).await,
             Command::Certs(args) => certs::run(args),
             Command::Status(args) => status::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(_) => unreachable!("the bench ran above, without this runtime"),
             Command::Chaos(args) => chaos::run(args).await,
             Command::Aggregator(args) => roles::aggregator::run(args).await,
             Command::Gateway(args) => roles::gateway::run(args).await,
