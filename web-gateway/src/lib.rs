@@ -228,6 +228,12 @@ pub async fn serve(
                         .get(extract::REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
+                    // No trace to continue or export: a span for logs only, disabled at
+                    // the default log level, so the shop behind us gets no `traceparent`
+                    // either (see `concord::telemetry`, "Spans for logs only").
+                    if !concord::telemetry::wants_trace(request.headers()) {
+                        return tracing::debug_span!(target: "concord_web_gateway::logs", "http", method = %request.method(), path = %request.uri().path(), request_id = %id);
+                    }
                     let span = tracing::debug_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id);
                     // A browser's or proxy's `traceparent` makes this request part of its trace.
                     concord::telemetry::continue_trace(&span, request.headers());
