@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use concord::pb::predict::v1::{predictor_client::PredictorClient, Policy, PredictRequest};
 use concord_testkit::eventually;
-use concord_testkit::process::{command, follow_stdout, wait_for_line};
+use concord_testkit::process::{command, follow_stdout, wait_for_line, KillOnDrop};
 use serde_json::Value;
 
 const TOKEN: &str = "up-admin-test-token";
@@ -151,16 +151,6 @@ async fn vote_of(aggregator: SocketAddr, node: &str) -> Result<u32, String> {
         .find(|v| v.node_id == node && !v.probabilities.is_empty())
         .map(|v| v.label)
         .ok_or_else(|| format!("no vote of {node} in {:?}", reply.votes))
-}
-
-/// Kills `concord up` (and so, by PDEATHSIG, its children) if the test fails half-way.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn pid_of(child: &Value) -> u64 {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use concord::pb::registry::v1::{registry_client::RegistryClient, Instance, ResolveRequest};
-use concord_testkit::process::{command, follow_stdout, wait_for_line};
+use concord_testkit::process::{command, follow_stdout, wait_for_line, KillOnDrop};
 
 /// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
 fn running_line(line: &str) -> Option<(String, u32, SocketAddr)> {
@@ -167,6 +167,7 @@ async fn up_on_etcd_loses_no_lease_and_fails_nothing_over_when_a_registry_dies()
     .spawn()
     .expect("spawn concord up");
     let lines = follow_stdout(&mut up);
+    let mut up = KillOnDrop(up);
     let mut running = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !["etcd-3", "registry-1", "registry-2", "shop-1", "shop-2"]

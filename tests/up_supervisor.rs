@@ -7,7 +7,7 @@ use std::{
 };
 
 use concord::pb::registry::v1::{registry_client::RegistryClient, ListRequest};
-use concord_testkit::process::{command, follow_stdout, wait_for_line};
+use concord_testkit::process::{command, follow_stdout, wait_for_line, KillOnDrop};
 
 /// Parses `concord up: <name> (<role>) pid <pid> running on <addr>`.
 fn running_line(line: &str, name: &str) -> Option<(u32, SocketAddr)> {
@@ -43,6 +43,7 @@ async fn up_restarts_a_killed_registry() {
     .spawn()
     .expect("spawn concord up");
     let lines = follow_stdout(&mut up);
+    let mut up = KillOnDrop(up);
 
     let (pid, addr) = wait_for_line(&lines, Duration::from_secs(60), |l| {
         running_line(l, "registry")
@@ -101,6 +102,7 @@ async fn up_stops_promptly_on_ctrl_c_to_the_process_group() {
     up.process_group(0).stdout(Stdio::piped());
     let mut up = up.spawn().expect("spawn concord up");
     let lines = follow_stdout(&mut up);
+    let mut up = KillOnDrop(up);
     wait_for_line(&lines, Duration::from_secs(60), |l| {
         l.starts_with("cluster up;").then_some(())
     })

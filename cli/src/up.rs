@@ -142,17 +142,40 @@ pub fn cluster_secrets(
 /// Picks addresses: the defaults of `concord::config`, or free loopback ports.
 struct PortPlan {
     auto: bool,
+    /// Ports this plan handed out: a released probe port can come back from the kernel
+    /// on a later probe, and two children given one port would fight over it for ever
+    /// (the supervisor restarts the loser on the same flags).
+    given: std::sync::Mutex<std::collections::HashSet<u16>>,
 }
 
 impl PortPlan {
+    fn new(auto: bool) -> Self {
+        Self {
+            auto,
+            given: Default::default(),
+        }
+    }
+
     fn addr(&self, default: &str) -> anyhow::Result<SocketAddr> {
         let default: SocketAddr = default.parse()?;
         if !self.auto {
             return Ok(default);
         }
+        let mut given = self
+            .given
+            .lock()
+            .map_err(|_| anyhow::anyhow!("port plan poisoned"))?;
         // Bind port 0, read the port, release it: the child binds it a moment later.
-        let probe = std::net::TcpListener::bind((default.ip(), 0))?;
-        Ok(probe.local_addr()?)
+        // The kernel picks from thousands of ports, so a repeat is rare and a few tries
+        // always find a fresh one.
+        for _ in 0..64 {
+            let probe = std::net::TcpListener::bind((default.ip(), 0))?;
+            let addr = probe.local_addr()?;
+            if given.insert(addr.port()) {
+                return Ok(addr);
+            }
+        }
+        anyhow::bail!("no fresh free port on {} after 64 tries", default.ip())
     }
 }
 
@@ -162,9 +185,7 @@ pub async fn run(args: Args, otlp_endpoint: Option<String>) -> anyhow::Result<()
     let shutdown = concord::shutdown::signal();
     std::fs::create_dir_all(&args.data_dir)?;
     let program = std::env::current_exe()?;
-    let ports = PortPlan {
-        auto: args.auto_ports,
-    };
+    let ports = PortPlan::new(args.auto_ports);
     let policy = RestartPolicy::default();
     let secrets = cluster_secrets(
         &args.data_dir,
@@ -722,6 +743,23 @@ async fn announce_restarts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--auto-ports` never hands one port to two children, though the kernel may return
+    /// a released probe port again (it did: a shop's metrics port was a registry's gRPC
+    /// port, and the shop was restarted into the same clash for ever).
+    #[test]
+    fn auto_ports_are_never_handed_out_twice() {
+        let plan = PortPlan::new(true);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let addr = plan.addr("127.0.0.1:1").expect("a free port");
+            assert!(
+                seen.insert(addr.port()),
+                "port {} handed out twice",
+                addr.port()
+            );
+        }
+    }
 
     /// `--help` names the real default addresses (the constants in `concord::config`), not
     /// a document that is not in the repository.

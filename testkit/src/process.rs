@@ -114,6 +114,32 @@ impl Drop for Process {
     }
 }
 
+/// A child (typically `concord up`) killed when the guard is dropped, so a test that
+/// fails half-way leaves no cluster running: `concord up`'s children die with it
+/// (PR_SET_PDEATHSIG). Derefs to the [`Child`] for `id`, `try_wait`…
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The identity a role started with `args` needs: a `concord registry` gets
 /// `CONCORD_CLUSTER_SECRET`, a node (by its `--id`, default node-1), shop, gateway or
 /// aggregator its `CONCORD_CREDENTIAL`; anything else (`up`, `status`, …) nothing.
