@@ -210,6 +210,12 @@ impl Replicator {
                 // Acks from an earlier reign as primary say nothing about this one's LSNs.
                 self.acks.reset();
             }
+            if current.is_primary() && !primary {
+                // Its streams must not ship what this process writes next as a follower
+                // (another primary's entries) as if they continued its own log: a new
+                // generation ends them at their next wake-up.
+                self.stream_generation.fetch_add(1, Ordering::AcqRel);
+            }
             *current = role;
             if primary {
                 self.store.fence_writes(false);

@@ -689,6 +689,46 @@ mod tests {
         }
     }
 
+    /// A primary that steps down ships nothing more on its old streams: what it writes
+    /// next as a follower is another primary's log, not the continuation of its own.
+    #[tokio::test]
+    async fn a_stepped_down_primary_ends_its_streams() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            Store::open(&crate::store::StoreConfig::new(dir.path().join("db"))).expect("store"),
+        );
+        put(&store, b"a");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let rep = Replicator::new(
+            Arc::clone(&store),
+            super::super::ReplicationConfig::default(),
+            super::super::Role::Primary { term: 1 },
+            "me:1".into(),
+            None,
+            stop.clone(),
+        );
+        let generation = rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        rep.acks.open(generation);
+        let (_failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+        let hello = pb::Hello {
+            replica_id: "r".into(),
+            applied_lsn: 0,
+            term: 1,
+            applied_term: 0,
+        };
+        let mut stream = Outgoing::start(Arc::clone(&rep), hello, generation, failed_rx);
+        assert_eq!(shipped(stream.next().await), vec![1], "the catch-up");
+        rep.step_down("a test");
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream answers within its heartbeat interval");
+        assert!(next.is_none(), "ended, not {next:?}");
+        stop.cancel();
+        drop(stream);
+        rep.join_tasks().await;
+    }
+
     /// The stream ships the catch-up, then each fresh commit itself, woken by the commit
     /// (no task in between), and counts each batch as sent before it leaves; when idle it
     /// heartbeats, and it ends (closing its acks) on shutdown.
