@@ -271,6 +271,13 @@ impl SegmentLog {
         }
         if segments.is_empty() {
             segments.push(create_segment(dir, 1)?);
+        } else if let Some(last) = segments.last() {
+            // Records recovered after a kill -9 may still sit only in the page cache (the
+            // process died inside its `fdatasync`). They are shipped and built on from now
+            // on, so they must be on the disk first: one sync at start-up.
+            last.file
+                .sync_data()
+                .map_err(|e| io_err("sync the recovered tail of", &last.path, e))?;
         }
         Ok((
             Self {
