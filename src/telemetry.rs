@@ -10,13 +10,13 @@
 //! of Concord's own crates (targets `concord*`, any level) become OpenTelemetry spans;
 //! events stay log lines. With an OTLP endpoint ([`init_with_otlp`], `--otlp-endpoint` or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`) finished spans are batched and exported over OTLP/HTTP
-//! (protobuf, `<endpoint>/v1/traces`); without one, context still propagates (so a process
-//! that exports sees its callers' trace ids) and nothing leaves the process. The request
+//! (protobuf, `<endpoint>/v1/traces`); without one, a caller's context still propagates (so
+//! a process that exports sees its callers' trace ids) and nothing leaves the process. The request
 //! ids (`x-request-id`) stay as they were; a trace id is additional.
 //!
 //! Sampling: parent-based — a caller's decision (the `traceparent` flags) is obeyed; a
-//! trace that starts here is sampled when this process exports, and otherwise still gets
-//! ids that travel on (unsampled, so recording costs next to nothing on the hot path). Failure: an unreachable collector costs dropped spans (the exporter's queue
+//! trace that starts here is sampled when this process exports; in a process that exports
+//! nothing, a call that brings no trace starts none (logs-only spans, below). Failure: an unreachable collector costs dropped spans (the exporter's queue
 //! is bounded, 2048 spans) and a log line, never a failed request. OTLP runs over plain
 //! HTTP: point it at a collector on loopback or a trusted network.
 //!
@@ -54,6 +54,18 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 /// spans, or the caller sent a trace context that calls made on its behalf must carry on.
 pub fn wants_trace(headers: &http::HeaderMap) -> bool {
     EXPORTING.load(Ordering::Relaxed) || headers.contains_key(TRACEPARENT)
+}
+
+/// Whether a span opened now belongs in a trace: this process exports spans, or the
+/// current span is part of a trace (a caller's). Otherwise a span for logs only will do
+/// ([`LOGS_ONLY`]), and calls made under it carry no `traceparent`.
+pub fn in_trace() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+        || tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .is_valid()
 }
 
 /// Why tracing could not be set up.

@@ -279,7 +279,12 @@ pub async fn ask_all(members: &[Member], features: &[f64], deadline: Duration) -
 
 /// The span of one node call: a child of the request's span, so that in a trace every
 /// node the consensus asked shows as its own span (and the node's server span below it).
+/// Outside a trace (nothing exported, no caller's trace) it is a span for logs only, so
+/// each node call does not start a trace of its own.
 fn node_call_span(member: &Member) -> tracing::Span {
+    if !concord::telemetry::in_trace() {
+        return tracing::debug_span!(target: "concord_aggregator::logs", "node_call", node_id = %member.node_id, address = %member.address);
+    }
     tracing::debug_span!("node_call", node_id = %member.node_id, address = %member.address)
 }
 

@@ -1,7 +1,9 @@
 //! The async face of the shop domain: what the gRPC service (and the bench) call.
 //!
-//! Reads run on tokio's blocking pool (a sled call may wait on sled's global lock while a
-//! flush runs, so it must not sit on an async worker).
+//! Point reads (a product, a cart, an order, an account) run on the caller's worker: a
+//! sled point read is a cache lookup of a few µs, and the shop runs no sled transaction
+//! or batch that would make it wait on sled's lock (a cache miss still reads the disk).
+//! Scans (listings) run on tokio's blocking pool.
 //!
 //! **Writes: group commit by the submitting tasks themselves** (a leader/follower queue,
 //! like LevelDB's writer queue or PostgreSQL's WAL flush). A write is validated on the
