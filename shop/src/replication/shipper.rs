@@ -689,11 +689,20 @@ mod tests {
         }
     }
 
-    /// A primary that steps down ships nothing more on its old streams: what it writes
-    /// next as a follower is another primary's log, not the continuation of its own.
-    #[tokio::test]
-    async fn a_stepped_down_primary_ends_its_streams() {
-        use futures::StreamExt;
+    /// A primary of term 1 holding one write (LSN 1) and the stream a replica at LSN 0
+    /// opened on it.
+    struct Opened {
+        dir: tempfile::TempDir,
+        /// Kept so that the stream's error channel stays open.
+        failed_tx: tokio::sync::oneshot::Sender<Status>,
+        store: Arc<Store>,
+        rep: Arc<Replicator>,
+        stop: tokio_util::sync::CancellationToken,
+        generation: u64,
+        stream: Outgoing,
+    }
+
+    fn open_stream_on_primary() -> Opened {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
             Store::open(&crate::store::StoreConfig::new(dir.path().join("db"))).expect("store"),
@@ -710,14 +719,39 @@ mod tests {
         );
         let generation = rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
         rep.acks.open(generation);
-        let (_failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
         let hello = pb::Hello {
             replica_id: "r".into(),
             applied_lsn: 0,
             term: 1,
             applied_term: 0,
         };
-        let mut stream = Outgoing::start(Arc::clone(&rep), hello, generation, failed_rx);
+        let stream = Outgoing::start(Arc::clone(&rep), hello, generation, failed_rx);
+        Opened {
+            dir,
+            failed_tx,
+            store,
+            rep,
+            stop,
+            generation,
+            stream,
+        }
+    }
+
+    /// A primary that steps down ships nothing more on its old streams: what it writes
+    /// next as a follower is another primary's log, not the continuation of its own.
+    #[tokio::test]
+    async fn a_stepped_down_primary_ends_its_streams() {
+        use futures::StreamExt;
+        let Opened {
+            dir: _dir,
+            failed_tx: _failed_tx,
+            store: _,
+            rep,
+            stop,
+            generation: _,
+            mut stream,
+        } = open_stream_on_primary();
         assert_eq!(shipped(stream.next().await), vec![1], "the catch-up");
         rep.step_down("a test");
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
@@ -735,30 +769,15 @@ mod tests {
     #[tokio::test]
     async fn the_stream_ships_commits_itself_and_heartbeats_when_idle() {
         use futures::StreamExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(
-            Store::open(&crate::store::StoreConfig::new(dir.path().join("db"))).expect("store"),
-        );
-        put(&store, b"a");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let rep = Replicator::new(
-            Arc::clone(&store),
-            super::super::ReplicationConfig::default(),
-            super::super::Role::Primary { term: 1 },
-            "me:1".into(),
-            None,
-            stop.clone(),
-        );
-        let generation = rep.stream_generation.fetch_add(1, Ordering::AcqRel) + 1;
-        rep.acks.open(generation);
-        let (_failed_tx, failed_rx) = tokio::sync::oneshot::channel();
-        let hello = pb::Hello {
-            replica_id: "r".into(),
-            applied_lsn: 0,
-            term: 1,
-            applied_term: 0,
-        };
-        let mut stream = Outgoing::start(Arc::clone(&rep), hello, generation, failed_rx);
+        let Opened {
+            dir: _dir,
+            failed_tx: _failed_tx,
+            store,
+            rep,
+            stop,
+            generation,
+            mut stream,
+        } = open_stream_on_primary();
         assert_eq!(shipped(stream.next().await), vec![1], "the catch-up");
         // Idle now: the first heartbeat tick is due at once.
         match stream.next().await.expect("item").expect("ok").kind {
