@@ -5,143 +5,23 @@
 //! replica listens) plays each broken stream against a replica that holds real data.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use concord::pb::shop::v1 as pb;
-use concord::pb::shop::v1::replication_server::{Replication, ReplicationServer};
 use concord_shop::{ProductId, ReplicationMode, TreeName};
 use concord_testkit::eventually;
+use concord_testkit::fake_primary::{FakePrimary, Step};
 use concord_testkit::shop::{create, start, TestShop};
 use pb::replicate_response::Kind;
-use tokio::sync::watch;
-use tonic::{Request, Response, Status};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// How long a test waits for the replica to redial after its session should have ended.
 const REDIAL: Duration = Duration::from_secs(5);
 
-/// One step of a fake primary's script.
-#[derive(Clone)]
-enum Step {
-    /// Send this message.
-    Send(Kind),
-    /// Wait until the replica acked at least this LSN (on any stream).
-    AwaitAck(u64),
-}
-
-/// A fake primary: plays `scripts[n]` on its `n`th `Replicate` call (the last script on
-/// every later one), then keeps the stream open; counts calls and records the highest ack.
-struct ScriptedPrimary {
-    scripts: Vec<Vec<Step>>,
-    calls: Arc<AtomicUsize>,
-    acked_tx: Arc<watch::Sender<u64>>,
-}
-
-type FakeStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<pb::ReplicateResponse, Status>> + Send>,
->;
-
-#[tonic::async_trait]
-impl Replication for ScriptedPrimary {
-    type ReplicateStream = FakeStream;
-
-    async fn replicate(
-        &self,
-        request: Request<tonic::Streaming<pb::ReplicateRequest>>,
-    ) -> Result<Response<Self::ReplicateStream>, Status> {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut inbound = request.into_inner();
-        let acked_tx = Arc::clone(&self.acked_tx);
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if let Some(pb::replicate_request::Kind::Ack(ack)) = message.kind {
-                    acked_tx.send_modify(|acked| *acked = (*acked).max(ack.durable_lsn));
-                }
-            }
-        });
-        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
-        let script = self.scripts[call.min(self.scripts.len() - 1)].clone();
-        let mut acked_rx = self.acked_tx.subscribe();
-        tokio::spawn(async move {
-            for step in script {
-                match step {
-                    Step::Send(kind) => {
-                        let message = pb::ReplicateResponse { kind: Some(kind) };
-                        if out_tx.send(Ok(message)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Step::AwaitAck(lsn) => {
-                        let acked = acked_rx.wait_for(|acked| *acked >= lsn);
-                        if tokio::time::timeout(WAIT, acked).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            // Keep the stream open, as a primary would, until the replica goes.
-            out_tx.closed().await;
-        });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
-        let mut response = Response::new(Box::pin(stream) as FakeStream);
-        concord_testkit::shop::shop_credential().attach_to(response.metadata_mut());
-        Ok(response)
-    }
-
-    async fn get_replication_status(
-        &self,
-        _request: Request<pb::GetReplicationStatusRequest>,
-    ) -> Result<Response<pb::GetReplicationStatusResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn promote(
-        &self,
-        _request: Request<pb::PromoteRequest>,
-    ) -> Result<Response<pb::PromoteResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
-
-/// A running fake primary.
-struct Fake {
-    addr: String,
-    calls: Arc<AtomicUsize>,
-    acked_rx: watch::Receiver<u64>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-/// Serves a [`ScriptedPrimary`] playing `scripts` on 127.0.0.1:0 (stopped when dropped).
-async fn fake_primary(scripts: Vec<Vec<Step>>) -> Fake {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let acked_tx = Arc::new(watch::channel(0).0);
-    let acked_rx = acked_tx.subscribe();
-    let fake = ScriptedPrimary {
-        scripts,
-        calls: Arc::clone(&calls),
-        acked_tx,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ReplicationServer::new(fake))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
-    Fake {
-        addr,
-        calls,
-        acked_rx,
-        _stop: stop_tx,
-    }
+/// A fake primary holding the real shop credential (so the replica listens), playing
+/// `scripts`.
+async fn fake_primary(scripts: Vec<Vec<Step>>) -> FakePrimary {
+    FakePrimary::serve(Some(concord_testkit::shop::shop_credential()), scripts).await
 }
 
 /// What a replica held before it met the fake primary.
@@ -188,7 +68,7 @@ async fn replica_with_data() -> Held {
 }
 
 /// Starts the held replica again, following `fake`.
-async fn follow(held: &Held, fake: &Fake) -> TestShop {
+async fn follow(held: &Held, fake: &FakePrimary) -> TestShop {
     let addr = fake.addr.clone();
     start(&held.replica_dir(), |c| {
         c.replication.primary_addr = Some(addr);
@@ -197,8 +77,8 @@ async fn follow(held: &Held, fake: &Fake) -> TestShop {
 }
 
 /// Whether the replica ended its session and dialled the fake again.
-async fn redialled(fake: &Fake) -> bool {
-    eventually(REDIAL, || async { fake.calls.load(Ordering::SeqCst) >= 2 }).await
+async fn redialled(fake: &FakePrimary) -> bool {
+    eventually(REDIAL, || async { fake.calls() >= 2 }).await
 }
 
 /// Whether the replica still serves the held product.

@@ -3,15 +3,14 @@
 //! stream and never satisfy a sync write; a replica's term cannot step the primary down;
 //! a replica never installs anything from a server that does not prove it is a shop.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use concord::identity::{ClusterSecret, Credential, Principal};
 use concord::pb::shop::v1 as pb;
-use concord::pb::shop::v1::replication_server::{Replication, ReplicationServer};
+
 use concord_shop::{OnReplicaLoss, ReplicationMode};
 use concord_testkit::eventually;
+use concord_testkit::fake_primary::FakePrimary;
 use concord_testkit::shop::{admin, create, start, TestShop};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -240,86 +239,22 @@ async fn a_hello_from_the_future_does_not_step_the_primary_down() {
     primary.stop().await;
 }
 
-/// A fake primary: answers every `Replicate` with an empty snapshot at a high LSN (which
-/// would wipe a replica that installed it), presenting `credential` (or none).
-struct FakePrimary {
-    calls: Arc<AtomicUsize>,
-    credential: Option<Credential>,
-}
-
-type FakeStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<pb::ReplicateResponse, Status>> + Send>,
->;
-
-#[tonic::async_trait]
-impl Replication for FakePrimary {
-    type ReplicateStream = FakeStream;
-
-    async fn replicate(
-        &self,
-        _request: Request<tonic::Streaming<pb::ReplicateRequest>>,
-    ) -> Result<Response<Self::ReplicateStream>, Status> {
-        use pb::replicate_response::Kind;
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let messages = [
-            Kind::SnapshotBegin(pb::SnapshotBegin {
-                lsn: 1000,
-                term: 1000,
-            }),
-            Kind::SnapshotEnd(pb::SnapshotEnd {
-                lsn: 1000,
-                lsn_term: 1000,
-            }),
-        ]
-        .map(|kind| Ok(pb::ReplicateResponse { kind: Some(kind) }));
-        // Keep the stream open afterwards, as a primary would.
-        let stream =
-            tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
-        let mut response = Response::new(Box::pin(stream) as FakeStream);
-        if let Some(credential) = &self.credential {
-            credential.attach_to(response.metadata_mut());
-        }
-        Ok(response)
-    }
-
-    async fn get_replication_status(
-        &self,
-        _request: Request<pb::GetReplicationStatusRequest>,
-    ) -> Result<Response<pb::GetReplicationStatusResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn promote(
-        &self,
-        _request: Request<pb::PromoteRequest>,
-    ) -> Result<Response<pb::PromoteResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
-
-/// Serves a [`FakePrimary`] on 127.0.0.1:0; returns its address, call counter and stopper.
-async fn fake_primary(
-    credential: Option<Credential>,
-) -> (String, Arc<AtomicUsize>, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let fake = FakePrimary {
-        calls: Arc::clone(&calls),
-        credential,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ReplicationServer::new(fake))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
-    (addr, calls, stop_tx)
+/// A fake primary answering every `Replicate` with an empty snapshot at a high LSN
+/// (which would wipe a replica that installed it), presenting `credential` (or none).
+async fn fake_primary(credential: Option<Credential>) -> FakePrimary {
+    use concord_testkit::fake_primary::Step;
+    use pb::replicate_response::Kind;
+    let script = vec![
+        Step::Send(Kind::SnapshotBegin(pb::SnapshotBegin {
+            lsn: 1000,
+            term: 1000,
+        })),
+        Step::Send(Kind::SnapshotEnd(pb::SnapshotEnd {
+            lsn: 1000,
+            lsn_term: 1000,
+        })),
+    ];
+    FakePrimary::serve(credential, vec![script]).await
 }
 
 /// A replica pointed at a server that does not prove it is a shop (no credential, a
@@ -357,13 +292,13 @@ async fn a_replica_never_installs_a_snapshot_from_an_unauthenticated_primary() {
         ),
     ];
     for (label, credential) in fakes {
-        let (fake_addr, calls, stop_fake) = fake_primary(credential).await;
+        let fake = fake_primary(credential).await;
         let replica = start(&replica_dir, |c| {
-            c.replication.primary_addr = Some(fake_addr);
+            c.replication.primary_addr = Some(fake.addr.clone());
         })
         .await;
         assert!(
-            eventually(WAIT, || async { calls.load(Ordering::SeqCst) >= 2 }).await,
+            eventually(WAIT, || async { fake.calls() >= 2 }).await,
             "{label}: the replica kept the fake primary's stream (it never redialled)"
         );
         let product = replica
@@ -381,6 +316,6 @@ async fn a_replica_never_installs_a_snapshot_from_an_unauthenticated_primary() {
             "{label}: adopted the fake's term: {status:?}"
         );
         replica.stop().await;
-        let _ = stop_fake.send(());
+        drop(fake);
     }
 }

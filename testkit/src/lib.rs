@@ -12,7 +12,8 @@
 //! - [`registry`], [`node`] and [`aggregator`] start the real services with it;
 //!   [`cluster::Consensus`] nodes plus an aggregator with a staked ledger; [`shop`] the real
 //!   shop and the client calls of the shop tests; [`gateway`] a registry + web gateway, a
-//!   fake aggregator and the HTTP helpers.
+//!   fake aggregator and the HTTP helpers; [`fake_primary`] a scripted shop primary for
+//!   the replica's attack tests.
 //! - [`NodeProcess`] is a node in its own runtime and thread, so a test can `kill -9` it:
 //!   dropping the runtime closes its sockets and nothing deregisters.
 //! - [`process`] runs the real `concord` binary as child processes (kill -9, SIGSTOP, ports
@@ -25,6 +26,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod fake_primary;
 pub mod gateway;
 pub mod netns;
 pub mod process;
