@@ -212,6 +212,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 pub const STREAM_CHANNEL_CAPACITY: usize = 16;
 /// Keys per snapshot chunk.
 pub const SNAPSHOT_CHUNK_KEYS: usize = 512;
+/// Record bytes per `WalBatch` or snapshot chunk, beside the counts above: a message stays
+/// far below the gRPC limit ([`concord::grpc::MAX_MESSAGE_BYTES`], 4 MiB) whatever the
+/// records' sizes, or the replica could never decode it and would redial for ever. One
+/// entry alone stays below it too (an order of `MAX_CART_LINES` lines of the largest
+/// products is about 1 MiB).
+pub const MESSAGE_RECORD_BYTES: usize = 1024 * 1024;
 /// Default time a sync write waits for the replica's ack.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the WAL trimmer runs (it also runs once at shutdown).

@@ -42,7 +42,10 @@ use tonic::Status;
 use super::acks::Acks;
 use super::convert::{entry_to_pb, mutation_to_pb};
 use super::Replicator;
-use super::{HEARTBEAT_INTERVAL, SNAPSHOT_CHUNK_KEYS, STREAM_CHANNEL_CAPACITY, WAL_BATCH_MAX};
+use super::{
+    HEARTBEAT_INTERVAL, MESSAGE_RECORD_BYTES, SNAPSHOT_CHUNK_KEYS, STREAM_CHANNEL_CAPACITY,
+    WAL_BATCH_MAX,
+};
 use crate::error::{Result, ShopError};
 use crate::store::Store;
 use crate::wal::{Lsn, Mutation, TreeName, WalEntry};
@@ -114,6 +117,24 @@ fn next_step(pos: Lsn, last: Lsn, read: Option<&[WalEntry]>) -> Step {
     }
 }
 
+/// The record bytes a mutation puts in a message (key and value; what makes messages big).
+fn record_bytes(mutation: &Mutation) -> usize {
+    mutation.key.len() + mutation.value.as_ref().map_or(0, Vec::len)
+}
+
+/// Keeps the longest prefix of `entries` within [`MESSAGE_RECORD_BYTES`], and at least
+/// the first entry; the rest is read again for the next batch.
+fn cap_batch(entries: &mut Vec<WalEntry>) {
+    let mut bytes = 0;
+    let over = entries.iter().position(|entry| {
+        bytes += entry.mutations.iter().map(record_bytes).sum::<usize>();
+        bytes > MESSAGE_RECORD_BYTES
+    });
+    if let Some(over) = over {
+        entries.truncate(over.max(1));
+    }
+}
+
 /// One `ReplicateResponse` of `kind`.
 fn response(kind: pb::replicate_response::Kind) -> pb::ReplicateResponse {
     pb::ReplicateResponse { kind: Some(kind) }
@@ -160,13 +181,17 @@ async fn send_snapshot(
         let mut iter = store.tree(name).iter();
         loop {
             let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_KEYS);
-            for item in iter.by_ref().take(SNAPSHOT_CHUNK_KEYS) {
+            let mut bytes = 0;
+            while chunk.len() < SNAPSHOT_CHUNK_KEYS && bytes < MESSAGE_RECORD_BYTES {
+                let Some(item) = iter.next() else { break };
                 let (k, v) = item?;
-                chunk.push(mutation_to_pb(Mutation {
+                let mutation = Mutation {
                     tree: name,
                     key: k.to_vec(),
                     value: Some(v.to_vec()),
-                }));
+                };
+                bytes += record_bytes(&mutation);
+                chunk.push(mutation_to_pb(mutation));
             }
             if chunk.is_empty() {
                 break;
@@ -268,7 +293,7 @@ async fn catch_up(
             return;
         }
         // Fresh commits come from the store's in-memory tail; older ones from the files.
-        let entries = match store.wal_tail_since(pos, WAL_BATCH_MAX) {
+        let mut entries = match store.wal_tail_since(pos, WAL_BATCH_MAX) {
             Some(entries) => entries,
             None => {
                 let store = Arc::clone(&store);
@@ -288,6 +313,7 @@ async fn catch_up(
                 }
             }
         };
+        cap_batch(&mut entries);
         let sent = match next_step(pos, pos, Some(&entries)) {
             Step::Ship { last } => {
                 pos = last;
@@ -447,7 +473,10 @@ impl Outgoing {
             if self.rep.stream_generation.load(Ordering::Acquire) != self.generation {
                 return Poll::Ready(None);
             }
-            let read = store.wal_tail_since(pos, WAL_BATCH_MAX);
+            let mut read = store.wal_tail_since(pos, WAL_BATCH_MAX);
+            if let Some(entries) = read.as_mut() {
+                cap_batch(entries);
+            }
             let last = store.last_lsn().unwrap_or(pos);
             match next_step(pos, last, read.as_deref()) {
                 Step::Ship { last } => {
@@ -703,11 +732,19 @@ mod tests {
     }
 
     fn open_stream_on_primary() -> Opened {
+        open_stream_from(0, |store| {
+            put(store, b"a");
+        })
+    }
+
+    /// Like [`open_stream_on_primary`], with the store filled by `fill` and the replica at
+    /// `applied_lsn`.
+    fn open_stream_from(applied_lsn: Lsn, fill: impl FnOnce(&Store)) -> Opened {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
             Store::open(&crate::store::StoreConfig::new(dir.path().join("db"))).expect("store"),
         );
-        put(&store, b"a");
+        fill(&store);
         let stop = tokio_util::sync::CancellationToken::new();
         let rep = Replicator::new(
             Arc::clone(&store),
@@ -722,7 +759,7 @@ mod tests {
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
         let hello = pb::Hello {
             replica_id: "r".into(),
-            applied_lsn: 0,
+            applied_lsn,
             term: 1,
             applied_term: 0,
         };
@@ -736,6 +773,88 @@ mod tests {
             generation,
             stream,
         }
+    }
+
+    /// A batch keeps its entries within the message budget, but always at least one.
+    #[test]
+    fn cap_batch_keeps_messages_small() {
+        let sized = |sizes: &[usize]| -> Vec<WalEntry> {
+            sizes
+                .iter()
+                .zip(1..)
+                .map(|(&size, lsn)| WalEntry {
+                    lsn,
+                    term: 1,
+                    committed_at_ms: 0,
+                    mutations: vec![Mutation {
+                        tree: TreeName::Carts,
+                        key: Vec::new(),
+                        value: Some(vec![0; size]),
+                    }],
+                })
+                .collect()
+        };
+        let mib = MESSAGE_RECORD_BYTES;
+        let cases: [(&str, Vec<usize>, usize); 5] = [
+            ("small ones all go", vec![10, 10, 10], 3),
+            ("exactly the budget", vec![mib / 2, mib / 2], 2),
+            ("the one over it waits", vec![mib / 2, mib / 2, 1], 2),
+            ("a big one alone still goes", vec![3 * mib, 1], 1),
+            ("a big one after others waits", vec![10, 3 * mib], 1),
+        ];
+        for (label, sizes, kept) in cases {
+            let mut entries = sized(&sizes);
+            cap_batch(&mut entries);
+            assert_eq!(entries.len(), kept, "{label}");
+        }
+    }
+
+    /// A snapshot of big records comes in chunks the replica can decode (below the gRPC
+    /// message limit), and holds every record.
+    #[tokio::test]
+    async fn snapshot_chunks_stay_below_the_message_limit() {
+        use futures::StreamExt;
+        use prost::Message as _;
+        const RECORDS: usize = 600;
+        let Opened {
+            dir: _dir,
+            failed_tx: _failed_tx,
+            store: _,
+            rep,
+            stop,
+            generation: _,
+            mut stream,
+        } = open_stream_from(10_000, |store| {
+            for batch in 0..RECORDS / 100 {
+                store
+                    .transact(|tx| {
+                        for i in 0..100 {
+                            let key = format!("k{:04}", batch * 100 + i).into_bytes();
+                            tx.put(TreeName::Carts, &key, vec![7; 8 * 1024])?;
+                        }
+                        Ok(())
+                    })
+                    .expect("write")
+                    .durable_blocking()
+                    .expect("durable");
+            }
+        });
+        let mut records = 0;
+        loop {
+            let message = stream.next().await.expect("an item").expect("not an error");
+            assert!(message.encoded_len() < concord::grpc::MAX_MESSAGE_BYTES);
+            match message.kind {
+                Some(pb::replicate_response::Kind::SnapshotChunk(chunk)) => {
+                    records += chunk.mutations.len();
+                }
+                Some(pb::replicate_response::Kind::SnapshotEnd(_)) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(records, RECORDS);
+        stop.cancel();
+        drop(stream);
+        rep.join_tasks().await;
     }
 
     /// A primary that steps down ships nothing more on its old streams: what it writes
