@@ -13,7 +13,7 @@ use concord::identity::Credential;
 use concord::pb::shop::v1 as pb;
 use concord::pb::shop::v1::replication_server::{Replication, ReplicationServer};
 use pb::replicate_response::Kind;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 /// How long an [`Step::AwaitAck`] waits before the script gives up.
@@ -28,15 +28,14 @@ pub enum Step {
     AwaitAck(u64),
 }
 
-/// A fake primary serving on 127.0.0.1 (stopped when dropped).
+/// A fake primary serving on 127.0.0.1 (shut down when dropped).
 pub struct FakePrimary {
     /// Its address, as a replica's `--replica-of` takes it.
     pub addr: String,
-    /// How many `Replicate` calls it answered.
-    pub calls: Arc<AtomicUsize>,
     /// The highest LSN a replica acked.
     pub acked_rx: watch::Receiver<u64>,
-    _stop: oneshot::Sender<()>,
+    calls: Arc<AtomicUsize>,
+    _server: crate::Running<tonic::transport::Error>,
 }
 
 impl FakePrimary {
@@ -45,10 +44,6 @@ impl FakePrimary {
     /// every response presents `credential`.
     pub async fn serve(credential: Option<Credential>, scripts: Vec<Vec<Step>>) -> FakePrimary {
         assert!(!scripts.is_empty(), "a fake primary needs a script");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address").to_string();
         let calls = Arc::new(AtomicUsize::new(0));
         let acked_tx = Arc::new(watch::channel(0).0);
         let acked_rx = acked_tx.subscribe();
@@ -58,22 +53,20 @@ impl FakePrimary {
             calls: Arc::clone(&calls),
             acked_tx,
         };
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        tokio::spawn(
+        let server = crate::Running::spawn(|listener, shutdown| {
             tonic::transport::Server::builder()
                 .add_service(ReplicationServer::new(service))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop_rx.await;
-                    },
-                ),
-        );
+                    shutdown,
+                )
+        })
+        .await;
         FakePrimary {
-            addr,
+            addr: server.addr.to_string(),
             calls,
             acked_rx,
-            _stop: stop_tx,
+            _server: server,
         }
     }
 
