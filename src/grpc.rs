@@ -96,10 +96,8 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
         Some(id) => span.record("request_id", id),
         None => span.record("request_id", new_request_id()),
     };
-    if traced {
-        // A caller's W3C `traceparent` makes this call a child of the caller's span.
-        crate::telemetry::continue_trace(&span, request.headers());
-    }
+    // A caller's W3C `traceparent` makes this call a child of the caller's span.
+    crate::telemetry::continue_trace(&span, request.headers());
     span
 }
 

@@ -244,8 +244,9 @@ fn instance_node_id(instance: &Instance) -> NodeId {
 /// `deadline`; returns one [`Call`] per member, in member order. Calls go through each
 /// node's [`Batcher`], so concurrent requests share `PredictBatch` RPCs.
 pub async fn ask_all(members: &[Member], features: &[f64], deadline: Duration) -> Vec<Call> {
+    let traced = concord::telemetry::in_trace();
     join_all(members.iter().map(|member| {
-        let span = node_call_span(member);
+        let span = node_call_span(member, traced);
         async move {
         let start = Instant::now();
         let result = match member.batcher.submit(features.to_vec(), deadline) {
@@ -279,10 +280,11 @@ pub async fn ask_all(members: &[Member], features: &[f64], deadline: Duration) -
 
 /// The span of one node call: a child of the request's span, so that in a trace every
 /// node the consensus asked shows as its own span (and the node's server span below it).
-/// Outside a trace (nothing exported, no caller's trace) it is a span for logs only, so
-/// each node call does not start a trace of its own.
-fn node_call_span(member: &Member) -> tracing::Span {
-    if !concord::telemetry::in_trace() {
+/// Outside a trace (`traced` false: nothing exported, no caller's trace; see
+/// [`concord::telemetry::in_trace`], asked once per request) it is a span for logs only,
+/// so each node call does not start a trace of its own.
+fn node_call_span(member: &Member, traced: bool) -> tracing::Span {
+    if !traced {
         return tracing::debug_span!(target: "concord_aggregator::logs", "node_call", node_id = %member.node_id, address = %member.address);
     }
     tracing::debug_span!("node_call", node_id = %member.node_id, address = %member.address)
@@ -292,6 +294,7 @@ fn node_call_span(member: &Member) -> tracing::Span {
 /// one `(label, probabilities)` per row, or its failure. A reply with the wrong number of
 /// rows counts as a failure.
 pub async fn ask_all_batch(members: &[Member], rows: &[Row], deadline: Duration) -> Vec<BatchCall> {
+    let traced = concord::telemetry::in_trace();
     join_all(members.iter().map(|member| {
         let mut client = member.client.clone();
         let mut request = Request::new(PredictBatchRequest {
@@ -300,7 +303,7 @@ pub async fn ask_all_batch(members: &[Member], rows: &[Row], deadline: Duration)
         });
         request.set_timeout(deadline);
         let expected = rows.len();
-        let span = node_call_span(member);
+        let span = node_call_span(member, traced);
         async move {
             concord::telemetry::inject(request.metadata_mut());
             let call = timed(member, deadline, async move {
